@@ -1,0 +1,69 @@
+"""Conditional normalizing flows from nflows: MAF and NSF.
+
+``build_flow(kind, dim, context_dim, ...)`` returns an ``nflows.flows.Flow`` whose
+``log_prob(inputs (N, D), context (N, C))`` and ``sample(n, context (B, C)) -> (B, n, D)``
+are used by the estimators. All hyperparameters are plain values, kept in the
+estimator's config so a flow is rebuilt exactly on load.
+"""
+
+from __future__ import annotations
+
+import torch
+from nflows.distributions.normal import StandardNormal
+from nflows.flows.base import Flow
+from nflows.nn.nets import ResidualNet
+from nflows.transforms.autoregressive import (
+    MaskedAffineAutoregressiveTransform,
+    MaskedPiecewiseRationalQuadraticAutoregressiveTransform,
+)
+from nflows.transforms.base import CompositeTransform
+from nflows.transforms.coupling import PiecewiseRationalQuadraticCouplingTransform
+from nflows.transforms.permutations import RandomPermutation, ReversePermutation
+from torch import nn
+
+__all__ = ["build_flow", "FLOWS"]
+
+FLOWS = ("maf", "nsf")
+
+
+def build_flow(kind: str, dim: int, context_dim: int, hidden_features: int = 50,
+               num_transforms: int = 5, num_blocks: int = 2, num_bins: int = 10,
+               tail_bound: float = 3.0, permutation_seed: int = 0) -> Flow:
+    """A conditional flow over ``dim`` (standardized) parameters.
+
+    ``maf``: masked affine autoregressive transforms with random permutations.
+    ``nsf``: rational-quadratic spline coupling transforms (autoregressive when ``dim == 1``).
+    """
+    if kind not in FLOWS:
+        raise ValueError(f"Unknown flow {kind!r}; use one of {FLOWS} (or 'mdn').")
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(permutation_seed)  # permutations are part of the architecture
+    try:
+        layers: list[nn.Module] = []
+        for _ in range(num_transforms):
+            if kind == "maf":
+                layers.append(MaskedAffineAutoregressiveTransform(
+                    features=dim, hidden_features=hidden_features, context_features=context_dim,
+                    num_blocks=num_blocks, use_residual_blocks=False, activation=torch.tanh))
+                layers.append(RandomPermutation(dim) if dim > 1 else ReversePermutation(dim))
+            elif dim == 1:
+                layers.append(MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
+                    features=dim, hidden_features=hidden_features, context_features=context_dim,
+                    num_bins=num_bins, tails="linear", tail_bound=tail_bound,
+                    num_blocks=num_blocks, use_residual_blocks=False, activation=torch.relu))
+            else:
+                mask = torch.zeros(dim)
+                mask[::2] = 1  # the reverse permutation below alternates the halves
+
+                def net(inp: int, out: int) -> nn.Module:
+                    return ResidualNet(inp, out, hidden_features=hidden_features,
+                                       context_features=context_dim, num_blocks=num_blocks,
+                                       activation=torch.relu)
+
+                layers.append(PiecewiseRationalQuadraticCouplingTransform(
+                    mask=mask, transform_net_create_fn=net, num_bins=num_bins, tails="linear",
+                    tail_bound=tail_bound, apply_unconditional_transform=False))
+                layers.append(ReversePermutation(dim))
+        return Flow(CompositeTransform(layers), StandardNormal((dim,)))
+    finally:
+        torch.random.set_rng_state(gen_state)

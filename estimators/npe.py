@@ -1,0 +1,144 @@
+r"""Neural posterior estimation (NPE).
+
+A conditional density estimator ``q_phi(theta | x)`` is fitted by maximum likelihood on
+pairs drawn from the joint ``p(theta) p(x | theta)``:
+
+.. math:: \mathcal{L}(\phi) = -\mathbb{E}_{p(\theta, x)} \log q_\phi(\theta \mid x),
+
+whose minimizer is the posterior. The density is an nflows MAF (default) or NSF, or a
+mixture density network; ``theta`` and ``x`` are z-scored with statistics of the
+training data, and ``x`` may pass through an embedding network first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from estimators.embedding import build_embedding
+from estimators.flows import FLOWS, build_flow
+from estimators.mdn import MixtureDensity
+from estimators.standardize import Standardize, fit_standardize
+from sbi_core.methods import Method
+from sbi_core.posterior import DirectPosterior
+
+__all__ = ["NPEEstimator", "METHOD", "build_npe"]
+
+DEFAULTS: dict[str, Any] = {
+    "flow": "maf",
+    "hidden_features": 50,
+    "num_transforms": 5,
+    "num_blocks": 2,
+    "num_bins": 10,
+    "num_components": 10,
+    "embedding": None,
+}
+
+
+class NPEEstimator(nn.Module):
+    """``q(theta | x)``: standardize, embed ``x``, evaluate a conditional density.
+
+    Args:
+        config: plain-value dict with ``theta_dim``, ``x_shape`` and the keys of ``DEFAULTS``.
+    """
+
+    def __init__(self, config: dict[str, Any]):
+        super().__init__()
+        cfg = {**DEFAULTS, **config}
+        self.config = cfg
+        d, x_shape = int(cfg["theta_dim"]), tuple(cfg["x_shape"])
+        self.theta_dim, self.x_shape = d, x_shape
+        self.theta_norm = Standardize((d,))
+        self.x_norm = Standardize(x_shape)
+        self.register_buffer("x_min", torch.zeros(x_shape))
+        self.register_buffer("x_max", torch.zeros(x_shape))
+        self.embedding, context_dim = build_embedding(cfg["embedding"], x_shape)
+        if cfg["flow"] == "mdn":
+            self.density: nn.Module = MixtureDensity(d, context_dim, cfg["num_components"],
+                                                     cfg["hidden_features"])
+        elif cfg["flow"] in FLOWS:
+            self.density = build_flow(cfg["flow"], d, context_dim, cfg["hidden_features"],
+                                      cfg["num_transforms"], cfg["num_blocks"], cfg["num_bins"])
+        else:
+            raise ValueError(f"Unknown flow {cfg['flow']!r}; use one of {FLOWS + ('mdn',)}.")
+
+    def fit_standardization(self, theta: Tensor, x: Tensor) -> None:
+        """Fit the z-scoring of ``theta`` ``(N, D)`` and ``x`` ``(N, *x_shape)``, and the x range."""
+        with torch.no_grad():
+            fit_standardize(self.theta_norm, theta, "theta")
+            is_set = (self.config.get("embedding") or {}).get("type") == "set"
+            if is_set:  # per-feature stats over all (non-padding) trials
+                rows = x.reshape(-1, x.shape[-1])
+                rows = rows[~torch.isnan(rows).all(-1)]
+                mean, std = rows.mean(0), rows.std(0).clamp(min=1e-12)
+                self.x_norm.mean.copy_(mean.expand(self.x_shape))
+                self.x_norm.std.copy_(std.expand(self.x_shape))
+                lo = torch.nan_to_num(rows.min(0).values).expand(self.x_shape)
+                hi = torch.nan_to_num(rows.max(0).values).expand(self.x_shape)
+            else:
+                fit_standardize(self.x_norm, x, "x")
+                lo, hi = x.min(0).values, x.max(0).values
+            self.x_min.copy_(lo)
+            self.x_max.copy_(hi)
+
+    def context(self, x: Tensor) -> Tensor:
+        """Embedded, standardized observations ``(N, C)``."""
+        return self.embedding(self.x_norm(x))
+
+    def log_prob(self, theta: Tensor, x: Tensor) -> Tensor:
+        """``log q(theta | x)`` for paired rows: ``theta`` ``(N, D)``, ``x`` ``(N, *x_shape)`` → ``(N,)``."""
+        z = self.theta_norm(theta)
+        return self.density.log_prob(z, context=self.context(x)) - self.theta_norm.std.log().sum()
+
+    def loss(self, theta: Tensor, x: Tensor) -> Tensor:
+        return -self.log_prob(theta, x)
+
+    def sample(self, n: int, x: Tensor) -> Tensor:
+        """``n`` samples for each of ``B`` observations ``x`` → ``(n, B, D)``."""
+        z = self.density.sample(n, context=self.context(x))  # (B, n, D)
+        return self.theta_norm.inverse(z).transpose(0, 1)
+
+    def sample_and_log_prob(self, n: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Differentiable samples ``(n, B, D)`` and their log densities ``(n, B)``."""
+        ctx = self.context(x)
+        if hasattr(self.density, "sample_and_log_prob"):
+            z, lp = self.density.sample_and_log_prob(n, context=ctx)
+        else:
+            z = self.density.sample(n, context=ctx)
+            lp = self.density.log_prob(z.reshape(-1, self.theta_dim),
+                                       ctx.repeat_interleave(n, 0)).reshape(z.shape[:2])
+        theta = self.theta_norm.inverse(z)
+        return theta.transpose(0, 1), (lp - self.theta_norm.std.log().sum()).transpose(0, 1)
+
+
+def build_npe(theta: Tensor, x: Tensor, prior: Distribution, **options: Any) -> NPEEstimator:
+    """An untrained :class:`NPEEstimator` with standardization fitted on ``theta``, ``x``."""
+    unknown = set(options) - set(DEFAULTS)
+    if unknown:
+        raise TypeError(f"Unknown NPE options {sorted(unknown)}; valid: {sorted(DEFAULTS)} "
+                        "and the training options of sbi_core.TrainConfig.")
+    config = {**DEFAULTS, **options, "theta_dim": int(theta.shape[1]),
+              "x_shape": list(x.shape[1:])}
+    est = NPEEstimator(config)
+    est.fit_standardization(theta, x)
+    return est
+
+
+def _make_posterior(estimator: NPEEstimator, prior: Distribution, problem_spec: dict[str, Any],
+                    history: dict[str, Any] | None = None, **kwargs: Any) -> DirectPosterior:
+    post = DirectPosterior(estimator, prior, problem_spec, history, **kwargs)
+    post.method = "npe"
+    return post
+
+
+METHOD = Method(
+    name="npe",
+    build=build_npe,
+    from_config=NPEEstimator,
+    make_posterior=_make_posterior,
+    description="Neural posterior estimation with nflows MAF/NSF or a mixture density network.",
+)
+

@@ -1,0 +1,1 @@
+"""The ``sbi-core`` command line: one module per subcommand (``*_cmd.py``)."""

@@ -1,0 +1,53 @@
+"""``sbi-core train --sims FILE --method npe --out MODEL``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from sbi_core.cli.common import PROBLEM_HELP
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from sbi_core.methods import available_methods
+
+    p = sub.add_parser("train", help="train an amortized posterior on simulations",
+                       description="Train an estimator on a simulation file and save the "
+                                   "posterior as one safe model file.")
+    p.add_argument("--sims", required=True,
+                   help="simulation file from `sbi-core simulate`, or an .npz with theta and x")
+    p.add_argument("--method", default="npe", help=f"one of {', '.join(available_methods())}")
+    p.add_argument("--out", required=True, help="model file to write (.pt)")
+    p.add_argument("--problem", help=f"problem whose prior applies (needed for .npz): {PROBLEM_HELP}")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--flow", choices=["maf", "nsf", "mdn"], help="NPE density estimator")
+    p.add_argument("--max-epochs", type=int)
+    p.add_argument("--max-seconds", type=float, help="wall-time cap on training")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from sbi_core.cli.common import problem_for_sims
+    from sbi_core.inference import fit
+    from sbi_core.serialization import save
+    from sbi_core.simulation_set import SimulationSet
+
+    sims = SimulationSet.load(args.sims)
+    problem = problem_for_sims(sims, args.problem)
+    options = {k: v for k, v in {
+        "flow": args.flow, "max_epochs": args.max_epochs, "max_seconds": args.max_seconds,
+        "batch_size": args.batch_size, "learning_rate": args.learning_rate,
+    }.items() if v is not None}
+    posterior = fit(problem, sims, method=args.method, seed=args.seed, device=args.device,
+                    progress=not args.quiet, **options)
+    save(posterior, args.out)
+    h = posterior.history
+    print(json.dumps({"out": str(args.out), "method": args.method, "epochs": h.get("epochs"),
+                      "train_seconds": round(h.get("seconds", 0.0), 2),
+                      "best_validation_loss": h.get("best_validation_loss"),
+                      "stopped": h.get("stopped")}))
+    return 0

@@ -1,0 +1,78 @@
+"""Registry of inference methods, so that the CLI, ``fit``, ``load`` and the benchmark
+find every estimator by name without ``sbi_core`` importing ``estimators`` eagerly.
+
+A method is a :class:`Method`: how to build an estimator from training data, how to
+rebuild it from its saved config, and how to wrap a trained estimator as a posterior.
+Later estimators register by adding one line to ``_REGISTRY``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+
+__all__ = ["Method", "get_method", "available_methods", "register_method"]
+
+
+@dataclass
+class Method:
+    """How one inference method plugs into the shared machinery.
+
+    Attributes:
+        name: registry key (``"npe"``).
+        build: ``build(theta, x, prior, **options) -> estimator`` with its ``config`` set and
+            its standardization fitted on the training data.
+        from_config: ``from_config(config) -> estimator`` (untrained; weights loaded after).
+        make_posterior: ``make_posterior(estimator, prior, problem_spec, history) -> Posterior``.
+        train_defaults: overrides of :class:`~sbi_core.training.TrainConfig` for this method.
+        loss_fn: optional loss replacing ``estimator.loss`` during training.
+        fit: optional ``fit(problem, sims, seed, train_config, **options) -> Posterior`` for
+            methods that do not train on fixed (theta, x) pairs (e.g. PFN sets); when given, it
+            replaces build + train.
+    """
+
+    name: str
+    build: Callable[..., nn.Module]
+    from_config: Callable[[dict[str, Any]], nn.Module]
+    make_posterior: Callable[..., Any]
+    train_defaults: dict[str, Any] = field(default_factory=dict)
+    loss_fn: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None
+    fit: Callable[..., Any] | None = None
+    description: str = ""
+
+
+# name -> "module:attribute" of a Method; imported on first use.
+_REGISTRY: dict[str, str] = {
+    "npe": "estimators.npe:METHOD",
+}
+_LOADED: dict[str, Method] = {}
+
+
+def register_method(name: str, target: str | Method) -> None:
+    """Register a method by object or by ``"module:attribute"`` path."""
+    if isinstance(target, Method):
+        _LOADED[name] = target
+        _REGISTRY[name] = f"<object {target.name}>"
+    else:
+        _REGISTRY[name] = target
+
+
+def available_methods() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> Method:
+    """The :class:`Method` registered as ``name`` (clear error listing the known ones)."""
+    key = name.lower()
+    if key in _LOADED:
+        return _LOADED[key]
+    if key not in _REGISTRY:
+        raise ValueError(f"Unknown method {name!r}; available: {', '.join(available_methods())}.")
+    module_name, attr = _REGISTRY[key].split(":")
+    method = getattr(importlib.import_module(module_name), attr)
+    _LOADED[key] = method
+    return method

@@ -1,0 +1,171 @@
+"""Problem: a prior, a batched simulator and the names that go with them.
+
+A simulator is a callable ``Tensor[N, D] -> Tensor[N, *x_shape]``; see
+``simulators.adapters`` for numpy and per-sample functions. Construction runs the
+simulator once on a small batch so that shape mistakes show up here, with a message,
+rather than deep inside training.
+
+Example::
+
+    problem = Problem(box_uniform([-1, -1], [1, 1]), lambda t: t + 0.1 * torch.randn_like(t),
+                      param_names=["a", "b"], name="shifted")
+    x_o = problem.observation(1)     # fixed, documented seed
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+
+from sbi_core.priors import prior_spec
+
+__all__ = ["Problem", "OBSERVATION_SEED_BASE", "NUM_OBSERVATIONS"]
+
+Simulator = Callable[[Tensor], Tensor]
+ReferenceSampler = Callable[[Tensor, int, int], Tensor]
+
+#: Observation k (1..10) of a problem is simulated with seed ``OBSERVATION_SEED_BASE + k``.
+OBSERVATION_SEED_BASE = 1_000_000
+NUM_OBSERVATIONS = 10
+
+
+class Problem:
+    """A prior over ``D`` parameters and a batched simulator.
+
+    Args:
+        prior: torch distribution with event shape ``(D,)``.
+        simulator: callable mapping ``theta`` ``(N, D)`` to ``x`` ``(N, *x_shape)``.
+        param_names: ``D`` names (default ``theta_1..theta_D``).
+        name: short identifier used in files and reports.
+        x_shape: expected shape of one simulation; checked against a test run.
+        reference_posterior: optional ``f(x_o, num_samples, seed) -> (num_samples, D)``
+            sampler of the true posterior, for benchmarks and tests.
+        source: how to rebuild this problem (a built-in name or ``file.py:function``);
+            set by :func:`sbi_core.resolve_problem`.
+        validate: run the simulator on a small batch to check shapes and dtype.
+    """
+
+    def __init__(
+        self,
+        prior: Distribution,
+        simulator: Simulator,
+        param_names: Sequence[str] | None = None,
+        name: str = "problem",
+        x_shape: Sequence[int] | None = None,
+        reference_posterior: ReferenceSampler | None = None,
+        source: str | None = None,
+        validate: bool = True,
+        description: str = "",
+    ):
+        if not isinstance(prior, Distribution):
+            raise TypeError(
+                f"prior must be a torch.distributions.Distribution, got {type(prior).__name__}. "
+                "Use sbi_core.box_uniform, sbi_core.gaussian or sbi_core.independent."
+            )
+        if len(prior.event_shape) != 1 or prior.batch_shape != torch.Size():
+            raise ValueError(
+                "The prior must have event shape (D,) and no batch shape; got event shape "
+                f"{tuple(prior.event_shape)} and batch shape {tuple(prior.batch_shape)}. "
+                "Wrap independent 1-D distributions with sbi_core.independent(...)."
+            )
+        if not callable(simulator):
+            raise TypeError("simulator must be callable: Tensor[N, D] -> Tensor[N, *x_shape].")
+        self.prior = prior
+        self.simulator = simulator
+        self.name = name
+        self.dim = int(prior.event_shape[0])
+        names = list(param_names) if param_names is not None else [
+            f"theta_{i + 1}" for i in range(self.dim)
+        ]
+        if len(names) != self.dim:
+            raise ValueError(
+                f"param_names has {len(names)} names but the prior has {self.dim} dimensions."
+            )
+        self.param_names = names
+        self.reference_posterior = reference_posterior
+        self.source = source
+        self.description = description
+        self._observations: dict[int, tuple[Tensor, Tensor]] = {}
+        self.x_shape: tuple[int, ...] | None = tuple(x_shape) if x_shape is not None else None
+        if validate:
+            self._validate()
+        elif self.x_shape is None:
+            raise ValueError("x_shape is required when validate=False.")
+
+    def _validate(self, n: int = 3) -> None:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            theta = self.prior.sample((n,))
+            if theta.shape != (n, self.dim):
+                raise ValueError(
+                    f"prior.sample(({n},)) returned shape {tuple(theta.shape)}, expected ({n}, {self.dim})."
+                )
+            try:
+                x = self.simulator(theta)
+            except Exception as err:
+                raise ValueError(
+                    f"The simulator raised on a test batch of {n} prior samples (shape {tuple(theta.shape)}): "
+                    f"{type(err).__name__}: {err}. A simulator takes a batch Tensor[N, D]; wrap a "
+                    "per-sample function with simulators.per_sample and a numpy one with simulators.from_numpy."
+                ) from err
+        if isinstance(x, np.ndarray):
+            raise TypeError(
+                "The simulator returned a numpy array; wrap it with simulators.from_numpy(fn)."
+            )
+        if not isinstance(x, Tensor):
+            raise TypeError(f"The simulator must return a torch.Tensor, got {type(x).__name__}.")
+        if not torch.is_floating_point(x):
+            raise TypeError(
+                f"The simulator must return floating-point values, got dtype {x.dtype}; cast with .float()."
+            )
+        if x.ndim < 2 or x.shape[0] != n:
+            raise ValueError(
+                f"For a batch of {n} parameters the simulator returned shape {tuple(x.shape)}; expected "
+                f"({n}, *x_shape) with one row per parameter set. Per-sample functions need "
+                "simulators.per_sample(fn)."
+            )
+        got = tuple(x.shape[1:])
+        if self.x_shape is not None and got != self.x_shape:
+            raise ValueError(
+                f"The simulator returned x of shape {got} per sample; expected x_shape {self.x_shape}."
+            )
+        self.x_shape = got
+
+    def observation(self, k: int) -> Tensor:
+        """Observation ``k`` in ``1..10``, simulated with seed ``OBSERVATION_SEED_BASE + k``."""
+        return self._observation(k)[1].clone()
+
+    def true_parameters(self, k: int) -> Tensor:
+        """The parameters ``(D,)`` that generated :meth:`observation` ``k``."""
+        return self._observation(k)[0].clone()
+
+    def _observation(self, k: int) -> tuple[Tensor, Tensor]:
+        if not 1 <= k <= NUM_OBSERVATIONS:
+            raise ValueError(f"Observations are numbered 1..{NUM_OBSERVATIONS}, got {k}.")
+        if k not in self._observations:
+            with torch.random.fork_rng():
+                seed = OBSERVATION_SEED_BASE + k
+                torch.manual_seed(seed)
+                np.random.seed(seed)
+                theta = self.prior.sample((1,))
+                x = self.simulator(theta)
+            self._observations[k] = (theta[0].float(), x[0].float())
+        return self._observations[k]
+
+    def spec(self) -> dict[str, Any]:
+        """Plain-value description saved with trained models."""
+        return {
+            "name": self.name,
+            "param_names": list(self.param_names),
+            "prior": prior_spec(self.prior),
+            "x_shape": list(self.x_shape or ()),
+            "source": self.source,
+        }
+
+    def __repr__(self) -> str:
+        return f"Problem(name={self.name!r}, dim={self.dim}, x_shape={self.x_shape})"

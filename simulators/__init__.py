@@ -1,0 +1,39 @@
+"""Built-in simulators (benchmark problems with reference posteriors, scientific models)
+and adapters that turn user code into batched simulators.
+
+``get_problem("two_moons")`` builds a :class:`sbi_core.Problem`; ``available_problems()``
+lists the names.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from sbi_core.problem import Problem
+from simulators.adapters import from_numpy, per_sample
+
+__all__ = ["get_problem", "available_problems", "from_numpy", "per_sample"]
+
+# name -> "module:factory"; each factory returns a Problem.
+_PROBLEMS: dict[str, str] = {
+    "two_moons": "simulators.two_moons:two_moons",
+    "linear_gaussian": "simulators.linear_gaussian:linear_gaussian",
+}
+
+
+def available_problems() -> list[str]:
+    return sorted(_PROBLEMS)
+
+
+def get_problem(name: str, **kwargs) -> Problem:
+    """Build the built-in problem ``name``."""
+    key = name.lower().replace("-", "_")
+    if key not in _PROBLEMS:
+        raise ValueError(
+            f"Unknown problem {name!r}. Built-in problems: {', '.join(available_problems())}; "
+            "or pass path/to/file.py:function or module:function returning a Problem."
+        )
+    module_name, attr = _PROBLEMS[key].split(":")
+    problem = getattr(importlib.import_module(module_name), attr)(**kwargs)
+    problem.source = key if not kwargs else None
+    return problem
