@@ -189,33 +189,47 @@ class Posterior:
             )
         return theta
 
-    def _check_x(self, x: Tensor, batched: bool, allow_iid: bool | None = None) -> Tensor:
-        """Validate an observation; returns ``(B, *x_shape)`` (``B=1`` when not batched)."""
+    def _check_x(self, x: Tensor, batched: bool) -> Tensor:
+        """Validate observations and return a batch.
+
+        Returns ``(B, *x_shape)``, or ``(B, n, *x_shape)`` for sets of ``n`` iid observations
+        (only when ``supports_iid``). Not batched: ``x_shape`` → ``(1, *x_shape)`` and an iid
+        set ``(n, *x_shape)`` → ``(1, n, *x_shape)``.
+        """
         x = torch.as_tensor(x, dtype=torch.float32)
         xs = self.x_shape
+        k = len(xs)
         if not batched:
             if tuple(x.shape) == xs:
                 x = x.unsqueeze(0)
-            elif tuple(x.shape) == (1, *xs):
-                pass
-            elif (allow_iid if allow_iid is not None else self.supports_iid) and \
-                    tuple(x.shape[1:]) == xs:
-                return self._check_values(x, iid=True)
+            elif self.supports_iid and x.ndim == k + 1 and tuple(x.shape[1:]) == xs:
+                if x.shape[0] == 0:
+                    raise ObservationError("The set of iid observations is empty.")
+                x = x.unsqueeze(0)
             else:
                 raise ObservationError(
                     f"The observation has shape {tuple(x.shape)}; this posterior expects one "
-                    f"observation of shape {xs}. For several observations use sample_batched "
-                    f"with shape (B, *{xs})."
-                    + ("" if self.supports_iid else " This method does not accept sets of iid "
-                       "observations.")
+                    f"observation of shape {xs}"
+                    + (f" or a set of n iid observations (n, *{xs})" if self.supports_iid else "")
+                    + f". For several observations at once use sample_batched with shape "
+                    f"(B, *{xs})."
+                    + ("" if self.supports_iid else f" Method {self.method!r} does not accept sets "
+                       "of iid observations.")
                 )
-        elif tuple(x.shape[1:]) != xs or x.ndim != len(xs) + 1:
+        elif not (tuple(x.shape[1:]) == xs or
+                  (self.supports_iid and x.ndim == k + 2 and tuple(x.shape[2:]) == xs)):
             raise ObservationError(
-                f"Batched observations have shape {tuple(x.shape)}; expected (B, *{xs})."
+                f"Batched observations have shape {tuple(x.shape)}; expected (B, *{xs})"
+                + (f" or sets (B, n, *{xs})." if self.supports_iid else ".")
             )
         return self._check_values(x)
 
-    def _check_values(self, x: Tensor, iid: bool = False) -> Tensor:
+    @staticmethod
+    def is_iid_batch(xs: Tensor, x_shape: tuple[int, ...]) -> bool:
+        """True when ``xs`` is a batch of iid sets ``(B, n, *x_shape)``."""
+        return xs.ndim == len(x_shape) + 2
+
+    def _check_values(self, x: Tensor) -> Tensor:
         if not torch.isfinite(x).all():
             raise ObservationError(
                 "The observation contains NaN or inf. Remove or impute the missing values; the "
@@ -228,9 +242,11 @@ class Posterior:
     def _check_range(self, x: Tensor) -> None:
         lo = getattr(self.estimator, "x_min", None)
         hi = getattr(self.estimator, "x_max", None)
-        if lo is None or hi is None or lo.shape != x.shape[1:]:
+        if lo is None or hi is None or tuple(x.shape[-lo.ndim:] if lo.ndim else ()) != \
+                tuple(lo.shape):
             return
         lo, hi = lo.cpu(), hi.cpu()
+        x = x.reshape(-1, *lo.shape)
         margin = 0.1 * (hi - lo)
         outside = (x < lo - margin) | (x > hi + margin)
         if outside.any():
