@@ -20,7 +20,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diagnostics.ecp import area_to_curve, ecp_curve, rank_to_unit, uniform_ks_pvalue, verdict
+from diagnostics.ecp import (
+    area_to_curve,
+    derived_seed,
+    ecp_curve,
+    rank_to_unit,
+    uniform_ks_pvalue,
+    verdict,
+)
 from diagnostics.testset import _range_check_off, posterior_samples
 from sbi_core.posterior import DirectPosterior, Posterior
 
@@ -52,7 +59,7 @@ class CoverageResult:
 
 def hpd_levels(log_prob_samples: Tensor, log_prob_true: Tensor, seed: int = 0) -> Tensor:
     """HPD credibility ``(N,)`` of the truth from ``log_prob`` of samples ``(n, N)`` and truth ``(N,)``."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(derived_seed(seed, "coverage"))
     greater = (log_prob_samples > log_prob_true).sum(0)
     equal = (log_prob_samples == log_prob_true).sum(0)
     return rank_to_unit(greater, equal, log_prob_samples.shape[0], gen)

@@ -13,12 +13,14 @@ dalpha``: below 0 means over-confident (too narrow), above 0 under-confident (to
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import torch
 from scipy import stats
 from torch import Tensor
 
-__all__ = ["rank_to_unit", "ecp_curve", "area_to_curve", "uniform_ks_pvalue", "verdict",
+__all__ = ["derived_seed", "rank_to_unit", "ecp_curve", "area_to_curve", "uniform_ks_pvalue", "verdict",
            "FAIL_PVALUE", "WARN_PVALUE", "ATC_TOLERANCE"]
 
 #: A uniformity p-value below this fails a check; below WARN_PVALUE it warns.
@@ -26,6 +28,18 @@ FAIL_PVALUE = 1e-3
 WARN_PVALUE = 0.05
 #: |ATC| below this counts as "no clear direction" when naming the failure.
 ATC_TOLERANCE = 0.01
+
+
+def derived_seed(seed: int, tag: str) -> int:
+    """A seed for stream ``tag`` derived from the user's ``seed``.
+
+    Internal random streams (references, tie-breaking, bootstrap, posterior sampling) must
+    not coincide with the stream that drew the test data: a user who simulates with
+    ``torch.manual_seed(0)`` and diagnoses with ``seed=0`` would otherwise get reference
+    points correlated with the true parameters, and a wrong verdict.
+    """
+    mixed = np.random.SeedSequence([int(seed) % 2**63, zlib.crc32(tag.encode())])
+    return int(mixed.generate_state(1, dtype=np.uint64)[0] % 2**62)
 
 
 def rank_to_unit(less: Tensor, equal: Tensor, n: int, generator: torch.Generator) -> Tensor:

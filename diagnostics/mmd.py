@@ -73,7 +73,7 @@ def mmd_test(p: Tensor, q: Tensor, bandwidth: float | None = None, num_permutati
     stat = float(_mmd2(k, labels)[0])
     if num_permutations <= 0:
         return stat, 1.0
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed + 7919)
     perms = torch.argsort(torch.rand(num_permutations, len(z), generator=gen), dim=1)
     null = _mmd2(k, perms < len(p))
     pvalue = float(((null >= stat).sum() + 1) / (num_permutations + 1))

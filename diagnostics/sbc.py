@@ -22,7 +22,7 @@ import torch
 from scipy import stats
 from torch import Tensor
 
-from diagnostics.ecp import FAIL_PVALUE, WARN_PVALUE, rank_to_unit
+from diagnostics.ecp import FAIL_PVALUE, WARN_PVALUE, derived_seed, rank_to_unit
 from diagnostics.testset import posterior_samples
 from sbi_core.posterior import Posterior
 
@@ -94,7 +94,7 @@ def sbc_ranks(samples: Tensor, theta: Tensor, seed: int = 0) -> Tensor:
     if samples.ndim != 3 or samples.shape[1:] != theta.shape:
         raise ValueError(f"SBC needs samples (n, N, D) and theta (N, D); got "
                          f"{tuple(samples.shape)} and {tuple(theta.shape)}.")
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(derived_seed(seed, "sbc"))
     less = (samples < theta).sum(0)
     equal = (samples == theta).sum(0)
     return rank_to_unit(less, equal, samples.shape[0], gen)

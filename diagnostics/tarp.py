@@ -32,7 +32,14 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from diagnostics.ecp import area_to_curve, ecp_curve, rank_to_unit, uniform_ks_pvalue, verdict
+from diagnostics.ecp import (
+    area_to_curve,
+    derived_seed,
+    ecp_curve,
+    rank_to_unit,
+    uniform_ks_pvalue,
+    verdict,
+)
 from diagnostics.testset import posterior_samples
 from sbi_core.posterior import Posterior
 
@@ -128,7 +135,7 @@ def tarp_coverage(samples: Tensor, theta: Tensor, references: References = "box"
                          f"{tuple(samples.shape)} and {tuple(theta.shape)}.")
     if distance not in ("l2", "l1"):
         raise ValueError(f"distance must be 'l2' or 'l1', got {distance!r}.")
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(derived_seed(seed, "tarp"))
     n, num, dim = samples.shape
     refs, kind = _references(references, theta, xs, gen)
     if normalize:

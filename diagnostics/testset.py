@@ -14,6 +14,7 @@ import warnings
 import torch
 from torch import Tensor
 
+from diagnostics.ecp import derived_seed
 from sbi_core.posterior import Posterior
 from sbi_core.problem import Problem
 from sbi_core.simulation_set import SimulationSet
@@ -75,7 +76,7 @@ def posterior_samples(posterior: Posterior, xs: Tensor, num_samples: int = 1000,
 
     Observations are processed in chunks of ``chunk`` (default: about 200,000 samples per
     call) through ``sample_batched``; a tqdm bar shows progress when there is more than one.
-    Chunk ``k`` is seeded with ``seed + k`` so results do not depend on anything else.
+    Chunk ``k`` is seeded from ``(seed + k, "samples")`` (see :func:`diagnostics.ecp.derived_seed`).
     """
     from tqdm.auto import tqdm
 
@@ -87,7 +88,7 @@ def posterior_samples(posterior: Posterior, xs: Tensor, num_samples: int = 1000,
         for k, start in enumerate(tqdm(starts, desc="posterior samples", unit="chunk",
                                        disable=not progress or len(starts) == 1, leave=False)):
             parts.append(posterior.sample_batched((num_samples,), xs[start:start + chunk],
-                                                  seed=seed + k))
+                                                  seed=derived_seed(seed + k, "samples")))
     return torch.cat(parts, dim=1)
 
 
