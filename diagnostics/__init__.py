@@ -17,7 +17,7 @@ from diagnostics.report import (
 )
 from diagnostics.sbc import SBCResult, run_sbc, sbc, sbc_ranks
 from diagnostics.tarp import TarpResult, regression_references, run_tarp, tarp_coverage
-from diagnostics.testset import posterior_samples, test_pairs
+from diagnostics.testset import calibration_pairs, posterior_samples
 
 __all__ = [
     "CHECKS",
@@ -42,5 +42,5 @@ __all__ = [
     "sbc",
     "sbc_ranks",
     "tarp_coverage",
-    "test_pairs",
+    "calibration_pairs",
 ]

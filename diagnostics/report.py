@@ -30,7 +30,7 @@ from typing import Any
 
 from torch import Tensor
 
-from diagnostics.testset import posterior_samples, test_pairs
+from diagnostics.testset import calibration_pairs, posterior_samples
 from sbi_core.posterior import Posterior
 from sbi_core.problem import Problem
 from sbi_core.simulation_set import SimulationSet
@@ -198,7 +198,7 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
 
     start = time.perf_counter()
     problem = _resolve(posterior, problem, need=sims is None)
-    theta, xs = test_pairs(problem, sims, num=num, seed=seed)
+    theta, xs = calibration_pairs(problem, sims, num=num, seed=seed)
     _check_shapes(posterior, theta, xs)
     names = list(checks) if checks is not None else [n for n, c in CHECKS.items() if c.default]
     unknown = [n for n in names if n not in CHECKS]

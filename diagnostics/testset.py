@@ -2,7 +2,7 @@
 
 Every calibration check needs the same ingredients: ``N`` test pairs ``(theta*_i, x_i)``
 drawn from the joint ``p(theta) p(x | theta)`` and ``n`` posterior samples per ``x_i``.
-:func:`test_pairs` gets the pairs from held-out simulations or by simulating a problem,
+:func:`calibration_pairs` gets the pairs from held-out simulations or by simulating a problem,
 dropping invalid simulations (NaN/inf) with a warning; :func:`posterior_samples` draws
 ``(n, N, D)`` samples with a few large ``sample_batched`` calls and a progress bar.
 """
@@ -19,7 +19,7 @@ from sbi_core.posterior import Posterior
 from sbi_core.problem import Problem
 from sbi_core.simulation_set import SimulationSet
 
-__all__ = ["test_pairs", "posterior_samples", "finite_rows"]
+__all__ = ["calibration_pairs", "posterior_samples", "finite_rows"]
 
 
 def finite_rows(theta: Tensor, x: Tensor) -> Tensor:
@@ -28,7 +28,7 @@ def finite_rows(theta: Tensor, x: Tensor) -> Tensor:
             & torch.isfinite(x.reshape(x.shape[0], -1)).all(1))
 
 
-def test_pairs(problem: Problem | None = None, sims: SimulationSet | tuple[Tensor, Tensor] | None
+def calibration_pairs(problem: Problem | None = None, sims: SimulationSet | tuple[Tensor, Tensor] | None
                = None, num: int = 200, seed: int = 0) -> tuple[Tensor, Tensor]:
     """Test pairs ``theta`` ``(N, D)`` and ``x`` ``(N, *x_shape)`` from the joint.
 
