@@ -8,9 +8,16 @@ TUTORIAL = Path(__file__).resolve().parents[1] / "tutorials" / "06_diagnostics.p
 
 
 def test_tutorial_06_runs_in_fast_mode(tmp_path, monkeypatch, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # small networks; avoids oversubscription on shared machines
     monkeypatch.setenv("SBI_CORE_FAST", "1")
     monkeypatch.setenv("SBI_CORE_TUTORIAL_OUT", str(tmp_path))
-    runpy.run_path(str(TUTORIAL), run_name="__main__")
+    try:
+        runpy.run_path(str(TUTORIAL), run_name="__main__")
+    finally:
+        torch.set_num_threads(before)
     out = capsys.readouterr().out
     assert "Report card" in out
     assert "references=regression: FAIL" in out  # posterior = prior caught

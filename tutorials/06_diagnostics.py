@@ -38,7 +38,7 @@ torch.manual_seed(0)
 problem = get_problem("linear_gaussian")
 sims = simulate(problem, NUM_SIMS, seed=0, progress=False)
 posterior = fit(problem, sims, seed=0, flow="mdn", num_components=2, hidden_features=32,
-                max_epochs=30 if FAST else 200, progress=False)
+                learning_rate=3e-3, max_epochs=30 if FAST else 200, progress=False)
 print("trained for", posterior.history["epochs"], "epochs")
 
 # %% [markdown]
