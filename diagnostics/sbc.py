@@ -76,7 +76,10 @@ class SBCResult:
             return "fail", f"SBC ranks are not uniform: {shape}; {detail}."
         if self.dap_pvalue < FAIL_PVALUE:
             return "fail", f"The data-averaged posterior does not match the prior; {detail}."
-        if self.pvalue < WARN_PVALUE or self.dap_pvalue < WARN_PVALUE:
+        if self.pvalue >= WARN_PVALUE and self.dap_pvalue < WARN_PVALUE:
+            return "warn", ("SBC ranks look uniform, but the data-averaged posterior differs "
+                            f"marginally from the prior; {detail}.")
+        if self.pvalue < WARN_PVALUE:
             return "warn", f"SBC is marginal, possibly {shape}; {detail}."
         return "pass", f"SBC ranks are consistent with uniform; {detail}."
 
