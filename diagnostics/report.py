@@ -206,7 +206,11 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
         raise ValueError(f"Unknown check(s) {unknown}; available: {sorted(CHECKS)}.")
     ctx = DiagnosisContext(posterior, theta, xs, problem, num_samples, seed, progress, options)
     sections: dict[str, dict[str, Any]] = {}
-    for name in names:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(names, desc="diagnostics", unit="check", disable=not progress, leave=False)
+    for name in bar:
+        bar.set_postfix_str(name)
         check = CHECKS[name]
         t0 = time.perf_counter()
         try:

@@ -74,14 +74,14 @@ def posterior_samples(posterior: Posterior, xs: Tensor, num_samples: int = 1000,
                       chunk: int | None = None, progress: bool = True) -> Tensor:
     """Posterior samples ``(num_samples, N, D)`` for observations ``xs`` ``(N, *x_shape)``.
 
-    Observations are processed in chunks of ``chunk`` (default: about 200,000 samples per
+    Observations are processed in chunks of ``chunk`` (default: about 50,000 samples per
     call) through ``sample_batched``; a tqdm bar shows progress when there is more than one.
     Chunk ``k`` is seeded from ``(seed + k, "samples")`` (see :func:`diagnostics.ecp.derived_seed`).
     """
     from tqdm.auto import tqdm
 
     n_obs = xs.shape[0]
-    chunk = chunk or max(1, 200_000 // max(num_samples, 1))
+    chunk = chunk or max(1, 50_000 // max(num_samples, 1))
     starts = list(range(0, n_obs, chunk))
     parts = []
     with _range_check_off(posterior):
