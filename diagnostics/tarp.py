@@ -94,18 +94,31 @@ def regression_references(theta: Tensor, xs: Tensor, width: float = 2.0, ridge: 
                           generator: torch.Generator | None = None) -> Tensor:
     """``x``-dependent references ``(N, D)``: a ridge regression of ``theta`` on ``x`` plus noise.
 
-    ``theta_r = g(x) + U(-w, w)`` with ``g`` the linear least-squares fit of ``theta`` ``(N, D)``
+    ``theta_r = g(x) + U(-w, w)`` with ``g`` a linear least-squares fit of ``theta`` ``(N, D)``
     on the flattened, standardized ``xs`` ``(N, ...)``, and ``w = width * residual std`` per
     dimension. Such references sit near the truth, so a posterior that ignores ``x`` (e.g.
     equal to the prior) puts too little mass in the small balls and fails.
+
+    The fit is cross-fitted (two folds): the reference of pair ``i`` comes from a regression
+    that never saw ``theta*_i``, so it carries no information about the truth beyond ``x_i``
+    (otherwise, with many features, the fit would memorize ``theta*`` and fail correct
+    posteriors).
     """
     n = theta.shape[0]
+    if n < 4:
+        raise ValueError(f"Regression references need at least 4 test pairs, got {n}.")
     feats = xs.reshape(n, -1).double()
     feats = (feats - feats.mean(0)) / feats.std(0).clamp(min=1e-12)
     design = torch.cat([torch.ones(n, 1, dtype=torch.float64), feats], 1)
-    gram = design.T @ design + ridge * n * torch.eye(design.shape[1], dtype=torch.float64)
-    coef = torch.linalg.solve(gram, design.T @ theta.double())
-    fitted = (design @ coef).float()
+    fold = torch.randperm(n, generator=generator) % 2
+    fitted = torch.empty(n, theta.shape[1], dtype=torch.float64)
+    for k in (0, 1):
+        train, test = fold != k, fold == k
+        a = design[train]
+        gram = a.T @ a + ridge * len(a) * torch.eye(a.shape[1], dtype=torch.float64)
+        coef = torch.linalg.solve(gram, a.T @ theta[train].double())
+        fitted[test] = design[test] @ coef
+    fitted = fitted.float()
     scale = (theta - fitted).std(0).clamp(min=1e-6)
     noise = torch.rand(theta.shape, generator=generator) * 2 - 1
     return fitted + width * scale * noise

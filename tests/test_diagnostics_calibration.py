@@ -221,3 +221,17 @@ def test_bad_input_gets_clear_errors(pairs):
         diagnose(FakeGaussian(), sims=(theta[:, :2], x), progress=False)
     with pytest.raises(ValueError, match="References must have shape"):
         tarp_coverage(torch.zeros(10, 300, 3), theta, references=torch.zeros(5, 3))
+
+
+def test_regression_references_do_not_leak_the_truth_with_many_features():
+    # 150 pairs, 120 noisy features: an in-sample fit would memorize theta* and fail a
+    # correct posterior; cross-fitted references keep it calibrated (p >= 0.05).
+    g = torch.Generator().manual_seed(2)
+    theta = torch.randn(150, 1, generator=g)
+    x = torch.cat([theta + 0.5 * torch.randn(150, 1, generator=g),
+                   torch.randn(150, 119, generator=g)], 1)
+    post_var = 0.25 / 1.25  # analytic posterior of the first feature
+    mean = x[:, :1] / 1.25
+    samples = mean + post_var**0.5 * torch.randn(1000, 150, 1, generator=g)
+    res = tarp_coverage(samples, theta, references="regression", xs=x)
+    assert res.ks_pvalue > 0.05, res.verdict()
