@@ -96,7 +96,7 @@ def test_cli_diagnose_writes_json_figures_and_card(trained, tmp_path, capsys):
                "tarp,sbc,coverage,predictive", "--out", str(out), "--save", "--quiet"])
     printed = capsys.readouterr().out
     assert rc == 0
-    assert "Report card" in printed and "[PASS]" in printed or "[WARN]" in printed
+    assert "Report card" in printed and ("[PASS]" in printed or "[WARN]" in printed)
     card = json.loads((out / "report.json").read_text())
     assert set(card["sections"]) == {"tarp", "sbc", "coverage", "predictive"}
     assert (out / "tarp.png").exists() and (out / "sbc.png").exists()
