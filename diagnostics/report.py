@@ -17,6 +17,9 @@ Extension point: a check is a function ``fn(ctx: DiagnosisContext) -> dict`` ret
         return {"status": "pass", "why": "...", "metrics": {"score": 0.1}}
 
     register_check("mine", my_check, title="My check")
+
+Modules listed in ``CHECK_MODULES`` are imported by :func:`diagnose` (so their checks are
+registered for the CLI too): a new built-in check module adds its name there.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from sbi_core.problem import Problem
 from sbi_core.simulation_set import SimulationSet
 
 __all__ = ["diagnose", "DiagnosisReport", "DiagnosisContext", "Check", "CHECKS",
-           "register_check", "STATUSES", "REPORT_KEY"]
+           "CHECK_MODULES", "register_check", "STATUSES", "REPORT_KEY"]
 
 #: Ordered from best to worst; the overall status is the worst non-skipped one.
 STATUSES = ("pass", "warn", "fail")
@@ -93,6 +96,16 @@ class Check:
 
 #: name -> Check, in run order. Built-in checks are added by ``diagnostics.checks``.
 CHECKS: dict[str, Check] = {}
+#: Modules imported before checks run; each registers its checks on import.
+CHECK_MODULES: list[str] = ["diagnostics.checks"]
+
+
+def load_check_modules() -> None:
+    """Import every module in ``CHECK_MODULES`` (registering their checks)."""
+    import importlib
+
+    for module in CHECK_MODULES:
+        importlib.import_module(module)
 
 
 def register_check(name: str, fn: Callable[[DiagnosisContext], dict[str, Any]],
@@ -144,8 +157,7 @@ class DiagnosisReport:
 
     def plots(self, directory: str | Path) -> list[Path]:
         """Write one PNG per check that has a plot into ``directory``; returns the paths."""
-        import diagnostics.checks  # noqa: F401  (registers built-in plots)
-
+        load_check_modules()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         paths = []
@@ -194,8 +206,7 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
         **options: per-check options, e.g. ``tarp_references`` (function ``xs -> (N, D)``),
             ``num_predictive_observations``, ``num_reference_observations``.
     """
-    import diagnostics.checks  # noqa: F401  (registers the built-in checks)
-
+    load_check_modules()
     start = time.perf_counter()
     problem = _resolve(posterior, problem, need=sims is None)
     theta, xs = calibration_pairs(problem, sims, num=num, seed=seed)
