@@ -28,8 +28,8 @@ from torch.distributions import Distribution
 
 from estimators.flows import FLOWS, build_flow
 from estimators.standardize import Standardize, fit_standardize
-from sbi_core.methods import Method
 from sbi_core.mcmc_posterior import MCMCPosterior, mcmc_defaults
+from sbi_core.methods import Method
 
 __all__ = ["NLEEstimator", "METHOD", "build_nle"]
 

@@ -33,8 +33,8 @@ from torch.distributions import Distribution
 from estimators.embedding import build_embedding
 from estimators.nre_losses import LOSSES, nre_loss
 from estimators.standardize import Standardize, fit_standardize
-from sbi_core.methods import Method
 from sbi_core.mcmc_posterior import MCMCPosterior, mcmc_defaults
+from sbi_core.methods import Method
 
 __all__ = ["NREEstimator", "build_nre", "METHOD", "METHODS"]
 
