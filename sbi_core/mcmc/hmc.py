@@ -3,12 +3,13 @@ r"""Hamiltonian Monte Carlo over many parallel chains, for differentiable log de
 Each of the ``M`` chains has its own step size and diagonal inverse mass matrix. One
 transition draws momenta :math:`p \sim N(0, M^{-1}{}^{-1})`, runs ``num_steps`` leapfrog steps
 of :math:`H(z, p) = -f(z) + \tfrac12 p^\top M^{-1} p` (all chains in one batched gradient
-call per step) and accepts with probability :math:`\min(1, e^{-\Delta H})`.
+call per step; the step size is jittered by up to ±20 % per transition so trajectories do
+not lock into periodic orbits) and accepts with probability :math:`\min(1, e^{-\Delta H})`.
 
 Warm-up (Hoffman & Gelman 2014; Stan's windowed scheme, simplified): the step size of every
 chain is adapted by dual averaging towards ``target_accept``; halfway through warm-up the
-inverse mass matrix is set to the regularized variance of that chain's draws from the
-second quarter, and dual averaging restarts. After warm-up each chain keeps its averaged
+inverse mass matrix is set to the regularized variance of the second quarter's draws of all
+chains sampling the same observation, and dual averaging restarts. After warm-up each chain keeps its averaged
 step size. Non-finite energies count as rejections; ``|ΔH| > 1000`` counts as a divergence.
 """
 
@@ -35,7 +36,7 @@ def hmc_log_density_and_grad(log_density: LogDensity, z: Tensor, rows: Tensor
     if grad is None:
         raise ValueError("The potential does not depend on theta through differentiable torch "
                          "operations, so HMC cannot run; use method='slice'.")
-    lp = torch.nan_to_num(lp.detach(), nan=-torch.inf, posinf=-torch.inf)
+    lp = torch.nan_to_num(lp.detach(), nan=-torch.inf, posinf=-torch.inf, neginf=-torch.inf)
     bad = ~torch.isfinite(lp)
     grad = torch.where(bad[:, None] | ~torch.isfinite(grad), torch.zeros_like(grad), grad)
     return lp, grad.detach()
@@ -74,14 +75,19 @@ class HMCState:
         self._log_eps_bar = eta * log_eps + (1 - eta) * self._log_eps_bar
         self.step_size = log_eps.exp()
 
-    def set_mass_from_warmup(self) -> None:
-        """Inverse mass = regularized per-chain variance of the stored warm-up draws."""
+    def set_mass_from_warmup(self, chains_per_group: int = 1) -> None:
+        """Inverse mass = regularized variance of the stored warm-up draws, pooled over the
+        ``chains_per_group`` consecutive chains that share a target (one observation)."""
         if len(self.warmup_draws) >= 4:
             draws = torch.stack(self.warmup_draws)  # (n, M, D)
-            n = draws.shape[0]
-            var = draws.var(0, unbiased=True)
-            self.inv_mass = (n / (n + 5.0)) * var + 1e-3 * (5.0 / (n + 5.0))
-            self.step_size = self.step_size * 0 + self.step_size.median()
+            n, m, d = draws.shape
+            grouped = draws.reshape(n, m // chains_per_group, chains_per_group, d)
+            grouped = grouped.transpose(0, 1).reshape(m // chains_per_group, -1, d)
+            count = grouped.shape[1]
+            var = grouped.var(1, unbiased=True).repeat_interleave(chains_per_group, 0)
+            self.inv_mass = (count / (count + 5.0)) * var + 1e-3 * (5.0 / (count + 5.0))
+            step = self.step_size.reshape(-1, chains_per_group).median(1).values
+            self.step_size = step.repeat_interleave(chains_per_group)
         self.warmup_draws = []
         self._restart_adaptation()
 
@@ -95,7 +101,8 @@ def hmc_step(state: HMCState, log_density: LogDensity, num_steps: int = 10,
     """One HMC transition of all chains, in place (with dual averaging if ``adapt``)."""
     m, _ = state.z.shape
     rows = torch.arange(m)
-    eps = state.step_size[:, None]
+    # a random trajectory length (step size jittered by up to ±20 %) avoids periodic orbits
+    eps = (state.step_size * (0.8 + 0.4 * torch.rand(m)))[:, None]
     p0 = torch.randn_like(state.z) / state.inv_mass.sqrt()
     z, p, grad = state.z, p0 + 0.5 * eps * state.grad, state.grad
     lp = state.logp

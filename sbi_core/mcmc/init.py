@@ -2,7 +2,8 @@
 
 - ``"sir"`` (default): sampling-importance-resampling. Draw ``num_candidates`` prior samples
   per observation, weight them by ``exp(potential - log prior)`` (the likelihood, i.e. the
-  importance weight of the posterior against the prior) and resample one per chain. Chains
+  importance weight of the posterior against the prior) and resample one per chain, without
+  replacement so that no two chains start at the same point. Chains
   start close to the posterior's typical set, and different chains start in different modes
   in proportion to their mass.
 - ``"best"``: the chains start at the candidates with the highest potential (no duplicates).
@@ -43,7 +44,7 @@ def initial_chains(potential: Callable[[Tensor, Tensor], Tensor], prior: Distrib
     index = torch.arange(num_batches).repeat_interleave(k)
     pot = torch.cat([potential(cand[i:i + chunk], index[i:i + chunk])
                      for i in range(0, cand.shape[0], chunk)])
-    pot = torch.nan_to_num(pot, nan=-torch.inf, posinf=-torch.inf).reshape(num_batches, k)
+    pot = torch.nan_to_num(pot, nan=-torch.inf, posinf=-torch.inf, neginf=-torch.inf).reshape(num_batches, k)
     cand = cand.reshape(num_batches, k, -1)
     finite = torch.isfinite(pot)
     bad = (~finite.any(1)).nonzero().flatten().tolist()
@@ -61,5 +62,8 @@ def initial_chains(potential: Callable[[Tensor, Tensor], Tensor], prior: Distrib
         log_w = pot - prior.log_prob(cand.reshape(-1, cand.shape[-1])).reshape(num_batches, k)
         log_w = torch.where(finite, log_w, torch.full_like(log_w, -torch.inf))
         probs = torch.softmax(log_w, dim=1)
-        order = torch.multinomial(probs, num_chains, replacement=True)
+        # without replacement: no two chains start at the same point (when enough candidates
+        # have positive weight); fills up with lower-weight draws otherwise
+        probs = probs + 1e-12 * finite.float()
+        order = torch.multinomial(probs, num_chains, replacement=False)
     return cand.gather(1, order[..., None].expand(-1, -1, cand.shape[-1]))

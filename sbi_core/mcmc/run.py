@@ -206,7 +206,7 @@ def run_mcmc(potential: Potential, prior: Distribution, num_samples: int, num_ba
                 if warm and quarter <= step < half:
                     state_h.warmup_draws.append(state_h.z.clone())
                 if warm and step == half - 1 and cfg.warmup_steps >= 20:
-                    state_h.set_mass_from_warmup()
+                    state_h.set_mass_from_warmup(c)
                 _keep(kept, state_h.z, step, cfg)
                 bar.update(1)
             evaluations = state_h.num_evaluations

@@ -43,7 +43,7 @@ class SliceState:
 def _eval(log_density: LogDensity, z: Tensor, rows: Tensor, state: SliceState) -> Tensor:
     state.num_evaluations += int(rows.numel())
     lp = log_density(z, rows)
-    return torch.nan_to_num(lp, nan=-torch.inf, posinf=-torch.inf)
+    return torch.nan_to_num(lp, nan=-torch.inf, posinf=-torch.inf, neginf=-torch.inf)
 
 
 def slice_step(state: SliceState, log_density: LogDensity, tune: bool = False,
