@@ -73,6 +73,7 @@ class MCMCPosterior(Posterior):
         self.mcmc_config = MCMCConfig.from_options(dict(mcmc or {}))
         self.chunk_rows = chunk_rows
         self.last_mcmc: MCMCResult | None = None
+        self._center = unconstrained_transform(prior)(torch.zeros(1, self.dim))[0]
 
     @property
     def config(self) -> dict[str, Any]:
@@ -100,14 +101,9 @@ class MCMCPosterior(Posterior):
         ``(M,)`` in ``x_sets`` ``(B, n, *x_shape)`` → ``(M,)``; ``-inf`` outside the support."""
         lp_prior = self.prior.log_prob(theta)
         inside = torch.isfinite(lp_prior)
-        safe = torch.where(inside[:, None], theta, self.prior_center().expand_as(theta))
+        safe = torch.where(inside[:, None], theta, self._center.expand_as(theta))
         lp = lp_prior + self.iid_log_likelihood(safe, x_sets[index])
         return torch.where(inside, lp, torch.full_like(lp, -torch.inf))
-
-    def prior_center(self) -> Tensor:
-        """A point inside the support ``(D,)`` (stands in for outside rows, never returned)."""
-        transform = unconstrained_transform(self.prior)
-        return transform(torch.zeros(1, self.dim))[0]
 
     def _as_sets(self, xs: Tensor) -> Tensor:
         return xs if self.is_iid_batch(xs, self.x_shape) else xs.unsqueeze(1)
