@@ -26,7 +26,7 @@ from simulators.linear_gaussian import linear_gaussian, linear_gaussian_posterio
 
 FAST = os.environ.get("SBI_CORE_FAST") == "1"
 NUM_SIMS = 1000 if FAST else 3000
-MAX_SECONDS = 5 if FAST else 60
+MAX_SECONDS = 3 if FAST else 60
 NUM_SAMPLES = 200 if FAST else 1000
 MCMC = {"num_chains": 20, "warmup_steps": 20 if FAST else 100, "progress": not FAST}
 
@@ -50,6 +50,7 @@ trials = problem.simulator(theta_true.expand(10, 2))  # ten iid observations, (1
 
 # %%
 nle = fit(problem, sims, method="nle", seed=0, max_seconds=MAX_SECONDS, progress=not FAST,
+          hidden_features=32,
           mcmc=MCMC)
 nre = fit(problem, sims, method="nre", seed=0, max_seconds=MAX_SECONDS, progress=not FAST,
           mcmc=MCMC)
