@@ -168,3 +168,16 @@ def test_cli_train_and_sample_iid(tmp_path, observations):
                  "--out", str(out)]) == 0
     rows = out.read_text().strip().splitlines()
     assert len(rows) == 41  # header + 40 samples of one iid set
+
+
+def test_invalid_simulations_are_excluded_with_a_bias_warning(problem, sims):
+    from sbi_core import SimulationSet
+
+    theta, x = sims.training_data()
+    x = x[:300].clone()
+    x[:20] = float("nan")
+    valid = torch.isfinite(x).all(-1)
+    broken = SimulationSet(theta[:300], x, valid, {"problem": "linear_gaussian"})
+    with pytest.warns(UserWarning, match="Excluding 20 of 300 invalid simulations"):
+        post = fit(problem, broken, method="nre_a", seed=0, max_epochs=2, progress=False)
+    assert post.history["num_train"] + post.history["num_validation"] == 280

@@ -172,7 +172,9 @@ def run_mcmc(potential: Potential, prior: Distribution, num_samples: int, num_ba
         lp = potential(theta, rows // c) + transform.log_abs_det_jacobian(z, theta)
         return lp
 
-    theta0 = initial_chains(potential, prior, b, c, cfg.init_strategy, cfg.init_num_candidates)
+    with torch.no_grad():
+        theta0 = initial_chains(potential, prior, b, c, cfg.init_strategy,
+                                cfg.init_num_candidates)
     z = transform.inv(theta0.reshape(b * c, -1))  # rows ordered (observation, chain)
     z = torch.nan_to_num(z, nan=0.0, posinf=20.0, neginf=-20.0)
     dim = z.shape[1]
