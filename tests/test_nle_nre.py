@@ -165,7 +165,7 @@ def test_cli_train_and_sample_iid(tmp_path, observations):
     np.savetxt(tmp_path / "x.csv", observations.numpy(), delimiter=",")
     out = tmp_path / "samples.csv"
     assert main(["sample", str(model), "--x", str(tmp_path / "x.csv"), "--num", "40", "--iid",
-                 "--out", str(out)]) == 0
+                 "--out", str(out), "--num-chains", "10", "--warmup-steps", "30"]) == 0
     rows = out.read_text().strip().splitlines()
     assert len(rows) == 41  # header + 40 samples of one iid set
 
