@@ -97,11 +97,16 @@ def summary_statistics(trace: Tensor, dt: float = DT) -> Tensor:
                         skew.float(), kurt.float(), auto.float()], 1)
 
 
-def hodgkin_huxley(current: float = 4.0, noise: float = 0.1, chunk: int = 2000) -> Problem:
-    """Hodgkin-Huxley problem: ``theta = (g_Na, g_K)`` → 8 summary statistics."""
+def hodgkin_huxley(current: float = 4.0, noise: float = 0.1, dt: float = DT,
+                   chunk: int = 2000) -> Problem:
+    """Hodgkin-Huxley problem: ``theta = (g_Na, g_K)`` → 8 summary statistics.
+
+    ``dt`` (ms) trades accuracy for speed (0.05 is fine for quick experiments and tests).
+    """
 
     def simulator(theta: Tensor) -> Tensor:
-        parts = [summary_statistics(simulate_voltage(theta[i:i + chunk], current, noise))
+        parts = [summary_statistics(simulate_voltage(theta[i:i + chunk], current, noise, dt),
+                                    dt)
                  for i in range(0, theta.shape[0], chunk)]
         return torch.cat(parts).to(theta.dtype)
 

@@ -75,7 +75,7 @@ def lotka_volterra() -> Problem:
     def reference(x_o: Tensor, num_samples: int, seed: int = 0) -> Tensor:
         def run() -> Tensor:
             return de_mcmc(lambda t: lotka_volterra_log_likelihood(t, x_o), prior, num_samples,
-                           seed, num_chains=500, num_init=20_000, warmup=300, thin=10)
+                           seed, num_chains=1000, num_init=20_000, warmup=200, thin=15)
         return cached_reference("lotka_volterra", x_o, num_samples, seed, run)
 
     return Problem(

@@ -74,7 +74,7 @@ def sir() -> Problem:
     def reference(x_o: Tensor, num_samples: int, seed: int = 0) -> Tensor:
         def run() -> Tensor:
             return de_mcmc(lambda t: sir_log_likelihood(t, x_o), prior, num_samples, seed,
-                           num_chains=500, num_init=20_000, warmup=200, thin=10)
+                           num_chains=1000, num_init=20_000, warmup=150, thin=15)
         return cached_reference("sir", x_o, num_samples, seed, run)
 
     return Problem(
