@@ -34,21 +34,24 @@ STAT_NAMES = ["spike_count", "rest_mean", "rest_std", "mean", "std", "skewness",
               "autocorr_1ms"]
 
 
-def _efun(z: Tensor) -> Tensor:
-    """``z / (exp(z) - 1)``, continuous at 0 (the removable singularity is nudged away)."""
-    z = torch.where(z.abs() < 1e-4, torch.full_like(z, 1e-4), z)
-    return z / torch.expm1(z)
+# The six rate functions (alpha_m, beta_m, alpha_h, beta_h, alpha_n, beta_n) of
+# u = V - V_T all have the form A * g(z) with z = S * u + C and g one of
+# z / (exp(z) - 1) (kind 0), exp(z) (kind 1) or 1 / (1 + exp(z)) (kind 2); evaluating them
+# as one (6, N) tensor keeps the per-time-step cost to a few torch operations.
+_A = torch.tensor([1.28, 1.4, 0.128, 4.0, 0.16, 0.5])[:, None]
+_S = torch.tensor([-1 / 4, 1 / 5, -1 / 18, -1 / 5, -1 / 5, -1 / 40])[:, None]
+_C = torch.tensor([13 / 4, -8.0, 17 / 18, 8.0, 3.0, 0.25])[:, None]
+_EFUN = torch.tensor([True, True, False, False, True, False])[:, None]
+_LOGISTIC = torch.tensor([False, False, False, True, False, False])[:, None]
 
 
-def _rates(v: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    u = v - V_T
-    a_m = 0.32 * 4 * _efun(-(u - 13) / 4)
-    b_m = 0.28 * 5 * _efun((u - 40) / 5)
-    a_h = 0.128 * torch.exp(-(u - 17) / 18)
-    b_h = 4 / (1 + torch.exp(-(u - 40) / 5))
-    a_n = 0.032 * 5 * _efun(-(u - 15) / 5)
-    b_n = 0.5 * torch.exp(-(u - 10) / 40)
-    return a_m, b_m, a_h, b_h, a_n, b_n
+def _rates(v: Tensor) -> Tensor:
+    """Rates ``(3, 2, N)``: (gate m/h/n, alpha/beta) at voltages ``v`` ``(N,)`` (1/ms)."""
+    z = torch.addcmul(_C, _S, (v - V_T)[None])
+    z = torch.where(_EFUN & (z.abs() < 1e-4), torch.full_like(z, 1e-4), z)  # removable 0/0
+    e = torch.exp(z)
+    g = torch.where(_EFUN, z / (e - 1), torch.where(_LOGISTIC, 1 / (1 + e), e))
+    return (_A * g).view(3, 2, -1)
 
 
 def simulate_voltage(theta: Tensor, current: float = 4.0, noise: float = 0.1,
@@ -62,12 +65,12 @@ def simulate_voltage(theta: Tensor, current: float = 4.0, noise: float = 0.1,
     g_na, g_k = theta[:, 0].float(), theta[:, 1].float()
     steps = int(round(duration / dt))
     v = torch.full((n,), E_L)
-    a_m, b_m, a_h, b_h, a_n, b_n = _rates(v)
-    gates = torch.stack([a_m / (a_m + b_m), a_h / (a_h + b_h), a_n / (a_n + b_n)])  # (3, N)
+    rates = _rates(v)
+    gates = rates[:, 0] / rates.sum(1)  # (3, N) steady state at rest
     trace = torch.empty(n, steps)
     eps = torch.randn(steps, n) * (noise * dt**0.5)
     for i in range(steps):
-        rates = torch.stack(_rates(v)).view(3, 2, n)  # (gate, alpha/beta, N)
+        rates = _rates(v)  # (gate, alpha/beta, N)
         total = rates.sum(1)
         inf = rates[:, 0] / total
         gates = inf + (gates - inf) * torch.exp(-dt * total)  # exponential Euler
