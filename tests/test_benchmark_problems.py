@@ -156,3 +156,19 @@ def test_hodgkin_huxley_spikes_depend_on_sodium_and_batch_equals_single():
     assert abs(float(stats[1, 1]) + 70.0) < 1.0  # resting potential near E_L
     single = simulate_voltage(torch.tensor([[0.5, 5.0]]), noise=0.0, dt=0.05)
     assert torch.allclose(single[0], trace[1], atol=1e-4)
+
+
+def test_problem_observation_seeds_option():
+    from sbi_core.priors import box_uniform
+    from sbi_core.problem import OBSERVATION_SEED_BASE, Problem
+
+    def sim(theta):
+        return theta + torch.randn_like(theta)
+
+    default = Problem(box_uniform(-1.0, 1.0, dim=2), sim)
+    assert default.observation_seeds == [OBSERVATION_SEED_BASE + k for k in range(1, 11)]
+    shifted = Problem(box_uniform(-1.0, 1.0, dim=2), sim,
+                      observation_seeds=[OBSERVATION_SEED_BASE + k for k in range(2, 12)])
+    assert torch.equal(shifted.observation(1), default.observation(2))
+    with pytest.raises(ValueError, match="10 seeds"):
+        Problem(box_uniform(-1.0, 1.0, dim=2), sim, observation_seeds=[1, 2])
