@@ -3,8 +3,11 @@
 Runs under either interpreter (ours, or the sbi virtual environment) so that each library
 is measured in its own process: train seconds, epochs, sample seconds, peak memory (RSS).
 
-Usage: python _npe_worker.py {sbi|sbi_core} IN.npz OUT.npz FLOW SEED
+Usage: python _npe_worker.py {sbi|sbi_core} IN.npz OUT.npz FLOW SEED THREADS [OPTIONS_JSON]
+
 IN.npz holds theta (N, D), x (N, X), xo (K, X), prior_spec (JSON string), num_samples.
+THREADS is passed to ``torch.set_num_threads`` in both libraries (same setting for both).
+OPTIONS_JSON (sbi-core only) holds extra keyword options for ``sbi_core.fit``.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ def _prior_for_sbi(spec: dict):
     raise ValueError(f"prior {spec['type']} not supported by this benchmark")
 
 
-def run_sbi(theta, x, xo, spec, flow, seed, num_samples):
+def run_sbi(theta, x, xo, spec, flow, seed, num_samples, options):
+    """sbi 0.27 NPE with its defaults (batch 200, lr 5e-4, patience 20)."""
     from sbi.inference import NPE
 
     torch.manual_seed(seed)
@@ -45,6 +49,7 @@ def run_sbi(theta, x, xo, spec, flow, seed, num_samples):
     posterior = inference.build_posterior()
     samples, sample_s = [], []
     for k in range(xo.shape[0]):
+        torch.manual_seed(seed + k)
         t0 = time.perf_counter()
         samples.append(posterior.sample((num_samples,), x=xo[k], show_progress_bars=False))
         sample_s.append(time.perf_counter() - t0)
@@ -52,13 +57,15 @@ def run_sbi(theta, x, xo, spec, flow, seed, num_samples):
     return train_s, epochs, torch.stack(samples), sample_s
 
 
-def run_ours(theta, x, xo, spec, flow, seed, num_samples):
+def run_ours(theta, x, xo, spec, flow, seed, num_samples, options):
+    """sbi-core NPE with its defaults, plus any ``options`` for ``fit``."""
     from sbi_core import Problem, fit, prior_from_spec
 
     prior = prior_from_spec(spec)
     problem = Problem(prior, lambda t: t, x_shape=tuple(x.shape[1:]), validate=False)
     t0 = time.perf_counter()
-    posterior = fit(problem, (theta, x), method="npe", flow=flow, seed=seed, progress=False)
+    posterior = fit(problem, (theta, x), method="npe", flow=flow, seed=seed, progress=False,
+                    **options)
     train_s = time.perf_counter() - t0
     samples, sample_s = [], []
     for k in range(xo.shape[0]):
@@ -69,7 +76,9 @@ def run_ours(theta, x, xo, spec, flow, seed, num_samples):
 
 
 def main() -> None:
-    lib, inp, out, flow, seed = sys.argv[1:6]
+    lib, inp, out, flow, seed, threads = sys.argv[1:7]
+    options = json.loads(sys.argv[7]) if len(sys.argv) > 7 else {}
+    torch.set_num_threads(int(threads))
     data = np.load(inp)
     theta = torch.from_numpy(data["theta"]).float()
     x = torch.from_numpy(data["x"]).float()
@@ -77,7 +86,8 @@ def main() -> None:
     spec = json.loads(str(data["prior_spec"]))
     num_samples = int(data["num_samples"])
     runner = run_sbi if lib == "sbi" else run_ours
-    train_s, epochs, samples, sample_s = runner(theta, x, xo, spec, flow, int(seed), num_samples)
+    train_s, epochs, samples, sample_s = runner(theta, x, xo, spec, flow, int(seed), num_samples,
+                                                options)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     np.savez(out, samples=samples.numpy(), train_seconds=train_s, epochs=epochs,
              sample_seconds=np.asarray(sample_s), peak_mb=peak_mb,

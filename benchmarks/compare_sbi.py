@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -33,13 +34,16 @@ from sbi_core import simulate  # noqa: E402
 from sbi_core.priors import prior_spec  # noqa: E402
 
 
-def run_worker(python: str, lib: str, inp: Path, flow: str, seed: int) -> dict:
+def run_worker(python: str, lib: str, inp: Path, flow: str, seed: int, threads: int,
+               options: dict) -> dict:
+    """Train and sample with ``lib`` in a fresh process; returns the worker's arrays."""
     out = inp.with_name(f"{lib}_{flow}_out.npz")
-    env_path = str(ROOT)
-    cmd = [python, str(HERE / "_npe_worker.py"), lib, str(inp), str(out), flow, str(seed)]
-    import os
-
-    env = {**os.environ, "PYTHONPATH": env_path if lib == "sbi_core" else ""}
+    cmd = [python, str(HERE / "_npe_worker.py"), lib, str(inp), str(out), flow, str(seed),
+           str(threads)]
+    if lib == "sbi_core":
+        cmd.append(json.dumps(options))
+    env = {**os.environ, "PYTHONPATH": str(ROOT) if lib == "sbi_core" else "",
+           "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{lib} worker failed:\n{proc.stderr[-4000:]}")
@@ -57,6 +61,13 @@ def main() -> None:
     ap.add_argument("--num-samples", type=int, default=10_000)
     ap.add_argument("--flows", nargs="+", default=["maf"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch/OpenMP threads for BOTH libraries (default 1: on a shared or "
+                         "2-core machine more threads oversubscribe the cores)")
+    ap.add_argument("--libs", nargs="+", default=["sbi", "sbi_core"],
+                    choices=["sbi", "sbi_core"], help="run only some libraries (tuning)")
+    ap.add_argument("--ours-options", default="{}",
+                    help="JSON dict of extra sbi_core.fit options, e.g. '{\"batch_size\": 512}'")
     ap.add_argument("--json", help="also write all results to this JSON file")
     args = ap.parse_args()
 
@@ -78,18 +89,22 @@ def main() -> None:
                      prior_spec=json.dumps(prior_spec(problem.prior)),
                      num_samples=args.num_samples)
             for flow in args.flows:
-                libs = ["sbi", "sbi_core"] if order % 2 == 0 else ["sbi_core", "sbi"]
+                libs = [lib for lib in ("sbi", "sbi_core") if lib in args.libs]
+                if order % 2:
+                    libs.reverse()
                 order += 1
                 res = {}
                 for lib in libs:
                     python = args.sbi_python if lib == "sbi" else sys.executable
-                    res[lib] = run_worker(python, lib, inp, flow, args.seed)
-                for lib in ("sbi", "sbi_core"):
+                    res[lib] = run_worker(python, lib, inp, flow, args.seed, args.threads,
+                                          json.loads(args.ours_options))
+                for lib in libs:
                     samples = torch.from_numpy(res[lib]["samples"])
                     scores = [c2st(samples[i], refs[i], seed=0) for i in range(len(ks))]
                     res[lib]["c2st"] = scores
-                row = {"task": task, "flow": flow, "first": libs[0]}
-                for lib in ("sbi", "sbi_core"):
+                row = {"task": task, "flow": flow, "first": libs[0], "threads": args.threads,
+                       "ours_options": json.loads(args.ours_options)}
+                for lib in libs:
                     r = res[lib]
                     row[lib] = {
                         "train_seconds": round(float(r["train_seconds"]), 2),
@@ -99,6 +114,10 @@ def main() -> None:
                         "sample_seconds": round(float(np.mean(r["sample_seconds"])), 3),
                         "peak_mb": round(float(r["peak_mb"]), 1),
                     }
+                if len(libs) < 2:
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                    continue
                 row["train_speedup"] = round(row["sbi"]["train_seconds"] /
                                              row["sbi_core"]["train_seconds"], 2)
                 row["sample_speedup"] = round(row["sbi"]["sample_seconds"] /
@@ -113,12 +132,15 @@ def main() -> None:
     print(header)
     for row in rows:
         for lib in ("sbi", "sbi_core"):
+            if lib not in row:
+                continue
             r = row[lib]
             print(f"{row['task']:18s} {row['flow']:4s} {lib:9s} {r['train_seconds']:8.1f} "
                   f"{r['epochs']:6d} {r['c2st_mean']:9.3f} {r['sample_seconds']:8.3f} "
                   f"{r['peak_mb']:8.0f}  {r['c2st']}")
-        print(f"{'':18s} {'':4s} {'ratio':9s} train x{row['train_speedup']}, sample "
-              f"x{row['sample_speedup']}, c2st diff {row['c2st_diff']:+.3f}")
+        if "train_speedup" in row:
+            print(f"{'':18s} {'':4s} {'ratio':9s} train x{row['train_speedup']}, sample "
+                  f"x{row['sample_speedup']}, c2st diff {row['c2st_diff']:+.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 
