@@ -36,12 +36,16 @@ def _prior_for_sbi(spec: dict):
 
 
 def run_sbi(theta, x, xo, spec, flow, seed, num_samples, options):
-    """sbi 0.27 NPE with its defaults (batch 200, lr 5e-4, patience 20)."""
+    """sbi 0.27 NPE with its defaults (batch 200, lr 5e-4, patience 20).
+
+    ``fmaf`` (sbi-core's fused MAF) has no sbi counterpart but nflows' MAF, so sbi runs ``maf``.
+    """
     from sbi.inference import NPE
 
     torch.manual_seed(seed)
     prior = _prior_for_sbi(spec)
-    inference = NPE(prior=prior, density_estimator=flow, show_progress_bars=False)
+    inference = NPE(prior=prior, density_estimator="maf" if flow == "fmaf" else flow,
+                    show_progress_bars=False)
     t0 = time.perf_counter()
     inference.append_simulations(theta, x).train(training_batch_size=200, learning_rate=5e-4,
                                                  stop_after_epochs=20)

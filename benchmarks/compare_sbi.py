@@ -34,9 +34,8 @@ from sbi_core import simulate  # noqa: E402
 from sbi_core.priors import prior_spec  # noqa: E402
 
 
-def run_worker(python: str, lib: str, inp: Path, flow: str, seed: int, threads: int,
-               options: dict) -> dict:
-    """Train and sample with ``lib`` in a fresh process; returns the worker's arrays."""
+def _worker_cmd(python: str, lib: str, inp: Path, flow: str, seed: int, threads: int,
+                options: dict) -> tuple[list[str], dict, Path]:
     out = inp.with_name(f"{lib}_{flow}_out.npz")
     cmd = [python, str(HERE / "_npe_worker.py"), lib, str(inp), str(out), flow, str(seed),
            str(threads)]
@@ -44,11 +43,34 @@ def run_worker(python: str, lib: str, inp: Path, flow: str, seed: int, threads: 
         cmd.append(json.dumps(options))
     env = {**os.environ, "PYTHONPATH": str(ROOT) if lib == "sbi_core" else "",
            "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    return cmd, env, out
+
+
+def run_workers(jobs: list[tuple[str, str]], inp: Path, flow: str, seed: int, threads: int,
+                options: dict, concurrent: bool) -> dict[str, dict]:
+    """Train and sample with each ``(lib, python)`` in a fresh process; one after the other,
+    or all at once with ``concurrent`` (both then see the same machine load). Workers run in
+    the temporary folder, so sbi's tensorboard logs (``sbi-logs/``) land there."""
+    procs = {}
+    results = {}
+    for lib, python in jobs:
+        cmd, env, out = _worker_cmd(python, lib, inp, flow, seed, threads, options)
+        procs[lib] = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True, env=env, cwd=inp.parent), out)
+        if not concurrent:
+            _collect(lib, *procs[lib], results)
+    if concurrent:
+        for lib, (proc, out) in procs.items():
+            _collect(lib, proc, out, results)
+    return results
+
+
+def _collect(lib: str, proc: subprocess.Popen, out: Path, results: dict) -> None:
+    _, err = proc.communicate()
     if proc.returncode != 0:
-        raise RuntimeError(f"{lib} worker failed:\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"{lib} worker failed:\n{err[-4000:]}")
     res = np.load(out)
-    return {k: res[k] for k in res.files}
+    results[lib] = {k: res[k] for k in res.files}
 
 
 def main() -> None:
@@ -68,6 +90,10 @@ def main() -> None:
                     choices=["sbi", "sbi_core"], help="run only some libraries (tuning)")
     ap.add_argument("--ours-options", default="{}",
                     help="JSON dict of extra sbi_core.fit options, e.g. '{\"batch_size\": 512}'")
+    ap.add_argument("--concurrent", action="store_true",
+                    help="train both libraries at the same time (each with --threads threads) "
+                         "instead of one after the other: on a busy shared machine both then "
+                         "see the same load")
     ap.add_argument("--json", help="also write all results to this JSON file")
     args = ap.parse_args()
 
@@ -93,16 +119,16 @@ def main() -> None:
                 if order % 2:
                     libs.reverse()
                 order += 1
-                res = {}
-                for lib in libs:
-                    python = args.sbi_python if lib == "sbi" else sys.executable
-                    res[lib] = run_worker(python, lib, inp, flow, args.seed, args.threads,
-                                          json.loads(args.ours_options))
+                jobs = [(lib, args.sbi_python if lib == "sbi" else sys.executable)
+                        for lib in libs]
+                res = run_workers(jobs, inp, flow, args.seed, args.threads,
+                                  json.loads(args.ours_options), args.concurrent)
                 for lib in libs:
                     samples = torch.from_numpy(res[lib]["samples"])
                     scores = [c2st(samples[i], refs[i], seed=0) for i in range(len(ks))]
                     res[lib]["c2st"] = scores
-                row = {"task": task, "flow": flow, "first": libs[0], "threads": args.threads,
+                row = {"task": task, "flow": flow, "sims": int(theta.shape[0]),
+                       "first": "both" if args.concurrent else libs[0], "threads": args.threads,
                        "ours_options": json.loads(args.ours_options)}
                 for lib in libs:
                     r = res[lib]

@@ -34,6 +34,16 @@ __all__ = ["FusedMAF"]
 _LOG_2PI = math.log(2 * math.pi)
 
 
+def _fast_tanh(a: Tensor) -> Tensor:
+    """``tanh(a) = 2 sigmoid(2a) - 1`` (exact up to rounding, ~1e-7 absolute).
+
+    On the CPU builds measured here (docs/performance.md) ``torch.tanh`` is ~9x slower than
+    ``torch.sigmoid`` and dominated sampling; this form is ~2.5x faster. Used in sampling.
+    """
+    s = torch.sigmoid(a * 2.0)
+    return 2.0 * s - 1.0 if s.requires_grad else s.mul_(2.0).sub_(1.0)
+
+
 def _degrees(dim: int, hidden: int, order: Tensor) -> tuple[Tensor, Tensor]:
     """Input degrees (a permutation of ``1..D``) and hidden degrees in ``[1, D-1]``."""
     deg_in = order + 1
@@ -146,15 +156,33 @@ class FusedMAF(nn.Module):
         return samples, lp.reshape(samples.shape[:2])
 
     def _inverse(self, z: Tensor, context: Tensor) -> Tensor:
-        """Map base draws ``z`` ``(N, D)`` to data space, transform by transform in reverse."""
+        """Map base draws ``z`` ``(N, D)`` to data space, transform by transform in reverse.
+
+        Pass ``p`` of a transform solves for the variable of degree ``p + 1``, whose scale and
+        shift only depend on hidden units of degree ``<= p`` (the masks forbid the others), so
+        each pass runs the MADE restricted to those units: exact, and ~half the work of
+        evaluating the full network ``D`` times.
+        """
         w_in, w_hid, w_out = self._masked()
         ctx_h = self._context(context)
+        hidden = self.w_in.shape[1]
+        deg_h = (torch.arange(hidden, device=z.device) % max(self.dim - 1, 1) + 1
+                 if self.dim > 1 else torch.zeros(hidden, dtype=torch.long, device=z.device))
+        d = self.dim
         for t in reversed(range(self.num_transforms)):
             x = torch.zeros_like(z)
-            for p in range(self.dim):
+            for p in range(d):
                 i = int(self.orders[t, p])
-                scale, shift = self._params(t, x, ctx_h, w_in, w_hid, w_out)
+                units = (deg_h <= p).nonzero().flatten()
+                hid = _fast_tanh(F.linear(x, w_in[t, units], self.b_in[t, units])
+                                 + ctx_h[t][:, units])
+                for k in range(self.num_blocks):
+                    hid = _fast_tanh(F.linear(hid, w_hid[t, k][units][:, units],
+                                              self.b_hid[t, k, units]))
+                rows = torch.tensor([i, d + i], device=z.device)
+                out = F.linear(hid, w_out[t][rows][:, units], self.b_out[t, rows])
+                scale = F.softplus(out[:, 0]) + 1e-3
                 x = x.clone()
-                x[:, i] = (z[:, i] - shift[:, i]) / scale[:, i]
+                x[:, i] = (z[:, i] - out[:, 1]) / scale
             z = x
         return z

@@ -27,7 +27,11 @@ LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
 @dataclass
 class TrainConfig:
-    """Settings of :func:`train`. Defaults were chosen by ``benchmarks/`` (see docs)."""
+    """Settings of :func:`train`. Defaults were chosen by ``benchmarks/`` (docs/performance.md).
+
+    ``num_threads``: torch intra-op threads while training (restored afterwards); ``None``
+    keeps the process setting. On a shared or 2-core CPU, ``1`` avoids oversubscription.
+    """
 
     batch_size: int = 256
     learning_rate: float = 1e-3
@@ -40,6 +44,7 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     lr_decay_on_plateau: bool = True
+    num_threads: int | None = None
 
 
 @dataclass
@@ -122,8 +127,23 @@ def train(
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' was requested but no CUDA GPU is available; use 'cpu'.")
+    if cfg.num_threads is not None and cfg.num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1 (or None to keep torch's setting); got "
+                         f"{cfg.num_threads}.")
+    threads_before = torch.get_num_threads()
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
+    try:
+        return _train(estimator, theta, x, cfg, loss_fn, device)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(estimator: nn.Module, theta: Tensor, x: Tensor, cfg: TrainConfig, loss_fn: LossFn,
+           device: torch.device) -> TrainingHistory:
     generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
+    n = theta.shape[0]
 
     n_val = int(round(cfg.validation_fraction * n)) if cfg.validation_fraction > 0 else 0
     if cfg.validation_fraction > 0 and (n_val < 1 or n - n_val < 2):

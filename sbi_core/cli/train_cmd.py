@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--problem", help=f"problem whose prior applies (needed for .npz): {PROBLEM_HELP}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--flow", choices=["maf", "nsf", "mdn"], help="NPE density estimator")
+    p.add_argument("--flow", choices=["maf", "nsf", "fmaf", "mdn"], help="NPE density estimator")
     p.add_argument("--max-epochs", type=int)
     p.add_argument("--max-seconds", type=float, help="wall-time cap on training")
     p.add_argument("--batch-size", type=int)
