@@ -14,7 +14,8 @@ approximates the diffused tall-posterior score differently (all in the standardi
   :math:`\Lambda = \sum_j P_j + (1-n)P_\lambda` (:func:`gauss_corrected_score`).
   GAUSS: :math:`P_j = (m_t^2/\sigma_t^2) I + P_{post,j}` with :math:`P_{post,j}` the precision
   of samples of :math:`q(z|x_j)`. JAC: :math:`P_j = (m_t^2/\sigma_t^2)(I + \sigma_t^2 J_j)^{-1}`
-  with :math:`J_j` the symmetrized Jacobian of :math:`s_j` (Tweedie's second-order formula).
+  with :math:`J_j` the symmetrized Jacobian of :math:`s_j` (Tweedie's second-order formula),
+  eigenvalue-clipped for stability (:func:`jac_precisions`).
   The prior enters through a Gaussian ``N(mu, C)`` of the z-space prior (exact for Gaussian
   priors): :math:`P_\lambda = C^{-1} + (m_t^2/\sigma_t^2) I` and
   :math:`\nabla\log p_t(z) = -(m_t^2 C + \sigma_t^2 I)^{-1}(z - m_t\mu)`.
@@ -85,11 +86,21 @@ def gauss_precisions(post_precisions: Tensor, m: float, sd: float) -> Tensor:
     return post_precisions + (m**2 / sd**2) * eye
 
 
-def jac_precisions(jacobians: Tensor, m: float, sd: float) -> Tensor:
-    """JAC denoising precisions ``(..., D, D)`` from score Jacobians ``(..., D, D)``."""
-    eye = torch.eye(jacobians.shape[-1], dtype=jacobians.dtype, device=jacobians.device)
+def jac_precisions(jacobians: Tensor, m: float, sd: float, min_precision: float,
+                   max_precision: float = 1e3) -> Tensor:
+    """JAC denoising precisions ``(..., D, D)`` from score Jacobians ``(..., D, D)``.
+
+    ``A = I + sigma^2 sym(J)`` is ``(m^2/sigma^2) Cov(z_0 | z_t)``; its eigenvalues are clipped
+    so that every precision lies in ``m^2/sigma^2 + [min_precision, max_precision]``, with
+    ``min_precision`` the smallest prior precision (an observation never makes the denoiser
+    less certain than the prior alone). Without this, small errors of the network's Jacobian
+    at high noise, where the true ``A`` is close to 0, give indefinite or exploding precisions.
+    """
     sym = 0.5 * (jacobians + jacobians.transpose(-1, -2))
-    return (m**2 / sd**2) * torch.linalg.inv(eye + sd**2 * sym)
+    a, vecs = torch.linalg.eigh(sd**2 * sym)
+    snr = m**2 / sd**2
+    a = (1.0 + a).clamp(min=snr / (snr + max_precision), max=snr / (snr + min_precision))
+    return vecs @ torch.diag_embed(snr / a) @ vecs.transpose(-1, -2)
 
 
 def ensure_positive_definite(lam: Tensor, precisions: Tensor, n: int, nugget: float = 0.01

@@ -71,6 +71,7 @@ class VectorFieldEstimator(nn.Module):
         self.register_buffer("x_max", torch.zeros(x_shape))
         self.register_buffer("prior_mean_z", torch.zeros(d))
         self.register_buffer("prior_cov_z", torch.eye(d))
+        self._gen: torch.Generator | None = None
         self.embedding, context_dim = build_embedding(cfg["embedding"], x_shape)
         self.net = build_field_net(cfg["net"], d, context_dim, int(cfg["hidden_features"]),
                                    int(cfg["num_layers"]), int(cfg["time_embedding_dim"]))
@@ -144,6 +145,33 @@ class VectorFieldEstimator(nn.Module):
     def ode_time_range(self) -> tuple[float, float]:
         """``(t_lo, t_hi)`` of the probability-flow ODE used for ``log_prob``."""
         return self.schedule.t_min, self.schedule.t_max
+
+    def sample_times(self, n: int, device: torch.device, t_lo: float, t_hi: float) -> Tensor:
+        """Training times ``(n,)``: half uniform on ``[t_lo, t_hi]``, half ``t_lo + (t_hi -
+        t_lo) u^3`` so that low noise, where posteriors (and their products over iid
+        observations) are resolved, gets more weight. Any positive density has the same
+        minimizer; this one lowers the error of the score at small ``t``."""
+        gen = self._eval_generator(device)
+        u = torch.rand(n, device=device, generator=gen)
+        cube = torch.rand(n, device=device, generator=gen) < 0.5
+        u = torch.where(cube, u**3, u)
+        return t_lo + (t_hi - t_lo) * u
+
+    def sample_noise(self, like: Tensor) -> Tensor:
+        """Training noise like ``like``; fixed in eval mode (see :meth:`_eval_generator`)."""
+        gen = self._eval_generator(like.device)
+        return torch.randn(like.shape, device=like.device, dtype=like.dtype, generator=gen)
+
+    def _eval_generator(self, device: torch.device) -> torch.Generator | None:
+        """In eval mode (validation), times and noise come from a generator seeded anew at
+        each call, so the validation loss is a deterministic function of the weights and
+        early stopping compares like with like; in training mode, torch's global RNG."""
+        if self.training:
+            return None
+        if self._gen is None or self._gen.device != torch.device(device):
+            self._gen = torch.Generator(device=device)
+        self._gen.manual_seed(12345)
+        return self._gen
 
     def loss(self, theta: Tensor, x: Tensor) -> Tensor:
         raise NotImplementedError

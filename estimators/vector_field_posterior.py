@@ -193,6 +193,7 @@ class VectorFieldPosterior(Posterior):
         est, sched = self.estimator, self.estimator.schedule
         mean, cov = est.prior_mean_z, est.prior_cov_z
         post_prec = None
+        min_prec = float(torch.linalg.eigvalsh(torch.linalg.inv(cov)).min())
         if method == "gauss":
             post_prec = self._posterior_precisions(ctx, precision_samples, precision_steps)
 
@@ -201,7 +202,7 @@ class VectorFieldPosterior(Posterior):
             m, sd = float(sched.mean_scale(tt)), float(sched.std(tt))
             scores, jac = self._single_scores(z, ctx, t, jacobian=method == "jac")
             prec = comp.gauss_precisions(post_prec, m, sd) if jac is None \
-                else comp.jac_precisions(jac, m, sd)
+                else comp.jac_precisions(jac, m, sd, min_prec)
             prior_score, prior_prec = comp.diffused_gaussian_prior(mean, cov, m, sd, z)
             return comp.gauss_corrected_score(scores, prec, prior_score, prior_prec, nugget)
 
