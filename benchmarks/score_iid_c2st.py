@@ -19,6 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from _analytic_score import exact_posterior  # noqa: E402
+
 from diagnostics.c2st import c2st  # noqa: E402
 from sbi_core import fit, simulate  # noqa: E402
 from simulators.linear_gaussian import linear_gaussian, linear_gaussian_posterior  # noqa: E402

@@ -31,8 +31,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from estimators.sde import Schedule
 from estimators.score_sampling import time_grid
+from estimators.sde import Schedule
 
 __all__ = ["IID_METHODS", "annealed_langevin", "fnpe_score", "gauss_corrected_score",
            "ensure_positive_definite", "diffused_gaussian_prior", "gauss_precisions",

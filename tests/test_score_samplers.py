@@ -6,8 +6,8 @@ Gaussian toy, so every discrepancy measured here is the sampler's own error.
 
 import pytest
 import torch
-
 from _analytic_score import exact_posterior
+
 from diagnostics.c2st import c2st
 from estimators.compositional import ensure_positive_definite, jac_precisions
 from estimators.score_sampling import time_grid
