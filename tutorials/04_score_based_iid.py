@@ -20,9 +20,9 @@ from sbi_core import fit, load, save, simulate
 from simulators.linear_gaussian import linear_gaussian, linear_gaussian_posterior
 
 FAST = os.environ.get("SBI_CORE_FAST") == "1"
-NUM_SIMS = 2000 if FAST else 10_000
-TRAIN_SECONDS = 10 if FAST else 120
-NUM = 300 if FAST else 2000
+NUM_SIMS = 1500 if FAST else 10_000
+TRAIN_SECONDS = 6 if FAST else 120
+NUM = 200 if FAST else 2000
 torch.manual_seed(0)
 
 problem = linear_gaussian(2)
@@ -66,8 +66,8 @@ for n in ([5] if FAST else [5, 20]):
     x_set = x_all[:n]
     ref_n = linear_gaussian_posterior(x_set).sample((NUM,))
     for method in ("gauss", "jac", "fnpe"):
-        kw = {"levels": 60 if FAST else 400, "steps_per_level": 2 if FAST else 5} \
-            if method == "fnpe" else {"steps": 50 if FAST else 200}
+        kw = {"levels": 40 if FAST else 400, "steps_per_level": 2 if FAST else 5} \
+            if method == "fnpe" else {"steps": 30 if FAST else 200, "precision_samples": 300 if FAST else None}
         t0 = time.perf_counter()
         samples = npse.sample((NUM,), x_set, seed=0, iid_method=method, **kw)
         print(f"n={n:2d} {method:5s} C2ST {c2st(samples, ref_n):.3f} "
