@@ -145,6 +145,7 @@ def create_app(models: dict[str, Posterior], max_samples: int = 100_000,
     def sample(name: str, req: SampleRequest) -> JSONResponse:
         post = get(name)
         x, batched = observations(post, req)
+        req.n = min(1000, max_samples) if req.n is None else req.n
         check_count("n (samples per observation)", req.n)
         check_count("n * number of observations", req.n * (x.shape[0] if batched else 1))
         start = time.perf_counter()
@@ -181,6 +182,7 @@ def create_app(models: dict[str, Posterior], max_samples: int = 100_000,
     def map_estimate(name: str, req: MapRequest) -> JSONResponse:
         post = get(name)
         x, batched = observations(post, req)
+        req.num_init = min(1000, max_samples) if req.num_init is None else req.num_init
         check_count("num_init * number of observations",
                     req.num_init * (x.shape[0] if batched else 1))
         if not 0 <= req.steps <= max_map_steps:
@@ -195,6 +197,7 @@ def create_app(models: dict[str, Posterior], max_samples: int = 100_000,
     def summary(name: str, req: SummaryRequest) -> JSONResponse:
         post = get(name)
         x, batched = observations(post, req)
+        req.n = min(10_000, max_samples) if req.n is None else req.n
         check_count("n * number of observations", req.n * (x.shape[0] if batched else 1))
         levels = req.quantiles
         if not levels or len(levels) > 99 or not all(0.0 <= q <= 1.0 for q in levels):

@@ -50,7 +50,8 @@ class _Observations(BaseModel):
 
 
 class SampleRequest(_Observations):
-    n: int = Field(1000, description="samples per observation (at most the server's max_samples)")
+    n: int | None = Field(None, description="samples per observation; default 1000 (or the "
+                                           "server's max_samples if smaller)")
     seed: int | None = Field(None, ge=0, le=_MAX_SEED,
                              description="fix the random numbers (same seed, same draws)")
 
@@ -60,14 +61,15 @@ class LogProbRequest(_Observations):
 
 
 class MapRequest(_Observations):
-    num_init: int = Field(1000, ge=1,
-                          description="posterior samples used to initialize the search")
+    num_init: int | None = Field(None, ge=1, description="posterior samples used to initialize "
+                                 "the search; default 1000 (or max_samples if smaller)")
     steps: int = Field(100, ge=0, description="gradient refinement steps (0 to skip)")
     seed: int | None = Field(0, ge=0, le=_MAX_SEED, description="seed of the initial samples")
 
 
 class SummaryRequest(_Observations):
-    n: int = Field(10_000, description="samples used to estimate the summaries")
+    n: int | None = Field(None, description="samples used to estimate the summaries; default "
+                                           "10000 (or max_samples if smaller)")
     quantiles: list[float] = Field([0.05, 0.25, 0.5, 0.75, 0.95],
                                    description="levels in [0, 1]")
     seed: int | None = Field(0, ge=0, le=_MAX_SEED, description="fix the random numbers")
