@@ -22,6 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="most samples one request may ask for (default 100000)")
     p.add_argument("--max-body-bytes", type=int, default=2_000_000,
                    help="largest accepted request body in bytes (default 2000000)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per request (default 1: concurrent requests already "
+                        "share the cores, and small networks gain little from more)")
     return p
 
 
@@ -52,7 +55,12 @@ def run(args: argparse.Namespace) -> int:
                          "pip install 'sbi-core[serve]'.") from err
     if args.port < 0 or args.port > 65535:
         raise ValueError(f"--port {args.port} is not a TCP port (0-65535).")
+    if args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}.")
+    import torch
+
     models = {name: load(path) for name, path in parse_models(args.models).items()}
+    torch.set_num_threads(args.threads)
     app = create_app(models, max_samples=args.max_samples, max_body_bytes=args.max_body_bytes)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"[sbi-core] warning: binding {args.host} exposes the server to other machines; "
