@@ -53,14 +53,25 @@ def observations(post, count: int, seed: int) -> torch.Tensor:
     return lo + (hi - lo) * (0.1 + 0.8 * torch.rand(count, *lo.shape, generator=gen))
 
 
-def in_process_ms(post, xs: torch.Tensor, threads: int) -> list[float]:
+def in_process_ms(post, xs: torch.Tensor, threads: int) -> tuple[list[float], float]:
+    """Wall-clock ms per ``posterior.sample(1000)`` call, and CPU ms per call."""
     torch.set_num_threads(threads)
     times = []
+    cpu0 = time.process_time()
     for x in xs:
         t0 = time.perf_counter()
         post.sample((1000,), x)
         times.append((time.perf_counter() - t0) * 1e3)
-    return times
+    return times, (time.process_time() - cpu0) * 1e3 / len(xs)
+
+
+def process_cpu_ms(pid: int) -> float | None:
+    """User + system CPU time of process ``pid`` in ms (Linux /proc), else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) * 1e3 / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -129,7 +140,8 @@ def main() -> None:
             print(f"trained a quick NPE on two_moons in {time.perf_counter() - t0:.1f} s")
         post = load(model)
         xs = observations(post, args.requests + args.warmup, seed=0)
-        in_proc = in_process_ms(post, xs[:100], args.threads)[10:]
+        in_proc, in_proc_cpu = in_process_ms(post, xs[:100], args.threads)
+        in_proc = in_proc[10:]
 
         port = free_port()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -142,7 +154,9 @@ def main() -> None:
             wait_ready(url, proc)
             seed = 0 if args.seeded else None
             run_clients(url, "bench", xs[:args.warmup], args.clients, seed)
+            server_cpu0, client_cpu0 = process_cpu_ms(proc.pid), time.process_time()
             lat, wall = run_clients(url, "bench", xs[args.warmup:], args.clients, seed)
+            server_cpu1, client_cpu1 = process_cpu_ms(proc.pid), time.process_time()
         finally:
             proc.terminate()
             proc.wait(10)
@@ -159,6 +173,17 @@ def main() -> None:
     print(f"  ratio p50 server / in-process: {p50 / base:.2f}")
     ok = p50 < 50 and p99 < 150
     print(f"  target p50 < 50 ms and p99 < 150 ms: {'met' if ok else 'NOT met'}")
+    if server_cpu0 is not None and server_cpu1 is not None:
+        # CPU cost per request does not depend on how busy the machine is; on an idle machine
+        # with `cores` cores, closed-loop clients see about max(1, clients / cores) times it.
+        server_cpu = (server_cpu1 - server_cpu0) / len(lat)
+        client_cpu = (client_cpu1 - client_cpu0) * 1e3 / len(lat)
+        cores = os.cpu_count() or 1
+        estimate = (server_cpu + client_cpu) * max(1.0, args.clients / cores)
+        print(f"CPU per request: server {server_cpu:.1f} ms + clients {client_cpu:.1f} ms "
+              f"(in-process sample: {in_proc_cpu:.1f} ms)")
+        print(f"  estimate for an idle {cores}-core machine, {args.clients} clients: p50 ~ "
+              f"{estimate:.0f} ms (CPU-bound queueing; a busy machine measures slower)")
 
 
 if __name__ == "__main__":

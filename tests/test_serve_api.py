@@ -104,6 +104,8 @@ def test_log_prob_map_and_summary(client, post):
     ({"x": [0.0, "abc"]}, 422, "not a number"),
     ({"x": [[0.0], [1.0, 2.0]]}, 422, "ragged"),
     ({"x": [0.0, True]}, 422, "boolean"),
+    ({"x": [10**400, 0.0]}, 422, "NaN or inf"),
+    ({"x": [0.0, {"a": 1}]}, 422, "expected a number"),
     ({"x": X, "n": 5001}, 422, "allows 1 to 5000"),
     ({"xs": [X] * 3, "n": 2000}, 422, "n * number of observations is 6000"),
     ({"x": X, "n": 0}, 422, "allows 1 to 5000"),
@@ -132,6 +134,9 @@ def test_other_bad_requests(client):
     r = client.post("/api/models/moons/sample", content=b"{not json",
                     headers={"content-type": "application/json"})
     assert r.status_code == 422
+    r = client.post("/api/models/moons/sample", content=b'{"x": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+                    headers={"content-type": "application/json"})
+    assert 400 <= r.status_code < 500
     r = client.post("/api/models/moons/sample", json={"x": [0.0] * 20_000})
     assert r.status_code == 413 and "exceeds this server's limit" in r.json()["detail"]
 

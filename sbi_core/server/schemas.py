@@ -104,8 +104,10 @@ def _scalar(value: Any, where: str) -> float:
         return math.nan
     if isinstance(value, bool):
         raise InputError(f"{where} is a boolean ({value}); expected a number.")
-    if isinstance(value, int | float):
-        return float(value)
+    if isinstance(value, float):
+        return value
+    if isinstance(value, int):
+        return float(value) if abs(value) < 2**1000 else (math.inf if value > 0 else -math.inf)
     if isinstance(value, str):
         try:
             return float(value.strip())
