@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -57,6 +58,18 @@ def test_slider_moves_posterior_and_screenshot(server, tmp_path: Path):
         assert plot.get_attribute("data-sample-hash") != first
         assert float(page.locator("#inputs input[type=number]").first.input_value()) > \
             float(server_info(page)["x_range"]["default"][0])
+        # fast typing: stale requests are aborted and the plot ends on the latest observation
+        number = page.locator("#inputs input[type=number]").nth(1)
+        for value in ("0.3", "-0.3", "0.25", "-0.1", "0.05"):
+            number.fill(value)
+            page.wait_for_timeout(30)
+        page.wait_for_function(
+            "JSON.parse(document.querySelector('#pairplot').dataset.x || '[]')[1] === 0.05 && "
+            "document.querySelector('#status').dataset.state === 'idle'")
+        shown = json.loads(plot.get_attribute("data-x"))
+        inputs = [float(v) for v in page.locator("#inputs input[type=number]").evaluate_all(
+            "els => els.map(e => e.value)")]
+        assert shown == pytest.approx(inputs)
         # the diagnostics card and the summary table are shown
         assert "No diagnostics" in page.locator("#diagnostics").inner_text()
         assert "theta_1" in page.locator("#summary").inner_text()

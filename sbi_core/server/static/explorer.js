@@ -2,8 +2,8 @@
  * Talks only to this server's /api endpoints; nothing is fetched from elsewhere. */
 "use strict";
 
-const state = { info: null, samples: null, controller: null, timer: null, updates: 0,
-                inputs: [] };
+const state = { info: null, samples: null, shownX: null, controller: null, timer: null,
+                updates: 0, inputs: [] };
 const $ = id => document.getElementById(id);
 
 function setStatus(text, kind) {
@@ -94,6 +94,7 @@ async function update() {
                            controller.signal);
     if (controller !== state.controller) return;
     state.samples = data.samples;
+    state.shownX = body.x;
     state.updates += 1;
     render();
     setStatus(`${data.samples.length} samples in ${Math.round(performance.now() - t0)} ms`, "idle");
@@ -116,6 +117,7 @@ function render() {
   canvas.dataset.sampleCount = String(samples.length);
   canvas.dataset.sampleHash = hashSamples(samples);
   canvas.dataset.updates = String(state.updates);
+  canvas.dataset.x = JSON.stringify(state.shownX);
   $("download").disabled = false;
   renderSummary(info.param_names, samples);
 }
