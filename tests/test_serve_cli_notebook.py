@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -43,6 +44,12 @@ def test_serve_cli_errors_are_one_line(tmp_path, capsys):
     assert "No model file" in capsys.readouterr().err
     assert main(["serve", "a=x.pt", "a=y.pt"]) == 2
     assert "Two models are named 'a'" in capsys.readouterr().err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "m.pt", "--port", str(port)]) == 2
+    assert f"Cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
 def test_serve_cli_serves_models_on_localhost(post, tmp_path):

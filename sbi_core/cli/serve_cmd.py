@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from pathlib import Path
 
@@ -43,6 +44,18 @@ def parse_models(specs: list[str]) -> dict[str, Path]:
     return out
 
 
+def check_port(host: str, port: int) -> None:
+    """Raise a clear ValueError when ``host:port`` cannot be bound (in use, unknown host)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            sock.bind(infos[0][4])
+    except OSError as err:
+        raise ValueError(f"Cannot listen on {host}:{port} ({err.strerror or err}); the port may "
+                         "be in use: pick another with --port, or check --host.") from err
+
+
 def run(args: argparse.Namespace) -> int:
     from sbi_core.serialization import load
 
@@ -59,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--threads must be at least 1, got {args.threads}.")
     import torch
 
+    check_port(args.host, args.port)
     models = {name: load(path) for name, path in parse_models(args.models).items()}
     torch.set_num_threads(args.threads)
     app = create_app(models, max_samples=args.max_samples, max_body_bytes=args.max_body_bytes)
