@@ -190,3 +190,18 @@ def test_create_app_rejects_bad_arguments(post):
         create_app({})
     with pytest.raises(TypeError, match="not an sbi_core Posterior"):
         create_app({"m": object()})
+
+
+def test_several_models_and_an_unbounded_prior(post):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lg = tiny_posterior("linear_gaussian")
+    client = TestClient(create_app({"moons": post, "lg": lg}))
+    assert [m["name"] for m in client.get("/api/models").json()["models"]] == ["moons", "lg"]
+    info = client.get("/api/models/lg").json()
+    assert info["prior"]["low"] == [None, None] and info["prior"]["high"] == [None, None]
+    assert info["prior"]["spec"]["type"] == lg.prior.spec["type"]
+    r = client.post("/api/models/lg/sample", json={"x": [0.2, -0.1], "n": 100, "seed": 0})
+    assert r.status_code == 200
+    assert torch.allclose(torch.tensor(r.json()["samples"]),
+                          lg.sample((100,), torch.tensor([0.2, -0.1]), seed=0), atol=1e-5)
