@@ -50,6 +50,12 @@ _REGISTRY: dict[str, str] = {
     "npe": "estimators.npe:METHOD",
     "npse": "estimators.npse:METHOD",
     "fmpe": "estimators.fmpe:METHOD",
+    "nle": "estimators.nle:METHOD",
+    "nre": "estimators.nre:METHOD",
+    "nre_a": "estimators.nre:NRE_A",
+    "nre_b": "estimators.nre:NRE_B",
+    "nre_c": "estimators.nre:NRE_C",
+    "bnre": "estimators.nre:BNRE",
 }
 _LOADED: dict[str, Method] = {}
 
