@@ -6,6 +6,9 @@ Two ways to exchange data (``io=``):
   temporary folder; the command reads it and writes ``x.npy`` ``(N, *x_shape)``. The
   placeholders ``{theta}``, ``{x}`` and ``{dir}`` in the command are replaced by the paths,
   which are also given as environment variables ``SBI_THETA``, ``SBI_X``, ``SBI_DIR``.
+- ``{seed}`` / ``SBI_SEED``: an integer drawn from torch's generator, which the simulation
+  engine seeds per chunk; a program that seeds its noise with it is reproducible and
+  gives identical stores on resume and across executors.
 - ``"text"``: ``theta`` goes to the program's stdin as whitespace-separated rows, and the
   program prints one row of ``prod(x_shape)`` numbers per parameter row on stdout.
 
@@ -74,10 +77,11 @@ class ExternalProgram:
         values = theta.detach().cpu().numpy().astype(np.float64)
         with tempfile.TemporaryDirectory(prefix="sbi-core-ext-") as tmp:
             theta_path, x_path = os.path.join(tmp, "theta.npy"), os.path.join(tmp, "x.npy")
-            subs = {"{theta}": theta_path, "{x}": x_path, "{dir}": tmp}
+            seed = str(int(torch.randint(0, 2**31 - 1, (1,))))
+            subs = {"{theta}": theta_path, "{x}": x_path, "{dir}": tmp, "{seed}": seed}
             argv = [_substitute(a, subs) for a in self.command]
             env = {**os.environ, **self.env, "SBI_THETA": theta_path, "SBI_X": x_path,
-                   "SBI_DIR": tmp}
+                   "SBI_DIR": tmp, "SBI_SEED": seed}
             stdin = None
             if self.io == "npy":
                 np.save(theta_path, values)
