@@ -72,11 +72,13 @@ simulate_into_store(problem, plan, chunk_source(), store_path, seed=0, chunk_siz
                     progress=False, only_chunks=range(0, len(plan), 2), return_data=False)
 store = SimulationStore(store_path)
 print(f"after the 'crash': {len(store.committed())} of {store.num_chunks} chunks committed")
+assert 0 < len(store.committed()) < store.num_chunks
 sims = simulate(problem, NUM, seed=0, chunk_size=CHUNK, store=store_path, resume=True,
                 workers=2, progress=False)
 uninterrupted = simulate(problem, NUM, seed=0, chunk_size=CHUNK, workers=2, progress=False)
-print("resumed store identical to an uninterrupted run:",
-      torch.equal(sims.x, uninterrupted.x) and torch.equal(sims.theta, uninterrupted.theta))
+identical = torch.equal(sims.x, uninterrupted.x) and torch.equal(sims.theta, uninterrupted.theta)
+print("resumed store identical to an uninterrupted run:", identical)
+assert identical and len(sims) == NUM
 print(f"resumed: {len(sims)} simulations, {sims.num_invalid} invalid; provenance keys: "
       f"{sorted(store.attrs)}")
 
