@@ -181,6 +181,8 @@ def _plain(value: Any) -> Any:
         return int(value)
     if isinstance(value, (np.floating,)):
         return float(value)
-    if value is None or isinstance(value, (bool, int, float, str, Tensor)):
+    if isinstance(value, str):
+        return str(value)  # exact str: subclasses (torch's TorchVersion) fail weights_only loads
+    if value is None or isinstance(value, (bool, int, float, Tensor)):
         return value
     return str(value)
