@@ -36,7 +36,7 @@ from diagnostics.attacks import (
     relative_scale,
 )
 
-__all__ = ["robustness_report", "divergence", "expected_coverage", "predictive_distance",
+__all__ = ["robustness_report", "robustness_section", "divergence", "expected_coverage", "predictive_distance",
            "summarize"]
 
 METRICS = ("rkl", "fkl", "mmd")
@@ -234,3 +234,20 @@ def robustness_report(posterior: Any, xs: Tensor, theta: Tensor | None = None,
     report["thresholds"] = {"status_eps": status_eps, "kl_warn": kl_warn, "kl_fail": kl_fail}
     report["seconds"] = time.perf_counter() - start
     return report
+
+
+def robustness_section(posterior: Any, problem: Any, num_observations: int = 100, seed: int = 0,
+                       **kwargs: Any) -> dict[str, Any]:
+    """:func:`robustness_report` on ``num_observations`` fresh simulations of ``problem``.
+
+    The entry point for report cards: simulates test pairs (seeded), passes the problem's
+    simulator for posterior predictives and its prior for support checks; ``kwargs`` go to
+    :func:`robustness_report` (``eps``, ``norm``, ``steps``, ...).
+    """
+    from sbi_core.simulation import simulate
+
+    sims = simulate(problem, num_observations, seed=seed, progress=False)
+    theta, x = sims.training_data(warn=False)
+    kwargs.setdefault("simulator", problem.simulator)
+    kwargs.setdefault("prior", problem.prior)
+    return robustness_report(posterior, x, theta, seed=seed, **kwargs)

@@ -7,7 +7,12 @@ import torch
 from torch import nn
 
 from diagnostics.attacks import pgd_attack, random_perturbation
-from diagnostics.robustness import divergence, expected_coverage, robustness_report
+from diagnostics.robustness import (
+    divergence,
+    expected_coverage,
+    robustness_report,
+    robustness_section,
+)
 from estimators.npe import build_npe
 from estimators.robust_training import fim_trace, relative_scale
 from sbi_core import Problem, fit, gaussian, simulate
@@ -105,6 +110,19 @@ def test_report_coverage_and_predictives_under_attack():
     assert large["predictive"]["attacked"] > 1.2 * large["predictive"]["clean"]
     assert report["status"] == "fail" and "eps=2" in report["reason"]
     assert all(isinstance(v, float) for v in large["attack"].values())
+
+
+def test_robustness_section_simulates_its_test_data():
+    problem = get_problem("linear_gaussian", dim=3)
+    est = GaussianPosterior(dim=3)
+    a = robustness_section(est, problem, num_observations=30, eps=[0.5], steps=10,
+                           num_samples=200)
+    b = robustness_section(est, problem, num_observations=30, eps=[0.5], steps=10,
+                           num_samples=200)
+    assert a["num_observations"] == 30 and "predictive" in a["results"][0]
+    assert a["results"][0]["attack"]["mean"] == b["results"][0]["attack"]["mean"]  # seeded
+    bound = _kl_bound(est, 0.5 * a["scale"])
+    assert 0.8 * bound < a["results"][0]["attack"]["mean"] < 1.2 * bound
 
 
 def test_non_differentiable_estimator_is_refused():
