@@ -49,13 +49,19 @@ def divergence(model: Any, xs: Tensor, xs_adv: Tensor, metric: str = "rkl",
     if metric not in METRICS:
         raise ValueError(f"Unknown metric {metric!r}; use one of {METRICS}.")
     est = attackable_estimator(model)
+    device = _device(est)
     out = []
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         for i in range(0, xs.shape[0], batch_size):
-            out.append(attack_objective(est, xs[i:i + batch_size], xs_adv[i:i + batch_size],
-                                        metric, num_samples).cpu())
+            x, xa = xs[i:i + batch_size].to(device), xs_adv[i:i + batch_size].to(device)
+            out.append(attack_objective(est, x, xa, metric, num_samples).cpu())
     return _robust(torch.cat(out))
+
+
+def _device(est: Any) -> torch.device:
+    params = list(est.parameters()) if hasattr(est, "parameters") else []
+    return params[0].device if params else torch.device("cpu")
 
 
 def _robust(values: Tensor) -> Tensor:
@@ -87,11 +93,12 @@ def expected_coverage(model: Any, xs: Tensor, theta: Tensor, num_samples: int = 
     ``|coverage - a|`` over ``a`` in 0.01..0.99).
     """
     est = attackable_estimator(model)
+    device = _device(est)
     ranks = []
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         for i in range(0, xs.shape[0], batch_size):
-            x, th = xs[i:i + batch_size], theta[i:i + batch_size]
+            x, th = xs[i:i + batch_size].to(device), theta[i:i + batch_size].to(device)
             samples = est.sample(num_samples, x)  # (n, B, D)
             lp_s = _log_prob(est, samples, x)
             lp_t = est.log_prob(th, x)
@@ -127,7 +134,7 @@ def predictive_distance(model: Any, xs: Tensor, xs_adv: Tensor,
     std = torch.ones(xs.shape[1:]) if std is None else std.cpu()
 
     def misfit(cond: Tensor) -> float:
-        theta = est.sample(num_samples, cond).cpu()  # (n, B, D)
+        theta = est.sample(num_samples, cond.to(_device(est))).cpu()  # (n, B, D)
         n, b, d = theta.shape
         flat = theta.reshape(n * b, d)
         ok = torch.ones(n * b, dtype=torch.bool)

@@ -18,6 +18,8 @@ from estimators.robust_training import fim_trace, relative_scale
 from sbi_core import Problem, fit, gaussian, simulate
 from simulators import get_problem
 
+pytestmark = pytest.mark.filterwarnings("ignore:Reached max_epochs")
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():

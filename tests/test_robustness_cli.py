@@ -31,6 +31,7 @@ def model_file(tmp_path_factory):
                progress=False)
     path = tmp_path_factory.mktemp("rob") / "model.pt"
     save(post, path)
+    sims.save(path.with_name("train_sims.pt"))
     sims_path = path.with_name("test_sims.pt")
     simulate(problem, 40, seed=1, progress=False).save(sims_path)
     return path, sims_path
@@ -61,6 +62,21 @@ def test_cli_uses_given_simulations_and_norm(model_file, tmp_path):
     report = json.loads(out.read_text())
     assert report["num_observations"] == 10 and report["norm"] == "linf"
     assert "predictive" not in report["results"][0]
+
+
+def test_cli_trains_with_the_fim_regularizer(model_file, tmp_path, capsys):
+    from sbi_core import load
+
+    train_sims = model_file[0].with_name("train_sims.pt")
+    out = tmp_path / "fim.pt"
+    rc = main(["train", "--sims", str(train_sims), "--out", str(out), "--regularizer", "fim",
+               "--beta", "0.1", "--fim-samples", "2", "--max-epochs", "2", "--quiet"])
+    assert rc == 0
+    cfg = load(out).estimator.config
+    assert cfg["regularizer"] == "fim" and cfg["beta"] == 0.1 and cfg["fim_samples"] == 2
+    rc = main(["train", "--sims", str(train_sims), "--out", str(out), "--beta", "0.1",
+               "--max-epochs", "1", "--quiet"])
+    assert rc == 2 and "only apply with regularizer='fim'" in capsys.readouterr().err
 
 
 def test_cli_errors_are_clear(model_file, capsys):
