@@ -178,4 +178,4 @@ def test_attack_is_far_stronger_than_random_noise_on_trained_npe():
         attacked = divergence(post, test.x, x_adv, "rkl", num_samples=128).mean()
         noise = divergence(post, test.x, x_noise, "rkl", num_samples=128).mean()
         # noise spends ~1/6 of its norm on the informative features; the attack all of it
-        assert attacked > 3 * noise, (loss, float(attacked), float(noise))
+        assert attacked > 5 * noise, (loss, float(attacked), float(noise))  # measured ~14x
