@@ -128,12 +128,16 @@ def attack_objective(est: nn.Module, x: Tensor, x_adv: Tensor, loss: str = "rkl"
     raise ValueError(f"Unknown attack loss {loss!r}; use one of {ATTACK_LOSSES}.")
 
 
-def _check(norm: str, loss: str, eps: float, xs: Tensor, theta: Tensor | None) -> None:
+def _check(norm: str, loss: str, eps: Any, xs: Tensor, theta: Tensor | None) -> None:
     if norm not in NORMS:
         raise ValueError(f"Unknown norm {norm!r}; use one of {NORMS}.")
     if loss not in ATTACK_LOSSES:
         raise ValueError(f"Unknown attack loss {loss!r}; use one of {ATTACK_LOSSES}.")
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
+    try:
+        ok = math.isfinite(float(eps)) and float(eps) >= 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}.")
     if not torch.isfinite(xs).all():
         raise ValueError("The observations contain NaN or inf; attack finite observations only.")
