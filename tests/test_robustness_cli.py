@@ -1,9 +1,6 @@
-"""``sbi-core robustness`` and the adversarial-robustness tutorial (fast mode)."""
+"""``sbi-core robustness``, ``sbi-core train --regularizer`` and the report-card section."""
 
 import json
-import os
-import runpy
-from pathlib import Path
 
 import pytest
 import torch
@@ -87,14 +84,16 @@ def test_cli_errors_are_clear(model_file, capsys):
     assert "eps" in capsys.readouterr().err
 
 
-def test_tutorial_runs_in_fast_mode(monkeypatch, capsys):
-    monkeypatch.setenv("SBI_CORE_FAST", "1")
-    path = Path(__file__).parents[1] / "tutorials" / "07_adversarial_robustness.py"
-    assert path.is_file()
-    n = torch.get_num_threads()
-    try:
-        runpy.run_path(os.fspath(path), run_name="__main__")
-    finally:
-        torch.set_num_threads(n)
-    out = capsys.readouterr().out
-    assert "FIM reduces the attack KL" in out
+def test_report_card_has_an_opt_in_robustness_section(model_file):
+    from diagnostics.report import diagnose
+    from sbi_core import load
+
+    posterior = load(model_file[0])
+    card = diagnose(posterior, num=20, num_samples=100, checks=["coverage", "robustness"],
+                    progress=False, robustness_eps=[0.5], robustness_steps=5,
+                    robustness_num_observations=10)
+    sec = card.sections["robustness"]
+    assert sec["status"] in {"pass", "warn", "fail"} and "eps=0.5" in sec["why"]
+    assert sec["metrics"]["kl_mean_eps_0.5"] >= 0 and sec["data"]["num_observations"] == 10
+    default = diagnose(posterior, num=20, num_samples=100, progress=False)
+    assert "robustness" not in default.sections  # opt-in: attacks are expensive
