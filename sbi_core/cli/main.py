@@ -13,7 +13,7 @@ import sys
 
 from sbi_core.posterior import ObservationError, SamplingError
 
-COMMANDS = ["demo", "simulate", "train", "sample", "diagnose", "serve"]
+COMMANDS = ["demo", "simulate", "train", "sample", "diagnose", "serve", "robustness"]
 
 
 def build_parser() -> argparse.ArgumentParser:

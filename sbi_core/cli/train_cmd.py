@@ -30,6 +30,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=float, help="wall-time cap on training")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--learning-rate", type=float)
+    p.add_argument("--regularizer", choices=["fim", "noise"],
+                   help="NPE adversarial defense: FIM-trace regularizer or noise augmentation "
+                        "(see docs/robustness.md)")
+    p.add_argument("--beta", type=float, help="weight of the FIM-trace regularizer (0.05)")
+    p.add_argument("--fim-samples", type=int, help="Monte Carlo samples of the FIM trace (5)")
+    p.add_argument("--fim-ema", type=float, help="EMA weight of the newest FIM gradient (0.85)")
+    p.add_argument("--noise-eps", type=float,
+                   help="noise augmentation radius relative to the data scale (0.2)")
     p.add_argument("--stream", action="store_true",
                    help="stream a PATH.zarr store from disk instead of loading it into memory")
     p.add_argument("--ddp", action="store_true",
@@ -65,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     options = {k: v for k, v in {
         "flow": args.flow, "max_epochs": args.max_epochs, "max_seconds": args.max_seconds,
         "batch_size": args.batch_size, "learning_rate": args.learning_rate,
+        "regularizer": args.regularizer, "beta": args.beta, "fim_samples": args.fim_samples,
+        "fim_ema": args.fim_ema, "noise_eps": args.noise_eps,
     }.items() if v is not None}
     if args.ddp:
         options["distributed"] = True
