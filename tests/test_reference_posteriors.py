@@ -113,3 +113,12 @@ def test_mcmc_reference_sbc(name):
     ranks = sbc_ranks(get_problem(name), num_runs=runs, num_posterior=draws, seed=0)
     pvalues = sbc_uniformity_pvalues(ranks, draws)
     assert min(pvalues) > 0.01 / len(pvalues), pvalues
+
+
+def test_sbc_uniformity_detects_miscalibration():
+    from simulators.reference_check import sbc_uniformity_pvalues
+    gen = torch.Generator().manual_seed(0)
+    uniform = torch.randint(0, 101, (200, 2), generator=gen)
+    biased = torch.randint(0, 30, (200, 2), generator=gen)  # true values sit too low
+    assert min(sbc_uniformity_pvalues(uniform, 100)) > 0.01
+    assert max(sbc_uniformity_pvalues(biased, 100)) < 1e-6
