@@ -13,7 +13,8 @@ import sys
 
 from sbi_core.posterior import ObservationError, SamplingError
 
-COMMANDS = ["demo", "simulate", "train", "sample", "reference", "benchmark"]
+COMMANDS = ["demo", "simulate", "train", "sample", "diagnose", "serve", "reference",
+            "benchmark"]
 
 
 def build_parser() -> argparse.ArgumentParser:
