@@ -11,8 +11,10 @@ import importlib
 
 from sbi_core.problem import Problem
 from simulators.adapters import from_numpy, per_sample
+from simulators.external import ExternalProgram, external_simulator
 
-__all__ = ["get_problem", "available_problems", "from_numpy", "per_sample", "BENCHMARK_PROBLEMS"]
+__all__ = ["get_problem", "available_problems", "from_numpy", "per_sample", "external_simulator",
+           "ExternalProgram", "BENCHMARK_PROBLEMS"]
 
 # name -> "module:factory"; each factory returns a Problem.
 _PROBLEMS: dict[str, str] = {

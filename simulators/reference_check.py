@@ -33,7 +33,10 @@ def sbc_ranks(problem: Problem, num_runs: int, num_posterior: int, seed: int = 0
     return torch.stack(ranks)
 
 
-def sbc_uniformity_pvalues(ranks: Tensor, num_posterior: int) -> list[float]:
-    """KS-test p-values (one per dimension) that ``ranks`` are uniform on ``0..num_posterior``."""
-    u = (ranks.double() + torch.rand(ranks.shape, dtype=torch.float64)) / (num_posterior + 1)
+def sbc_uniformity_pvalues(ranks: Tensor, num_posterior: int, seed: int = 0) -> list[float]:
+    """KS-test p-values (one per dimension) that ``ranks`` are uniform on ``0..num_posterior``
+    (ranks are jittered uniformly within their bin, with ``seed``, to make them continuous)."""
+    gen = torch.Generator().manual_seed(seed)
+    jitter = torch.rand(ranks.shape, dtype=torch.float64, generator=gen)
+    u = (ranks.double() + jitter) / (num_posterior + 1)
     return [float(kstest(u[:, j].numpy(), "uniform").pvalue) for j in range(ranks.shape[1])]

@@ -61,7 +61,9 @@ x_o = gl.observation(1)
 n_check = 500 if FAST else 5000
 ref = gl.reference_posterior(x_o, n_check, 0)
 exact = torch.distributions.MultivariateNormal(0.5 * x_o, 0.05 * torch.eye(10)).sample((n_check,))
-print("gaussian_linear: C2ST(reference, closed form) =", round(c2st(ref, exact), 3))
+score = c2st(ref, exact)
+print("gaussian_linear: C2ST(reference, closed form) =", round(score, 3))
+assert score < 0.6, "the reference sampler should match the closed form"
 
 # %% [markdown]
 # ## 4. Benchmark NPE
@@ -78,3 +80,4 @@ rows = run_benchmark("two_moons", "npe", sims=budgets, observations=[1, 2],
                      num_samples=500 if FAST else 10_000, method_options=options)
 for row in rows:
     print(row.to_dict())
+assert all(0.4 <= row.c2st <= 1.0 for row in rows)

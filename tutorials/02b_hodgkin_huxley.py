@@ -75,3 +75,4 @@ pairplot(samples, problem.param_names, truth=problem.true_parameters(1),
 predictive = problem.simulator(samples[: 10 if FAST else 200])
 for name, obs, mean, std in zip(STAT_NAMES, x_o, predictive.mean(0), predictive.std(0)):
     print(f"{name:<12} observed {obs:8.2f}   predictive {mean:8.2f} ± {std:.2f}")
+assert torch.isfinite(predictive).all()
