@@ -5,8 +5,9 @@ pairs drawn from the joint ``p(theta) p(x | theta)``:
 
 .. math:: \mathcal{L}(\phi) = -\mathbb{E}_{p(\theta, x)} \log q_\phi(\theta \mid x),
 
-whose minimizer is the posterior. The density is sbi-core's fused MAF (``fmaf``, default),
-an nflows MAF (``maf``) or NSF (``nsf``), or a mixture density network (``mdn``); ``theta`` and ``x`` are z-scored with statistics of the
+whose minimizer is the posterior. The density is an nflows MAF (``maf``, default) or NSF
+(``nsf``), sbi-core's fused MAF (``fmaf``, faster per step), or a mixture density network
+(``mdn``); ``theta`` and ``x`` are z-scored with statistics of the
 training data, and ``x`` may pass through an embedding network first.
 
 ``regularizer="fim"`` (options ``beta``, ``fim_samples``, ``fim_ema``) adds the FIM-trace
@@ -38,7 +39,7 @@ from sbi_core.posterior import DirectPosterior
 __all__ = ["NPEEstimator", "METHOD", "build_npe"]
 
 DEFAULTS: dict[str, Any] = {
-    "flow": "fmaf",
+    "flow": "maf",
     "hidden_features": 50,
     "num_transforms": 5,
     "num_blocks": 2,
@@ -167,10 +168,7 @@ METHOD = Method(
     from_config=NPEEstimator,
     make_posterior=_make_posterior,
     loss_fn=npe_training_loss,
-    description="Neural posterior estimation with a fused MAF (default), nflows MAF/NSF or a "
-                "mixture density network.",
-    # Measured in benchmarks/compare_sbi.py (docs/performance.md): as accurate as batch 256 /
-    # lr 1e-3 on two_moons, slcp, gaussian_linear and gaussian_mixture, in fewer, cheaper steps.
-    train_defaults={"batch_size": 512, "learning_rate": 2e-3},
+    description="Neural posterior estimation with nflows MAF/NSF, a fused MAF or a mixture "
+                "density network.",
 )
 

@@ -40,10 +40,10 @@ def test_num_threads_rejects_zero():
         train(_Gauss(), theta, theta, num_threads=0, progress=False)
 
 
-def test_npe_defaults_use_fused_maf_and_larger_batches():
+def test_npe_flow_choice_and_unchanged_defaults():
+    """nflows MAF stays the default (the benchmark did not show equal accuracy on every task
+    for the faster settings, docs/performance.md); the fused MAF is selected by name."""
     theta, x = torch.randn(100, 2), torch.randn(100, 3)
-    est = build_npe(theta, x, prior=None)
-    assert isinstance(est.density, FusedMAF)
-    assert get_method("npe").train_defaults == {"batch_size": 512, "learning_rate": 2e-3}
-    nflows_est = build_npe(theta, x, prior=None, flow="maf")
-    assert type(nflows_est.density).__name__ == "Flow"
+    assert type(build_npe(theta, x, prior=None).density).__name__ == "Flow"
+    assert isinstance(build_npe(theta, x, prior=None, flow="fmaf").density, FusedMAF)
+    assert get_method("npe").train_defaults == {}

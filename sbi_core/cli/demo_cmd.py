@@ -20,8 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--num-simulations", type=int, default=10_000)
     p.add_argument("--num-samples", type=int, default=10_000)
     p.add_argument("--observation", type=int, default=1, help="which of the 10 observations")
-    p.add_argument("--flow", default="fmaf", choices=["maf", "nsf", "fmaf", "mdn"],
-                   help="NPE density estimator (default fmaf: fused MAF; maf: nflows MAF)")
+    p.add_argument("--flow", default="maf", choices=["maf", "nsf", "fmaf", "mdn"],
+                   help="NPE density estimator (maf: nflows MAF; fmaf: sbi-core's fused MAF)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--max-seconds", type=float, default=None, help="cap on training time")
