@@ -1,14 +1,16 @@
 """NPE side by side: sbi-core against sbi 0.27 on the same simulations and machine.
 
 For each task, both libraries train on the *same* theta and x tensors (simulated once by
-sbi-core) in separate processes, alternating which goes first, then draw 10,000 posterior
-samples for observations 1..K; C2ST against the task's reference posterior is computed
-here, with the same classifier for both. Printed per task: train seconds, epochs, C2ST per
-observation, sample seconds, peak memory, and the ratios sbi / sbi-core.
+sbi-core) in separate processes, one after the other (alternating which goes first) or at
+the same time (``--concurrent``, for busy shared machines), each with ``--threads`` torch
+threads (default 1), then draw 10,000 posterior samples for observations 1..K; C2ST against
+the task's reference posterior is computed here, with the same classifier for both. Printed
+per task: train seconds, epochs, C2ST per observation, sample seconds, peak memory, and the
+ratios sbi / sbi-core. ``--flows fmaf`` runs sbi-core's fused MAF against sbi's (nflows) MAF.
 
 Usage (see benchmarks/README.md for the sbi environment):
 
-    python benchmarks/compare_sbi.py --sbi-python /work/sbi-venv/bin/python \
+    OMP_NUM_THREADS=1 python benchmarks/compare_sbi.py --sbi-python /work/sbi-venv/bin/python \
         --tasks two_moons slcp gaussian_linear gaussian_mixture --sims 10000 --observations 5
 """
 
