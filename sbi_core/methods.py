@@ -48,6 +48,7 @@ class Method:
 # name -> "module:attribute" of a Method; imported on first use.
 _REGISTRY: dict[str, str] = {
     "npe": "estimators.npe:METHOD",
+    "pfn": "estimators.pfn_method:METHOD",
 }
 _LOADED: dict[str, Method] = {}
 
