@@ -102,7 +102,7 @@ class BarDistribution(nn.Module):
                              "2 buckets; build them with quantile_borders.")
         tails = [torch.zeros(d, dtype=torch.bool) if t is None else torch.as_tensor(t).bool()
                  .reshape(d) for t in (left_tail, right_tail)]
-        self.register_buffer("borders", borders)
+        self.register_buffer("borders", borders.clone().contiguous())
         self.register_buffer("left_tail", tails[0])
         self.register_buffer("right_tail", tails[1])
 

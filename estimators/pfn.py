@@ -19,7 +19,8 @@ Tokens:
   to each other only, so the output does not depend on their order;
 - ``D`` query tokens, one per parameter. Query ``d`` is a learned embedding plus a linear
   encoding of the (standardized) value :math:`\theta_{d-1}` (teacher-forced in training,
-  sampled at inference) plus an encoding of :math:`(\log n, 1/\sqrt n)`; it attends to all
+  sampled at inference) plus an encoding of :math:`(\log n, 1/\sqrt n, n/n_{max})`; it
+  attends to all
   observation tokens, to itself and to the queries ``< d``, so it sees
   :math:`\theta_{<d}` but never :math:`\theta_d`. Softmax attention averages, so it cannot
   count the observations; the ``n`` encoding tells the queries how many there are.
@@ -130,7 +131,7 @@ class PFNEstimator(nn.Module):
         self.x_encoder = nn.Sequential(nn.Linear(x_dim, e), nn.GELU(), nn.Linear(e, e))
         self.query_embedding = nn.Parameter(0.02 * torch.randn(d, e))
         self.value_encoder = nn.Parameter(0.02 * torch.randn(d, e))  # row d encodes theta_{d-1}
-        self.n_encoder = nn.Linear(2, e)
+        self.n_encoder = nn.Linear(3, e)
         self.blocks = nn.ModuleList(_Block(e, int(cfg["num_heads"]), int(cfg["ff_features"]))
                                     for _ in range(int(cfg["num_layers"])))
         self.final_norm = nn.LayerNorm(e)
@@ -168,7 +169,8 @@ class PFNEstimator(nn.Module):
         s, b, d = theta.shape
         z = (theta - self.theta_mean) / self.theta_std
         shifted = torch.cat([torch.zeros_like(z[..., :1]), z[..., :-1]], dim=-1)  # theta_{d-1}
-        n_feat = torch.tensor([math.log(n), 1.0 / math.sqrt(n)], device=theta.device)
+        n_feat = torch.tensor([math.log(n), 1.0 / math.sqrt(n), n / self.n_max],
+                              device=theta.device)
         hq = (self.query_embedding + shifted.unsqueeze(-1) * self.value_encoder
               + self.n_encoder(n_feat))
         for block, (kx, vx) in zip(self.blocks, cache):
