@@ -19,11 +19,19 @@ Tokens:
   to each other only, so the output does not depend on their order;
 - ``D`` query tokens, one per parameter. Query ``d`` is a learned embedding plus a linear
   encoding of the (standardized) value :math:`\theta_{d-1}` (teacher-forced in training,
-  sampled at inference) plus an encoding of :math:`(\log n, 1/\sqrt n, n/n_{max})`; it
-  attends to all
+  sampled at inference) plus an encoding of :math:`(\log n, 1/\sqrt n, n/n_{max})` plus
+  a linear map of the mean of the observation codes (a DeepSet summary, so the sample mean
+  is available without learning uniform attention first); it attends to all
   observation tokens, to itself and to the queries ``< d``, so it sees
   :math:`\theta_{<d}` but never :math:`\theta_d`. Softmax attention averages, so it cannot
   count the observations; the ``n`` encoding tells the queries how many there are.
+
+The logits of dimension ``d`` are free per-bucket logits plus a Gaussian tilt
+:math:`-\beta_d (m_k - \mu_d)^2` of the bucket midpoints :math:`m_k` (standardized), with
+:math:`\mu_d, \beta_d` predicted by the head. With uniform free logits the bucket masses are
+the prior's, so the tilt is "prior times a Gaussian likelihood": the conjugate shape, which
+the network otherwise needs many steps to build bucket by bucket for sharp posteriors
+(large ``n``). The free logits keep the head fully flexible (multimodal posteriors).
 
 Blocks are pre-LayerNorm transformer layers whose attention and feed-forward output
 projections start at zero (each block starts as the identity). Observation tokens never
@@ -132,12 +140,15 @@ class PFNEstimator(nn.Module):
         self.query_embedding = nn.Parameter(0.02 * torch.randn(d, e))
         self.value_encoder = nn.Parameter(0.02 * torch.randn(d, e))  # row d encodes theta_{d-1}
         self.n_encoder = nn.Linear(3, e)
+        self.pool_encoder = nn.Linear(e, e)
         self.blocks = nn.ModuleList(_Block(e, int(cfg["num_heads"]), int(cfg["ff_features"]))
                                     for _ in range(int(cfg["num_layers"])))
         self.final_norm = nn.LayerNorm(e)
         self.head = nn.Sequential(nn.Linear(e, e), nn.GELU())
         self.head_out = nn.Parameter(torch.zeros(d, e, k))  # uniform bucket masses at init
         self.head_bias = nn.Parameter(torch.zeros(d, k))
+        self.tilt_out = nn.Parameter(torch.zeros(d, e, 2))  # (location, log precision)
+        self.tilt_bias = nn.Parameter(torch.zeros(d, 2))
 
     # ------------------------------------------------------------------ building blocks
     def as_sets(self, x: Tensor) -> Tensor:
@@ -150,18 +161,21 @@ class PFNEstimator(nn.Module):
         raise ValueError(f"PFN observations must have shape (N, *{self.x_shape}) or sets "
                          f"(N, n, *{self.x_shape}); got {tuple(x.shape)}.")
 
-    def encode(self, x_sets: Tensor) -> list[tuple[Tensor, Tensor]]:
-        """Per-layer observation keys/values for sets ``(B, n, *x_shape)``; cache for queries."""
+    def encode(self, x_sets: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """Cache for the queries of sets ``(B, n, *x_shape)``: the mean-pooled observation
+        code ``(B, E)`` and per-layer observation keys/values ``(B, n, H, E / H)``."""
         b, n = x_sets.shape[:2]
         z = ((x_sets - self.x_mean) / self.x_std).reshape(b, n, -1)
         hx = self.x_encoder(z)
-        cache = []
+        pooled = self.pool_encoder(hx.mean(1))
+        layers = []
         for block in self.blocks:
             hx, k, v = block.observations(hx)
-            cache.append((k, v))
-        return cache
+            layers.append((k, v))
+        return pooled, layers
 
-    def logits(self, theta: Tensor, cache: list[tuple[Tensor, Tensor]], n: int) -> Tensor:
+    def logits(self, theta: Tensor, cache: tuple[Tensor, list[tuple[Tensor, Tensor]]],
+               n: int) -> Tensor:
         """Bucket logits ``(S, B, D, K)`` of every dimension given ``theta`` ``(S, B, D)``.
 
         The logits of dimension ``d`` depend on ``theta[..., :d]`` only (causal queries).
@@ -171,12 +185,18 @@ class PFNEstimator(nn.Module):
         shifted = torch.cat([torch.zeros_like(z[..., :1]), z[..., :-1]], dim=-1)  # theta_{d-1}
         n_feat = torch.tensor([math.log(n), 1.0 / math.sqrt(n), n / self.n_max],
                               device=theta.device)
+        pooled, layers = cache
         hq = (self.query_embedding + shifted.unsqueeze(-1) * self.value_encoder
-              + self.n_encoder(n_feat))
-        for block, (kx, vx) in zip(self.blocks, cache):
+              + self.n_encoder(n_feat) + pooled[:, None, :])
+        for block, (kx, vx) in zip(self.blocks, layers):
             hq = block.queries(hq, kx, vx)
         h = self.head(self.final_norm(hq))  # (S, B, D, E)
-        return torch.einsum("sbde,dek->sbdk", h, self.head_out) + self.head_bias
+        free = torch.einsum("sbde,dek->sbdk", h, self.head_out) + self.head_bias
+        raw = torch.einsum("sbde,dej->sbdj", h, self.tilt_out) + self.tilt_bias
+        loc, precision = 4.0 * raw[..., :1], torch.exp(8.0 * raw[..., 1:] - 4.0)
+        mids = 0.5 * (self.bar.borders[:, 1:] + self.bar.borders[:, :-1])  # (D, K)
+        mids = (mids - self.theta_mean[:, None]) / self.theta_std[:, None]
+        return free - precision * (mids - loc) ** 2
 
     # ------------------------------------------------------------------ densities
     def log_prob_sets(self, theta: Tensor, x_sets: Tensor) -> Tensor:

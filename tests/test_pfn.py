@@ -23,8 +23,9 @@ def _random_estimator(problem, n_max=8):
     est = build_pfn(theta, x, problem.prior, n_max=n_max, num_buckets=20,
                     num_border_samples=2000, **SMALL)
     with torch.no_grad():  # leave zero init so that observations influence the queries
-        for p in est.parameters():
-            p.add_(0.3 * torch.randn_like(p))
+        for name, p in est.named_parameters():
+            if not name.startswith("tilt"):  # keep the Gaussian tilt of the head mild
+                p.add_(0.3 * torch.randn_like(p))
     return est.eval()
 
 
@@ -35,14 +36,15 @@ def test_zero_init_blocks_start_as_identity():
                     **SMALL)
     for block in est.blocks:
         assert block.out.weight.abs().sum() == 0 and block.ff[2].weight.abs().sum() == 0
-    # with zero output weights the bucket masses are uniform: log q = sum_d -log(K w_k)
-    lp = est.log_prob(theta[:5], problem.simulator(theta[:5]))
-    k = est.bar.bucket(theta[:5])
-    w = est.bar.borders.diff(dim=-1).gather(1, k.T).T
-    expected = -(w * est.bar.num_buckets).log()
-    tails = (k == 0) | (k == est.bar.num_buckets - 1)
-    inner = ~tails.any(-1)
-    assert torch.allclose(lp[inner], expected.sum(-1)[inner], atol=1e-4)
+    # every block is the identity at init, so the observations cannot yet move the output
+    with torch.no_grad():
+        lp = est.log_prob(theta[:5], problem.simulator(theta[:5]))
+        lp_other = est.log_prob(theta[:5], problem.simulator(theta[:5]) + 3.0)
+        assert torch.allclose(lp, lp_other)
+        # and the output is close to the prior: free logits are uniform (prior masses)
+        prior_lp = problem.prior.log_prob(theta)
+        model_lp = est.log_prob(theta, problem.simulator(theta))
+    assert (model_lp - prior_lp).abs().mean() < 0.3
 
 
 def test_permutation_invariance_over_the_observation_set():
