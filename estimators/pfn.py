@@ -20,8 +20,9 @@ Tokens:
 - ``D`` query tokens, one per parameter. Query ``d`` is a learned embedding plus a linear
   encoding of the (standardized) value :math:`\theta_{d-1}` (teacher-forced in training,
   sampled at inference) plus an encoding of :math:`(\log n, 1/\sqrt n, n/n_{max})` plus
-  a linear map of the mean of the observation codes (a DeepSet summary, so the sample mean
-  is available without learning uniform attention first); it attends to all
+  a linear map of the means of the observation codes and of the z-scored observations (a
+  DeepSet summary, so the sample mean is available without learning uniform attention
+  first); it attends to all
   observation tokens, to itself and to the queries ``< d``, so it sees
   :math:`\theta_{<d}` but never :math:`\theta_d`. Softmax attention averages, so it cannot
   count the observations; the ``n`` encoding tells the queries how many there are.
@@ -140,7 +141,7 @@ class PFNEstimator(nn.Module):
         self.query_embedding = nn.Parameter(0.02 * torch.randn(d, e))
         self.value_encoder = nn.Parameter(0.02 * torch.randn(d, e))  # row d encodes theta_{d-1}
         self.n_encoder = nn.Linear(3, e)
-        self.pool_encoder = nn.Linear(e, e)
+        self.pool_encoder = nn.Linear(e + x_dim, e)
         self.blocks = nn.ModuleList(_Block(e, int(cfg["num_heads"]), int(cfg["ff_features"]))
                                     for _ in range(int(cfg["num_layers"])))
         self.final_norm = nn.LayerNorm(e)
@@ -167,7 +168,7 @@ class PFNEstimator(nn.Module):
         b, n = x_sets.shape[:2]
         z = ((x_sets - self.x_mean) / self.x_std).reshape(b, n, -1)
         hx = self.x_encoder(z)
-        pooled = self.pool_encoder(hx.mean(1))
+        pooled = self.pool_encoder(torch.cat([hx.mean(1), z.mean(1)], dim=-1))
         layers = []
         for block in self.blocks:
             hx, k, v = block.observations(hx)

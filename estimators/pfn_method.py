@@ -32,7 +32,7 @@ from sbi_core.training import split_options, train
 
 __all__ = ["build_pfn", "simulate_sets", "fit_pfn", "PFNPosterior", "METHOD"]
 
-TRAIN_DEFAULTS: dict[str, Any] = {"batch_size": 128, "learning_rate": 5e-4,
+TRAIN_DEFAULTS: dict[str, Any] = {"batch_size": 64, "learning_rate": 1e-3,
                                   "stop_after_epochs": 15}
 
 
