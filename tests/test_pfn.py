@@ -100,6 +100,7 @@ def test_c2st_against_analytic_posterior(trained, n):
         torch.manual_seed(1)
         reference = linear_gaussian_posterior(x_o).sample((2000,))
     score = c2st(samples, reference, seed=0)
+    print(f"C2ST n={n}: {score:.3f}")
     assert score < 0.65, f"C2ST {score:.3f} for n={n}"
 
 
