@@ -1,5 +1,46 @@
-"""Diagnostics that see only the Posterior interface: C2ST, calibration, robustness."""
+"""Diagnostics that see only the Posterior interface: calibration (TARP, SBC, HPD coverage),
+two-sample distances (C2ST, MMD), posterior predictive checks and the report card.
+
+Start with :func:`diagnose`; see docs/diagnostics.md.
+"""
 
 from diagnostics.c2st import c2st
+from diagnostics.coverage import CoverageResult, expected_coverage, run_expected_coverage
+from diagnostics.mmd import mmd, mmd_test
+from diagnostics.predictive import PredictiveResult, predictive_check
+from diagnostics.report import (
+    CHECKS,
+    DiagnosisContext,
+    DiagnosisReport,
+    diagnose,
+    register_check,
+)
+from diagnostics.sbc import SBCResult, run_sbc, sbc, sbc_ranks
+from diagnostics.tarp import TarpResult, regression_references, run_tarp, tarp_coverage
+from diagnostics.testset import calibration_pairs, posterior_samples
 
-__all__ = ["c2st"]
+__all__ = [
+    "CHECKS",
+    "CoverageResult",
+    "DiagnosisContext",
+    "DiagnosisReport",
+    "PredictiveResult",
+    "SBCResult",
+    "TarpResult",
+    "c2st",
+    "diagnose",
+    "expected_coverage",
+    "mmd",
+    "mmd_test",
+    "posterior_samples",
+    "predictive_check",
+    "register_check",
+    "regression_references",
+    "run_expected_coverage",
+    "run_sbc",
+    "run_tarp",
+    "sbc",
+    "sbc_ranks",
+    "tarp_coverage",
+    "calibration_pairs",
+]

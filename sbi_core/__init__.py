@@ -12,6 +12,8 @@ The path from a simulator to a posterior::
 """
 
 from sbi_core.inference import fit
+from sbi_core.mcmc import MCMCConfig, MCMCResult, run_mcmc
+from sbi_core.mcmc_posterior import MCMCPosterior
 from sbi_core.methods import Method, available_methods, get_method, register_method
 from sbi_core.posterior import DirectPosterior, ObservationError, Posterior, SamplingError
 from sbi_core.priors import (
@@ -34,6 +36,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DirectPosterior",
+    "MCMCConfig",
+    "MCMCPosterior",
+    "MCMCResult",
     "Method",
     "ModelFileError",
     "ObservationError",
@@ -53,6 +58,7 @@ __all__ = [
     "prior_from_spec",
     "register_method",
     "resolve_problem",
+    "run_mcmc",
     "save",
     "simulate",
     "support_bounds",

@@ -48,6 +48,12 @@ class Method:
 # name -> "module:attribute" of a Method; imported on first use.
 _REGISTRY: dict[str, str] = {
     "npe": "estimators.npe:METHOD",
+    "nle": "estimators.nle:METHOD",
+    "nre": "estimators.nre:METHOD",
+    "nre_a": "estimators.nre:NRE_A",
+    "nre_b": "estimators.nre:NRE_B",
+    "nre_c": "estimators.nre:NRE_C",
+    "bnre": "estimators.nre:BNRE",
     "pfn": "estimators.pfn_method:METHOD",
 }
 _LOADED: dict[str, Method] = {}

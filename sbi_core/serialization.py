@@ -58,6 +58,11 @@ def load(path: str | Path, device: str = "cpu") -> Posterior:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"No model file at {path}.")
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(
+            f"{path} is corrupted or not an sbi-core model file (it is not a torch archive). "
+            "Use a file written by sbi_core.save / `sbi-core train`, or retrain."
+        )
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except (zipfile.BadZipFile, RuntimeError, EOFError, OSError) as err:

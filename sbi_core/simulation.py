@@ -208,7 +208,7 @@ def assemble(problem: Problem, chunks: list[ChunkResult], seed: int, chunk_size:
         "num_simulations": int(theta.shape[0]),
         "num_invalid": int((~valid).sum()),
         "first_error": errors[0] if errors else None,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
     }
     if seconds is not None:
         provenance["seconds"] = round(seconds, 3)

@@ -181,6 +181,14 @@ def _plain(value: Any) -> Any:
         return int(value)
     if isinstance(value, (np.floating,)):
         return float(value)
-    if value is None or isinstance(value, (bool, int, float, str, Tensor)):
+    if isinstance(value, bool) or value is None:
         return value
+    if isinstance(value, str):
+        return str(value)  # plain str, not a subclass such as torch's TorchVersion
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, Tensor):
+        return value.detach().cpu()
     return str(value)

@@ -13,7 +13,7 @@ import sys
 
 from sbi_core.posterior import ObservationError, SamplingError
 
-COMMANDS = ["demo", "simulate", "train", "sample"]
+COMMANDS = ["demo", "simulate", "train", "sample", "diagnose", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

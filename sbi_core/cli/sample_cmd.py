@@ -18,6 +18,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--iid", action="store_true",
                    help="treat the rows as one set of iid observations of the same parameters")
+    p.add_argument("--mcmc-method", choices=["slice", "hmc"],
+                   help="MCMC sampler of likelihood/ratio posteriors (nle, nre, ...)")
+    p.add_argument("--num-chains", type=int, help="MCMC chains per observation")
+    p.add_argument("--warmup-steps", type=int, help="MCMC warm-up transitions per chain")
     return p
 
 
@@ -27,6 +31,11 @@ def run(args: argparse.Namespace) -> int:
 
     posterior = load(args.model)
     xs = read_observations(args.x, posterior.x_shape)
+    mcmc = {k: v for k, v in {"method": args.mcmc_method, "num_chains": args.num_chains,
+                              "warmup_steps": args.warmup_steps}.items() if v is not None}
+    if mcmc and not hasattr(posterior, "mcmc_config"):
+        raise ValueError(f"--mcmc-method/--num-chains/--warmup-steps apply to MCMC-based "
+                         f"posteriors (nle, nre, ...); this model uses {posterior.method!r}.")
     if args.iid:
         if not posterior.supports_iid:
             raise ValueError(
@@ -34,9 +43,9 @@ def run(args: argparse.Namespace) -> int:
                 "Use an NPE with a set embedding trained on sets, or NLE/NRE/score methods "
                 "(--method nle|nre|npse|fmpe|pfn)."
             )
-        samples = posterior.sample((args.num,), x=xs, seed=args.seed)[:, None, :]
+        samples = posterior.sample((args.num,), x=xs, seed=args.seed, **mcmc)[:, None, :]
     else:
-        samples = posterior.sample_batched((args.num,), xs, seed=args.seed)
+        samples = posterior.sample_batched((args.num,), xs, seed=args.seed, **mcmc)
     write_samples_csv(args.out, samples, posterior.param_names)
     print(json.dumps({"out": str(args.out), "observations": int(samples.shape[1]),
                       "samples_per_observation": args.num}))

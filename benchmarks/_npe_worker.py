@@ -1,0 +1,88 @@
+"""Worker for compare_sbi.py: trains one library's NPE on given simulations, samples, reports.
+
+Runs under either interpreter (ours, or the sbi virtual environment) so that each library
+is measured in its own process: train seconds, epochs, sample seconds, peak memory (RSS).
+
+Usage: python _npe_worker.py {sbi|sbi_core} IN.npz OUT.npz FLOW SEED
+IN.npz holds theta (N, D), x (N, X), xo (K, X), prior_spec (JSON string), num_samples.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+
+
+def _prior_for_sbi(spec: dict):
+    from torch.distributions import Independent, MultivariateNormal, Normal
+
+    if spec["type"] == "box_uniform":
+        from sbi.utils import BoxUniform
+
+        return BoxUniform(torch.tensor(spec["low"]), torch.tensor(spec["high"]))
+    if spec["type"] == "gaussian" and "cov" in spec:
+        return MultivariateNormal(torch.tensor(spec["mean"]), torch.tensor(spec["cov"]))
+    if spec["type"] == "gaussian":
+        return Independent(Normal(torch.tensor(spec["mean"]), torch.tensor(spec["std"])), 1)
+    raise ValueError(f"prior {spec['type']} not supported by this benchmark")
+
+
+def run_sbi(theta, x, xo, spec, flow, seed, num_samples):
+    from sbi.inference import NPE
+
+    torch.manual_seed(seed)
+    prior = _prior_for_sbi(spec)
+    inference = NPE(prior=prior, density_estimator=flow, show_progress_bars=False)
+    t0 = time.perf_counter()
+    inference.append_simulations(theta, x).train(training_batch_size=200, learning_rate=5e-4,
+                                                 stop_after_epochs=20)
+    train_s = time.perf_counter() - t0
+    posterior = inference.build_posterior()
+    samples, sample_s = [], []
+    for k in range(xo.shape[0]):
+        t0 = time.perf_counter()
+        samples.append(posterior.sample((num_samples,), x=xo[k], show_progress_bars=False))
+        sample_s.append(time.perf_counter() - t0)
+    epochs = inference._summary["epochs_trained"][-1]
+    return train_s, epochs, torch.stack(samples), sample_s
+
+
+def run_ours(theta, x, xo, spec, flow, seed, num_samples):
+    from sbi_core import Problem, fit, prior_from_spec
+
+    prior = prior_from_spec(spec)
+    problem = Problem(prior, lambda t: t, x_shape=tuple(x.shape[1:]), validate=False)
+    t0 = time.perf_counter()
+    posterior = fit(problem, (theta, x), method="npe", flow=flow, seed=seed, progress=False)
+    train_s = time.perf_counter() - t0
+    samples, sample_s = [], []
+    for k in range(xo.shape[0]):
+        t0 = time.perf_counter()
+        samples.append(posterior.sample((num_samples,), x=xo[k], seed=seed + k))
+        sample_s.append(time.perf_counter() - t0)
+    return train_s, posterior.history["epochs"], torch.stack(samples), sample_s
+
+
+def main() -> None:
+    lib, inp, out, flow, seed = sys.argv[1:6]
+    data = np.load(inp)
+    theta = torch.from_numpy(data["theta"]).float()
+    x = torch.from_numpy(data["x"]).float()
+    xo = torch.from_numpy(data["xo"]).float()
+    spec = json.loads(str(data["prior_spec"]))
+    num_samples = int(data["num_samples"])
+    runner = run_sbi if lib == "sbi" else run_ours
+    train_s, epochs, samples, sample_s = runner(theta, x, xo, spec, flow, int(seed), num_samples)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    np.savez(out, samples=samples.numpy(), train_seconds=train_s, epochs=epochs,
+             sample_seconds=np.asarray(sample_s), peak_mb=peak_mb,
+             torch_threads=torch.get_num_threads())
+
+
+if __name__ == "__main__":
+    main()

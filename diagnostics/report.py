@@ -1,0 +1,277 @@
+"""The report card: run the diagnostics suite on a posterior and say pass / warn / fail.
+
+``diagnose(posterior, problem=..., num=200)`` (or ``sims=held_out``) draws the test pairs,
+samples the posterior for all of them at once, runs every registered check and returns a
+:class:`DiagnosisReport` (``summary()``, ``to_dict()``, ``plots(dir)``, ``save()``).
+
+Extension point: a check is a function ``fn(ctx: DiagnosisContext) -> dict`` returning a
+*section* ``{"status": "pass"|"warn"|"fail"|"skip", "why": str, "metrics": {...},
+"data": {...}}`` of plain values (``data`` feeds the optional plot function
+``plot(section, path) -> Figure``). Register it once and every ``diagnose`` call (and the
+``sbi-core diagnose`` command) runs it::
+
+    from diagnostics.report import register_check
+
+    def my_check(ctx):
+        ...  # ctx.posterior, ctx.theta, ctx.xs, ctx.samples, ctx.problem, ctx.options
+        return {"status": "pass", "why": "...", "metrics": {"score": 0.1}}
+
+    register_check("mine", my_check, title="My check")
+
+Modules listed in ``CHECK_MODULES`` are imported by :func:`diagnose` (so their checks are
+registered for the CLI too): a new built-in check module adds its name there.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from diagnostics.testset import calibration_pairs, posterior_samples
+from sbi_core.posterior import Posterior
+from sbi_core.problem import Problem
+from sbi_core.simulation_set import SimulationSet
+
+__all__ = ["diagnose", "DiagnosisReport", "DiagnosisContext", "Check", "CHECKS",
+           "CHECK_MODULES", "register_check", "STATUSES", "REPORT_KEY"]
+
+#: Ordered from best to worst; the overall status is the worst non-skipped one.
+STATUSES = ("pass", "warn", "fail")
+#: Key of the card in ``posterior.diagnostics`` (saved in the model file).
+REPORT_KEY = "report_card"
+
+
+@dataclass
+class DiagnosisContext:
+    """Everything a check may use. ``samples`` are drawn once, lazily, and shared.
+
+    Attributes:
+        posterior: the posterior under test.
+        theta: true parameters of the test pairs ``(N, D)``.
+        xs: their simulations ``(N, *x_shape)``.
+        problem: the problem (simulator, reference posterior) or None with held-out sims only.
+        num_samples: posterior samples per test observation.
+        options: extra keyword options passed to :func:`diagnose` (checks read their own).
+    """
+
+    posterior: Posterior
+    theta: Tensor
+    xs: Tensor
+    problem: Problem | None = None
+    num_samples: int = 1000
+    seed: int = 0
+    progress: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
+    _samples: Tensor | None = None
+
+    @property
+    def samples(self) -> Tensor:
+        """Posterior samples ``(num_samples, N, D)`` for all test observations."""
+        if self._samples is None:
+            self._samples = posterior_samples(self.posterior, self.xs, self.num_samples,
+                                              seed=self.seed, progress=self.progress)
+        return self._samples
+
+    @property
+    def param_names(self) -> list[str]:
+        return self.posterior.param_names or [f"theta_{i + 1}" for i in range(self.theta.shape[1])]
+
+
+@dataclass
+class Check:
+    """A registered check: ``fn(ctx) -> section`` and an optional ``plot(section, path)``."""
+
+    name: str
+    fn: Callable[[DiagnosisContext], dict[str, Any]]
+    plot: Callable[[dict[str, Any], Path], Any] | None = None
+    title: str = ""
+    default: bool = True
+
+
+#: name -> Check, in run order. Built-in checks are added by ``diagnostics.checks``.
+CHECKS: dict[str, Check] = {}
+#: Modules imported before checks run; each registers its checks on import.
+CHECK_MODULES: list[str] = ["diagnostics.checks"]
+
+
+def load_check_modules() -> None:
+    """Import every module in ``CHECK_MODULES`` (registering their checks)."""
+    import importlib
+
+    for module in CHECK_MODULES:
+        importlib.import_module(module)
+
+
+def register_check(name: str, fn: Callable[[DiagnosisContext], dict[str, Any]],
+                   plot: Callable[[dict[str, Any], Path], Any] | None = None, title: str = "",
+                   default: bool = True) -> Check:
+    """Add (or replace) a check; ``default=False`` runs it only when named in ``checks=``."""
+    check = Check(name, fn, plot, title or name, default)
+    CHECKS[name] = check
+    return check
+
+
+@dataclass
+class DiagnosisReport:
+    """Result of :func:`diagnose`: one section per check plus run information."""
+
+    sections: dict[str, dict[str, Any]]
+    meta: dict[str, Any]
+    posterior: Posterior | None = None
+
+    @property
+    def status(self) -> str:
+        """Worst status over the sections (``"skip"`` if every check was skipped)."""
+        found = [s["status"] for s in self.sections.values() if s["status"] in STATUSES]
+        return max(found, key=STATUSES.index) if found else "skip"
+
+    def summary(self) -> str:
+        """Human-readable card: one line per check with its status and why."""
+        lines = [f"Report card ({self.meta.get('method') or 'posterior'}, "
+                 f"{self.meta.get('num_test_pairs')} test pairs x "
+                 f"{self.meta.get('num_samples')} samples): {self.status.upper()}"]
+        for name, sec in self.sections.items():
+            title = sec.get("title", name)
+            lines.append(f"  [{sec['status'].upper():4s}] {title}: {sec.get('why', '')}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values only (JSON- and model-file-safe)."""
+        return {"status": self.status, "meta": dict(self.meta),
+                "sections": {k: dict(v) for k, v in self.sections.items()}}
+
+    @classmethod
+    def from_dict(cls, card: dict[str, Any], posterior: Posterior | None = None) -> DiagnosisReport:
+        """Rebuild a report (e.g. from ``posterior.diagnostics["report_card"]``) to re-plot it."""
+        return cls(sections=dict(card["sections"]), meta=dict(card.get("meta", {})),
+                   posterior=posterior)
+
+    def plots(self, directory: str | Path) -> list[Path]:
+        """Write one PNG per check that has a plot into ``directory``; returns the paths."""
+        load_check_modules()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for name, sec in self.sections.items():
+            check = CHECKS.get(name)
+            if check is None or check.plot is None or sec["status"] == "skip" or not sec.get("data"):
+                continue
+            path = directory / f"{name}.png"
+            check.plot(sec, path)
+            paths.append(path)
+        return paths
+
+    def save(self, path: str | Path | None = None) -> Path | None:
+        """Store the card in ``posterior.diagnostics`` and, given ``path``, write the model file.
+
+        The card travels with the model: :func:`sbi_core.save` writes ``posterior.diagnostics``
+        and :func:`sbi_core.load` restores it.
+        """
+        if self.posterior is None:
+            raise ValueError("This report has no posterior attached; pass it to "
+                             "DiagnosisReport.from_dict(card, posterior) first.")
+        self.posterior.diagnostics[REPORT_KEY] = self.to_dict()
+        if path is None:
+            return None
+        from sbi_core.serialization import save
+
+        return save(self.posterior, path)
+
+
+def diagnose(posterior: Posterior, problem: Problem | str | None = None,
+             sims: SimulationSet | tuple[Tensor, Tensor] | None = None, num: int = 200,
+             num_samples: int = 1000, checks: Sequence[str] | None = None, seed: int = 0,
+             progress: bool = True, **options: Any) -> DiagnosisReport:
+    """Run the diagnostics suite and return the report card.
+
+    Args:
+        posterior: any :class:`~sbi_core.Posterior`.
+        problem: a Problem or PROBLEM string; test pairs are simulated from it when ``sims`` is
+            None; also enables predictive checks and reference comparisons. When neither is
+            given, the problem recorded in the model (``problem_spec["source"]``) is used.
+        sims: held-out simulations (never the training set) for the test pairs.
+        num: number of test pairs (invalid simulations are dropped with a warning).
+        num_samples: posterior samples per test observation.
+        checks: names of checks to run (default: all registered default checks, in order).
+        seed: seeds test simulations, sampling and the checks.
+        **options: per-check options, e.g. ``tarp_references`` (function ``xs -> (N, D)``),
+            ``num_predictive_observations``, ``num_reference_observations``.
+    """
+    load_check_modules()
+    start = time.perf_counter()
+    problem = _resolve(posterior, problem, need=sims is None)
+    theta, xs = calibration_pairs(problem, sims, num=num, seed=seed)
+    _check_shapes(posterior, theta, xs)
+    names = list(checks) if checks is not None else [n for n, c in CHECKS.items() if c.default]
+    unknown = [n for n in names if n not in CHECKS]
+    if unknown:
+        raise ValueError(f"Unknown check(s) {unknown}; available: {sorted(CHECKS)}.")
+    ctx = DiagnosisContext(posterior, theta, xs, problem, num_samples, seed, progress, options)
+    sections: dict[str, dict[str, Any]] = {}
+    from tqdm.auto import tqdm
+
+    bar = tqdm(names, desc="diagnostics", unit="check", disable=not progress, leave=False)
+    for name in bar:
+        bar.set_postfix_str(name)
+        check = CHECKS[name]
+        t0 = time.perf_counter()
+        try:
+            section = dict(check.fn(ctx))
+        except NotImplementedError as err:
+            section = {"status": "skip", "why": f"not available for this posterior: {err}"}
+        except Exception as err:  # a crashing check is reported, never hidden as a pass
+            section = {"status": "fail", "why": f"the check raised {type(err).__name__}: {err}"}
+        if section.get("status") not in (*STATUSES, "skip"):
+            raise ValueError(f"Check {name!r} returned status {section.get('status')!r}; use "
+                             f"one of {STATUSES} or 'skip'.")
+        section.setdefault("why", "")
+        section["title"] = check.title
+        section["seconds"] = round(time.perf_counter() - t0, 3)
+        sections[name] = section
+    meta = {"method": posterior.method, "num_test_pairs": int(theta.shape[0]),
+            "num_samples": num_samples, "seed": seed,
+            "test_data": "held-out simulations" if sims is not None else
+            f"simulated from problem {getattr(problem, 'name', '?')!r}",
+            "param_names": ctx.param_names,
+            "seconds": round(time.perf_counter() - start, 3)}
+    return DiagnosisReport(sections, meta, posterior)
+
+
+def _resolve(posterior: Posterior, problem: Problem | str | None, need: bool) -> Problem | None:
+    if isinstance(problem, Problem):
+        return problem
+    from sbi_core.resolve import resolve_problem
+
+    ref = problem or (posterior.problem_spec or {}).get("source")
+    if not ref:
+        if need:
+            raise ValueError("diagnose needs test simulations: pass sims= (held-out simulations) "
+                             "or problem= (a Problem or PROBLEM string); this model does not "
+                             "record where its problem came from.")
+        return None
+    try:
+        return resolve_problem(ref)
+    except Exception as err:
+        if need or problem is not None:
+            raise
+        warnings.warn(f"Could not rebuild problem {ref!r} ({err}); checks that simulate are "
+                      "skipped.", stacklevel=3)
+        return None
+
+
+def _check_shapes(posterior: Posterior, theta: Tensor, xs: Tensor) -> None:
+    if theta.shape[1] != posterior.dim:
+        raise ValueError(f"The test parameters have D={theta.shape[1]} but the posterior is over "
+                         f"D={posterior.dim} parameters {posterior.param_names}.")
+    if posterior.x_shape and tuple(xs.shape[1:]) != tuple(posterior.x_shape):
+        raise ValueError(f"The test simulations have x of shape {tuple(xs.shape[1:])}; the "
+                         f"posterior expects {tuple(posterior.x_shape)}.")

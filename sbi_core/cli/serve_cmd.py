@@ -1,0 +1,85 @@
+"""``sbi-core serve MODEL [MODEL ...] [--host 127.0.0.1] [--port 8000] [--max-samples N]``."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("serve", help="serve posteriors over HTTP with a web explorer",
+                       description="Serve trained posteriors: a REST API (docs at /docs) and an "
+                                   "interactive explorer at /. Needs the 'serve' extra "
+                                   "(pip install 'sbi-core[serve]').")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="model file from `sbi-core train`, served under its file stem, or "
+                        "NAME=PATH to choose the name")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to bind (default 127.0.0.1: only this machine can connect)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-samples", type=int, default=100_000,
+                   help="most samples one request may ask for (default 100000)")
+    p.add_argument("--max-body-bytes", type=int, default=2_000_000,
+                   help="largest accepted request body in bytes (default 2000000)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per request (default 1: concurrent requests already "
+                        "share the cores, and small networks gain little from more)")
+    return p
+
+
+def parse_models(specs: list[str]) -> dict[str, Path]:
+    """``["a.pt", "b=path/c.pt"]`` → ``{"a": Path("a.pt"), "b": Path("path/c.pt")}``."""
+    out: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = Path(spec).stem, spec
+        if not name or not path:
+            raise ValueError(f"Cannot read model argument {spec!r}; use PATH or NAME=PATH.")
+        if name in out:
+            raise ValueError(f"Two models are named {name!r}; give one a name with NAME=PATH.")
+        out[name] = Path(path)
+    return out
+
+
+def check_port(host: str, port: int) -> None:
+    """Raise a clear ValueError when ``host:port`` cannot be bound (in use, unknown host)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            sock.bind(infos[0][4])
+    except OSError as err:
+        raise ValueError(f"Cannot listen on {host}:{port} ({err.strerror or err}); the port may "
+                         "be in use: pick another with --port, or check --host.") from err
+
+
+def run(args: argparse.Namespace) -> int:
+    from sbi_core.serialization import load
+
+    try:
+        import uvicorn
+
+        from sbi_core.server import create_app
+    except ImportError as err:
+        raise ValueError(f"`sbi-core serve` needs FastAPI and uvicorn ({err}); install them with "
+                         "pip install 'sbi-core[serve]'.") from err
+    if args.port < 0 or args.port > 65535:
+        raise ValueError(f"--port {args.port} is not a TCP port (0-65535).")
+    if args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}.")
+    import torch
+
+    check_port(args.host, args.port)
+    models = {name: load(path) for name, path in parse_models(args.models).items()}
+    torch.set_num_threads(args.threads)
+    app = create_app(models, max_samples=args.max_samples, max_body_bytes=args.max_body_bytes)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"[sbi-core] warning: binding {args.host} exposes the server to other machines; "
+              "it has no authentication.", file=sys.stderr)
+    print(f"[sbi-core] serving {sorted(models)} at http://{args.host}:{args.port}/ "
+          f"(API docs at /docs; Ctrl-C to stop)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

@@ -1,0 +1,65 @@
+"""Plain-value descriptions of a served posterior: what the ``/api/models/{name}`` endpoint returns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from sbi_core.posterior import Posterior
+from sbi_core.priors import support_bounds
+from sbi_core.server.schemas import plain
+
+__all__ = ["model_info", "history_summary", "observation_range"]
+
+
+def observation_range(posterior: Posterior) -> dict[str, Any] | None:
+    """Range of the training observations, each ``x_shape``, plus a default observation.
+
+    Uses the estimator's ``x_min``/``x_max`` buffers (set from the training data) and, as
+    default, its ``x_norm.mean`` (the training mean); ``None`` when the estimator has no range.
+    """
+    est = posterior.estimator
+    lo, hi = getattr(est, "x_min", None), getattr(est, "x_max", None)
+    if not isinstance(lo, torch.Tensor) or not isinstance(hi, torch.Tensor) or \
+            tuple(lo.shape) != tuple(posterior.x_shape) or not bool((hi > lo).any()):
+        return None
+    mean = getattr(getattr(est, "x_norm", None), "mean", None)
+    default = mean if isinstance(mean, torch.Tensor) and mean.shape == lo.shape else (lo + hi) / 2
+    default = torch.minimum(torch.maximum(default, lo), hi)
+    return {"min": plain(lo), "max": plain(hi), "default": plain(default)}
+
+
+def history_summary(history: dict[str, Any]) -> dict[str, Any]:
+    """Epochs, best/final losses, stop reason, time and data sizes of a training run."""
+    train = list(history.get("train_loss") or [])
+    val = list(history.get("validation_loss") or [])
+    keys = ("best_epoch", "best_validation_loss", "stopped", "seconds", "num_train",
+            "num_validation")
+    out = {k: history[k] for k in keys if k in history}
+    out["epochs"] = history.get("epochs", len(train))
+    out["final_train_loss"] = train[-1] if train else None
+    out["final_validation_loss"] = val[-1] if val else None
+    return plain(out)
+
+
+def model_info(name: str, posterior: Posterior, max_samples: int) -> dict[str, Any]:
+    """Everything the explorer needs about one model (plain JSON values; ±inf → null)."""
+    low, high = support_bounds(posterior.prior)
+    spec = posterior.problem_spec
+    return {
+        "name": name,
+        "problem": spec.get("name"),
+        "method": posterior.method,
+        "param_names": list(posterior.param_names),
+        "dim": posterior.dim,
+        "x_shape": list(posterior.x_shape),
+        "prior": {"spec": plain(getattr(posterior.prior, "spec", None)),
+                  "low": plain(low), "high": plain(high)},
+        "x_range": observation_range(posterior),
+        "history": history_summary(posterior.history),
+        "diagnostics": plain(posterior.diagnostics),
+        "supports_iid": bool(posterior.supports_iid),
+        "normalized_log_prob": bool(posterior.normalized_log_prob),
+        "max_samples": int(max_samples),
+    }

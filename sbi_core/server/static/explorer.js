@@ -1,0 +1,260 @@
+/* The explorer page: model selector, observation sliders, live pairplot, cards, CSV export.
+ * Talks only to this server's /api endpoints; nothing is fetched from elsewhere. */
+"use strict";
+
+const state = { info: null, samples: null, shownX: null, controller: null, timer: null,
+                updates: 0, inputs: [] };
+const $ = id => document.getElementById(id);
+
+function setStatus(text, kind) {
+  const el = $("status");
+  el.textContent = text;
+  el.dataset.state = kind || "idle";
+}
+
+async function api(path, body, signal) {
+  const opts = body === undefined ? { signal } : {
+    method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body), signal };
+  const resp = await fetch(path, opts);
+  const data = await resp.json().catch(() => ({}));
+  if (!resp.ok) {
+    const d = data.detail;
+    throw new Error(typeof d === "string" ? d : JSON.stringify(d || resp.statusText));
+  }
+  return data;
+}
+
+function flatten(v) { return Array.isArray(v) ? v.flatMap(flatten) : [v]; }
+
+function reshape(flat, shape) {
+  if (shape.length === 0) return flat[0];
+  if (shape.length === 1) return flat.slice();
+  const step = flat.length / shape[0], out = [];
+  for (let i = 0; i < shape[0]; i++) out.push(reshape(flat.slice(i * step, (i + 1) * step), shape.slice(1)));
+  return out;
+}
+
+function indexLabel(i, shape) {
+  if (shape.length <= 1) return `x[${i}]`;
+  const idx = [];
+  for (let k = shape.length - 1; k >= 0; k--) { idx.unshift(i % shape[k]); i = Math.floor(i / shape[k]); }
+  return `x[${idx.join(",")}]`;
+}
+
+function buildInputs(info) {
+  const box = $("inputs");
+  box.replaceChildren();
+  state.inputs = [];
+  const size = info.x_shape.reduce((a, b) => a * b, 1);
+  const range = info.x_range;
+  const lo = range ? flatten(range.min) : new Array(size).fill(-3);
+  const hi = range ? flatten(range.max) : new Array(size).fill(3);
+  const def = range ? flatten(range.default) : new Array(size).fill(0);
+  for (let i = 0; i < size; i++) {
+    const row = document.createElement("div");
+    row.className = "obs";
+    const label = document.createElement("span");
+    label.textContent = indexLabel(i, info.x_shape);
+    const slider = document.createElement("input");
+    Object.assign(slider, { type: "range", min: lo[i], max: hi[i], step: (hi[i] - lo[i]) / 200 || 0.01,
+                            value: def[i] });
+    slider.setAttribute("aria-label", label.textContent);
+    const number = document.createElement("input");
+    Object.assign(number, { type: "number", step: "any", value: +(+def[i]).toPrecision(5) });
+    slider.addEventListener("input", () => { number.value = +(+slider.value).toPrecision(5); schedule(); });
+    number.addEventListener("input", () => { if (number.value !== "") { slider.value = number.value; schedule(); } });
+    row.append(label, slider, number);
+    box.append(row);
+    state.inputs.push({ slider, number, def: def[i] });
+  }
+}
+
+function currentX() {
+  return reshape(state.inputs.map(p => Number(p.number.value)), state.info.x_shape);
+}
+
+function schedule() {
+  clearTimeout(state.timer);
+  state.timer = setTimeout(update, 60);
+}
+
+async function update() {
+  if (!state.info) return;
+  if (state.controller) state.controller.abort();  // a newer observation wins
+  const controller = new AbortController();
+  state.controller = controller;
+  const seedText = $("seed").value.trim();
+  const body = { x: currentX(), n: Math.max(1, Math.round(Number($("num").value) || 1000)),
+                 seed: seedText === "" ? null : Number(seedText) };
+  setStatus("sampling…", "loading");
+  try {
+    const t0 = performance.now();
+    const data = await api(`api/models/${encodeURIComponent(state.info.name)}/sample`, body,
+                           controller.signal);
+    if (controller !== state.controller) return;
+    state.samples = data.samples;
+    state.shownX = body.x;
+    state.updates += 1;
+    render();
+    setStatus(`${data.samples.length} samples in ${Math.round(performance.now() - t0)} ms`, "idle");
+  } catch (err) {
+    if (err.name === "AbortError") return;
+    setStatus(err.message, "error");
+  }
+}
+
+function hashSamples(samples) {
+  let h = 0x811c9dc5;
+  const text = samples.map(r => r.join(",")).join(";");
+  for (let i = 0; i < text.length; i++) { h ^= text.charCodeAt(i); h = Math.imul(h, 0x01000193); }
+  return (h >>> 0).toString(16);
+}
+
+function render() {
+  const info = state.info, samples = state.samples, canvas = $("pairplot");
+  drawPairplot(canvas, samples, info.param_names, info.prior, 10);
+  canvas.dataset.sampleCount = String(samples.length);
+  canvas.dataset.sampleHash = hashSamples(samples);
+  canvas.dataset.updates = String(state.updates);
+  canvas.dataset.x = JSON.stringify(state.shownX);
+  $("download").disabled = false;
+  renderSummary(info.param_names, samples);
+}
+
+function renderSummary(names, samples) {
+  const n = samples.length, rows = [["parameter", "mean", "std", "5%", "95%"]];
+  names.forEach((name, j) => {
+    const col = samples.map(s => s[j]).sort((a, b) => a - b);
+    const mean = col.reduce((a, b) => a + b, 0) / n;
+    const std = Math.sqrt(col.reduce((a, b) => a + (b - mean) ** 2, 0) / Math.max(1, n - 1));
+    const q = p => col[Math.min(n - 1, Math.floor(p * n))];
+    rows.push([name, mean, std, q(0.05), q(0.95)].map(v => typeof v === "number" ? v.toPrecision(3) : v));
+  });
+  $("summary").replaceChildren(...rows.map((r, i) => {
+    const tr = document.createElement("tr");
+    r.forEach(v => { const c = document.createElement(i ? "td" : "th"); c.textContent = v; tr.append(c); });
+    return tr;
+  }));
+}
+
+function valueNode(v) {
+  if (v === null) return document.createTextNode("—");
+  if (Array.isArray(v)) {
+    const flat = flatten(v), shown = flat.slice(0, 8).map(x => typeof x === "number" ? +x.toPrecision(4) : x);
+    return document.createTextNode(`[${shown.join(", ")}${flat.length > 8 ? `, … (${flat.length})` : ""}]`);
+  }
+  if (typeof v === "object") return table(v);
+  return document.createTextNode(typeof v === "number" ? String(+v.toPrecision(5)) : String(v));
+}
+
+function table(obj) {
+  const t = document.createElement("table");
+  for (const [k, v] of Object.entries(obj)) {
+    const tr = document.createElement("tr"), th = document.createElement("th"), td = document.createElement("td");
+    th.textContent = k;
+    td.append(valueNode(v));
+    tr.append(th, td);
+    t.append(tr);
+  }
+  return t;
+}
+
+function renderCards(info) {
+  $("model-card").replaceChildren(table({
+    problem: info.problem, method: info.method, parameters: info.param_names.join(", "),
+    "prior low": info.prior.low, "prior high": info.prior.high, "x shape": info.x_shape,
+    training: info.history }));
+  const diag = info.diagnostics || {};
+  if (Object.keys(diag).length) $("diagnostics").replaceChildren(table(diag));
+  else {
+    const p = document.createElement("p");
+    p.className = "muted";
+    p.textContent = "No diagnostics were saved with this model.";
+    $("diagnostics").replaceChildren(p);
+  }
+}
+
+async function loadModel(name) {
+  setStatus("loading model…", "loading");
+  try {
+    state.info = await api(`api/models/${encodeURIComponent(name)}`);
+  } catch (err) { setStatus(err.message, "error"); return; }
+  $("num").max = state.info.max_samples;
+  buildInputs(state.info);
+  renderCards(state.info);
+  state.samples = null;
+  await update();
+}
+
+function parseObservation(text, fileName) {
+  const trimmed = text.trim();
+  let values;
+  if (/\.json$/i.test(fileName) || trimmed.startsWith("[") || trimmed.startsWith("{")) {
+    let data = JSON.parse(trimmed);
+    if (data && !Array.isArray(data) && typeof data === "object") data = data.x ?? data.observation;
+    values = flatten(data ?? []).map(Number);
+  } else {
+    values = null;
+    for (const line of trimmed.split(/\r?\n/)) {
+      const cells = line.split(/[,;\t ]+/).filter(c => c !== "");
+      if (cells.length && cells.every(c => c.trim() !== "" && !isNaN(Number(c)))) { values = cells.map(Number); break; }
+    }
+    values = values || [];
+  }
+  const size = state.inputs.length;
+  if (values.length !== size) {
+    throw new Error(`${fileName}: found ${values.length} numbers, but this model's observation has ${size} ` +
+                    `(shape [${state.info.x_shape}]). Give one observation per file (CSV: first numeric row).`);
+  }
+  if (!values.every(Number.isFinite)) throw new Error(`${fileName}: the observation contains non-numbers or NaN.`);
+  return values;
+}
+
+function setObservation(values) {
+  values.forEach((v, i) => { state.inputs[i].number.value = v; state.inputs[i].slider.value = v; });
+  update();
+}
+
+function downloadCSV() {
+  const names = state.info.param_names;
+  const lines = [names.join(",")].concat(state.samples.map(r => r.join(",")));
+  const url = URL.createObjectURL(new Blob([lines.join("\n") + "\n"], { type: "text/csv" }));
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = `${state.info.name}_samples.csv`;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
+
+async function init() {
+  $("num").addEventListener("input", schedule);
+  $("seed").addEventListener("input", schedule);
+  $("reset").addEventListener("click", () => setObservation(state.inputs.map(p => p.def)));
+  $("download").addEventListener("click", downloadCSV);
+  $("model").addEventListener("change", e => loadModel(e.target.value));
+  $("file").addEventListener("change", async e => {
+    const file = e.target.files[0];
+    if (!file) return;
+    try { setObservation(parseObservation(await file.text(), file.name)); }
+    catch (err) { setStatus(err.message, "error"); }
+    e.target.value = "";
+  });
+  window.addEventListener("resize", () => { if (state.samples) render(); });
+  let listing;
+  try { listing = await api("api/models"); } catch (err) { setStatus(err.message, "error"); return; }
+  const select = $("model");
+  for (const m of listing.models) {
+    const opt = document.createElement("option");
+    opt.value = m.name;
+    opt.textContent = m.problem ? `${m.name} (${m.problem}, ${m.method})` : m.name;
+    select.append(opt);
+  }
+  const wanted = new URLSearchParams(location.search).get("model");
+  if (wanted && listing.models.some(m => m.name === wanted)) select.value = wanted;
+  await loadModel(select.value);
+}
+
+init();
