@@ -39,6 +39,9 @@ from simulators.linear_gaussian import linear_gaussian, linear_gaussian_posterio
 
 PFN_OPTIONS: dict[str, Any] = {"d_model": 64, "num_layers": 4, "num_heads": 4,
                                "ff_features": 128, "num_buckets": 100}
+#: ``--pfn-small``: the size used by the tests (trains ~4x faster per step on a CPU).
+PFN_SMALL: dict[str, Any] = {"d_model": 32, "num_layers": 2, "num_heads": 2, "ff_features": 64,
+                             "num_buckets": 100, "learning_rate": 2e-3}
 
 
 def latency(posterior: Any, x: torch.Tensor, repeats: int = 5) -> float:
@@ -140,7 +143,12 @@ def main() -> None:
     parser.add_argument("--num-obs", type=int, default=3, help="observations (sets) per setting")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=["two_moons", "linear_gaussian"])
+    parser.add_argument("--pfn-small", action="store_true",
+                        help="small PFN (d_model 32, 2 layers, lr 2e-3) instead of the default")
     args = parser.parse_args()
+    if args.pfn_small:
+        PFN_OPTIONS.clear()
+        PFN_OPTIONS.update(PFN_SMALL)
     print(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                       "machine": f"{platform.node()} ({platform.processor() or platform.machine()})",
                       "torch_threads": torch.get_num_threads(), **vars(args)}), flush=True)

@@ -32,7 +32,9 @@ The logits of dimension ``d`` are free per-bucket logits plus a Gaussian tilt
 :math:`\mu_d, \beta_d` predicted by the head. With uniform free logits the bucket masses are
 the prior's, so the tilt is "prior times a Gaussian likelihood": the conjugate shape, which
 the network otherwise needs many steps to build bucket by bucket for sharp posteriors
-(large ``n``). The free logits keep the head fully flexible (multimodal posteriors).
+(large ``n``). A zero-initialized linear skip from the mean z-scored observation to
+:math:`\mu_d` makes location estimates precise for large ``n``. The free logits keep the
+head fully flexible (multimodal posteriors).
 
 Blocks are pre-LayerNorm transformer layers whose attention and feed-forward output
 projections start at zero (each block starts as the identity). Observation tokens never
@@ -150,6 +152,7 @@ class PFNEstimator(nn.Module):
         self.head_bias = nn.Parameter(torch.zeros(d, k))
         self.tilt_out = nn.Parameter(torch.zeros(d, e, 2))  # (location, log precision)
         self.tilt_bias = nn.Parameter(torch.zeros(d, 2))
+        self.tilt_skip = nn.Parameter(torch.zeros(d, x_dim))  # linear skip: mean x -> location
 
     # ------------------------------------------------------------------ building blocks
     def as_sets(self, x: Tensor) -> Tensor:
@@ -162,20 +165,23 @@ class PFNEstimator(nn.Module):
         raise ValueError(f"PFN observations must have shape (N, *{self.x_shape}) or sets "
                          f"(N, n, *{self.x_shape}); got {tuple(x.shape)}.")
 
-    def encode(self, x_sets: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+    def encode(self, x_sets: Tensor) -> tuple[tuple[Tensor, Tensor], list[tuple[Tensor, Tensor]]]:
         """Cache for the queries of sets ``(B, n, *x_shape)``: the mean-pooled observation
-        code ``(B, E)`` and per-layer observation keys/values ``(B, n, H, E / H)``."""
+        code ``(B, E)``, the mean z-scored observation ``(B, x_dim)`` and per-layer
+        observation keys/values ``(B, n, H, E / H)``."""
         b, n = x_sets.shape[:2]
         z = ((x_sets - self.x_mean) / self.x_std).reshape(b, n, -1)
         hx = self.x_encoder(z)
-        pooled = self.pool_encoder(torch.cat([hx.mean(1), z.mean(1)], dim=-1))
+        z_mean = z.mean(1)
+        pooled = self.pool_encoder(torch.cat([hx.mean(1), z_mean], dim=-1))
         layers = []
         for block in self.blocks:
             hx, k, v = block.observations(hx)
             layers.append((k, v))
-        return pooled, layers
+        return (pooled, z_mean), layers
 
-    def logits(self, theta: Tensor, cache: tuple[Tensor, list[tuple[Tensor, Tensor]]],
+    def logits(self, theta: Tensor,
+               cache: tuple[tuple[Tensor, Tensor], list[tuple[Tensor, Tensor]]],
                n: int) -> Tensor:
         """Bucket logits ``(S, B, D, K)`` of every dimension given ``theta`` ``(S, B, D)``.
 
@@ -186,7 +192,7 @@ class PFNEstimator(nn.Module):
         shifted = torch.cat([torch.zeros_like(z[..., :1]), z[..., :-1]], dim=-1)  # theta_{d-1}
         n_feat = torch.tensor([math.log(n), 1.0 / math.sqrt(n), n / self.n_max],
                               device=theta.device)
-        pooled, layers = cache
+        (pooled, z_mean), layers = cache
         hq = (self.query_embedding + shifted.unsqueeze(-1) * self.value_encoder
               + self.n_encoder(n_feat) + pooled[:, None, :])
         for block, (kx, vx) in zip(self.blocks, layers):
@@ -194,7 +200,8 @@ class PFNEstimator(nn.Module):
         h = self.head(self.final_norm(hq))  # (S, B, D, E)
         free = torch.einsum("sbde,dek->sbdk", h, self.head_out) + self.head_bias
         raw = torch.einsum("sbde,dej->sbdj", h, self.tilt_out) + self.tilt_bias
-        loc, precision = 4.0 * raw[..., :1], torch.exp(8.0 * raw[..., 1:] - 4.0)
+        skip = (z_mean @ self.tilt_skip.T).unsqueeze(0).unsqueeze(-1)  # (1, B, D, 1)
+        loc, precision = 4.0 * raw[..., :1] + skip, torch.exp(8.0 * raw[..., 1:] - 4.0)
         mids = 0.5 * (self.bar.borders[:, 1:] + self.bar.borders[:, :-1])  # (D, K)
         mids = (mids - self.theta_mean[:, None]) / self.theta_std[:, None]
         return free - precision * (mids - loc) ** 2

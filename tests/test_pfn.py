@@ -82,7 +82,7 @@ def test_queries_are_causal_over_dimensions():
 def trained():
     """One small PFN on a 2-D linear Gaussian, sets of 1..50 observations (fixed epochs)."""
     problem = linear_gaussian(2)
-    sims = simulate(problem, 3000, seed=0, progress=False)
+    sims = simulate(problem, 4000, seed=0, progress=False)
     posterior = fit(problem, sims, method="pfn", seed=0, n_max=50, num_buckets=100,
                     max_epochs=36, max_seconds=600, batch_size=64, learning_rate=2e-3,
                     progress=False, **SMALL)
@@ -106,7 +106,7 @@ def test_c2st_against_analytic_posterior(trained, n):
 
 def test_posterior_interface_and_save_load(trained, tmp_path):
     problem, posterior = trained
-    assert posterior.supports_iid and posterior.history["num_simulations"] == 3000 * 50
+    assert posterior.supports_iid and posterior.history["num_simulations"] == 4000 * 50
     xs = problem.simulator(problem.prior.sample((3,)).repeat_interleave(5, 0)).reshape(3, 5, 2)
     assert posterior.sample_batched((10,), xs, seed=0).shape == (10, 3, 2)
     assert posterior.sample_batched((4,), xs[:, 0], seed=0).shape == (4, 3, 2)
