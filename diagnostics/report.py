@@ -97,7 +97,7 @@ class Check:
 #: name -> Check, in run order. Built-in checks are added by ``diagnostics.checks``.
 CHECKS: dict[str, Check] = {}
 #: Modules imported before checks run; each registers its checks on import.
-CHECK_MODULES: list[str] = ["diagnostics.checks"]
+CHECK_MODULES: list[str] = ["diagnostics.checks", "diagnostics.robustness_check"]
 
 
 def load_check_modules() -> None:

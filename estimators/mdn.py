@@ -53,6 +53,25 @@ class MixtureDensity(nn.Module):
         """``(B, num_samples, D)`` like nflows."""
         return self._mixture(context).sample((num_samples,)).transpose(0, 1)
 
+    def sample_and_log_prob(self, num_samples: int, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Reparameterized samples ``(B, n, D)`` and their log densities ``(B, n)``.
+
+        The component index is drawn without gradient; within the component the sample is
+        ``mean + L @ eps``, so gradients reach ``context`` through the means and scales (the
+        pathwise gradient through the mixture weights is omitted; ``log_prob`` keeps them).
+        """
+        mix = self._mixture(context)
+        comp = mix.component_distribution
+        with torch.no_grad():
+            idx = mix.mixture_distribution.sample((num_samples,))  # (n, B)
+        b = context.shape[0]
+        rows = torch.arange(b, device=context.device)[None, :].expand(num_samples, -1)
+        loc = comp.loc[rows, idx]  # (n, B, D)
+        tril = comp.scale_tril[rows, idx]  # (n, B, D, D)
+        eps = torch.randn_like(loc)
+        z = loc + (tril @ eps.unsqueeze(-1)).squeeze(-1)
+        return z.transpose(0, 1), mix.log_prob(z).transpose(0, 1)
+
 
 def _fill_tril(scale: Tensor, off: Tensor, idx: Tensor) -> Tensor:
     out = scale.clone()

@@ -8,6 +8,10 @@ pairs drawn from the joint ``p(theta) p(x | theta)``:
 whose minimizer is the posterior. The density is an nflows MAF (default) or NSF, or a
 mixture density network; ``theta`` and ``x`` are z-scored with statistics of the
 training data, and ``x`` may pass through an embedding network first.
+
+``regularizer="fim"`` (options ``beta``, ``fim_samples``, ``fim_ema``) adds the FIM-trace
+adversarial defense and ``regularizer="noise"`` (``noise_eps``) trains on noise-augmented
+observations; see :mod:`estimators.robust_training`. The options are kept in the config.
 """
 
 from __future__ import annotations
@@ -21,6 +25,12 @@ from torch.distributions import Distribution
 from estimators.embedding import build_embedding
 from estimators.flows import FLOWS, build_flow
 from estimators.mdn import MixtureDensity
+from estimators.robust_training import (
+    REGULARIZER_DEFAULTS,
+    npe_training_loss,
+    relative_scale,
+    validate_regularizer_options,
+)
 from estimators.standardize import Standardize, fit_standardize
 from sbi_core.methods import Method
 from sbi_core.posterior import DirectPosterior
@@ -35,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "num_bins": 10,
     "num_components": 10,
     "embedding": None,
+    "regularizer": None,
 }
 
 
@@ -116,12 +127,28 @@ class NPEEstimator(nn.Module):
 
 def build_npe(theta: Tensor, x: Tensor, prior: Distribution, **options: Any) -> NPEEstimator:
     """An untrained :class:`NPEEstimator` with standardization fitted on ``theta``, ``x``."""
-    unknown = set(options) - set(DEFAULTS)
+    reg_keys = set(REGULARIZER_DEFAULTS)
+    unknown = set(options) - set(DEFAULTS) - reg_keys
     if unknown:
-        raise TypeError(f"Unknown NPE options {sorted(unknown)}; valid: {sorted(DEFAULTS)} "
-                        "and the training options of sbi_core.TrainConfig.")
-    config = {**DEFAULTS, **options, "theta_dim": int(theta.shape[1]),
-              "x_shape": list(x.shape[1:])}
+        raise TypeError(f"Unknown NPE options {sorted(unknown)}; valid: "
+                        f"{sorted(set(DEFAULTS) | reg_keys)} and the training options of "
+                        "sbi_core.TrainConfig.")
+    validate_regularizer_options(options)
+    config = {**DEFAULTS, **{k: v for k, v in options.items() if k not in reg_keys},
+              "theta_dim": int(theta.shape[1]), "x_shape": list(x.shape[1:])}
+    reg = options.get("regularizer")
+    if reg is not None and (options.get("embedding") or {}).get("type") == "set":
+        raise ValueError(f"regularizer={reg!r} is not supported with a set embedding (iid "
+                         "sets); train without a regularizer or with a fixed-size x.")
+    if reg == "fim":
+        d = REGULARIZER_DEFAULTS
+        config.update(regularizer="fim", beta=float(options.get("beta", d["beta"])),
+                      fim_samples=int(options.get("fim_samples", d["fim_samples"])),
+                      fim_ema=float(options.get("fim_ema", d["fim_ema"])))
+    elif reg == "noise":
+        config.update(regularizer="noise",
+                      noise_eps=float(options.get("noise_eps", REGULARIZER_DEFAULTS["noise_eps"])),
+                      x_scale=relative_scale(x))
     est = NPEEstimator(config)
     est.fit_standardization(theta, x)
     return est
@@ -139,6 +166,7 @@ METHOD = Method(
     build=build_npe,
     from_config=NPEEstimator,
     make_posterior=_make_posterior,
+    loss_fn=npe_training_loss,
     description="Neural posterior estimation with nflows MAF/NSF or a mixture density network.",
 )
 

@@ -9,6 +9,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -23,20 +24,33 @@ from sbi_core.training import split_options, train
 __all__ = ["fit"]
 
 
-def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor], method: str = "npe",
-        seed: int = 0, **options: Any) -> Posterior:
+def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os.PathLike,
+        method: str = "npe", seed: int = 0, streaming: bool = False,
+        **options: Any) -> Posterior:
     """Train an estimator of ``method`` on ``sims`` and return its :class:`Posterior`.
 
     Args:
         problem: gives the prior, parameter names and ``x_shape``.
         sims: a :class:`SimulationSet` (invalid simulations are excluded with a warning) or a
-            ``(theta (N, D), x (N, *x_shape))`` pair.
+            ``(theta (N, D), x (N, *x_shape))`` pair, or the path of a simulation file or zarr
+            store.
         method: a registered method name (``sbi_core.available_methods()``).
         seed: fixes initialization, the validation split and minibatch order.
+        streaming: train from a zarr store chunk by chunk with bounded memory instead of
+            loading it (``sims`` must be the store's path; see :mod:`sbi_core.streaming`).
         **options: training options (``batch_size``, ``learning_rate``, ``max_epochs``,
             ``max_seconds``, ``device``, ``progress``, ... see :class:`TrainConfig`) and
             estimator options (e.g. ``flow="nsf"``, ``hidden_features=64``, ``embedding=...``).
     """
+    if streaming:
+        if not isinstance(sims, (str, os.PathLike)):
+            raise ValueError("streaming=True needs the path of a zarr store as sims "
+                             "(simulate(..., store='sims.zarr')).")
+        from sbi_core.streaming import fit_streaming  # optional extra (zarr)
+
+        return fit_streaming(problem, sims, method=method, seed=seed, **options)
+    if isinstance(sims, (str, os.PathLike)):
+        sims = SimulationSet.load(sims)
     m = get_method(method)
     if isinstance(sims, SimulationSet):
         theta, x = sims.training_data()

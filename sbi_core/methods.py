@@ -48,6 +48,8 @@ class Method:
 # name -> "module:attribute" of a Method; imported on first use.
 _REGISTRY: dict[str, str] = {
     "npe": "estimators.npe:METHOD",
+    "npse": "estimators.npse:METHOD",
+    "fmpe": "estimators.fmpe:METHOD",
     "nle": "estimators.nle:METHOD",
     "nre": "estimators.nre:METHOD",
     "nre_a": "estimators.nre:NRE_A",

@@ -48,6 +48,9 @@ class Problem:
         source: how to rebuild this problem (a built-in name or ``file.py:function``);
             set by :func:`sbi_core.resolve_problem`.
         validate: run the simulator on a small batch to check shapes and dtype.
+        observation_seeds: the 10 seeds of :meth:`observation` ``1..10`` (default
+            ``OBSERVATION_SEED_BASE + k``); benchmark problems list theirs to skip degenerate
+            draws, as the SBI benchmark does.
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class Problem:
         source: str | None = None,
         validate: bool = True,
         description: str = "",
+        observation_seeds: Sequence[int] | None = None,
     ):
         if not isinstance(prior, Distribution):
             raise TypeError(
@@ -91,6 +95,11 @@ class Problem:
         self.source = source
         self.description = description
         self._observations: dict[int, tuple[Tensor, Tensor]] = {}
+        if observation_seeds is not None and len(observation_seeds) != NUM_OBSERVATIONS:
+            raise ValueError(f"observation_seeds must list {NUM_OBSERVATIONS} seeds, got "
+                             f"{len(observation_seeds)}.")
+        self.observation_seeds = [int(s) for s in observation_seeds] if observation_seeds \
+            else [OBSERVATION_SEED_BASE + k for k in range(1, NUM_OBSERVATIONS + 1)]
         self.x_shape: tuple[int, ...] | None = tuple(x_shape) if x_shape is not None else None
         if validate:
             self._validate()
@@ -137,7 +146,8 @@ class Problem:
         self.x_shape = got
 
     def observation(self, k: int) -> Tensor:
-        """Observation ``k`` in ``1..10``, simulated with seed ``OBSERVATION_SEED_BASE + k``."""
+        """Observation ``k`` in ``1..10``, simulated with seed ``observation_seeds[k - 1]``
+        (default ``OBSERVATION_SEED_BASE + k``)."""
         return self._observation(k)[1].clone()
 
     def true_parameters(self, k: int) -> Tensor:
@@ -149,7 +159,7 @@ class Problem:
             raise ValueError(f"Observations are numbered 1..{NUM_OBSERVATIONS}, got {k}.")
         if k not in self._observations:
             with torch.random.fork_rng():
-                seed = OBSERVATION_SEED_BASE + k
+                seed = self.observation_seeds[k - 1]
                 torch.manual_seed(seed)
                 np.random.seed(seed)
                 theta = self.prior.sample((1,))

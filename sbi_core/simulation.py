@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from sbi_core.problem import Problem
 from sbi_core.simulation_set import SimulationSet
 
-__all__ = ["simulate", "ChunkResult", "chunk_plan", "run_chunk"]
+__all__ = ["simulate", "ChunkResult", "chunk_plan", "run_chunk", "chunk_source"]
 
 DEFAULT_CHUNK_SIZE = 1000
 
@@ -136,6 +136,18 @@ def _local_chunks(problem: Problem, plan: list[tuple[int, int, int]],
 ChunkSource = Callable[[Problem, list[tuple[int, int, int]]], Iterator[ChunkResult]]
 
 
+def chunk_source(workers: int = 1, executor: ChunkSource | str | None = None) -> ChunkSource:
+    """The chunk runner: ``executor`` if callable, Dask for an address string, else local."""
+    if isinstance(executor, str):
+        from sbi_core.dask_executor import dask_chunks  # optional extra
+
+        address = executor
+        return lambda prob, tasks: dask_chunks(prob, tasks, address)
+    if workers == -1:
+        workers = os.cpu_count() or 1
+    return executor or (lambda prob, tasks: _local_chunks(prob, tasks, workers))
+
+
 def simulate(
     problem: Problem,
     num_simulations: int,
@@ -167,12 +179,7 @@ def simulate(
     if workers == -1:
         workers = os.cpu_count() or 1
     plan = chunk_plan(num_simulations, seed, chunk_size)
-    if isinstance(executor, str):
-        from sbi_core.dask_executor import dask_chunks  # optional extra
-
-        address = executor
-        executor = lambda prob, tasks: dask_chunks(prob, tasks, address)  # noqa: E731
-    source: ChunkSource = executor or (lambda prob, tasks: _local_chunks(prob, tasks, workers))
+    source = chunk_source(workers, executor)
     if store is not None:
         from sbi_core.stores import simulate_into_store  # optional extra (zarr)
 

@@ -5,6 +5,12 @@ The loop: Adam, minibatches shuffled by index each epoch with the data kept on t
 device as tensors, a held-out validation split, gradient clipping, early stopping on
 the validation loss with the best weights restored, and caps on epochs and wall time.
 A diverging loss or Ctrl-C stops training with the best weights so far, never losing them.
+
+Two extensions share the same loop: a streaming :class:`BatchSource` (e.g. chunks of a
+zarr store larger than memory, :mod:`sbi_core.streaming`) instead of tensors, and
+multi-process data parallelism (``TrainConfig(distributed=True)`` under ``torchrun``, see
+:mod:`sbi_core.distributed`), where every global minibatch is split across the ranks and
+gradients are averaged by :class:`torch.nn.parallel.DistributedDataParallel`.
 """
 
 from __future__ import annotations
@@ -12,15 +18,15 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-__all__ = ["TrainConfig", "TrainingHistory", "train", "split_options"]
+__all__ = ["TrainConfig", "TrainingHistory", "train", "split_options", "BatchSource"]
 
 LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
@@ -40,6 +46,26 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     lr_decay_on_plateau: bool = True
+    distributed: bool = False
+
+
+@runtime_checkable
+class BatchSource(Protocol):
+    """Training data that do not fit in memory, passed to :func:`train` instead of tensors.
+
+    ``epoch(generator, batch_size)`` yields the shuffled minibatches ``(theta (B, D), x (B,
+    *x_shape))`` of one epoch (every rank must yield the same sequence under DDP), and
+    ``validation()`` yields the fixed held-out batches.
+    """
+
+    num_train: int
+    num_validation: int
+
+    def epoch(self, generator: torch.Generator, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        ...
+
+    def validation(self) -> Iterator[tuple[Tensor, Tensor]]:
+        ...
 
 
 @dataclass
@@ -91,8 +117,8 @@ def _default_loss(estimator: nn.Module, theta: Tensor, x: Tensor) -> Tensor:
 
 def train(
     estimator: nn.Module,
-    theta: Tensor,
-    x: Tensor,
+    theta: Tensor | BatchSource,
+    x: Tensor | None = None,
     config: TrainConfig | None = None,
     loss_fn: LossFn | None = None,
     **overrides: Any,
@@ -101,7 +127,8 @@ def train(
 
     Args:
         estimator: module with ``loss(theta, x) -> Tensor[N]``.
-        theta, x: training pairs (only valid simulations).
+        theta, x: training pairs (only valid simulations); or a :class:`BatchSource` as
+            ``theta`` (and ``x=None``) to stream data that do not fit in memory.
         config: a :class:`TrainConfig`; keyword ``overrides`` replace its fields.
         loss_fn: optional ``f(estimator, theta, x) -> Tensor[N]`` replacing ``estimator.loss``
             (regularized objectives, e.g. the FIM defense).
@@ -111,35 +138,31 @@ def train(
     """
     cfg = _replace(config or TrainConfig(), overrides)
     loss_fn = loss_fn or _default_loss
-    n = theta.shape[0]
-    if x.shape[0] != n:
-        raise ValueError(f"theta has {n} rows but x has {x.shape[0]}.")
-    if not (torch.isfinite(theta).all() and torch.isfinite(x).all()):
-        raise ValueError(
-            "Training data contain NaN or inf; pass SimulationSet.training_data() to drop invalid "
-            "simulations."
-        )
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' was requested but no CUDA GPU is available; use 'cpu'.")
     generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
+    rank, world = _distributed_setup(cfg)
 
-    n_val = int(round(cfg.validation_fraction * n)) if cfg.validation_fraction > 0 else 0
-    if cfg.validation_fraction > 0 and (n_val < 1 or n - n_val < 2):
-        raise ValueError(
-            f"{n} simulations are too few for validation_fraction={cfg.validation_fraction}; "
-            "simulate more or set validation_fraction=0."
-        )
-    perm = torch.randperm(n, generator=generator)
-    val_idx, train_idx = perm[:n_val], perm[n_val:]
-    theta, x = theta.to(device, torch.float32), x.to(device, torch.float32)
-    theta_tr, x_tr = theta[train_idx.to(device)], x[train_idx.to(device)]
-    theta_va, x_va = theta[val_idx.to(device)], x[val_idx.to(device)]
-    n_train = theta_tr.shape[0]
+    if isinstance(theta, Tensor):
+        if x is None:
+            raise ValueError("train(estimator, theta, x): x is missing.")
+        data: BatchSource = _TensorBatches(theta, x, cfg, generator, device)
+    elif isinstance(theta, BatchSource):
+        data = theta
+    else:
+        raise TypeError(f"train() takes tensors theta, x or a BatchSource, got {type(theta).__name__}.")
+    n_train, n_val = data.num_train, data.num_validation
     batch_size = min(cfg.batch_size, n_train)
+    if world > 1 and batch_size < world:
+        raise ValueError(f"batch_size={batch_size} is smaller than the {world} processes.")
 
     estimator.to(device)
+    model: nn.Module = _LossModule(estimator, loss_fn)
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.Adam(estimator.parameters(), lr=cfg.learning_rate)
     scheduler = (
         torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -151,26 +174,30 @@ def train(
     best_state = _state_copy(estimator)
     since_best = 0
     start = time.perf_counter()
-    bar = tqdm(range(cfg.max_epochs), desc="training", unit="epoch", disable=not cfg.progress,
-               leave=False)
+    bar = tqdm(range(cfg.max_epochs), desc="training", unit="epoch",
+               disable=not cfg.progress or rank != 0, leave=False)
     try:
         for epoch in bar:
             t0 = time.perf_counter()
             estimator.train()
-            order = torch.randperm(n_train, generator=generator).to(device)
-            n_batches = max(n_train // batch_size, 1)
+            n_batches = 0
             total = torch.zeros((), device=device)
-            for b in range(n_batches):
-                idx = order[b * batch_size:(b + 1) * batch_size]
-                loss = loss_fn(estimator, theta_tr[idx], x_tr[idx]).mean()
+            for theta_b, x_b in data.epoch(generator, batch_size):
+                if world > 1:  # this rank's equal share of the global minibatch
+                    theta_b, x_b = _shard(theta_b, rank, world), _shard(x_b, rank, world)
+                loss = model(theta_b.to(device), x_b.to(device)).mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.clip_max_norm is not None:
                     nn.utils.clip_grad_norm_(estimator.parameters(), cfg.clip_max_norm)
                 optimizer.step()
                 total += loss.detach()
-            train_loss = float(total) / n_batches
-            val_loss = _evaluate(estimator, loss_fn, theta_va, x_va) if n_val else train_loss
+                n_batches += 1
+            if world > 1:
+                total = _all_mean(total, world)
+            train_loss = float(total) / max(n_batches, 1)
+            val_loss = _evaluate_batches(estimator, loss_fn, data.validation(), device) \
+                if n_val else train_loss
             history.train_loss.append(train_loss)
             history.validation_loss.append(val_loss)
             history.epoch_seconds.append(time.perf_counter() - t0)
@@ -193,7 +220,11 @@ def train(
             if since_best >= cfg.stop_after_epochs:
                 history.stopped = "converged"
                 break
-            if cfg.max_seconds is not None and time.perf_counter() - start > cfg.max_seconds:
+            out_of_time = cfg.max_seconds is not None and \
+                time.perf_counter() - start > cfg.max_seconds
+            if world > 1:  # ranks must agree, or the next all-reduce hangs
+                out_of_time = _any_rank(out_of_time, device)
+            if out_of_time:
                 history.stopped = "max_seconds"
                 break
         else:
@@ -212,6 +243,103 @@ def train(
     estimator.eval()
     history.seconds = time.perf_counter() - start
     return history
+
+
+class _TensorBatches:
+    """In-memory data: a seeded validation split, minibatches by shuffled index on ``device``."""
+
+    def __init__(self, theta: Tensor, x: Tensor, cfg: TrainConfig, generator: torch.Generator,
+                 device: torch.device):
+        n = theta.shape[0]
+        if x.shape[0] != n:
+            raise ValueError(f"theta has {n} rows but x has {x.shape[0]}.")
+        if not (torch.isfinite(theta).all() and torch.isfinite(x).all()):
+            raise ValueError(
+                "Training data contain NaN or inf; pass SimulationSet.training_data() to drop "
+                "invalid simulations."
+            )
+        n_val = int(round(cfg.validation_fraction * n)) if cfg.validation_fraction > 0 else 0
+        if cfg.validation_fraction > 0 and (n_val < 1 or n - n_val < 2):
+            raise ValueError(
+                f"{n} simulations are too few for validation_fraction={cfg.validation_fraction}; "
+                "simulate more or set validation_fraction=0."
+            )
+        perm = torch.randperm(n, generator=generator)
+        val_idx, train_idx = perm[:n_val], perm[n_val:]
+        theta, x = theta.to(device, torch.float32), x.to(device, torch.float32)
+        self.theta_tr, self.x_tr = theta[train_idx.to(device)], x[train_idx.to(device)]
+        self.theta_va, self.x_va = theta[val_idx.to(device)], x[val_idx.to(device)]
+        self.num_train, self.num_validation = int(self.theta_tr.shape[0]), n_val
+        self.device = device
+
+    def epoch(self, generator: torch.Generator, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        order = torch.randperm(self.num_train, generator=generator).to(self.device)
+        for b in range(max(self.num_train // batch_size, 1)):
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            yield self.theta_tr[idx], self.x_tr[idx]
+
+    def validation(self) -> Iterator[tuple[Tensor, Tensor]]:
+        chunk = 8192
+        for i in range(0, self.num_validation, chunk):
+            yield self.theta_va[i:i + chunk], self.x_va[i:i + chunk]
+
+
+class _LossModule(nn.Module):
+    """``forward(theta, x)`` = per-sample loss, so DDP can wrap any estimator's loss."""
+
+    def __init__(self, estimator: nn.Module, loss_fn: LossFn):
+        super().__init__()
+        self.estimator = estimator
+        self.loss_fn = loss_fn
+
+    def forward(self, theta: Tensor, x: Tensor) -> Tensor:
+        return self.loss_fn(self.estimator, theta, x)
+
+
+def _distributed_setup(cfg: TrainConfig) -> tuple[int, int]:
+    if not cfg.distributed:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError(
+            "distributed=True needs an initialized torch.distributed process group: launch with "
+            "torchrun (e.g. torchrun --nproc_per_node 2 -m sbi_core.cli.main train ... --ddp) "
+            "and call sbi_core.distributed.init_distributed() first."
+        )
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _shard(v: Tensor, rank: int, world: int) -> Tensor:
+    per = v.shape[0] // world
+    return v[rank * per:(rank + 1) * per]
+
+
+def _all_mean(value: Tensor, world: int) -> Tensor:
+    import torch.distributed as dist
+
+    value = value.clone()
+    dist.all_reduce(value)
+    return value / world
+
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    import torch.distributed as dist
+
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+@torch.no_grad()
+def _evaluate_batches(estimator: nn.Module, loss_fn: LossFn,
+                      batches: Iterator[tuple[Tensor, Tensor]], device: torch.device) -> float:
+    estimator.eval()
+    total, count = 0.0, 0
+    for theta, x in batches:
+        total += float(loss_fn(estimator, theta.to(device), x.to(device)).sum())
+        count += theta.shape[0]
+    return total / max(count, 1)
 
 
 @torch.no_grad()

@@ -11,14 +11,28 @@ import importlib
 
 from sbi_core.problem import Problem
 from simulators.adapters import from_numpy, per_sample
+from simulators.external import ExternalProgram, external_simulator
 
-__all__ = ["get_problem", "available_problems", "from_numpy", "per_sample"]
+__all__ = ["get_problem", "available_problems", "from_numpy", "per_sample", "external_simulator",
+           "ExternalProgram", "BENCHMARK_PROBLEMS"]
 
 # name -> "module:factory"; each factory returns a Problem.
 _PROBLEMS: dict[str, str] = {
     "two_moons": "simulators.two_moons:two_moons",
     "linear_gaussian": "simulators.linear_gaussian:linear_gaussian",
+    "gaussian_linear": "simulators.gaussian_linear:gaussian_linear",
+    "gaussian_linear_uniform": "simulators.gaussian_linear_uniform:gaussian_linear_uniform",
+    "slcp": "simulators.slcp:slcp",
+    "gaussian_mixture": "simulators.gaussian_mixture:gaussian_mixture",
+    "bernoulli_glm": "simulators.bernoulli_glm:bernoulli_glm",
+    "sir": "simulators.sir:sir",
+    "lotka_volterra": "simulators.lotka_volterra:lotka_volterra",
+    "hodgkin_huxley": "simulators.hodgkin_huxley:hodgkin_huxley",
 }
+
+#: The eight problems of the SBI benchmark (Lueckmann et al. 2021), in the paper's order.
+BENCHMARK_PROBLEMS = ["gaussian_linear", "gaussian_linear_uniform", "slcp", "gaussian_mixture",
+                      "two_moons", "bernoulli_glm", "sir", "lotka_volterra"]
 
 
 def available_problems() -> list[str]:

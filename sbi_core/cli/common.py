@@ -30,7 +30,12 @@ def step(message: str, quiet: bool = False) -> Iterator[dict]:
 
 def problem_for_sims(sims: SimulationSet, problem_ref: str | None) -> Problem:
     """The problem named on the command line, else the one recorded in the simulations."""
-    ref = problem_ref or sims.provenance.get("problem_source")
+    return problem_for_sims_provenance(sims.provenance, problem_ref)
+
+
+def problem_for_sims_provenance(provenance: dict, problem_ref: str | None) -> Problem:
+    """The problem named on the command line, else the one recorded in ``provenance``."""
+    ref = problem_ref or provenance.get("problem_source")
     if not ref:
         raise ValueError(
             "These simulations do not record their problem (e.g. a plain .npz); name it with "

@@ -13,7 +13,8 @@ import sys
 
 from sbi_core.posterior import ObservationError, SamplingError
 
-COMMANDS = ["demo", "simulate", "train", "sample", "diagnose", "serve"]
+COMMANDS = ["demo", "simulate", "train", "sample", "diagnose", "robustness", "reference",
+            "benchmark", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,8 @@
-"""``sbi-core train --sims FILE --method npe --out MODEL``."""
+"""``sbi-core train --sims FILE --method npe --out MODEL [--stream] [--ddp]``.
+
+``--stream`` trains from a zarr store chunk by chunk with bounded memory; ``--ddp``
+trains data-parallel across the processes started by ``torchrun`` (rank 0 saves).
+"""
 
 from __future__ import annotations
 
@@ -26,28 +30,67 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=float, help="wall-time cap on training")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--learning-rate", type=float)
+    p.add_argument("--regularizer", choices=["fim", "noise"],
+                   help="NPE adversarial defense: FIM-trace regularizer or noise augmentation "
+                        "(see docs/robustness.md)")
+    p.add_argument("--beta", type=float, help="weight of the FIM-trace regularizer (0.05)")
+    p.add_argument("--fim-samples", type=int, help="Monte Carlo samples of the FIM trace (5)")
+    p.add_argument("--fim-ema", type=float, help="EMA weight of the newest FIM gradient (0.85)")
+    p.add_argument("--noise-eps", type=float,
+                   help="noise augmentation radius relative to the data scale (0.2)")
+    p.add_argument("--stream", action="store_true",
+                   help="stream a PATH.zarr store from disk instead of loading it into memory")
+    p.add_argument("--ddp", action="store_true",
+                   help="data-parallel training under torchrun (gloo on CPU, NCCL on GPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from sbi_core.cli.common import problem_for_sims
+    from sbi_core.cli.common import problem_for_sims, problem_for_sims_provenance
     from sbi_core.inference import fit
     from sbi_core.serialization import save
     from sbi_core.simulation_set import SimulationSet
 
-    sims = SimulationSet.load(args.sims)
-    problem = problem_for_sims(sims, args.problem)
+    device, main_process = args.device, True
+    if args.ddp:
+        from sbi_core.distributed import init_distributed, is_main_process
+
+        device = init_distributed(args.device)
+        main_process = is_main_process()
+    if args.stream:
+        if not str(args.sims).rstrip("/").endswith(".zarr"):
+            raise ValueError("--stream needs a zarr store (--sims PATH.zarr from "
+                             "`sbi-core simulate ... --out PATH.zarr`).")
+        from sbi_core.stores import SimulationStore
+
+        store = SimulationStore(args.sims)
+        problem = problem_for_sims_provenance(store.provenance(), args.problem)
+        sims = args.sims
+    else:
+        sims = SimulationSet.load(args.sims)
+        problem = problem_for_sims(sims, args.problem)
     options = {k: v for k, v in {
         "flow": args.flow, "max_epochs": args.max_epochs, "max_seconds": args.max_seconds,
         "batch_size": args.batch_size, "learning_rate": args.learning_rate,
+        "regularizer": args.regularizer, "beta": args.beta, "fim_samples": args.fim_samples,
+        "fim_ema": args.fim_ema, "noise_eps": args.noise_eps,
     }.items() if v is not None}
-    posterior = fit(problem, sims, method=args.method, seed=args.seed, device=args.device,
-                    progress=not args.quiet, **options)
+    if args.ddp:
+        options["distributed"] = True
+    posterior = fit(problem, sims, method=args.method, seed=args.seed, device=device,
+                    progress=not args.quiet and main_process, streaming=args.stream, **options)
+    if args.ddp:
+        from sbi_core.distributed import shutdown_distributed
+
+        shutdown_distributed()
+    if not main_process:
+        return 0
     save(posterior, args.out)
     h = posterior.history
     print(json.dumps({"out": str(args.out), "method": args.method, "epochs": h.get("epochs"),
                       "train_seconds": round(h.get("seconds", 0.0), 2),
                       "best_validation_loss": h.get("best_validation_loss"),
-                      "stopped": h.get("stopped")}))
+                      "stopped": h.get("stopped"),
+                      "final_train_loss": (h.get("train_loss") or [None])[-1]}))
     return 0

@@ -1,0 +1,110 @@
+"""``sbi-core robustness MODEL [--eps 0.1 0.5 1 2] [--sims FILE | --problem P --num N]``.
+
+Attacks test observations with projected gradient ascent at each relative budget and prints
+(and optionally writes) the robustness report of :func:`diagnostics.robustness.robustness_report`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from sbi_core.cli.common import PROBLEM_HELP
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "robustness", help="adversarial robustness of a trained posterior",
+        description="Perturb test observations adversarially (PGD within eps times the data "
+                    "scale) and report how far the posterior moves compared with random noise "
+                    "of the same norm, the coverage of the attacked posteriors and their "
+                    "posterior predictives.")
+    p.add_argument("model", metavar="MODEL", help="model file from `sbi-core train`")
+    p.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.5, 1.0, 2.0],
+                   help="relative budgets: eps times the observations' spread (default: "
+                        "0.1 0.5 1 2)")
+    p.add_argument("--sims", help="test simulations (file from `sbi-core simulate` or .npz)")
+    p.add_argument("--problem", help=f"problem to simulate test observations from: {PROBLEM_HELP} "
+                                     "(default: the model's problem)")
+    p.add_argument("--num", type=int, default=100, help="number of test observations")
+    p.add_argument("--norm", choices=["l2", "linf"], default="l2")
+    p.add_argument("--attack-loss", choices=["rkl", "fkl", "mmd", "nll"], default="rkl",
+                   help="what the attack maximizes (default: reverse KL)")
+    p.add_argument("--metric", choices=["rkl", "fkl", "mmd"], default="rkl",
+                   help="divergence reported (default: reverse KL)")
+    p.add_argument("--steps", type=int, help="PGD iterations (default 200 for l2, 120 for linf)")
+    p.add_argument("--num-samples", type=int, default=256,
+                   help="Monte Carlo samples per observation for the reported divergence")
+    p.add_argument("--no-predictive", action="store_true",
+                   help="skip posterior predictive simulations")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="write the full report as JSON here")
+    return p
+
+
+def _test_data(args: argparse.Namespace, posterior):
+    """Test ``(theta, x, problem or None)`` from --sims, or simulated from the problem."""
+    from sbi_core.resolve import resolve_problem
+    from sbi_core.simulation import simulate
+    from sbi_core.simulation_set import SimulationSet
+
+    if args.num < 2:
+        raise ValueError("--num must be at least 2 (the data scale needs several observations).")
+    ref = args.problem or posterior.problem_spec.get("source")
+    if args.sims:
+        sims = SimulationSet.load(args.sims)
+        theta, x = sims.training_data(warn=False)
+        if tuple(x.shape[1:]) != tuple(posterior.x_shape):
+            raise ValueError(f"{args.sims} holds x of shape {tuple(x.shape[1:])}, but the model "
+                             f"expects {tuple(posterior.x_shape)}.")
+        if theta.shape[1] != posterior.dim:
+            raise ValueError(f"{args.sims} holds theta with {theta.shape[1]} parameters, but the "
+                             f"model has {posterior.dim}.")
+        ref = args.problem or sims.provenance.get("problem_source") or ref
+        problem = resolve_problem(ref) if ref else None
+        return theta[:args.num], x[:args.num], problem
+    if not ref:
+        raise ValueError("The model does not record its problem; pass --sims FILE with test "
+                         "simulations or --problem PROBLEM.")
+    problem = resolve_problem(ref)
+    sims = simulate(problem, args.num, seed=10_000 + args.seed, progress=False)
+    theta, x = sims.training_data(warn=False)
+    return theta, x, problem
+
+
+def run(args: argparse.Namespace) -> int:
+    from diagnostics.robustness import robustness_report
+    from sbi_core.serialization import load
+
+    posterior = load(args.model)
+    theta, x, problem = _test_data(args, posterior)
+    simulator = None if (args.no_predictive or problem is None) else problem.simulator
+    report = robustness_report(posterior, x, theta, eps=args.eps, norm=args.norm,
+                               attack_loss=args.attack_loss, metric=args.metric,
+                               steps=args.steps, num_samples=args.num_samples,
+                               simulator=simulator, seed=args.seed)
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(report, fh, indent=2)
+    print(f"[sbi-core] robustness of {args.model}: {report['num_observations']} observations, "
+          f"{args.norm} attack maximizing {args.attack_loss}, metric {args.metric}")
+    header = f"{'eps':>6} {'mean':>9} {'q95':>9} {'noise':>9} {'x noise':>8}"
+    has_cov = "clean_coverage" in report
+    has_pred = simulator is not None
+    if has_cov:
+        header += f" {'cov90':>6}"
+    if has_pred:
+        header += f" {'pred x':>7}"
+    print(header)
+    for r in report["results"]:
+        line = (f"{r['eps']:>6g} {r['attack']['mean']:>9.3g} {r['attack']['q95']:>9.3g} "
+                f"{r['noise']['mean']:>9.3g} {r['attack_over_noise']:>8.2f}")
+        if has_cov:
+            line += f" {r['coverage']['coverage'][2]:>6.2f}"
+        if has_pred:
+            line += f" {r['predictive']['ratio']:>7.2f}"
+        print(line)
+    if has_cov:
+        print(f"clean coverage at 90%: {report['clean_coverage']['coverage'][2]:.2f}")
+    print(f"status: {report['status']} - {report['reason']}")
+    return 0

@@ -1,0 +1,151 @@
+"""External programs as simulators: run a command once per batch of parameters.
+
+Two ways to exchange data (``io=``):
+
+- ``"npy"`` (default): ``theta`` ``(N, D)`` float64 is written to ``theta.npy`` in a fresh
+  temporary folder; the command reads it and writes ``x.npy`` ``(N, *x_shape)``. The
+  placeholders ``{theta}``, ``{x}`` and ``{dir}`` in the command are replaced by the paths,
+  which are also given as environment variables ``SBI_THETA``, ``SBI_X``, ``SBI_DIR``.
+- ``{seed}`` / ``SBI_SEED``: an integer drawn from torch's generator, which the simulation
+  engine seeds per chunk; a program that seeds its noise with it is reproducible and
+  gives identical stores on resume and across executors.
+- ``"text"``: ``theta`` goes to the program's stdin as whitespace-separated rows, and the
+  program prints one row of ``prod(x_shape)`` numbers per parameter row on stdout.
+
+A non-zero exit, a timeout, a missing or misshaped output all raise ``RuntimeError`` with
+the program's stderr; the simulation engine then isolates the failing rows, marks them
+invalid and records the message as the run's ``first_error``.
+
+Example::
+
+    sim = external_simulator(["python", "my_model.py", "{theta}", "{x}"], timeout=60)
+    problem = Problem(prior, sim, x_shape=(3,), name="my_model")
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import tempfile
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["ExternalProgram", "external_simulator"]
+
+_STDERR_TAIL = 2000
+
+
+class ExternalProgram:
+    """A batched simulator backed by an external command (picklable; safe in worker processes).
+
+    Args:
+        command: argument list or a shell-style string (split with :func:`shlex.split`,
+            never run through a shell).
+        io: ``"npy"`` (files) or ``"text"`` (stdin/stdout).
+        timeout: seconds allowed per call (per batch); ``None`` waits forever.
+        x_shape: expected shape of one simulation, to reshape ``"text"`` output and to check
+            ``"npy"`` output; inferred from the output when ``None`` (npy only).
+        cwd: working directory of the program.
+        env: extra environment variables.
+    """
+
+    def __init__(self, command: str | Sequence[str], io: str = "npy", timeout: float | None = 600,
+                 x_shape: Sequence[int] | None = None, cwd: str | None = None,
+                 env: dict[str, str] | None = None):
+        self.command = shlex.split(command) if isinstance(command, str) else list(command)
+        if not self.command:
+            raise ValueError("The external simulator command is empty.")
+        if io not in ("npy", "text"):
+            raise ValueError(f"io must be 'npy' or 'text', got {io!r}.")
+        if io == "text" and x_shape is None:
+            raise ValueError("io='text' needs x_shape to reshape the printed numbers.")
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be positive seconds or None, got {timeout}.")
+        self.io, self.timeout, self.cwd = io, timeout, cwd
+        self.x_shape = tuple(x_shape) if x_shape is not None else None
+        self.env = dict(env or {})
+
+    def __repr__(self) -> str:
+        return f"ExternalProgram({shlex.join(self.command)!r}, io={self.io!r})"
+
+    def __call__(self, theta: Tensor) -> Tensor:
+        """``theta`` ``(N, D)`` -> ``x`` ``(N, *x_shape)``; raises RuntimeError on failure."""
+        values = theta.detach().cpu().numpy().astype(np.float64)
+        with tempfile.TemporaryDirectory(prefix="sbi-core-ext-") as tmp:
+            theta_path, x_path = os.path.join(tmp, "theta.npy"), os.path.join(tmp, "x.npy")
+            seed = str(int(torch.randint(0, 2**31 - 1, (1,))))
+            subs = {"{theta}": theta_path, "{x}": x_path, "{dir}": tmp, "{seed}": seed}
+            argv = [_substitute(a, subs) for a in self.command]
+            env = {**os.environ, **self.env, "SBI_THETA": theta_path, "SBI_X": x_path,
+                   "SBI_DIR": tmp, "SBI_SEED": seed}
+            stdin = None
+            if self.io == "npy":
+                np.save(theta_path, values)
+            else:
+                stdin = "\n".join(" ".join(repr(float(v)) for v in row) for row in values) + "\n"
+            proc = self._run(argv, env, stdin)
+            if self.io == "npy":
+                if not os.path.exists(x_path):
+                    raise RuntimeError(f"{self._name} exited 0 but wrote no {x_path}"
+                                       f"{_stderr_note(proc.stderr)}")
+                out = np.load(x_path, allow_pickle=False)
+            else:
+                try:
+                    out = np.loadtxt(proc.stdout.splitlines(), dtype=np.float64, ndmin=2)
+                except ValueError as err:
+                    raise RuntimeError(f"{self._name} printed unparsable output ({err})"
+                                       f"{_stderr_note(proc.stderr)}") from err
+                out = out.reshape(values.shape[0], *self.x_shape)  # type: ignore[misc]
+        n = values.shape[0]
+        if out.shape[0] != n or (self.x_shape is not None and out.shape[1:] != self.x_shape):
+            expected = (n, *self.x_shape) if self.x_shape is not None else (n, "...")
+            raise RuntimeError(f"{self._name} returned shape {out.shape}, expected {expected}.")
+        return torch.as_tensor(np.asarray(out, dtype=np.float32))
+
+    @property
+    def _name(self) -> str:
+        return f"external simulator {self.command[0]!r}"
+
+    def _run(self, argv: list[str], env: dict[str, str],
+             stdin: str | None) -> subprocess.CompletedProcess:
+        try:
+            proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=env,
+                                  cwd=self.cwd, timeout=self.timeout)
+        except subprocess.TimeoutExpired as err:
+            stderr = err.stderr.decode(errors="replace") if isinstance(err.stderr, bytes) else \
+                (err.stderr or "")
+            raise RuntimeError(f"{self._name} timed out after {self.timeout} s"
+                               f"{_stderr_note(stderr)}") from None
+        except FileNotFoundError as err:
+            raise RuntimeError(f"{self._name} could not be started: {err}") from None
+        if proc.returncode != 0:
+            raise RuntimeError(f"{self._name} exited with status {proc.returncode}"
+                               f"{_stderr_note(proc.stderr)}")
+        return proc
+
+
+def _substitute(arg: str, subs: dict[str, str]) -> str:
+    for key, value in subs.items():
+        arg = arg.replace(key, value)
+    return arg
+
+
+def _stderr_note(stderr: str | None) -> str:
+    text = (stderr or "").strip()
+    if not text:
+        return ""
+    if len(text) > _STDERR_TAIL:
+        text = "..." + text[-_STDERR_TAIL:]
+    return f"; stderr: {text}"
+
+
+def external_simulator(command: str | Sequence[str], io: str = "npy",
+                       timeout: float | None = 600, x_shape: Sequence[int] | None = None,
+                       cwd: str | None = None,
+                       env: dict[str, str] | None = None) -> ExternalProgram:
+    """An :class:`ExternalProgram` simulator; see the module docstring for the protocol."""
+    return ExternalProgram(command, io=io, timeout=timeout, x_shape=x_shape, cwd=cwd, env=env)
