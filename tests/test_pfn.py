@@ -158,3 +158,14 @@ def test_cli_train_method_pfn(tmp_path, capsys):
     assert info["method"] == "pfn"
     post = load(model)
     assert post.sample((3,), torch.zeros(4, 2), seed=0).shape == (3, 2)
+
+
+def test_cli_benchmark_method_pfn(capsys):
+    from sbi_core.cli.main import main
+
+    assert main(["benchmark", "--task", "two_moons", "--method", "pfn", "--sims", "200",
+                 "--num-samples", "300", "--max-seconds", "5", "--json",
+                 "--option", "n_max=1", "--option", "d_model=32", "--option", "num_layers=1",
+                 "--option", "num_heads=2", "--option", "num_border_samples=2000"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["method"] == "pfn" and 0.5 <= row["c2st"] <= 1.0
