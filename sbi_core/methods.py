@@ -56,6 +56,7 @@ _REGISTRY: dict[str, str] = {
     "nre_b": "estimators.nre:NRE_B",
     "nre_c": "estimators.nre:NRE_C",
     "bnre": "estimators.nre:BNRE",
+    "pfn": "estimators.pfn_method:METHOD",
 }
 _LOADED: dict[str, Method] = {}
 

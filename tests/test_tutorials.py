@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# Tutorials with a dedicated test file (tests/test_tutorial_<NN>*.py) are run there, with
+# Tutorials named in a dedicated test file (tests/test_tutorial_*.py) are run there, with
 # extra assertions; every other tutorial is run here.
-_DEDICATED = {p.name.split("_")[2][:2] for p in (ROOT / "tests").glob("test_tutorial_*.py")}
-TUTORIALS = sorted(p for p in (ROOT / "tutorials").glob("*.py") if p.name[:2] not in _DEDICATED)
+_DEDICATED_TEXT = "".join(p.read_text() for p in (ROOT / "tests").glob("test_tutorial_*.py"))
+TUTORIALS = sorted(p for p in (ROOT / "tutorials").glob("*.py") if p.name not in _DEDICATED_TEXT)
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=[p.name for p in TUTORIALS])
