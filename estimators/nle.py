@@ -22,12 +22,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.distributions import Distribution
 
 from estimators.flows import FLOWS, build_flow
-from estimators.standardize import Standardize, fit_standardize
+from estimators.standardize import StandardizedEstimator
 from sbi_core.mcmc_posterior import MCMCPosterior, mcmc_defaults
 from sbi_core.methods import Method
 
@@ -43,7 +42,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-class NLEEstimator(nn.Module):
+class NLEEstimator(StandardizedEstimator):
     """``q(x | theta)``: a conditional flow over flattened ``x`` with ``theta`` as context.
 
     Args:
@@ -59,20 +58,9 @@ class NLEEstimator(nn.Module):
             raise ValueError(f"Unknown NLE flow {cfg['flow']!r}; use one of {FLOWS}.")
         self.theta_dim, self.x_shape = d, x_shape
         self.x_dim = math.prod(x_shape)
-        self.theta_norm = Standardize((d,))
-        self.x_norm = Standardize(x_shape)
-        self.register_buffer("x_min", torch.zeros(x_shape))
-        self.register_buffer("x_max", torch.zeros(x_shape))
+        self._init_scaling(d, x_shape)
         self.density = build_flow(cfg["flow"], self.x_dim, d, cfg["hidden_features"],
                                   cfg["num_transforms"], cfg["num_blocks"], cfg["num_bins"])
-
-    def fit_standardization(self, theta: Tensor, x: Tensor) -> None:
-        """Fit z-scoring of ``theta`` ``(N, D)`` and ``x`` ``(N, *x_shape)``, and the x range."""
-        with torch.no_grad():
-            fit_standardize(self.theta_norm, theta, "theta")
-            fit_standardize(self.x_norm, x, "x")
-            self.x_min.copy_(x.min(0).values)
-            self.x_max.copy_(x.max(0).values)
 
     def log_likelihood(self, theta: Tensor, x: Tensor) -> Tensor:
         """``log q(x | theta)`` of paired rows ``(N, D)``, ``(N, *x_shape)`` → ``(N,)``."""

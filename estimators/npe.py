@@ -32,7 +32,7 @@ from estimators.robust_training import (
     relative_scale,
     validate_regularizer_options,
 )
-from estimators.standardize import Standardize, fit_standardize
+from estimators.standardize import StandardizedEstimator, fit_standardize
 from sbi_core.methods import Method
 from sbi_core.posterior import DirectPosterior
 
@@ -50,7 +50,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-class NPEEstimator(nn.Module):
+class NPEEstimator(StandardizedEstimator):
     """``q(theta | x)``: standardize, embed ``x``, evaluate a conditional density.
 
     Args:
@@ -63,10 +63,7 @@ class NPEEstimator(nn.Module):
         self.config = cfg
         d, x_shape = int(cfg["theta_dim"]), tuple(cfg["x_shape"])
         self.theta_dim, self.x_shape = d, x_shape
-        self.theta_norm = Standardize((d,))
-        self.x_norm = Standardize(x_shape)
-        self.register_buffer("x_min", torch.zeros(x_shape))
-        self.register_buffer("x_max", torch.zeros(x_shape))
+        self._init_scaling(d, x_shape)
         self.embedding, context_dim = build_embedding(cfg["embedding"], x_shape)
         if cfg["flow"] == "mdn":
             self.density: nn.Module = MixtureDensity(d, context_dim, cfg["num_components"],
@@ -78,23 +75,21 @@ class NPEEstimator(nn.Module):
             raise ValueError(f"Unknown flow {cfg['flow']!r}; use one of {FLOWS + ('mdn',)}.")
 
     def fit_standardization(self, theta: Tensor, x: Tensor) -> None:
-        """Fit the z-scoring of ``theta`` ``(N, D)`` and ``x`` ``(N, *x_shape)``, and the x range."""
+        """Fit the z-scoring of ``theta`` ``(N, D)`` and ``x`` ``(N, *x_shape)``, and the x range.
+
+        For a set embedding, x statistics are per feature over all (non-padding) trials.
+        """
+        if (self.config.get("embedding") or {}).get("type") != "set":
+            super().fit_standardization(theta, x)
+            return
         with torch.no_grad():
             fit_standardize(self.theta_norm, theta, "theta")
-            is_set = (self.config.get("embedding") or {}).get("type") == "set"
-            if is_set:  # per-feature stats over all (non-padding) trials
-                rows = x.reshape(-1, x.shape[-1])
-                rows = rows[~torch.isnan(rows).all(-1)]
-                mean, std = rows.mean(0), rows.std(0).clamp(min=1e-12)
-                self.x_norm.mean.copy_(mean.expand(self.x_shape))
-                self.x_norm.std.copy_(std.expand(self.x_shape))
-                lo = torch.nan_to_num(rows.min(0).values).expand(self.x_shape)
-                hi = torch.nan_to_num(rows.max(0).values).expand(self.x_shape)
-            else:
-                fit_standardize(self.x_norm, x, "x")
-                lo, hi = x.min(0).values, x.max(0).values
-            self.x_min.copy_(lo)
-            self.x_max.copy_(hi)
+            rows = x.reshape(-1, x.shape[-1])
+            rows = rows[~torch.isnan(rows).all(-1)]
+            self.x_norm.mean.copy_(rows.mean(0).expand(self.x_shape))
+            self.x_norm.std.copy_(rows.std(0).clamp(min=1e-12).expand(self.x_shape))
+            self.x_min.copy_(torch.nan_to_num(rows.min(0).values).expand(self.x_shape))
+            self.x_max.copy_(torch.nan_to_num(rows.max(0).values).expand(self.x_shape))
 
     def context(self, x: Tensor) -> Tensor:
         """Embedded, standardized observations ``(N, C)``."""

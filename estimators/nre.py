@@ -27,12 +27,12 @@ from typing import Any
 
 import torch
 from nflows.nn.nets import ResidualNet
-from torch import Tensor, nn
+from torch import Tensor
 from torch.distributions import Distribution
 
 from estimators.embedding import build_embedding
 from estimators.nre_losses import LOSSES, nre_loss
-from estimators.standardize import Standardize, fit_standardize
+from estimators.standardize import StandardizedEstimator
 from sbi_core.mcmc_posterior import MCMCPosterior, mcmc_defaults
 from sbi_core.methods import Method
 
@@ -50,7 +50,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-class NREEstimator(nn.Module):
+class NREEstimator(StandardizedEstimator):
     """Ratio classifier ``g(theta, x)``; ``log_likelihood`` returns the log-ratio.
 
     Args:
@@ -69,21 +69,10 @@ class NREEstimator(nn.Module):
         self.config = cfg
         d, x_shape = int(cfg["theta_dim"]), tuple(cfg["x_shape"])
         self.theta_dim, self.x_shape = d, x_shape
-        self.theta_norm = Standardize((d,))
-        self.x_norm = Standardize(x_shape)
-        self.register_buffer("x_min", torch.zeros(x_shape))
-        self.register_buffer("x_max", torch.zeros(x_shape))
+        self._init_scaling(d, x_shape)
         self.embedding, context_dim = build_embedding(cfg["embedding"], x_shape)
         self.classifier = ResidualNet(d + context_dim, 1, hidden_features=int(cfg["hidden_features"]),
                                       num_blocks=int(cfg["num_blocks"]), activation=torch.relu)
-
-    def fit_standardization(self, theta: Tensor, x: Tensor) -> None:
-        """Fit z-scoring of ``theta`` ``(N, D)`` and ``x`` ``(N, *x_shape)``, and the x range."""
-        with torch.no_grad():
-            fit_standardize(self.theta_norm, theta, "theta")
-            fit_standardize(self.x_norm, x, "x")
-            self.x_min.copy_(x.min(0).values)
-            self.x_max.copy_(x.max(0).values)
 
     def context(self, x: Tensor) -> Tensor:
         """Embedded, standardized observations ``(N, C)``."""

@@ -7,7 +7,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Standardize", "fit_standardize"]
+__all__ = ["Standardize", "StandardizedEstimator", "fit_standardize"]
 
 
 class Standardize(nn.Module):
@@ -50,3 +50,26 @@ def fit_standardize(layer: Standardize, data: Tensor, name: str, structured: boo
     std = torch.where(constant, torch.ones_like(std), std)
     layer.mean.copy_(mean)
     layer.std.copy_(std)
+
+
+class StandardizedEstimator(nn.Module):
+    """Base for estimators that z-score ``theta`` and ``x`` and remember the training x range.
+
+    Subclasses call :meth:`_init_scaling` in ``__init__``; ``fit_standardization`` fits the
+    layers ``theta_norm``, ``x_norm`` and the buffers ``x_min`` / ``x_max`` (used by the
+    posterior's range check and the server).
+    """
+
+    def _init_scaling(self, theta_dim: int, x_shape: tuple[int, ...]) -> None:
+        self.theta_norm = Standardize((theta_dim,))
+        self.x_norm = Standardize(x_shape)
+        self.register_buffer("x_min", torch.zeros(x_shape))
+        self.register_buffer("x_max", torch.zeros(x_shape))
+
+    def fit_standardization(self, theta: Tensor, x: Tensor) -> None:
+        """Fit z-scoring of ``theta`` ``(N, D)`` and ``x`` ``(N, *x_shape)``, and the x range."""
+        with torch.no_grad():
+            fit_standardize(self.theta_norm, theta, "theta")
+            fit_standardize(self.x_norm, x, "x")
+            self.x_min.copy_(x.min(0).values)
+            self.x_max.copy_(x.max(0).values)
