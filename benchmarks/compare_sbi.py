@@ -10,8 +10,9 @@ ratios sbi / sbi-core. ``--flows fmaf`` runs sbi-core's fused MAF against sbi's 
 
 Usage (see benchmarks/README.md for the sbi environment):
 
-    OMP_NUM_THREADS=1 python benchmarks/compare_sbi.py --sbi-python /work/sbi-venv/bin/python \
-        --tasks two_moons slcp gaussian_linear gaussian_mixture --sims 10000 --observations 5
+    OMP_NUM_THREADS=1 python benchmarks/compare_sbi.py --sbi-python /work/sbi-venv/bin/python \\
+        --tasks two_moons slcp gaussian_linear gaussian_mixture --sims 10000 --observations 5 \\
+        --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -84,7 +85,10 @@ def main() -> None:
     ap.add_argument("--observations", type=int, default=5)
     ap.add_argument("--num-samples", type=int, default=10_000)
     ap.add_argument("--flows", nargs="+", default=["maf"])
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0],
+                    help="one run per seed (simulations, split, initialization all change); "
+                         "C2ST varies by several 0.01 between seeds, so compare means over "
+                         "several seeds")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch/OpenMP threads for BOTH libraries (default 1: on a shared or "
                          "2-core machine more threads oversubscribe the cores)")
@@ -103,9 +107,9 @@ def main() -> None:
 
     rows = []
     order = 0
-    for task in args.tasks:
+    for task, seed in [(t, s) for t in args.tasks for s in args.seeds]:
         problem = simulators.get_problem(task)
-        sims = simulate(problem, args.sims, seed=args.seed, progress=False)
+        sims = simulate(problem, args.sims, seed=seed, progress=False)
         theta, x = sims.training_data()
         ks = list(range(1, args.observations + 1))
         xo = torch.stack([problem.observation(k) for k in ks])
@@ -123,13 +127,13 @@ def main() -> None:
                 order += 1
                 jobs = [(lib, args.sbi_python if lib == "sbi" else sys.executable)
                         for lib in libs]
-                res = run_workers(jobs, inp, flow, args.seed, args.threads,
+                res = run_workers(jobs, inp, flow, seed, args.threads,
                                   json.loads(args.ours_options), args.concurrent)
                 for lib in libs:
                     samples = torch.from_numpy(res[lib]["samples"])
                     scores = [c2st(samples[i], refs[i], seed=0) for i in range(len(ks))]
                     res[lib]["c2st"] = scores
-                row = {"task": task, "flow": flow, "sims": int(theta.shape[0]),
+                row = {"task": task, "flow": flow, "seed": seed, "sims": int(theta.shape[0]),
                        "first": "both" if args.concurrent else libs[0], "threads": args.threads,
                        "ours_options": json.loads(args.ours_options)}
                 for lib in libs:
@@ -155,7 +159,7 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
 
     print()
-    header = (f"{'task':18s} {'flow':4s} {'lib':9s} {'train s':>8s} {'epochs':>6s} "
+    header = (f"{'task':18s} {'flow':4s} {'seed':>4s} {'lib':9s} {'train s':>8s} {'epochs':>6s} "
               f"{'c2st mean':>9s} {'sample s':>8s} {'peak MB':>8s}  c2st per observation")
     print(header)
     for row in rows:
@@ -163,14 +167,46 @@ def main() -> None:
             if lib not in row:
                 continue
             r = row[lib]
-            print(f"{row['task']:18s} {row['flow']:4s} {lib:9s} {r['train_seconds']:8.1f} "
-                  f"{r['epochs']:6d} {r['c2st_mean']:9.3f} {r['sample_seconds']:8.3f} "
-                  f"{r['peak_mb']:8.0f}  {r['c2st']}")
+            print(f"{row['task']:18s} {row['flow']:4s} {row['seed']:4d} {lib:9s} "
+                  f"{r['train_seconds']:8.1f} {r['epochs']:6d} {r['c2st_mean']:9.3f} "
+                  f"{r['sample_seconds']:8.3f} {r['peak_mb']:8.0f}  {r['c2st']}")
         if "train_speedup" in row:
-            print(f"{'':18s} {'':4s} {'ratio':9s} train x{row['train_speedup']}, sample "
+            print(f"{'':18s} {'':4s} {'':4s} {'ratio':9s} train x{row['train_speedup']}, sample "
                   f"x{row['sample_speedup']}, c2st diff {row['c2st_diff']:+.3f}")
+    summary = summarize(rows)
+    if summary:
+        print("\nOver seeds (train and sample seconds: means; C2ST: mean over seeds and "
+              "observations):")
+        for s in summary:
+            print(json.dumps(s))
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        Path(args.json).write_text(json.dumps({"runs": rows, "summary": summary}, indent=1))
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per task and flow: means over seeds of each library's numbers, and their ratios."""
+    out = []
+    for key in dict.fromkeys((r["task"], r["flow"]) for r in rows):
+        group = [r for r in rows if (r["task"], r["flow"]) == key]
+        s: dict = {"task": key[0], "flow": key[1], "seeds": [r["seed"] for r in group]}
+        for lib in ("sbi", "sbi_core"):
+            runs = [r[lib] for r in group if lib in r]
+            if not runs:
+                continue
+            s[lib] = {
+                "train_seconds": round(float(np.mean([r["train_seconds"] for r in runs])), 2),
+                "epochs": round(float(np.mean([r["epochs"] for r in runs])), 1),
+                "c2st_mean": round(float(np.mean([r["c2st_mean"] for r in runs])), 3),
+                "c2st_per_seed": [r["c2st_mean"] for r in runs],
+                "sample_seconds": round(float(np.mean([r["sample_seconds"] for r in runs])), 3),
+            }
+        if "sbi" in s and "sbi_core" in s:
+            s["train_speedup"] = round(s["sbi"]["train_seconds"] / s["sbi_core"]["train_seconds"], 2)
+            s["sample_speedup"] = round(s["sbi"]["sample_seconds"] /
+                                        max(s["sbi_core"]["sample_seconds"], 1e-9), 2)
+            s["c2st_diff"] = round(s["sbi_core"]["c2st_mean"] - s["sbi"]["c2st_mean"], 3)
+        out.append(s)
+    return out
 
 
 if __name__ == "__main__":

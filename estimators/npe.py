@@ -33,8 +33,10 @@ from estimators.robust_training import (
     validate_regularizer_options,
 )
 from estimators.standardize import StandardizedEstimator, fit_standardize
+from estimators.theta_transform import UnconstrainedTransform
 from sbi_core.methods import Method
 from sbi_core.posterior import DirectPosterior
+from sbi_core.priors import support_bounds
 
 __all__ = ["NPEEstimator", "METHOD", "build_npe"]
 
@@ -47,7 +49,10 @@ DEFAULTS: dict[str, Any] = {
     "num_components": 10,
     "embedding": None,
     "regularizer": None,
+    "theta_transform": None,
 }
+
+THETA_TRANSFORMS = (None, "unconstrained")
 
 
 class NPEEstimator(StandardizedEstimator):
@@ -64,6 +69,13 @@ class NPEEstimator(StandardizedEstimator):
         d, x_shape = int(cfg["theta_dim"]), tuple(cfg["x_shape"])
         self.theta_dim, self.x_shape = d, x_shape
         self._init_scaling(d, x_shape)
+        if cfg["theta_transform"] not in THETA_TRANSFORMS:
+            raise ValueError(f"Unknown theta_transform {cfg['theta_transform']!r}; use one of "
+                             f"{THETA_TRANSFORMS}.")
+        # Bounds are filled by build_npe (or loaded with the state_dict).
+        self.theta_transform: UnconstrainedTransform | None = (
+            UnconstrainedTransform(torch.full((d,), -torch.inf), torch.full((d,), torch.inf))
+            if cfg["theta_transform"] == "unconstrained" else None)
         self.embedding, context_dim = build_embedding(cfg["embedding"], x_shape)
         if cfg["flow"] == "mdn":
             self.density: nn.Module = MixtureDensity(d, context_dim, cfg["num_components"],
@@ -78,7 +90,11 @@ class NPEEstimator(StandardizedEstimator):
         """Fit the z-scoring of ``theta`` ``(N, D)`` and ``x`` ``(N, *x_shape)``, and the x range.
 
         For a set embedding, x statistics are per feature over all (non-padding) trials.
+        With ``theta_transform``, theta is z-scored in the unconstrained space.
         """
+        if self.theta_transform is not None:
+            self.theta_transform.check_inside(theta)
+            theta = self.theta_transform(theta)
         if (self.config.get("embedding") or {}).get("type") != "set":
             super().fit_standardization(theta, x)
             return
@@ -95,10 +111,33 @@ class NPEEstimator(StandardizedEstimator):
         """Embedded, standardized observations ``(N, C)``."""
         return self.embedding(self.x_norm(x))
 
+    @property
+    def samples_in_support(self) -> bool:
+        """True when samples always lie inside the prior's support (``theta_transform``)."""
+        return self.theta_transform is not None
+
+    def to_z(self, theta: Tensor) -> Tensor:
+        """Parameters ``(..., D)`` → the flow's standardized space."""
+        if self.theta_transform is not None:
+            theta = self.theta_transform(theta)
+        return self.theta_norm(theta)
+
+    def from_z(self, z: Tensor) -> Tensor:
+        """The flow's standardized space ``(..., D)`` → parameters."""
+        theta = self.theta_norm.inverse(z)
+        return theta if self.theta_transform is None else self.theta_transform.inverse(theta)
+
+    def _log_det(self, theta: Tensor) -> Tensor:
+        """``log |det dz/dtheta|`` ``(...)`` of :meth:`to_z`."""
+        lad = -self.theta_norm.std.log().sum()
+        if self.theta_transform is not None:
+            lad = lad + self.theta_transform.log_abs_det(theta)
+        return lad
+
     def log_prob(self, theta: Tensor, x: Tensor) -> Tensor:
         """``log q(theta | x)`` for paired rows: ``theta`` ``(N, D)``, ``x`` ``(N, *x_shape)`` → ``(N,)``."""
-        z = self.theta_norm(theta)
-        return self.density.log_prob(z, context=self.context(x)) - self.theta_norm.std.log().sum()
+        return self.density.log_prob(self.to_z(theta), context=self.context(x)) + \
+            self._log_det(theta)
 
     def loss(self, theta: Tensor, x: Tensor) -> Tensor:
         return -self.log_prob(theta, x)
@@ -106,7 +145,7 @@ class NPEEstimator(StandardizedEstimator):
     def sample(self, n: int, x: Tensor) -> Tensor:
         """``n`` samples for each of ``B`` observations ``x`` → ``(n, B, D)``."""
         z = self.density.sample(n, context=self.context(x))  # (B, n, D)
-        return self.theta_norm.inverse(z).transpose(0, 1)
+        return self.from_z(z).transpose(0, 1)
 
     def sample_and_log_prob(self, n: int, x: Tensor) -> tuple[Tensor, Tensor]:
         """Differentiable samples ``(n, B, D)`` and their log densities ``(n, B)``."""
@@ -117,8 +156,8 @@ class NPEEstimator(StandardizedEstimator):
             z = self.density.sample(n, context=ctx)
             lp = self.density.log_prob(z.reshape(-1, self.theta_dim),
                                        ctx.repeat_interleave(n, 0)).reshape(z.shape[:2])
-        theta = self.theta_norm.inverse(z)
-        return theta.transpose(0, 1), (lp - self.theta_norm.std.log().sum()).transpose(0, 1)
+        theta = self.from_z(z)
+        return theta.transpose(0, 1), (lp + self._log_det(theta)).transpose(0, 1)
 
 
 def build_npe(theta: Tensor, x: Tensor, prior: Distribution, **options: Any) -> NPEEstimator:
@@ -146,6 +185,10 @@ def build_npe(theta: Tensor, x: Tensor, prior: Distribution, **options: Any) -> 
                       noise_eps=float(options.get("noise_eps", REGULARIZER_DEFAULTS["noise_eps"])),
                       x_scale=relative_scale(x))
     est = NPEEstimator(config)
+    if est.theta_transform is not None:
+        low, high = support_bounds(prior)
+        est.theta_transform.low.copy_(low)
+        est.theta_transform.high.copy_(high)
     est.fit_standardization(theta, x)
     return est
 

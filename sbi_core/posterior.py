@@ -277,7 +277,9 @@ class DirectPosterior(Posterior):
     ``log_prob(theta (N, D), xs (N, *x_shape)) -> (N,)``. Samples outside the prior's
     support are rejected in batches; ``last_acceptance_rate`` reports the rate, and a rate
     below ``min_acceptance`` raises :class:`SamplingError` instead of looping forever.
-    ``log_prob`` is renormalized by the acceptance rate (``normalize=True``).
+    ``log_prob`` is renormalized by the acceptance rate (``normalize=True``). An estimator
+    whose ``samples_in_support`` is true (NPE with ``theta_transform="unconstrained"``)
+    never leaks: sampling draws exactly ``n`` and ``log_prob`` needs no correction.
     """
 
     def __init__(self, *args: Any, min_acceptance: float = 1e-3, max_batch: int = 100_000,
@@ -288,6 +290,11 @@ class DirectPosterior(Posterior):
         self.last_acceptance_rate: float | None = None
         self._bounded = bool(torch.isfinite(self._bounds[0]).any() or
                              torch.isfinite(self._bounds[1]).any())
+
+    @property
+    def _samples_in_support(self) -> bool:
+        """The estimator samples inside the support by construction (no leakage)."""
+        return bool(getattr(self.estimator, "samples_in_support", False))
 
     def _raw_sample(self, n: int, xs: Tensor) -> Tensor:
         return self.estimator.sample(n, xs)
@@ -304,10 +311,15 @@ class DirectPosterior(Posterior):
         proposed = torch.zeros(b, dtype=torch.long)
         accepted = torch.zeros(b, dtype=torch.long)
         rate = torch.ones(b)
+        # An estimator that maps into the support (theta_transform) needs no oversampling;
+        # the loop then only replaces the rare non-finite draw.
+        in_support = self._samples_in_support
+        margin, floor = (1.0, 1) if in_support else (1.2, 64)
         while bool((filled < n).any()):
             need = (n - filled).clamp(min=0)
             active = (need > 0).nonzero().flatten()
-            m = int(min(self.max_batch, max(64, float((need[active] / rate[active]).max() * 1.2))))
+            m = int(min(self.max_batch,
+                        max(floor, math.ceil(float((need[active] / rate[active]).max()) * margin))))
             draws = self._raw_sample(m, xs[active.to(device)]).cpu()  # (m, A, D)
             ok = within_support(self.prior, draws.reshape(-1, self.dim)).reshape(m, -1)
             proposed[active] += m
@@ -338,7 +350,7 @@ class DirectPosterior(Posterior):
         lp = self.estimator.log_prob(theta.reshape(n * b, d).to(device), flat_x).reshape(n, b).cpu()
         inside = within_support(self.prior, theta.reshape(-1, d)).reshape(n, b)
         lp = torch.where(inside, lp, torch.full_like(lp, -torch.inf))
-        if normalize and self._bounded:
+        if normalize and self._bounded and not self._samples_in_support:
             lp = lp - self.acceptance_rate(xs).log()[None, :]
         return lp
 

@@ -164,7 +164,10 @@ def _apply_statistics(estimator: torch.nn.Module, stats: dict[str, Tensor]) -> b
     config = getattr(estimator, "config", {}) or {}
     is_set = (config.get("embedding") or {}).get("type") == "set"
     with torch.no_grad():
-        for layer, name in ((theta_norm, "theta"), (None if is_set else x_norm, "x")):
+        # theta statistics are of raw theta; with a theta transform, keep the sample's fit.
+        has_transform = getattr(estimator, "theta_transform", None) is not None
+        for layer, name in ((None if has_transform else theta_norm, "theta"),
+                            (None if is_set else x_norm, "x")):
             if layer is None:
                 continue
             std = stats[f"{name}_std"]

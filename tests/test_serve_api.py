@@ -46,6 +46,20 @@ def test_model_listing_and_info(client, post):
     assert client.get("/static/explorer.js").status_code == 200
 
 
+def test_api_docs_are_served_without_the_internet(client):
+    """/docs loads Swagger UI from files installed with the serve extra, not from a CDN."""
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assert "/api-docs-assets/swagger-ui-bundle.js" in page.text and "/openapi.json" in page.text
+    redoc = client.get("/redoc")
+    assert redoc.status_code == 200 and "/api-docs-assets/redoc.standalone.js" in redoc.text
+    for html in (page.text, redoc.text):
+        assert "cdn" not in html.lower() and "fonts.googleapis" not in html
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js"):
+        r = client.get(f"/api-docs-assets/{asset}")
+        assert r.status_code == 200 and len(r.content) > 10_000
+
+
 def test_diagnostics_card_is_served(post):
     post.diagnostics = {"sbc": {"ks_pvalue": [0.4, 0.7]}, "c2st": float("nan")}
     try:

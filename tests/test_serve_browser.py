@@ -99,5 +99,20 @@ def test_slider_moves_posterior_and_screenshot(server, tmp_path: Path):
     assert not outside, f"the page fetched from outside the server: {outside}"
 
 
+def test_api_docs_render_offline(server):
+    """Swagger UI at /docs renders the API from installed files: no request leaves the server."""
+    outside: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = browser.new_page()
+        page.on("request", lambda r: outside.append(r.url)
+                if not r.url.startswith(server.url) and not r.url.startswith("data:") else None)
+        page.goto(server.url + "/docs")
+        page.get_by_text("/api/models/{name}/sample", exact=True).first.wait_for(timeout=15_000)
+        assert "sbi-core posterior server" in page.content()
+        browser.close()
+    assert not outside, f"/docs fetched from outside the server: {outside}"
+
+
 def server_info(page) -> dict:
     return page.evaluate("state.info")

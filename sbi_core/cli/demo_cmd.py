@@ -22,6 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--observation", type=int, default=1, help="which of the 10 observations")
     p.add_argument("--flow", default="maf", choices=["maf", "nsf", "fmaf", "mdn"],
                    help="NPE density estimator (maf: nflows MAF; fmaf: sbi-core's fused MAF)")
+    p.add_argument("--theta-transform", choices=["unconstrained"], default=None,
+                   help="learn the posterior in the prior's unconstrained space (no rejection)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--max-seconds", type=float, default=None, help="cap on training time")
@@ -50,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         s_sim["note"] = f"{sims.num_invalid} invalid"
     with step(f"training NPE ({args.flow})") as s_train:
         posterior = fit(problem, sims, method="npe", flow=args.flow, seed=args.seed,
-                        progress=False, max_seconds=args.max_seconds)
+                        progress=False, max_seconds=args.max_seconds,
+                        theta_transform=args.theta_transform)
         s_train["note"] = f"{posterior.history['epochs']} epochs"
     with step(f"drawing {args.num_samples} posterior samples for observation {args.observation}") \
             as s_sample:

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
         from sbi_core.server import create_app
     except ImportError as err:
-        raise ValueError(f"`sbi-core serve` needs FastAPI and uvicorn ({err}); install them with "
+        raise ValueError(f"`sbi-core serve` needs FastAPI, uvicorn and orjson ({err}); install them with "
                          "pip install 'sbi-core[serve]'.") from err
     if args.port < 0 or args.port > 65535:
         raise ValueError(f"--port {args.port} is not a TCP port (0-65535).")

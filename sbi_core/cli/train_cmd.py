@@ -26,6 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--flow", choices=["maf", "nsf", "fmaf", "mdn"], help="NPE density estimator")
+    p.add_argument("--theta-transform", choices=["unconstrained"],
+                   help="NPE: learn the posterior in the prior's unconstrained space (samples "
+                        "always inside a bounded prior: no rejection, no leakage)")
     p.add_argument("--max-epochs", type=int)
     p.add_argument("--max-seconds", type=float, help="wall-time cap on training")
     p.add_argument("--batch-size", type=int)
@@ -71,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         sims = SimulationSet.load(args.sims)
         problem = problem_for_sims(sims, args.problem)
     options = {k: v for k, v in {
-        "flow": args.flow, "max_epochs": args.max_epochs, "max_seconds": args.max_seconds,
+        "flow": args.flow, "theta_transform": args.theta_transform, "max_epochs": args.max_epochs, "max_seconds": args.max_seconds,
         "batch_size": args.batch_size, "learning_rate": args.learning_rate,
         "regularizer": args.regularizer, "beta": args.beta, "fim_samples": args.fim_samples,
         "fim_ema": args.fim_ema, "noise_eps": args.noise_eps,

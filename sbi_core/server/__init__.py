@@ -1,6 +1,6 @@
 """Serve trained posteriors over HTTP: a REST API, a web explorer and a notebook view.
 
-Requires the ``serve`` extra (``pip install sbi-core[serve]``: FastAPI and uvicorn)::
+Requires the ``serve`` extra (``pip install sbi-core[serve]``: FastAPI, uvicorn and orjson)::
 
     from sbi_core.server import create_app
     app = create_app({"two_moons": posterior}, max_samples=100_000)
