@@ -20,6 +20,7 @@ from nflows.transforms.autoregressive import (
 )
 from nflows.transforms.base import CompositeTransform
 from nflows.transforms.coupling import PiecewiseRationalQuadraticCouplingTransform
+from nflows.transforms.lu import LULinear
 from nflows.transforms.permutations import RandomPermutation, ReversePermutation
 from torch import nn
 
@@ -37,7 +38,8 @@ def build_flow(kind: str, dim: int, context_dim: int, hidden_features: int = 50,
 
     ``maf``: nflows masked affine autoregressive transforms with random permutations.
     ``fmaf``: the same architecture as one fused module (faster on CPUs; ``num_bins`` unused).
-    ``nsf``: rational-quadratic spline coupling transforms (autoregressive when ``dim == 1``).
+    ``nsf``: rational-quadratic spline coupling transforms on alternating halves, each followed
+    by an LU-parametrized linear mixing layer (autoregressive when ``dim == 1``).
     """
     if kind not in FLOWS:
         raise ValueError(f"Unknown flow {kind!r}; use one of {FLOWS} (or 'mdn').")
@@ -60,8 +62,12 @@ def build_flow(kind: str, dim: int, context_dim: int, hidden_features: int = 50,
                     num_bins=num_bins, tails="linear", tail_bound=tail_bound,
                     num_blocks=num_blocks, use_residual_blocks=False, activation=torch.relu))
             else:
+                # Alternate which half is transformed (even / odd features), then mix all
+                # features with an LU-parametrized linear map (identity at init). A fixed
+                # mask with a reverse permutation never transforms the odd features when D
+                # is odd (reversal maps even positions to even positions).
                 mask = torch.zeros(dim)
-                mask[::2] = 1  # the reverse permutation below alternates the halves
+                mask[len(layers) // 2 % 2::2] = 1
 
                 def net(inp: int, out: int) -> nn.Module:
                     return ResidualNet(inp, out, hidden_features=hidden_features,
@@ -71,7 +77,7 @@ def build_flow(kind: str, dim: int, context_dim: int, hidden_features: int = 50,
                 layers.append(PiecewiseRationalQuadraticCouplingTransform(
                     mask=mask, transform_net_create_fn=net, num_bins=num_bins, tails="linear",
                     tail_bound=tail_bound, apply_unconditional_transform=False))
-                layers.append(ReversePermutation(dim))
+                layers.append(LULinear(dim, identity_init=True))
         return Flow(CompositeTransform(layers), StandardNormal((dim,)))
     finally:
         torch.random.set_rng_state(gen_state)

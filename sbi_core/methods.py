@@ -28,7 +28,8 @@ class Method:
             its standardization fitted on the training data.
         from_config: ``from_config(config) -> estimator`` (untrained; weights loaded after).
         make_posterior: ``make_posterior(estimator, prior, problem_spec, history) -> Posterior``.
-        train_defaults: overrides of :class:`~sbi_core.training.TrainConfig` for this method.
+        train_defaults: overrides of :class:`~sbi_core.training.TrainConfig` for this method,
+            or ``f(options) -> dict`` when they depend on the estimator options (e.g. the flow).
         loss_fn: optional loss replacing ``estimator.loss`` during training.
         fit: optional ``fit(problem, sims, seed, train_config, **options) -> Posterior`` for
             methods that do not train on fixed (theta, x) pairs (e.g. PFN sets); when given, it
@@ -39,10 +40,16 @@ class Method:
     build: Callable[..., nn.Module]
     from_config: Callable[[dict[str, Any]], nn.Module]
     make_posterior: Callable[..., Any]
-    train_defaults: dict[str, Any] = field(default_factory=dict)
+    train_defaults: dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]] = \
+        field(default_factory=dict)
     loss_fn: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None
     fit: Callable[..., Any] | None = None
     description: str = ""
+
+    def training_defaults(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The :class:`~sbi_core.training.TrainConfig` overrides for these user ``options``."""
+        d = self.train_defaults
+        return dict(d(options) if callable(d) else d)
 
 
 # name -> "module:attribute" of a Method; imported on first use.

@@ -144,13 +144,26 @@ class Posterior:
             init = self.sample_batched((num_init,), xs, _checked=True)  # (num_init, B, D)
         lp = self.log_prob_batched(init, xs, _checked=True, normalize=False) \
             if self.normalized_log_prob else self.log_prob_batched(init, xs, _checked=True)
+        box = None
+        if getattr(self.estimator, "samples_in_support", False):
+            # A flow on the unconstrained space can have a near-massless density spike next
+            # to a bound (docs/npe.md): search only inside the central 99% of the samples,
+            # per observation and dimension.
+            q = torch.tensor([0.005, 0.995], dtype=init.dtype)
+            lo, hi = torch.quantile(init, q, dim=0)  # (B, D) each
+            inside = ((init >= lo) & (init <= hi)).all(-1)  # (num_init, B)
+            lp = torch.where(inside, lp, torch.full_like(lp, -torch.inf))
+            box = lo, hi
         best = init.gather(0, lp.argmax(0)[None, :, None].expand(1, -1, self.dim))[0]
-        return self._refine_map(best, xs, steps)
+        return self._refine_map(best, xs, steps, box)
 
-    def _refine_map(self, theta: Tensor, xs: Tensor, steps: int) -> Tensor:
+    def _refine_map(self, theta: Tensor, xs: Tensor, steps: int,
+                    box: tuple[Tensor, Tensor] | None = None) -> Tensor:
         if steps <= 0:
             return theta
         low, high = (b.to(theta) for b in self._bounds)
+        if box is not None:
+            low, high = torch.maximum(low, box[0]), torch.minimum(high, box[1])
         theta = theta.clone().requires_grad_(True)
         opt = torch.optim.Adam([theta], lr=0.01 * float(self.prior_scale().mean()))
         best = theta.detach().clone()

@@ -37,12 +37,15 @@ class TrainConfig:
 
     ``num_threads``: torch intra-op threads while training (restored afterwards); ``None``
     keeps the process setting. On a shared or 2-core CPU, ``1`` avoids oversubscription.
+    ``min_delta``: early stopping counts an epoch as progress only if the validation loss
+    beats the best by more than this (nats per sample); the best weights are kept anyway.
     """
 
     batch_size: int = 256
     learning_rate: float = 1e-3
     validation_fraction: float = 0.1
     stop_after_epochs: int = 20
+    min_delta: float = 0.0
     max_epochs: int = 2000
     max_seconds: float | None = None
     clip_max_norm: float | None = 5.0
@@ -228,9 +231,11 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
                     "learning_rate.", stacklevel=2)
                 break
             if val_loss < history.best_validation_loss:
+                # patience restarts only on a real improvement (> min_delta)
+                real = val_loss < history.best_validation_loss - cfg.min_delta
                 history.best_validation_loss, history.best_epoch = val_loss, epoch
                 best_state = _state_copy(estimator)
-                since_best = 0
+                since_best = 0 if real else since_best + 1
             else:
                 since_best += 1
             if scheduler is not None:

@@ -40,10 +40,31 @@ def test_num_threads_rejects_zero():
         train(_Gauss(), theta, theta, num_threads=0, progress=False)
 
 
-def test_npe_flow_choice_and_unchanged_defaults():
-    """nflows MAF stays the default (the benchmark did not show equal accuracy on every task
-    for the faster settings, docs/performance.md); the fused MAF is selected by name."""
+def test_npe_defaults_are_the_fused_maf_with_its_training_defaults():
+    """fmaf is the default flow with batch 512, lr 2e-3, min_delta 0.005 (chosen by
+    benchmarks/compare_sbi.py, docs/performance.md); other flows keep TrainConfig's defaults,
+    and user options override both."""
     theta, x = torch.randn(100, 2), torch.randn(100, 3)
-    assert type(build_npe(theta, x, prior=None).density).__name__ == "Flow"
-    assert isinstance(build_npe(theta, x, prior=None, flow="fmaf").density, FusedMAF)
-    assert get_method("npe").train_defaults == {}
+    assert isinstance(build_npe(theta, x, prior=None).density, FusedMAF)
+    assert type(build_npe(theta, x, prior=None, flow="maf").density).__name__ == "Flow"
+    npe = get_method("npe")
+    assert npe.training_defaults({}) == {"batch_size": 512, "learning_rate": 2e-3,
+                                         "min_delta": 0.005}
+    assert npe.training_defaults({"flow": "nsf"}) == {}
+    assert get_method("nle").training_defaults({}) == {}
+
+
+def test_min_delta_stops_on_negligible_improvements():
+    """With min_delta, epochs that improve the validation loss by less than it count toward
+    the patience; the best weights are still the best epoch's."""
+    gen = torch.Generator().manual_seed(0)
+    theta = 3.0 + torch.randn(2000, 1, generator=gen)  # mu starts 3 away: slow steady gains
+    x = theta + 0.1 * torch.randn(2000, 1, generator=gen)
+    runs = {}
+    for delta in (0.0, 0.05):
+        est = _Gauss()
+        h = train(est, theta, x, stop_after_epochs=5, min_delta=delta, max_epochs=300,
+                  progress=False, seed=0)
+        runs[delta] = h
+        assert h.best_validation_loss == min(h.validation_loss)
+    assert runs[0.05].epochs < runs[0.0].epochs

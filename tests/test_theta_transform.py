@@ -106,14 +106,15 @@ def test_unknown_theta_transform_is_named():
         fit(problem, sims, theta_transform="logit", progress=False, max_epochs=1)
 
 
-def test_map_is_inside_and_near_the_mode(transformed_npe):
-    """The truncated Gaussian's mode is x_o itself when x_o lies inside the box. (An x_o
-    within ~1 noise std of a bound is not used: there the transformed density can have a
-    spurious peak within ~1e-4 of the bound, see docs/npe.md.)"""
+@pytest.mark.parametrize("x_o", [[0.3, -0.4], [0.8, -0.6]])
+def test_map_is_inside_and_near_the_mode(transformed_npe, x_o):
+    """The truncated Gaussian's mode is x_o itself when x_o lies inside the box, also near a
+    bound, where the transformed density has a near-massless spike within ~1e-4 of the
+    bound (docs/npe.md) that the MAP search must not climb into."""
     _, post = transformed_npe
-    x_o = torch.tensor([0.3, -0.4])
+    x_o = torch.tensor(x_o)
     est = post.map(x_o, num_init=500, steps=50)
-    assert bool((est.abs() < 1).all())
+    assert bool((est.abs() < 0.999).all())
     assert torch.allclose(est, x_o, atol=0.15)
 
 

@@ -20,8 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--num-simulations", type=int, default=10_000)
     p.add_argument("--num-samples", type=int, default=10_000)
     p.add_argument("--observation", type=int, default=1, help="which of the 10 observations")
-    p.add_argument("--flow", default="maf", choices=["maf", "nsf", "fmaf", "mdn"],
-                   help="NPE density estimator (maf: nflows MAF; fmaf: sbi-core's fused MAF)")
+    p.add_argument("--flow", default="fmaf", choices=["maf", "nsf", "fmaf", "mdn"],
+                   help="NPE density estimator (fmaf: sbi-core's fused MAF, default; maf: "
+                        "nflows MAF)")
     p.add_argument("--theta-transform", choices=["unconstrained"], default=None,
                    help="learn the posterior in the prior's unconstrained space (no rejection)")
     p.add_argument("--seed", type=int, default=0)
