@@ -10,6 +10,8 @@ estimator's config so a flow is rebuilt exactly on load.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from nflows.distributions.normal import StandardNormal
 from nflows.flows.base import Flow
@@ -30,10 +32,16 @@ __all__ = ["build_flow", "FLOWS"]
 
 FLOWS = ("maf", "nsf", "fmaf")
 
+# NSF layer layout: 2 = coupling masks alternating per layer + LU mixing (current); 1 = one
+# fixed mask + reverse permutation, as saved before 2026-11-26 (for odd D it never
+# transforms the odd features; rebuilt only to load such files, with a warning).
+NSF_LAYOUT = 2
+
 
 def build_flow(kind: str, dim: int, context_dim: int, hidden_features: int = 50,
                num_transforms: int = 5, num_blocks: int = 2, num_bins: int = 10,
-               tail_bound: float = 3.0, permutation_seed: int = 0) -> Flow | FusedMAF:
+               tail_bound: float = 3.0, permutation_seed: int = 0,
+               nsf_layout: int = NSF_LAYOUT) -> Flow | FusedMAF:
     """A conditional flow over ``dim`` (standardized) parameters.
 
     ``maf``: nflows masked affine autoregressive transforms with random permutations.
@@ -67,7 +75,10 @@ def build_flow(kind: str, dim: int, context_dim: int, hidden_features: int = 50,
                 # mask with a reverse permutation never transforms the odd features when D
                 # is odd (reversal maps even positions to even positions).
                 mask = torch.zeros(dim)
-                mask[len(layers) // 2 % 2::2] = 1
+                if nsf_layout == 1:
+                    mask[::2] = 1
+                else:
+                    mask[len(layers) // 2 % 2::2] = 1
 
                 def net(inp: int, out: int) -> nn.Module:
                     return ResidualNet(inp, out, hidden_features=hidden_features,
@@ -77,7 +88,20 @@ def build_flow(kind: str, dim: int, context_dim: int, hidden_features: int = 50,
                 layers.append(PiecewiseRationalQuadraticCouplingTransform(
                     mask=mask, transform_net_create_fn=net, num_bins=num_bins, tails="linear",
                     tail_bound=tail_bound, apply_unconditional_transform=False))
-                layers.append(LULinear(dim, identity_init=True))
+                layers.append(LULinear(dim, identity_init=True) if nsf_layout != 1
+                              else ReversePermutation(dim))
         return Flow(CompositeTransform(layers), StandardNormal((dim,)))
     finally:
         torch.random.set_rng_state(gen_state)
+
+
+def nsf_layout(config: dict) -> int:
+    """The NSF layout of an estimator ``config``: saved models without the key predate
+    layout 2 (a warning says to retrain NSF models with an odd number of features)."""
+    layout = int(config.get("nsf_layout", 1))
+    if layout == 1 and config.get("flow") == "nsf":
+        warnings.warn(
+            "This NSF model was saved by an sbi-core version whose NSF used one fixed coupling "
+            "mask; with an odd number of features some were never transformed. It is loaded "
+            "as saved; retrain it for the corrected NSF.", stacklevel=3)
+    return layout

@@ -25,7 +25,7 @@ from typing import Any
 from torch import Tensor
 from torch.distributions import Distribution
 
-from estimators.flows import FLOWS, build_flow
+from estimators.flows import FLOWS, NSF_LAYOUT, build_flow, nsf_layout
 from estimators.standardize import StandardizedEstimator
 from sbi_core.mcmc_posterior import MCMCPosterior, mcmc_defaults
 from sbi_core.methods import Method
@@ -60,7 +60,8 @@ class NLEEstimator(StandardizedEstimator):
         self.x_dim = math.prod(x_shape)
         self._init_scaling(d, x_shape)
         self.density = build_flow(cfg["flow"], self.x_dim, d, cfg["hidden_features"],
-                                  cfg["num_transforms"], cfg["num_blocks"], cfg["num_bins"])
+                                  cfg["num_transforms"], cfg["num_blocks"], cfg["num_bins"],
+                                      nsf_layout=nsf_layout(cfg))
 
     def log_likelihood(self, theta: Tensor, x: Tensor) -> Tensor:
         """``log q(x | theta)`` of paired rows ``(N, D)``, ``(N, *x_shape)`` → ``(N,)``."""
@@ -86,7 +87,7 @@ def build_nle(theta: Tensor, x: Tensor, prior: Distribution, **options: Any) -> 
                         "options of sbi_core.TrainConfig.")
     options["mcmc"] = mcmc_defaults(options.get("mcmc"))
     config = {**DEFAULTS, **options, "theta_dim": int(theta.shape[1]),
-              "x_shape": list(x.shape[1:])}
+              "x_shape": list(x.shape[1:]), "nsf_layout": NSF_LAYOUT}
     est = NLEEstimator(config)
     est.fit_standardization(theta, x)
     return est

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from estimators.embedding import build_embedding
-from estimators.flows import FLOWS, build_flow
+from estimators.flows import FLOWS, NSF_LAYOUT, build_flow, nsf_layout
 from estimators.mdn import MixtureDensity
 from estimators.robust_training import (
     REGULARIZER_DEFAULTS,
@@ -94,7 +94,8 @@ class NPEEstimator(StandardizedEstimator):
                                                      cfg["hidden_features"])
         elif cfg["flow"] in FLOWS:
             self.density = build_flow(cfg["flow"], d, context_dim, cfg["hidden_features"],
-                                      cfg["num_transforms"], cfg["num_blocks"], cfg["num_bins"])
+                                      cfg["num_transforms"], cfg["num_blocks"], cfg["num_bins"],
+                                      nsf_layout=nsf_layout(cfg))
         else:
             raise ValueError(f"Unknown flow {cfg['flow']!r}; use one of {FLOWS + ('mdn',)}.")
 
@@ -182,7 +183,8 @@ def build_npe(theta: Tensor, x: Tensor, prior: Distribution, **options: Any) -> 
                         "sbi_core.TrainConfig.")
     validate_regularizer_options(options)
     config = {**DEFAULTS, **{k: v for k, v in options.items() if k not in reg_keys},
-              "theta_dim": int(theta.shape[1]), "x_shape": list(x.shape[1:])}
+              "theta_dim": int(theta.shape[1]), "x_shape": list(x.shape[1:]),
+              "nsf_layout": NSF_LAYOUT}
     reg = options.get("regularizer")
     if reg is not None and (options.get("embedding") or {}).get("type") == "set":
         raise ValueError(f"regularizer={reg!r} is not supported with a set embedding (iid "

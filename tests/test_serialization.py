@@ -66,3 +66,35 @@ def test_mismatched_weights(trained_npe, tmp_path):
     torch.save(payload, path)
     with pytest.raises(ModelFileError, match="do not match"):
         load(path)
+
+
+def test_nsf_model_saved_before_the_layout_fix_still_loads(tmp_path):
+    """NSF files saved before the coupling-mask fix (no ``nsf_layout`` in their config)
+    rebuild the layout they were trained with and warn that a retrain fixes them."""
+    import warnings as _w
+
+    from sbi_core import Problem, box_uniform, fit, load, save, simulate
+
+    problem = Problem(box_uniform([-1.0] * 3, [1.0] * 3),
+                      lambda th: th + 0.1 * torch.randn_like(th), x_shape=(3,))
+    sims = simulate(problem, 300, seed=0, progress=False)
+    with _w.catch_warnings():
+        _w.simplefilter("ignore")
+        post = fit(problem, sims, flow="nsf", seed=0, progress=False, max_epochs=2,
+                   num_transforms=2, hidden_features=8)
+    assert post.estimator.config["nsf_layout"] == 2
+    save(post, tmp_path / "new.pt")
+    assert load(tmp_path / "new.pt").estimator.config["nsf_layout"] == 2
+    # an old file: same weights format, config without the key, layout-1 layers
+    from estimators.npe import NPEEstimator
+
+    old_cfg = {k: v for k, v in post.estimator.config.items() if k != "nsf_layout"}
+    with pytest.warns(UserWarning, match="retrain it"):
+        old_est = NPEEstimator(old_cfg)
+    old_est.fit_standardization(*sims.training_data())
+    post.estimator = old_est
+    save(post, tmp_path / "old.pt")
+    with pytest.warns(UserWarning, match="retrain it"):
+        back = load(tmp_path / "old.pt")
+    x_o = torch.zeros(3)
+    assert torch.equal(back.sample((20,), x=x_o, seed=1), post.sample((20,), x=x_o, seed=1))
