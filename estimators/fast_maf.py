@@ -183,7 +183,9 @@ class FusedMAF(nn.Module):
         features are computed once per context row and broadcast over its ``n`` draws.
         """
         grad = torch.is_grad_enabled()
-        order, table = self._pruned(cache=not grad)
+        if not grad:
+            return self._inverse_incremental(z, context)
+        order, table = self._pruned(cache=False)
         ctx_h = self._context(context)[:, :, None, order]  # (T, B, 1, H), units sorted
         b, n, _ = z.shape
         for t in reversed(range(self.num_transforms)):
@@ -203,6 +205,81 @@ class FusedMAF(nn.Module):
                 x[..., i] = (z[..., i] - out[..., 1]) / scale
             z = x
         return z
+
+    @torch.no_grad()
+    def _inverse_incremental(self, z: Tensor, context: Tensor) -> Tensor:
+        """:meth:`_inverse` without gradients, reusing hidden activations between passes.
+
+        A hidden unit of degree ``k`` depends only on inputs (and lower-layer units) of
+        degree ``<= k``, which are all fixed once pass ``k`` starts; so pass ``p`` computes
+        only the units of degree exactly ``p`` in every layer and reuses the others from the
+        earlier passes of the same transform. Exact; for D = 5 about 3x fewer multiply-adds
+        in the hidden layers than recomputing every unit of degree ``<= p``.
+        """
+        order, counts, weights = self._sorted_weights()
+        ctx_h = self._context(context)[:, :, order, None]  # (T, B, H, 1), units sorted
+        b, n, d = z.shape
+        hidden = order.numel()
+        # Feature-major layout (B, features, n): the units a pass reads are a contiguous
+        # row prefix of each batch's activation matrix, and new units are appended rows.
+        z = z.transpose(1, 2).contiguous()  # (B, D, n)
+        for t in reversed(range(self.num_transforms)):
+            w_in, w_hid, b_hid, w_out, b_out = weights[t]
+            x = torch.zeros_like(z)
+            acts = [z.new_empty(b, hidden, n) for _ in range(self.num_blocks + 1)]
+            prev = 0
+            for p in range(d):
+                i, c = int(self.orders[t, p]), counts[p]
+                if c == 0:  # no hidden unit feeds this variable: bias only
+                    out = b_out[p].expand(b, 2, n)
+                else:
+                    if c > prev:  # the units of degree exactly p
+                        acts[0][:, prev:c] = _fast_tanh(torch.baddbmm(
+                            ctx_h[t][:, prev:c], w_in[prev:c].expand(b, -1, -1), x))
+                        for k in range(self.num_blocks):
+                            acts[k + 1][:, prev:c] = _fast_tanh(torch.baddbmm(
+                                b_hid[k][prev:c], w_hid[k][prev:c, :c].expand(b, -1, -1),
+                                acts[k][:, :c]))
+                    out = torch.baddbmm(b_out[p], w_out[p][:, :c].expand(b, -1, -1),
+                                        acts[-1][:, :c])
+                prev = c
+                scale = F.softplus(out[:, 0]) + 1e-3
+                x[:, i] = (z[:, i] - out[:, 1]) / scale
+            z = x
+        return z.transpose(1, 2)
+
+    def _sorted_weights(self) -> tuple[Tensor, list[int], list[tuple]]:
+        """Hidden units sorted by degree, the number of units of degree ``<= p`` per pass, and
+        per transform the masked weights in that order: ``W_in (H, D)``, ``[W_h (H, H)]``,
+        ``[b_h (H, 1)]``, ``W_out`` per pass ``(2, H)``, ``b_out`` per pass ``(2, 1)``.
+        Cached until a parameter changes."""
+        key = tuple(p._version for p in self.parameters()) + tuple(
+            p.data_ptr() for p in self.parameters()) + (self.w_in.device.type,)
+        stored = getattr(self, "_sorted_cache", None)
+        if stored is not None and stored[0] == key:
+            return stored[1]
+        with torch.no_grad():
+            w_in, w_hid, w_out = self._masked()
+            hidden, d, dev = self.w_in.shape[1], self.dim, self.w_in.device
+            deg_h = (torch.arange(hidden, device=dev) % max(d - 1, 1) + 1
+                     if d > 1 else torch.zeros(hidden, dtype=torch.long, device=dev))
+            order = torch.argsort(deg_h, stable=True)
+            counts = [int((deg_h <= p).sum()) for p in range(d)]
+            weights = []
+            for t in range(self.num_transforms):
+                rows = [torch.tensor([int(self.orders[t, p]), d + int(self.orders[t, p])],
+                                     device=dev) for p in range(d)]
+                weights.append((
+                    w_in[t][order].contiguous(),                                   # (H, D)
+                    [w_hid[t, k][order][:, order].contiguous() for k in range(self.num_blocks)],
+                    [self.b_hid[t, k][order][:, None].contiguous()                # (H, 1)
+                     for k in range(self.num_blocks)],
+                    [w_out[t][r][:, order].contiguous() for r in rows],           # (2, H)
+                    [self.b_out[t][r][:, None].clone() for r in rows],            # (2, 1)
+                ))
+        result = (order, counts, weights)
+        self._sorted_cache = (key, result)
+        return result
 
     def _pruned(self, cache: bool) -> tuple[Tensor, list[list[tuple]]]:
         """The hidden units sorted by degree, and per transform and pass ``(variable, u,
