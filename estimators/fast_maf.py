@@ -176,99 +176,82 @@ class FusedMAF(nn.Module):
         by transform in reverse.
 
         Pass ``p`` of a transform solves for the variable of degree ``p + 1``, whose scale and
-        shift only depend on hidden units of degree ``<= p`` (the masks forbid the others), so
-        each pass runs the MADE restricted to those units: exact, and ~half the work of
-        evaluating the full network ``D`` times. With the hidden units sorted by degree they
-        are a prefix; the first pass depends on none (only the output bias). The context
-        features are computed once per context row and broadcast over its ``n`` draws.
+        shift only depend on hidden units of degree ``<= p`` (the masks forbid the others).
+        A hidden unit of degree ``k`` depends only on inputs (and lower-layer units) of
+        degree ``<= k``, all fixed once pass ``k`` starts; so pass ``p`` computes only the
+        units of degree exactly ``p`` in every layer and reuses the others from the earlier
+        passes of the same transform (exact; for D = 5 about 3x fewer multiply-adds in the
+        hidden layers than recomputing every unit of degree ``<= p``). The first pass
+        depends on no unit (only the output bias). Activations are feature-major ``(B, H,
+        n)`` with units sorted by degree, so each product reads a contiguous row prefix; the
+        context features are computed once per context row and broadcast over its draws.
+        Without gradients new units are written into preallocated buffers, with gradients
+        (differentiable samples) they are concatenated.
         """
         grad = torch.is_grad_enabled()
-        if not grad:
-            return self._inverse_incremental(z, context)
-        order, table = self._pruned(cache=False)
-        ctx_h = self._context(context)[:, :, None, order]  # (T, B, 1, H), units sorted
-        b, n, _ = z.shape
-        for t in reversed(range(self.num_transforms)):
-            x = torch.zeros_like(z)
-            for i, units, w_in, b_in, hidden, w_out, b_out in table[t]:
-                if units is None:  # no hidden unit feeds this variable: bias only
-                    out = b_out.expand(b, n, 2)
-                else:
-                    hid = _fast_tanh(torch.baddbmm(ctx_h[t][..., :units], x,
-                                                   w_in.expand(b, -1, -1)))
-                    for w_h, b_h in hidden:
-                        hid = _fast_tanh(F.linear(hid, w_h, b_h))
-                    out = F.linear(hid, w_out, b_out)
-                scale = F.softplus(out[..., 0]) + 1e-3
-                if grad:  # autograd saved x for this pass: write into a copy
-                    x = x.clone()
-                x[..., i] = (z[..., i] - out[..., 1]) / scale
-            z = x
-        return z
-
-    @torch.no_grad()
-    def _inverse_incremental(self, z: Tensor, context: Tensor) -> Tensor:
-        """:meth:`_inverse` without gradients, reusing hidden activations between passes.
-
-        A hidden unit of degree ``k`` depends only on inputs (and lower-layer units) of
-        degree ``<= k``, which are all fixed once pass ``k`` starts; so pass ``p`` computes
-        only the units of degree exactly ``p`` in every layer and reuses the others from the
-        earlier passes of the same transform. Exact; for D = 5 about 3x fewer multiply-adds
-        in the hidden layers than recomputing every unit of degree ``<= p``.
-        """
-        order, counts, weights = self._sorted_weights()
+        order, counts, variables, weights = self._sorted_weights(cache=not grad)
         ctx_h = self._context(context)[:, :, order, None]  # (T, B, H, 1), units sorted
         b, n, d = z.shape
-        hidden = order.numel()
-        # Feature-major layout (B, features, n): the units a pass reads are a contiguous
-        # row prefix of each batch's activation matrix, and new units are appended rows.
         z = z.transpose(1, 2).contiguous()  # (B, D, n)
         for t in reversed(range(self.num_transforms)):
             w_in, w_hid, b_hid, w_out, b_out = weights[t]
             x = torch.zeros_like(z)
-            acts = [z.new_empty(b, hidden, n) for _ in range(self.num_blocks + 1)]
+            acts: list[Tensor | None] = (
+                [None] * (self.num_blocks + 1) if grad
+                else [z.new_empty(b, order.numel(), n) for _ in range(self.num_blocks + 1)])
             prev = 0
-            for p in range(d):
-                i, c = int(self.orders[t, p]), counts[p]
+            for p, i in enumerate(variables[t]):
+                c = counts[p]
                 if c == 0:  # no hidden unit feeds this variable: bias only
                     out = b_out[p].expand(b, 2, n)
                 else:
-                    if c > prev:  # the units of degree exactly p
-                        acts[0][:, prev:c] = _fast_tanh(torch.baddbmm(
-                            ctx_h[t][:, prev:c], w_in[prev:c].expand(b, -1, -1), x))
-                        for k in range(self.num_blocks):
-                            acts[k + 1][:, prev:c] = _fast_tanh(torch.baddbmm(
-                                b_hid[k][prev:c], w_hid[k][prev:c, :c].expand(b, -1, -1),
-                                acts[k][:, :c]))
+                    if c > prev:  # the units of degree exactly p, layer by layer
+                        inp = x
+                        for k in range(self.num_blocks + 1):
+                            w, bias = ((w_in[prev:c], ctx_h[t][:, prev:c]) if k == 0 else
+                                       (w_hid[k - 1][prev:c, :c], b_hid[k - 1][prev:c]))
+                            new = _fast_tanh(torch.baddbmm(bias, w.expand(b, -1, -1), inp))
+                            if grad:
+                                acts[k] = new if acts[k] is None else torch.cat([acts[k], new], 1)
+                            else:
+                                acts[k][:, prev:c] = new
+                            inp = acts[k][:, :c]
                     out = torch.baddbmm(b_out[p], w_out[p][:, :c].expand(b, -1, -1),
                                         acts[-1][:, :c])
                 prev = c
                 scale = F.softplus(out[:, 0]) + 1e-3
+                if grad:  # autograd saved x for this pass: write into a copy
+                    x = x.clone()
                 x[:, i] = (z[:, i] - out[:, 1]) / scale
             z = x
         return z.transpose(1, 2)
 
-    def _sorted_weights(self) -> tuple[Tensor, list[int], list[tuple]]:
-        """Hidden units sorted by degree, the number of units of degree ``<= p`` per pass, and
-        per transform the masked weights in that order: ``W_in (H, D)``, ``[W_h (H, H)]``,
-        ``[b_h (H, 1)]``, ``W_out`` per pass ``(2, H)``, ``b_out`` per pass ``(2, 1)``.
-        Cached until a parameter changes."""
+    def _sorted_weights(self, cache: bool) -> tuple[Tensor, list[int], list[list[int]],
+                                                     list[tuple]]:
+        """Hidden units sorted by degree, the number of units of degree ``<= p`` per pass,
+        the variable each pass solves per transform, and per transform the masked weights in
+        unit order: ``W_in (H, D)``, ``[W_h (H, H)]``, ``[b_h (H, 1)]``, ``W_out`` per pass
+        ``(2, H)``, ``b_out`` per pass ``(2, 1)``.
+
+        With ``cache`` (sampling without gradients) the detached result is kept until a
+        parameter changes (optimizer steps and ``load_state_dict`` bump the parameters'
+        version counters); otherwise it is built with gradients."""
         key = tuple(p._version for p in self.parameters()) + tuple(
             p.data_ptr() for p in self.parameters()) + (self.w_in.device.type,)
         stored = getattr(self, "_sorted_cache", None)
-        if stored is not None and stored[0] == key:
+        if cache and stored is not None and stored[0] == key:
             return stored[1]
-        with torch.no_grad():
+        with torch.set_grad_enabled(not cache):
             w_in, w_hid, w_out = self._masked()
             hidden, d, dev = self.w_in.shape[1], self.dim, self.w_in.device
             deg_h = (torch.arange(hidden, device=dev) % max(d - 1, 1) + 1
                      if d > 1 else torch.zeros(hidden, dtype=torch.long, device=dev))
             order = torch.argsort(deg_h, stable=True)
             counts = [int((deg_h <= p).sum()) for p in range(d)]
+            variables = [[int(v) for v in self.orders[t]] for t in range(self.num_transforms)]
             weights = []
             for t in range(self.num_transforms):
-                rows = [torch.tensor([int(self.orders[t, p]), d + int(self.orders[t, p])],
-                                     device=dev) for p in range(d)]
+                rows = [torch.tensor([v, d + v], device=dev) for v in variables[t]]
                 weights.append((
                     w_in[t][order].contiguous(),                                   # (H, D)
                     [w_hid[t, k][order][:, order].contiguous() for k in range(self.num_blocks)],
@@ -277,50 +260,7 @@ class FusedMAF(nn.Module):
                     [w_out[t][r][:, order].contiguous() for r in rows],           # (2, H)
                     [self.b_out[t][r][:, None].clone() for r in rows],            # (2, 1)
                 ))
-        result = (order, counts, weights)
-        self._sorted_cache = (key, result)
-        return result
-
-    def _pruned(self, cache: bool) -> tuple[Tensor, list[list[tuple]]]:
-        """The hidden units sorted by degree, and per transform and pass ``(variable, u,
-        W_in, b_in, [(W_h, b_h)], W_out, b_out)`` restricted to the first ``u`` sorted units,
-        the ones the pass depends on (``u`` None: none).
-
-        With ``cache`` (sampling without gradients) the detached table is kept until a
-        parameter changes (optimizer steps and ``load_state_dict`` bump the parameters'
-        version counters), so repeated sampling skips the slicing; otherwise it is built
-        with gradients.
-        """
-        key = tuple(p._version for p in self.parameters()) + tuple(
-            p.data_ptr() for p in self.parameters()) + (self.w_in.device.type,)
-        stored = getattr(self, "_pruned_cache", None)
-        if cache and stored is not None and stored[0] == key:
-            return stored[1]
-        with torch.set_grad_enabled(not cache):
-            w_in, w_hid, w_out = self._masked()
-            hidden = self.w_in.shape[1]
-            dev = self.w_in.device
-            deg_h = (torch.arange(hidden, device=dev) % max(self.dim - 1, 1) + 1
-                     if self.dim > 1 else torch.zeros(hidden, dtype=torch.long, device=dev))
-            d = self.dim
-            order = torch.argsort(deg_h, stable=True)
-            table = []
-            for t in range(self.num_transforms):
-                passes = []
-                for p in range(d):
-                    i = int(self.orders[t, p])
-                    rows = torch.tensor([i, d + i], device=dev)
-                    count = int((deg_h <= p).sum())
-                    units = order[:count]
-                    if count == 0:
-                        passes.append((i, None, None, None, [], None, self.b_out[t, rows].clone()))
-                        continue
-                    hid = [(w_hid[t, k][units][:, units].contiguous(),
-                            self.b_hid[t, k, units].contiguous()) for k in range(self.num_blocks)]
-                    passes.append((i, count, w_in[t, units].t().contiguous(), None, hid,
-                                   w_out[t][rows][:, units].contiguous(),
-                                   self.b_out[t, rows].clone()))
-                table.append(passes)
+        result = (order, counts, variables, weights)
         if cache:
-            self._pruned_cache = (key, (order, table))
-        return order, table
+            self._sorted_cache = (key, result)
+        return result

@@ -129,28 +129,25 @@ class NPEEstimator(StandardizedEstimator):
         """True when samples always lie inside the prior's support (``theta_transform``)."""
         return self.theta_transform is not None
 
-    def to_z(self, theta: Tensor) -> Tensor:
-        """Parameters ``(..., D)`` → the flow's standardized space."""
+    def _to_z(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+        """Parameters ``(..., D)`` → the flow's standardized space, and ``log |det dz/dtheta|``
+        ``(...)``."""
+        lad = -self.theta_norm.std.log().sum()
         if self.theta_transform is not None:
-            theta = self.theta_transform(theta)
-        return self.theta_norm(theta)
+            theta, lad_u = self.theta_transform.forward_and_log_det(theta)
+            lad = lad + lad_u
+        return self.theta_norm(theta), lad
 
     def from_z(self, z: Tensor) -> Tensor:
         """The flow's standardized space ``(..., D)`` → parameters."""
         theta = self.theta_norm.inverse(z)
         return theta if self.theta_transform is None else self.theta_transform.inverse(theta)
 
-    def _log_det(self, theta: Tensor) -> Tensor:
-        """``log |det dz/dtheta|`` ``(...)`` of :meth:`to_z`."""
-        lad = -self.theta_norm.std.log().sum()
-        if self.theta_transform is not None:
-            lad = lad + self.theta_transform.log_abs_det(theta)
-        return lad
 
     def log_prob(self, theta: Tensor, x: Tensor) -> Tensor:
         """``log q(theta | x)`` for paired rows: ``theta`` ``(N, D)``, ``x`` ``(N, *x_shape)`` → ``(N,)``."""
-        return self.density.log_prob(self.to_z(theta), context=self.context(x)) + \
-            self._log_det(theta)
+        z, lad = self._to_z(theta)
+        return self.density.log_prob(z, context=self.context(x)) + lad
 
     def loss(self, theta: Tensor, x: Tensor) -> Tensor:
         return -self.log_prob(theta, x)
@@ -170,7 +167,7 @@ class NPEEstimator(StandardizedEstimator):
             lp = self.density.log_prob(z.reshape(-1, self.theta_dim),
                                        ctx.repeat_interleave(n, 0)).reshape(z.shape[:2])
         theta = self.from_z(z)
-        return theta.transpose(0, 1), (lp + self._log_det(theta)).transpose(0, 1)
+        return theta.transpose(0, 1), (lp + self._to_z(theta)[1]).transpose(0, 1)
 
 
 def build_npe(theta: Tensor, x: Tensor, prior: Distribution, **options: Any) -> NPEEstimator:

@@ -25,6 +25,7 @@ with :math:`B(t) = \int_0^t \beta = \beta_{min} t + (\beta_{max}-\beta_{min}) t^
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -34,24 +35,32 @@ __all__ = ["Schedule", "VPSchedule", "SubVPSchedule", "VESchedule", "LinearSched
            "build_schedule", "SCHEDULES"]
 
 
-class Schedule:
-    """Base class; times are floats or tensors in ``[t_min, t_max]``."""
+class Schedule(ABC):
+    """Interface of a noise schedule; times are floats or tensors in ``[t_min, t_max]``.
+
+    ``z_t = mean_scale(t) z_0 + std(t) eps``; the forward SDE is
+    ``dz = drift_scale(t) z dt + sqrt(diffusion_sq(t)) dW``.
+    """
 
     name = ""
     t_min = 1e-3
     t_max = 1.0
 
+    @abstractmethod
     def mean_scale(self, t: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Scale of the data in ``z_t``."""
 
+    @abstractmethod
     def std(self, t: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Standard deviation of the noise in ``z_t``."""
 
+    @abstractmethod
     def drift_scale(self, t: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Linear drift coefficient ``f(t)`` of the forward SDE."""
 
+    @abstractmethod
     def diffusion_sq(self, t: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Squared diffusion ``g(t)^2`` of the forward SDE."""
 
     def terminal_var(self) -> float:
         """Variance of the (approximately Gaussian) terminal marginal of z-scored data."""

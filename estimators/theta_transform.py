@@ -42,10 +42,6 @@ class UnconstrainedTransform(nn.Module):
         self.register_buffer("low", low.clone())
         self.register_buffer("high", high.clone())
 
-    @property
-    def is_identity(self) -> bool:
-        return not bool(torch.isfinite(self.low).any() or torch.isfinite(self.high).any())
-
     def _parts(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         has_lo, has_hi = torch.isfinite(self.low), torch.isfinite(self.high)
         lo = torch.where(has_lo, self.low, torch.zeros_like(self.low))
@@ -62,10 +58,18 @@ class UnconstrainedTransform(nn.Module):
 
     def forward(self, theta: Tensor) -> Tensor:
         """``u = T(theta)`` ``(..., D)`` for ``theta`` inside the support."""
-        has_lo, has_hi, both, _, _ = self._parts()
+        return self.forward_and_log_det(theta)[0]
+
+    def forward_and_log_det(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+        """``u = T(theta)`` ``(..., D)`` and ``log |det dT/dtheta|`` ``(...)`` in one pass."""
+        has_lo, has_hi, both, lo, hi = self._parts()
         log_a, log_b = self._logs(theta)
-        return torch.where(both, log_a - log_b,
-                           torch.where(has_lo, log_a, torch.where(has_hi, -log_b, theta)))
+        u = torch.where(both, log_a - log_b,
+                        torch.where(has_lo, log_a, torch.where(has_hi, -log_b, theta)))
+        span = torch.where(both, hi - lo, torch.ones_like(hi)).log()
+        per_dim = torch.where(both, span - log_a - log_b,
+                              torch.where(has_lo, -log_a, torch.where(has_hi, -log_b, 0.0)))
+        return u, per_dim.sum(-1)
 
     def inverse(self, u: Tensor) -> Tensor:
         """``theta = T^{-1}(u)`` ``(..., D)``, strictly inside the support (float rounding included)."""
@@ -87,12 +91,7 @@ class UnconstrainedTransform(nn.Module):
 
     def log_abs_det(self, theta: Tensor) -> Tensor:
         """``log |det dT/dtheta|`` ``(...)`` at ``theta`` ``(..., D)`` (add it to ``log q_u``)."""
-        has_lo, has_hi, both, lo, hi = self._parts()
-        log_a, log_b = self._logs(theta)
-        span = torch.where(both, hi - lo, torch.ones_like(hi)).log()
-        per_dim = torch.where(both, span - log_a - log_b,
-                              torch.where(has_lo, -log_a, torch.where(has_hi, -log_b, 0.0)))
-        return per_dim.sum(-1)
+        return self.forward_and_log_det(theta)[1]
 
     def check_inside(self, theta: Tensor) -> None:
         """Raise if any row of ``theta`` ``(N, D)`` is not strictly inside the bounds."""

@@ -68,7 +68,8 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
         )
     if m.fit is not None:
         return m.fit(problem, (theta, x), seed=seed, **options)
-    train_config, estimator_options = split_options({**m.training_defaults(options), **options, "seed": seed})
+    train_config, estimator_options = split_options(
+        {**m.training_defaults(options), **options, "seed": seed})
     torch.manual_seed(seed)
     estimator = m.build(theta, x, problem.prior, **estimator_options)
     history = train(estimator, theta, x, train_config, loss_fn=m.loss_fn)

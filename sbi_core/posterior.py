@@ -144,18 +144,17 @@ class Posterior:
             init = self.sample_batched((num_init,), xs, _checked=True)  # (num_init, B, D)
         lp = self.log_prob_batched(init, xs, _checked=True, normalize=False) \
             if self.normalized_log_prob else self.log_prob_batched(init, xs, _checked=True)
-        box = None
-        if getattr(self.estimator, "samples_in_support", False):
-            # A flow on the unconstrained space can have a near-massless density spike next
-            # to a bound (docs/npe.md): search only inside the central 99% of the samples,
-            # per observation and dimension.
-            q = torch.tensor([0.005, 0.995], dtype=init.dtype)
-            lo, hi = torch.quantile(init, q, dim=0)  # (B, D) each
-            inside = ((init >= lo) & (init <= hi)).all(-1)  # (num_init, B)
+        box = self._map_search_box(init)
+        if box is not None:
+            inside = ((init >= box[0]) & (init <= box[1])).all(-1)  # (num_init, B)
             lp = torch.where(inside, lp, torch.full_like(lp, -torch.inf))
-            box = lo, hi
         best = init.gather(0, lp.argmax(0)[None, :, None].expand(1, -1, self.dim))[0]
         return self._refine_map(best, xs, steps, box)
+
+    def _map_search_box(self, init: Tensor) -> tuple[Tensor, Tensor] | None:
+        """Optional per-observation bounds ``(B, D)`` for the MAP search, from its initial
+        samples ``(num_init, B, D)``; None searches the whole prior support."""
+        return None
 
     def _refine_map(self, theta: Tensor, xs: Tensor, steps: int,
                     box: tuple[Tensor, Tensor] | None = None) -> Tensor:
@@ -311,6 +310,14 @@ class DirectPosterior(Posterior):
 
     def _raw_sample(self, n: int, xs: Tensor) -> Tensor:
         return self.estimator.sample(n, xs)
+
+    def _map_search_box(self, init: Tensor) -> tuple[Tensor, Tensor] | None:
+        """A flow on the unconstrained space can have a near-massless density spike next to a
+        bound (docs/npe.md): search only inside the central 99% of the samples."""
+        if not self._samples_in_support:
+            return None
+        lo, hi = torch.quantile(init, torch.tensor([0.005, 0.995], dtype=init.dtype), dim=0)
+        return lo, hi
 
     def _sample_batched(self, n: int, xs: Tensor, **kwargs: Any) -> Tensor:
         device = _device(self.estimator)

@@ -196,7 +196,8 @@ def fit_streaming(problem: Problem, store: str | os.PathLike | SimulationStore,
     if m.fit is not None:
         raise ValueError(f"Method {method!r} trains with its own loop and cannot stream from a "
                          "store; load the store into memory (streaming=False).")
-    train_config, estimator_options = split_options({**m.training_defaults(options), **options, "seed": seed})
+    train_config, estimator_options = split_options(
+        {**m.training_defaults(options), **options, "seed": seed})
     batches = StoreBatches(store, train_config.validation_fraction, seed, buffer_chunks,
                            max_validation)
     theta_s, x_s = batches.sample()
