@@ -197,7 +197,9 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
         posterior: any :class:`~sbi_core.Posterior`.
         problem: a Problem or PROBLEM string; test pairs are simulated from it when ``sims`` is
             None; also enables predictive checks and reference comparisons. When neither is
-            given, the problem recorded in the model (``problem_spec["source"]``) is used.
+            given, the problem recorded in the model (``problem_spec["source"]``) is used if it
+            is a built-in problem name; a recorded path or module is only shown, never
+            imported (pass it as ``problem=`` if you trust it).
         sims: held-out simulations (never the training set) for the test pairs.
         num: number of test pairs (invalid simulations are dropped with a warning).
         num_samples: posterior samples per test observation.
@@ -247,11 +249,18 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
 
 
 def _resolve(posterior: Posterior, problem: Problem | str | None, need: bool) -> Problem | None:
+    """The problem passed by the caller, else the built-in one recorded in the model.
+
+    A recorded path or module (``problem_spec["source"]``) is never imported: it is shown in
+    the error (when test simulations are needed) or in a warning (docs/security.md).
+    """
     if isinstance(problem, Problem):
         return problem
-    from sbi_core.resolve import resolve_problem
+    from sbi_core.resolve import RecordedProblemError, recorded_problem, resolve_problem
 
-    ref = problem or (posterior.problem_spec or {}).get("source")
+    if problem:
+        return resolve_problem(problem)
+    ref = (posterior.problem_spec or {}).get("source")
     if not ref:
         if need:
             raise ValueError("diagnose needs test simulations: pass sims= (held-out simulations) "
@@ -259,9 +268,14 @@ def _resolve(posterior: Posterior, problem: Problem | str | None, need: bool) ->
                              "record where its problem came from.")
         return None
     try:
-        return resolve_problem(ref)
+        return recorded_problem(ref, "This model")
+    except RecordedProblemError as err:
+        if need:
+            raise
+        warnings.warn(f"{err} Checks that simulate are skipped.", stacklevel=3)
+        return None
     except Exception as err:
-        if need or problem is not None:
+        if need:
             raise
         warnings.warn(f"Could not rebuild problem {ref!r} ({err}); checks that simulate are "
                       "skipped.", stacklevel=3)

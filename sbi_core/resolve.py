@@ -3,6 +3,12 @@
 PROBLEM is a built-in name (``two_moons``; see ``simulators.available_problems()``),
 ``path/to/file.py:function`` or ``module:function``; the function takes no arguments
 and returns a Problem.
+
+Trust model (docs/security.md): only a PROBLEM the user typed (command line or Python) is
+imported. A reference *recorded in a file* (a model's ``problem.source``, a simulation file's
+or zarr store's ``provenance.problem_source``) goes through :func:`recorded_problem`, which
+builds built-in problems only (a registry key names no code path) and otherwise raises an
+error that shows the reference and says to pass it with ``--problem``.
 """
 
 from __future__ import annotations
@@ -14,37 +20,121 @@ from pathlib import Path
 
 from sbi_core.problem import Problem
 
-__all__ = ["resolve_problem"]
+__all__ = ["resolve_problem", "recorded_problem", "is_builtin_problem", "ProblemFileError",
+           "RecordedProblemError"]
+
+
+class ProblemFileError(ValueError):
+    """A user's problem file or module could not be imported or its factory failed."""
+
+
+class RecordedProblemError(ValueError):
+    """A file records a problem that is code (a path or module), which is never imported."""
+
+
+def is_builtin_problem(ref: str | None) -> bool:
+    """True if ``ref`` is a key of the built-in ``simulators`` registry (names no code path)."""
+    if not isinstance(ref, str) or not ref or ":" in ref or "/" in ref or "\\" in ref \
+            or ref.endswith(".py"):
+        return False
+    import simulators
+
+    return ref.lower().replace("-", "_") in simulators.available_problems()
+
+
+def recorded_problem(ref: str | None, where: str) -> Problem | None:
+    """Build the problem recorded in a file, if it is a built-in name; never import code.
+
+    ``where`` names the file for the message (e.g. ``"model.pt"``). Returns ``None`` when
+    nothing is recorded; raises :class:`RecordedProblemError` for a recorded path or module,
+    saying what to pass on the command line.
+    """
+    if not ref:
+        return None
+    if is_builtin_problem(ref):
+        return resolve_problem(ref)
+    raise RecordedProblemError(recorded_problem_hint(ref, where))
+
+
+def recorded_problem_hint(ref: str, where: str) -> str:
+    """The message shown for a recorded, non-built-in problem reference."""
+    return (f"{where} was made with problem {ref!r}; a problem recorded in a file is never "
+            f"imported (it could run code). If you trust it, pass --problem {ref} "
+            "(in Python: problem=...).")
 
 
 def resolve_problem(ref: str) -> Problem:
-    """Build the problem named by ``ref`` and record ``ref`` as its ``source``."""
+    """Build the problem named by ``ref`` (typed by the user) and record ``ref`` as its ``source``.
+
+    A ``.py`` file is imported with its folder on ``sys.path`` (so it may import sibling
+    modules). Import errors and exceptions of the factory become one :class:`ProblemFileError`
+    naming the file.
+    """
+    if not isinstance(ref, str) or not ref.strip():
+        raise ValueError("PROBLEM is empty; pass a built-in name (two_moons, ...), "
+                         "path/to/file.py:function or module:function.")
     if ":" not in ref:
         import simulators
 
         problem = simulators.get_problem(ref)
     else:
         target, func_name = ref.rsplit(":", 1)
+        if not func_name.isidentifier():
+            raise ValueError(f"PROBLEM {ref!r}: {func_name!r} is not a function name; use "
+                             "path/to/file.py:function or module:function.")
         if target.endswith(".py"):
-            path = Path(target)
-            if not path.is_file():
-                raise ValueError(f"No Python file at {path} (from PROBLEM {ref!r}).")
-            spec = importlib.util.spec_from_file_location(f"_sbi_core_user_{path.stem}", path)
-            assert spec is not None and spec.loader is not None
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = module
-            spec.loader.exec_module(module)
+            module = _import_file(Path(target), ref)
         else:
             try:
                 module = importlib.import_module(target)
-            except ImportError as err:
-                raise ValueError(f"Cannot import module {target!r} (from PROBLEM {ref!r}): {err}") \
-                    from err
+            except Exception as err:
+                raise ProblemFileError(
+                    f"Cannot import module {target!r} (from PROBLEM {ref!r}): "
+                    f"{type(err).__name__}: {err}. Check the module name and that it is on the "
+                    "Python path.") from err
         factory = getattr(module, func_name, None)
         if factory is None or not callable(factory):
             raise ValueError(f"{target} has no function {func_name!r} (from PROBLEM {ref!r}).")
-        problem = factory()
+        try:
+            problem = factory()
+        except Exception as err:
+            raise ProblemFileError(
+                f"{func_name}() in {target} raised {type(err).__name__}: {err} (from PROBLEM "
+                f"{ref!r}). Fix the problem function.") from err
         if not isinstance(problem, Problem):
             raise TypeError(f"{ref} returned {type(problem).__name__}, not an sbi_core.Problem.")
     problem.source = ref
     return problem
+
+
+def _import_file(path: Path, ref: str):
+    """Import the Python file ``path`` with its folder first on ``sys.path`` during the import."""
+    if not path.is_file():
+        raise ValueError(f"No Python file at {path} (from PROBLEM {ref!r}).")
+    spec = importlib.util.spec_from_file_location(f"_sbi_core_user_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise ProblemFileError(f"Cannot import {path} (from PROBLEM {ref!r}).")
+    module = importlib.util.module_from_spec(spec)
+    folder = str(path.resolve().parent)
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as err:
+        sys.modules.pop(spec.name, None)
+        raise ProblemFileError(
+            f"{path}, line {err.lineno}: syntax error: {err.msg} (from PROBLEM {ref!r}).") from err
+    except Exception as err:
+        sys.modules.pop(spec.name, None)
+        raise ProblemFileError(
+            f"Importing {path} raised {type(err).__name__}: {err} (from PROBLEM {ref!r}). "
+            "Fix the file (a sibling module it imports must sit in the same folder).") from err
+    finally:
+        if added:
+            try:
+                sys.path.remove(folder)
+            except ValueError:
+                pass
+    return module

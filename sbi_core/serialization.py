@@ -9,11 +9,13 @@ estimator from the method registry.
 
 from __future__ import annotations
 
+import math
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from sbi_core.methods import get_method
 from sbi_core.posterior import Posterior
@@ -87,20 +89,173 @@ def load(path: str | Path, device: str = "cpu") -> Posterior:
             f"({_version()}) reads version {MODEL_FORMAT_VERSION}. Load it with the sbi-core "
             f"version that wrote it ({payload.get('sbi_core_version')}) or retrain."
         )
+    check_payload(payload, path)
     try:
         method = get_method(payload["method"])
-        estimator = method.from_config(dict(payload["estimator_config"]))
+        estimator = build_checked(method, dict(payload["estimator_config"]),
+                                  payload["state_dict"], path)
         estimator.load_state_dict(payload["state_dict"])
+    except ModelFileError:
+        raise
     except (KeyError, RuntimeError, TypeError, ValueError) as err:
         raise ModelFileError(f"{path} is damaged: its weights do not match its config ({err}).") \
             from err
     estimator.to(device)
     problem = dict(payload["problem"])
-    prior = prior_from_spec(problem["prior"])
+    try:
+        prior = prior_from_spec(problem["prior"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ModelFileError(f"{path} is damaged: its prior spec is invalid ({err}). Re-save the "
+                             "model or retrain it.") from err
     posterior = method.make_posterior(estimator, prior, problem, dict(payload.get("history") or {}),
                                       **dict(payload.get("posterior_config") or {}))
     posterior.diagnostics = dict(payload.get("diagnostics") or {})
     return posterior
+
+
+#: Keys every model file holds, with the type of their value.
+_REQUIRED = {"method": str, "problem": dict, "estimator_config": dict, "state_dict": dict}
+#: Largest integer accepted anywhere in an estimator config (sizes, counts, seeds).
+_MAX_CONFIG_INT = 2**31
+#: Memory a model may allocate while being built, beyond twice its weights in the file.
+_BUILD_SLACK_BYTES = 64 * 2**20
+
+
+def check_payload(payload: dict, path: str | Path) -> None:
+    """Reject a payload with missing keys, wrong types or non-finite / absurd config numbers.
+
+    Runs before anything is built, so a doctored file costs no memory.
+    """
+    for key, kind in _REQUIRED.items():
+        if key not in payload:
+            raise ModelFileError(f"{path} is damaged: it has no {key!r} entry. Re-save the model "
+                                 "with sbi_core.save or retrain it.")
+        if not isinstance(payload[key], kind):
+            raise ModelFileError(f"{path} is damaged: its {key!r} entry is a "
+                                 f"{type(payload[key]).__name__}, not a {kind.__name__}.")
+    problem = payload["problem"]
+    for key in ("prior", "param_names", "x_shape"):
+        if key not in problem:
+            raise ModelFileError(f"{path} is damaged: its problem spec has no {key!r}. Re-save "
+                                 "the model with sbi_core.save or retrain it.")
+    for name, value in payload["state_dict"].items():
+        if not isinstance(value, torch.Tensor):
+            raise ModelFileError(f"{path} is damaged: state_dict entry {name!r} is not a tensor.")
+    _check_numbers(payload["estimator_config"], path, "estimator_config")
+    _check_numbers(payload.get("posterior_config") or {}, path, "posterior_config")
+
+
+def _check_numbers(value: Any, path: str | Path, where: str) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_numbers(v, path, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_numbers(v, path, f"{where}[{i}]")
+    elif isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    elif isinstance(value, int):
+        if abs(value) > _MAX_CONFIG_INT:
+            raise ModelFileError(f"{path} is damaged: {where} = {value} is out of range.")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ModelFileError(f"{path} is damaged: {where} = {value} is not finite.")
+
+
+def build_checked(method: Any, config: dict, state_dict: dict[str, torch.Tensor],
+                  path: str | Path) -> torch.nn.Module:
+    """Build ``method``'s estimator from ``config`` only after checking it fits ``state_dict``.
+
+    First the estimator is built on the ``meta`` device (no memory) and its state-dict keys
+    and shapes are compared with the file's tensors; only if they match is it built for real.
+    Estimators whose construction needs real values (data-dependent checks) are built for
+    real under an allocation budget of twice the file's weights plus a fixed slack, so a
+    doctored config (``hidden_features=4000`` in a 3 KB file) is rejected before it costs
+    memory.
+    """
+    weights = sum(t.numel() * t.element_size() for t in state_dict.values())
+    try:
+        with torch.device("meta"):
+            meta = method.from_config(dict(config))
+    except Exception:
+        meta = None  # data-dependent construction: fall back to the budgeted real build
+    if meta is not None:
+        _compare_state_dicts(meta.state_dict(), state_dict, path)
+        meta_bytes = sum(t.numel() * t.element_size()
+                         for t in (*meta.parameters(), *meta.buffers()))
+        if meta_bytes > 2 * weights + _BUILD_SLACK_BYTES:
+            raise ModelFileError(f"{path} is damaged: its config would allocate "
+                                 f"{meta_bytes / 2**20:.0f} MiB for {weights / 2**20:.1f} MiB "
+                                 "of weights.")
+        del meta
+    budget = _AllocationBudget(2 * weights + _BUILD_SLACK_BYTES)
+    try:
+        with budget:
+            estimator = method.from_config(dict(config))
+    except _OverBudget as err:
+        raise ModelFileError(f"{path} is damaged: building its estimator needs more than "
+                             f"{budget.limit / 2**20:.0f} MiB for {weights / 2**20:.1f} MiB of "
+                             "weights; its config does not match its weights.") from err
+    _compare_state_dicts(estimator.state_dict(), state_dict, path)
+    return estimator
+
+
+def _compare_state_dicts(built: dict[str, torch.Tensor], stored: dict[str, torch.Tensor],
+                         path: str | Path) -> None:
+    missing = sorted(set(built) - set(stored))
+    extra = sorted(set(stored) - set(built))
+    if missing or extra:
+        raise ModelFileError(
+            f"{path} is damaged: its weights do not match its config (missing "
+            f"{missing[:5]}, unexpected {extra[:5]}). Re-save the model or retrain it.")
+    for name, tensor in built.items():
+        if tuple(tensor.shape) != tuple(stored[name].shape):
+            raise ModelFileError(
+                f"{path} is damaged: its weights do not match its config ({name!r} has shape "
+                f"{tuple(stored[name].shape)} in the file, the config makes "
+                f"{tuple(tensor.shape)}). Re-save the model or retrain it.")
+
+
+class _OverBudget(RuntimeError):
+    pass
+
+
+class _AllocationBudget(TorchDispatchMode):
+    """Counts the bytes of new tensors created inside it and raises past ``limit``.
+
+    Factory calls (``empty``, ``zeros``, ``randn``, ...) are checked before they allocate.
+    """
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit = int(limit)
+        self.used = 0
+        self._seen: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        size = args[0] if args else kwargs.get("size")
+        name = func.__name__.split(".")[0]
+        if name in _FACTORIES and isinstance(size, (list, tuple)) \
+                and all(isinstance(s, int) for s in size):
+            dtype = kwargs.get("dtype") or torch.get_default_dtype()
+            wanted = math.prod(size) * torch.empty((), dtype=dtype, device="meta").element_size()
+            if self.used + wanted > self.limit:
+                raise _OverBudget(f"{func.__name__} of {wanted} bytes")
+        out = func(*args, **kwargs)
+        for t in (out if isinstance(out, (list, tuple)) else (out,)):
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                ptr = t.untyped_storage().data_ptr()
+                if ptr not in self._seen:
+                    self._seen.add(ptr)
+                    self.used += t.untyped_storage().nbytes()
+        if self.used > self.limit:
+            raise _OverBudget(f"{self.used} bytes")
+        return out
+
+
+_FACTORIES = {"empty", "empty_strided", "zeros", "ones", "full", "rand", "randn", "randint",
+              "randperm", "new_empty", "new_zeros", "new_ones", "new_full"}
 
 
 def _version() -> str:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sbi_core.problem import Problem
-from sbi_core.resolve import resolve_problem
+from sbi_core.resolve import recorded_problem, resolve_problem
 from sbi_core.simulation_set import SimulationSet
 
 PROBLEM_HELP = ("a built-in name (two_moons, ...), path/to/file.py:function or module:function "
@@ -28,17 +28,25 @@ def step(message: str, quiet: bool = False) -> Iterator[dict]:
         print(f"[sbi-core]   done in {info['seconds']:.1f} s{extra}", flush=True)
 
 
-def problem_for_sims(sims: SimulationSet, problem_ref: str | None) -> Problem:
-    """The problem named on the command line, else the one recorded in the simulations."""
-    return problem_for_sims_provenance(sims.provenance, problem_ref)
+def problem_for_sims(sims: SimulationSet, problem_ref: str | None,
+                     where: str = "the simulation file") -> Problem:
+    """The problem named on the command line, else the built-in one recorded in the simulations."""
+    return problem_for_sims_provenance(sims.provenance, problem_ref, where)
 
 
-def problem_for_sims_provenance(provenance: dict, problem_ref: str | None) -> Problem:
-    """The problem named on the command line, else the one recorded in ``provenance``."""
-    ref = problem_ref or provenance.get("problem_source")
-    if not ref:
+def problem_for_sims_provenance(provenance: dict, problem_ref: str | None,
+                                where: str = "the simulation file") -> Problem:
+    """The problem named on the command line, else the one recorded in ``provenance``.
+
+    A recorded reference is used only if it is a built-in problem name; a recorded path or
+    module is shown in the error, never imported (docs/security.md).
+    """
+    if problem_ref:
+        return resolve_problem(problem_ref)
+    problem = recorded_problem(provenance.get("problem_source"), where)
+    if problem is None:
         raise ValueError(
-            "These simulations do not record their problem (e.g. a plain .npz); name it with "
+            f"{where} does not record its problem (e.g. a plain .npz); name it with "
             "--problem PROBLEM so its prior applies."
         )
-    return resolve_problem(ref)
+    return problem

@@ -41,6 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from diagnostics.report import diagnose
+    from sbi_core.resolve import recorded_problem, resolve_problem
     from sbi_core.serialization import load
     from sbi_core.simulation_set import SimulationSet
 
@@ -48,10 +49,18 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--num and --samples must be positive.")
     posterior = load(args.model)
     sims = SimulationSet.load(args.sims) if args.sims else None
-    problem = args.problem
-    if sims is None and problem is None and not posterior.problem_spec.get("source"):
-        raise ValueError("This model does not record its problem; pass --sims FILE (held-out "
-                         "simulations) or --problem PROBLEM.")
+    if args.problem:
+        problem = resolve_problem(args.problem)
+    elif sims is None:  # a recorded built-in name is used; a recorded path is only shown
+        problem = recorded_problem(posterior.problem_spec.get("source"), args.model)
+        if problem is None:
+            name = posterior.problem_spec.get("name") or "?"
+            raise ValueError(f"{args.model} does not record how to rebuild its problem "
+                             f"({name!r}, parameters {posterior.param_names}); pass --sims FILE "
+                             "(held-out simulations) or --problem path/to/file.py:function "
+                             "returning that problem.")
+    else:
+        problem = None  # diagnose() uses a recorded built-in problem, warns about a path
     checks = [c.strip() for c in args.checks.split(",") if c.strip()] if args.checks else None
     report = diagnose(posterior, problem=problem, sims=sims, num=args.num,
                       num_samples=args.samples, checks=checks, seed=args.seed,

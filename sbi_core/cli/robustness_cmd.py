@@ -44,13 +44,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def _test_data(args: argparse.Namespace, posterior):
     """Test ``(theta, x, problem or None)`` from --sims, or simulated from the problem."""
-    from sbi_core.resolve import resolve_problem
+    from sbi_core.resolve import recorded_problem, resolve_problem
     from sbi_core.simulation import simulate
     from sbi_core.simulation_set import SimulationSet
 
     if args.num < 2:
         raise ValueError("--num must be at least 2 (the data scale needs several observations).")
-    ref = args.problem or posterior.problem_spec.get("source")
     if args.sims:
         sims = SimulationSet.load(args.sims)
         theta, x = sims.training_data(warn=False)
@@ -60,16 +59,36 @@ def _test_data(args: argparse.Namespace, posterior):
         if theta.shape[1] != posterior.dim:
             raise ValueError(f"{args.sims} holds theta with {theta.shape[1]} parameters, but the "
                              f"model has {posterior.dim}.")
-        ref = args.problem or sims.provenance.get("problem_source") or ref
-        problem = resolve_problem(ref) if ref else None
+        if args.problem:
+            problem = resolve_problem(args.problem)
+        else:  # only the predictive check needs it: a recorded code path is shown, not run
+            problem = _recorded_or_none(sims.provenance.get("problem_source"), args.sims) \
+                or _recorded_or_none(posterior.problem_spec.get("source"), args.model)
         return theta[:args.num], x[:args.num], problem
-    if not ref:
+    if args.problem:
+        problem = resolve_problem(args.problem)
+    else:
+        problem = recorded_problem(posterior.problem_spec.get("source"), args.model)
+    if problem is None:
         raise ValueError("The model does not record its problem; pass --sims FILE with test "
                          "simulations or --problem PROBLEM.")
-    problem = resolve_problem(ref)
     sims = simulate(problem, args.num, seed=10_000 + args.seed, progress=False)
     theta, x = sims.training_data(warn=False)
     return theta, x, problem
+
+
+def _recorded_or_none(ref, where):
+    """The recorded built-in problem, or None (with a note) for a recorded code path."""
+    import sys
+
+    from sbi_core.resolve import RecordedProblemError, recorded_problem
+
+    try:
+        return recorded_problem(ref, where)
+    except RecordedProblemError as err:
+        print(f"[sbi-core] note: {err} Without it the predictive check is skipped.",
+              file=sys.stderr)
+        return None
 
 
 def run(args: argparse.Namespace) -> int:
