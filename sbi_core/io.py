@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -10,71 +11,165 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["read_observations", "write_samples_csv", "read_samples_csv"]
+from sbi_core.atomic import atomic_write
+
+__all__ = ["read_observations", "parse_csv_observations", "write_samples_csv",
+           "read_samples_csv", "write_json"]
+
+#: Largest observation file read into memory (bytes); larger data belong in a .npy.
+MAX_TEXT_BYTES = 512 * 2**20
 
 
 def read_observations(path: str | Path, x_shape: tuple[int, ...]) -> Tensor:
-    """Read one or several observations from ``.csv`` or ``.npy`` → ``(B, *x_shape)``.
+    """Read one or several observations from ``.csv``, ``.npy`` or ``.json`` → ``(B, *x_shape)``.
 
-    A CSV holds one observation per row (flattened; an optional header line is skipped).
-    A ``.npy`` holds ``x_shape`` (one observation) or ``(B, *x_shape)``.
+    A CSV holds one observation per row (flattened). Its first line is skipped as a header
+    only if every cell is a non-numeric name; any other non-numeric value is an error naming
+    the line. A ``.npy`` holds ``x_shape`` (one observation) or ``(B, *x_shape)``; a ``.json``
+    holds the same as nested lists of numbers. The number of observations is never changed
+    silently: a file either parses completely or raises ``ValueError``.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; pass an observation file (.csv, .npy or .json).")
     if not path.is_file():
         raise FileNotFoundError(f"No observation file at {path}.")
-    size = math.prod(x_shape)
     if path.suffix == ".npy":
         try:
             arr = np.load(path, allow_pickle=False)
-        except ValueError as err:
+        except (ValueError, OSError, EOFError) as err:
             raise ValueError(f"{path} is not a plain numeric .npy file: {err}") from err
-    elif path.suffix in (".csv", ".txt"):
-        rows = []
-        with open(path, newline="") as fh:
-            for i, row in enumerate(csv.reader(fh)):
-                if not row or all(not c.strip() for c in row):
-                    continue
-                try:
-                    rows.append([float(c) for c in row])
-                except ValueError:
-                    if i == 0:
-                        continue  # header line
-                    raise ValueError(f"{path}, line {i + 1}: non-numeric value in {row}.") from None
-        if not rows:
-            raise ValueError(f"{path} holds no observations.")
-        widths = {len(r) for r in rows}
-        if len(widths) != 1:
-            raise ValueError(f"{path}: rows have different numbers of values {sorted(widths)}.")
-        arr = np.asarray(rows, dtype=np.float32)
+        if arr.dtype.kind not in "biuf":
+            raise ValueError(f"{path} holds {arr.dtype} values; observations must be numbers.")
+    elif path.suffix in (".csv", ".txt", ".json"):
+        if path.stat().st_size > MAX_TEXT_BYTES:
+            raise ValueError(f"{path} is larger than {MAX_TEXT_BYTES // 2**20} MiB; store many "
+                             "observations as a .npy file.")
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path} is not a text file ({err.reason}); observations must be "
+                             "a .csv, .npy or .json file.") from err
+        if path.suffix == ".json":
+            arr = _parse_json(text, str(path))
+        else:
+            arr = parse_csv_observations(text, str(path))
     else:
-        raise ValueError(f"Observations must be a .csv or .npy file, got {path.name}.")
+        raise ValueError(f"Observations must be a .csv, .npy or .json file, got {path.name}.")
+    return _to_observations(arr, x_shape, str(path))
+
+
+def parse_csv_observations(text: str, name: str = "CSV") -> np.ndarray:
+    """Rows of a CSV text → ``(rows, values)`` float32; header rule as in :func:`read_observations`."""
+    rows: list[list[float]] = []
+    first = True
+    try:
+        lines = list(csv.reader(text.splitlines()))
+    except csv.Error as err:
+        raise ValueError(f"{name} is not a valid CSV file: {err}") from err
+    header_width = None
+    for i, row in enumerate(lines):
+        if not row or all(not c.strip() for c in row):
+            continue
+        values = [_number(c) for c in row]
+        if first and all(v is None and _is_name(c) for v, c in zip(values, row)):
+            header_width = len(row)
+            first = False
+            continue
+        first = False
+        bad = [c for v, c in zip(values, row) if v is None]
+        if bad:
+            raise ValueError(f"{name}, line {i + 1}: non-numeric value {bad[0].strip()!r} in "
+                             f"{row}. Only a first line made entirely of column names is "
+                             "skipped as a header.")
+        rows.append(values)  # type: ignore[arg-type]
+    if not rows:
+        raise ValueError(f"{name} holds no observations.")
+    widths = {len(r) for r in rows}
+    if len(widths) != 1:
+        raise ValueError(f"{name}: rows have different numbers of values {sorted(widths)}.")
+    if header_width is not None and header_width != len(rows[0]):
+        raise ValueError(f"{name}: the header has {header_width} columns but the rows have "
+                         f"{len(rows[0])} values.")
+    return np.asarray(rows, dtype=np.float32)
+
+
+def _number(cell: str) -> float | None:
+    try:
+        return float(cell)
+    except ValueError:
+        return None
+
+
+def _is_name(cell: str) -> bool:
+    """A header cell: non-empty text starting with a letter or underscore."""
+    cell = cell.strip()
+    return bool(cell) and (cell[0].isalpha() or cell[0] == "_")
+
+
+def _parse_json(text: str, name: str) -> np.ndarray:
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{name} is not valid JSON: {err}") from err
+    if isinstance(value, dict):
+        keys = [k for k in ("xs", "x") if k in value]
+        if len(keys) != 1:
+            raise ValueError(f"{name}: a JSON object must hold exactly one of 'x' (one "
+                             "observation) or 'xs' (several).")
+        value = value[keys[0]]
+    try:
+        arr = np.asarray(value, dtype=np.float32)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{name}: observations must be a (nested) list of numbers of equal "
+                         f"lengths ({err}).") from err
+    return arr
+
+
+def _to_observations(arr: np.ndarray, x_shape: tuple[int, ...], name: str) -> Tensor:
+    size = math.prod(x_shape)
     arr = np.asarray(arr, dtype=np.float32)
+    if arr.size == 0:
+        raise ValueError(f"{name} holds no observations (an empty array of shape {arr.shape}).")
     if tuple(arr.shape) == tuple(x_shape):
         arr = arr[None]
     elif (arr.ndim >= 2 and math.prod(arr.shape[1:]) == size) or (arr.ndim == 1 and arr.size == size):
         arr = arr.reshape(-1, *x_shape)
     else:
         raise ValueError(
-            f"{path} holds an array of shape {arr.shape}; expected one observation of shape "
+            f"{name} holds an array of shape {arr.shape}; expected one observation of shape "
             f"{tuple(x_shape)} or several, one per row ({size} values each)."
         )
-    return torch.from_numpy(arr)
+    return torch.from_numpy(np.ascontiguousarray(arr))
 
 
 def write_samples_csv(path: str | Path, samples: Tensor, param_names: list[str],
                       observation_index: bool = True) -> Path:
-    """Write samples ``(n, B, D)`` to CSV with an ``observation`` column and parameter names."""
+    """Write samples ``(n, B, D)`` to CSV with an ``observation`` column and parameter names.
+
+    Written atomically: a crash leaves the previous file or none, never a partial CSV.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     n, b, d = samples.shape
-    flat = samples.permute(1, 0, 2).reshape(b * n, d).numpy()
-    obs = np.repeat(np.arange(b), n)
-    with open(path, "w", newline="") as fh:
+    flat = samples.detach().cpu().permute(1, 0, 2).reshape(b * n, d).numpy()
+    header = (["observation"] if observation_index else []) + list(param_names)
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow((["observation"] if observation_index else []) + list(param_names))
-        for i in range(b * n):
-            writer.writerow(([int(obs[i])] if observation_index else []) +
-                            [f"{v:.7g}" for v in flat[i]])
+        writer.writerow(header)
+        if observation_index:
+            obs = np.repeat(np.arange(b), n)
+            np.savetxt(fh, np.column_stack([obs, flat]),
+                       fmt=["%d"] + ["%.7g"] * d, delimiter=",")
+        else:
+            np.savetxt(fh, flat, fmt="%.7g", delimiter=",")
+    return path
+
+
+def write_json(path: str | Path, value) -> Path:
+    """Write ``value`` as indented JSON, atomically."""
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(value, indent=1))
     return path
 
 
@@ -84,7 +179,7 @@ def read_samples_csv(path: str | Path) -> tuple[list[str], Tensor]:
         reader = csv.reader(fh)
         header = next(reader)
         rows = [[float(c) for c in r] for r in reader if r]
-    data = torch.tensor(rows, dtype=torch.float32)
+    data = torch.tensor(rows, dtype=torch.float32).reshape(len(rows), len(header))
     if header and header[0] == "observation":
         return header[1:], data[:, 1:]
     return header, data

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from sbi_core.atomic import atomic_write
 from sbi_core.methods import get_method
 from sbi_core.posterior import Posterior
 from sbi_core.priors import prior_from_spec
@@ -49,9 +50,8 @@ def save(posterior: Posterior, path: str | Path) -> Path:
         "history": _plain(posterior.history),
         "diagnostics": _plain(posterior.diagnostics),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sbi_core.atomic import atomic_write
+
 __all__ = ["SimulationSet", "SIMULATIONS_FORMAT"]
 
 SIMULATIONS_FORMAT = "sbi-core-simulations"
@@ -117,7 +119,9 @@ class SimulationSet:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".npz":
-            np.savez(path, theta=self.theta.numpy(), x=self.x.numpy(), valid=self.valid.numpy())
+            with atomic_write(path) as tmp:  # tmp ends in .npz, so numpy adds no suffix
+                np.savez(tmp, theta=self.theta.numpy(), x=self.x.numpy(),
+                         valid=self.valid.numpy())
             return path
         payload = {
             "format": SIMULATIONS_FORMAT,
@@ -127,9 +131,8 @@ class SimulationSet:
             "valid": self.valid,
             "provenance": _plain(self.provenance),
         }
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(payload, tmp)
-        tmp.replace(path)  # atomic: a crash never leaves a half-written file
+        with atomic_write(path) as tmp:  # a crash never leaves a half-written file
+            torch.save(payload, tmp)
         return path
 
     @classmethod

@@ -16,6 +16,7 @@ gradients are averaged by :class:`torch.nn.parallel.DistributedDataParallel`.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -55,6 +56,42 @@ class TrainConfig:
     lr_decay_on_plateau: bool = True
     distributed: bool = False
     num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        check_train_config(self)
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """Raise ``ValueError`` naming the setting and its valid range for any bad value."""
+
+    def bad(name: str, rule: str) -> ValueError:
+        return ValueError(f"TrainConfig.{name} must be {rule}; got {getattr(cfg, name)!r}.")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+    def is_num(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    for name in ("batch_size", "max_epochs", "stop_after_epochs"):
+        if not is_int(getattr(cfg, name)) or getattr(cfg, name) < 1:
+            raise bad(name, "an integer >= 1")
+    if not is_num(cfg.learning_rate) or cfg.learning_rate <= 0:
+        raise bad("learning_rate", "a finite number > 0")
+    if not is_num(cfg.validation_fraction) or not 0 < cfg.validation_fraction < 1:
+        raise bad("validation_fraction", "a number strictly between 0 and 1")
+    if not is_num(cfg.min_delta) or cfg.min_delta < 0:
+        raise bad("min_delta", "a finite number >= 0")
+    if cfg.max_seconds is not None and (not isinstance(cfg.max_seconds, (int, float))
+                                        or isinstance(cfg.max_seconds, bool)
+                                        or not cfg.max_seconds > 0):
+        raise bad("max_seconds", "a number > 0 or None")
+    if cfg.clip_max_norm is not None and (not is_num(cfg.clip_max_norm) or cfg.clip_max_norm <= 0):
+        raise bad("clip_max_norm", "a finite number > 0 or None")
+    if cfg.num_threads is not None and (not is_int(cfg.num_threads) or cfg.num_threads < 1):
+        raise bad("num_threads", "an integer >= 1 or None (keep torch's setting)")
+    if not is_int(cfg.seed):
+        raise bad("seed", "an integer")
 
 
 @runtime_checkable

@@ -68,8 +68,14 @@ def test_user_problem_from_file(tmp_path, capsys):
     sims = tmp_path / "s.pt"
     assert main(["simulate", f"{tmp_path / 'my_model.py'}:make", "--num", "300", "--out",
                  str(sims), "--quiet"]) == 0
+    # the problem recorded in the simulation file is a code path: shown, never imported
+    ref = f"{tmp_path / 'my_model.py'}:make"
+    capsys.readouterr()
     assert main(["train", "--sims", str(sims), "--out", str(tmp_path / "m.pt"), "--max-epochs",
-                 "3", "--quiet"]) == 0
+                 "3", "--quiet"]) == 2
+    assert f"--problem {ref}" in capsys.readouterr().err
+    assert main(["train", "--sims", str(sims), "--problem", ref, "--out", str(tmp_path / "m.pt"),
+                 "--max-epochs", "3", "--quiet"]) == 0
     assert main(["simulate", "no_such_problem", "--num", "3", "--out", str(sims)]) == 2
     assert "Unknown problem" in capsys.readouterr().err
 

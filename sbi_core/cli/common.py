@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,3 +52,55 @@ def problem_for_sims_provenance(provenance: dict, problem_ref: str | None,
             "--problem PROBLEM so its prior applies."
         )
     return problem
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = _parse(text, int, "an integer")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = _parse(text, int, "an integer")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    value = _parse(text, float, "a number")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    value = _parse(text, float, "a number")
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def _parse(text: str, kind: type, what: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+
+
+def add_force(p: argparse.ArgumentParser) -> None:
+    """The ``--force`` flag of subcommands that write files."""
+    p.add_argument("--force", action="store_true",
+                   help="overwrite an existing output file of another kind")
+
+
+def problem_file(ref: str | None) -> str | None:
+    """The ``.py`` file named by a PROBLEM argument (an input no output may overwrite)."""
+    if ref and ":" in ref and ref.rsplit(":", 1)[0].endswith(".py"):
+        return ref.rsplit(":", 1)[0]
+    return None

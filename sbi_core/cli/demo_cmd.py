@@ -36,13 +36,16 @@ def run(args: argparse.Namespace) -> int:
 
     from diagnostics.c2st import c2st
     from diagnostics.plots import pairplot
+    from sbi_core.atomic import check_output
     from sbi_core.cli.common import step
     from sbi_core.inference import fit
     from sbi_core.resolve import resolve_problem
     from sbi_core.serialization import save
     from sbi_core.simulation import simulate
 
-    out = Path(args.out)
+    out = check_output(args.out, "directory")
+    if args.num_simulations < 10 or args.num_samples < 1:
+        raise ValueError("--num-simulations must be at least 10 and --num-samples at least 1.")
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     problem = resolve_problem(args.problem)

@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sbi_core.cli.common import PROBLEM_HELP
+from sbi_core.cli.common import PROBLEM_HELP, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -25,8 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                   "training set); .pt from `sbi-core simulate` or .npz")
     p.add_argument("--problem", help=f"simulate test pairs from this problem (default: the one "
                                      f"recorded in the model): {PROBLEM_HELP}")
-    p.add_argument("--num", type=int, default=200, help="number of test pairs (default 200)")
-    p.add_argument("--samples", type=int, default=1000,
+    p.add_argument("--num", type=positive_int, default=200,
+                   help="number of test pairs (default 200)")
+    p.add_argument("--samples", type=positive_int, default=1000,
                    help="posterior samples per test observation (default 1000)")
     p.add_argument("--checks", help="comma-separated subset of checks "
                                     "(tarp,tarp_x,sbc,coverage,reference,predictive)")
@@ -41,12 +42,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from diagnostics.report import diagnose
+    from sbi_core.atomic import check_output
+    from sbi_core.cli.common import problem_file
+    from sbi_core.io import write_json
     from sbi_core.resolve import recorded_problem, resolve_problem
     from sbi_core.serialization import load
     from sbi_core.simulation_set import SimulationSet
 
-    if args.num < 1 or args.samples < 1:
-        raise ValueError("--num and --samples must be positive.")
+    out = Path(args.out) if args.out else Path(args.model).with_name(
+        Path(args.model).stem + "_diagnostics")
+    check_output(out, "directory", inputs=[args.model, args.sims, problem_file(args.problem)])
     posterior = load(args.model)
     sims = SimulationSet.load(args.sims) if args.sims else None
     if args.problem:
@@ -65,10 +70,8 @@ def run(args: argparse.Namespace) -> int:
     report = diagnose(posterior, problem=problem, sims=sims, num=args.num,
                       num_samples=args.samples, checks=checks, seed=args.seed,
                       progress=not args.quiet)
-    out = Path(args.out) if args.out else Path(args.model).with_name(
-        Path(args.model).stem + "_diagnostics")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report.to_dict(), indent=1))
+    write_json(out / "report.json", report.to_dict())
     figures = report.plots(out)
     if args.save:
         report.save(args.model)

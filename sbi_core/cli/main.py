@@ -2,49 +2,87 @@
 
 Each subcommand lives in its own module ``sbi_core/cli/<name>_cmd.py`` exposing
 ``add_parser(subparsers)`` and ``run(args) -> int``; add new ones to ``COMMANDS``.
-Errors a user can fix (bad files, shapes, names) print one clear line, not a traceback.
+No Python traceback reaches a user: every error prints one line naming the problem and
+the fix (exit 2 for bad input, 1 for an internal error, 130 for Ctrl-C); ``--debug`` (or
+``SBI_CORE_DEBUG=1``) re-raises to show the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
-
-from sbi_core.posterior import ObservationError, SamplingError
 
 COMMANDS = ["demo", "simulate", "train", "sample", "diagnose", "robustness", "reference",
             "benchmark", "serve"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line (exit 2), not usage + message."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sbi-core",
         description="Simulation-based inference: simulate, train amortized posteriors, sample, "
                     "check calibration.",
     )
+    parser.add_argument("--debug", dest="debug_top", action="store_true",
+                        help="show Python tracebacks of errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         module = importlib.import_module(f"sbi_core.cli.{name}_cmd")
         sp = module.add_parser(sub)
+        sp.add_argument("--debug", action="store_true", help="show Python tracebacks of errors")
         sp.set_defaults(_run=module.run)
     return parser
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input (files, values, names): exit 2 with their message."""
+    from sbi_core.posterior import ObservationError, SamplingError
+
+    return (ValueError, TypeError, KeyError, IndexError, OSError, ObservationError,
+            SamplingError, ZeroDivisionError)
+
+
+def _message(err: BaseException) -> str:
+    text = str(err) if not isinstance(err, KeyError) else f"missing entry {err}"
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        text = f"{err.filename}: {err.strerror}"
+    text = " ".join(text.split()) or type(err).__name__
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        if exit_.code in (0, None):
+            raise  # --help
+        return int(exit_.code) if isinstance(exit_.code, int) else 2
     if not getattr(args, "_run", None):
         parser.print_help()
         return 1
+    debug = args.debug or args.debug_top or os.environ.get("SBI_CORE_DEBUG") == "1"
     try:
         return int(args._run(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, ObservationError, SamplingError) as err:
-        print(f"sbi-core {args.command}: error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"sbi-core {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        if debug:
+            raise
+        user = isinstance(err, _user_errors())
+        kind = "error" if user else f"internal error ({type(err).__name__})"
+        hint = "" if user else " (rerun with --debug for the traceback and please report it)"
+        print(f"sbi-core {args.command}: {kind}: {_message(err)}{hint}", file=sys.stderr)
+        return 2 if user else 1
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from sbi_core.cli.common import PROBLEM_HELP
+from sbi_core.cli.common import PROBLEM_HELP, add_force, positive_float, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -20,25 +20,26 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "of the same norm, the coverage of the attacked posteriors and their "
                     "posterior predictives.")
     p.add_argument("model", metavar="MODEL", help="model file from `sbi-core train`")
-    p.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.5, 1.0, 2.0],
+    p.add_argument("--eps", type=positive_float, nargs="+", default=[0.1, 0.5, 1.0, 2.0],
                    help="relative budgets: eps times the observations' spread (default: "
                         "0.1 0.5 1 2)")
     p.add_argument("--sims", help="test simulations (file from `sbi-core simulate` or .npz)")
     p.add_argument("--problem", help=f"problem to simulate test observations from: {PROBLEM_HELP} "
                                      "(default: the model's problem)")
-    p.add_argument("--num", type=int, default=100, help="number of test observations")
+    p.add_argument("--num", type=positive_int, default=100, help="number of test observations")
     p.add_argument("--norm", choices=["l2", "linf"], default="l2")
     p.add_argument("--attack-loss", choices=["rkl", "fkl", "mmd", "nll"], default="rkl",
                    help="what the attack maximizes (default: reverse KL)")
     p.add_argument("--metric", choices=["rkl", "fkl", "mmd"], default="rkl",
                    help="divergence reported (default: reverse KL)")
-    p.add_argument("--steps", type=int, help="PGD iterations (default 200 for l2, 120 for linf)")
-    p.add_argument("--num-samples", type=int, default=256,
+    p.add_argument("--steps", type=positive_int, help="PGD iterations (default 200 for l2, 120 for linf)")
+    p.add_argument("--num-samples", type=positive_int, default=256,
                    help="Monte Carlo samples per observation for the reported divergence")
     p.add_argument("--no-predictive", action="store_true",
                    help="skip posterior predictive simulations")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write the full report as JSON here")
+    add_force(p)
     return p
 
 
@@ -93,8 +94,14 @@ def _recorded_or_none(ref, where):
 
 def run(args: argparse.Namespace) -> int:
     from diagnostics.robustness import robustness_report
+    from sbi_core.atomic import check_output
+    from sbi_core.cli.common import problem_file
+    from sbi_core.io import write_json
     from sbi_core.serialization import load
 
+    if args.out:
+        check_output(args.out, "json", inputs=[args.model, args.sims, problem_file(args.problem)],
+                     force=args.force)
     posterior = load(args.model)
     theta, x, problem = _test_data(args, posterior)
     simulator = None if (args.no_predictive or problem is None) else problem.simulator
@@ -103,8 +110,7 @@ def run(args: argparse.Namespace) -> int:
                                steps=args.steps, num_samples=args.num_samples,
                                simulator=simulator, seed=args.seed)
     if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(report, fh, indent=2)
+        write_json(args.out, report)
     print(f"[sbi-core] robustness of {args.model}: {report['num_observations']} observations, "
           f"{args.norm} attack maximizing {args.attack_loss}, metric {args.metric}")
     header = f"{'eps':>6} {'mean':>9} {'q95':>9} {'noise':>9} {'x noise':>8}"

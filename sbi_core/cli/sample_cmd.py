@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from sbi_core.cli.common import add_force, nonnegative_int, positive_int
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="draw posterior samples for observations",
@@ -12,23 +14,28 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                    "or .npy file (one per row) and write a CSV with an "
                                    "'observation' column and the parameter names.")
     p.add_argument("model", metavar="MODEL", help="model file from `sbi-core train`")
-    p.add_argument("--x", required=True, help=".csv or .npy with one observation per row")
-    p.add_argument("--num", type=int, default=1000, help="samples per observation")
+    p.add_argument("--x", required=True,
+                   help=".csv, .npy or .json with one observation per row")
+    p.add_argument("--num", type=positive_int, default=1000, help="samples per observation")
     p.add_argument("--out", required=True, help="CSV file to write")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--iid", action="store_true",
                    help="treat the rows as one set of iid observations of the same parameters")
     p.add_argument("--mcmc-method", choices=["slice", "hmc"],
                    help="MCMC sampler of likelihood/ratio posteriors (nle, nre, ...)")
-    p.add_argument("--num-chains", type=int, help="MCMC chains per observation")
-    p.add_argument("--warmup-steps", type=int, help="MCMC warm-up transitions per chain")
+    p.add_argument("--num-chains", type=positive_int, help="MCMC chains per observation")
+    p.add_argument("--warmup-steps", type=nonnegative_int,
+                   help="MCMC warm-up transitions per chain")
+    add_force(p)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    from sbi_core.atomic import check_output
     from sbi_core.io import read_observations, write_samples_csv
     from sbi_core.serialization import load
 
+    out = check_output(args.out, "csv", inputs=[args.model, args.x], force=args.force)
     posterior = load(args.model)
     xs = read_observations(args.x, posterior.x_shape)
     mcmc = {k: v for k, v in {"method": args.mcmc_method, "num_chains": args.num_chains,
@@ -46,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         samples = posterior.sample((args.num,), x=xs, seed=args.seed, **mcmc)[:, None, :]
     else:
         samples = posterior.sample_batched((args.num,), xs, seed=args.seed, **mcmc)
-    write_samples_csv(args.out, samples, posterior.param_names)
+    write_samples_csv(out, samples, posterior.param_names)
     print(json.dumps({"out": str(args.out), "observations": int(samples.shape[1]),
                       "samples_per_observation": args.num}))
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from sbi_core.cli.common import PROBLEM_HELP
+from sbi_core.cli.common import PROBLEM_HELP, add_force, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        description="Draw parameters from the prior, simulate, and save a "
                                    "simulation file (.pt, or .npz).")
     p.add_argument("problem", metavar="PROBLEM", help=PROBLEM_HELP)
-    p.add_argument("--num", type=int, required=True, help="number of simulations")
+    p.add_argument("--num", type=positive_int, required=True, help="number of simulations")
     p.add_argument("--seed", type=int, default=0, help="seed (results do not depend on --workers)")
     p.add_argument("--out", required=True,
                    help="output file (.pt or .npz), or a resumable zarr store (PATH.zarr)")
@@ -26,16 +26,21 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--dask", metavar="ADDRESS",
                    help="run chunks on Dask: tcp://HOST:PORT of a scheduler, or local:N")
     p.add_argument("--workers", type=int, default=1, help="local worker processes (-1: all cores)")
-    p.add_argument("--chunk-size", type=int, default=1000, help="simulations per chunk")
+    p.add_argument("--chunk-size", type=positive_int, default=1000, help="simulations per chunk")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_force(p)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    from sbi_core.atomic import check_output
+    from sbi_core.cli.common import problem_file
     from sbi_core.resolve import resolve_problem
     from sbi_core.simulation import simulate
 
     is_store = str(args.out).rstrip("/").endswith(".zarr")
+    check_output(args.out, "zarr" if is_store else "simulations",
+                 inputs=[problem_file(args.problem)], force=args.force)
     if args.resume and not is_store:
         raise ValueError("--resume needs a zarr store: --out PATH.zarr.")
     if args.dask and args.workers != 1:

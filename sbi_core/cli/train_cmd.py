@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from sbi_core.cli.common import PROBLEM_HELP
+from sbi_core.cli.common import (PROBLEM_HELP, add_force, nonnegative_float, positive_float,
+                                 positive_int)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -29,32 +30,41 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--theta-transform", choices=["unconstrained"],
                    help="NPE: learn the posterior in the prior's unconstrained space (samples "
                         "always inside a bounded prior: no rejection, no leakage)")
-    p.add_argument("--max-epochs", type=int)
-    p.add_argument("--max-seconds", type=float, help="wall-time cap on training")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--max-epochs", type=positive_int)
+    p.add_argument("--max-seconds", type=positive_float, help="wall-time cap on training")
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--learning-rate", type=positive_float)
     p.add_argument("--regularizer", choices=["fim", "noise"],
                    help="NPE adversarial defense: FIM-trace regularizer or noise augmentation "
                         "(see docs/robustness.md)")
-    p.add_argument("--beta", type=float, help="weight of the FIM-trace regularizer (0.05)")
-    p.add_argument("--fim-samples", type=int, help="Monte Carlo samples of the FIM trace (5)")
-    p.add_argument("--fim-ema", type=float, help="EMA weight of the newest FIM gradient (0.85)")
-    p.add_argument("--noise-eps", type=float,
+    p.add_argument("--beta", type=nonnegative_float,
+                   help="weight of the FIM-trace regularizer (0.05)")
+    p.add_argument("--fim-samples", type=positive_int,
+                   help="Monte Carlo samples of the FIM trace (5)")
+    p.add_argument("--fim-ema", type=positive_float,
+                   help="EMA weight of the newest FIM gradient (0.85)")
+    p.add_argument("--noise-eps", type=positive_float,
                    help="noise augmentation radius relative to the data scale (0.2)")
     p.add_argument("--stream", action="store_true",
                    help="stream a PATH.zarr store from disk instead of loading it into memory")
     p.add_argument("--ddp", action="store_true",
                    help="data-parallel training under torchrun (gloo on CPU, NCCL on GPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_force(p)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from sbi_core.cli.common import problem_for_sims, problem_for_sims_provenance
+    from sbi_core.atomic import check_output
+    from sbi_core.cli.common import problem_file, problem_for_sims, problem_for_sims_provenance
     from sbi_core.inference import fit
     from sbi_core.serialization import save
     from sbi_core.simulation_set import SimulationSet
 
+    out = check_output(args.out, "model", inputs=[args.sims, problem_file(args.problem)],
+                       force=args.force)
+    if args.fim_ema is not None and args.fim_ema > 1:
+        raise ValueError(f"--fim-ema must be in (0, 1], got {args.fim_ema}.")
     device, main_process = args.device, True
     if args.ddp:
         from sbi_core.distributed import init_distributed, is_main_process
@@ -68,11 +78,11 @@ def run(args: argparse.Namespace) -> int:
         from sbi_core.stores import SimulationStore
 
         store = SimulationStore(args.sims)
-        problem = problem_for_sims_provenance(store.provenance(), args.problem)
+        problem = problem_for_sims_provenance(store.provenance(), args.problem, args.sims)
         sims = args.sims
     else:
         sims = SimulationSet.load(args.sims)
-        problem = problem_for_sims(sims, args.problem)
+        problem = problem_for_sims(sims, args.problem, args.sims)
     options = {k: v for k, v in {
         "flow": args.flow, "theta_transform": args.theta_transform, "max_epochs": args.max_epochs, "max_seconds": args.max_seconds,
         "batch_size": args.batch_size, "learning_rate": args.learning_rate,
@@ -89,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         shutdown_distributed()
     if not main_process:
         return 0
-    save(posterior, args.out)
+    save(posterior, out)
     h = posterior.history
     print(json.dumps({"out": str(args.out), "method": args.method, "epochs": h.get("epochs"),
                       "train_seconds": round(h.get("seconds", 0.0), 2),

@@ -1,0 +1,130 @@
+"""Safe output files: refuse to clobber inputs or other kinds of files, write atomically.
+
+Every writer (``sbi_core.save``, ``SimulationSet.save``, the CLI subcommands) goes through
+:func:`atomic_write`, so a crash leaves either the old file or the complete new one, never
+a half-written model or CSV; the CLI checks ``--out`` with :func:`check_output` first.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["OutputPathError", "check_output", "file_kind", "atomic_write"]
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+#: What each kind of file is called in messages.
+KIND_NAMES = {"model": "an sbi-core model file", "simulations": "a simulation file",
+              "csv": "a CSV file", "json": "a JSON file", "directory": "a folder",
+              "zarr": "a zarr simulation store", "png": "an image", "other": "a file"}
+
+
+class OutputPathError(ValueError):
+    """An output path that would destroy an input or a file of another kind."""
+
+
+def file_kind(path: str | os.PathLike) -> str:
+    """What an existing ``path`` holds: model, simulations, csv, json, zarr, directory, other.
+
+    Sniffs the content without running code (torch archives are read with
+    ``weights_only=True`` and memory-mapped).
+    """
+    path = Path(path)
+    if path.is_dir():
+        return "zarr" if path.suffix == ".zarr" or (path / ".zgroup").exists() \
+            or (path / "zarr.json").exists() else "directory"
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return "other"
+    if head.startswith(b"\x89PNG"):
+        return "png"
+    if zipfile.is_zipfile(path):
+        if path.suffix == ".npz":
+            return "simulations"
+        try:
+            import torch
+
+            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:
+            return "other"
+        fmt = payload.get("format") if isinstance(payload, dict) else None
+        return {"sbi-core-model": "model", "sbi-core-simulations": "simulations"}.get(fmt, "other")
+    if path.suffix == ".json":
+        return "json"
+    if path.suffix in (".csv", ".txt"):
+        return "csv"
+    return "other"
+
+
+def check_output(path: str | os.PathLike, kind: str, inputs: Iterable[str | os.PathLike | None] = (),
+                 force: bool = False, flag: str = "--out") -> Path:
+    """Check that writing ``kind`` to ``path`` destroys nothing; returns ``Path(path)``.
+
+    Refuses an output that is one of ``inputs`` (always), a folder where a file is written (or
+    a file where a folder is written), and an existing file of another kind unless ``force``.
+    """
+    out = Path(path)
+    for inp in inputs:
+        if inp is not None and _same(out, Path(inp)):
+            raise OutputPathError(f"{flag} {out} is also an input; write to another path "
+                                  "(the input would be overwritten).")
+    if not out.exists():
+        return out
+    existing = file_kind(out)
+    if kind == "directory":
+        if existing != "directory":
+            raise OutputPathError(f"{flag} {out} is {KIND_NAMES[existing]}, not a folder; pass a "
+                                  "folder path.")
+        return out
+    if existing == "directory":
+        raise OutputPathError(f"{flag} {out} is a folder; pass a file path (e.g. "
+                              f"{out / ('out.' + _suffix(kind))}).")
+    if existing != kind and not force:
+        raise OutputPathError(f"{flag} {out} already exists and is {KIND_NAMES[existing]}, not "
+                              f"{KIND_NAMES.get(kind, kind)}; choose another path or pass --force "
+                              "to overwrite it.")
+    return out
+
+
+def _suffix(kind: str) -> str:
+    return {"model": "pt", "simulations": "pt", "csv": "csv", "json": "json"}.get(kind, "out")
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return a.samefile(b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success rename it over ``path``.
+
+    On any exception (or Ctrl-C) the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"{path} is a folder; pass a file path.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix,
+                                    dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
