@@ -15,6 +15,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import platform
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -109,6 +110,8 @@ _WORKER_PROBLEM: Problem | None = None
 
 def _worker_init() -> None:
     torch.set_num_threads(1)
+    # Ctrl-C reaches the whole process group: workers stay quiet, the parent reports it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _worker_chunk(task: tuple[int, int, int]) -> ChunkResult:

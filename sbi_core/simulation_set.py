@@ -149,6 +149,9 @@ class SimulationSet:
                         f"{path} lacks arrays {sorted(missing)}; an .npz needs 'theta' (N, D) and "
                         f"'x' (N, ...); it has {data.files}."
                     )
+                if data["theta"].ndim == 0 or data["theta"].shape[0] == 0:
+                    raise ValueError(f"{path} holds no simulations (theta has shape "
+                                     f"{data['theta'].shape}); simulate some first.")
                 return cls.from_arrays(data["theta"], data["x"], {"source_file": str(path)})
         if path.suffix == ".zarr" or path.is_dir():
             from sbi_core.stores import load_store  # optional extra (zarr)
