@@ -64,8 +64,9 @@ def file_kind(path: str | os.PathLike) -> str:
     return "other"
 
 
-def check_output(path: str | os.PathLike, kind: str, inputs: Iterable[str | os.PathLike | None] = (),
-                 force: bool = False, flag: str = "--out") -> Path:
+def check_output(path: str | os.PathLike, kind: str,
+                 inputs: Iterable[str | os.PathLike | None] = (), force: bool = False,
+                 flag: str = "--out") -> Path:
     """Check that writing ``kind`` to ``path`` destroys nothing; returns ``Path(path)``.
 
     Refuses an output that is one of ``inputs`` (always), a folder where a file is written (or

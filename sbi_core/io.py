@@ -60,7 +60,7 @@ def read_observations(path: str | Path, x_shape: tuple[int, ...]) -> Tensor:
 
 
 def parse_csv_observations(text: str, name: str = "CSV") -> np.ndarray:
-    """Rows of a CSV text → ``(rows, values)`` float32; header rule as in :func:`read_observations`."""
+    """CSV text → ``(rows, values)`` float32; header rule as in :func:`read_observations`."""
     rows: list[list[float]] = []
     first = True
     try:

@@ -84,8 +84,8 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise bad("min_delta", "a finite number >= 0")
     if cfg.max_seconds is not None and (not isinstance(cfg.max_seconds, (int, float))
                                         or isinstance(cfg.max_seconds, bool)
-                                        or not cfg.max_seconds > 0):
-        raise bad("max_seconds", "a number > 0 or None")
+                                        or not cfg.max_seconds >= 0):
+        raise bad("max_seconds", "a number >= 0 (0: stop after one epoch) or None")
     if cfg.clip_max_norm is not None and (not is_num(cfg.clip_max_norm) or cfg.clip_max_norm <= 0):
         raise bad("clip_max_norm", "a finite number > 0 or None")
     if cfg.num_threads is not None and (not is_int(cfg.num_threads) or cfg.num_threads < 1):

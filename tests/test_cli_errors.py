@@ -1,7 +1,6 @@
 """CLI outputs never destroy inputs, are written atomically, and bad arguments get one line
 (issue 15 items 4, 10, 11)."""
 
-import json
 import os
 import signal
 import subprocess
@@ -11,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from sbi_core.atomic import OutputPathError, atomic_write, check_output
 from sbi_core.cli.main import main

@@ -32,7 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="what the attack maximizes (default: reverse KL)")
     p.add_argument("--metric", choices=["rkl", "fkl", "mmd"], default="rkl",
                    help="divergence reported (default: reverse KL)")
-    p.add_argument("--steps", type=positive_int, help="PGD iterations (default 200 for l2, 120 for linf)")
+    p.add_argument("--steps", type=positive_int,
+                   help="PGD iterations (default 200 for l2, 120 for linf)")
     p.add_argument("--num-samples", type=positive_int, default=256,
                    help="Monte Carlo samples per observation for the reported divergence")
     p.add_argument("--no-predictive", action="store_true",
