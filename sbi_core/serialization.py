@@ -107,9 +107,15 @@ def load(path: str | Path, device: str = "cpu") -> Posterior:
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise ModelFileError(f"{path} is damaged: its prior spec is invalid ({err}). Re-save the "
                              "model or retrain it.") from err
-    posterior = method.make_posterior(estimator, prior, problem, dict(payload.get("history") or {}),
-                                      **dict(payload.get("posterior_config") or {}))
-    posterior.diagnostics = dict(payload.get("diagnostics") or {})
+    try:
+        posterior = method.make_posterior(estimator, prior, problem,
+                                          dict(payload.get("history") or {}),
+                                          **dict(payload.get("posterior_config") or {}))
+        posterior.diagnostics = dict(payload.get("diagnostics") or {})
+    except (KeyError, TypeError, ValueError) as err:
+        raise ModelFileError(f"{path} is damaged: its problem spec or posterior settings are "
+                             f"invalid ({type(err).__name__}: {err}). Re-save the model or "
+                             "retrain it.") from err
     return posterior
 
 
@@ -142,7 +148,8 @@ def check_payload(payload: dict, path: str | Path) -> None:
         if not isinstance(value, torch.Tensor):
             raise ModelFileError(f"{path} is damaged: state_dict entry {name!r} is not a tensor.")
     _check_numbers(payload["estimator_config"], path, "estimator_config")
-    _check_numbers(payload.get("posterior_config") or {}, path, "posterior_config")
+    if not isinstance(payload.get("posterior_config") or {}, dict):
+        raise ModelFileError(f"{path} is damaged: its 'posterior_config' is not a dict.")
 
 
 def _check_numbers(value: Any, path: str | Path, where: str) -> None:

@@ -185,3 +185,20 @@ def test_diagnose_says_what_to_pass_when_nothing_is_recorded(tiny_model, tmp_pat
     assert main(["diagnose", str(model), "--num", "20"]) == 2
     err = capsys.readouterr().err
     assert "--problem" in err and "linear_gaussian" in err
+
+
+def test_any_mutated_config_value_loads_or_is_a_model_file_error(tiny_model, tmp_path):
+    base = torch.load(tiny_model[0], weights_only=True)
+    unexpected = []
+    for key in list(base["estimator_config"]):
+        for bad in [-1, "x", None, 1e30]:
+            payload = torch.load(tiny_model[0], weights_only=True)
+            payload["estimator_config"][key] = bad
+            torch.save(payload, tmp_path / "mut.pt")
+            try:
+                load(tmp_path / "mut.pt")
+            except ModelFileError:
+                pass
+            except Exception as err:  # noqa: BLE001 - collected and reported below
+                unexpected.append((key, bad, f"{type(err).__name__}: {err}"))
+    assert not unexpected, unexpected[:5]

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     from diagnostics.c2st import c2st
     from diagnostics.plots import pairplot
-    from sbi_core.atomic import check_output
+    from sbi_core.atomic import atomic_write, check_output
     from sbi_core.cli.common import step
     from sbi_core.inference import fit
     from sbi_core.resolve import resolve_problem
@@ -70,9 +70,10 @@ def run(args: argparse.Namespace) -> int:
     plot_path = out / "pairplot.png"
     with step("saving the model and the pairplot"):
         save(posterior, model_path)
-        pairplot(samples, problem.param_names, reference=reference,
-                 truth=problem.true_parameters(args.observation), path=plot_path,
-                 title=f"{problem.name}: NPE vs reference (C2ST {score:.3f})")
+        with atomic_write(plot_path) as tmp_plot:
+            pairplot(samples, problem.param_names, reference=reference,
+                     truth=problem.true_parameters(args.observation), path=tmp_plot,
+                     title=f"{problem.name}: NPE vs reference (C2ST {score:.3f})")
     summary = {
         "problem": problem.name,
         "num_simulations": args.num_simulations,
