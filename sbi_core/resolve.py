@@ -87,7 +87,7 @@ def resolve_problem(ref: str) -> Problem:
         else:
             try:
                 module = importlib.import_module(target)
-            except Exception as err:
+            except (Exception, SystemExit) as err:
                 raise ProblemFileError(
                     f"Cannot import module {target!r} (from PROBLEM {ref!r}): "
                     f"{type(err).__name__}: {err}. Check the module name and that it is on the "
@@ -97,7 +97,7 @@ def resolve_problem(ref: str) -> Problem:
             raise ValueError(f"{target} has no function {func_name!r} (from PROBLEM {ref!r}).")
         try:
             problem = factory()
-        except Exception as err:
+        except (Exception, SystemExit) as err:
             raise ProblemFileError(
                 f"{func_name}() in {target} raised {type(err).__name__}: {err} (from PROBLEM "
                 f"{ref!r}). Fix the problem function.") from err
@@ -126,7 +126,7 @@ def _import_file(path: Path, ref: str):
         sys.modules.pop(spec.name, None)
         raise ProblemFileError(
             f"{path}, line {err.lineno}: syntax error: {err.msg} (from PROBLEM {ref!r}).") from err
-    except Exception as err:
+    except (Exception, SystemExit) as err:
         sys.modules.pop(spec.name, None)
         raise ProblemFileError(
             f"Importing {path} raised {type(err).__name__}: {err} (from PROBLEM {ref!r}). "

@@ -170,6 +170,7 @@ def test_problem_file_importing_a_sibling_module(tmp_path, capsys):
     ("def problem(:\n", "syntax error"),
     ("import no_such_module_xyz\n", "ModuleNotFoundError"),
     ("def problem():\n    raise RuntimeError('boom')\n", "raised RuntimeError: boom"),
+    ("import sys\nsys.exit(3)\n", "raised SystemExit"),
 ])
 def test_problem_file_errors_are_one_line_naming_the_file(tmp_path, capsys, body, match):
     (tmp_path / "bad.py").write_text(body)
