@@ -8,7 +8,10 @@ so a task never depends on data held by one worker: when a worker dies, the sche
 reruns its chunks elsewhere, and tasks that raise are retried ``retries`` times. A chunk
 whose task keeps killing its workers (Dask gives up after
 ``distributed.scheduler.allowed-failures`` deaths, default 3, with ``KilledWorker``) is
-recorded with all rows invalid and the reason, like a dead local worker; the run goes on.
+run once more in a supervised local process on the client: a chunk that was only caught
+on a dying worker succeeds there (same seed, same result); one that kills that process
+too is recorded with all rows invalid and the reason, like a dead local worker. The run
+goes on either way.
 Chunks are deterministic in ``(index, size, seed[, theta])``, so the result equals a
 local run.
 
@@ -85,7 +88,7 @@ def dask_chunks(problem: Problem, tasks: list[tuple], address: str,
         retries: reruns of a chunk whose task raised (lost workers are rescheduled anyway).
         chunk_size: only to name the rows of a chunk recorded as failed.
     """
-    from sbi_core.chunk_processes import failed_chunk
+    from sbi_core.chunk_processes import supervised_chunks
 
     kind, n_workers = parse_address(address)
     blob = cloudpickle.dumps(problem)
@@ -109,14 +112,16 @@ def dask_chunks(problem: Problem, tasks: list[tuple], address: str,
         for future in as_completed(list(futures)):
             try:
                 result = future.result()
-            except KilledWorker as err:  # the chunk kept killing the worker processes
-                task = futures[future]
-                rows = (f"rows {task[0] * chunk_size}-{task[0] * chunk_size + task[1] - 1}"
-                        if chunk_size else f"{task[1]} rows")
-                result = failed_chunk(problem, task,
-                                      f"Dask worker processes died while simulating chunk "
-                                      f"{task[0]} ({rows}); Dask gave up after retrying "
-                                      f"({type(err).__name__})")
+            except KilledWorker:
+                # Dask gave up on this task after worker deaths; tasks that merely shared the
+                # dying worker are caught here too. Decide in one supervised local process:
+                # an innocent chunk succeeds (same seed, same result), a guilty one is recorded.
+                result = next(iter(supervised_chunks(problem, [futures[future]], 1, retries=0,
+                                                     chunk_size=chunk_size)))
+                if result.first_error and result.first_error.startswith("worker process died"):
+                    result.first_error = ("Dask worker processes died running this chunk "
+                                          "(KilledWorker); rerun in a local process: "
+                                          + result.first_error)
             future.release()
             yield result
     finally:

@@ -328,8 +328,8 @@ def simulate(
                     bar.update(res.theta.shape[0])
         except KeyboardInterrupt:
             raise KeyboardInterrupt(
-                f"simulate interrupted: {len(results)} of {len(plan)} chunks were done (kept "
-                "only in a store: pass store=PATH.zarr, then resume=True).") from None
+                f"interrupted: {len(results)} of {len(plan)} chunks were done (finished chunks "
+                "are kept only in a store: pass store=PATH.zarr, then resume=True).") from None
     ordered = [results[i] for i in range(len(plan))]
     sims = assemble(problem, ordered, seed=seed, chunk_size=chunk_size,
                     seconds=time.perf_counter() - start)
