@@ -25,7 +25,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import multiprocessing.connection as mpc
 import signal
-import threading
 import time
 import traceback
 from collections import deque
@@ -46,6 +45,8 @@ Task = tuple  # (index, size, seed) or (index, size, seed, theta (size, D) float
 def _worker_main(conn: Any, problem: Problem) -> None:
     """Worker loop: receive a task, simulate it, send back plain arrays; ``None`` stops."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    if hasattr(signal, "pthread_sigmask"):  # blocked by the parent while forking
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     torch.set_num_threads(1)
     from sbi_core.simulation import run_chunk
 
@@ -77,15 +78,16 @@ class _Worker:
 def _start_worker(ctx: Any, problem: Problem) -> _Worker:
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_worker_main, args=(child, problem), daemon=True)
-    # Ignore SIGINT while forking so that a Ctrl-C can never reach a fresh worker before it
-    # installs its own handler (signal() works only in the main thread).
-    main = threading.current_thread() is threading.main_thread()
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    # Block SIGINT while forking so that a Ctrl-C can never reach a fresh worker before it
+    # ignores SIGINT; the parent gets a signal sent meanwhile once it unblocks.
+    masked = hasattr(signal, "pthread_sigmask")
+    if masked:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         proc.start()
     finally:
-        if main:
-            signal.signal(signal.SIGINT, old)
+        if masked:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
     child.close()
     return _Worker(proc, parent)
 
