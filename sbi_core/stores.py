@@ -318,8 +318,9 @@ class SimulationStore:
         a = self.attrs
         theta = " --theta THETA_FILE" if self.theta_source == "given" else ""
         py_theta = ", theta=THETA" if self.theta_source == "given" else ""
+        problem = a.get("problem_source") or "PROBLEM"  # shown, never imported
         return (f"Re-simulate the damaged chunks with their original seeds: `sbi-core simulate "
-                f"{a.get('problem')} --num {self.num_simulations} --seed {self.seed} --chunk-size "
+                f"{problem} --num {self.num_simulations} --seed {self.seed} --chunk-size "
                 f"{self.chunk_size}{theta} --out {self.path} --resume --repair` (Python: "
                 f"simulate(problem, {self.num_simulations}, seed={self.seed}, chunk_size="
                 f"{self.chunk_size}{py_theta}, store={str(self.path)!r}, resume=True, "

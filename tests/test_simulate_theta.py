@@ -159,9 +159,9 @@ def test_cli_theta_csv_and_npy(tmp_path):
     assert out.returncode == 0, out.stderr
     b = load_store(tmp_path / "b.zarr")
     assert torch.equal(b.theta, ref.theta) and torch.equal(b.x, ref.x)
-    out = _cli("simulate", prob, "--out", str(tmp_path / "b.zarr"), "--num", "40", "--seed", "3",
-               "--chunk-size", "15", "--resume")
-    assert out.returncode == 2 and "same theta (CLI: --theta FILE)" in out.stderr
+    with pytest.raises(ValueError, match=r"same theta \(CLI: --theta FILE\)"):
+        simulate(problem(), 40, seed=3, chunk_size=15, store=tmp_path / "b.zarr", resume=True,
+                 progress=False)
     bad = tmp_path / "bad.csv"
     bad.write_text("wrong,names\n0,0\n")
     from sbi_core.cli.simulate_cmd import read_theta_file

@@ -1,4 +1,4 @@
-"""``sbi-core simulate PROBLEM (--num N | --theta FILE) --seed S --out FILE [--workers K | --dask ADDRESS]``.
+"""``sbi-core simulate PROBLEM (--num N | --theta FILE) --out FILE [--workers K | --dask ADDR]``.
 
 With ``--out PATH.zarr`` the simulations go chunk by chunk into a crash-safe zarr store
 (``sbi-core[scale]``); after a crash, kill or Ctrl-C, rerun the same command with
