@@ -233,6 +233,9 @@ def chunk_source(workers: int = 1, executor: ChunkSource | str | None = None,
         address = executor
         return lambda prob, tasks: dask_chunks(prob, tasks, address, chunk_size=chunk_size)
     if executor is not None:
+        if timeout is not None or isolate:
+            raise ValueError("timeout= and isolate= apply to sbi-core's local worker processes, "
+                             "not to a custom executor; drop them or drop executor=.")
         return executor
     if workers == -1:
         workers = os.cpu_count() or 1
@@ -297,6 +300,8 @@ def simulate(
     if append and given is None:
         raise ValueError("append=True adds given parameters to a store; pass theta=(N, D). "
                          "To add prior draws, resume with a larger num_simulations.")
+    if append and num_simulations is not None:
+        raise ValueError("With append=True the new rows are theta's rows; omit num_simulations.")
     if given is not None and not append:
         if num_simulations is not None and num_simulations != len(given):
             raise ValueError(f"num_simulations={num_simulations} but theta has {len(given)} "
