@@ -93,6 +93,8 @@ def test_store_resume_checks_theta_and_append_rounds(tmp_path):
     for part in parts:
         got = simulate(p, theta=part, seed=2, chunk_size=100, progress=False, store=rounds,
                        append=True)
+    with pytest.raises(ValueError, match="omit num_simulations"):
+        simulate(p, 10, theta=parts[0], store=rounds, append=True, progress=False)
     full = torch.cat(parts)
     ref = simulate(p, theta=full, seed=2, chunk_size=100, progress=False)
     assert len(got) == 265 and torch.equal(got.theta, full)

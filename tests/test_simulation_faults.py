@@ -120,6 +120,11 @@ def test_timeout_kills_the_chunk_and_records_it():
         f"{first * cs + cs - 1}); the worker process was killed")
     with pytest.raises(ValueError, match="positive number of seconds"):
         simulate(_problem(_noise), 10, timeout=0, progress=False)
+    with pytest.raises(ValueError, match="not to a custom executor"):
+        simulate(_problem(_noise), 10, timeout=5, progress=False,
+                 executor=lambda prob, tasks: (run_chunk(prob, *t) for t in tasks))
+    with pytest.raises(ValueError, match="with Dask, use workers=K"):
+        simulate(_problem(_noise), 10, timeout=5, progress=False, executor="local:1")
 
 
 SLOW_PROBLEM = '''
