@@ -266,7 +266,9 @@ def simulate(
         problem: the :class:`Problem`.
         num_simulations: the budget ``N`` (optional with ``theta``: its number of rows).
         seed: fixes the result, whatever ``workers`` is.
-        workers: local worker processes (``-1``: one per CPU core).
+        workers: local worker processes (``-1``: one per CPU core). ``1`` without ``timeout``
+            or ``isolate`` runs in this process: a simulator that kills its process
+            (``os._exit``, a segfault) kills the caller too.
         chunk_size: simulations per chunk; part of the seed's meaning (keep it fixed).
         progress: show a progress bar.
         store: optional path of a zarr store written chunk by chunk (needs ``sbi-core[scale]``).
