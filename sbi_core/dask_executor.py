@@ -5,8 +5,15 @@
 127.0.0.1. The problem travels to the workers as cloudpickle bytes inside each task
 (lambdas and closures in user problems work; a worker unpickles it once and caches it),
 so a task never depends on data held by one worker: when a worker dies, the scheduler
-reruns its chunks elsewhere, and tasks that raise are retried ``retries`` times. Chunks
-are deterministic in ``(index, size, seed)``, so the result equals a local run.
+reruns its chunks elsewhere, and tasks that raise are retried ``retries`` times. A chunk
+whose task keeps killing its workers (Dask gives up after
+``distributed.scheduler.allowed-failures`` deaths, default 3, with ``KilledWorker``) is
+run once more in a supervised local process on the client: a chunk that was only caught
+on a dying worker succeeds there (same seed, same result); one that kills that process
+too is recorded with all rows invalid and the reason, like a dead local worker. The run
+goes on either way.
+Chunks are deterministic in ``(index, size, seed[, theta])``, so the result equals a
+local run.
 
 Example::
 
@@ -26,6 +33,7 @@ from sbi_core.simulation import ChunkResult, run_chunk
 try:
     import cloudpickle
     from distributed import Client, LocalCluster, as_completed
+    from distributed.scheduler import KilledWorker
 except ImportError as _err:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "Dask execution needs dask.distributed: pip install 'sbi-core[scale]'."
@@ -54,7 +62,8 @@ def parse_address(address: str) -> tuple[str, int | None]:
     return "remote", None
 
 
-def _run_pickled(blob: bytes, digest: str, index: int, size: int, seed: int) -> ChunkResult:
+def _run_pickled(blob: bytes, digest: str, index: int, size: int, seed: int,
+                 theta=None) -> ChunkResult:
     """Worker side: unpickle (once) and simulate one chunk with one torch thread."""
     import torch
 
@@ -64,19 +73,23 @@ def _run_pickled(blob: bytes, digest: str, index: int, size: int, seed: int) -> 
         problem = cloudpickle.loads(blob)
         _PROBLEMS.clear()
         _PROBLEMS[digest] = problem
-    return run_chunk(problem, index, size, seed)
+    return run_chunk(problem, index, size, seed, theta)
 
 
-def dask_chunks(problem: Problem, tasks: list[tuple[int, int, int]], address: str,
-                retries: int = 3) -> Iterator[ChunkResult]:
+def dask_chunks(problem: Problem, tasks: list[tuple], address: str,
+                retries: int = 3, chunk_size: int | None = None) -> Iterator[ChunkResult]:
     """Submit one Dask task per chunk and yield the :class:`ChunkResult` as each finishes.
 
     Args:
         problem: pickled with cloudpickle and sent with each task.
-        tasks: ``(index, size, seed)`` chunks from :func:`sbi_core.simulation.chunk_plan`.
+        tasks: ``(index, size, seed[, theta])`` chunks from
+            :func:`sbi_core.simulation.chunk_plan`.
         address: ``"tcp://HOST:PORT"`` or ``"local:N"``.
         retries: reruns of a chunk whose task raised (lost workers are rescheduled anyway).
+        chunk_size: only to name the rows of a chunk recorded as failed.
     """
+    from sbi_core.chunk_processes import supervised_chunks
+
     kind, n_workers = parse_address(address)
     blob = cloudpickle.dumps(problem)
     digest = hashlib.sha1(blob).hexdigest()
@@ -93,11 +106,22 @@ def dask_chunks(problem: Problem, tasks: list[tuple[int, int, int]], address: st
                              "(dask scheduler / dask-jobqueue) or use local:N.") from err
     run_id = uuid.uuid4().hex[:8]
     try:
-        futures = [client.submit(_run_pickled, blob, digest, i, size, seed, retries=retries,
-                                 pure=False, key=f"sbi-core-chunk-{run_id}-{i}")
-                   for i, size, seed in tasks]
-        for future in as_completed(futures):
-            result = future.result()
+        futures = {client.submit(_run_pickled, blob, digest, *task, retries=retries,
+                                 pure=False, key=f"sbi-core-chunk-{run_id}-{task[0]}"): task
+                   for task in tasks}
+        for future in as_completed(list(futures)):
+            try:
+                result = future.result()
+            except KilledWorker:
+                # Dask gave up on this task after worker deaths; tasks that merely shared the
+                # dying worker are caught here too. Decide in one supervised local process:
+                # an innocent chunk succeeds (same seed, same result), a guilty one is recorded.
+                result = next(iter(supervised_chunks(problem, [futures[future]], 1, retries=0,
+                                                     chunk_size=chunk_size)))
+                if result.first_error and result.first_error.startswith("worker process died"):
+                    result.first_error = ("Dask worker processes died running this chunk "
+                                          "(KilledWorker); rerun in a local process: "
+                                          + result.first_error)
             future.release()
             yield result
     finally:

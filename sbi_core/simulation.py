@@ -8,16 +8,26 @@ the result is the same tensor, bit for bit.
 Failures never kill a run. If a batched call raises, the chunk is re-simulated one
 sample at a time to find the failing rows; those rows (and any with NaN/inf) are
 marked invalid in the :class:`SimulationSet`, with the first error message kept.
+
+Process failures never hang or lose a run either. With ``workers >= 2``, a ``timeout``
+or ``isolate=True`` the chunks run in supervised worker processes
+(:mod:`sbi_core.chunk_processes`): a worker that dies is replaced and its chunk retried
+once in a fresh process, then recorded as invalid with the reason; a chunk over
+``timeout`` seconds has its worker killed and is recorded as invalid. With
+``workers=1`` and neither option, chunks run in the calling process (fastest), where a
+simulator that kills its process (``os._exit``, a segfault) kills the caller too.
+
+``theta=`` simulates at given parameters instead of prior draws, with the same chunks,
+seeds, failure records, stores and resume.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import contextlib
 import os
-import platform
-import signal
 import time
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +38,8 @@ from tqdm.auto import tqdm
 from sbi_core.problem import Problem
 from sbi_core.simulation_set import SimulationSet
 
-__all__ = ["simulate", "ChunkResult", "chunk_plan", "run_chunk", "chunk_source"]
+__all__ = ["simulate", "ChunkResult", "chunk_plan", "run_chunk", "chunk_source", "chunk_theta",
+           "validate_theta"]
 
 DEFAULT_CHUNK_SIZE = 1000
 
@@ -45,8 +56,16 @@ class ChunkResult:
     seconds: float
 
 
-def chunk_plan(num_simulations: int, seed: int, chunk_size: int) -> list[tuple[int, int, int]]:
-    """``(chunk index, size, seed)`` for each chunk; depends only on the budget and seed."""
+def chunk_plan(num_simulations: int, seed: int, chunk_size: int,
+               theta: np.ndarray | None = None) -> list[tuple]:
+    """``(chunk index, size, seed)`` for each chunk; depends only on the budget and seed.
+
+    With ``theta`` (a validated float32 array ``(num_simulations, D)``, see
+    :func:`validate_theta`) each task carries its rows as a fourth element,
+    ``(index, size, seed, theta[start:stop])``; the seeds are the same.
+    """
+    if theta is not None and len(theta) != num_simulations:
+        raise ValueError(f"theta has {len(theta)} rows but num_simulations is {num_simulations}.")
     if num_simulations <= 0:
         raise ValueError(f"num_simulations must be positive, got {num_simulations}.")
     if chunk_size <= 0:
@@ -56,8 +75,66 @@ def chunk_plan(num_simulations: int, seed: int, chunk_size: int) -> list[tuple[i
     plan = []
     for i, child in enumerate(children):
         size = min(chunk_size, num_simulations - i * chunk_size)
-        plan.append((i, size, int(child.generate_state(1, dtype=np.uint32)[0])))
+        task = (i, size, int(child.generate_state(1, dtype=np.uint32)[0]))
+        if theta is not None:
+            task = (*task, theta[i * chunk_size: i * chunk_size + size])
+        plan.append(task)
     return plan
+
+
+def validate_theta(problem: Problem, theta: Tensor | np.ndarray) -> np.ndarray:
+    """Check given parameters and return them as a float32 array ``(N, D)``.
+
+    Raises on a wrong shape or non-finite values; warns when rows lie outside the prior's
+    support (the simulator may fail there, and a posterior trained on them is not the
+    posterior under the prior).
+    """
+    if isinstance(theta, Tensor):
+        arr = theta.detach().cpu().numpy()
+    else:
+        try:
+            arr = np.asarray(theta, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"theta must be a numeric (N, D) tensor or array: {err}") from err
+    if arr.ndim == 1 and problem.dim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape[1] != problem.dim or arr.shape[0] == 0:
+        raise ValueError(
+            f"theta must have shape (N, D) = (N, {problem.dim}) for problem {problem.name!r} "
+            f"(parameters {list(problem.param_names)}) with N >= 1, got {tuple(arr.shape)}.")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    finite = np.isfinite(arr).all(1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise ValueError(f"theta has {bad.size} row(s) with NaN/inf (first: row {bad[0]}); "
+                         "pass finite parameters.")
+    try:
+        with torch.no_grad():
+            inside = torch.isfinite(problem.prior.log_prob(torch.from_numpy(arr))).numpy()
+    except Exception:  # e.g. a prior with validate_args raising outside its support
+        inside = None
+    if inside is not None and not inside.all():
+        bad = np.flatnonzero(~inside)
+        warnings.warn(
+            f"{bad.size} of {len(arr)} given theta lie outside the prior's support (first: row "
+            f"{bad[0]} = {arr[bad[0]].tolist()}); they are simulated, but the simulator may fail "
+            "there and a posterior trained on them is not the posterior under this prior.",
+            stacklevel=3)
+    return arr
+
+
+def chunk_theta(problem: Problem, size: int, seed: int,
+                theta: np.ndarray | Tensor | None = None) -> Tensor:
+    """The chunk's parameters ``(size, D)``: given ``theta``, or ``size`` prior draws from ``seed``.
+
+    Seeds torch and NumPy from ``seed`` first (as :func:`run_chunk` does before simulating).
+    """
+    _seed_everything(seed)
+    if theta is None:
+        return problem.prior.sample((size,)).float()
+    if isinstance(theta, Tensor):
+        return theta.detach().float().clone()
+    return torch.tensor(np.asarray(theta), dtype=torch.float32)
 
 
 def _seed_everything(seed: int) -> None:
@@ -65,11 +142,14 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed % (2**32))
 
 
-def run_chunk(problem: Problem, index: int, size: int, seed: int) -> ChunkResult:
-    """Simulate one chunk deterministically from its seed. Never raises for simulator failures."""
+def run_chunk(problem: Problem, index: int, size: int, seed: int,
+              theta: np.ndarray | Tensor | None = None) -> ChunkResult:
+    """Simulate one chunk deterministically from its seed. Never raises for simulator failures.
+
+    ``theta`` ``(size, D)``: simulate at these parameters instead of drawing from the prior.
+    """
     start = time.perf_counter()
-    _seed_everything(seed)
-    theta = problem.prior.sample((size,)).float()
+    theta = chunk_theta(problem, size, seed, theta)
     x_shape = problem.x_shape or ()
     first_error = None
     try:
@@ -104,56 +184,68 @@ def _checked(x: Tensor, n: int, x_shape: tuple[int, ...]) -> Tensor:
     return x
 
 
-# The problem reaches forked workers through this global, so lambdas and closures work.
-_WORKER_PROBLEM: Problem | None = None
+@contextlib.contextmanager
+def closing_chunks(chunks: Iterable[ChunkResult]) -> Iterator[Iterator[ChunkResult]]:
+    """Iterate a chunk source and close it on exit (a generator's workers are stopped)."""
+    it = iter(chunks)
+    try:
+        yield it
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
 
 
-def _worker_init() -> None:
-    torch.set_num_threads(1)
-    # Ctrl-C reaches the whole process group: workers stay quiet, the parent reports it
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _worker_chunk(task: tuple[int, int, int]) -> ChunkResult:
-    assert _WORKER_PROBLEM is not None
-    return run_chunk(_WORKER_PROBLEM, *task)
-
-
-def _local_chunks(problem: Problem, plan: list[tuple[int, int, int]],
-                  workers: int) -> Iterator[ChunkResult]:
-    global _WORKER_PROBLEM
-    if workers <= 1 or len(plan) == 1:
+def _local_chunks(problem: Problem, plan: list[tuple], workers: int,
+                  timeout: float | None = None, isolate: bool = False,
+                  chunk_size: int | None = None) -> Iterator[ChunkResult]:
+    """In the calling process (``workers=1``, no timeout, not isolated), else supervised."""
+    if workers <= 1 and timeout is None and not isolate:
         for task in plan:
             yield run_chunk(problem, *task)
         return
-    method = "fork" if platform.system() != "Windows" else "spawn"
-    ctx = mp.get_context(method)
-    _WORKER_PROBLEM = problem
-    try:
-        with ctx.Pool(min(workers, len(plan)), initializer=_worker_init) as pool:
-            yield from pool.imap_unordered(_worker_chunk, plan)
-    finally:
-        _WORKER_PROBLEM = None
+    from sbi_core.chunk_processes import supervised_chunks
+
+    yield from supervised_chunks(problem, plan, max(1, workers), timeout=timeout,
+                                 chunk_size=chunk_size)
 
 
-ChunkSource = Callable[[Problem, list[tuple[int, int, int]]], Iterator[ChunkResult]]
+ChunkSource = Callable[[Problem, list[tuple]], Iterator[ChunkResult]]
 
 
-def chunk_source(workers: int = 1, executor: ChunkSource | str | None = None) -> ChunkSource:
-    """The chunk runner: ``executor`` if callable, Dask for an address string, else local."""
+def chunk_source(workers: int = 1, executor: ChunkSource | str | None = None,
+                 timeout: float | None = None, isolate: bool = False,
+                 chunk_size: int | None = None) -> ChunkSource:
+    """The chunk runner: ``executor`` if callable, Dask for an address string, else local.
+
+    ``timeout`` (seconds per chunk) and ``isolate`` apply to local workers; ``chunk_size``
+    only names the rows of failed chunks in their messages.
+    """
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout}.")
     if isinstance(executor, str):
         from sbi_core.dask_executor import dask_chunks  # optional extra
 
+        if timeout is not None:
+            raise ValueError("timeout= is enforced by local worker processes; with Dask, use "
+                             "workers=K (CLI: --workers K) instead of an executor address, or "
+                             "make the simulator time out itself.")
         address = executor
-        return lambda prob, tasks: dask_chunks(prob, tasks, address)
+        return lambda prob, tasks: dask_chunks(prob, tasks, address, chunk_size=chunk_size)
+    if executor is not None:
+        if timeout is not None or isolate:
+            raise ValueError("timeout= and isolate= apply to sbi-core's local worker processes, "
+                             "not to a custom executor; drop them or drop executor=.")
+        return executor
     if workers == -1:
         workers = os.cpu_count() or 1
-    return executor or (lambda prob, tasks: _local_chunks(prob, tasks, workers))
+    return lambda prob, tasks: _local_chunks(prob, tasks, workers, timeout=timeout,
+                                             isolate=isolate, chunk_size=chunk_size)
 
 
 def simulate(
     problem: Problem,
-    num_simulations: int,
+    num_simulations: int | None = None,
     seed: int = 0,
     workers: int = 1,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -161,46 +253,95 @@ def simulate(
     store: str | os.PathLike | None = None,
     resume: bool = False,
     executor: ChunkSource | str | None = None,
+    *,
+    theta: Tensor | np.ndarray | None = None,
+    timeout: float | None = None,
+    isolate: bool = False,
+    repair: bool = False,
+    append: bool = False,
 ) -> SimulationSet:
-    """Draw ``num_simulations`` parameters from the prior and simulate them.
+    """Simulate ``num_simulations`` prior draws, or the given parameters ``theta``.
 
     Args:
         problem: the :class:`Problem`.
-        num_simulations: the budget ``N``.
+        num_simulations: the budget ``N`` (optional with ``theta``: its number of rows).
         seed: fixes the result, whatever ``workers`` is.
-        workers: local worker processes (``-1``: one per CPU core).
+        workers: local worker processes (``-1``: one per CPU core). ``1`` without ``timeout``
+            or ``isolate`` runs in this process: a simulator that kills its process
+            (``os._exit``, a segfault) kills the caller too.
         chunk_size: simulations per chunk; part of the seed's meaning (keep it fixed).
         progress: show a progress bar.
         store: optional path of a zarr store written chunk by chunk (needs ``sbi-core[scale]``).
-        resume: continue an interrupted run into ``store``.
+        resume: continue an interrupted run into ``store`` (or extend it to a larger budget).
         executor: optional callable ``(problem, plan) -> iterator of ChunkResult`` or a Dask
             address string (``"tcp://HOST:PORT"`` or ``"local:N"``) for cluster execution.
+        theta: simulate at these parameters ``(N, D)`` instead of prior draws (validated:
+            shape, finite; a warning for rows outside the prior's support). Chunk ``i`` is
+            still seeded by child ``i`` of ``SeedSequence(seed)``.
+        timeout: seconds one chunk may run; the chunk runs in a worker process that is killed
+            after ``timeout`` and its rows are recorded as invalid (not retried).
+        isolate: run chunks in a supervised worker process even with ``workers=1``, so a
+            simulator that kills its process becomes recorded failures (retried once).
+        repair: with ``store`` and ``resume``: check every committed chunk decodes and matches
+            the checksums recorded when it was written, and re-simulate the damaged ones
+            (same seeds, same θ) — the store then equals an undamaged run.
+        append: with ``store`` and ``theta``: add these θ after the rows the store holds
+            (round after round of sequential inference); implies ``resume``.
 
     Returns:
         A :class:`SimulationSet` with ``theta`` ``(N, D)``, ``x`` ``(N, *x_shape)`` and ``valid``.
+        A chunk whose worker died twice or timed out has all its rows invalid, with the
+        reason in ``provenance["first_error"]`` (and, in a store, in the chunk's mark).
     """
     if workers == -1:
         workers = os.cpu_count() or 1
-    plan = chunk_plan(num_simulations, seed, chunk_size)
-    source = chunk_source(workers, executor)
+    given = None if theta is None else validate_theta(problem, theta)
+    if (repair or append) and store is None:
+        raise ValueError(f"{'repair' if repair else 'append'}=True needs a store path "
+                         "(store=PATH.zarr).")
+    if append and given is None:
+        raise ValueError("append=True adds given parameters to a store; pass theta=(N, D). "
+                         "To add prior draws, resume with a larger num_simulations.")
+    if append and num_simulations is not None:
+        raise ValueError("With append=True the new rows are theta's rows; omit num_simulations.")
+    if given is not None and not append:
+        if num_simulations is not None and num_simulations != len(given):
+            raise ValueError(f"num_simulations={num_simulations} but theta has {len(given)} "
+                             "rows; omit num_simulations when passing theta.")
+        num_simulations = len(given)
+    if num_simulations is None and not append:
+        raise ValueError("Pass num_simulations (prior draws) or theta (given parameters).")
+    source = chunk_source(workers, executor, timeout=timeout, isolate=isolate,
+                          chunk_size=chunk_size)
     if store is not None:
         from sbi_core.stores import simulate_into_store  # optional extra (zarr)
 
-        return simulate_into_store(problem, plan, source, store, seed=seed, chunk_size=chunk_size,
-                                   resume=resume, progress=progress)
+        return simulate_into_store(problem, None, source, store, seed=seed,
+                                   chunk_size=chunk_size, resume=resume or append,
+                                   progress=progress, num_simulations=num_simulations,
+                                   theta=given, repair=repair, append=append)
     if resume:
         raise ValueError("resume=True needs a store path to resume from (store=PATH.zarr).")
+    plan = chunk_plan(num_simulations, seed, chunk_size, given)
 
     results: dict[int, ChunkResult] = {}
     start = time.perf_counter()
     with tqdm(total=num_simulations, desc=f"simulating {problem.name}", unit="sim",
               disable=not progress, leave=False) as bar:
-        for res in source(problem, plan):
-            results[res.index] = res
-            bar.update(res.theta.shape[0])
+        try:
+            with closing_chunks(source(problem, plan)) as chunks:
+                for res in chunks:
+                    results[res.index] = res
+                    bar.update(res.theta.shape[0])
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(
+                f"interrupted: {len(results)} of {len(plan)} chunks were done (finished chunks "
+                "are kept only in a store: pass store=PATH.zarr, then resume=True).") from None
     ordered = [results[i] for i in range(len(plan))]
-    return assemble(problem, ordered, seed=seed, chunk_size=chunk_size,
+    sims = assemble(problem, ordered, seed=seed, chunk_size=chunk_size,
                     seconds=time.perf_counter() - start)
+    sims.provenance["theta_source"] = "prior" if given is None else "given"
+    return sims
 
 
 def assemble(problem: Problem, chunks: list[ChunkResult], seed: int, chunk_size: int,

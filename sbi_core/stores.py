@@ -5,7 +5,8 @@ Layout of ``PATH.zarr`` (a zarr v3 group)::
     theta  float32 (N, D)          one zarr chunk per simulation chunk
     x      float32 (N, *x_shape)   NaN rows where the simulator failed
     valid  bool    (N,)
-    _committed/chunk-000042.json   one small file per finished simulation chunk
+    _committed/chunk-000042.json   one small file per finished simulation chunk (size,
+                                   invalid count, first error, SHA-256 of its three arrays)
 
 Simulation chunk ``i`` (rows ``i*chunk_size ...``) is *committed* only after its three
 arrays are fully written: the data go first (zarr writes each chunk file atomically),
@@ -17,7 +18,13 @@ chunks and the finished store equals an uninterrupted run bit for bit.
 
 Several processes may write one store at once (each chunk is its own file and each mark
 its own file); give them disjoint chunks with ``only_chunks`` (e.g. ``range(k, n, K)``).
-The group attributes hold the provenance: problem, seed, chunk size, budget, versions.
+The group attributes hold the provenance: problem, seed, chunk size, budget, versions,
+and ``theta_source`` (``"prior"`` draws or ``"given"`` parameters, ``simulate(theta=...)``).
+
+A chunk file damaged on disk is detected when read (:class:`StoreDamagedError` names the
+store, array, chunk and rows) or by :meth:`SimulationStore.damaged_chunks`, which also
+compares each chunk with the checksums recorded at commit; ``simulate(..., resume=True,
+repair=True)`` (CLI ``--resume --repair``) re-simulates exactly those chunks.
 
 Example::
 
@@ -28,6 +35,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import time
@@ -41,7 +49,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sbi_core.problem import Problem
-from sbi_core.simulation import ChunkResult
+from sbi_core.simulation import ChunkResult, chunk_plan, closing_chunks
 from sbi_core.simulation_set import SimulationSet
 
 try:
@@ -51,13 +59,24 @@ except ImportError as _err:  # pragma: no cover - exercised only without the ext
         "The zarr simulation store needs zarr>=3: pip install 'sbi-core[scale]'."
     ) from _err
 
-__all__ = ["SimulationStore", "simulate_into_store", "load_store", "STORE_FORMAT"]
+__all__ = ["SimulationStore", "simulate_into_store", "load_store", "STORE_FORMAT",
+           "StoreDamagedError"]
 
 STORE_FORMAT = "sbi-core-simulation-store"
 _FORMAT_VERSION = 1
 _MARKS = "_committed"
 
-Plan = list[tuple[int, int, int]]
+_ARRAYS = ("theta", "x", "valid")
+
+Plan = list[tuple]
+
+
+class StoreDamagedError(ValueError):
+    """A committed chunk of a store cannot be read back (or no longer matches its checksum)."""
+
+
+def _sha(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 ChunkSource = Callable[[Problem, Plan], Iterator[ChunkResult]]
 
 
@@ -110,15 +129,19 @@ class SimulationStore:
         self.chunk_size = int(attrs["chunk_size"])
         self.num_simulations = int(attrs["num_simulations"])
         self.seed = int(attrs["seed"])
+        self.theta_source = str(attrs.get("theta_source", "prior"))
+        self.repaired: list[int] = []  # chunks re-simulated by the last repair
 
     # ------------------------------------------------------------------ creation
     @classmethod
     def create(cls, path: str | os.PathLike, problem: Problem, num_simulations: int, seed: int,
-               chunk_size: int, resume: bool = False) -> SimulationStore:
+               chunk_size: int, resume: bool = False,
+               theta_given: bool = False) -> SimulationStore:
         """Create the store, or open it for ``resume`` after checking it matches the run.
 
         A larger ``num_simulations`` than stored extends the budget (append): the arrays grow
-        and only the new (or a changed last partial) chunk is simulated.
+        and only the new (or a changed last partial) chunk is simulated. ``theta_given``: the
+        run simulates given parameters (a store written so must be resumed with them).
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,6 +153,13 @@ class SimulationStore:
                         "extend it, or choose a new path.")
                 store = cls(path, mode="r+")
                 store._check_matches(problem, seed, chunk_size, num_simulations)
+                if store.theta_source == "given" and not theta_given:
+                    raise ValueError(
+                        f"{path} was simulated at given parameters (theta=...); resume it with "
+                        "the same theta (CLI: --theta FILE), or write to a new path.")
+                if theta_given and store.theta_source != "given":
+                    store.group.attrs["theta_source"] = "given"
+                    store.attrs["theta_source"] = "given"
                 if num_simulations > store.num_simulations:
                     store._grow(num_simulations)
                 return store
@@ -150,6 +180,7 @@ class SimulationStore:
                 "param_names": list(problem.param_names), "x_shape": list(x_shape),
                 "seed": int(seed), "chunk_size": int(chunk_size),
                 "num_simulations": int(num_simulations), "versions": _versions(),
+                "theta_source": "given" if theta_given else "prior",
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             })
             (path / _MARKS).mkdir(exist_ok=True)
@@ -208,27 +239,132 @@ class SimulationStore:
         return {i for i, m in self.marks().items()
                 if i < self.num_chunks and m["size"] == self.chunk_rows(i)[1] - self.chunk_rows(i)[0]}
 
-    def write_chunk(self, result: ChunkResult) -> None:
-        """Write one chunk's data, then commit it with an atomically renamed mark file."""
+    def write_chunk(self, result: ChunkResult, theta_given: bool = False) -> None:
+        """Write one chunk's data, then commit it with an atomically renamed mark file.
+
+        The mark records the SHA-256 of the chunk's three arrays (checked by ``repair``) and
+        whether its θ were given (``theta_given``) or drawn from the prior.
+        """
         start, stop = self.chunk_rows(result.index)
         if result.theta.shape[0] != stop - start:
             raise ValueError(f"Chunk {result.index} has {result.theta.shape[0]} rows; the store "
                              f"expects {stop - start}.")
-        self.group["theta"][start:stop] = result.theta.numpy()
-        self.group["x"][start:stop] = result.x.numpy()
-        self.group["valid"][start:stop] = result.valid.numpy()
+        arrays = {"theta": result.theta.float().numpy(), "x": result.x.float().numpy(),
+                  "valid": result.valid.numpy()}
+        for name, values in arrays.items():
+            self.group[name][start:stop] = values
         mark = {"index": result.index, "size": stop - start,
                 "num_invalid": int((~result.valid).sum()), "first_error": result.first_error,
-                "seconds": round(result.seconds, 4), "pid": os.getpid()}
+                "seconds": round(result.seconds, 4), "pid": os.getpid(),
+                "theta_given": bool(theta_given),
+                "sha256": {name: _sha(values) for name, values in arrays.items()}}
         final = self._mark_dir / _mark_name(result.index)
         tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(mark))
         os.replace(tmp, final)
 
     def read_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``theta`` ``(n, D)``, ``x`` ``(n, *x_shape)``, ``valid`` ``(n,)`` of rows ``start:stop``."""
-        return (self.group["theta"][start:stop], self.group["x"][start:stop],
-                self.group["valid"][start:stop])
+        """``theta`` ``(n, D)``, ``x`` ``(n, *x_shape)``, ``valid`` ``(n,)`` of rows ``start:stop``.
+
+        Raises:
+            StoreDamagedError: a chunk file cannot be decoded; the message names the store,
+                the array, the chunk and its rows, and how to repair it.
+        """
+        try:
+            return tuple(self.group[name][start:stop] for name in _ARRAYS)  # type: ignore
+        except Exception as err:
+            for i in range(start // self.chunk_size, -(-stop // self.chunk_size)):
+                problem = self._chunk_problem(i)
+                if problem is not None:
+                    raise self._damaged_error({i: problem}) from err
+            raise StoreDamagedError(
+                f"Cannot read rows {start}-{stop - 1} of {self.path}: {type(err).__name__}: "
+                f"{err}. {self.repair_hint()}") from err
+
+    def _chunk_file(self, name: str, index: int) -> Path:
+        ndim = len(self.group[name].shape)
+        return self.path / name / "c" / "/".join([str(index)] + ["0"] * (ndim - 1))
+
+    def _chunk_problem(self, index: int, mark: dict[str, Any] | None = None) -> str | None:
+        """Why chunk ``index`` is damaged (cannot decode; checksum differs), or None if fine."""
+        start, stop = self.chunk_rows(index)
+        sums = (mark or {}).get("sha256") or {}
+        for name in _ARRAYS:
+            try:
+                values = self.group[name][start:stop]
+            except Exception as err:
+                return (f"array '{name}' cannot be decoded ({type(err).__name__}: {err}; file "
+                        f"{self._chunk_file(name, index)})")
+            if name in sums and _sha(values) != sums[name]:
+                return (f"array '{name}' differs from the checksum recorded when it was written "
+                        f"(file {self._chunk_file(name, index)})")
+            if name == "valid" and mark is not None and not sums and \
+                    int((~values).sum()) != int(mark.get("num_invalid", -1)):
+                return "array 'valid' does not match the invalid count of its commit mark"
+        return None
+
+    def damaged_chunks(self) -> dict[int, str]:
+        """Committed chunks that cannot be read back intact: index -> reason (reads the store)."""
+        marks = self.marks()
+        out = {}
+        for i in sorted(self.committed()):
+            problem = self._chunk_problem(i, marks[i])
+            if problem is not None:
+                out[i] = problem
+        return out
+
+    def repair_hint(self) -> str:
+        """How to re-simulate damaged chunks of this store (CLI and Python)."""
+        a = self.attrs
+        theta = " --theta THETA_FILE" if self.theta_source == "given" else ""
+        py_theta = ", theta=THETA" if self.theta_source == "given" else ""
+        problem = a.get("problem_source") or "PROBLEM"  # shown, never imported
+        return (f"Re-simulate the damaged chunks with their original seeds: `sbi-core simulate "
+                f"{problem} --num {self.num_simulations} --seed {self.seed} --chunk-size "
+                f"{self.chunk_size}{theta} --out {self.path} --resume --repair` (Python: "
+                f"simulate(problem, {self.num_simulations}, seed={self.seed}, chunk_size="
+                f"{self.chunk_size}{py_theta}, store={str(self.path)!r}, resume=True, "
+                "repair=True)).")
+
+    def _damaged_error(self, damaged: dict[int, str]) -> StoreDamagedError:
+        parts = []
+        for i, why in sorted(damaged.items()):
+            a, b = self.chunk_rows(i)
+            parts.append(f"chunk {i} (rows {a}-{b - 1}): {why}")
+        return StoreDamagedError(f"{self.path} is damaged: " + "; ".join(parts) + ". "
+                                 + self.repair_hint())
+
+    def uncommit(self, index: int) -> None:
+        """Remove chunk ``index``'s commit mark, so that a resume simulates it again."""
+        (self._mark_dir / _mark_name(index)).unlink(missing_ok=True)
+
+    def check_theta(self, theta: np.ndarray) -> None:
+        """Refuse given parameters ``(N, D)`` that differ from the θ of committed chunks."""
+        marks = self.marks()
+        for i in sorted(self.committed()):
+            a, b = self.chunk_rows(i)
+            want = np.ascontiguousarray(theta[a:b], dtype=np.float32)
+            recorded = (marks[i].get("sha256") or {}).get("theta")
+            same = (_sha(want) == recorded if recorded is not None
+                    else np.array_equal(self.read_rows(a, b)[0], want))
+            if not same:
+                raise ValueError(
+                    f"Cannot resume {self.path}: the given theta differ from the θ stored for "
+                    f"chunk {i} (rows {a}-{b - 1}). Pass the same theta as the run that wrote "
+                    "the store (to add new parameters use append=True / --append), or write to "
+                    "a new path.")
+
+    def read_theta(self) -> np.ndarray:
+        """All stored θ ``(N, D)`` (a complete store; damaged chunks raise)."""
+        done = self.committed()
+        if len(done) < self.num_chunks:
+            raise ValueError(f"{self.path} is incomplete ({len(done)} of {self.num_chunks} "
+                             "chunks); finish it with resume=True (CLI: --resume) first.")
+        try:
+            return self.group["theta"][:]
+        except Exception:
+            return np.concatenate([self.read_rows(*self.chunk_rows(i))[0]
+                                   for i in range(self.num_chunks)])
 
     def to_simulation_set(self, partial: bool = False) -> SimulationSet:
         """Load into memory; an incomplete store raises unless ``partial=True`` (committed only)."""
@@ -260,6 +396,7 @@ class SimulationStore:
             "torch_version": torch.__version__, "store": str(self.path),
             "store_versions": self.attrs.get("versions"),
             "complete": len(done) == self.num_chunks,
+            "theta_source": self.theta_source,
         }
 
 
@@ -267,39 +404,84 @@ def _mark_name(index: int) -> str:
     return f"chunk-{index:06d}.json"
 
 
-def simulate_into_store(problem: Problem, plan: Plan, source: ChunkSource,
+def simulate_into_store(problem: Problem, plan: Plan | None, source: ChunkSource,
                         store: str | os.PathLike, seed: int, chunk_size: int,
                         resume: bool = False, progress: bool = True,
                         only_chunks: Iterable[int] | None = None,
-                        return_data: bool = True) -> SimulationSet | SimulationStore:
+                        return_data: bool = True, *, num_simulations: int | None = None,
+                        theta: np.ndarray | None = None, repair: bool = False,
+                        append: bool = False) -> SimulationSet | SimulationStore:
     """Run the chunks of ``plan`` not yet committed in ``store`` and commit each as it finishes.
 
     Args:
-        problem, plan, source: as in :func:`sbi_core.simulation.simulate`.
+        problem, plan, source: as in :func:`sbi_core.simulation.simulate`; ``plan=None``
+            builds it from ``num_simulations`` (or ``theta``), ``seed`` and ``chunk_size``.
         store: path of the zarr store (created if absent).
         resume: allow an existing store; only uncommitted chunks are simulated.
         only_chunks: restrict this process to these chunk indices (concurrent writers).
         return_data: load the finished store into a :class:`SimulationSet` (else return the
             :class:`SimulationStore`, e.g. when the data exceed memory).
+        theta: given parameters ``(N, D)`` float32 (validated); on resume they must equal the
+            θ of the committed chunks.
+        repair: first check every committed chunk (decodes, matches its checksums) and
+            re-simulate the damaged ones; their indices go to ``provenance["repaired_chunks"]``
+            (``store.repaired`` with ``return_data=False``).
+        append: ``theta`` are new rows after those the (complete) store holds.
     """
-    num = sum(size for _, size, _ in plan)
-    st = SimulationStore.create(store, problem, num, seed, chunk_size, resume=resume)
+    path = Path(store)
+    if append and theta is not None and (path / "zarr.json").exists():
+        theta = np.concatenate([SimulationStore(path).read_theta(), theta])
+    if plan is None:
+        if theta is not None:
+            num_simulations = len(theta)
+        if num_simulations is None:
+            raise ValueError("Pass a plan, num_simulations or theta.")
+        plan = chunk_plan(num_simulations, seed, chunk_size, theta)
+    elif theta is None and plan and len(plan[0]) > 3:
+        theta = np.concatenate([t[3] for t in plan])
+    num = sum(t[1] for t in plan)
+    st = SimulationStore.create(store, problem, num, seed, chunk_size, resume=resume,
+                                theta_given=theta is not None)
+    repaired: dict[int, str] = {}
+    if repair:
+        repaired = st.damaged_chunks()
+        for i in repaired:
+            st.uncommit(i)
+        if repaired:
+            warnings.warn(f"Re-simulating {len(repaired)} damaged chunk(s) of {st.path}: "
+                          + "; ".join(f"chunk {i}: {why}" for i, why in repaired.items()),
+                          stacklevel=2)
+    if theta is not None:
+        st.check_theta(theta)
     done = st.committed()
     wanted = set(only_chunks) if only_chunks is not None else None
     todo = [t for t in plan if t[0] not in done and (wanted is None or t[0] in wanted)]
+    given = theta is not None
     start = time.perf_counter()
+    written = 0
     with tqdm(total=sum(t[1] for t in todo), desc=f"simulating {problem.name} -> {st.path.name}",
               unit="sim", disable=not progress, leave=False) as bar:
-        if todo:
-            for res in source(problem, todo):
-                st.write_chunk(res)
-                bar.update(res.theta.shape[0])
+        try:
+            if todo:
+                with closing_chunks(source(problem, todo)) as chunks:
+                    for res in chunks:
+                        st.write_chunk(res, theta_given=given)
+                        written += 1
+                        bar.update(res.theta.shape[0])
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(
+                f"interrupted: {len(done) + written} of {st.num_chunks} chunks are committed in "
+                f"{st.path} ({written} this run) and kept; rerun with resume=True (CLI: "
+                "--resume) to simulate the rest.") from None
+    st.repaired = sorted(repaired)
     if not return_data:
         return st
     if wanted is not None:
         return st.to_simulation_set(partial=True)
     sims = st.to_simulation_set()
     sims.provenance["seconds"] = round(time.perf_counter() - start, 3)
+    if repair:
+        sims.provenance["repaired_chunks"] = sorted(repaired)
     return sims
 
 

@@ -1,35 +1,87 @@
-"""``sbi-core simulate PROBLEM --num N --seed S --out FILE [--workers K | --dask ADDRESS]``.
+"""``sbi-core simulate PROBLEM (--num N | --theta FILE) --out FILE [--workers K | --dask ADDR]``.
 
 With ``--out PATH.zarr`` the simulations go chunk by chunk into a crash-safe zarr store
-(``sbi-core[scale]``); after a crash or kill, rerun the same command with ``--resume``.
+(``sbi-core[scale]``); after a crash, kill or Ctrl-C, rerun the same command with
+``--resume`` (add ``--repair`` to re-simulate chunks damaged on disk). ``--theta`` simulates
+at given parameters (a ``.npy`` array or a ``.csv`` table, ``(N, D)``) instead of prior draws.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
+
+import numpy as np
 
 from sbi_core.cli.common import PROBLEM_HELP, add_force, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("simulate", help="simulate from the prior and save the simulations",
-                       description="Draw parameters from the prior, simulate, and save a "
-                                   "simulation file (.pt, or .npz).")
+    p = sub.add_parser("simulate", help="simulate from the prior (or at given θ) and save",
+                       description="Draw parameters from the prior (or take them from --theta), "
+                                   "simulate, and save a simulation file (.pt, .npz) or a "
+                                   "resumable zarr store (PATH.zarr).")
     p.add_argument("problem", metavar="PROBLEM", help=PROBLEM_HELP)
-    p.add_argument("--num", type=positive_int, required=True, help="number of simulations")
+    p.add_argument("--num", type=positive_int, help="number of simulations (prior draws); with --theta "
+                                           "it defaults to (and must equal) its rows")
+    p.add_argument("--theta", metavar="FILE",
+                   help="simulate at these parameters: .npy array (N, D) or .csv (N rows of D "
+                        "numbers, optional header of parameter names)")
     p.add_argument("--seed", type=int, default=0, help="seed (results do not depend on --workers)")
     p.add_argument("--out", required=True,
                    help="output file (.pt or .npz), or a resumable zarr store (PATH.zarr)")
     p.add_argument("--resume", action="store_true",
                    help="complete (or extend to --num) an interrupted PATH.zarr store")
+    p.add_argument("--repair", action="store_true",
+                   help="with --resume: re-simulate committed chunks that are damaged on disk "
+                        "(same seeds, same result as an undamaged run)")
+    p.add_argument("--append", action="store_true",
+                   help="with --theta and PATH.zarr: add these θ after the rows the store holds")
     p.add_argument("--dask", metavar="ADDRESS",
                    help="run chunks on Dask: tcp://HOST:PORT of a scheduler, or local:N")
     p.add_argument("--workers", type=int, default=1, help="local worker processes (-1: all cores)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="per-chunk time limit: the chunk runs in a worker process that is killed "
+                        "after SECONDS, its rows recorded as invalid")
+    p.add_argument("--isolate", action="store_true",
+                   help="run chunks in a worker process even with --workers 1 (a simulator that "
+                        "kills its process becomes recorded failures)")
     p.add_argument("--chunk-size", type=positive_int, default=1000, help="simulations per chunk")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_force(p)
     return p
+
+
+def read_theta_file(path: str | Path, param_names: list[str] | None = None) -> np.ndarray:
+    """Parameters ``(N, D)`` from a ``.npy`` or ``.csv`` file (never executes anything)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"No theta file at {path}.")
+    if path.suffix == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except ValueError as err:
+            raise ValueError(f"{path} is not a plain numeric .npy array ({err}).") from err
+        return np.asarray(arr, dtype=np.float64)
+    if path.suffix == ".csv":
+        lines = path.read_text().splitlines()
+        skip = 0
+        if lines:
+            first = [c.strip() for c in lines[0].split(",")]
+            try:
+                [float(c) for c in first]
+            except ValueError:
+                skip = 1
+                if param_names is not None and first != list(param_names):
+                    raise ValueError(f"{path} has columns {first}; the problem's parameters are "
+                                     f"{list(param_names)} (in this order).") from None
+        try:
+            return np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2, dtype=np.float64)
+        except ValueError as err:
+            raise ValueError(f"{path} is not a numeric CSV table of θ ({err}).") from err
+    raise ValueError(f"--theta takes a .npy or .csv file, got {path}.")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,29 +92,55 @@ def run(args: argparse.Namespace) -> int:
 
     is_store = str(args.out).rstrip("/").endswith(".zarr")
     check_output(args.out, "zarr" if is_store else "simulations",
-                 inputs=[problem_file(args.problem)], force=args.force)
-    if args.resume and not is_store:
-        raise ValueError("--resume needs a zarr store: --out PATH.zarr.")
+                 inputs=[problem_file(args.problem), args.theta], force=args.force)
+    if (args.resume or args.repair or args.append) and not is_store:
+        raise ValueError("--resume, --repair and --append need a zarr store: --out PATH.zarr.")
+    if args.repair and not args.resume:
+        raise ValueError("--repair checks an existing store: add --resume.")
+    if args.append and not args.theta:
+        raise ValueError("--append adds given parameters: pass --theta FILE (to add prior draws, "
+                         "--resume with a larger --num).")
     if args.dask and args.workers != 1:
         raise ValueError("Use either --workers (local processes) or --dask, not both.")
+    if args.num is None and not args.theta:
+        raise ValueError("Pass --num N (prior draws) or --theta FILE (given parameters).")
     problem = resolve_problem(args.problem)
-    if is_store:  # never loads the store into memory: it may exceed it
-        from sbi_core.simulation import chunk_plan, chunk_source
-        from sbi_core.stores import simulate_into_store
+    theta = None
+    if args.theta:
+        from sbi_core.simulation import validate_theta
 
-        store = simulate_into_store(problem, chunk_plan(args.num, args.seed, args.chunk_size),
-                                    chunk_source(args.workers, args.dask), args.out,
-                                    seed=args.seed, chunk_size=args.chunk_size,
-                                    resume=args.resume, progress=not args.quiet,
-                                    return_data=False)
-        prov = store.provenance()
-    else:
-        sims = simulate(problem, args.num, seed=args.seed, workers=args.workers,
-                        chunk_size=args.chunk_size, progress=not args.quiet,
-                        executor=args.dask)
-        sims.save(args.out)
-        prov = sims.provenance
+        theta = validate_theta(problem, read_theta_file(args.theta, list(problem.param_names)))
+        if args.num is not None and args.num != len(theta) and not args.append:
+            raise ValueError(f"--num {args.num} but {args.theta} has {len(theta)} rows; omit "
+                             "--num with --theta.")
+    try:
+        if is_store:  # never loads the store into memory: it may exceed it
+            from sbi_core.simulation import chunk_source
+            from sbi_core.stores import simulate_into_store
+
+            store = simulate_into_store(
+                problem, None, chunk_source(args.workers, args.dask, timeout=args.timeout,
+                                            isolate=args.isolate, chunk_size=args.chunk_size),
+                args.out, seed=args.seed, chunk_size=args.chunk_size,
+                resume=args.resume or args.append, progress=not args.quiet, return_data=False,
+                num_simulations=None if theta is not None else args.num, theta=theta,
+                repair=args.repair, append=args.append)
+            prov = store.provenance()
+            extra = {"repaired_chunks": store.repaired} if args.repair else {}
+        else:
+            sims = simulate(problem, None if theta is not None else args.num, seed=args.seed,
+                            workers=args.workers, chunk_size=args.chunk_size,
+                            progress=not args.quiet, executor=args.dask, theta=theta,
+                            timeout=args.timeout, isolate=args.isolate)
+            sims.save(args.out)
+            prov, extra = sims.provenance, {}
+    except KeyboardInterrupt as err:  # one line, whatever the workers were doing
+        detail = str(err) or "interrupted"
+        if not detail.startswith("interrupted"):
+            detail = "interrupted: " + detail
+        print(f"sbi-core simulate: {detail}", file=sys.stderr)
+        return 130
     print(json.dumps({"out": str(args.out), "num_simulations": prov["num_simulations"],
                       "num_invalid": prov["num_invalid"],
-                      "first_error": prov.get("first_error")}))
+                      "first_error": prov.get("first_error"), **extra}))
     return 0
