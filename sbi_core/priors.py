@@ -310,19 +310,22 @@ def prior_from_spec(spec: dict[str, Any]) -> Distribution:
 
         return scipy_from_spec(spec)
     if kind == "user":
-        raise UserPriorRequired(user_prior_message(spec.get("class", "?")))
+        raise UserPriorRequired(user_prior_message(str(spec.get("class", "?")),
+                                                   spec.get("user_class")))
     raise ValueError(
         f"Unknown prior type {kind!r}. Known types: box_uniform, gaussian, independent, torch, "
         "scipy, user."
     )
 
 
-def user_prior_message(cls: str) -> str:
-    """The message shown when a saved prior is a user-written class."""
-    return (f"This model was trained with a user-written prior {cls}. Its code is never "
-            "imported from a file, so give the prior again: "
-            f"sbi_core.load(path, prior={cls.rsplit('.', 1)[-1]}(...)) in Python, or "
-            "--problem FILE.py:FUNCTION (the problem that defines the prior) on the command line.")
+def user_prior_message(cls: str, part: str | None = None) -> str:
+    """The message shown when a saved prior is (or contains) a user-written class."""
+    what = f"user-written prior {cls}" if not part or part == cls else \
+        f"prior {cls} containing the user-written {part}"
+    return (f"This model was trained with a {what}. Its code is never imported from a file, so "
+            f"give the prior again: sbi_core.load(path, prior={cls.rsplit('.', 1)[-1]}(...)) in "
+            "Python, or --problem FILE.py:FUNCTION (the problem that defines the prior) on the "
+            "command line.")
 
 
 def prior_spec(prior: Distribution) -> dict[str, Any]:
@@ -343,14 +346,14 @@ def prior_spec(prior: Distribution) -> dict[str, Any]:
         return prior.spec
     try:
         return torch_spec(prior)
-    except UnsupportedPrior:
-        pass
+    except UnsupportedPrior as err:
+        part = str(err)  # the innermost part that is not allow-listed (may be prior itself)
     cls = type(prior)
     try:
         text = repr(prior)
     except Exception:  # a user __repr__ may fail; the class name is enough
         text = cls.__name__
-    return {"type": "user", "class": f"{cls.__module__}.{cls.__qualname__}",
+    return {"type": "user", "class": f"{cls.__module__}.{cls.__qualname__}", "user_class": part,
             "repr": text[:500], "event_shape": [int(n) for n in prior.event_shape]}
 
 
@@ -360,7 +363,7 @@ def user_prior_class(spec: dict[str, Any]) -> str | None:
     if not isinstance(spec, dict):
         return None
     if spec.get("type") == "user":
-        return str(spec.get("class", "?"))
+        return str(spec.get("user_class") or spec.get("class", "?"))
     for child in list(spec.get("children") or []) + list(spec.get("components") or []):
         found = user_prior_class(child)
         if found:
