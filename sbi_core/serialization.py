@@ -30,7 +30,8 @@ from sbi_core.priors import (
 )
 from sbi_core.simulation_set import _plain
 
-__all__ = ["save", "load", "ModelFileError", "MODEL_FORMAT", "MODEL_FORMAT_VERSION"]
+__all__ = ["save", "load", "load_model", "ModelFileError", "PriorRequiredError", "MODEL_FORMAT",
+           "MODEL_FORMAT_VERSION"]
 
 MODEL_FORMAT = "sbi-core-model"
 MODEL_FORMAT_VERSION = 1
@@ -38,6 +39,10 @@ MODEL_FORMAT_VERSION = 1
 
 class ModelFileError(ValueError):
     """A model file is missing, corrupted, not ours, or of an incompatible version."""
+
+
+class PriorRequiredError(ModelFileError):
+    """The model's prior is a user-written class: pass it with ``load(path, prior=...)``."""
 
 
 def save(posterior: Posterior, path: str | Path) -> Path:
@@ -139,6 +144,25 @@ def load(path: str | Path, device: str = "cpu", prior: Any = None) -> Posterior:
     return posterior
 
 
+def load_model(path: str | Path, problem: Any = None, device: str = "cpu") -> Posterior:
+    """:func:`load` for the command line: ``problem`` (a :class:`~sbi_core.Problem` or a
+    PROBLEM string given by the user, e.g. ``--problem my_model.py:make_problem``) is resolved
+    and its prior used only when the file's prior is a user-written class that cannot be
+    rebuilt from data."""
+    try:
+        return load(path, device=device)
+    except PriorRequiredError:
+        if problem is None:
+            raise
+    from sbi_core.problem import Problem
+
+    if not isinstance(problem, Problem):
+        from sbi_core.resolve import resolve_problem
+
+        problem = resolve_problem(problem)
+    return load(path, device=device, prior=problem)
+
+
 def _from_config(method: Any, config: dict[str, Any], prior: Distribution) -> Any:
     """``method.from_config(config)``, passing the prior to estimators that take one."""
     try:
@@ -156,7 +180,7 @@ def resolve_saved_prior(path: str | Path, spec: Any, given: Any, dim: int) -> Di
         try:
             return prior_from_spec(spec)
         except UserPriorRequired as err:
-            raise ModelFileError(f"{path}: {err}") from None
+            raise PriorRequiredError(f"{path}: {err}") from None
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
             raise ModelFileError(
                 f"{path} is damaged: its prior spec cannot be rebuilt ({err}). Pass the prior "

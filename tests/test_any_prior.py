@@ -309,3 +309,70 @@ def test_problem_accepts_scipy_and_rejects_other_objects():
         Problem("uniform", noisy_identity)
     with pytest.raises(ValueError, match="Independent"):
         Problem(Normal(torch.zeros(2), torch.ones(2)), noisy_identity)
+
+
+PROBLEM_FILE = '''
+import torch
+from torch.distributions import Distribution, constraints
+from sbi_core import Problem
+
+
+class HalfLine(Distribution):
+    arg_constraints = {}
+    support = constraints.independent(constraints.positive, 1)
+
+    def __init__(self):
+        super().__init__(torch.Size(), torch.Size([2]), validate_args=False)
+
+    def sample(self, sample_shape=torch.Size()):
+        return -torch.log1p(-torch.rand(*sample_shape, 2))
+
+    def log_prob(self, value):
+        lp = -value.sum(-1)
+        return torch.where((value > 0).all(-1), lp, torch.full_like(lp, -torch.inf))
+
+
+def make():
+    return Problem(HalfLine(), lambda t: t + 0.1 * torch.randn_like(t), name="halfline")
+'''
+
+
+def test_cli_sample_needs_problem_for_a_user_prior(tmp_path, capsys):
+    from sbi_core.cli.main import main
+    from sbi_core.resolve import resolve_problem
+
+    (tmp_path / "halfline.py").write_text(PROBLEM_FILE)
+    ref = f"{tmp_path / 'halfline.py'}:make"
+    with pytest.warns(UserWarning, match="user-written class"):
+        problem = resolve_problem(ref)
+    model = save(fit(problem, simulate(problem, 300, seed=0, progress=False), **TINY),
+                 tmp_path / "m.pt")
+    xfile = tmp_path / "x.csv"
+    xfile.write_text("0.5,1.0\n")
+    out = tmp_path / "s.csv"
+    argv = ["sample", str(model), "--x", str(xfile), "--num", "20", "--out", str(out)]
+    assert main(argv) == 2
+    assert "--problem" in capsys.readouterr().err and not out.exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main([*argv, "--problem", ref]) == 0
+    rows = out.read_text().strip().splitlines()
+    assert len(rows) == 21
+    assert all(float(v) > 0 for row in rows[1:] for v in row.split(",")[1:])
+
+
+def test_score_estimator_rebuilt_with_the_given_user_prior(tmp_path, monkeypatch):
+    """NPSE stores the prior in its estimator config; at load the given prior is passed in."""
+    (tmp_path / "halfline_mod.py").write_text(PROBLEM_FILE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.warns(UserWarning):
+        problem = importlib.import_module("halfline_mod").make()
+    post = fit(problem, simulate(problem, 300, seed=0, progress=False), method="npse", seed=0,
+               max_epochs=2, hidden_features=16, progress=False)
+    path = save(post, tmp_path / "npse.pt")
+    with pytest.raises(ModelFileError, match="halfline_mod.HalfLine"):
+        load(path)
+    again = load(path, prior=problem.prior)
+    x_o = problem.observation(1)
+    samples = again.sample((30,), x_o, seed=0)
+    assert samples.shape == (30, 2) and (samples > 0).all()

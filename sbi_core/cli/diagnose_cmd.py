@@ -41,12 +41,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from diagnostics.report import diagnose
-    from sbi_core.serialization import load
+    from sbi_core.serialization import load_model
     from sbi_core.simulation_set import SimulationSet
 
     if args.num < 1 or args.samples < 1:
         raise ValueError("--num and --samples must be positive.")
-    posterior = load(args.model)
+    posterior = load_model(args.model, problem=args.problem)
     sims = SimulationSet.load(args.sims) if args.sims else None
     problem = args.problem
     if sims is None and problem is None and not posterior.problem_spec.get("source"):
