@@ -64,6 +64,7 @@ __all__ = [
     "gaussian",
     "independent",
     "prior_from_spec",
+    "prior_log_prob",
     "prior_spec",
     "support_bounds",
     "within_support",
@@ -477,6 +478,19 @@ def within_support(prior: Distribution, theta: Tensor) -> Tensor:
     if ok.ndim == theta.ndim:
         ok = ok.all(-1)
     return ok & finite
+
+
+def prior_log_prob(prior: Distribution, theta: Tensor) -> Tensor:
+    """``prior.log_prob`` ``(N,)`` of ``theta`` ``(N, D)`` that is ``-inf`` outside the support
+    instead of raising (torch distributions validate their arguments by default) or NaN;
+    gradients flow for rows inside."""
+    inside = within_support(prior, theta)
+    if bool(inside.all()):
+        return prior.log_prob(theta)
+    center = unconstrained_transform(prior)(torch.zeros(1, theta.shape[-1], dtype=theta.dtype))
+    safe = torch.where(inside.unsqueeze(-1), theta, center.to(theta.device).expand_as(theta))
+    lp = prior.log_prob(safe)
+    return torch.where(inside, lp, torch.full_like(lp, -torch.inf))
 
 
 def unconstrained_transform(prior: Distribution) -> Transform:

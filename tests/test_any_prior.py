@@ -376,3 +376,15 @@ def test_score_estimator_rebuilt_with_the_given_user_prior(tmp_path, monkeypatch
     x_o = problem.observation(1)
     samples = again.sample((30,), x_o, seed=0)
     assert samples.shape == (30, 2) and (samples > 0).all()
+
+
+def test_likelihood_posterior_log_prob_outside_a_validating_prior_is_minus_inf():
+    """torch distributions validate by default: LogNormal.log_prob(-1) raises. The MCMC
+    posterior's potential must give -inf there instead of raising."""
+    prior = Independent(LogNormal(torch.zeros(2), 0.5 * torch.ones(2)), 1)
+    assert prior._validate_args
+    problem = Problem(prior, noisy_identity)
+    post = fit(problem, simulate(problem, 300, seed=0, progress=False), method="nle", seed=0,
+               max_epochs=2, hidden_features=8, num_transforms=1, progress=False)
+    lp = post.log_prob(torch.tensor([[-1.0, 1.0], [1.0, 1.0]]), problem.observation(1))
+    assert lp[0] == -math.inf and torch.isfinite(lp[1])
