@@ -388,3 +388,16 @@ def test_likelihood_posterior_log_prob_outside_a_validating_prior_is_minus_inf()
                max_epochs=2, hidden_features=8, num_transforms=1, progress=False)
     lp = post.log_prob(torch.tensor([[-1.0, 1.0], [1.0, 1.0]]), problem.observation(1))
     assert lp[0] == -math.inf and torch.isfinite(lp[1])
+
+
+def test_scipy_prior_gradient_and_refusal_of_discrete_distributions():
+    prior = as_prior([stats.norm(0, 2), stats.gamma(2.0)])
+    theta = torch.tensor([[0.5, 1.5], [-1.0, 3.0]], dtype=torch.float64, requires_grad=True)
+    prior.log_prob(theta).sum().backward()
+    # d/dx log N(x; 0, 2) = -x / 4;  d/dx log Gamma(x; 2) = 1/x - 1
+    expected = torch.tensor([[-0.125, 1 / 1.5 - 1], [0.25, 1 / 3 - 1]], dtype=torch.float64)
+    assert torch.allclose(theta.grad, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="not a continuous distribution"):
+        as_prior(stats.poisson(3.0))
+    with pytest.raises(TypeError, match="frozen"):
+        as_prior([stats.norm(0, 1), "x"])
