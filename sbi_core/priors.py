@@ -54,6 +54,7 @@ from torch.distributions.transforms import identity_transform
 __all__ = [
     "UserPriorRequired",
     "as_prior",
+    "from_scipy",
     "user_prior_class",
     "same_prior_spec",
     "BoxUniform",
@@ -301,6 +302,9 @@ def prior_from_spec(spec: dict[str, Any]) -> Distribution:
             return FullGaussian(spec["mean"], spec["cov"])
         return DiagonalGaussian(spec["mean"], spec["std"])
     if kind == "independent":
+        part = user_prior_class(spec)
+        if part is not None:
+            raise UserPriorRequired(user_prior_message("sbi_core.independent", part))
         return IndependentPrior(list(spec["components"]))
     if kind == "torch":
         from sbi_core.torch_prior_spec import torch_from_spec
@@ -389,6 +393,14 @@ def _is_scipy(obj: Any) -> bool:
     from sbi_core.scipy_prior import is_scipy_frozen
 
     return is_scipy_frozen(obj)
+
+
+def from_scipy(dists: Any) -> Distribution:
+    """A frozen ``scipy.stats`` distribution, or a list of them (a product), as a torch prior
+    (:class:`~sbi_core.scipy_prior.ScipyPrior`)."""
+    from sbi_core.scipy_prior import from_scipy as _from_scipy
+
+    return _from_scipy(dists)
 
 
 def as_prior(prior: Any) -> Distribution:

@@ -25,7 +25,6 @@ from torch.distributions import (
     MultivariateNormal,
     Normal,
     TransformedDistribution,
-    constraints,
 )
 
 from sbi_core import Problem, fit, independent, load, save, simulate
