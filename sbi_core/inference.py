@@ -10,6 +10,7 @@ Example::
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -17,11 +18,12 @@ from torch import Tensor
 
 from sbi_core.methods import get_method
 from sbi_core.posterior import Posterior
+from sbi_core.priors import support_bounds, within_support
 from sbi_core.problem import Problem
 from sbi_core.simulation_set import SimulationSet
 from sbi_core.training import split_options, train
 
-__all__ = ["fit"]
+__all__ = ["fit", "check_theta_in_support"]
 
 
 def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os.PathLike,
@@ -66,11 +68,36 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
             f"The simulations' x has shape {tuple(x.shape[1:])} per sample, but problem "
             f"{problem.name!r} simulates x of shape {tuple(problem.x_shape)}."
         )
+    check_theta_in_support(problem, theta)
     if m.fit is not None:
         return m.fit(problem, (theta, x), seed=seed, **options)
     train_config, estimator_options = split_options(
         {**m.training_defaults(options), **options, "seed": seed})
+    problem_spec = problem.spec()  # before training: nothing after it may lose the estimator
     torch.manual_seed(seed)
     estimator = m.build(theta, x, problem.prior, **estimator_options)
     history = train(estimator, theta, x, train_config, loss_fn=m.loss_fn)
-    return m.make_posterior(estimator, problem.prior, problem.spec(), history.to_dict())
+    return m.make_posterior(estimator, problem.prior, problem_spec, history.to_dict())
+
+
+def check_theta_in_support(problem: Problem, theta: Tensor) -> None:
+    """Warn when training ``theta`` ``(N, D)`` has rows outside the prior's support (with the
+    count and fraction); raise when none is inside."""
+    n = int(theta.shape[0])
+    if n == 0:
+        return
+    outside = int((~within_support(problem.prior, theta)).sum())
+    if outside == 0:
+        return
+    low, high = support_bounds(problem.prior)
+    where = f"support bounds low={low.tolist()}, high={high.tolist()}"
+    if outside == n:
+        raise ValueError(
+            f"None of the {n:,} training θ lie inside the prior's support ({where}). These "
+            f"simulations do not come from problem {problem.name!r}'s prior: simulate with "
+            "sbi_core.simulate(problem, ...), or give the Problem the prior the θ were drawn from.")
+    warnings.warn(
+        f"{outside:,} of {n:,} training θ ({100.0 * outside / n:.1f}%) lie outside the prior's "
+        f"support ({where}). The posterior is restricted to the support, so those rows only "
+        "distort the estimator (and NPE's theta_transform='unconstrained' refuses them); check "
+        f"that the simulations were drawn from problem {problem.name!r}'s prior.", UserWarning, stacklevel=3)

@@ -34,7 +34,7 @@ from torch.distributions import Distribution
 
 from sbi_core.mcmc import MCMCConfig, MCMCResult, initial_chains, run_mcmc
 from sbi_core.posterior import Posterior, RangeCheck, seeded
-from sbi_core.priors import unconstrained_transform
+from sbi_core.priors import prior_log_prob, unconstrained_transform
 
 __all__ = ["MCMCPosterior", "mcmc_defaults"]
 
@@ -99,7 +99,7 @@ class MCMCPosterior(Posterior):
     def potential(self, theta: Tensor, index: Tensor, x_sets: Tensor) -> Tensor:
         """``log p(θ) + Σ_i ℓ(θ, x_i)`` for rows ``theta`` ``(M, D)`` of observation ``index``
         ``(M,)`` in ``x_sets`` ``(B, n, *x_shape)`` → ``(M,)``; ``-inf`` outside the support."""
-        lp_prior = self.prior.log_prob(theta)
+        lp_prior = prior_log_prob(self.prior, theta)
         inside = torch.isfinite(lp_prior)
         safe = torch.where(inside[:, None], theta, self._center.expand_as(theta))
         lp = lp_prior + self.iid_log_likelihood(safe, x_sets[index])

@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from sbi_core.priors import prior_spec
+from sbi_core.priors import as_prior, prior_spec, user_prior_class
 
 __all__ = ["Problem", "OBSERVATION_SEED_BASE", "NUM_OBSERVATIONS"]
 
@@ -38,7 +39,11 @@ class Problem:
     """A prior over ``D`` parameters and a batched simulator.
 
     Args:
-        prior: torch distribution with event shape ``(D,)``.
+        prior: any torch distribution with event shape ``(D,)`` and no batch shape, or frozen
+            ``scipy.stats`` distributions (one or a list; wrapped by
+            :func:`sbi_core.priors.as_prior`). A user-written ``Distribution`` subclass
+            works too; a warning here says that loading a saved model will need it again
+            (``load(path, prior=...)``).
         simulator: callable mapping ``theta`` ``(N, D)`` to ``x`` ``(N, *x_shape)``.
         param_names: ``D`` names (default ``theta_1..theta_D``).
         name: short identifier used in files and reports.
@@ -66,16 +71,13 @@ class Problem:
         description: str = "",
         observation_seeds: Sequence[int] | None = None,
     ):
-        if not isinstance(prior, Distribution):
-            raise TypeError(
-                f"prior must be a torch.distributions.Distribution, got {type(prior).__name__}. "
-                "Use sbi_core.box_uniform, sbi_core.gaussian or sbi_core.independent."
-            )
+        prior = as_prior(prior)
         if len(prior.event_shape) != 1 or prior.batch_shape != torch.Size():
             raise ValueError(
                 "The prior must have event shape (D,) and no batch shape; got event shape "
                 f"{tuple(prior.event_shape)} and batch shape {tuple(prior.batch_shape)}. "
-                "Wrap independent 1-D distributions with sbi_core.independent(...)."
+                "Wrap a batch of 1-D distributions with torch.distributions.Independent(dist, 1) or "
+                "list per-parameter distributions in sbi_core.independent(...)."
             )
         if not callable(simulator):
             raise TypeError("simulator must be callable: Tensor[N, D] -> Tensor[N, *x_shape].")
@@ -101,6 +103,16 @@ class Problem:
         self.observation_seeds = [int(s) for s in observation_seeds] if observation_seeds \
             else [OBSERVATION_SEED_BASE + k for k in range(1, NUM_OBSERVATIONS + 1)]
         self.x_shape: tuple[int, ...] | None = tuple(x_shape) if x_shape is not None else None
+        # Savability is settled here, before any simulation or training (never after fit).
+        user_class = user_prior_class(prior_spec(prior))
+        if user_class is not None:
+            warnings.warn(
+                f"Problem {name!r}: the prior is a user-written class ({user_class}). Trained "
+                "models store only its name, never its code, so loading one needs the prior "
+                "again: sbi_core.load(path, prior=...) or `--problem` on the command line. "
+                "Priors built from torch.distributions classes (Independent, "
+                "TransformedDistribution, MixtureSameFamily, ...), scipy.stats or "
+                "sbi_core.independent(...) are stored in full.", UserWarning, stacklevel=2)
         if validate:
             self._validate()
         elif self.x_shape is None:

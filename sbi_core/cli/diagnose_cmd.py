@@ -46,13 +46,13 @@ def run(args: argparse.Namespace) -> int:
     from sbi_core.cli.common import problem_file
     from sbi_core.io import write_json
     from sbi_core.resolve import recorded_problem, resolve_problem
-    from sbi_core.serialization import load
+    from sbi_core.serialization import load_model
     from sbi_core.simulation_set import SimulationSet
 
     out = Path(args.out) if args.out else Path(args.model).with_name(
         Path(args.model).stem + "_diagnostics")
     check_output(out, "directory", inputs=[args.model, args.sims, problem_file(args.problem)])
-    posterior = load(args.model)
+    posterior = load_model(args.model, problem=args.problem)
     sims = SimulationSet.load(args.sims) if args.sims else None
     if args.problem:
         problem = resolve_problem(args.problem)

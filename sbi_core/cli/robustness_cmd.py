@@ -7,7 +7,6 @@ Attacks test observations with projected gradient ascent at each relative budget
 from __future__ import annotations
 
 import argparse
-import json
 
 from sbi_core.cli.common import PROBLEM_HELP, add_force, positive_float, positive_int
 

@@ -23,6 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="treat the rows as one set of iid observations of the same parameters")
     p.add_argument("--mcmc-method", choices=["slice", "hmc"],
                    help="MCMC sampler of likelihood/ratio posteriors (nle, nre, ...)")
+    p.add_argument("--problem", metavar="PROBLEM",
+                   help="FILE.py:FUNCTION giving the prior, needed only when the model was "
+                        "trained with a user-written prior class (never imported from MODEL)")
     p.add_argument("--num-chains", type=positive_int, help="MCMC chains per observation")
     p.add_argument("--warmup-steps", type=nonnegative_int,
                    help="MCMC warm-up transitions per chain")
@@ -32,11 +35,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from sbi_core.atomic import check_output
+    from sbi_core.cli.common import problem_file
     from sbi_core.io import read_observations, write_samples_csv
-    from sbi_core.serialization import load
+    from sbi_core.serialization import load_model
 
-    out = check_output(args.out, "csv", inputs=[args.model, args.x], force=args.force)
-    posterior = load(args.model)
+    out = check_output(args.out, "csv", inputs=[args.model, args.x, problem_file(args.problem)],
+                       force=args.force)
+    posterior = load_model(args.model, problem=args.problem)
     xs = read_observations(args.x, posterior.x_shape)
     mcmc = {k: v for k, v in {"method": args.mcmc_method, "num_chains": args.num_chains,
                               "warmup_steps": args.warmup_steps}.items() if v is not None}

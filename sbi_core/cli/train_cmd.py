@@ -9,8 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from sbi_core.cli.common import (PROBLEM_HELP, add_force, nonnegative_float, positive_float,
-                                 positive_int)
+from sbi_core.cli.common import (
+    PROBLEM_HELP,
+    add_force,
+    nonnegative_float,
+    positive_float,
+    positive_int,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
