@@ -66,11 +66,19 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
             f"The simulations' x has shape {tuple(x.shape[1:])} per sample, but problem "
             f"{problem.name!r} simulates x of shape {tuple(problem.x_shape)}."
         )
-    if m.fit is not None:
-        return m.fit(problem, (theta, x), seed=seed, **options)
-    train_config, estimator_options = split_options(
-        {**m.training_defaults(options), **options, "seed": seed})
-    torch.manual_seed(seed)
-    estimator = m.build(theta, x, problem.prior, **estimator_options)
-    history = train(estimator, theta, x, train_config, loss_fn=m.loss_fn)
+    try:
+        if m.fit is not None:
+            return m.fit(problem, (theta, x), seed=seed, **options)
+        train_config, estimator_options = split_options(
+            {**m.training_defaults(options), **options, "seed": seed})
+        torch.manual_seed(seed)
+        estimator = m.build(theta, x, problem.prior, **estimator_options)
+        history = train(estimator, theta, x, train_config, loss_fn=m.loss_fn)
+    except ValueError as err:
+        if isinstance(sims, SimulationSet) and sims.num_invalid:  # name the likely cause
+            raise ValueError(
+                f"Only {len(sims) - sims.num_invalid} of {len(sims)} simulations are valid"
+                f" ({sims.invalid_summary(getattr(problem, 'x_names', None))}); first error: {sims.provenance.get('first_error')}. "
+                f"Training on the valid ones failed: {err}") from err
+        raise
     return m.make_posterior(estimator, problem.prior, problem.spec(), history.to_dict())

@@ -51,6 +51,8 @@ class Problem:
         observation_seeds: the 10 seeds of :meth:`observation` ``1..10`` (default
             ``OBSERVATION_SEED_BASE + k``); benchmark problems list theirs to skip degenerate
             draws, as the SBI benchmark does.
+        x_names: optional names of the ``prod(x_shape)`` columns of the flattened ``x``,
+            used in reports of invalid simulations.
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class Problem:
         validate: bool = True,
         description: str = "",
         observation_seeds: Sequence[int] | None = None,
+        x_names: Sequence[str] | None = None,
     ):
         if not isinstance(prior, Distribution):
             raise TypeError(
@@ -105,6 +108,10 @@ class Problem:
             self._validate()
         elif self.x_shape is None:
             raise ValueError("x_shape is required when validate=False.")
+        self.x_names = list(x_names) if x_names is not None else None
+        if self.x_names is not None and len(self.x_names) != int(np.prod(self.x_shape)):
+            raise ValueError(f"x_names has {len(self.x_names)} names but x has "
+                             f"{int(np.prod(self.x_shape))} columns (x_shape {self.x_shape}).")
 
     def _validate(self, n: int = 3) -> None:
         with torch.random.fork_rng():

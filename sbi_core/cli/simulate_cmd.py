@@ -59,5 +59,6 @@ def run(args: argparse.Namespace) -> int:
         prov = sims.provenance
     print(json.dumps({"out": str(args.out), "num_simulations": prov["num_simulations"],
                       "num_invalid": prov["num_invalid"],
-                      "first_error": prov.get("first_error")}))
+                      "first_error": prov.get("first_error"),
+                      "invalid_columns": prov.get("invalid_columns")}))
     return 0
