@@ -39,12 +39,13 @@ class RowFailures(RuntimeError):
     """Raised by a simulator that simulated a batch but knows some rows failed.
 
     Args:
-        x: ``(N, *x_shape)`` outputs; rows where ``failed`` is True are ignored.
+        x: ``(N, *x_shape)`` outputs (rows where ``failed`` is True are ignored), or None
+            when all rows failed.
         failed: bool ``(N,)``, the failed rows.
         message: what went wrong (kept as the run's ``first_error``).
     """
 
-    def __init__(self, x: Tensor, failed: Tensor, message: str):
+    def __init__(self, x: Tensor | None, failed: Tensor, message: str):
         super().__init__(message)
         self.x, self.failed = x, failed
 
@@ -125,11 +126,16 @@ def isolate_failures(simulator: Callable[[Tensor], Tensor], theta: Tensor,
             return 0
         except RowFailures as err:  # the simulator reported its failed rows: no rerun
             failed = torch.as_tensor(err.failed, dtype=torch.bool).reshape(-1)
-            if failed.shape[0] != hi - lo:
-                err_msg = f"RowFailures mask has {failed.shape[0]} rows for a batch of {hi - lo}"
-                note(err_msg)
-                return _split(lo, hi, err_msg)
-            out = check_output(err.x, hi - lo, x_shape).float().clone()
+            try:
+                if failed.shape[0] != hi - lo:
+                    raise ValueError(f"the failed-row mask has {failed.shape[0]} entries for "
+                                     f"a batch of {hi - lo}")
+                out = torch.full((hi - lo, *x_shape), float("nan")) if err.x is None else \
+                    check_output(err.x, hi - lo, x_shape).float().clone()
+            except (TypeError, ValueError) as bad:  # a malformed report: isolate as usual
+                msg = f"{_message(err)} ({bad})"
+                note(msg)
+                return _split(lo, hi, msg)
             out[failed] = float("nan")
             x[lo:hi] = out
             note(_message(err))
