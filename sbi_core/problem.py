@@ -124,14 +124,18 @@ class Problem:
             try:
                 x = self.simulator(theta)
             except Exception as err:
+                hint = _adapter_hint(self.simulator, theta) or (
+                    " A simulator takes a batch Tensor[N, D]; wrap a per-sample function with "
+                    "simulators.per_sample and a numpy one with simulators.from_numpy, or let "
+                    "simulators.adapt(fn) detect which it is.")
                 raise ValueError(
                     f"The simulator raised on a test batch of {n} prior samples (shape {tuple(theta.shape)}): "
-                    f"{type(err).__name__}: {err}. A simulator takes a batch Tensor[N, D]; wrap a "
-                    "per-sample function with simulators.per_sample and a numpy one with simulators.from_numpy."
+                    f"{type(err).__name__}: {err}.{hint}"
                 ) from err
         if isinstance(x, np.ndarray):
             raise TypeError(
                 "The simulator returned a numpy array; wrap it with simulators.from_numpy(fn)."
+                + _adapter_hint(self.simulator, theta)
             )
         if not isinstance(x, Tensor):
             raise TypeError(f"The simulator must return a torch.Tensor, got {type(x).__name__}.")
@@ -142,8 +146,9 @@ class Problem:
         if x.ndim < 2 or x.shape[0] != n:
             raise ValueError(
                 f"For a batch of {n} parameters the simulator returned shape {tuple(x.shape)}; expected "
-                f"({n}, *x_shape) with one row per parameter set. Per-sample functions need "
-                "simulators.per_sample(fn)."
+                f"({n}, *x_shape) with one row per parameter set."
+                + (_adapter_hint(self.simulator, theta)
+                   or " Per-sample functions need simulators.per_sample(fn).")
             )
         got = tuple(x.shape[1:])
         if self.x_shape is not None and got != self.x_shape:
@@ -186,3 +191,12 @@ class Problem:
 
     def __repr__(self) -> str:
         return f"Problem(name={self.name!r}, dim={self.dim}, x_shape={self.x_shape})"
+
+
+def _adapter_hint(simulator: Simulator, theta: Tensor) -> str:
+    """The adapter call that works for ``simulator`` (probed), or ``""``."""
+    try:
+        from simulators.adapters import suggest_adapter
+    except ImportError:
+        return ""
+    return suggest_adapter(simulator, theta)
