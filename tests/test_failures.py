@@ -127,3 +127,12 @@ def test_empty_simulation_file_gives_clear_error(tmp_path):
     np.savez(tmp_path / "e.npz", theta=np.zeros((0, 2)), x=np.zeros((0, 3)))
     with pytest.raises(ValueError, match="have 0 rows"):
         SimulationSet.load(tmp_path / "e.npz")
+
+
+def test_dense_failures_cost_about_as_much_as_row_by_row():
+    n = 256
+    bad = list(range(0, n, 2))  # half of the rows fail
+    sim = Counting(bad)
+    res = isolate_failures(sim, _theta(n), (2,), seed=0)
+    assert torch.equal(~res.valid, torch.isin(torch.arange(n), torch.tensor(bad)))
+    assert res.calls <= n + 64  # plain bisection would make about 2n calls
