@@ -219,7 +219,8 @@ def describe_invalid(x: Tensor, names: Sequence[str] | None = None, max_columns:
     parts = []
     for c in cols[:max_columns]:
         label = f"column {c['column']}" + (f" ({names[c['column']]})" if use_names else "")
-        kinds = [f"NaN in {c['nan']:,}" if c["nan"] else "", f"inf in {c['inf']:,}" if c["inf"] else ""]
+        kinds = [f"NaN in {c['nan']:,}" if c["nan"] else "",
+                 f"inf in {c['inf']:,}" if c["inf"] else ""]
         parts.append(f"{label} is {' and '.join(k for k in kinds if k)} of {n:,} rows")
     more = len(cols) - max_columns
     return "; ".join(parts) + (f"; and {more} more column(s)" if more > 0 else "")

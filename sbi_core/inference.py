@@ -75,10 +75,12 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
         estimator = m.build(theta, x, problem.prior, **estimator_options)
         history = train(estimator, theta, x, train_config, loss_fn=m.loss_fn)
     except ValueError as err:
-        if isinstance(sims, SimulationSet) and sims.num_invalid:  # name the likely cause
+        if isinstance(sims, SimulationSet) and 2 * sims.num_invalid >= len(sims):
+            # most simulations are invalid: that is the likely cause, say it first
+            columns = sims.invalid_summary(getattr(problem, "x_names", None))
             raise ValueError(
                 f"Only {len(sims) - sims.num_invalid} of {len(sims)} simulations are valid"
-                f" ({sims.invalid_summary(getattr(problem, 'x_names', None))}); first error: {sims.provenance.get('first_error')}. "
+                f" ({columns}); first error: {sims.provenance.get('first_error')}. "
                 f"Training on the valid ones failed: {err}") from err
         raise
     return m.make_posterior(estimator, problem.prior, problem.spec(), history.to_dict())
