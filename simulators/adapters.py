@@ -223,6 +223,10 @@ class per_sample(adapt):  # noqa: N801 - used like a function
 def suggest_adapter(simulator: Callable, theta: Tensor) -> str:
     """A sentence naming the call that works for ``simulator`` (an adapter is looked
     through to its function), or ``""`` when no kind works; for error messages."""
+    from simulators.external import ExternalProgram
+
+    if isinstance(simulator, ExternalProgram):  # batched by construction; probing would
+        return ""                                # start the program again (maybe a timeout)
     fn = simulator.fn if isinstance(simulator, adapt) else simulator
     used = (simulator.batched, simulator.numpy) if isinstance(simulator, adapt) else (True, False)
     for b, n in _all_kinds():

@@ -107,3 +107,13 @@ def test_failing_program_without_report_is_bisected(tmp_path):
     k = int(bad.sum())
     assert calls[0] == 16 and max(calls[1:]) == 8  # halves, never the whole batch again
     assert len(calls) <= 1 + 2 * k * 4  # at most two calls per level per failing row
+
+
+def test_broken_program_at_construction_is_not_probed_again(tmp_path):
+    prog = tmp_path / "count.py"
+    log = tmp_path / "starts.txt"
+    prog.write_text(f"open({str(log)!r}, 'a').write('x')\nraise SystemExit(2)\n")
+    sim = external_simulator([sys.executable, str(prog)], timeout=30, x_shape=(2,))
+    with pytest.raises(ValueError, match="exited with status 2"):
+        Problem(box_uniform([-1.0, -1.0], [1.0, 1.0]), sim, x_shape=(2,))
+    assert log.read_text() == "x"  # one start: the adapter probe does not rerun a program
