@@ -167,7 +167,8 @@ def isolate_failures(simulator: Callable[[Tensor], Tensor], theta: Tensor,
     first_error = state["first"]
     if state["batch"] is not None:
         first_error = ("the batched simulator failed on a batch whose rows all succeeded in "
-                       f"smaller batches (it is broken for batches): {state['batch']}")
+                       "smaller batches (re-seeded): it is broken for batches, or fails at "
+                       f"random: {state['batch']}")
     elif first_error is None and not bool(valid.all()):
         first_error = "the simulator returned NaN or inf"
     return Isolation(x, valid, first_error, state["batch"], state["calls"])

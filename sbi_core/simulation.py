@@ -198,8 +198,9 @@ def assemble(problem: Problem, chunks: list[ChunkResult], seed: int, chunk_size:
         provenance["batch_error"] = batch_errors[0]
         warnings.warn(
             f"The batched simulator raised on {len(batch_errors)} chunk(s) whose rows all "
-            f"succeeded in smaller batches, so it is broken for batches (results were rescued "
-            f"by re-simulating sub-batches). First error: {batch_errors[0]}", stacklevel=3)
+            f"succeeded in smaller (re-seeded) batches, so it is broken for batches or fails "
+            f"at random (results were rescued by re-simulating sub-batches). First error: "
+            f"{batch_errors[0]}", stacklevel=3)
     if seconds is not None:
         provenance["seconds"] = round(seconds, 3)
     return SimulationSet(theta, x, valid, provenance)
