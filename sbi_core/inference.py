@@ -69,14 +69,24 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
             f"{problem.name!r} simulates x of shape {tuple(problem.x_shape)}."
         )
     check_theta_in_support(problem, theta)
-    if m.fit is not None:
-        return m.fit(problem, (theta, x), seed=seed, **options)
-    train_config, estimator_options = split_options(
-        {**m.training_defaults(options), **options, "seed": seed})
-    problem_spec = problem.spec()  # before training: nothing after it may lose the estimator
-    torch.manual_seed(seed)
-    estimator = m.build(theta, x, problem.prior, **estimator_options)
-    history = train(estimator, theta, x, train_config, loss_fn=m.loss_fn)
+    try:
+        if m.fit is not None:
+            return m.fit(problem, (theta, x), seed=seed, **options)
+        train_config, estimator_options = split_options(
+            {**m.training_defaults(options), **options, "seed": seed})
+        problem_spec = problem.spec()  # before training: nothing after it may lose the estimator
+        torch.manual_seed(seed)
+        estimator = m.build(theta, x, problem.prior, **estimator_options)
+        history = train(estimator, theta, x, train_config, loss_fn=m.loss_fn)
+    except ValueError as err:
+        if isinstance(sims, SimulationSet) and 2 * sims.num_invalid >= len(sims):
+            # most simulations are invalid: that is the likely cause, say it first
+            columns = sims.invalid_summary(getattr(problem, "x_names", None))
+            raise ValueError(
+                f"Only {len(sims) - sims.num_invalid} of {len(sims)} simulations are valid"
+                f" ({columns}); first error: {sims.provenance.get('first_error')}. "
+                f"Training on the valid ones failed: {err}") from err
+        raise
     return m.make_posterior(estimator, problem.prior, problem_spec, history.to_dict())
 
 

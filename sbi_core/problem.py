@@ -56,6 +56,8 @@ class Problem:
         observation_seeds: the 10 seeds of :meth:`observation` ``1..10`` (default
             ``OBSERVATION_SEED_BASE + k``); benchmark problems list theirs to skip degenerate
             draws, as the SBI benchmark does.
+        x_names: optional names of the ``prod(x_shape)`` columns of the flattened ``x``,
+            used in reports of invalid simulations.
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class Problem:
         validate: bool = True,
         description: str = "",
         observation_seeds: Sequence[int] | None = None,
+        x_names: Sequence[str] | None = None,
     ):
         prior = as_prior(prior)
         if len(prior.event_shape) != 1 or prior.batch_shape != torch.Size():
@@ -117,6 +120,10 @@ class Problem:
             self._validate()
         elif self.x_shape is None:
             raise ValueError("x_shape is required when validate=False.")
+        self.x_names = list(x_names) if x_names is not None else None
+        if self.x_names is not None and len(self.x_names) != int(np.prod(self.x_shape)):
+            raise ValueError(f"x_names has {len(self.x_names)} names but x has "
+                             f"{int(np.prod(self.x_shape))} columns (x_shape {self.x_shape}).")
 
     def _validate(self, n: int = 3) -> None:
         with torch.random.fork_rng():
@@ -129,14 +136,18 @@ class Problem:
             try:
                 x = self.simulator(theta)
             except Exception as err:
+                hint = _adapter_hint(self.simulator, theta) or (
+                    " A simulator takes a batch Tensor[N, D]; wrap a per-sample function with "
+                    "simulators.per_sample and a numpy one with simulators.from_numpy, or let "
+                    "simulators.adapt(fn) detect which it is.")
                 raise ValueError(
                     f"The simulator raised on a test batch of {n} prior samples (shape {tuple(theta.shape)}): "
-                    f"{type(err).__name__}: {err}. A simulator takes a batch Tensor[N, D]; wrap a "
-                    "per-sample function with simulators.per_sample and a numpy one with simulators.from_numpy."
+                    f"{type(err).__name__}: {err}.{hint}"
                 ) from err
         if isinstance(x, np.ndarray):
             raise TypeError(
                 "The simulator returned a numpy array; wrap it with simulators.from_numpy(fn)."
+                + _adapter_hint(self.simulator, theta)
             )
         if not isinstance(x, Tensor):
             raise TypeError(f"The simulator must return a torch.Tensor, got {type(x).__name__}.")
@@ -147,8 +158,9 @@ class Problem:
         if x.ndim < 2 or x.shape[0] != n:
             raise ValueError(
                 f"For a batch of {n} parameters the simulator returned shape {tuple(x.shape)}; expected "
-                f"({n}, *x_shape) with one row per parameter set. Per-sample functions need "
-                "simulators.per_sample(fn)."
+                f"({n}, *x_shape) with one row per parameter set."
+                + (_adapter_hint(self.simulator, theta)
+                   or " Per-sample functions need simulators.per_sample(fn).")
             )
         got = tuple(x.shape[1:])
         if self.x_shape is not None and got != self.x_shape:
@@ -191,3 +203,12 @@ class Problem:
 
     def __repr__(self) -> str:
         return f"Problem(name={self.name!r}, dim={self.dim}, x_shape={self.x_shape})"
+
+
+def _adapter_hint(simulator: Simulator, theta: Tensor) -> str:
+    """The adapter call that works for ``simulator`` (probed), or ``""``."""
+    try:
+        from simulators.adapters import suggest_adapter
+    except ImportError:
+        return ""
+    return suggest_adapter(simulator, theta)

@@ -5,9 +5,10 @@ fixed size, and chunk ``i`` draws its parameters and noise from the ``i``-th chi
 ``numpy.random.SeedSequence(seed)``. Whether the chunks run in one process or many,
 the result is the same tensor, bit for bit.
 
-Failures never kill a run. If a batched call raises, the chunk is re-simulated one
-sample at a time to find the failing rows; those rows (and any with NaN/inf) are
-marked invalid in the :class:`SimulationSet`, with the first error message kept.
+Failures never kill a run. If a batched call raises, the failing rows are found by
+bisection (:mod:`sbi_core.failures`); those rows (and any with NaN/inf) are marked
+invalid in the :class:`SimulationSet`, with the first error message kept and the NaN/inf
+columns summarized in ``provenance["invalid_columns"]``.
 
 Process failures never hang or lose a run either. With ``workers >= 2``, a ``timeout``
 or ``isolate=True`` the chunks run in supervised worker processes
@@ -35,6 +36,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from sbi_core.failures import describe_invalid, isolate_failures, seed_everything
 from sbi_core.problem import Problem
 from sbi_core.simulation_set import SimulationSet
 
@@ -54,6 +56,8 @@ class ChunkResult:
     valid: Tensor
     first_error: str | None
     seconds: float
+    batch_error: str | None = None  # a batch raised though all its rows worked alone
+    calls: int = 1  # simulator calls made (more than 1 when failures were isolated)
 
 
 def chunk_plan(num_simulations: int, seed: int, chunk_size: int,
@@ -129,17 +133,12 @@ def chunk_theta(problem: Problem, size: int, seed: int,
 
     Seeds torch and NumPy from ``seed`` first (as :func:`run_chunk` does before simulating).
     """
-    _seed_everything(seed)
+    seed_everything(seed)
     if theta is None:
         return problem.prior.sample((size,)).float()
     if isinstance(theta, Tensor):
         return theta.detach().float().clone()
     return torch.tensor(np.asarray(theta), dtype=torch.float32)
-
-
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % (2**32))
 
 
 def run_chunk(problem: Problem, index: int, size: int, seed: int,
@@ -150,38 +149,9 @@ def run_chunk(problem: Problem, index: int, size: int, seed: int,
     """
     start = time.perf_counter()
     theta = chunk_theta(problem, size, seed, theta)
-    x_shape = problem.x_shape or ()
-    first_error = None
-    try:
-        x = _checked(problem.simulator(theta), size, x_shape)
-    except Exception as err:  # isolate failing rows one by one
-        first_error = f"{type(err).__name__}: {err}"
-        rows = []
-        for i in range(size):
-            _seed_everything(seed + 7919 * (i + 1))
-            try:
-                rows.append(_checked(problem.simulator(theta[i : i + 1]), 1, x_shape)[0])
-            except Exception as row_err:  # recorded, not raised
-                first_error = first_error or f"{type(row_err).__name__}: {row_err}"
-                rows.append(torch.full(x_shape, float("nan")))
-        x = torch.stack(rows)
-        if all(not torch.isnan(r).all() for r in rows):
-            first_error = None  # the batch failed but every single row succeeded
-    x = x.float()
-    valid = torch.isfinite(x.reshape(size, -1)).all(1)
-    if first_error is None and not bool(valid.all()):
-        first_error = "the simulator returned NaN or inf"
-    return ChunkResult(index, theta, x, valid, first_error, time.perf_counter() - start)
-
-
-def _checked(x: Tensor, n: int, x_shape: tuple[int, ...]) -> Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
-    if not isinstance(x, Tensor):
-        raise TypeError(f"simulator returned {type(x).__name__}, not a Tensor")
-    if tuple(x.shape) != (n, *x_shape):
-        raise ValueError(f"simulator returned shape {tuple(x.shape)}, expected {(n, *x_shape)}")
-    return x
+    iso = isolate_failures(problem.simulator, theta, problem.x_shape or (), seed)
+    return ChunkResult(index, theta, iso.x, iso.valid, iso.first_error,
+                       time.perf_counter() - start, iso.batch_error, iso.calls)
 
 
 @contextlib.contextmanager
@@ -361,6 +331,19 @@ def assemble(problem: Problem, chunks: list[ChunkResult], seed: int, chunk_size:
         "first_error": errors[0] if errors else None,
         "torch_version": str(torch.__version__),
     }
+    x_names = getattr(problem, "x_names", None)
+    if x_names is not None:
+        provenance["x_names"] = list(x_names)
+    if provenance["num_invalid"]:
+        provenance["invalid_columns"] = describe_invalid(x, x_names)
+    batch_errors = [c.batch_error for c in chunks if getattr(c, "batch_error", None)]
+    if batch_errors:
+        provenance["batch_error"] = batch_errors[0]
+        warnings.warn(
+            f"The batched simulator raised on {len(batch_errors)} chunk(s) whose rows all "
+            f"succeeded in smaller (re-seeded) batches, so it is broken for batches or fails "
+            f"at random (results were rescued by re-simulating sub-batches). First error: "
+            f"{batch_errors[0]}", stacklevel=3)
     if seconds is not None:
         provenance["seconds"] = round(seconds, 3)
     return SimulationSet(theta, x, valid, provenance)

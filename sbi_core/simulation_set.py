@@ -65,6 +65,13 @@ class SimulationSet:
             theta_t = theta_t[:, None]
         if x_t.ndim == 1:
             x_t = x_t[:, None]
+        if theta_t.shape[0] == 0 or x_t.shape[0] == 0:
+            where = (provenance or {}).get("source_file")
+            raise ValueError(
+                f"The simulations{f' in {where}' if where else ''} have 0 rows (theta "
+                f"{tuple(theta_t.shape)}, x {tuple(x_t.shape)}); simulate at least a few hundred "
+                "(sbi-core simulate) and save them again."
+            )
         if x_t.shape[0] != theta_t.shape[0]:
             raise ValueError(
                 f"theta has {theta_t.shape[0]} rows but x has {x_t.shape[0]}; each x row must be "
@@ -89,22 +96,38 @@ class SimulationSet:
     def training_data(self, warn: bool = True) -> tuple[Tensor, Tensor]:
         """``(theta, x)`` of the valid simulations only, warning when some were excluded."""
         n_bad = self.num_invalid
+        if len(self) == 0:
+            raise ValueError("The simulation set has 0 rows; simulate (or load) at least a few "
+                             "hundred simulations before training.")
         if n_bad == len(self):
             err = self.provenance.get("first_error")
             raise ValueError(
                 f"All {len(self)} simulations are invalid (NaN/inf or the simulator raised)"
-                + (f"; first error: {err}" if err else "")
+                + (f"; first error: {err}" if err else "") + self._invalid_note()
                 + ". Fix the simulator or the prior range before training."
             )
         if n_bad and warn:
             err = self.provenance.get("first_error")
             warnings.warn(
                 f"Excluding {n_bad} of {len(self)} invalid simulations (NaN/inf or errors) from "
-                "training" + (f"; first error: {err}" if err else "") + ". Excluding them "
-                "biases the posterior where the simulator fails; inspect sims.valid.",
+                "training" + (f"; first error: {err}" if err else "") + self._invalid_note()
+                + ". Excluding them biases the posterior where the simulator fails; inspect "
+                "sims.valid.",
                 stacklevel=2,
             )
         return self.theta[self.valid], self.x[self.valid]
+
+    def invalid_summary(self, x_names: list[str] | None = None) -> str:
+        """Which x columns are NaN/inf and how often, e.g. ``"column 7 (ratio_mean) is NaN
+        in 3,996 of 4,000 rows"`` (``""`` when all are finite); names from ``x_names`` or
+        the provenance's ``x_names``."""
+        from sbi_core.failures import describe_invalid
+
+        return describe_invalid(self.x, x_names or self.provenance.get("x_names"))
+
+    def _invalid_note(self) -> str:
+        text = self.invalid_summary()
+        return f"; {text}" if text else ""
 
     def concat(self, other: SimulationSet) -> SimulationSet:
         if other.x_shape != self.x_shape or other.theta.shape[1] != self.theta.shape[1]:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import importlib
 
+from sbi_core.failures import RowFailures
 from sbi_core.problem import Problem
-from simulators.adapters import from_numpy, per_sample
+from simulators.adapters import adapt, from_numpy, per_sample
 from simulators.external import ExternalProgram, external_simulator
 
-__all__ = ["get_problem", "available_problems", "from_numpy", "per_sample", "external_simulator",
-           "ExternalProgram", "BENCHMARK_PROBLEMS"]
+__all__ = ["get_problem", "available_problems", "adapt", "from_numpy", "per_sample",
+           "external_simulator", "ExternalProgram", "RowFailures", "BENCHMARK_PROBLEMS"]
 
 # name -> "module:factory"; each factory returns a Problem.
 _PROBLEMS: dict[str, str] = {

@@ -12,9 +12,21 @@ Two ways to exchange data (``io=``):
 - ``"text"``: ``theta`` goes to the program's stdin as whitespace-separated rows, and the
   program prints one row of ``prod(x_shape)`` numbers per parameter row on stdout.
 
-A non-zero exit, a timeout, a missing or misshaped output all raise ``RuntimeError`` with
-the program's stderr; the simulation engine then isolates the failing rows, marks them
-invalid and records the message as the run's ``first_error``.
+Failed rows (the program can report them itself, so nothing is rerun):
+
+- NaN rows: write NaN (or inf) in the rows of ``x`` that failed and exit 0; those rows
+  are marked invalid.
+- Mask file: exit non-zero and write the 0-based indices of the failed rows, whitespace-
+  separated, to the path given as ``{mask}`` / ``SBI_MASK`` (plus ``x.npy`` or the printed
+  rows for the others; their values in failed rows are ignored). The call raises
+  :class:`sbi_core.failures.RowFailures` carrying the good rows and the mask, which the
+  engine uses directly. A mask file written with exit status 0 is honoured too.
+
+Any other non-zero exit, a timeout, a missing or misshaped output raise ``RuntimeError``
+with the program's stderr; the simulation engine then finds the failing rows by
+bisection (:mod:`sbi_core.failures`), marks them invalid and records the message as the
+run's ``first_error``. The program runs in its own process group (POSIX), and on timeout
+the whole group is killed, including children a wrapper script started.
 
 Example::
 
@@ -26,6 +38,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -33,6 +46,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import Tensor
+
+from sbi_core.failures import RowFailures
 
 __all__ = ["ExternalProgram", "external_simulator"]
 
@@ -75,36 +90,65 @@ class ExternalProgram:
     def __call__(self, theta: Tensor) -> Tensor:
         """``theta`` ``(N, D)`` -> ``x`` ``(N, *x_shape)``; raises RuntimeError on failure."""
         values = theta.detach().cpu().numpy().astype(np.float64)
+        n = values.shape[0]
         with tempfile.TemporaryDirectory(prefix="sbi-core-ext-") as tmp:
             theta_path, x_path = os.path.join(tmp, "theta.npy"), os.path.join(tmp, "x.npy")
+            mask_path = os.path.join(tmp, "failed_rows.txt")
             seed = str(int(torch.randint(0, 2**31 - 1, (1,))))
-            subs = {"{theta}": theta_path, "{x}": x_path, "{dir}": tmp, "{seed}": seed}
+            subs = {"{theta}": theta_path, "{x}": x_path, "{dir}": tmp, "{seed}": seed,
+                    "{mask}": mask_path}
             argv = [_substitute(a, subs) for a in self.command]
             env = {**os.environ, **self.env, "SBI_THETA": theta_path, "SBI_X": x_path,
-                   "SBI_DIR": tmp, "SBI_SEED": seed}
+                   "SBI_DIR": tmp, "SBI_SEED": seed, "SBI_MASK": mask_path}
             stdin = None
             if self.io == "npy":
                 np.save(theta_path, values)
             else:
                 stdin = "\n".join(" ".join(repr(float(v)) for v in row) for row in values) + "\n"
             proc = self._run(argv, env, stdin)
+            failed = self._read_mask(mask_path, n, proc) if os.path.exists(mask_path) else None
+            if proc.returncode != 0 and failed is None:
+                raise RuntimeError(f"{self._name} exited with status {proc.returncode}"
+                                   f"{_stderr_note(proc.stderr)}")
+            if failed is not None and bool(failed.all()):
+                raise RowFailures(None, torch.ones(n, dtype=torch.bool), (
+                    f"{self._name} reported all {n} rows failed (mask file, exit status "
+                    f"{proc.returncode}){_stderr_note(proc.stderr)}"))
             if self.io == "npy":
                 if not os.path.exists(x_path):
-                    raise RuntimeError(f"{self._name} exited 0 but wrote no {x_path}"
-                                       f"{_stderr_note(proc.stderr)}")
+                    raise RuntimeError(f"{self._name} exited {proc.returncode} but wrote no "
+                                       f"{x_path}{_stderr_note(proc.stderr)}")
                 out = np.load(x_path, allow_pickle=False)
             else:
                 try:
                     out = np.loadtxt(proc.stdout.splitlines(), dtype=np.float64, ndmin=2)
+                    out = out.reshape(n, *self.x_shape)  # type: ignore[misc]
                 except ValueError as err:
                     raise RuntimeError(f"{self._name} printed unparsable output ({err})"
                                        f"{_stderr_note(proc.stderr)}") from err
-                out = out.reshape(values.shape[0], *self.x_shape)  # type: ignore[misc]
-        n = values.shape[0]
         if out.shape[0] != n or (self.x_shape is not None and out.shape[1:] != self.x_shape):
             expected = (n, *self.x_shape) if self.x_shape is not None else (n, "...")
             raise RuntimeError(f"{self._name} returned shape {out.shape}, expected {expected}.")
-        return torch.as_tensor(np.asarray(out, dtype=np.float32))
+        x = torch.as_tensor(np.asarray(out, dtype=np.float32))
+        if failed is not None and bool(failed.any()):
+            raise RowFailures(x, torch.as_tensor(failed), (
+                f"{self._name} reported {int(failed.sum())} of {n} rows failed (mask file, "
+                f"exit status {proc.returncode}){_stderr_note(proc.stderr)}"))
+        return x
+
+    def _read_mask(self, path: str, n: int, proc: subprocess.CompletedProcess) -> np.ndarray:
+        """Bool ``(n,)`` of the rows listed in the mask file (0-based indices)."""
+        try:
+            rows = np.loadtxt(path, dtype=np.int64, ndmin=1)
+        except ValueError as err:
+            raise RuntimeError(f"{self._name} wrote an unreadable mask file ({err}); it must "
+                               f"list 0-based row indices{_stderr_note(proc.stderr)}") from err
+        if rows.size and (rows.min() < 0 or rows.max() >= n):
+            raise RuntimeError(f"{self._name} listed failed rows {rows.tolist()[:10]} outside "
+                               f"0..{n - 1} in its mask file{_stderr_note(proc.stderr)}")
+        failed = np.zeros(n, dtype=bool)
+        failed[rows] = True
+        return failed
 
     @property
     def _name(self) -> str:
@@ -112,20 +156,46 @@ class ExternalProgram:
 
     def _run(self, argv: list[str], env: dict[str, str],
              stdin: str | None) -> subprocess.CompletedProcess:
+        """Run the program in its own process group; on timeout kill the whole group."""
+        posix = os.name == "posix"
         try:
-            proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=env,
-                                  cwd=self.cwd, timeout=self.timeout)
-        except subprocess.TimeoutExpired as err:
-            stderr = err.stderr.decode(errors="replace") if isinstance(err.stderr, bytes) else \
-                (err.stderr or "")
-            raise RuntimeError(f"{self._name} timed out after {self.timeout} s"
-                               f"{_stderr_note(stderr)}") from None
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin is not None else
+                                    subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, env=env, cwd=self.cwd,
+                                    start_new_session=posix)
         except FileNotFoundError as err:
             raise RuntimeError(f"{self._name} could not be started: {err}") from None
-        if proc.returncode != 0:
-            raise RuntimeError(f"{self._name} exited with status {proc.returncode}"
-                               f"{_stderr_note(proc.stderr)}")
-        return proc
+        try:
+            stdout, stderr = proc.communicate(stdin, timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc, posix)
+            stdout, stderr = _drain(proc)
+            raise RuntimeError(f"{self._name} timed out after {self.timeout} s (its process "
+                               f"group was killed){_stderr_note(stderr)}") from None
+        except BaseException:  # Ctrl-C or a worker shutting down: leave nothing running
+            _kill_group(proc, posix)
+            _drain(proc)
+            raise
+        return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+
+
+def _kill_group(proc: subprocess.Popen, posix: bool) -> None:
+    try:
+        if posix:
+            os.killpg(proc.pid, signal.SIGKILL)  # the program and every child it started
+        else:
+            proc.kill()
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _drain(proc: subprocess.Popen) -> tuple[str, str]:
+    try:
+        return proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:  # a child escaped the group and holds the pipes
+        proc.kill()
+        proc.wait()
+        return "", ""
 
 
 def _substitute(arg: str, subs: dict[str, str]) -> str:

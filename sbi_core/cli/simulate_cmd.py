@@ -142,5 +142,6 @@ def run(args: argparse.Namespace) -> int:
         return 130
     print(json.dumps({"out": str(args.out), "num_simulations": prov["num_simulations"],
                       "num_invalid": prov["num_invalid"],
-                      "first_error": prov.get("first_error"), **extra}))
+                      "first_error": prov.get("first_error"),
+                      "invalid_columns": prov.get("invalid_columns"), **extra}))
     return 0
