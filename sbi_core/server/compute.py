@@ -3,8 +3,10 @@
 These functions run in the server's worker threads (``workers.py``). Each checks the request
 against the limits before computing anything (HTTP 413 naming the limit and its flag), takes
 the random-number lock (``rng_lock.py``: exclusive for seeded calls, which reset torch's
-global generator), and works through the observations in batches, checking the request's
-time budget between batches (HTTP 503 once it is used up).
+global generator, shared for unseeded ones, none for a ``log_prob`` that draws no random
+numbers), and works through the observations in batches, checking the request's time budget
+between batches (HTTP 503 once it is used up). A seeded request waits for the unseeded ones
+in flight, at most until its time budget ends.
 
 Batches hold at most :data:`CHUNK_ROWS` network rows (:data:`CHUNK_MCMC_TRANSITIONS` chain
 transitions for MCMC), a fixed size independent of the server's limits, so a seeded request
@@ -28,7 +30,7 @@ from torch import Tensor
 
 from sbi_core.mcmc import MCMCConfig, MCMCResult
 from sbi_core.mcmc_posterior import MCMCPosterior
-from sbi_core.posterior import Posterior, SamplingError, seeded
+from sbi_core.posterior import DirectPosterior, Posterior, SamplingError, seeded
 from sbi_core.server.limits import Limits, check_count, mcmc_transitions, normalization_draws
 from sbi_core.server.rng_lock import RNGLock
 from sbi_core.server.schemas import InputError, to_tensor
@@ -38,8 +40,9 @@ __all__ = ["Job", "Draws", "CHUNK_ROWS", "CHUNK_MCMC_TRANSITIONS", "RHAT_WARN"]
 
 T = TypeVar("T")
 
-#: Network rows per batch of observations (sample, summary, log_prob, map).
-CHUNK_ROWS = 20_000
+#: Network rows per batch (of observations, and of samples or theta rows when one
+#: observation has more): sample, summary, log_prob, map.
+CHUNK_ROWS = 10_000
 #: MCMC chain transitions per batch of observations.
 CHUNK_MCMC_TRANSITIONS = 50_000
 #: R-hat above which the chains count as not mixed (when the model sets no ``warn_rhat``).
@@ -77,15 +80,15 @@ class Job:
                                      f"{list(post.x_shape)}) or 'xs' (several, shape "
                                      f"(B, *{list(post.x_shape)})).")
         batched = xs is not None
+        if batched:  # count before reading the values
+            check_count(self.limits, "max_observations", "the number of observations (B)",
+                        len(xs))
         try:
             value = to_tensor(xs if batched else x, "xs" if batched else "x", self.max_values)
         except InputError as err:
             raise HTTPException(422, str(err)) from err
         if batched and value.ndim == 0:
             raise HTTPException(422, "'xs' must be a list of observations.")
-        if batched:  # count before the (linear-time) value checks
-            check_count(self.limits, "max_observations", "the number of observations (B)",
-                        value.shape[0])
         try:
             checked = post._check_x(value, batched=batched)
         except ValueError as err:
@@ -126,6 +129,14 @@ class Job:
         except (ValueError, SamplingError) as err:  # ObservationError is a ValueError
             raise HTTPException(422, str(err)) from err
 
+    def unlocked(self, fn: Callable[[], T]) -> T:
+        """``fn()`` without the random-number lock (for work that draws no random numbers);
+        posterior errors become 422."""
+        try:
+            return fn()
+        except (ValueError, SamplingError) as err:
+            raise HTTPException(422, str(err)) from err
+
     def draw(self, xs: Tensor, trials: int, n: int, seed: int | None,
              mcmc_options: dict[str, Any] | None) -> Draws:
         """``n`` samples for each of the ``B`` observations ``xs`` → ``(n, B, D)``."""
@@ -133,60 +144,69 @@ class Job:
         b = xs.shape[0]
         check_count(self.limits, "max_batch", "n * number of observations", n * b)
         cfg = self.mcmc_config(mcmc_options)
-        if cfg is None:
+        if cfg is None:  # iid draws: batches of observations, and of samples when n is large
+            step = min(n, CHUNK_ROWS)
             size = max(1, CHUNK_ROWS // n)
             options: dict[str, Any] = {}
-        else:
+        else:  # chains: all n samples of an observation come from one run
             check_count(self.limits, "max_mcmc_transitions",
-                        "the MCMC work (chain transitions: (warmup_steps + n / num_chains * "
-                        "thin) * num_chains * observations * iid trials)",
+                        "the MCMC work (chain transitions: steps * max(num_chains * observations "
+                        "* iid trials, 100), steps = warmup_steps + ceil(n / num_chains) * thin)",
                         mcmc_transitions(cfg, n, b, trials),
                         hint="Ask for fewer samples or observations, or fewer chains or "
-                             "warm-up steps ('mcmc' options). ")
+                             "warm-up steps ('mcmc' options)")
+            step = n
             size = max(1, CHUNK_MCMC_TRANSITIONS // mcmc_transitions(cfg, n, 1, trials))
             options = cfg.to_dict()
 
-        def work() -> tuple[list[Tensor], list[MCMCResult]]:
-            parts: list[Tensor] = []
+        def work() -> tuple[Tensor, list[MCMCResult]]:
+            out = torch.empty(n, b, self.post.dim)
             runs: list[MCMCResult] = []
             for i in range(0, b, size):
-                self.deadline.check()
-                parts.append(self.post.sample_batched((n,), xs[i:i + size], _checked=True,
-                                                      **options))
-                if cfg is not None:
-                    run = self.post.last_mcmc_in_this_thread()  # type: ignore[attr-defined]
-                    if run is not None:
-                        runs.append(run)
-            return parts, runs
+                for k in range(0, n, step):
+                    self.deadline.check()
+                    m = min(step, n - k)
+                    out[k:k + m, i:i + size] = self.post.sample_batched(
+                        (m,), xs[i:i + size], _checked=True, **options)
+                    if cfg is not None:
+                        run = self.post.last_mcmc_in_this_thread()  # type: ignore[attr-defined]
+                        if run is not None:
+                            runs.append(run)
+            return out, runs
 
-        parts, runs = self.locked(seed is not None, seed, work)
-        samples = torch.cat(parts, dim=1)
+        samples, runs = self.locked(seed is not None, seed, work)
         if cfg is None:
             return Draws(samples, None, [])
         mcmc, warns = mcmc_report(runs, cfg, n)
         return Draws(samples, mcmc, warns)
 
     def log_prob(self, theta: Tensor, xs: Tensor, trials: int) -> Tensor:
-        """Log density ``(N, B)`` of ``theta`` ``(N, B, D)``, in batches of observations."""
+        """Log density ``(N, B)`` of ``theta`` ``(N, B, D)``, in batches of observations (and of
+        theta rows, for posteriors that need no normalization draws)."""
         n, b = theta.shape[:2]
-        per_obs = n * trials + normalization_draws(self.post)
         extra = normalization_draws(self.post)
         hint = (f"This posterior's log_prob also draws {extra:,} samples per observation to "
-                "normalize for the mass outside the prior. ") if extra else ""
+                "normalize for its mass outside the prior; send fewer observations") if extra \
+            else ""
         check_count(self.limits, "max_batch", "the log_prob work (theta rows * observations"
                     + (" * iid trials" if trials > 1 else "")
-                    + (" + normalization draws" if extra else "") + ")", per_obs * b, hint=hint)
-        size = max(1, CHUNK_ROWS // per_obs)
+                    + (" + normalization draws" if extra else "") + ")",
+                    (n * trials + extra) * b, hint=hint)
+        step = n if extra else max(1, min(n, CHUNK_ROWS // trials))  # each call normalizes anew
+        size = max(1, CHUNK_ROWS // (step * trials + extra))
 
         def work() -> Tensor:
-            parts = []
+            out = torch.empty(n, b)
             for i in range(0, b, size):
-                self.deadline.check()
-                parts.append(self.post.log_prob_batched(theta[:, i:i + size], xs[i:i + size],
-                                                        _checked=True))
-            return torch.cat(parts, dim=1)
+                for k in range(0, n, step):
+                    self.deadline.check()
+                    out[k:k + step, i:i + size] = self.post.log_prob_batched(
+                        theta[k:k + step, i:i + size], xs[i:i + size], _checked=True)
+            return out
 
-        return self.locked(True, None, work)  # the acceptance-rate estimate is seeded
+        if extra or not isinstance(self.post, MCMCPosterior | DirectPosterior):
+            return self.locked(True, None, work)  # the estimate may reseed torch's generator
+        return self.unlocked(work)  # no random numbers: runs beside seeded requests
 
     def map(self, xs: Tensor, trials: int, num_init: int, steps: int,
             seed: int | None) -> Tensor:

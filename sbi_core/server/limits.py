@@ -96,13 +96,14 @@ class Limits:
 
 
 def check_count(limits: Limits, limit: str, what: str, count: int, hint: str = "") -> None:
-    """HTTP 413 when ``count`` exceeds ``limits.<limit>`` (named ``what`` in the message)."""
+    """HTTP 413 when ``count`` exceeds ``limits.<limit>`` (named ``what`` in the message;
+    ``hint`` says what to ask for instead)."""
     allowed = getattr(limits, limit)
     if count > allowed:
+        advice = hint or "Ask for less or split the request"
         raise HTTPException(413, f"{what} is {count:,}; this server allows at most {allowed:,} "
-                                 f"per request ({limit}). {hint}Ask for less or split the "
-                                 f"request, or start the server with a larger {FLAGS[limit]} "
-                                 f"(create_app({limit}=...)).")
+                                 f"per request ({limit}). {advice}, or start the server with a "
+                                 f"larger {FLAGS[limit]} (create_app({limit}=...)).")
 
 
 def mcmc_transitions(config: MCMCConfig, n: int, num_obs: int, trials: int) -> int:

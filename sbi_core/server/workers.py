@@ -111,7 +111,7 @@ class WorkerPool:
         future.add_done_callback(finished)
         try:
             await asyncio.wait_for(done.wait(), max(deadline.remaining(), 0.0) + GRACE_SECONDS)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # the builtin TimeoutError from Python 3.11 on
             raise deadline.exceeded() from None
         return future.result()
 
