@@ -157,23 +157,26 @@ def test_bad_serve_flags_fail_before_loading(tmp_path, capsys):
     assert "--max-concurrency" in capsys.readouterr().err
 
 
-def test_busy_server_answers_503_quickly_instead_of_queueing(post, monkeypatch):
-    """Concurrency 1 and a slow request in flight: another request gets 503 within the queue
-    wait, the explorer's model listing is still answered, and after the slow one the next
-    request is served."""
-    _slow(post, monkeypatch, 1.2)
-    app = create_app({"m": post}, max_concurrency=1, queue_wait=0.3)
+HEAVY = {"xs": [X, X], "n": 6000}  # 12,000 rows: more than one batch, so the heavy lane
+
+
+def test_busy_server_answers_503_quickly_instead_of_queueing(post, square, monkeypatch):
+    """Concurrency 1 and a slow heavy request in flight: another heavy request gets 503 within
+    the queue wait; a small request (light lane) and the model listing are still answered;
+    after the slow one the next heavy request is served."""
+    _slow(post, monkeypatch, 0.7)  # two batches of one observation: 1.4 s
+    app = create_app({"m": post, "square": square}, max_concurrency=1, queue_wait=0.3)
     with BackgroundServer(app) as srv:
         slow: list[httpx.Response] = []
         worker = threading.Thread(target=lambda: slow.append(
-            httpx.post(srv.url + "/api/models/m/sample", json={"x": X, "n": 10}, timeout=30)))
+            httpx.post(srv.url + "/api/models/m/sample", json=HEAVY, timeout=30)))
         worker.start()
         deadline = time.monotonic() + 10
         while app.state.workers.busy() < 1:
             assert time.monotonic() < deadline, "the slow request never started"
             time.sleep(0.01)
         start = time.perf_counter()
-        r = httpx.post(srv.url + "/api/models/m/sample", json={"x": X, "n": 10}, timeout=30)
+        r = httpx.post(srv.url + "/api/models/m/sample", json=HEAVY, timeout=30)
         waited = time.perf_counter() - start
         assert r.status_code == 503 and "busy" in r.json()["detail"]
         assert "--max-concurrency" in r.json()["detail"] and r.headers["retry-after"] == "1"
@@ -182,9 +185,15 @@ def test_busy_server_answers_503_quickly_instead_of_queueing(post, monkeypatch):
         start = time.perf_counter()
         assert httpx.get(srv.url + "/api/models", timeout=30).status_code == 200
         assert time.perf_counter() - start < 0.5  # the event loop is free
+        start = time.perf_counter()
+        r = httpx.post(srv.url + "/api/models/square/sample", json={"x": X, "n": 100},
+                       timeout=30)
+        assert r.status_code == 200 and time.perf_counter() - start < 0.8
+        assert app.state.workers.busy() == 1  # beside the slow one, in the light lane
         worker.join()
         assert slow[0].status_code == 200
-        assert httpx.post(srv.url + "/api/models/m/sample", json={"x": X, "n": 10},
+        assert torch.tensor(slow[0].json()["samples"]).shape == (2, 6000, 2)
+        assert httpx.post(srv.url + "/api/models/m/sample", json=HEAVY,
                           timeout=30).status_code == 200
 
 
@@ -195,7 +204,7 @@ def test_small_requests_complete_beside_a_slow_one(post, square, monkeypatch):
         worker = threading.Thread(target=lambda: httpx.post(
             srv.url + "/api/models/m/sample", json={"x": X, "n": 10}, timeout=30))
         worker.start()
-        while app.state.workers.busy() < 1:
+        while app.state.light_workers.busy() < 1:
             time.sleep(0.01)
         start = time.perf_counter()
         for path, body in (("log_prob", {"x": X, "theta": [[0.1, 0.1]]}),  # no RNG, no lock
@@ -203,7 +212,7 @@ def test_small_requests_complete_beside_a_slow_one(post, square, monkeypatch):
             r = httpx.post(srv.url + f"/api/models/square/{path}", json=body, timeout=30)
             assert r.status_code == 200, r.text
         assert time.perf_counter() - start < 1.2
-        assert app.state.workers.busy() == 1  # the slow request was still running
+        assert app.state.light_workers.busy() == 1  # the slow request was still running
         worker.join()
 
 
@@ -217,7 +226,7 @@ def test_seeded_request_behind_a_slow_unseeded_one_ends_within_its_budget(post, 
         worker = threading.Thread(target=lambda: httpx.post(
             srv.url + "/api/models/m/sample", json={"x": X, "n": 10}, timeout=30))
         worker.start()
-        while app.state.workers.busy() < 1:
+        while app.state.light_workers.busy() < 1:
             time.sleep(0.01)
         start = time.perf_counter()
         r = httpx.post(srv.url + "/api/models/square/sample", json={"x": X, "n": 40, "seed": 0},
@@ -251,9 +260,9 @@ def test_time_budget_answers_on_time_while_one_call_overruns(post, monkeypatch):
     r = TestClient(app).post("/api/models/m/sample", json={"x": X, "n": 10})
     assert r.status_code == 503 and "--request-timeout" in r.json()["detail"]
     assert time.perf_counter() - start < 1.4  # 0.4 s budget + 0.5 s grace, not 1.6 s
-    assert app.state.workers.busy() == 1  # the call still runs, holding its worker
+    assert app.state.light_workers.busy() == 1  # the call still runs, holding its worker
     deadline = time.monotonic() + 10
-    while app.state.workers.busy():
+    while app.state.light_workers.busy():
         assert time.monotonic() < deadline
         time.sleep(0.05)
 
@@ -338,3 +347,25 @@ def test_mcmc_options_per_request(small):
                          "mcmc": {"num_chains": 4, "warmup_steps": 5, "thin": 1}})
     mcmc = r.json()["mcmc"]
     assert (mcmc["num_chains"], mcmc["warmup_steps"], mcmc["thin"]) == (4, 5, 1)
+
+
+def test_light_lane_holds_at_most_one_batch(post, square):
+    from sbi_core.server.schemas import LogProbRequest, MapRequest, SampleRequest
+
+    light = compute.is_light
+    assert light(post, "sample", SampleRequest(x=X), 10_000)
+    assert not light(post, "sample", SampleRequest(x=X), 10_001)
+    assert not light(post, "sample", SampleRequest(xs=[X] * 2), 6000)
+    # moons normalizes log_prob with 10,000 draws per observation: one observation is light
+    assert light(post, "log_prob", LogProbRequest(x=X, theta=[[0, 0]] * 100))
+    assert not light(post, "log_prob", LogProbRequest(xs=[X] * 2, theta=[[[0, 0]] * 2]))
+    assert light(post, "map", MapRequest(x=X, num_init=1000, steps=100))
+    assert not light(post, "map", MapRequest(xs=[X] * 10, num_init=1000, steps=100))
+    # MCMC (one batch: 50,000 transitions): n=1000 with 20 chains is (warm-up + 50) steps,
+    # each counting at least 100 transitions
+    assert light(square, "sample", SampleRequest(x=X), 1000)
+    assert light(square, "sample", SampleRequest(x=X, mcmc={"warmup_steps": 450}), 1000)
+    assert not light(square, "sample", SampleRequest(x=X, mcmc={"warmup_steps": 451}), 1000)
+    sets = [[X] * 30] * 2  # 2 sets of 30 iid trials: 20 chains * 60 rows per step
+    assert not light(square, "sample", SampleRequest(xs=sets), 1000)
+    assert light(square, "sample", SampleRequest(xs=[[X] * 2]), 1000)

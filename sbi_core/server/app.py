@@ -18,8 +18,10 @@ Bad input (unknown model, wrong shapes, NaN/inf, malformed JSON) gets a 422 with
 saying what to fix. Every request's work is bounded (``limits.py``): too many observations,
 samples, theta rows, MAP steps or MCMC transitions get a 413 naming the limit and the
 ``sbi-core serve`` flag that raises it; a body above ``max_body_bytes`` gets 413 too.
-Posterior work runs off the event loop in ``max_concurrency`` worker threads
-(``workers.py``); a request that finds them all busy for ``queue_wait`` seconds, or that
+Posterior work runs off the event loop in worker threads (``workers.py``): ``max_concurrency``
+for heavy requests and as many for light ones (at most one batch of work, e.g. the explorer's),
+so that large requests cannot keep small ones waiting; a request that finds its workers all
+busy for ``queue_wait`` seconds, or that
 runs past ``request_timeout``, gets a 503 with ``Retry-After``. Seeded calls run alone,
 because they reset torch's global random number generator, which all models share
 (``rng_lock.py``). MCMC posteriors answer with their R-hat / ESS and ``warnings``
@@ -43,7 +45,7 @@ from starlette.requests import Request
 
 from sbi_core.posterior import Posterior
 from sbi_core.server.body_limit import BodySizeLimit
-from sbi_core.server.compute import Draws, Job
+from sbi_core.server.compute import Draws, Job, is_light
 from sbi_core.server.limits import Limits
 from sbi_core.server.model_info import model_info
 from sbi_core.server.rng_lock import RNGLock
@@ -104,7 +106,10 @@ def create_app(models: dict[str, Posterior], max_samples: int = 100_000,
                     request_timeout=request_timeout, queue_wait=queue_wait)
     models = dict(models)
     lock = RNGLock()
-    pool = WorkerPool(limits.max_concurrency, limits.queue_wait, limits.request_timeout)
+    # heavy requests (more than one batch of work) and light ones have separate workers, so a
+    # flood of large requests cannot keep the explorer's small ones waiting
+    heavy = WorkerPool(limits.max_concurrency, limits.queue_wait, limits.request_timeout)
+    light = WorkerPool(limits.max_concurrency, limits.queue_wait, limits.request_timeout)
     max_values = max(1000, max_body_bytes // 2)
     swagger_dir = _swagger_assets()
     app = FastAPI(title="sbi-core posterior server",
@@ -133,7 +138,8 @@ def create_app(models: dict[str, Posterior], max_samples: int = 100_000,
     app.state.models = models
     app.state.max_samples = max_samples
     app.state.limits = limits
-    app.state.workers = pool
+    app.state.workers = heavy
+    app.state.light_workers = light
 
     def get(name: str) -> Posterior:
         if name not in models:
@@ -143,6 +149,12 @@ def create_app(models: dict[str, Posterior], max_samples: int = 100_000,
 
     def job(post: Posterior, deadline: Deadline) -> Job:
         return Job(post, limits, lock, deadline, max_values)
+
+    def lane(post: Posterior, kind: str, req: Any, n: int | None = None) -> WorkerPool:
+        try:
+            return light if is_light(post, kind, req, n) else heavy
+        except (TypeError, ValueError, IndexError):  # odd JSON: the worker reports it
+            return heavy
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, err: Exception) -> JSONResponse:
@@ -169,18 +181,18 @@ def create_app(models: dict[str, Posterior], max_samples: int = 100_000,
               summary="Draw posterior samples for one or many observations")
     async def sample(name: str, req: SampleRequest) -> Response:
         post = get(name)
+        n = min(1000, max_samples) if req.n is None else req.n
 
         def work(deadline: Deadline) -> Response:
             start = time.perf_counter()
             j = job(post, deadline)
             xs, batched, trials = j.observations(req.x, req.xs)
-            n = min(1000, max_samples) if req.n is None else req.n
             draws = j.draw(xs, trials, n, req.seed, req.mcmc.options() if req.mcmc else None)
             out = draws.samples.transpose(0, 1) if batched else draws.samples[:, 0]
             return _samples_response(post.param_names, out, time.perf_counter() - start,
                                      _mcmc_plain(draws, batched), draws.warnings)
 
-        return await pool.run(work)
+        return await lane(post, "sample", req, n).run(work)
 
     @app.post("/api/models/{name}/log_prob", response_model=LogProbResponse,
               summary="Posterior log density of parameters")
@@ -208,7 +220,7 @@ def create_app(models: dict[str, Posterior], max_samples: int = 100_000,
             return JSONResponse({"log_prob": plain(lp if batched else lp[:, 0]),
                                  "normalized": post.normalized_log_prob})
 
-        return await pool.run(work)
+        return await lane(post, "log_prob", req).run(work)
 
     @app.post("/api/models/{name}/map", response_model=MapResponse,
               summary="Maximum a posteriori estimate")
@@ -223,7 +235,7 @@ def create_app(models: dict[str, Posterior], max_samples: int = 100_000,
             return JSONResponse({"param_names": post.param_names,
                                  "map": plain(est if batched else est[0])})
 
-        return await pool.run(work)
+        return await lane(post, "map", req).run(work)
 
     @app.post("/api/models/{name}/summary", response_model=SummaryResponse,
               summary="Posterior mean, standard deviation and quantiles per parameter")
@@ -233,11 +245,11 @@ def create_app(models: dict[str, Posterior], max_samples: int = 100_000,
         if not levels or len(levels) > 99 or not all(0.0 <= q <= 1.0 for q in levels):
             raise HTTPException(422, "quantiles must be 1 to 99 levels between 0 and 1, e.g. "
                                      "[0.05, 0.5, 0.95].")
+        n = min(10_000, max_samples) if req.n is None else req.n
 
         def work(deadline: Deadline) -> JSONResponse:
             j = job(post, deadline)
             xs, batched, trials = j.observations(req.x, req.xs)
-            n = min(10_000, max_samples) if req.n is None else req.n
             result = j.draw(xs, trials, n, req.seed, req.mcmc.options() if req.mcmc else None)
             draws = result.samples if batched else result.samples[:, 0]  # (n, B, D) / (n, D)
             qs = torch.quantile(draws, torch.tensor(levels, dtype=draws.dtype), dim=0)
@@ -249,7 +261,7 @@ def create_app(models: dict[str, Posterior], max_samples: int = 100_000,
                 "mcmc": _mcmc_plain(result, batched), "warnings": result.warnings,
             })
 
-        return await pool.run(work)
+        return await lane(post, "summary", req, n).run(work)
 
     app.add_middleware(BodySizeLimit, max_body_bytes=max_body_bytes)
     return app

@@ -36,7 +36,7 @@ from sbi_core.server.rng_lock import RNGLock
 from sbi_core.server.schemas import InputError, to_tensor
 from sbi_core.server.workers import Deadline
 
-__all__ = ["Job", "Draws", "CHUNK_ROWS", "CHUNK_MCMC_TRANSITIONS", "RHAT_WARN"]
+__all__ = ["Job", "Draws", "is_light", "CHUNK_ROWS", "CHUNK_MCMC_TRANSITIONS", "RHAT_WARN"]
 
 T = TypeVar("T")
 
@@ -227,6 +227,51 @@ class Job:
             return torch.cat(parts, dim=0)
 
         return self.locked(seed is not None, None, work)
+
+
+def _depth(value: Any) -> int:
+    depth = 0
+    while isinstance(value, list) and value:
+        depth, value = depth + 1, value[0]
+    return depth
+
+
+def is_light(post: Posterior, kind: str, req: Any, n: int | None = None) -> bool:
+    """Whether a request is small enough (at most one batch of work) for the light lane of
+    workers, judged from the sizes of its JSON lists without reading their values.
+
+    Args:
+        post: the requested posterior.
+        kind: ``"sample"`` / ``"summary"`` (give ``n``), ``"log_prob"`` or ``"map"``.
+        req: the request body (with ``x`` / ``xs`` and the endpoint's fields).
+        n: samples per observation of a sample or summary request.
+    """
+    k = len(post.x_shape)
+    iid = post.supports_iid
+    if req.xs is not None:
+        b = len(req.xs) if isinstance(req.xs, list) else 1
+        trials = len(req.xs[0]) if iid and b and _depth(req.xs) == k + 2 else 1
+    else:
+        b = 1
+        trials = len(req.x) if iid and isinstance(req.x, list) and _depth(req.x) == k + 1 else 1
+    b, trials = max(b, 1), max(trials, 1)
+    if kind in ("sample", "summary"):
+        n = max(int(n or 1), 1)
+        if isinstance(post, MCMCPosterior):
+            options = req.mcmc.options() if getattr(req, "mcmc", None) else {}
+            try:
+                cfg = MCMCConfig.from_options({**post.mcmc_config.to_dict(), **options})
+            except (TypeError, ValueError):
+                return True  # answered with a 422 right away
+            return mcmc_transitions(cfg, n, b, trials) <= CHUNK_MCMC_TRANSITIONS
+        return n * b <= CHUNK_ROWS
+    if kind == "log_prob":
+        rows = len(req.theta) if isinstance(req.theta, list) else 1
+        extra = normalization_draws(post)
+        return rows * (b if req.xs is not None else 1) * trials + extra * b <= CHUNK_ROWS + extra
+    if kind == "map":
+        return (int(req.num_init or 1000) + int(req.steps)) * b * trials <= CHUNK_ROWS
+    raise ValueError(f"unknown request kind {kind!r}")
 
 
 def mcmc_report(runs: list[MCMCResult], cfg: MCMCConfig, n: int) -> tuple[dict[str, Any],
