@@ -114,6 +114,7 @@ def test_api_docs_render_offline(server):
     assert not outside, f"/docs fetched from outside the server: {outside}"
 
 
+@pytest.mark.filterwarnings("ignore:MCMC chains have not mixed")
 def test_mcmc_diagnostics_and_warnings_are_shown():
     """An MCMC model: the R-hat / ESS badge is shown; for an observation whose posterior has
     two separated modes the badge turns red and the server's warning is listed."""
