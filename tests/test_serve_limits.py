@@ -154,6 +154,17 @@ def test_serve_flags_reach_the_app(post, tmp_path, monkeypatch):
     assert seen["app"].state.workers.max_concurrency == 3
 
 
+def test_serve_flag_defaults_are_the_create_app_defaults():
+    from sbi_core.cli.main import build_parser
+    from sbi_core.server.limits import FLAGS, Limits
+
+    args = build_parser().parse_args(["serve", "m.pt"])
+    defaults = Limits().to_dict()
+    assert {name: getattr(args, name) for name in FLAGS} == defaults
+    app = create_app({"m": square_posterior()})
+    assert app.state.limits.to_dict() == defaults
+
+
 def test_bad_serve_flags_fail_before_loading(tmp_path, capsys):
     assert main(["serve", str(tmp_path / "missing.pt"), "--max-concurrency", "0"]) == 2
     assert "--max-concurrency" in capsys.readouterr().err
