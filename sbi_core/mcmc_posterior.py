@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
@@ -73,6 +74,7 @@ class MCMCPosterior(Posterior):
         self.mcmc_config = MCMCConfig.from_options(dict(mcmc or {}))
         self.chunk_rows = chunk_rows
         self.last_mcmc: MCMCResult | None = None
+        self._thread_runs = threading.local()  # last run per thread (the server's workers)
         self._center = unconstrained_transform(prior)(torch.zeros(1, self.dim))[0]
 
     @property
@@ -121,7 +123,13 @@ class MCMCPosterior(Posterior):
             result = run_mcmc(lambda t, i: self.potential(t, i, x_sets), self.prior, n,
                               x_sets.shape[0], cfg)
         self.last_mcmc = result
+        self._thread_runs.last = result
         return result.samples
+
+    def last_mcmc_in_this_thread(self) -> MCMCResult | None:
+        """The last MCMC run started from the calling thread (``last_mcmc`` is the last run of
+        any thread; threads sampling the same posterior at once each read their own here)."""
+        return getattr(self._thread_runs, "last", None)
 
     def _log_prob_batched(self, theta: Tensor, xs: Tensor, **kwargs: Any) -> Tensor:
         x_sets = self._as_sets(xs)

@@ -32,3 +32,29 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+class SquareLikelihood(torch.nn.Module):
+    """Exact log-likelihood of ``x = (theta_1**2, theta_2) + N(0, sigma**2)``: for ``x_1 > 0``
+    the posterior has two narrow modes ``theta_1 = ±sqrt(x_1)`` that MCMC chains started in
+    different modes cannot cross (a deterministic case of chains that do not mix)."""
+
+    def __init__(self, sigma: float = 0.02):
+        super().__init__()
+        self.sigma = sigma
+
+    def log_likelihood(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.stack([theta[:, 0] ** 2, theta[:, 1]], -1)
+        return -0.5 * (((x - mean) / self.sigma) ** 2).sum(-1)
+
+
+def square_posterior(**mcmc) -> Posterior:
+    """An MCMC posterior (as NLE builds it) over the exact likelihood above; no training."""
+    from sbi_core.mcmc_posterior import MCMCPosterior
+    from sbi_core.priors import box_uniform
+
+    post = MCMCPosterior(SquareLikelihood(), box_uniform([-1.0, -1.0], [1.0, 1.0]),
+                         {"name": "square", "x_shape": [2], "param_names": ["a", "b"]},
+                         mcmc={"progress": False, **mcmc})
+    post.method = "nle"
+    return post

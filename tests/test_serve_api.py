@@ -27,7 +27,8 @@ def post():
 
 @pytest.fixture(scope="module")
 def client(post):
-    return TestClient(create_app({"moons": post}, max_samples=5000, max_body_bytes=20_000))
+    return TestClient(create_app({"moons": post}, max_samples=5000, max_batch=50_000,
+                                 max_body_bytes=20_000))
 
 
 def test_model_listing_and_info(client, post):
@@ -120,9 +121,9 @@ def test_log_prob_map_and_summary(client, post):
     ({"x": [0.0, True]}, 422, "boolean"),
     ({"x": [10**400, 0.0]}, 422, "NaN or inf"),
     ({"x": [0.0, {"a": 1}]}, 422, "expected a number"),
-    ({"x": X, "n": 5001}, 422, "allows 1 to 5000"),
-    ({"xs": [X] * 3, "n": 2000}, 422, "n * number of observations is 6000"),
-    ({"x": X, "n": 0}, 422, "allows 1 to 5000"),
+    ({"x": X, "n": 5001}, 413, "allows at most 5,000 per request (max_samples)"),
+    ({"xs": [X] * 11, "n": 5000}, 413, "n * number of observations is 55,000"),
+    ({"x": X, "n": 0}, 422, "ask for at least 1"),
     ({}, 422, "exactly one of 'x'"),
     ({"x": X, "xs": [X]}, 422, "exactly one of 'x'"),
     ({"x": X, "seed": -1}, 422, "greater than or equal to 0"),
@@ -144,7 +145,7 @@ def test_other_bad_requests(client):
     r = client.post("/api/models/moons/summary", json={"x": X, "quantiles": [1.5]})
     assert r.status_code == 422 and "between 0 and 1" in r.json()["detail"]
     r = client.post("/api/models/moons/map", json={"x": X, "steps": 10_000})
-    assert r.status_code == 422 and "steps" in r.json()["detail"]
+    assert r.status_code == 413 and "--max-map-steps" in r.json()["detail"]
     r = client.post("/api/models/moons/sample", content=b"{not json",
                     headers={"content-type": "application/json"})
     assert r.status_code == 422

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import sync_playwright
-from serve_helpers import tiny_posterior
+from serve_helpers import square_posterior, tiny_posterior
 
 from sbi_core.server import BackgroundServer, create_app
 
@@ -112,6 +112,33 @@ def test_api_docs_render_offline(server):
         assert "sbi-core posterior server" in page.content()
         browser.close()
     assert not outside, f"/docs fetched from outside the server: {outside}"
+
+
+@pytest.mark.filterwarnings("ignore:MCMC chains have not mixed")
+def test_mcmc_diagnostics_and_warnings_are_shown():
+    """An MCMC model: the R-hat / ESS badge is shown; for an observation whose posterior has
+    two separated modes the badge turns red and the server's warning is listed."""
+    app = create_app({"square": square_posterior(warmup_steps=20)})
+    with BackgroundServer(app) as srv, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(srv.url + "/")
+        badge = page.locator("#mcmc-badge")
+        badge.wait_for(timeout=30_000)
+        assert "max R-hat" in badge.inner_text() and "min ESS" in badge.inner_text()
+        assert badge.get_attribute("class") == "badge ok"
+        assert page.locator("#sampling").get_attribute("data-warnings") == "0"
+        assert float(page.locator("#sampling").get_attribute("data-max-rhat")) < 1.1
+        page.locator("#inputs input[type=number]").first.fill("0.49")  # modes at ±0.7
+        page.wait_for_function("document.querySelector('#sampling').dataset.warnings !== '0'")
+        assert page.locator("#mcmc-badge").get_attribute("class") == "badge bad"
+        assert float(page.locator("#sampling").get_attribute("data-max-rhat")) > 2.0
+        assert "have not mixed" in page.locator("#warnings").inner_text()
+        assert page.locator("#warnings").is_visible()
+        browser.close()
+    assert not errors, errors
 
 
 def server_info(page) -> dict:

@@ -73,7 +73,7 @@ def test_serve_cli_serves_models_on_localhost(post, tmp_path):
         assert [m["name"] for m in listing["models"]] == ["moons", "second"]
         assert listing["max_samples"] == 500
         r = httpx.post(url + "/api/models/second/sample", json={"x": [0.0, 0.1], "n": 501})
-        assert r.status_code == 422 and "1 to 500" in r.json()["detail"]
+        assert r.status_code == 413 and "at most 500 " in r.json()["detail"]
         r = httpx.post(url + "/api/models/moons/sample", json={"x": [0.0, 0.1], "n": 20})
         assert len(r.json()["samples"]) == 20
     finally:

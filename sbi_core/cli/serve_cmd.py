@@ -1,4 +1,9 @@
-"""``sbi-core serve MODEL [MODEL ...] [--host 127.0.0.1] [--port 8000] [--max-samples N]``."""
+"""``sbi-core serve MODEL [MODEL ...] [--host 127.0.0.1] [--port 8000] [limits]``.
+
+The limits (``--max-samples``, ``--max-batch``, ``--max-observations``, ``--max-map-steps``,
+``--max-mcmc-transitions``, ``--max-concurrency``, ``--request-timeout``, ``--queue-wait``)
+bound the work of one request; see ``sbi_core/server/limits.py`` and docs/serve.md.
+"""
 
 from __future__ import annotations
 
@@ -19,10 +24,30 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to bind (default 127.0.0.1: only this machine can connect)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-samples", type=int, default=100_000,
-                   help="most samples one request may ask for (default 100000)")
-    p.add_argument("--max-body-bytes", type=int, default=2_000_000,
-                   help="largest accepted request body in bytes (default 2000000)")
+    lim = p.add_argument_group("limits (bound the work of one request; see docs/serve.md)")
+    lim.add_argument("--max-samples", type=int, default=100_000,
+                     help="most samples per observation, n (default 100000)")
+    lim.add_argument("--max-batch", type=int, default=100_000,
+                     help="most network rows per request: n * observations for sample and "
+                          "summary, theta rows * observations (+ normalization draws) for "
+                          "log_prob, (num_init + steps) * observations for map (default 100000)")
+    lim.add_argument("--max-observations", type=int, default=1000,
+                     help="most observations per request (default 1000)")
+    lim.add_argument("--max-map-steps", type=int, default=1000,
+                     help="most gradient steps of one MAP request (default 1000)")
+    lim.add_argument("--max-mcmc-transitions", type=int, default=200_000,
+                     help="most MCMC chain transitions per request, NLE/NRE models "
+                          "(default 200000)")
+    lim.add_argument("--max-concurrency", type=int, default=4,
+                     help="posterior requests computed at once, in worker threads (default 4)")
+    lim.add_argument("--request-timeout", type=float, default=30.0,
+                     help="seconds one request may take before it is stopped with HTTP 503 "
+                          "(default 30)")
+    lim.add_argument("--queue-wait", type=float, default=2.0,
+                     help="seconds a request waits for a free worker before HTTP 503 busy "
+                          "(default 2)")
+    lim.add_argument("--max-body-bytes", type=int, default=2_000_000,
+                     help="largest accepted request body in bytes (default 2000000)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per request (default 1: concurrent requests already "
                         "share the cores, and small networks gain little from more)")
@@ -70,12 +95,21 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--port {args.port} is not a TCP port (0-65535).")
     if args.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {args.threads}.")
+    from sbi_core.server.limits import Limits
+
+    limits = Limits(max_samples=args.max_samples, max_batch=args.max_batch,
+                    max_observations=args.max_observations, max_map_steps=args.max_map_steps,
+                    max_mcmc_transitions=args.max_mcmc_transitions,
+                    max_concurrency=args.max_concurrency, request_timeout=args.request_timeout,
+                    queue_wait=args.queue_wait)  # bad values fail here, before loading models
+    if args.max_body_bytes < 1:
+        raise ValueError(f"--max-body-bytes must be positive, got {args.max_body_bytes}.")
     import torch
 
     check_port(args.host, args.port)
     models = {name: load(path) for name, path in parse_models(args.models).items()}
     torch.set_num_threads(args.threads)
-    app = create_app(models, max_samples=args.max_samples, max_body_bytes=args.max_body_bytes)
+    app = create_app(models, max_body_bytes=args.max_body_bytes, **limits.to_dict())
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"[sbi-core] warning: binding {args.host} exposes the server to other machines; "
               "it has no authentication.", file=sys.stderr)

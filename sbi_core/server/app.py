@@ -14,19 +14,26 @@ Endpoints (all JSON; interactive docs at ``/docs``, schema at ``/openapi.json``)
   std and quantiles per parameter.
 - ``GET /``: the explorer (static files shipped in this package; nothing from the internet).
 
-Bad input (unknown model, wrong shapes, NaN/inf, too many samples, malformed JSON) gets a
-4xx with a message saying what to fix; a body above ``max_body_bytes`` gets 413. Posterior
-calls run in FastAPI's thread pool (sync endpoints); seeded calls run alone, because they
-reset torch's global random number generator, which all models share (see rng_lock.py).
+Bad input (unknown model, wrong shapes, NaN/inf, malformed JSON) gets a 422 with a message
+saying what to fix. Every request's work is bounded (``limits.py``): too many observations,
+samples, theta rows, MAP steps or MCMC transitions get a 413 naming the limit and the
+``sbi-core serve`` flag that raises it; a body above ``max_body_bytes`` gets 413 too.
+Posterior work runs off the event loop in worker threads (``workers.py``): ``max_concurrency``
+for heavy requests and as many for light ones (at most one batch of work, e.g. the explorer's),
+so that large requests cannot keep small ones waiting; a request that finds its workers all
+busy for ``queue_wait`` seconds, or that
+runs past ``request_timeout``, gets a 503 with ``Retry-After``. Seeded calls run alone,
+because they reset torch's global random number generator, which all models share
+(``rng_lock.py``). MCMC posteriors answer with their R-hat / ESS and ``warnings``
+(``compute.py``).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 import torch
@@ -36,8 +43,10 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.requests import Request
 
-from sbi_core.posterior import Posterior, SamplingError
+from sbi_core.posterior import Posterior
 from sbi_core.server.body_limit import BodySizeLimit
+from sbi_core.server.compute import Draws, Job, is_light
+from sbi_core.server.limits import Limits
 from sbi_core.server.model_info import model_info
 from sbi_core.server.rng_lock import RNGLock
 from sbi_core.server.schemas import (
@@ -50,26 +59,36 @@ from sbi_core.server.schemas import (
     SampleResponse,
     SummaryRequest,
     SummaryResponse,
-    _Observations,
     plain,
     to_tensor,
 )
+from sbi_core.server.workers import Deadline, WorkerPool
 
 __all__ = ["create_app", "STATIC_DIR"]
 
 STATIC_DIR = Path(__file__).parent / "static"
-T = TypeVar("T")
 
 
 def create_app(models: dict[str, Posterior], max_samples: int = 100_000,
-               max_body_bytes: int = 2_000_000, max_map_steps: int = 1000) -> FastAPI:
+               max_body_bytes: int = 2_000_000, max_map_steps: int = 1000, *,
+               max_batch: int = 100_000, max_observations: int = 1000,
+               max_mcmc_transitions: int = 200_000, max_concurrency: int = 4,
+               request_timeout: float = 30.0, queue_wait: float = 2.0) -> FastAPI:
     """Build the app serving ``models`` (name → posterior).
 
     Args:
         models: at least one posterior, keyed by the name used in URLs.
-        max_samples: most samples (``n * B``, or ``N * B`` parameter rows) per request.
+        max_samples: most samples per observation (``n``).
         max_body_bytes: largest accepted request body; larger ones get HTTP 413.
         max_map_steps: most gradient steps a MAP request may ask for.
+        max_batch: most network rows per request: ``n * B`` samples, ``N * B`` theta rows of
+            ``log_prob`` (plus the draws that normalize a posterior leaking out of a bounded
+            prior), ``(num_init + steps) * B`` for MAP (see ``limits.py``).
+        max_observations: most observations ``B`` per request.
+        max_mcmc_transitions: most MCMC chain transitions per request (MCMC posteriors).
+        max_concurrency: posterior requests computed at once, in worker threads.
+        request_timeout: seconds one request may take (waiting included) before HTTP 503.
+        queue_wait: seconds a request waits for a free worker before HTTP 503 (busy).
     """
     if not models:
         raise ValueError("create_app needs at least one model: {'name': posterior}.")
@@ -77,10 +96,20 @@ def create_app(models: dict[str, Posterior], max_samples: int = 100_000,
         if not isinstance(post, Posterior):
             raise TypeError(f"Model {name!r} is a {type(post).__name__}, not an sbi_core "
                             "Posterior; load it with sbi_core.load(path).")
-    if max_samples < 1 or max_body_bytes < 1:
-        raise ValueError("max_samples and max_body_bytes must be positive.")
+    if max_body_bytes < 1:
+        raise ValueError(f"max_body_bytes (serve flag --max-body-bytes) must be positive, got "
+                         f"{max_body_bytes}.")
+    limits = Limits(max_samples=max_samples,
+                    max_batch=max_batch,
+                    max_observations=max_observations, max_map_steps=max_map_steps,
+                    max_mcmc_transitions=max_mcmc_transitions, max_concurrency=max_concurrency,
+                    request_timeout=request_timeout, queue_wait=queue_wait)
     models = dict(models)
     lock = RNGLock()
+    # heavy requests (more than one batch of work) and light ones have separate workers, so a
+    # flood of large requests cannot keep the explorer's small ones waiting
+    heavy = WorkerPool(limits.max_concurrency, limits.queue_wait, limits.request_timeout)
+    light = WorkerPool(limits.max_concurrency, limits.queue_wait, limits.request_timeout)
     max_values = max(1000, max_body_bytes // 2)
     swagger_dir = _swagger_assets()
     app = FastAPI(title="sbi-core posterior server",
@@ -108,6 +137,9 @@ def create_app(models: dict[str, Posterior], max_samples: int = 100_000,
                                   with_google_fonts=False)
     app.state.models = models
     app.state.max_samples = max_samples
+    app.state.limits = limits
+    app.state.workers = heavy
+    app.state.light_workers = light
 
     def get(name: str) -> Posterior:
         if name not in models:
@@ -115,32 +147,14 @@ def create_app(models: dict[str, Posterior], max_samples: int = 100_000,
                                      f"{sorted(models)}. List them at GET /api/models.")
         return models[name]
 
-    def run(fn: Callable[[], T], seeded: bool) -> T:
-        try:
-            with lock.hold(exclusive=seeded):
-                return fn()
-        except (ValueError, SamplingError) as err:  # ObservationError, InputError are ValueErrors
-            raise HTTPException(422, str(err)) from err
+    def job(post: Posterior, deadline: Deadline) -> Job:
+        return Job(post, limits, lock, deadline, max_values)
 
-    def observations(post: Posterior, req: _Observations) -> tuple[torch.Tensor, bool]:
-        if (req.x is None) == (req.xs is None):
-            raise HTTPException(422, "Give exactly one of 'x' (one observation of shape "
-                                     f"{list(post.x_shape)}) or 'xs' (several, shape "
-                                     f"(B, *{list(post.x_shape)})).")
-        batched = req.xs is not None
+    def lane(post: Posterior, kind: str, req: Any, n: int | None = None) -> WorkerPool:
         try:
-            x = to_tensor(req.xs if batched else req.x, "xs" if batched else "x", max_values)
-        except InputError as err:
-            raise HTTPException(422, str(err)) from err
-        if batched and x.ndim == 0:
-            raise HTTPException(422, "'xs' must be a list of observations.")
-        return x, batched
-
-    def check_count(what: str, count: int, limit: int = max_samples) -> None:
-        if count < 1 or count > limit:
-            raise HTTPException(422, f"{what} is {count}; this server allows 1 to {limit} per "
-                                     "request. Ask for fewer, split the request, or restart the "
-                                     "server with a larger --max-samples.")
+            return light if is_light(post, kind, req, n) else heavy
+        except (TypeError, ValueError, IndexError):  # odd JSON: the worker reports it
+            return heavy
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, err: Exception) -> JSONResponse:
@@ -157,90 +171,110 @@ def create_app(models: dict[str, Posterior], max_samples: int = 100_000,
         return {"models": [{"name": n, "problem": p.problem_spec.get("name"), "method": p.method,
                             "dim": p.dim, "x_shape": list(p.x_shape)}
                            for n, p in models.items()],
-                "max_samples": max_samples}
+                "max_samples": max_samples, "limits": limits.to_dict()}
 
     @app.get("/api/models/{name}", summary="Describe one model")
     def info(name: str) -> dict[str, Any]:
-        return model_info(name, get(name), max_samples)
+        return {**model_info(name, get(name), max_samples), "limits": limits.to_dict()}
 
     @app.post("/api/models/{name}/sample", response_model=SampleResponse,
               summary="Draw posterior samples for one or many observations")
-    def sample(name: str, req: SampleRequest) -> JSONResponse:
+    async def sample(name: str, req: SampleRequest) -> Response:
         post = get(name)
-        x, batched = observations(post, req)
-        req.n = min(1000, max_samples) if req.n is None else req.n
-        check_count("n (samples per observation)", req.n)
-        check_count("n * number of observations", req.n * (x.shape[0] if batched else 1))
-        start = time.perf_counter()
-        if batched:
-            out = run(lambda: post.sample_batched((req.n,), x, seed=req.seed).transpose(0, 1),
-                      req.seed is not None)
-        else:
-            out = run(lambda: post.sample((req.n,), x, seed=req.seed), req.seed is not None)
-        return _samples_response(post.param_names, out, time.perf_counter() - start)
+        n = min(1000, max_samples) if req.n is None else req.n
+
+        def work(deadline: Deadline) -> Response:
+            start = time.perf_counter()
+            j = job(post, deadline)
+            xs, batched, trials = j.observations(req.x, req.xs)
+            draws = j.draw(xs, trials, n, req.seed, req.mcmc.options() if req.mcmc else None)
+            out = draws.samples.transpose(0, 1) if batched else draws.samples[:, 0]
+            return _samples_response(post.param_names, out, time.perf_counter() - start,
+                                     _mcmc_plain(draws, batched), draws.warnings)
+
+        return await lane(post, "sample", req, n).run(work)
 
     @app.post("/api/models/{name}/log_prob", response_model=LogProbResponse,
               summary="Posterior log density of parameters")
-    def log_prob(name: str, req: LogProbRequest) -> JSONResponse:
+    async def log_prob(name: str, req: LogProbRequest) -> JSONResponse:
         post = get(name)
-        x, batched = observations(post, req)
-        try:
-            theta = to_tensor(req.theta, "theta", max_values)
-        except InputError as err:
-            raise HTTPException(422, str(err)) from err
-        want = f"(N, B, {post.dim})" if batched else f"(N, {post.dim})"
-        if theta.ndim != (3 if batched else 2) or theta.shape[-1] != post.dim:
-            raise HTTPException(422, f"theta has shape {list(theta.shape)}; expected {want} for "
-                                     f"the parameters {post.param_names}.")
-        if not bool(torch.isfinite(theta).all()):
-            raise HTTPException(422, "theta contains NaN or inf; give finite parameter values.")
-        check_count("the number of theta rows", theta.shape[0] * (theta.shape[1] if batched else 1))
-        fn = post.log_prob_batched if batched else post.log_prob
-        lp = run(lambda: fn(theta, x), True)  # the acceptance-rate estimate is seeded
-        return JSONResponse({"log_prob": plain(lp), "normalized": post.normalized_log_prob})
+
+        def work(deadline: Deadline) -> JSONResponse:
+            j = job(post, deadline)
+            xs, batched, trials = j.observations(req.x, req.xs)
+            try:
+                theta = to_tensor(req.theta, "theta", max_values)
+            except InputError as err:
+                raise HTTPException(422, str(err)) from err
+            want = f"(N, B, {post.dim})" if batched else f"(N, {post.dim})"
+            if theta.ndim != (3 if batched else 2) or theta.shape[-1] != post.dim or \
+                    (batched and theta.shape[1] != xs.shape[0]):
+                raise HTTPException(422, f"theta has shape {list(theta.shape)}; expected {want} "
+                                         f"for the parameters {post.param_names}"
+                                         + (f" and B={xs.shape[0]} observations." if batched
+                                            else "."))
+            if not bool(torch.isfinite(theta).all()):
+                raise HTTPException(422, "theta contains NaN or inf; give finite parameter "
+                                         "values.")
+            lp = j.log_prob(theta if batched else theta[:, None, :], xs, trials)
+            return JSONResponse({"log_prob": plain(lp if batched else lp[:, 0]),
+                                 "normalized": post.normalized_log_prob})
+
+        return await lane(post, "log_prob", req).run(work)
 
     @app.post("/api/models/{name}/map", response_model=MapResponse,
               summary="Maximum a posteriori estimate")
-    def map_estimate(name: str, req: MapRequest) -> JSONResponse:
+    async def map_estimate(name: str, req: MapRequest) -> JSONResponse:
         post = get(name)
-        x, batched = observations(post, req)
-        req.num_init = min(1000, max_samples) if req.num_init is None else req.num_init
-        check_count("num_init * number of observations",
-                    req.num_init * (x.shape[0] if batched else 1))
-        if not 0 <= req.steps <= max_map_steps:
-            raise HTTPException(422, f"steps is {req.steps}; allowed are 0 to {max_map_steps}.")
-        fn = post.map_batched if batched else post.map
-        est = run(lambda: fn(x, num_init=req.num_init, steps=req.steps, seed=req.seed),
-                  req.seed is not None)
-        return JSONResponse({"param_names": post.param_names, "map": plain(est)})
+
+        def work(deadline: Deadline) -> JSONResponse:
+            j = job(post, deadline)
+            xs, batched, trials = j.observations(req.x, req.xs)
+            num_init = min(1000, limits.max_batch) if req.num_init is None else req.num_init
+            est = j.map(xs, trials, num_init, req.steps, req.seed)
+            return JSONResponse({"param_names": post.param_names,
+                                 "map": plain(est if batched else est[0])})
+
+        return await lane(post, "map", req).run(work)
 
     @app.post("/api/models/{name}/summary", response_model=SummaryResponse,
               summary="Posterior mean, standard deviation and quantiles per parameter")
-    def summary(name: str, req: SummaryRequest) -> JSONResponse:
+    async def summary(name: str, req: SummaryRequest) -> JSONResponse:
         post = get(name)
-        x, batched = observations(post, req)
-        req.n = min(10_000, max_samples) if req.n is None else req.n
-        check_count("n * number of observations", req.n * (x.shape[0] if batched else 1))
         levels = req.quantiles
         if not levels or len(levels) > 99 or not all(0.0 <= q <= 1.0 for q in levels):
             raise HTTPException(422, "quantiles must be 1 to 99 levels between 0 and 1, e.g. "
                                      "[0.05, 0.5, 0.95].")
-        if batched:
-            draws = run(lambda: post.sample_batched((req.n,), x, seed=req.seed),
-                        req.seed is not None)  # (n, B, D)
-        else:
-            draws = run(lambda: post.sample((req.n,), x, seed=req.seed),
-                        req.seed is not None)  # (n, D)
-        qs = torch.quantile(draws, torch.tensor(levels, dtype=draws.dtype), dim=0)
-        return JSONResponse({
-            "param_names": post.param_names, "n": req.n,
-            "mean": plain(draws.mean(0)), "std": plain(draws.std(0)) if req.n > 1 else
-            plain(torch.zeros_like(draws[0])),
-            "quantiles": {f"{q:g}": plain(v) for q, v in zip(levels, qs)},
-        })
+        n = min(10_000, max_samples) if req.n is None else req.n
+
+        def work(deadline: Deadline) -> JSONResponse:
+            j = job(post, deadline)
+            xs, batched, trials = j.observations(req.x, req.xs)
+            result = j.draw(xs, trials, n, req.seed, req.mcmc.options() if req.mcmc else None)
+            draws = result.samples if batched else result.samples[:, 0]  # (n, B, D) / (n, D)
+            qs = torch.quantile(draws, torch.tensor(levels, dtype=draws.dtype), dim=0)
+            return JSONResponse({
+                "param_names": post.param_names, "n": n,
+                "mean": plain(draws.mean(0)), "std": plain(draws.std(0)) if n > 1 else
+                plain(torch.zeros_like(draws[0])),
+                "quantiles": {f"{q:g}": plain(v) for q, v in zip(levels, qs)},
+                "mcmc": _mcmc_plain(result, batched), "warnings": result.warnings,
+            })
+
+        return await lane(post, "summary", req, n).run(work)
 
     app.add_middleware(BodySizeLimit, max_body_bytes=max_body_bytes)
     return app
+
+
+def _mcmc_plain(draws: Draws, batched: bool) -> dict[str, Any] | None:
+    """The MCMC report as plain values, R-hat / ESS ``(D,)`` for one observation."""
+    if draws.mcmc is None:
+        return None
+    report = dict(draws.mcmc)
+    if not batched:
+        report["rhat"], report["ess"] = report["rhat"][0], report["ess"][0]
+    return plain(report)
 
 
 def _swagger_assets() -> str | None:
@@ -254,10 +288,12 @@ def _swagger_assets() -> str | None:
     return str(folder) if (folder / "swagger-ui-bundle.js").is_file() else None
 
 
-def _samples_response(param_names: list[str], samples: torch.Tensor, seconds: float) -> Response:
+def _samples_response(param_names: list[str], samples: torch.Tensor, seconds: float,
+                      mcmc: dict[str, Any] | None, warnings: list[str]) -> Response:
     """JSON of ``samples`` (``(n, D)`` or ``(B, n, D)``) written by orjson straight from the
     float32 array: each value in its shortest round-trip form, ~10x faster than ``json``."""
     body = orjson.dumps({"param_names": param_names,
                          "samples": samples.detach().cpu().float().contiguous().numpy(),
-                         "seconds": seconds}, option=orjson.OPT_SERIALIZE_NUMPY)
+                         "seconds": seconds, "mcmc": mcmc, "warnings": warnings},
+                        option=orjson.OPT_SERIALIZE_NUMPY)
     return Response(body, media_type="application/json")

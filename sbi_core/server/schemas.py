@@ -11,14 +11,16 @@ with a message naming the problem. In responses, non-finite numbers (e.g. a ``lo
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 __all__ = [
     "InputError",
+    "MCMCOptions",
+    "MCMCDiagnostics",
     "SampleRequest",
     "LogProbRequest",
     "MapRequest",
@@ -49,11 +51,31 @@ class _Observations(BaseModel):
     xs: list[Any] | None = Field(None, description=_XS_DOC)
 
 
+class MCMCOptions(BaseModel):
+    """Per-request MCMC settings (MCMC posteriors only: NLE, NRE); unset fields keep the
+    model's saved settings. The work they imply counts against the server's limits."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: Literal["slice", "hmc"] | None = Field(None, description="sampler")
+    num_chains: int | None = Field(None, ge=1, le=1_000_000, description="parallel chains")
+    warmup_steps: int | None = Field(None, ge=0, le=1_000_000,
+                                     description="transitions per chain discarded for tuning")
+    thin: int | None = Field(None, ge=1, le=10_000, description="keep every thin-th transition")
+
+    def options(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+_MCMC_DOC = ("MCMC settings for this request (MCMC posteriors only), e.g. {\"warmup_steps\": "
+             "300, \"num_chains\": 40} when the response warns that the chains have not mixed")
+
+
 class SampleRequest(_Observations):
     n: int | None = Field(None, description="samples per observation; default 1000 (or the "
                                            "server's max_samples if smaller)")
     seed: int | None = Field(None, ge=0, le=_MAX_SEED,
                              description="fix the random numbers (same seed, same draws)")
+    mcmc: MCMCOptions | None = Field(None, description=_MCMC_DOC)
 
 
 class LogProbRequest(_Observations):
@@ -73,12 +95,36 @@ class SummaryRequest(_Observations):
     quantiles: list[float] = Field([0.05, 0.25, 0.5, 0.75, 0.95],
                                    description="levels in [0, 1]")
     seed: int | None = Field(0, ge=0, le=_MAX_SEED, description="fix the random numbers")
+    mcmc: MCMCOptions | None = Field(None, description=_MCMC_DOC)
+
+
+class MCMCDiagnostics(BaseModel):
+    method: str
+    num_chains: int
+    warmup_steps: int
+    thin: int
+    max_rhat: float | None = Field(..., description="largest split R-hat (null: too few "
+                                   "draws per chain to compute); above ~1.1 the chains have not "
+                                   "mixed")
+    min_ess: float | None = Field(..., description="smallest effective sample size")
+    rhat: list[Any] = Field(..., description="R-hat (D,) for x, or (B, D) for xs")
+    ess: list[Any] = Field(..., description="ESS (D,) for x, or (B, D) for xs")
+    acceptance_rate: float | None
+    num_divergent: int
+    seconds: float
+
+
+_WARNINGS_DOC = ("problems a user must see before trusting the answer (e.g. MCMC chains that "
+                 "have not mixed); empty when there are none")
 
 
 class SampleResponse(BaseModel):
     param_names: list[str]
     samples: list[Any] = Field(..., description="(n, D) for x, or (B, n, D) for xs")
     seconds: float
+    mcmc: MCMCDiagnostics | None = Field(None, description="MCMC diagnostics (MCMC posteriors "
+                                         "only; null otherwise)")
+    warnings: list[str] = Field(default_factory=list, description=_WARNINGS_DOC)
 
 
 class LogProbResponse(BaseModel):
@@ -97,6 +143,8 @@ class SummaryResponse(BaseModel):
     mean: list[Any] = Field(..., description="(D,) for x, or (B, D) for xs")
     std: list[Any]
     quantiles: dict[str, list[Any]] = Field(..., description="level -> (D,) or (B, D)")
+    mcmc: MCMCDiagnostics | None = None
+    warnings: list[str] = Field(default_factory=list, description=_WARNINGS_DOC)
 
 
 def _scalar(value: Any, where: str) -> float:

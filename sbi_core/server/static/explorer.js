@@ -3,7 +3,7 @@
 "use strict";
 
 const state = { info: null, samples: null, shownX: null, controller: null, timer: null,
-                updates: 0, inputs: [] };
+                updates: 0, inputs: [], retries: 0 };
 const $ = id => document.getElementById(id);
 
 function setStatus(text, kind) {
@@ -20,7 +20,9 @@ async function api(path, body, signal) {
   const data = await resp.json().catch(() => ({}));
   if (!resp.ok) {
     const d = data.detail;
-    throw new Error(typeof d === "string" ? d : JSON.stringify(d || resp.statusText));
+    const err = new Error(typeof d === "string" ? d : JSON.stringify(d || resp.statusText));
+    err.status = resp.status;
+    throw err;
   }
   return data;
 }
@@ -96,11 +98,52 @@ async function update() {
     state.samples = data.samples;
     state.shownX = body.x;
     state.updates += 1;
+    state.retries = 0;
     render();
+    renderSampling(data.mcmc, data.warnings || []);
     setStatus(`${data.samples.length} samples in ${Math.round(performance.now() - t0)} ms`, "idle");
   } catch (err) {
     if (err.name === "AbortError") return;
+    if (err.status === 503 && state.retries < 3) {  // busy server: try again shortly
+      state.retries += 1;
+      setStatus(`${err.message} (retry ${state.retries} of 3 in 1 s)`, "loading");
+      clearTimeout(state.timer);
+      state.timer = setTimeout(update, 1000);
+      return;
+    }
+    state.retries = 0;
     setStatus(err.message, "error");
+  }
+}
+
+/* MCMC diagnostics (R-hat, ESS) and the server's warnings about the shown samples. */
+function renderSampling(mcmc, warnings) {
+  const box = $("sampling");
+  box.replaceChildren();
+  box.dataset.warnings = String(warnings.length);
+  box.dataset.maxRhat = mcmc && mcmc.max_rhat !== null ? String(mcmc.max_rhat) : "";
+  box.dataset.minEss = mcmc && mcmc.min_ess !== null ? String(mcmc.min_ess) : "";
+  box.hidden = !mcmc && !warnings.length;
+  if (mcmc) {
+    const badge = document.createElement("span");
+    badge.id = "mcmc-badge";
+    badge.className = warnings.length ? "badge bad" : "badge ok";
+    const fmt = v => v === null ? "n/a" : (+v).toPrecision(3);
+    badge.textContent = `MCMC (${mcmc.method}, ${mcmc.num_chains} chains): ` +
+                        `max R-hat ${fmt(mcmc.max_rhat)} · min ESS ${fmt(mcmc.min_ess)}`;
+    badge.title = "R-hat near 1 (below about 1.1) means the chains agree; ESS is the number of " +
+                  "effectively independent draws";
+    box.append(badge);
+  }
+  if (warnings.length) {
+    const list = document.createElement("ul");
+    list.id = "warnings";
+    for (const w of warnings) {
+      const li = document.createElement("li");
+      li.textContent = w;
+      list.append(li);
+    }
+    box.append(list);
   }
 }
 
