@@ -37,7 +37,8 @@ from torch import Tensor
 from estimators.sde import Schedule
 from sbi_core.budget import Budget
 
-__all__ = ["monitored", "time_grid", "euler_maruyama", "predictor_corrector", "ddim", "probability_flow",
+__all__ = ["monitored",
+           "time_grid", "euler_maruyama", "predictor_corrector", "ddim", "probability_flow",
            "ode_log_prob", "divergence", "ScoreFn", "VelocityFn"]
 
 ScoreFn = Callable[[Tensor, float], Tensor]

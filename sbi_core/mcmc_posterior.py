@@ -11,8 +11,8 @@ where :math:`\ell` is a learned log-likelihood (NLE) or log likelihood-to-eviden
 (``normalized_log_prob = False``), and ``-inf`` outside the prior's support. ``sample``
 runs :func:`sbi_core.mcmc.run_mcmc` (slice sampling by default, or HMC) batched over
 observations; the last run's R-hat / ESS are in ``last_mcmc``. Each ``sample`` call has a
-wall-clock budget (``max_seconds``, default 300 s, :mod:`sbi_core.budget`). ``map`` starts at the best
-of ``num_init`` prior draws and climbs the potential by gradient ascent.
+wall-clock budget (``max_seconds``, default 300 s, :mod:`sbi_core.budget`). ``map`` starts
+at the best of ``num_init`` prior draws and climbs the potential by gradient ascent.
 
 Any estimator with ``log_likelihood(theta (N, D), x (N, *x_shape)) -> (N,)`` can use this
 class; other methods may subclass it and override :meth:`MCMCPosterior.trial_log_likelihood`.

@@ -42,7 +42,8 @@ RangeCheck = Literal["error", "warn", "off"]
 #: ``max_seconds`` argument: seconds, ``None`` (no limit), a running :class:`Budget`, or
 #: ``"default"`` (the posterior's ``max_seconds``).
 MaxSeconds = float | None | Budget | Literal["default"]
-MAP_BUDGET_ADVICE = "Pass fewer steps (steps=0 returns the best initial sample) or a smaller num_init."
+MAP_BUDGET_ADVICE = ("Pass fewer steps (steps=0 returns the best initial sample) or a smaller "
+                     "num_init.")
 
 
 class ObservationError(ValueError):
@@ -118,7 +119,8 @@ class Posterior:
 
     def condition(self, x: Tensor | None = None, validate_args: bool | None = None):
         """This posterior at one observation ``x`` (default: :attr:`default_x`) as a
-        ``torch.distributions.Distribution`` (see :class:`sbi_core.conditioned.ConditionedPosterior`)."""
+        ``torch.distributions.Distribution``
+        (:class:`sbi_core.conditioned.ConditionedPosterior`)."""
         from sbi_core.conditioned import ConditionedPosterior
 
         return ConditionedPosterior(self, x, validate_args=validate_args)

@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from sbi_core.problem import Problem
+from sbi_core.progress import progress_bar
 from sbi_core.simulation import ChunkResult
 from sbi_core.simulation_set import SimulationSet
 
@@ -269,7 +269,7 @@ def _mark_name(index: int) -> str:
 
 def simulate_into_store(problem: Problem, plan: Plan, source: ChunkSource,
                         store: str | os.PathLike, seed: int, chunk_size: int,
-                        resume: bool = False, progress: bool = True,
+                        resume: bool = False, progress: bool | None = None,
                         only_chunks: Iterable[int] | None = None,
                         return_data: bool = True) -> SimulationSet | SimulationStore:
     """Run the chunks of ``plan`` not yet committed in ``store`` and commit each as it finishes.
@@ -288,8 +288,9 @@ def simulate_into_store(problem: Problem, plan: Plan, source: ChunkSource,
     wanted = set(only_chunks) if only_chunks is not None else None
     todo = [t for t in plan if t[0] not in done and (wanted is None or t[0] in wanted)]
     start = time.perf_counter()
-    with tqdm(total=sum(t[1] for t in todo), desc=f"simulating {problem.name} -> {st.path.name}",
-              unit="sim", disable=not progress, leave=False) as bar:
+    with progress_bar(total=sum(t[1] for t in todo),
+                      desc=f"simulating {problem.name} -> {st.path.name}", unit="sim",
+                      progress=progress) as bar:
         if todo:
             for res in source(problem, todo):
                 st.write_chunk(res)

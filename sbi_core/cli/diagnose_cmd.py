@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     checks = [c.strip() for c in args.checks.split(",") if c.strip()] if args.checks else None
     report = diagnose(posterior, problem=problem, sims=sims, num=args.num,
                       num_samples=args.samples, checks=checks, seed=args.seed,
-                      progress=not args.quiet)
+                      progress=False if args.quiet else None)
     out = Path(args.out) if args.out else Path(args.model).with_name(
         Path(args.model).stem + "_diagnostics")
     out.mkdir(parents=True, exist_ok=True)

@@ -48,12 +48,12 @@ def run(args: argparse.Namespace) -> int:
         store = simulate_into_store(problem, chunk_plan(args.num, args.seed, args.chunk_size),
                                     chunk_source(args.workers, args.dask), args.out,
                                     seed=args.seed, chunk_size=args.chunk_size,
-                                    resume=args.resume, progress=not args.quiet,
+                                    resume=args.resume, progress=False if args.quiet else None,
                                     return_data=False)
         prov = store.provenance()
     else:
         sims = simulate(problem, args.num, seed=args.seed, workers=args.workers,
-                        chunk_size=args.chunk_size, progress=not args.quiet,
+                        chunk_size=args.chunk_size, progress=False if args.quiet else None,
                         executor=args.dask)
         sims.save(args.out)
         prov = sims.provenance
