@@ -64,6 +64,11 @@ class Budget:
         return time.monotonic() - self.start
 
     @property
+    def remaining(self) -> float:
+        """Seconds left (``inf`` without a limit; negative once exceeded)."""
+        return math.inf if self.max_seconds is None else self.max_seconds - self.elapsed
+
+    @property
     def exceeded(self) -> bool:
         return self.max_seconds is not None and self.elapsed > self.max_seconds
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 import operator
+import time
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -477,12 +478,18 @@ class DirectPosterior(Posterior):
         # the loop then only replaces the rare non-finite draw.
         in_support = self._samples_in_support
         margin, floor = (1.0, 1) if in_support else (1.2, 64)
+        seconds_per_draw = 0.0
         while bool((filled < n).any()):
             need = (n - filled).clamp(min=0)
             active = (need > 0).nonzero().flatten()
             m = int(min(self.max_batch,
                         max(floor, math.ceil(float((need[active] / rate[active]).max()) * margin))))
+            if seconds_per_draw > 0:  # a batch should not overrun the budget by much
+                fit_in = budget.remaining / (seconds_per_draw * len(active))
+                m = int(min(m, max(floor, fit_in)))
+            t0 = time.perf_counter()
             draws = self._raw_sample(m, xs[active.to(device)]).cpu()  # (m, A, D)
+            seconds_per_draw = (time.perf_counter() - t0) / (m * len(active))
             ok = within_support(self.prior, draws.reshape(-1, self.dim)).reshape(m, -1)
             proposed[active] += m
             accepted[active] += ok.sum(0)
