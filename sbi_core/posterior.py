@@ -537,8 +537,9 @@ class DirectPosterior(Posterior):
             f"(min_acceptance={self.min_acceptance:g}), so {what}. The observation is probably "
             "far from the training data, or the estimator is undertrained: check the "
             "observation, train longer or simulate more, or train with "
-            "theta_transform='unconstrained' so that no mass leaks outside the support. "
-            "log_prob(..., normalize=False) gives the unnormalized estimator density."
+            "theta_transform='unconstrained' so that no mass leaks outside the support."
+            + (" log_prob(..., normalize=False) gives the unnormalized estimator density."
+               if call == "log_prob" else "")
         )
 
     def acceptance_rate(self, xs: Tensor, num: int = 10_000, seed: int = 0) -> Tensor:

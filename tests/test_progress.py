@@ -86,3 +86,13 @@ def test_diagnose_progress_reaches_the_mcmc_sampler(monkeypatch, capsys, progres
     err = capsys.readouterr().err
     assert ("MCMC (slice" in err) is progress
     assert ("diagnostics" in err) is progress
+
+
+def test_mcmc_files_with_the_old_default_progress_true_follow_the_rule():
+    problem = linear_gaussian(2)
+    old = MCMCPosterior(_GaussianLikelihood(), problem.prior, problem.spec(),
+                        mcmc={"progress": True})
+    assert old.mcmc_config.progress is None
+    quiet = MCMCPosterior(_GaussianLikelihood(), problem.prior, problem.spec(),
+                          mcmc={"progress": False})
+    assert quiet.mcmc_config.progress is False
