@@ -67,7 +67,7 @@ def hpd_levels(log_prob_samples: Tensor, log_prob_true: Tensor, seed: int = 0) -
 
 def expected_coverage(posterior: Posterior, samples: Tensor, theta: Tensor, xs: Tensor,
                       num_bins: int | None = None, seed: int = 0, chunk: int | None = None,
-                      progress: bool = True) -> CoverageResult:
+                      progress: bool | None = None) -> CoverageResult:
     """HPD expected coverage for precomputed ``samples`` ``(n, N, D)`` of ``posterior``.
 
     ``log_prob_batched`` is evaluated on the samples and the truth together, in chunks of
@@ -76,7 +76,7 @@ def expected_coverage(posterior: Posterior, samples: Tensor, theta: Tensor, xs: 
     Raises:
         NotImplementedError: if the posterior has no ``log_prob``.
     """
-    from tqdm.auto import tqdm
+    from sbi_core.progress import progress_bar
 
     n, num, _ = samples.shape
     points = torch.cat([torch.as_tensor(theta, dtype=torch.float32)[None], samples])  # (n+1, N, D)
@@ -86,8 +86,8 @@ def expected_coverage(posterior: Posterior, samples: Tensor, theta: Tensor, xs: 
     parts = []
     with _range_check_off(posterior):
         starts = list(range(0, num, chunk))
-        for s in tqdm(starts, desc="log_prob", unit="chunk", leave=False,
-                      disable=not progress or len(starts) == 1):
+        for s in progress_bar(starts, desc="log_prob", unit="chunk",
+                              progress=False if len(starts) == 1 else progress):
             parts.append(posterior.log_prob_batched(points[:, s:s + chunk], xs[s:s + chunk],
                                                     **extra))
     lp = torch.cat(parts, dim=1)  # (n+1, N)
@@ -101,7 +101,7 @@ def expected_coverage(posterior: Posterior, samples: Tensor, theta: Tensor, xs: 
 
 def run_expected_coverage(posterior: Posterior, theta: Tensor, xs: Tensor,
                           num_samples: int = 1000, seed: int = 0,
-                          progress: bool = True) -> CoverageResult:
+                          progress: bool | None = None) -> CoverageResult:
     """Sample ``posterior`` for every ``xs`` and compute the HPD expected coverage."""
     samples = posterior_samples(posterior, xs, num_samples, seed=seed, progress=progress)
     return expected_coverage(posterior, samples, theta, xs, seed=seed, progress=progress)

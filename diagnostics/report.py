@@ -66,7 +66,7 @@ class DiagnosisContext:
     problem: Problem | None = None
     num_samples: int = 1000
     seed: int = 0
-    progress: bool = True
+    progress: bool | None = None
     options: dict[str, Any] = field(default_factory=dict)
     _samples: Tensor | None = None
 
@@ -190,7 +190,7 @@ class DiagnosisReport:
 def diagnose(posterior: Posterior, problem: Problem | str | None = None,
              sims: SimulationSet | tuple[Tensor, Tensor] | None = None, num: int = 200,
              num_samples: int = 1000, checks: Sequence[str] | None = None, seed: int = 0,
-             progress: bool = True, **options: Any) -> DiagnosisReport:
+             progress: bool | None = None, **options: Any) -> DiagnosisReport:
     """Run the diagnostics suite and return the report card.
 
     Args:
@@ -219,9 +219,9 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
         raise ValueError(f"Unknown check(s) {unknown}; available: {sorted(CHECKS)}.")
     ctx = DiagnosisContext(posterior, theta, xs, problem, num_samples, seed, progress, options)
     sections: dict[str, dict[str, Any]] = {}
-    from tqdm.auto import tqdm
+    from sbi_core.progress import progress_bar
 
-    bar = tqdm(names, desc="diagnostics", unit="check", disable=not progress, leave=False)
+    bar = progress_bar(names, desc="diagnostics", unit="check", progress=progress)
     for name in bar:
         bar.set_postfix_str(name)
         check = CHECKS[name]

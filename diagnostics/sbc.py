@@ -126,7 +126,7 @@ def sbc(samples: Tensor, theta: Tensor, num_bins: int | None = None, seed: int =
 
 
 def run_sbc(posterior: Posterior, theta: Tensor, xs: Tensor, num_samples: int = 1000,
-            seed: int = 0, progress: bool = True) -> SBCResult:
+            seed: int = 0, progress: bool | None = None) -> SBCResult:
     """Sample ``posterior`` for every ``xs`` ``(N, *x_shape)`` (batched) and run SBC."""
     samples = posterior_samples(posterior, xs, num_samples, seed=seed, progress=progress)
     return sbc(samples, theta, seed=seed)

@@ -174,7 +174,7 @@ def tarp_coverage(samples: Tensor, theta: Tensor, references: References = "box"
 
 
 def run_tarp(posterior: Posterior, theta: Tensor, xs: Tensor, num_samples: int = 1000,
-             references: References = "box", seed: int = 0, progress: bool = True,
+             references: References = "box", seed: int = 0, progress: bool | None = None,
              **options: Any) -> TarpResult:
     """Sample ``posterior`` for every ``xs`` ``(N, *x_shape)`` (batched) and run TARP.
 

@@ -71,24 +71,25 @@ def calibration_pairs(problem: Problem | None = None, sims: SimulationSet | tupl
 
 
 def posterior_samples(posterior: Posterior, xs: Tensor, num_samples: int = 1000, seed: int = 0,
-                      chunk: int | None = None, progress: bool = True) -> Tensor:
+                      chunk: int | None = None, progress: bool | None = None) -> Tensor:
     """Posterior samples ``(num_samples, N, D)`` for observations ``xs`` ``(N, *x_shape)``.
 
     Observations are processed in chunks of ``chunk`` (default: about 50,000 samples per
     call) through ``sample_batched``; a tqdm bar shows progress when there is more than one.
     Chunk ``k`` is seeded from ``(seed + k, "samples")`` (see :func:`diagnostics.ecp.derived_seed`).
     """
-    from tqdm.auto import tqdm
+    from sbi_core.progress import progress_bar
 
     n_obs = xs.shape[0]
     chunk = chunk or max(1, 50_000 // max(num_samples, 1))
     starts = list(range(0, n_obs, chunk))
     parts = []
     with _range_check_off(posterior):
-        for k, start in enumerate(tqdm(starts, desc="posterior samples", unit="chunk",
-                                       disable=not progress or len(starts) == 1, leave=False)):
+        for k, start in enumerate(progress_bar(starts, desc="posterior samples", unit="chunk",
+                                               progress=False if len(starts) == 1 else progress)):
             parts.append(posterior.sample_batched((num_samples,), xs[start:start + chunk],
-                                                  seed=derived_seed(seed + k, "samples")))
+                                                  seed=derived_seed(seed + k, "samples"),
+                                                  progress=progress))
     return torch.cat(parts, dim=1)
 
 

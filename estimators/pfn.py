@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from estimators.bar_distribution import BarDistribution
+from sbi_core.budget import Budget
 
 __all__ = ["PFNEstimator", "PFN_DEFAULTS"]
 
@@ -232,8 +233,12 @@ class PFNEstimator(nn.Module):
         return torch.stack([-self.log_prob(theta, x_sets[:, :n]) for n in sizes]).mean(0)
 
     @torch.no_grad()
-    def sample(self, num: int, x_sets: Tensor, chunk: int = 2048) -> Tensor:
-        """``num`` autoregressive draws per set ``(B, n, *x_shape)`` → ``(num, B, D)``."""
+    def sample(self, num: int, x_sets: Tensor, chunk: int = 2048,
+               budget: Budget | None = None) -> Tensor:
+        """``num`` autoregressive draws per set ``(B, n, *x_shape)`` → ``(num, B, D)``.
+
+        ``budget`` (:class:`~sbi_core.budget.Budget`) is checked before every pass.
+        """
         cache = self.encode(x_sets)
         n = x_sets.shape[1]
         b = x_sets.shape[0]
@@ -243,6 +248,10 @@ class PFNEstimator(nn.Module):
             s = min(per_chunk, num - start)
             theta = self.theta_mean.expand(s, b, -1).clone()
             for d in range(self.theta_dim):  # one pass per dimension: theta_d | theta_<d
+                if budget is not None:
+                    budget.check(f"{start * b:,} of {num * b:,} samples drawn (dimension "
+                                 f"{d + 1} of {self.theta_dim} of the next {s * b:,})",
+                                 task="PFN autoregressive sampling")
                 logits = self.logits(theta, cache, n)
                 theta[..., d] = self.bar.sample(logits)[..., d]
             out.append(theta)

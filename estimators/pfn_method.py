@@ -24,6 +24,7 @@ from torch.distributions import Distribution
 
 from estimators.bar_distribution import BarDistribution, quantile_borders
 from estimators.pfn import PFN_DEFAULTS, PFNEstimator
+from sbi_core.budget import Budget
 from sbi_core.methods import Method
 from sbi_core.posterior import ObservationError, Posterior, _device, seeded
 from sbi_core.priors import support_bounds
@@ -131,8 +132,9 @@ class PFNPosterior(Posterior):
             warnings.warn(msg, stacklevel=4)
         return sets.to(_device(self.estimator))
 
-    def _sample_batched(self, n: int, xs: Tensor, **kwargs: Any) -> Tensor:
-        return self.estimator.sample(n, self._sets(xs)).cpu()
+    def _sample_batched(self, n: int, xs: Tensor, budget: Budget | None = None,
+                        **kwargs: Any) -> Tensor:
+        return self.estimator.sample(n, self._sets(xs), budget=budget).cpu()
 
     def _log_prob_batched(self, theta: Tensor, xs: Tensor, chunk: int = 4096,
                           **kwargs: Any) -> Tensor:

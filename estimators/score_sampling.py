@@ -17,23 +17,52 @@ Every sampler starts from ``z`` at ``schedule.t_max`` and returns ``z`` near ``t
 
 :func:`ode_log_prob` integrates a velocity field and its divergence (exact trace for small
 ``D``, Hutchinson's estimator otherwise) to evaluate :math:`\log p_{t_{lo}}(z)`.
+
+:func:`monitored` wraps a score function so that every evaluation first checks a
+wall-clock :class:`~sbi_core.budget.Budget` (and ticks an optional progress bar): all
+samplers evaluate the score at least once per step, so every one of them, and any other
+loop over a score function (annealed Langevin, precision estimates), stops within one
+step of its budget.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from estimators.sde import Schedule
+from sbi_core.budget import Budget
 
-__all__ = ["time_grid", "euler_maruyama", "predictor_corrector", "ddim", "probability_flow",
+__all__ = ["monitored",
+           "time_grid", "euler_maruyama", "predictor_corrector", "ddim", "probability_flow",
            "ode_log_prob", "divergence", "ScoreFn", "VelocityFn"]
 
 ScoreFn = Callable[[Tensor, float], Tensor]
 VelocityFn = Callable[[Tensor, float], Tensor]
+
+
+def monitored(score_fn: ScoreFn, budget: Budget, task: str = "Score sampling",
+              bar: Any = None) -> ScoreFn:
+    """``score_fn`` that first checks ``budget`` (reporting the diffusion time reached and the
+    evaluations done) and updates ``bar`` (a tqdm bar or None) on every call."""
+    calls = 0
+    first_t: float | None = None
+
+    def fn(z: Tensor, t: float) -> Tensor:
+        nonlocal calls, first_t
+        first_t = t if first_t is None else first_t
+        budget.check(f"reached diffusion time t={t:.3g} (started at t={first_t:.3g}, ends near "
+                     f"0) after {calls} score evaluations on {z.shape[0]:,} samples", task=task)
+        calls += 1
+        if bar is not None:
+            bar.update(1)
+        return score_fn(z, t)
+
+    return fn
 
 
 def time_grid(schedule: Schedule, steps: int, rho: float = 7.0) -> list[float]:

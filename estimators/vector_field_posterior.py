@@ -14,6 +14,10 @@ All sampling happens in the standardized unconstrained space, so samples always 
 a bounded prior's support. ``log_prob`` integrates the probability-flow ODE (exact trace for
 ``D <= exact_trace_max_dim``, Hutchinson otherwise) and adds the Jacobian of the map back to
 the prior's support; it is available for single observations only.
+
+Every ``sample`` call has a wall-clock budget (``max_seconds``, default 300 s): the score
+function is wrapped by :func:`estimators.score_sampling.monitored`, so any sampler stops
+within one step of it with a :class:`~sbi_core.budget.SamplingTimeoutError`.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ from torch.distributions import Distribution
 from estimators import compositional as comp
 from estimators import score_sampling as ss
 from estimators.vector_field import VectorFieldEstimator
+from sbi_core.budget import Budget
 from sbi_core.posterior import Posterior, SamplingError
 from sbi_core.priors import within_support
+from sbi_core.progress import progress_bar
 
 __all__ = ["VectorFieldPosterior", "SAMPLERS", "DEFAULT_STEPS"]
 
@@ -46,6 +52,10 @@ class VectorFieldPosterior(Posterior):
     """
 
     supports_iid = True
+    default_max_seconds = 300.0
+    budget_advice = ("Use fewer steps (e.g. sampler='ode', whose default is 50 steps), fewer "
+                     "samples per call, or check that the observation resembles the training "
+                     "simulations.")
 
     def __init__(self, estimator: VectorFieldEstimator, prior: Distribution,
                  problem_spec: dict[str, Any], history: dict[str, Any] | None = None,
@@ -153,7 +163,22 @@ class VectorFieldPosterior(Posterior):
                         eta: float = 1.0, corrector_steps: int = 1, snr: float = 0.1,
                         levels: int = 400, steps_per_level: int = 5, tau: float = 0.5,
                         precision_samples: int | None = None, precision_steps: int = 20,
-                        nugget: float = 0.01) -> Tensor:
+                        nugget: float = 0.01, budget: Budget | None = None,
+                        progress: bool | None = None) -> Tensor:
+        """Samples ``(n, B, D)``; ``progress`` shows a bar of score evaluations."""
+        budget = Budget.of(budget, "Sampling", self.budget_advice)
+        with progress_bar(progress=progress, desc=f"{self.method} sampling",
+                          unit="eval") as bar:
+            return self._sample_monitored(n, xs, sampler, steps, iid_method, eta,
+                                          corrector_steps, snr, levels, steps_per_level, tau,
+                                          precision_samples, precision_steps, nugget, budget,
+                                          bar)
+
+    def _sample_monitored(self, n: int, xs: Tensor, sampler: str | None, steps: int | None,
+                          iid_method: str | None, eta: float, corrector_steps: int,
+                          snr: float, levels: int, steps_per_level: int, tau: float,
+                          precision_samples: int | None, precision_steps: int,
+                          nugget: float, budget: Budget, bar: Any) -> Tensor:
         est = self.estimator
         xs = xs.to(self._device)
         b, d = xs.shape[0], self.dim
@@ -174,10 +199,12 @@ class VectorFieldPosterior(Posterior):
                                            self._prior_score_z(z), t, t_max)
 
                 z0 = torch.randn(n, b, d, device=self._device) * (var_t / k) ** 0.5
-                z = comp.annealed_langevin(fnpe, est.schedule, z0, levels, steps_per_level, tau)
+                z = comp.annealed_langevin(
+                    ss.monitored(fnpe, budget, "Annealed Langevin (iid_method='fnpe')", bar),
+                    est.schedule, z0, levels, steps_per_level, tau)
                 return self._to_theta(z)
             score_fn = self._composite_score(method, ctx, precision_samples, precision_steps,
-                                             nugget)
+                                             nugget, budget)
         else:
             if self.is_iid_batch(xs, self.x_shape):
                 xs = xs[:, 0]
@@ -185,17 +212,19 @@ class VectorFieldPosterior(Posterior):
         name = self._resolve_sampler(sampler)
         steps = steps or self.config["steps"] or DEFAULT_STEPS[name]
         z0 = torch.randn(n, b, d, device=self._device) * var_t**0.5
+        score_fn = ss.monitored(score_fn, budget, f"Sampler {name!r} ({steps} steps)", bar)
         return self._to_theta(self._run(name, score_fn, z0, steps, eta, corrector_steps, snr))
 
     def _composite_score(self, method: str, ctx: Tensor, precision_samples: int | None,
-                         precision_steps: int, nugget: float):
+                         precision_steps: int, nugget: float, budget: Budget | None = None):
         """GAUSS or JAC composite score function for ``ctx`` ``(B, n, C)``."""
         est, sched = self.estimator, self.estimator.schedule
         mean, cov = est.prior_mean_z, est.prior_cov_z
         post_prec = None
         min_prec = float(torch.linalg.eigvalsh(torch.linalg.inv(cov)).min())
         if method == "gauss":
-            post_prec = self._posterior_precisions(ctx, precision_samples, precision_steps)
+            post_prec = self._posterior_precisions(ctx, precision_samples, precision_steps,
+                                                   budget)
 
         def fn(z: Tensor, t: float) -> Tensor:
             tt = torch.tensor(t)
@@ -208,14 +237,18 @@ class VectorFieldPosterior(Posterior):
 
         return fn
 
-    def _posterior_precisions(self, ctx: Tensor, num: int | None, steps: int) -> Tensor:
+    def _posterior_precisions(self, ctx: Tensor, num: int | None, steps: int,
+                              budget: Budget | None = None) -> Tensor:
         """Precisions ``(B, n, D, D)`` of samples of each single-observation posterior (z-space)."""
         b, k, c = ctx.shape
         d = self.dim
         num = num or min(1000 * d, 5000)
         flat = ctx.reshape(b * k, c)
         z0 = torch.randn(num, b * k, d, device=ctx.device) * self.estimator.schedule.terminal_var() ** 0.5
-        z = ss.probability_flow(self._score_fn(flat), self.estimator.schedule, z0, steps)
+        score_fn = self._score_fn(flat)
+        if budget is not None:
+            score_fn = ss.monitored(score_fn, budget, "Posterior precisions (iid_method='gauss')")
+        z = ss.probability_flow(score_fn, self.estimator.schedule, z0, steps)
         zc = z - z.mean(0, keepdim=True)
         cov = torch.einsum("nbi,nbj->bij", zc, zc) / (num - 1)
         cov = cov + 1e-6 * torch.eye(d, device=ctx.device)

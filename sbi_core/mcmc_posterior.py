@@ -10,8 +10,9 @@ where :math:`\ell` is a learned log-likelihood (NLE) or log likelihood-to-eviden
 ``log_prob`` returns :math:`U` — the log posterior **up to an unknown additive constant**
 (``normalized_log_prob = False``), and ``-inf`` outside the prior's support. ``sample``
 runs :func:`sbi_core.mcmc.run_mcmc` (slice sampling by default, or HMC) batched over
-observations; the last run's R-hat / ESS are in ``last_mcmc``. ``map`` starts at the best
-of ``num_init`` prior draws and climbs the potential by gradient ascent.
+observations; the last run's R-hat / ESS are in ``last_mcmc``. Each ``sample`` call has a
+wall-clock budget (``max_seconds``, default 300 s, :mod:`sbi_core.budget`). ``map`` starts
+at the best of ``num_init`` prior draws and climbs the potential by gradient ascent.
 
 Any estimator with ``log_likelihood(theta (N, D), x (N, *x_shape)) -> (N,)`` can use this
 class; other methods may subclass it and override :meth:`MCMCPosterior.trial_log_likelihood`.
@@ -33,8 +34,10 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from sbi_core.budget import Budget
 from sbi_core.mcmc import MCMCConfig, MCMCResult, initial_chains, run_mcmc
-from sbi_core.posterior import Posterior, RangeCheck, seeded
+from sbi_core.mcmc.run import MCMC_BUDGET_ADVICE
+from sbi_core.posterior import MAP_BUDGET_ADVICE, Posterior, RangeCheck, seeded
 from sbi_core.priors import prior_log_prob, unconstrained_transform
 
 __all__ = ["MCMCPosterior", "mcmc_defaults"]
@@ -66,12 +69,17 @@ class MCMCPosterior(Posterior):
 
     normalized_log_prob = False
     supports_iid = True
+    default_max_seconds = 300.0
+    budget_advice = MCMC_BUDGET_ADVICE
 
     def __init__(self, estimator: nn.Module, prior: Distribution, problem_spec: dict[str, Any],
                  history: dict[str, Any] | None = None, range_check: RangeCheck = "error",
                  mcmc: dict[str, Any] | None = None, chunk_rows: int = 200_000):
         super().__init__(estimator, prior, problem_spec, history, range_check)
-        self.mcmc_config = MCMCConfig.from_options(dict(mcmc or {}))
+        mcmc = dict(mcmc or {})
+        if mcmc.get("progress") is True:  # files before progress=None stored the old default
+            mcmc["progress"] = None
+        self.mcmc_config = MCMCConfig.from_options(mcmc)
         self.chunk_rows = chunk_rows
         self.last_mcmc: MCMCResult | None = None
         self._thread_runs = threading.local()  # last run per thread (the server's workers)
@@ -111,17 +119,18 @@ class MCMCPosterior(Posterior):
         return xs if self.is_iid_batch(xs, self.x_shape) else xs.unsqueeze(1)
 
     # ------------------------------------------------------------------ Posterior hooks
-    def _sample_batched(self, n: int, xs: Tensor, **options: Any) -> Tensor:
+    def _sample_batched(self, n: int, xs: Tensor, budget: Budget | None = None,
+                        **options: Any) -> Tensor:
         x_sets = self._as_sets(xs)
         cfg = MCMCConfig.from_options({**self.mcmc_config.to_dict(), **options})
         if cfg.method == "hmc":
             def pot(theta: Tensor, index: Tensor) -> Tensor:
                 return self.potential(theta, index, x_sets)
             with torch.enable_grad():
-                result = run_mcmc(pot, self.prior, n, x_sets.shape[0], cfg)
+                result = run_mcmc(pot, self.prior, n, x_sets.shape[0], cfg, max_seconds=budget)
         else:
             result = run_mcmc(lambda t, i: self.potential(t, i, x_sets), self.prior, n,
-                              x_sets.shape[0], cfg)
+                              x_sets.shape[0], cfg, max_seconds=budget)
         self.last_mcmc = result
         self._thread_runs.last = result
         return result.samples
@@ -141,7 +150,8 @@ class MCMCPosterior(Posterior):
         x_sets = self._as_sets(xs)
         return self.potential(theta, torch.arange(theta.shape[0]), x_sets)
 
-    def _map_batched(self, xs: Tensor, num_init: int, steps: int, seed: int | None) -> Tensor:
+    def _map_batched(self, xs: Tensor, num_init: int, steps: int, seed: int | None,
+                     budget: Budget | None = None) -> Tensor:
         """Best of ``num_init`` prior draws, refined by Adam on the potential in the
         unconstrained space (so the estimate stays inside the support)."""
         x_sets = self._as_sets(xs)
@@ -160,7 +170,10 @@ class MCMCPosterior(Posterior):
         best = start.clone()
         with torch.no_grad():
             best_lp = self.potential(start, index, x_sets)
-        for _ in range(steps):
+        for step in range(steps):
+            if budget is not None:
+                budget.check(f"{step} of {steps} gradient steps", task="MAP search",
+                             advice=MAP_BUDGET_ADVICE)
             with torch.enable_grad():
                 theta = transform(z)
                 lp = self.potential(theta, index, x_sets)

@@ -8,15 +8,24 @@ Shapes (``D`` parameters, ``x_shape`` one simulation, ``B`` observations):
 - ``log_prob_batched(theta, xs)``: ``theta`` ``(N, B, D)`` → ``(N, B)``
 - ``map(x)`` → ``(D,)``; ``map_batched(xs)`` → ``(B, D)``
 
+``x`` may be left out once :meth:`Posterior.set_default_x` has fixed an observation, and
+:meth:`Posterior.condition` returns a ``torch.distributions.Distribution`` for one
+observation (:mod:`sbi_core.conditioned`).
+
 Samples always lie inside the prior's support. Observations are checked: wrong
 shape, NaN/inf, or values far outside the range seen in training raise a
-:class:`ObservationError` that says what is wrong and how to proceed.
+:class:`ObservationError` that says what is wrong and how to proceed. Every sampling call
+has a wall-clock budget (``max_seconds``, default :attr:`Posterior.default_max_seconds`)
+and ends with a :class:`SamplingTimeoutError` saying how far it got, never runs on for
+minutes (:mod:`sbi_core.budget`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import operator
+import time
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -24,19 +33,22 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from sbi_core.budget import Budget, SamplingError, SamplingTimeoutError
 from sbi_core.priors import support_bounds, within_support
 
-__all__ = ["Posterior", "DirectPosterior", "ObservationError", "SamplingError", "seeded"]
+__all__ = ["Posterior", "DirectPosterior", "ObservationError", "SamplingError",
+           "SamplingTimeoutError", "seeded", "MAP_BUDGET_ADVICE"]
 
 RangeCheck = Literal["error", "warn", "off"]
+#: ``max_seconds`` argument: seconds, ``None`` (no limit), a running :class:`Budget`, or
+#: ``"default"`` (the posterior's ``max_seconds``).
+MaxSeconds = float | None | Budget | Literal["default"]
+MAP_BUDGET_ADVICE = ("Pass fewer steps (steps=0 returns the best initial sample) or a smaller "
+                     "num_init.")
 
 
 class ObservationError(ValueError):
     """An observation has the wrong shape, non-finite values, or lies outside the training range."""
-
-
-class SamplingError(RuntimeError):
-    """Sampling cannot finish (e.g. almost all samples fall outside the prior support)."""
 
 
 @contextlib.contextmanager
@@ -70,6 +82,11 @@ class Posterior:
     normalized_log_prob: bool = True
     #: True when a set of iid observations can be passed as ``x`` (``(n, *x_shape)``).
     supports_iid: bool = False
+    #: Wall-clock budget of one ``sample`` / ``map`` call in seconds (``None``: no limit);
+    #: each instance copies it into ``max_seconds``, which users may change.
+    default_max_seconds: float | None = 60.0
+    #: What to do when the budget runs out (appended to the timeout error).
+    budget_advice: str = "Check that the observation resembles the training simulations."
 
     def __init__(self, estimator: nn.Module, prior: Distribution, problem_spec: dict[str, Any],
                  history: dict[str, Any] | None = None, range_check: RangeCheck = "error"):
@@ -83,27 +100,72 @@ class Posterior:
         self.param_names = list(problem_spec.get("param_names") or [])
         self.dim = int(prior.event_shape[0])
         self._bounds = support_bounds(prior)
+        self.max_seconds: float | None = self.default_max_seconds
+        self._default_x: Tensor | None = None
+
+    # ------------------------------------------------------------------ default observation
+    def set_default_x(self, x: Tensor | None) -> Posterior:
+        """Fix the observation used when ``x`` is left out of ``sample`` / ``log_prob`` / ``map``.
+
+        ``x`` is checked now (shape, finite values, training range); ``None`` clears it.
+        Returns the posterior, so ``posterior.set_default_x(x_o).sample((1000,))`` works.
+        """
+        self._default_x = None if x is None else self._check_x(x, batched=False)
+        return self
+
+    @property
+    def default_x(self) -> Tensor | None:
+        """The observation set by :meth:`set_default_x` (``x_shape`` or an iid set), or None."""
+        return None if self._default_x is None else self._default_x[0]
+
+    def condition(self, x: Tensor | None = None, validate_args: bool | None = None):
+        """This posterior at one observation ``x`` (default: :attr:`default_x`) as a
+        ``torch.distributions.Distribution``
+        (:class:`sbi_core.conditioned.ConditionedPosterior`)."""
+        from sbi_core.conditioned import ConditionedPosterior
+
+        return ConditionedPosterior(self, x, validate_args=validate_args)
+
+    def _single_x(self, x: Tensor | None) -> Tensor:
+        """Checked ``(1, ...)`` batch of ``x``, or of the default observation when ``x`` is None."""
+        if x is not None:
+            return self._check_x(x, batched=False)
+        if self._default_x is None:
+            raise ValueError("No observation given: pass x=..., or fix one with "
+                             "posterior.set_default_x(x_o).")
+        return self._default_x
 
     # ------------------------------------------------------------------ public API
-    def sample(self, sample_shape: tuple[int, ...] | int, x: Tensor, seed: int | None = None,
+    def sample(self, sample_shape: tuple[int, ...] | int = (), x: Tensor | None = None,
+               seed: int | None = None, max_seconds: MaxSeconds = "default",
                **kwargs: Any) -> Tensor:
-        """Draw samples for one observation ``x`` (``x_shape``) → ``(*sample_shape, D)``."""
-        xs = self._check_x(x, batched=False)
-        return self.sample_batched(sample_shape, xs, seed=seed, _checked=True, **kwargs)[..., 0, :]
+        """Draw samples for one observation ``x`` (``x_shape``) → ``(*sample_shape, D)``.
+
+        ``max_seconds`` bounds the call's wall time (``"default"``: :attr:`max_seconds`;
+        ``None``: no limit); past it a :class:`SamplingTimeoutError` says how far it got.
+        """
+        shape = _shape(sample_shape)
+        xs = self._single_x(x)
+        return self.sample_batched(shape, xs, seed=seed, max_seconds=max_seconds,
+                                   _checked=True, **kwargs)[..., 0, :]
 
     def sample_batched(self, sample_shape: tuple[int, ...] | int, xs: Tensor,
-                       seed: int | None = None, _checked: bool = False, **kwargs: Any) -> Tensor:
+                       seed: int | None = None, max_seconds: MaxSeconds = "default",
+                       _checked: bool = False, **kwargs: Any) -> Tensor:
         """Draw samples for each of ``B`` observations → ``(*sample_shape, B, D)``."""
         shape = _shape(sample_shape)
         xs = xs if _checked else self._check_x(xs, batched=True)
         n = math.prod(shape)
+        if n == 0:
+            return torch.empty(*shape, xs.shape[0], self.dim)
+        budget = self._budget(max_seconds)
         with seeded(seed), torch.no_grad():
-            samples = self._sample_batched(n, xs, **kwargs)
+            samples = self._sample_batched(n, xs, budget=budget, **kwargs)
         return samples.reshape(*shape, xs.shape[0], self.dim)
 
-    def log_prob(self, theta: Tensor, x: Tensor, **kwargs: Any) -> Tensor:
+    def log_prob(self, theta: Tensor, x: Tensor | None = None, **kwargs: Any) -> Tensor:
         """Log density of ``theta`` ``(N, D)`` (or ``(D,)``) given one ``x`` → ``(N,)``."""
-        xs = self._check_x(x, batched=False)
+        xs = self._single_x(x)
         theta = self._check_theta(theta)
         single = theta.ndim == 1
         lp = self.log_prob_batched(theta.reshape(-1, 1, self.dim), xs, _checked=True, **kwargs)[:, 0]
@@ -121,27 +183,42 @@ class Posterior:
         with torch.no_grad():
             return self._log_prob_batched(theta, xs, **kwargs)
 
-    def map(self, x: Tensor, num_init: int = 1000, steps: int = 100, seed: int | None = 0) -> Tensor:
+    def map(self, x: Tensor | None = None, num_init: int = 1000, steps: int = 100,
+            seed: int | None = 0, max_seconds: MaxSeconds = "default") -> Tensor:
         """Maximum a posteriori estimate ``(D,)`` for one observation."""
-        xs = self._check_x(x, batched=False)
-        return self._map_batched(xs, num_init, steps, seed)[0]
+        xs = self._single_x(x)
+        return self._map_batched(xs, num_init, steps, seed, self._budget(max_seconds, "MAP"))[0]
 
     def map_batched(self, xs: Tensor, num_init: int = 1000, steps: int = 100,
-                    seed: int | None = 0) -> Tensor:
+                    seed: int | None = 0, max_seconds: MaxSeconds = "default") -> Tensor:
         """MAP estimates ``(B, D)`` for ``B`` observations."""
-        return self._map_batched(self._check_x(xs, batched=True), num_init, steps, seed)
+        return self._map_batched(self._check_x(xs, batched=True), num_init, steps, seed,
+                                 self._budget(max_seconds, "MAP"))
+
+    def _budget(self, max_seconds: MaxSeconds, task: str = "Sampling") -> Budget:
+        """The call's :class:`Budget` (``"default"``: this posterior's ``max_seconds``)."""
+        if isinstance(max_seconds, str):
+            if max_seconds != "default":
+                raise ValueError(f"max_seconds must be a number of seconds, None (no limit) or "
+                                 f"'default', got {max_seconds!r}.")
+            max_seconds = self.max_seconds
+        return Budget.of(max_seconds, f"{task} ({type(self).__name__})", self.budget_advice)
 
     # ------------------------------------------------------------------ subclass hooks
-    def _sample_batched(self, n: int, xs: Tensor, **kwargs: Any) -> Tensor:
+    def _sample_batched(self, n: int, xs: Tensor, budget: Budget | None = None,
+                        **kwargs: Any) -> Tensor:
         raise NotImplementedError
 
     def _log_prob_batched(self, theta: Tensor, xs: Tensor, **kwargs: Any) -> Tensor:
         raise NotImplementedError
 
-    def _map_batched(self, xs: Tensor, num_init: int, steps: int, seed: int | None) -> Tensor:
+    def _map_batched(self, xs: Tensor, num_init: int, steps: int, seed: int | None,
+                     budget: Budget | None = None) -> Tensor:
         """Best of ``num_init`` posterior samples, refined by gradient ascent inside the support."""
+        budget = Budget.of(budget, "MAP")
         with seeded(seed):
-            init = self.sample_batched((num_init,), xs, _checked=True)  # (num_init, B, D)
+            init = self.sample_batched((num_init,), xs, max_seconds=budget,
+                                       _checked=True)  # (num_init, B, D)
         lp = self.log_prob_batched(init, xs, _checked=True, normalize=False) \
             if self.normalized_log_prob else self.log_prob_batched(init, xs, _checked=True)
         box = self._map_search_box(init)
@@ -149,7 +226,7 @@ class Posterior:
             inside = ((init >= box[0]) & (init <= box[1])).all(-1)  # (num_init, B)
             lp = torch.where(inside, lp, torch.full_like(lp, -torch.inf))
         best = init.gather(0, lp.argmax(0)[None, :, None].expand(1, -1, self.dim))[0]
-        return self._refine_map(best, xs, steps, box)
+        return self._refine_map(best, xs, steps, box, budget)
 
     def _map_search_box(self, init: Tensor) -> tuple[Tensor, Tensor] | None:
         """Optional per-observation bounds ``(B, D)`` for the MAP search, from its initial
@@ -157,7 +234,8 @@ class Posterior:
         return None
 
     def _refine_map(self, theta: Tensor, xs: Tensor, steps: int,
-                    box: tuple[Tensor, Tensor] | None = None) -> Tensor:
+                    box: tuple[Tensor, Tensor] | None = None,
+                    budget: Budget | None = None) -> Tensor:
         if steps <= 0:
             return theta
         low, high = (b.to(theta) for b in self._bounds)
@@ -167,7 +245,10 @@ class Posterior:
         opt = torch.optim.Adam([theta], lr=0.01 * float(self.prior_scale().mean()))
         best = theta.detach().clone()
         best_lp = torch.full((theta.shape[0],), -torch.inf)
-        for _ in range(steps):
+        for step in range(steps):
+            if budget is not None:
+                budget.check(f"{step} of {steps} gradient steps", task="MAP search",
+                             advice=MAP_BUDGET_ADVICE)
             with torch.enable_grad():
                 lp = self._differentiable_log_prob(theta, xs)
             if lp is None:
@@ -193,11 +274,21 @@ class Posterior:
         return torch.where(finite, (high - low) / math.sqrt(12.0), std)
 
     def _check_theta(self, theta: Tensor) -> Tensor:
-        theta = torch.as_tensor(theta, dtype=torch.float32)
-        if theta.shape[-1] != self.dim:
+        """``theta`` as float32 with ``D`` values in its last dimension and no NaN."""
+        theta = _as_numbers(theta, "theta", f"(N, {self.dim})", ValueError)
+        if theta.ndim == 0 or theta.shape[-1] != self.dim:
+            got = "a scalar" if theta.ndim == 0 else f"{theta.shape[-1]} values"
             raise ValueError(
-                f"theta has {theta.shape[-1]} values in its last dimension; the posterior is over "
+                f"theta has {got} in its last dimension; the posterior is over "
                 f"D={self.dim} parameters {self.param_names}."
+            )
+        bad = torch.isnan(theta).any(-1)
+        if bool(bad.any()):
+            rows = bad.reshape(-1).nonzero().flatten().tolist()
+            raise ValueError(
+                f"theta contains NaN in {len(rows)} row(s) (flat row index {rows[:10]}"
+                + (" ..." if len(rows) > 10 else "") + "); a density at NaN is undefined. "
+                "Drop or fix those rows before calling log_prob."
             )
         return theta
 
@@ -208,7 +299,7 @@ class Posterior:
         (only when ``supports_iid``). Not batched: ``x_shape`` → ``(1, *x_shape)`` and an iid
         set ``(n, *x_shape)`` → ``(1, n, *x_shape)``.
         """
-        x = torch.as_tensor(x, dtype=torch.float32)
+        x = _as_numbers(x, "x", str(self.x_shape), ObservationError)
         xs = self.x_shape
         k = len(xs)
         if not batched:
@@ -277,9 +368,49 @@ class Posterior:
 
 
 def _shape(sample_shape: tuple[int, ...] | int | torch.Size) -> tuple[int, ...]:
-    if isinstance(sample_shape, int):
-        return (sample_shape,)
-    return tuple(sample_shape)
+    """``sample_shape`` as a tuple of non-negative ints; anything else is a clear ValueError."""
+    fix = "Pass a number of samples, e.g. sample((1000,), x) or sample(1000, x)."
+    if isinstance(sample_shape, (str, bytes)) or isinstance(sample_shape, bool):
+        raise ValueError(f"sample_shape must be an int or a tuple of ints, got "
+                         f"{sample_shape!r}. {fix}")
+    if isinstance(sample_shape, Tensor) and sample_shape.ndim == 0:
+        sample_shape = int(sample_shape)
+    dims = (sample_shape,) if not isinstance(sample_shape, (tuple, list, torch.Size)) \
+        else tuple(sample_shape)
+    out = []
+    for d in dims:
+        try:
+            if isinstance(d, bool):
+                raise TypeError
+            d = operator.index(d)
+        except TypeError:
+            raise ValueError(f"sample_shape must contain whole numbers, got {sample_shape!r}. "
+                             f"{fix}") from None
+        if d < 0:
+            raise ValueError(f"sample_shape {sample_shape!r} has a negative size; sizes are "
+                             f"numbers of samples and must be >= 0. {fix}")
+        out.append(d)
+    return tuple(out)
+
+
+def _as_numbers(value: Any, name: str, shape: str, error: type[Exception]) -> Tensor:
+    """``value`` (tensor, numpy array, number or nested list) as a float32 tensor.
+
+    Strings and non-numeric values raise ``error`` naming the fix.
+    """
+    if isinstance(value, (str, bytes)):
+        raise error(
+            f"{name} is a string ({value!r:.60}); pass numbers of shape {shape}: a tensor, a "
+            f"numpy array or a list such as [0.1, 0.2]. To read text like '0.1,0.2' use "
+            "[float(v) for v in text.split(',')]."
+        )
+    if isinstance(value, Tensor):
+        return value.to(torch.float32)
+    try:
+        return torch.as_tensor(value, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise error(f"{name} could not be read as numbers ({err}); pass a tensor, a numpy "
+                    f"array or a (nested) list of numbers of shape {shape}.") from None
 
 
 class DirectPosterior(Posterior):
@@ -292,7 +423,17 @@ class DirectPosterior(Posterior):
     ``log_prob`` is renormalized by the acceptance rate (``normalize=True``). An estimator
     whose ``samples_in_support`` is true (NPE with ``theta_transform="unconstrained"``)
     never leaks: sampling draws exactly ``n`` and ``log_prob`` needs no correction.
+
+    ``log_prob`` agrees with ``sample``: where the acceptance rate is below
+    ``min_acceptance`` (the posterior's mass lies almost entirely outside the support) it
+    raises the same :class:`SamplingError` instead of returning a "normalized" density
+    that divides by an acceptance it cannot estimate (``normalize=False`` still returns the
+    raw estimator density, ``-inf`` outside the support).
     """
+
+    budget_advice = ("Train with theta_transform='unconstrained' (samples then never leave the "
+                     "prior support and need no rejection), check that the observation "
+                     "resembles the training simulations, or train longer.")
 
     def __init__(self, *args: Any, min_acceptance: float = 1e-3, max_batch: int = 100_000,
                  **kwargs: Any):
@@ -319,7 +460,9 @@ class DirectPosterior(Posterior):
         lo, hi = torch.quantile(init, torch.tensor([0.005, 0.995], dtype=init.dtype), dim=0)
         return lo, hi
 
-    def _sample_batched(self, n: int, xs: Tensor, **kwargs: Any) -> Tensor:
+    def _sample_batched(self, n: int, xs: Tensor, budget: Budget | None = None,
+                        **kwargs: Any) -> Tensor:
+        budget = Budget.of(budget, "Sampling", self.budget_advice)
         device = _device(self.estimator)
         xs = xs.to(device)
         b = xs.shape[0]
@@ -335,12 +478,18 @@ class DirectPosterior(Posterior):
         # the loop then only replaces the rare non-finite draw.
         in_support = self._samples_in_support
         margin, floor = (1.0, 1) if in_support else (1.2, 64)
+        seconds_per_draw = 0.0
         while bool((filled < n).any()):
             need = (n - filled).clamp(min=0)
             active = (need > 0).nonzero().flatten()
             m = int(min(self.max_batch,
                         max(floor, math.ceil(float((need[active] / rate[active]).max()) * margin))))
+            if seconds_per_draw > 0:  # a batch should not overrun the budget by much
+                fit_in = budget.remaining / (seconds_per_draw * len(active))
+                m = int(min(m, max(floor, fit_in)))
+            t0 = time.perf_counter()
             draws = self._raw_sample(m, xs[active.to(device)]).cpu()  # (m, A, D)
+            seconds_per_draw = (time.perf_counter() - t0) / (m * len(active))
             ok = within_support(self.prior, draws.reshape(-1, self.dim)).reshape(m, -1)
             proposed[active] += m
             accepted[active] += ok.sum(0)
@@ -353,12 +502,12 @@ class DirectPosterior(Posterior):
             rate = (accepted.float() / proposed.clamp(min=1)).clamp(min=1e-6)
             worst = float(rate[active].min())
             if int(proposed[active].min()) >= 1000 and worst < self.min_acceptance:
-                raise SamplingError(
-                    f"Only {worst:.2%} of the posterior's samples fall inside the prior support, "
-                    "so sampling cannot finish. The observation is probably far from the training "
-                    "data, or the estimator is undertrained: check the observation, train longer "
-                    "or simulate more."
-                )
+                raise SamplingError(self._leakage_message(worst))
+            if bool((filled < n).any()):
+                budget.check(
+                    f"{int(filled.sum()):,} of {n * b:,} samples drawn, acceptance "
+                    f"{float(accepted.sum() / proposed.clamp(min=1).sum()):.2%} (worst "
+                    f"observation {worst:.2%})", task="Rejection sampling")
         self.last_acceptance_rate = float(accepted.sum() / proposed.clamp(min=1).sum())
         return out
 
@@ -371,8 +520,27 @@ class DirectPosterior(Posterior):
         inside = within_support(self.prior, theta.reshape(-1, d)).reshape(n, b)
         lp = torch.where(inside, lp, torch.full_like(lp, -torch.inf))
         if normalize and self._bounded and not self._samples_in_support:
-            lp = lp - self.acceptance_rate(xs).log()[None, :]
+            rate = self.acceptance_rate(xs)
+            low = (rate < self.min_acceptance).nonzero().flatten().tolist()
+            if low:
+                raise SamplingError(self._leakage_message(float(rate.min()), low, "log_prob"))
+            lp = lp - rate.log()[None, :]
         return lp
+
+    def _leakage_message(self, rate: float, rows: list[int] | None = None,
+                         call: str = "sample") -> str:
+        where = f" for observation(s) {rows[:10]}" if rows else ""
+        what = ("sampling cannot finish" if call == "sample" else
+                "log_prob cannot be normalized by that fraction (and sampling would fail too)")
+        return (
+            f"Only {rate:.2%} of the posterior's samples fall inside the prior support{where} "
+            f"(min_acceptance={self.min_acceptance:g}), so {what}. The observation is probably "
+            "far from the training data, or the estimator is undertrained: check the "
+            "observation, train longer or simulate more, or train with "
+            "theta_transform='unconstrained' so that no mass leaks outside the support."
+            + (" log_prob(..., normalize=False) gives the unnormalized estimator density."
+               if call == "log_prob" else "")
+        )
 
     def acceptance_rate(self, xs: Tensor, num: int = 10_000, seed: int = 0) -> Tensor:
         """Fraction ``(B,)`` of unconstrained samples inside the prior support (leakage)."""

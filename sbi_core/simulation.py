@@ -34,10 +34,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from sbi_core.failures import describe_invalid, isolate_failures, seed_everything
 from sbi_core.problem import Problem
+from sbi_core.progress import progress_bar
 from sbi_core.simulation_set import SimulationSet
 
 __all__ = ["simulate", "ChunkResult", "chunk_plan", "run_chunk", "chunk_source", "chunk_theta",
@@ -219,7 +219,7 @@ def simulate(
     seed: int = 0,
     workers: int = 1,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    progress: bool = True,
+    progress: bool | None = None,
     store: str | os.PathLike | None = None,
     resume: bool = False,
     executor: ChunkSource | str | None = None,
@@ -240,7 +240,8 @@ def simulate(
             or ``isolate`` runs in this process: a simulator that kills its process
             (``os._exit``, a segfault) kills the caller too.
         chunk_size: simulations per chunk; part of the seed's meaning (keep it fixed).
-        progress: show a progress bar.
+        progress: show a progress bar (``None``: only on a terminal; see
+            :mod:`sbi_core.progress`).
         store: optional path of a zarr store written chunk by chunk (needs ``sbi-core[scale]``).
         resume: continue an interrupted run into ``store`` (or extend it to a larger budget).
         executor: optional callable ``(problem, plan) -> iterator of ChunkResult`` or a Dask
@@ -296,8 +297,8 @@ def simulate(
 
     results: dict[int, ChunkResult] = {}
     start = time.perf_counter()
-    with tqdm(total=num_simulations, desc=f"simulating {problem.name}", unit="sim",
-              disable=not progress, leave=False) as bar:
+    with progress_bar(total=num_simulations, desc=f"simulating {problem.name}", unit="sim",
+                      progress=progress) as bar:
         try:
             with closing_chunks(source(problem, plan)) as chunks:
                 for res in chunks:

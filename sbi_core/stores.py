@@ -46,9 +46,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from sbi_core.problem import Problem
+from sbi_core.progress import progress_bar
 from sbi_core.simulation import ChunkResult, chunk_plan, closing_chunks
 from sbi_core.simulation_set import SimulationSet
 
@@ -406,7 +406,7 @@ def _mark_name(index: int) -> str:
 
 def simulate_into_store(problem: Problem, plan: Plan | None, source: ChunkSource,
                         store: str | os.PathLike, seed: int, chunk_size: int,
-                        resume: bool = False, progress: bool = True,
+                        resume: bool = False, progress: bool | None = None,
                         only_chunks: Iterable[int] | None = None,
                         return_data: bool = True, *, num_simulations: int | None = None,
                         theta: np.ndarray | None = None, repair: bool = False,
@@ -459,8 +459,9 @@ def simulate_into_store(problem: Problem, plan: Plan | None, source: ChunkSource
     given = theta is not None
     start = time.perf_counter()
     written = 0
-    with tqdm(total=sum(t[1] for t in todo), desc=f"simulating {problem.name} -> {st.path.name}",
-              unit="sim", disable=not progress, leave=False) as bar:
+    with progress_bar(total=sum(t[1] for t in todo),
+                      desc=f"simulating {problem.name} -> {st.path.name}", unit="sim",
+                      progress=progress) as bar:
         try:
             if todo:
                 with closing_chunks(source(problem, todo)) as chunks:

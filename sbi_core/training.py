@@ -25,7 +25,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+
+from sbi_core.progress import progress_bar
 
 __all__ = ["TrainConfig", "TrainingHistory", "train", "split_options", "BatchSource"]
 
@@ -52,7 +53,7 @@ class TrainConfig:
     clip_max_norm: float | None = 5.0
     device: str = "cpu"
     seed: int = 0
-    progress: bool = True
+    progress: bool | None = None
     lr_decay_on_plateau: bool = True
     distributed: bool = False
     num_threads: int | None = None
@@ -233,8 +234,8 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
     best_state = _state_copy(estimator)
     since_best = 0
     start = time.perf_counter()
-    bar = tqdm(range(cfg.max_epochs), desc="training", unit="epoch",
-               disable=not cfg.progress or rank != 0, leave=False)
+    bar = progress_bar(range(cfg.max_epochs), desc="training", unit="epoch",
+                       progress=cfg.progress if rank == 0 else False)
     try:
         for epoch in bar:
             t0 = time.perf_counter()

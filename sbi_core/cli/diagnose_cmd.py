@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     checks = [c.strip() for c in args.checks.split(",") if c.strip()] if args.checks else None
     report = diagnose(posterior, problem=problem, sims=sims, num=args.num,
                       num_samples=args.samples, checks=checks, seed=args.seed,
-                      progress=not args.quiet)
+                      progress=False if args.quiet else None)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report.to_dict())
     figures = report.plots(out)

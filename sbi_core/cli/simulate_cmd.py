@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
                 problem, None, chunk_source(args.workers, args.dask, timeout=args.timeout,
                                             isolate=args.isolate, chunk_size=args.chunk_size),
                 args.out, seed=args.seed, chunk_size=args.chunk_size,
-                resume=args.resume or args.append, progress=not args.quiet, return_data=False,
+                resume=args.resume or args.append, progress=False if args.quiet else None, return_data=False,
                 num_simulations=None if theta is not None else args.num, theta=theta,
                 repair=args.repair, append=args.append)
             prov = store.provenance()
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             sims = simulate(problem, None if theta is not None else args.num, seed=args.seed,
                             workers=args.workers, chunk_size=args.chunk_size,
-                            progress=not args.quiet, executor=args.dask, theta=theta,
+                            progress=False if args.quiet else None, executor=args.dask, theta=theta,
                             timeout=args.timeout, isolate=args.isolate)
             sims.save(args.out)
             prov, extra = sims.provenance, {}

@@ -97,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     if args.ddp:
         options["distributed"] = True
     posterior = fit(problem, sims, method=args.method, seed=args.seed, device=device,
-                    progress=not args.quiet and main_process, streaming=args.stream, **options)
+                    progress=None if main_process and not args.quiet else False,
+                    streaming=args.stream, **options)
     if args.ddp:
         from sbi_core.distributed import shutdown_distributed
 

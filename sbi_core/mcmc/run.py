@@ -28,13 +28,14 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.distributions import Distribution
-from tqdm.auto import tqdm
 
+from sbi_core.budget import Budget
 from sbi_core.mcmc.diagnostics import effective_sample_size, split_rhat
 from sbi_core.mcmc.hmc import HMCState, hmc_log_density_and_grad, hmc_step
 from sbi_core.mcmc.init import INIT_STRATEGIES, initial_chains
 from sbi_core.mcmc.slice import SliceState, slice_step
 from sbi_core.priors import unconstrained_transform
+from sbi_core.progress import progress_bar
 
 __all__ = ["MCMCConfig", "MCMCResult", "run_mcmc", "MCMC_METHODS"]
 
@@ -59,7 +60,8 @@ class MCMCConfig:
         init_num_candidates: prior draws per observation for the initialization.
         hmc_num_steps: leapfrog steps per HMC transition.
         target_accept: HMC acceptance rate targeted by step-size adaptation.
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar (``None``: only on a terminal, see
+            :mod:`sbi_core.progress`).
         warn_rhat: warn when the largest R-hat exceeds this value (``None``: never).
     """
 
@@ -71,7 +73,7 @@ class MCMCConfig:
     init_num_candidates: int = 1000
     hmc_num_steps: int = 10
     target_accept: float = 0.8
-    progress: bool = True
+    progress: bool | None = None
     warn_rhat: float | None = 1.1
 
     def __post_init__(self) -> None:
@@ -144,8 +146,16 @@ def _nanmin(t: Tensor) -> float | None:
     return float(t.min()) if t.numel() else None
 
 
+#: Advice appended to the error when MCMC runs out of its wall-clock budget.
+MCMC_BUDGET_ADVICE = ("Use fewer num_chains or warmup_steps, ask for fewer samples, prefer "
+                      "method='slice' when HMC diverges, or check that the observation resembles "
+                      "the training simulations (a potential far from its training range is slow "
+                      "and unreliable).")
+
+
 def run_mcmc(potential: Potential, prior: Distribution, num_samples: int, num_batches: int = 1,
-             config: MCMCConfig | None = None, **options: Any) -> MCMCResult:
+             config: MCMCConfig | None = None, max_seconds: float | Budget | None = None,
+             **options: Any) -> MCMCResult:
     """Draw ``num_samples`` per observation from ``exp(potential)`` restricted to the support.
 
     Args:
@@ -156,6 +166,9 @@ def run_mcmc(potential: Potential, prior: Distribution, num_samples: int, num_ba
         num_samples: draws returned per observation.
         num_batches: ``B``, the number of observations sampled at once.
         config: :class:`MCMCConfig`; keyword ``options`` override its fields.
+        max_seconds: wall-clock budget (seconds or a running :class:`~sbi_core.budget.Budget`;
+            ``None``: no limit), checked after every transition; past it a
+            :class:`~sbi_core.budget.SamplingTimeoutError` says how many steps were done.
 
     Returns:
         :class:`MCMCResult` with ``samples`` ``(num_samples, B, D)``, R-hat and ESS.
@@ -164,6 +177,8 @@ def run_mcmc(potential: Potential, prior: Distribution, num_samples: int, num_ba
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}.")
     start = time.perf_counter()
+    budget = Budget.of(max_seconds, "MCMC", MCMC_BUDGET_ADVICE)
+    task = f"MCMC ({cfg.method}, {num_batches * cfg.num_chains} chains)"
     transform = unconstrained_transform(prior)
     c, b = cfg.num_chains, num_batches
 
@@ -183,8 +198,16 @@ def run_mcmc(potential: Potential, prior: Distribution, num_samples: int, num_ba
     total = cfg.warmup_steps + per_chain * cfg.thin
     scale = _initial_scale(prior, transform, b, c)
     kept: list[Tensor] = []
-    bar = tqdm(total=total, desc=f"MCMC ({cfg.method}, {b * c} chains)", unit="step",
-               disable=not cfg.progress, leave=False)
+    budget.check("initializing the chains", task=task, advice=MCMC_BUDGET_ADVICE)
+
+    def check(step: int) -> None:
+        done = step + 1
+        budget.check(f"{done} of {total} transitions done ({cfg.warmup_steps} warm-up, "
+                     f"{max(done - cfg.warmup_steps, 0) // cfg.thin * c:,} of "
+                     f"{num_samples:,} samples per observation kept)", task=task,
+                     advice=MCMC_BUDGET_ADVICE)
+
+    bar = progress_bar(total=total, progress=cfg.progress, desc=task, unit="step")
     try:
         if cfg.method == "slice":
             with torch.no_grad():
@@ -193,6 +216,8 @@ def run_mcmc(potential: Potential, prior: Distribution, num_samples: int, num_ba
                     slice_step(state, log_density, tune=step < cfg.warmup_steps)
                     _keep(kept, state.z, step, cfg)
                     bar.update(1)
+                    if step + 1 < total:
+                        check(step)
             evaluations, acceptance, divergent = state.num_evaluations, 1.0, 0
         else:
             lp, grad = hmc_log_density_and_grad(log_density, z, rows)
@@ -211,6 +236,8 @@ def run_mcmc(potential: Potential, prior: Distribution, num_samples: int, num_ba
                     state_h.set_mass_from_warmup(c)
                 _keep(kept, state_h.z, step, cfg)
                 bar.update(1)
+                if step + 1 < total:
+                    check(step)
             evaluations = state_h.num_evaluations
             acceptance = float(state_h.accept_sum.mean()) / max(state_h.num_transitions, 1)
             divergent = state_h.num_divergent

@@ -28,6 +28,7 @@ import torch
 from fastapi import HTTPException
 from torch import Tensor
 
+from sbi_core.budget import SamplingTimeoutError
 from sbi_core.mcmc import MCMCConfig, MCMCResult
 from sbi_core.mcmc_posterior import MCMCPosterior
 from sbi_core.posterior import DirectPosterior, Posterior, SamplingError, seeded
@@ -124,7 +125,7 @@ class Job:
             with self.lock.hold(exclusive, timeout=max(self.deadline.remaining(), 0.0)), \
                     seeded(seed):
                 return fn()
-        except TimeoutError as err:
+        except (TimeoutError, SamplingTimeoutError) as err:
             raise self.deadline.exceeded() from err
         except (ValueError, SamplingError) as err:  # ObservationError is a ValueError
             raise HTTPException(422, str(err)) from err
@@ -134,6 +135,8 @@ class Job:
         posterior errors become 422."""
         try:
             return fn()
+        except SamplingTimeoutError as err:
+            raise self.deadline.exceeded() from err
         except (ValueError, SamplingError) as err:
             raise HTTPException(422, str(err)) from err
 
@@ -167,7 +170,8 @@ class Job:
                     self.deadline.check()
                     m = min(step, n - k)
                     out[k:k + m, i:i + size] = self.post.sample_batched(
-                        (m,), xs[i:i + size], _checked=True, **options)
+                        (m,), xs[i:i + size], _checked=True,
+                        max_seconds=self.deadline.sampler_seconds(), **options)
                     if cfg is not None:
                         run = self.post.last_mcmc_in_this_thread()  # type: ignore[attr-defined]
                         if run is not None:
@@ -223,7 +227,8 @@ class Job:
             for i in range(0, b, size):
                 self.deadline.check()
                 parts.append(self.post.map_batched(xs[i:i + size], num_init=num_init,
-                                                   steps=steps, seed=seed))
+                                                   steps=steps, seed=seed,
+                                                   max_seconds=self.deadline.sampler_seconds()))
             return torch.cat(parts, dim=0)
 
         return self.locked(seed is not None, None, work)

@@ -49,6 +49,11 @@ class Deadline:
     def elapsed(self) -> float:
         return time.monotonic() - self.start
 
+    def sampler_seconds(self) -> float:
+        """The ``max_seconds`` to give a sampler call: what is left of the budget, so that a
+        single long batch stops inside it too (a sampler's ``SamplingTimeoutError`` → 503)."""
+        return max(self.remaining(), 0.01)
+
     def check(self) -> None:
         """HTTP 503 when the budget is used up (call between batches of work)."""
         if self.remaining() <= 0:
