@@ -53,8 +53,18 @@ def save(posterior: Posterior, path: str | Path) -> Path:
     return path
 
 
-def load(path: str | Path, device: str = "cpu") -> Posterior:
-    """Load a posterior written by :func:`save`; no code in the file is executed."""
+def load(path: str | Path, device: str = "cpu", embedding: Any = None) -> Posterior:
+    """Load a posterior written by :func:`save`; no code in the file is executed.
+
+    Args:
+        path: the model file.
+        device: where to put the estimator.
+        embedding: for a model trained with your own embedding network (the file holds its
+            weights and, for display only, its class name): the module again, as an
+            ``nn.Module`` instance, its class, or a zero-argument factory
+            (``load(path, embedding=lambda: MyNet(32))``). Its ``state_dict`` must have the
+            saved keys and shapes. Not allowed for built-in embeddings.
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"No model file at {path}.")
@@ -89,8 +99,11 @@ def load(path: str | Path, device: str = "cpu") -> Posterior:
         )
     try:
         method = get_method(payload["method"])
-        estimator = method.from_config(dict(payload["estimator_config"]))
+        estimator = _estimator_from_config(method, dict(payload["estimator_config"]),
+                                           payload["state_dict"], embedding, path)
         estimator.load_state_dict(payload["state_dict"])
+    except ModelFileError:
+        raise
     except (KeyError, RuntimeError, TypeError, ValueError) as err:
         raise ModelFileError(f"{path} is damaged: its weights do not match its config ({err}).") \
             from err
@@ -101,6 +114,28 @@ def load(path: str | Path, device: str = "cpu") -> Posterior:
                                       **dict(payload.get("posterior_config") or {}))
     posterior.diagnostics = dict(payload.get("diagnostics") or {})
     return posterior
+
+
+def _estimator_from_config(method: Any, config: dict[str, Any], state: dict[str, Any],
+                           embedding: Any, path: Path) -> torch.nn.Module:
+    """``method.from_config(config)``, given the user's embedding module when the config
+    records one (``{"type": "user", ...}``: its class name is only shown, never imported)."""
+    from estimators.embedding import is_user_embedding, user_embedding_module
+
+    record = config.get("embedding")
+    if not is_user_embedding(record):
+        if embedding is not None:
+            raise ModelFileError(
+                f"load(..., embedding=...) was given, but {path} has no user embedding (its "
+                f"embedding is {record or 'identity'!r}, rebuilt from the file); load it "
+                "without embedding=.")
+        return method.from_config(config)
+    try:
+        module = user_embedding_module(record, embedding, state, tuple(config["x_shape"]),
+                                       str(path))
+    except ValueError as err:
+        raise ModelFileError(str(err)) from err
+    return method.from_config(config, embedding=module)
 
 
 def _version() -> str:
