@@ -105,8 +105,10 @@ BUILTIN_EMBEDDINGS: dict[str, Callable[..., nn.Module]] = {
     "tcn": TCNEmbedding, "gru": _rnn("gru"), "lstm": _rnn("lstm"),
     "transformer": TransformerEmbedding,
 }
-# Options recorded in new configs so that later default changes never alter saved models.
+# Options recorded in new configs (by prepare_embedding) so that later default changes never
+# alter saved models; a spec without them comes from a file saved before they existed.
 _RECORDED = {"cnn1d": {"layout": 2}}
+_BEFORE_RECORDED = {"cnn1d": {"layout": 1}}
 
 
 def is_user_embedding(spec: Any) -> bool:
@@ -129,6 +131,8 @@ def build_embedding(spec: Mapping[str, Any] | str | None, x_shape: tuple[int, ..
     Args:
         spec: a plain-value spec (dict or type name), None (identity), or the record of a
             user module (``{"type": "user", ...}``), which then must be given as ``module``.
+            Specs are read as stored in configs: a ``cnn1d`` spec without ``layout`` is the
+            original layout 1 (use :func:`prepare_embedding` for the current defaults).
         module: the user module for a ``"user"`` record (see :func:`prepare_embedding`).
 
     Returns:
@@ -150,6 +154,7 @@ def build_embedding(spec: Mapping[str, Any] | str | None, x_shape: tuple[int, ..
     if kind not in BUILTIN_EMBEDDINGS:
         raise ValueError(f"Unknown embedding type {kind!r}; use one of identity, "
                          f"{', '.join(BUILTIN_EMBEDDINGS)}, or pass your own nn.Module.")
+    spec = {**_BEFORE_RECORDED.get(kind, {}), **spec}
     try:
         net = BUILTIN_EMBEDDINGS[kind](tuple(x_shape), **spec)
     except TypeError as err:

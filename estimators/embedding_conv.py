@@ -152,7 +152,7 @@ class TCNEmbedding(nn.Module):
     receptive field) and the mean over time.
     """
 
-    def __init__(self, x_shape: tuple[int, ...], channels: int = 32, kernel_size: int = 3,
+    def __init__(self, x_shape: tuple[int, ...], channels: int = 16, kernel_size: int = 3,
                  num_blocks: int = 4, output_dim: int = 20, hidden_features: int = 64):
         super().__init__()
         if len(x_shape) not in (1, 2):

@@ -106,8 +106,7 @@ class TransformerEmbedding(nn.Module):
     def tokens(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """Token features ``(N, L, token_dim)`` and the padding mask ``(N, L)`` (sets) or None."""
         if self.mode == "set":
-            pad = torch.isnan(x).all(-1)
-            return torch.nan_to_num(x), (pad if bool(pad.any()) else None)
+            return torch.nan_to_num(x), torch.isnan(x).all(-1)
         x = x.unsqueeze(-1) if x.ndim == 2 else x  # (N, T, C)
         n, t, c = x.shape
         extra = (-t) % self.patch
