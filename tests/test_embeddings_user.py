@@ -159,3 +159,33 @@ def test_bad_user_modules_fail_at_fit_with_the_shape(problem_and_sims):
         fit(problem, sims, method="nle", embedding=TinyNet(), progress=False, max_epochs=1)
     with pytest.raises(ValueError, match="Unknown embedding type 'cnn3d'"):
         fit(problem, sims, embedding="cnn3d", progress=False, max_epochs=1)
+
+
+def test_cli_train_and_sample_with_embedding_from_file(tmp_path, capsys):
+    from sbi_core.cli.main import main
+
+    nets = tmp_path / "my_nets.py"
+    nets.write_text("import torch\n\n"
+                    "def make():\n"
+                    "    return torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.ReLU(),\n"
+                    "                               torch.nn.Linear(8, 3))\n")
+    sims, model = tmp_path / "sims.pt", tmp_path / "m.pt"
+    assert main(["simulate", "linear_gaussian", "--num", "300", "--out", str(sims),
+                 "--quiet"]) == 0
+    assert main(["train", "--sims", str(sims), "--out", str(model), "--max-epochs", "2",
+                 "--embedding", f"{nets}:make", "--quiet"]) == 0
+    assert load(model, embedding=lambda: nn.Sequential(
+        nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 3))).estimator.config["embedding"] == \
+        {"type": "user", "class": "torch.nn.modules.container.Sequential", "output_dim": 3}
+    xfile, out = tmp_path / "x.csv", tmp_path / "s.csv"
+    xfile.write_text("x1,x2\n0.1,0.2\n")
+    capsys.readouterr()
+    assert main(["sample", str(model), "--x", str(xfile), "--num", "5", "--out", str(out)]) == 2
+    assert "--embedding module:function" in capsys.readouterr().err
+    assert main(["sample", str(model), "--x", str(xfile), "--num", "5", "--out", str(out),
+                 "--embedding", f"{nets}:make"]) == 0
+    assert len(out.read_text().splitlines()) == 6
+    # a built-in embedding by name, and a JSON spec
+    assert main(["train", "--sims", str(sims), "--out", str(model), "--max-epochs", "2",
+                 "--embedding", '{"type": "mlp", "output_dim": 4}', "--quiet"]) == 0
+    assert load(model).estimator.config["embedding"] == {"type": "mlp", "output_dim": 4}

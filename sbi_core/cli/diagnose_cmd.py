@@ -32,6 +32,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                     "(tarp,tarp_x,sbc,coverage,reference,predictive)")
     p.add_argument("--out", help="output folder (default: MODEL's name + '_diagnostics')")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--embedding", metavar="MODULE:FUNCTION",
+                   help="for a model trained with your own embedding network: module:function or "
+                        "file.py:function returning that nn.Module (its weights come from the "
+                        "model file; see docs/embeddings.md)")
     p.add_argument("--save", action="store_true",
                    help="also store the report card inside MODEL")
     p.add_argument("--strict", action="store_true", help="exit with status 1 if a check fails")
@@ -41,12 +45,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from diagnostics.report import diagnose
+    from sbi_core.resolve import resolve_callable
     from sbi_core.serialization import load
     from sbi_core.simulation_set import SimulationSet
 
     if args.num < 1 or args.samples < 1:
         raise ValueError("--num and --samples must be positive.")
-    posterior = load(args.model)
+    posterior = load(args.model, embedding=resolve_callable(args.embedding)
+                     if args.embedding else None)
     sims = SimulationSet.load(args.sims) if args.sims else None
     problem = args.problem
     if sims is None and problem is None and not posterior.problem_spec.get("source"):
