@@ -47,15 +47,15 @@ def _pool_to(length: int, max_length: int) -> tuple[nn.Module, int]:
 class CNN1dEmbedding(nn.Module):
     """1-D CNN for time series ``(N, T)`` or ``(N, C, T)`` (channels first) → ``(N, output_dim)``.
 
-    ``layout=2``: per entry of ``channels`` one ``Conv1d(kernel_size, stride=2)`` + ReLU
-    (each halves the length), an average pool down to at most ``max_length`` positions,
-    then an MLP head on the flattened features. ``layout=1`` is the original (slower)
+    ``layout=2``: per entry of ``channels`` (default ``[16, 32, 32]``) one
+    ``Conv1d(kernel_size, stride=2)`` + ReLU (each halves the length), an average pool down
+    to at most ``max_length`` positions (16), then an MLP head on the flattened features. ``layout=1`` is the original (slower)
     architecture, kept so that old model files load.
     """
 
     def __init__(self, x_shape: tuple[int, ...], channels: list[int] | None = None,
                  kernel_size: int = 5, output_dim: int = 20, hidden_features: int = 64,
-                 max_length: int = 8, layout: int = 2):
+                 max_length: int = 16, layout: int = 2):
         super().__init__()
         if len(x_shape) not in (1, 2):
             raise ValueError(f"A cnn1d embedding needs x of shape (T,) or (C, T), got {x_shape}.")
@@ -74,7 +74,7 @@ class CNN1dEmbedding(nn.Module):
             self.pool: nn.Module = nn.AdaptiveAvgPool1d(min(length, 8))
             self.head = mlp(in_ch * min(length, 8), hidden_features, output_dim, 1)
             return
-        for ch in channels or [16, 32]:
+        for ch in channels or [16, 32, 32]:
             layers += [nn.Conv1d(in_ch, ch, kernel_size, stride=2, padding=kernel_size // 2),
                        nn.ReLU()]
             in_ch, length = ch, (length + 2 * (kernel_size // 2) - kernel_size) // 2 + 1
