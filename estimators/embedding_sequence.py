@@ -69,7 +69,7 @@ class TransformerEmbedding(nn.Module):
     Args:
         x_shape: ``(T,)`` or ``(T, C)`` for ``mode="sequence"``; ``(n, d)`` for ``mode="set"``.
         mode: ``"sequence"`` (positional embedding) or ``"set"`` (permutation invariant).
-        patch_size: time steps per token (sequences); default: enough for at most 64 tokens
+        patch_size: time steps per token (sequences); default: enough for at most 32 tokens
             (attention costs ``O(tokens^2)``).
     """
 
@@ -91,7 +91,7 @@ class TransformerEmbedding(nn.Module):
             self.patch, token_dim, num_tokens = 1, x_shape[1], x_shape[0]
         else:
             t, c = x_shape[0], (1 if len(x_shape) == 1 else x_shape[1])
-            self.patch = int(patch_size or math.ceil(t / 64))
+            self.patch = int(patch_size or math.ceil(t / 32))
             num_tokens = math.ceil(t / self.patch)
             token_dim = self.patch * c
         self.embed = nn.Linear(token_dim, d_model)
