@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from estimators.vector_field import FIELD_DEFAULTS, VectorFieldEstimator, build_config
@@ -32,10 +32,11 @@ class FMPEEstimator(VectorFieldEstimator):
 
     kind = "fmpe"
 
-    def __init__(self, config: dict[str, Any], prior: Distribution | None = None):
+    def __init__(self, config: dict[str, Any], prior: Distribution | None = None,
+                 embedding: nn.Module | None = None):
         if config.get("sde", "linear") != "linear":
             raise ValueError(f"FMPE uses the 'linear' path, got sde={config.get('sde')!r}.")
-        super().__init__({**FMPE_DEFAULTS, **config}, prior)
+        super().__init__({**FMPE_DEFAULTS, **config}, prior, embedding)
 
     def eps(self, z: Tensor, context: Tensor, t: Tensor) -> Tensor:
         return z + (1.0 - t)[:, None] * self.raw(z, context, t)
@@ -65,8 +66,8 @@ class FMPEEstimator(VectorFieldEstimator):
 
 def build_fmpe(theta: Tensor, x: Tensor, prior: Distribution, **options: Any) -> FMPEEstimator:
     """An untrained :class:`FMPEEstimator` with standardization fitted on ``theta``, ``x``."""
-    config, _ = build_config("fmpe", FMPE_DEFAULTS, theta, x, prior, options)
-    est = FMPEEstimator(config, prior)
+    config, _, module = build_config("fmpe", FMPE_DEFAULTS, theta, x, prior, options)
+    est = FMPEEstimator(config, prior, module)
     est.fit_standardization(theta, x)
     return est
 

@@ -80,6 +80,13 @@ class NLEEstimator(StandardizedEstimator):
 
 def build_nle(theta: Tensor, x: Tensor, prior: Distribution, **options: Any) -> NLEEstimator:
     """An untrained :class:`NLEEstimator` with standardization fitted on ``theta``, ``x``."""
+    if options.get("embedding") is not None:
+        raise ValueError(
+            "NLE learns the density q(x | theta) of the observations themselves, so x cannot "
+            "pass through an embedding network (a learned summary would change, and could "
+            "trivially collapse, the density being fitted). Use method='npe', 'nre', 'fmpe' or "
+            "'npse' with embedding=..., or compute summary statistics inside the simulator.")
+    options.pop("embedding", None)
     unknown = set(options) - set(DEFAULTS)
     if unknown:
         raise TypeError(f"Unknown NLE options {sorted(unknown)}; valid: {sorted(DEFAULTS)} "

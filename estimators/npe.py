@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from estimators.embedding import build_embedding
+from estimators.embedding import build_embedding, is_set_embedding, prepare_embedding
 from estimators.flows import FLOWS, NSF_LAYOUT, build_flow, nsf_layout
 from estimators.mdn import MixtureDensity
 from estimators.robust_training import (
@@ -72,9 +72,11 @@ class NPEEstimator(StandardizedEstimator):
 
     Args:
         config: plain-value dict with ``theta_dim``, ``x_shape`` and the keys of ``DEFAULTS``.
+        embedding: the user's embedding module when ``config["embedding"]`` records one
+            (``{"type": "user", ...}``; see :func:`estimators.embedding.prepare_embedding`).
     """
 
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, config: dict[str, Any], embedding: nn.Module | None = None):
         super().__init__()
         cfg = {**DEFAULTS, **config}
         self.config = cfg
@@ -88,7 +90,7 @@ class NPEEstimator(StandardizedEstimator):
         self.theta_transform: UnconstrainedTransform | None = (
             UnconstrainedTransform(torch.full((d,), -torch.inf), torch.full((d,), torch.inf))
             if cfg["theta_transform"] == "unconstrained" else None)
-        self.embedding, context_dim = build_embedding(cfg["embedding"], x_shape)
+        self.embedding, context_dim = build_embedding(cfg["embedding"], x_shape, embedding)
         if cfg["flow"] == "mdn":
             self.density: nn.Module = MixtureDensity(d, context_dim, cfg["num_components"],
                                                      cfg["hidden_features"])
@@ -108,7 +110,7 @@ class NPEEstimator(StandardizedEstimator):
         if self.theta_transform is not None:
             self.theta_transform.check_inside(theta)
             theta = self.theta_transform(theta)
-        if (self.config.get("embedding") or {}).get("type") != "set":
+        if not is_set_embedding(self.config.get("embedding")):
             super().fit_standardization(theta, x)
             return
         with torch.no_grad():
@@ -179,11 +181,12 @@ def build_npe(theta: Tensor, x: Tensor, prior: Distribution, **options: Any) -> 
                         f"{sorted(set(DEFAULTS) | reg_keys)} and the training options of "
                         "sbi_core.TrainConfig.")
     validate_regularizer_options(options)
+    spec, module = prepare_embedding(options.get("embedding"), tuple(x.shape[1:]))
     config = {**DEFAULTS, **{k: v for k, v in options.items() if k not in reg_keys},
               "theta_dim": int(theta.shape[1]), "x_shape": list(x.shape[1:]),
-              "nsf_layout": NSF_LAYOUT}
+              "nsf_layout": NSF_LAYOUT, "embedding": spec}
     reg = options.get("regularizer")
-    if reg is not None and (options.get("embedding") or {}).get("type") == "set":
+    if reg is not None and is_set_embedding(spec):
         raise ValueError(f"regularizer={reg!r} is not supported with a set embedding (iid "
                          "sets); train without a regularizer or with a fixed-size x.")
     if reg == "fim":
@@ -195,7 +198,7 @@ def build_npe(theta: Tensor, x: Tensor, prior: Distribution, **options: Any) -> 
         config.update(regularizer="noise",
                       noise_eps=float(options.get("noise_eps", REGULARIZER_DEFAULTS["noise_eps"])),
                       x_scale=relative_scale(x))
-    est = NPEEstimator(config)
+    est = NPEEstimator(config, embedding=module)
     if est.theta_transform is not None:
         low, high = support_bounds(prior)
         est.theta_transform.low.copy_(low)

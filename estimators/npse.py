@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from estimators.vector_field import FIELD_DEFAULTS, VectorFieldEstimator, build_config
@@ -36,10 +36,11 @@ class NPSEEstimator(VectorFieldEstimator):
 
     kind = "npse"
 
-    def __init__(self, config: dict[str, Any], prior: Distribution | None = None):
+    def __init__(self, config: dict[str, Any], prior: Distribution | None = None,
+                 embedding: nn.Module | None = None):
         if config.get("sde", "vp") not in ("vp", "subvp", "ve"):
             raise ValueError(f"NPSE sde must be 'vp', 'subvp' or 've', got {config.get('sde')!r}.")
-        super().__init__({**NPSE_DEFAULTS, **config}, prior)
+        super().__init__({**NPSE_DEFAULTS, **config}, prior, embedding)
 
     def gaussian_eps(self, z: Tensor, t: Tensor) -> Tensor:
         """Noise prediction ``(N, D)`` of the z-space prior Gaussian ``N(mu, C)`` diffused to
@@ -74,8 +75,8 @@ class NPSEEstimator(VectorFieldEstimator):
 
 def build_npse(theta: Tensor, x: Tensor, prior: Distribution, **options: Any) -> NPSEEstimator:
     """An untrained :class:`NPSEEstimator` with standardization fitted on ``theta``, ``x``."""
-    config, _ = build_config("npse", NPSE_DEFAULTS, theta, x, prior, options)
-    est = NPSEEstimator(config, prior)
+    config, _, module = build_config("npse", NPSE_DEFAULTS, theta, x, prior, options)
+    est = NPSEEstimator(config, prior, module)
     est.fit_standardization(theta, x)
     return est
 

@@ -27,10 +27,10 @@ from typing import Any
 
 import torch
 from nflows.nn.nets import ResidualNet
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from estimators.embedding import build_embedding
+from estimators.embedding import build_embedding, prepare_embedding
 from estimators.nre_losses import LOSSES, nre_loss
 from estimators.standardize import StandardizedEstimator
 from sbi_core.mcmc_posterior import MCMCPosterior, mcmc_defaults
@@ -55,9 +55,11 @@ class NREEstimator(StandardizedEstimator):
 
     Args:
         config: plain-value dict with ``theta_dim``, ``x_shape`` and the keys of ``DEFAULTS``.
+        embedding: the user's embedding module of ``x`` when ``config["embedding"]`` records
+            one (see :func:`estimators.embedding.prepare_embedding`).
     """
 
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, config: dict[str, Any], embedding: nn.Module | None = None):
         super().__init__()
         cfg = {**DEFAULTS, **config}
         if cfg["loss"] not in LOSSES:
@@ -70,7 +72,7 @@ class NREEstimator(StandardizedEstimator):
         d, x_shape = int(cfg["theta_dim"]), tuple(cfg["x_shape"])
         self.theta_dim, self.x_shape = d, x_shape
         self._init_scaling(d, x_shape)
-        self.embedding, context_dim = build_embedding(cfg["embedding"], x_shape)
+        self.embedding, context_dim = build_embedding(cfg["embedding"], x_shape, embedding)
         self.classifier = ResidualNet(d + context_dim, 1, hidden_features=int(cfg["hidden_features"]),
                                       num_blocks=int(cfg["num_blocks"]), activation=torch.relu)
 
@@ -118,9 +120,10 @@ def _builder(fixed_loss: str | None, default_classes: int) -> Any:
         loss = fixed_loss or options.get("loss", DEFAULTS["loss"])
         options = {**options, "loss": loss, "mcmc": mcmc_defaults(options.get("mcmc"))}
         options.setdefault("num_classes", 10 if loss == "nre_b" else default_classes)
+        spec, module = prepare_embedding(options.get("embedding"), tuple(x.shape[1:]))
         config = {**DEFAULTS, **options, "theta_dim": int(theta.shape[1]),
-                  "x_shape": list(x.shape[1:])}
-        est = NREEstimator(config)
+                  "x_shape": list(x.shape[1:]), "embedding": spec}
+        est = NREEstimator(config, embedding=module)
         est.fit_standardization(theta, x)
         return est
 

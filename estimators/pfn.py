@@ -15,7 +15,9 @@ with one ``n`` per minibatch, whose minimizer is the posterior for every ``n``.
 
 Tokens:
 
-- observation tokens ``MLP(z-scored x_i)``, with **no positional encoding**; they attend
+- observation tokens ``MLP(z-scored x_i)`` (or ``MLP(embedding(z-scored x_i))`` with an
+  ``embedding``: a built-in spec or your own module, applied to each observation, e.g. a
+  CNN for each time series of the set), with **no positional encoding**; they attend
   to each other only, so the output does not depend on their order;
 - ``D`` query tokens, one per parameter. Query ``d`` is a learned embedding plus a linear
   encoding of the (standardized) value :math:`\theta_{d-1}` (teacher-forced in training,
@@ -52,6 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from estimators.bar_distribution import BarDistribution
+from estimators.embedding import build_embedding
 from sbi_core.budget import Budget
 
 __all__ = ["PFNEstimator", "PFN_DEFAULTS"]
@@ -64,6 +67,7 @@ PFN_DEFAULTS: dict[str, Any] = {
     "num_heads": 4,
     "ff_features": 128,
     "num_border_samples": 100_000,
+    "embedding": None,
 }
 
 
@@ -121,9 +125,11 @@ class PFNEstimator(nn.Module):
         config: plain-value dict with ``theta_dim``, ``x_shape`` and the keys of
             ``PFN_DEFAULTS``. Buffers (bucket borders, tails, standardization, x range) are
             filled by :func:`estimators.pfn_method.build_pfn` or loaded with the weights.
+        embedding: the user's per-observation embedding module when ``config["embedding"]``
+            records one (see :func:`estimators.embedding.prepare_embedding`).
     """
 
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, config: dict[str, Any], embedding: nn.Module | None = None):
         super().__init__()
         cfg = {**PFN_DEFAULTS, **config}
         self.config = cfg
@@ -140,7 +146,11 @@ class PFNEstimator(nn.Module):
         self.register_buffer("theta_std", torch.ones(d))
         borders = torch.linspace(0, 1, k + 1).expand(d, -1)  # placeholder, set by build_pfn
         self.bar = BarDistribution(borders)
-        self.x_encoder = nn.Sequential(nn.Linear(x_dim, e), nn.GELU(), nn.Linear(e, e))
+        self.embedding: nn.Module | None = None
+        feat_dim = x_dim
+        if cfg["embedding"] is not None or embedding is not None:
+            self.embedding, feat_dim = build_embedding(cfg["embedding"], x_shape, embedding)
+        self.x_encoder = nn.Sequential(nn.Linear(feat_dim, e), nn.GELU(), nn.Linear(e, e))
         self.query_embedding = nn.Parameter(0.02 * torch.randn(d, e))
         self.value_encoder = nn.Parameter(0.02 * torch.randn(d, e))  # row d encodes theta_{d-1}
         self.n_encoder = nn.Linear(3, e)
@@ -171,8 +181,13 @@ class PFNEstimator(nn.Module):
         code ``(B, E)``, the mean z-scored observation ``(B, x_dim)`` and per-layer
         observation keys/values ``(B, n, H, E / H)``."""
         b, n = x_sets.shape[:2]
-        z = ((x_sets - self.x_mean) / self.x_std).reshape(b, n, -1)
-        hx = self.x_encoder(z)
+        z_obs = (x_sets - self.x_mean) / self.x_std
+        z = z_obs.reshape(b, n, -1)
+        if self.embedding is None:
+            hx = self.x_encoder(z)
+        else:  # each observation through the embedding, as one batch of B * n
+            hx = self.x_encoder(self.embedding(z_obs.reshape(b * n, *self.x_shape))
+                                .reshape(b, n, -1))
         z_mean = z.mean(1)
         pooled = self.pool_encoder(torch.cat([hx.mean(1), z_mean], dim=-1))
         layers = []

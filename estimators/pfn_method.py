@@ -23,6 +23,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from estimators.bar_distribution import BarDistribution, quantile_borders
+from estimators.embedding import prepare_embedding
 from estimators.pfn import PFN_DEFAULTS, PFNEstimator
 from sbi_core.budget import Budget
 from sbi_core.methods import Method
@@ -43,7 +44,8 @@ def build_pfn(theta: Tensor, x: Tensor, prior: Distribution, **options: Any) -> 
 
     Bucket borders are prior quantiles from ``num_border_samples`` prior draws (bounded
     buckets on bounded sides, half-normal tails on unbounded ones); ``x`` is z-scored with
-    statistics over all observations.
+    statistics over all observations. ``embedding`` (a built-in spec or your own module)
+    is applied to each observation before the transformer.
     """
     x_shape = options.pop("x_shape", None)
     unknown = set(options) - set(PFN_DEFAULTS)
@@ -53,9 +55,10 @@ def build_pfn(theta: Tensor, x: Tensor, prior: Distribution, **options: Any) -> 
     x_shape = tuple(x.shape[1:]) if x_shape is None else tuple(x_shape)
     if int(options.get("n_max", PFN_DEFAULTS["n_max"])) < 1:
         raise ValueError("n_max must be at least 1 (the largest set size seen in training).")
+    spec, module = prepare_embedding(options.get("embedding"), x_shape)
     config = {**PFN_DEFAULTS, **options, "theta_dim": int(theta.shape[1]),
-              "x_shape": list(x_shape)}
-    est = PFNEstimator(config)
+              "x_shape": list(x_shape), "embedding": spec}
+    est = PFNEstimator(config, embedding=module)
     with torch.no_grad():
         rows = x.reshape(-1, *x_shape)
         est.x_mean.copy_(rows.mean(0))

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, MultivariateNormal, Transform
 
-from estimators.embedding import build_embedding
+from estimators.embedding import build_embedding, prepare_embedding
 from estimators.score_nets import build_field_net
 from estimators.sde import Schedule, build_schedule
 from estimators.standardize import Standardize, fit_standardize
@@ -48,11 +48,14 @@ class VectorFieldEstimator(nn.Module):
         config: plain values: ``theta_dim``, ``x_shape``, ``prior`` (prior spec or None),
             ``sde``, ``sde_params`` and the keys of ``FIELD_DEFAULTS``.
         prior: the prior, when ``config["prior"]`` is None (priors without a spec).
+        embedding: the user's embedding module of ``x`` when ``config["embedding"]`` records
+            one (see :func:`estimators.embedding.prepare_embedding`).
     """
 
     kind = ""
 
-    def __init__(self, config: dict[str, Any], prior: Distribution | None = None):
+    def __init__(self, config: dict[str, Any], prior: Distribution | None = None,
+                 embedding: nn.Module | None = None):
         super().__init__()
         cfg = {**FIELD_DEFAULTS, **config}
         self.config = cfg
@@ -72,7 +75,7 @@ class VectorFieldEstimator(nn.Module):
         self.register_buffer("prior_mean_z", torch.zeros(d))
         self.register_buffer("prior_cov_z", torch.eye(d))
         self._gen: torch.Generator | None = None
-        self.embedding, context_dim = build_embedding(cfg["embedding"], x_shape)
+        self.embedding, context_dim = build_embedding(cfg["embedding"], x_shape, embedding)
         self.net = build_field_net(cfg["net"], d, context_dim, int(cfg["hidden_features"]),
                                    int(cfg["num_layers"]), int(cfg["time_embedding_dim"]))
 
@@ -178,8 +181,10 @@ class VectorFieldEstimator(nn.Module):
 
 
 def build_config(kind: str, defaults: dict[str, Any], theta: Tensor, x: Tensor,
-                 prior: Distribution, options: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """The plain config of an estimator; the flag tells whether the prior has a spec."""
+                 prior: Distribution, options: dict[str, Any]
+                 ) -> tuple[dict[str, Any], bool, nn.Module | None]:
+    """The plain config of an estimator, whether the prior has a spec, and the user's
+    embedding module (None for built-in embeddings)."""
     valid = set(defaults) | {"sde_params"}
     unknown = set(options) - valid
     if unknown:
@@ -189,9 +194,10 @@ def build_config(kind: str, defaults: dict[str, Any], theta: Tensor, x: Tensor,
         spec: dict[str, Any] | None = prior_spec(prior)
     except (ValueError, AttributeError):
         spec = None
+    emb_spec, module = prepare_embedding(options.get("embedding"), tuple(x.shape[1:]))
     config = {**defaults, **options, "theta_dim": int(theta.shape[1]),
-              "x_shape": list(x.shape[1:]), "prior": spec}
-    return config, spec is not None
+              "x_shape": list(x.shape[1:]), "prior": spec, "embedding": emb_spec}
+    return config, spec is not None, module
 
 
 def _prior_moments(prior: Distribution) -> tuple[Tensor | None, Tensor | None]:

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sbi_core.problem import Problem
 
-__all__ = ["resolve_problem", "recorded_problem", "is_builtin_problem", "ProblemFileError",
-           "RecordedProblemError"]
+__all__ = ["resolve_problem", "recorded_problem", "is_builtin_problem", "resolve_callable",
+           "resolve_embedding", "ProblemFileError", "RecordedProblemError"]
 
 
 class ProblemFileError(ValueError):
@@ -107,13 +110,13 @@ def resolve_problem(ref: str) -> Problem:
     return problem
 
 
-def _import_file(path: Path, ref: str):
+def _import_file(path: Path, ref: str, what: str = "PROBLEM"):
     """Import the Python file ``path`` with its folder first on ``sys.path`` during the import."""
     if not path.is_file():
-        raise ValueError(f"No Python file at {path} (from PROBLEM {ref!r}).")
+        raise ValueError(f"No Python file at {path} (from {what} {ref!r}).")
     spec = importlib.util.spec_from_file_location(f"_sbi_core_user_{path.stem}", path)
     if spec is None or spec.loader is None:
-        raise ProblemFileError(f"Cannot import {path} (from PROBLEM {ref!r}).")
+        raise ProblemFileError(f"Cannot import {path} (from {what} {ref!r}).")
     module = importlib.util.module_from_spec(spec)
     folder = str(path.resolve().parent)
     added = folder not in sys.path
@@ -125,11 +128,11 @@ def _import_file(path: Path, ref: str):
     except SyntaxError as err:
         sys.modules.pop(spec.name, None)
         raise ProblemFileError(
-            f"{path}, line {err.lineno}: syntax error: {err.msg} (from PROBLEM {ref!r}).") from err
+            f"{path}, line {err.lineno}: syntax error: {err.msg} (from {what} {ref!r}).") from err
     except (Exception, SystemExit) as err:
         sys.modules.pop(spec.name, None)
         raise ProblemFileError(
-            f"Importing {path} raised {type(err).__name__}: {err} (from PROBLEM {ref!r}). "
+            f"Importing {path} raised {type(err).__name__}: {err} (from {what} {ref!r}). "
             "Fix the file (a sibling module it imports must sit in the same folder).") from err
     finally:
         if added:
@@ -138,3 +141,45 @@ def _import_file(path: Path, ref: str):
             except ValueError:
                 pass
     return module
+
+
+def resolve_callable(ref: str, what: str = "--embedding") -> Callable[..., Any]:
+    """The function or class named by ``module:function`` or ``path/to/file.py:function``.
+
+    Only for names the user types (command-line options): names read from files are
+    never resolved (model files record a user embedding's class only for display).
+    """
+    if ":" not in ref:
+        raise ValueError(f"{what} {ref!r} must be module:function or path/to/file.py:function "
+                         "(a function or class returning your nn.Module).")
+    target, name = ref.rsplit(":", 1)
+    if target.endswith(".py"):
+        module = _import_file(Path(target), ref, what)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as err:
+            raise ValueError(f"Cannot import module {target!r} (from {what} {ref!r}): {err}") \
+                from err
+    obj = getattr(module, name, None)
+    if obj is None or not callable(obj):
+        raise ValueError(f"{target} has no function or class {name!r} (from {what} {ref!r}).")
+    return obj
+
+
+def resolve_embedding(ref: str | None) -> Any:
+    """The ``embedding`` option from ``--embedding``: a built-in type name (``cnn1d``), a JSON
+    spec (``'{"type": "cnn1d", "channels": [8, 16]}'``), or ``module:function`` /
+    ``file.py:function`` returning your own nn.Module (resolved with :func:`resolve_callable`).
+    """
+    if ref is None:
+        return None
+    text = ref.strip()
+    if text.startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--embedding {ref!r} is not valid JSON ({err}).") from err
+    if ":" in text:
+        return resolve_callable(text)
+    return text

@@ -83,7 +83,8 @@ def _problem_spec(posterior: Posterior) -> dict[str, Any]:
     return spec
 
 
-def load(path: str | Path, device: str = "cpu", prior: Any = None) -> Posterior:
+def load(path: str | Path, device: str = "cpu", prior: Any = None,
+         embedding: Any = None) -> Posterior:
     """Load a posterior written by :func:`save`; no code in the file is executed.
 
     Args:
@@ -94,6 +95,11 @@ def load(path: str | Path, device: str = "cpu", prior: Any = None) -> Posterior:
             user-written prior class: the file stores only its name, which is never imported.
             For a prior the file stores in full it is optional; if it differs from the saved
             one a warning says so and the given prior is used.
+        embedding: for a model trained with your own embedding network (the file holds its
+            weights and, for display only, its class name): the module again, as an
+            ``nn.Module`` instance, its class, or a zero-argument factory
+            (``load(path, embedding=lambda: MyNet(32))``). Its ``state_dict`` must have the
+            saved keys and shapes. Not allowed for built-in embeddings.
     """
     path = Path(path)
     if not path.is_file():
@@ -134,7 +140,9 @@ def load(path: str | Path, device: str = "cpu", prior: Any = None) -> Posterior:
     prior = resolve_saved_prior(path, problem.get("prior"), prior, dim)
     try:
         method = get_method(payload["method"])
-        estimator = build_checked(lambda cfg: _from_config(method, cfg, prior),
+        module = _user_embedding(dict(payload["estimator_config"]), payload["state_dict"],
+                                 embedding, path)
+        estimator = build_checked(lambda cfg: _from_config(method, cfg, prior, module),
                                   dict(payload["estimator_config"]), payload["state_dict"], path)
         estimator.load_state_dict(payload["state_dict"])
     except ModelFileError:
@@ -155,13 +163,14 @@ def load(path: str | Path, device: str = "cpu", prior: Any = None) -> Posterior:
     return posterior
 
 
-def load_model(path: str | Path, problem: Any = None, device: str = "cpu") -> Posterior:
+def load_model(path: str | Path, problem: Any = None, device: str = "cpu",
+               embedding: Any = None) -> Posterior:
     """:func:`load` for the command line: ``problem`` (a :class:`~sbi_core.Problem` or a
     PROBLEM string given by the user, e.g. ``--problem my_model.py:make_problem``) is resolved
     and its prior used only when the file's prior is a user-written class that cannot be
     rebuilt from data."""
     try:
-        return load(path, device=device)
+        return load(path, device=device, embedding=embedding)
     except PriorRequiredError:
         if problem is None:
             raise
@@ -171,16 +180,43 @@ def load_model(path: str | Path, problem: Any = None, device: str = "cpu") -> Po
         from sbi_core.resolve import resolve_problem
 
         problem = resolve_problem(problem)
-    return load(path, device=device, prior=problem)
+    return load(path, device=device, prior=problem, embedding=embedding)
 
 
-def _from_config(method: Any, config: dict[str, Any], prior: Distribution) -> Any:
-    """``method.from_config(config)``, passing the prior to estimators that take one."""
+def _from_config(method: Any, config: dict[str, Any], prior: Distribution,
+                 embedding: torch.nn.Module | None = None) -> Any:
+    """``method.from_config(config)``, passing the prior to estimators that take one and the
+    user's embedding module when the file records one."""
     try:
         takes_prior = "prior" in inspect.signature(method.from_config).parameters
     except (TypeError, ValueError):
         takes_prior = False
-    return method.from_config(config, prior=prior) if takes_prior else method.from_config(config)
+    kwargs: dict[str, Any] = {"prior": prior} if takes_prior else {}
+    if embedding is not None:
+        kwargs["embedding"] = embedding
+    return method.from_config(config, **kwargs)
+
+
+def _user_embedding(config: dict[str, Any], state: dict[str, Any], embedding: Any,
+                    path: Path) -> torch.nn.Module | None:
+    """The user's embedding module for a config that records one (``{"type": "user", ...}``:
+    its class name is only shown, never imported), checked against the saved weights; None
+    for built-in embeddings (rebuilt from the file)."""
+    from estimators.embedding import is_user_embedding, user_embedding_module
+
+    record = config.get("embedding")
+    if not is_user_embedding(record):
+        if embedding is not None:
+            raise ModelFileError(
+                f"load(..., embedding=...) was given, but {path} has no user embedding (its "
+                f"embedding is {record or 'identity'!r}, rebuilt from the file); load it "
+                "without embedding=.")
+        return None
+    try:
+        return user_embedding_module(record, embedding, state, tuple(config["x_shape"]),
+                                     str(path))
+    except (ValueError, KeyError, TypeError) as err:
+        raise ModelFileError(str(err)) from err
 
 
 def resolve_saved_prior(path: str | Path, spec: Any, given: Any, dim: int) -> Distribution:

@@ -33,6 +33,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                     "(tarp,tarp_x,sbc,coverage,reference,predictive)")
     p.add_argument("--out", help="output folder (default: MODEL's name + '_diagnostics')")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--embedding", metavar="MODULE:FUNCTION",
+                   help="for a model trained with your own embedding network: module:function or "
+                        "file.py:function returning that nn.Module (its weights come from the "
+                        "model file; see docs/embeddings.md)")
     p.add_argument("--save", action="store_true",
                    help="also store the report card inside MODEL")
     p.add_argument("--strict", action="store_true", help="exit with status 1 if a check fails")
@@ -45,14 +49,15 @@ def run(args: argparse.Namespace) -> int:
     from sbi_core.atomic import check_output
     from sbi_core.cli.common import problem_file
     from sbi_core.io import write_json
-    from sbi_core.resolve import recorded_problem, resolve_problem
+    from sbi_core.resolve import recorded_problem, resolve_callable, resolve_problem
     from sbi_core.serialization import load_model
     from sbi_core.simulation_set import SimulationSet
 
     out = Path(args.out) if args.out else Path(args.model).with_name(
         Path(args.model).stem + "_diagnostics")
     check_output(out, "directory", inputs=[args.model, args.sims, problem_file(args.problem)])
-    posterior = load_model(args.model, problem=args.problem)
+    posterior = load_model(args.model, problem=args.problem,
+                           embedding=resolve_callable(args.embedding) if args.embedding else None)
     sims = SimulationSet.load(args.sims) if args.sims else None
     if args.problem:
         problem = resolve_problem(args.problem)

@@ -19,6 +19,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--num", type=positive_int, default=1000, help="samples per observation")
     p.add_argument("--out", required=True, help="CSV file to write")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--embedding", metavar="MODULE:FUNCTION",
+                   help="for a model trained with your own embedding network: module:function or "
+                        "file.py:function returning that nn.Module (its weights come from the "
+                        "model file; see docs/embeddings.md)")
     p.add_argument("--iid", action="store_true",
                    help="treat the rows as one set of iid observations of the same parameters")
     p.add_argument("--mcmc-method", choices=["slice", "hmc"],
@@ -37,11 +41,13 @@ def run(args: argparse.Namespace) -> int:
     from sbi_core.atomic import check_output
     from sbi_core.cli.common import problem_file
     from sbi_core.io import read_observations, write_samples_csv
+    from sbi_core.resolve import resolve_callable
     from sbi_core.serialization import load_model
 
     out = check_output(args.out, "csv", inputs=[args.model, args.x, problem_file(args.problem)],
                        force=args.force)
-    posterior = load_model(args.model, problem=args.problem)
+    posterior = load_model(args.model, problem=args.problem,
+                           embedding=resolve_callable(args.embedding) if args.embedding else None)
     xs = read_observations(args.x, posterior.x_shape)
     mcmc = {k: v for k, v in {"method": args.mcmc_method, "num_chains": args.num_chains,
                               "warmup_steps": args.warmup_steps}.items() if v is not None}

@@ -51,6 +51,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per request (default 1: concurrent requests already "
                         "share the cores, and small networks gain little from more)")
+    p.add_argument("--embedding", action="append", metavar="[NAME=]MODULE:FUNCTION",
+                   help="for a model trained with your own embedding network: module:function "
+                        "or file.py:function returning that nn.Module; with several models, "
+                        "NAME=module:function for each model that has one (repeatable)")
     return p
 
 
@@ -107,7 +111,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     check_port(args.host, args.port)
-    models = {name: load(path) for name, path in parse_models(args.models).items()}
+    paths = parse_models(args.models)
+    embeddings = _embeddings(args.embedding or [], list(paths))
+    models = {name: load(path, embedding=embeddings.get(name)) for name, path in paths.items()}
     torch.set_num_threads(args.threads)
     app = create_app(models, max_body_bytes=args.max_body_bytes, **limits.to_dict())
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -117,3 +123,22 @@ def run(args: argparse.Namespace) -> int:
           f"(API docs at /docs; Ctrl-C to stop)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def _embeddings(refs: list[str], names: list[str]) -> dict:
+    """``--embedding`` values → model name → factory (a bare ref needs a single model)."""
+    from sbi_core.resolve import resolve_callable
+
+    out = {}
+    for ref in refs:
+        name, sep, target = ref.partition("=")
+        if not sep:
+            if len(names) != 1:
+                raise ValueError(f"--embedding {ref!r}: with several models write "
+                                 f"NAME=module:function (models: {', '.join(names)}).")
+            name, target = names[0], ref
+        if name not in names:
+            raise ValueError(f"--embedding {ref!r} names no served model (models: "
+                             f"{', '.join(names)}).")
+        out[name] = resolve_callable(target)
+    return out

@@ -35,6 +35,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--theta-transform", choices=["unconstrained"],
                    help="NPE: learn the posterior in the prior's unconstrained space (samples "
                         "always inside a bounded prior: no rejection, no leakage)")
+    p.add_argument("--embedding", metavar="SPEC",
+                   help="embedding network for x (npe, nre, fmpe, npse, pfn): a built-in type "
+                        "(mlp, set, cnn1d, tcn, gru, lstm, transformer, cnn2d), a JSON spec "
+                        "('{\"type\": \"cnn1d\", \"channels\": [8, 16]}'), or "
+                        "module:function / file.py:function returning your own nn.Module "
+                        "(pass the same to sample/diagnose/serve; docs/embeddings.md)")
     p.add_argument("--max-epochs", type=positive_int)
     p.add_argument("--max-seconds", type=positive_float, help="wall-time cap on training")
     p.add_argument("--batch-size", type=positive_int)
@@ -63,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from sbi_core.atomic import check_output
     from sbi_core.cli.common import problem_file, problem_for_sims, problem_for_sims_provenance
     from sbi_core.inference import fit
+    from sbi_core.resolve import resolve_embedding
     from sbi_core.serialization import save
     from sbi_core.simulation_set import SimulationSet
 
@@ -93,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size, "learning_rate": args.learning_rate,
         "regularizer": args.regularizer, "beta": args.beta, "fim_samples": args.fim_samples,
         "fim_ema": args.fim_ema, "noise_eps": args.noise_eps,
+        "embedding": resolve_embedding(args.embedding),
     }.items() if v is not None}
     if args.ddp:
         options["distributed"] = True
