@@ -51,6 +51,9 @@ class Problem:
         observation_seeds: the 10 seeds of :meth:`observation` ``1..10`` (default
             ``OBSERVATION_SEED_BASE + k``); benchmark problems list theirs to skip degenerate
             draws, as the SBI benchmark does.
+        x_discrete: indices into the flattened ``x`` of columns holding integer codes
+            (choices, counts, categories); ``fit`` passes them to methods that model them as
+            discrete (``mnle``; ``npe`` one-hot encodes them). Saved in :meth:`spec`.
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class Problem:
         validate: bool = True,
         description: str = "",
         observation_seeds: Sequence[int] | None = None,
+        x_discrete: Sequence[int] | None = None,
     ):
         if not isinstance(prior, Distribution):
             raise TypeError(
@@ -95,6 +99,7 @@ class Problem:
         self.source = source
         self.description = description
         self._observations: dict[int, tuple[Tensor, Tensor]] = {}
+        self._test_x: Tensor | None = None
         if observation_seeds is not None and len(observation_seeds) != NUM_OBSERVATIONS:
             raise ValueError(f"observation_seeds must list {NUM_OBSERVATIONS} seeds, got "
                              f"{len(observation_seeds)}.")
@@ -105,6 +110,10 @@ class Problem:
             self._validate()
         elif self.x_shape is None:
             raise ValueError("x_shape is required when validate=False.")
+        self.x_discrete: list[int] | None = None
+        if x_discrete is not None:
+            self.x_discrete = _check_discrete(x_discrete, self.x_shape, self._test_x)
+        self._test_x = None  # only needed for the check above
 
     def _validate(self, n: int = 3) -> None:
         with torch.random.fork_rng():
@@ -144,6 +153,7 @@ class Problem:
                 f"The simulator returned x of shape {got} per sample; expected x_shape {self.x_shape}."
             )
         self.x_shape = got
+        self._test_x = x
 
     def observation(self, k: int) -> Tensor:
         """Observation ``k`` in ``1..10``, simulated with seed ``observation_seeds[k - 1]``
@@ -175,7 +185,29 @@ class Problem:
             "prior": prior_spec(self.prior),
             "x_shape": list(self.x_shape or ()),
             "source": self.source,
+            **({"x_discrete": list(self.x_discrete)} if self.x_discrete is not None else {}),
         }
 
     def __repr__(self) -> str:
         return f"Problem(name={self.name!r}, dim={self.dim}, x_shape={self.x_shape})"
+
+
+def _check_discrete(columns: Sequence[int], x_shape: tuple[int, ...] | None,
+                    test_x: Tensor | None) -> list[int]:
+    """Validated ``x_discrete``: distinct indices of the flattened x, integer-valued on the
+    validation batch when there is one."""
+    cols = [int(c) for c in columns]
+    size = int(np.prod(x_shape)) if x_shape is not None else 0
+    bad = [c for c in cols if not 0 <= c < size]
+    if not cols or bad or len(set(cols)) != len(cols):
+        raise ValueError(f"x_discrete={list(columns)} must list distinct indices of the flattened "
+                         f"x, which has {size} values (0..{size - 1}).")
+    if test_x is not None:
+        v = test_x.reshape(test_x.shape[0], -1)[:, cols]
+        frac = ((v - v.round()).abs() > 1e-6).any(0)
+        if bool(frac.any()):
+            wrong = [c for c, f in zip(cols, frac.tolist()) if f]
+            raise ValueError(f"x_discrete declares columns {wrong} discrete, but the simulator "
+                             "returned non-integer values there on a test batch. Declare only "
+                             "columns of integer codes (choices, counts, categories).")
+    return cols
