@@ -40,7 +40,7 @@ from torch.distributions import Distribution
 
 from estimators.discrete_x import DiscreteColumns, discrete_config
 from estimators.flows import FLOWS, NSF_LAYOUT, build_flow, nsf_layout
-from estimators.standardize import StandardizedEstimator, fit_standardize
+from estimators.standardize import Standardize, fit_standardize
 from sbi_core.mcmc_posterior import MCMCPosterior, mcmc_defaults
 from sbi_core.methods import Method
 from sbi_core.posterior import ObservationError
@@ -71,7 +71,7 @@ def _mlp(inp: int, hidden: int, out: int, layers: int) -> nn.Sequential:
     return nn.Sequential(*mods)
 
 
-class MNLEEstimator(StandardizedEstimator):
+class MNLEEstimator(nn.Module):
     """``q(x | theta) = p(d | theta) q(c | theta, d)`` over flattened ``x``.
 
     Args:
@@ -89,10 +89,16 @@ class MNLEEstimator(StandardizedEstimator):
             raise ValueError(f"Unknown MNLE flow {cfg['flow']!r}; use one of {FLOWS}.")
         self.theta_dim, self.x_shape = d, x_shape
         self.x_dim = math.prod(x_shape)
-        self._init_scaling(d, x_shape)
         self.discrete = DiscreteColumns(self.x_dim, cfg["discrete_columns"], cfg["discrete_low"],
                                         cfg["num_categories"])
         self.continuous = self.discrete.continuous
+        # z-scoring of theta and of the (log-transformed) continuous columns only; x_min /
+        # x_max (raw x) serve the posterior's range check. There is deliberately no x_norm:
+        # discrete columns are never z-scored.
+        self.theta_norm = Standardize((d,))
+        self.c_norm = Standardize((len(self.continuous),))
+        self.register_buffer("x_min", torch.zeros(x_shape))
+        self.register_buffer("x_max", torch.zeros(x_shape))
         log_cols = [int(c) for c in (cfg["log_columns"] or [])]
         self.register_buffer("log_mask", torch.tensor([c in log_cols for c in self.continuous],
                                                       dtype=torch.bool))
@@ -124,34 +130,25 @@ class MNLEEstimator(StandardizedEstimator):
             lad = -(torch.where(self.log_mask, c, torch.zeros_like(c))).sum(1)
         else:
             lad = c.new_zeros(c.shape[0])
-        norm = self.x_norm
-        mean = norm.mean.reshape(-1)[self.continuous]
-        std = norm.std.reshape(-1)[self.continuous]
-        return (c - mean) / std, lad - std.log().sum()
+        return self.c_norm(c), lad - self.c_norm.log_abs_det()
 
     def _inverse_continuous(self, z: Tensor) -> Tensor:
-        norm = self.x_norm
-        c = z * norm.std.reshape(-1)[self.continuous] + norm.mean.reshape(-1)[self.continuous]
+        c = self.c_norm.inverse(z)
         return torch.where(self.log_mask, c.exp(), c)
 
     def fit_standardization(self, theta: Tensor, x: Tensor) -> None:
-        """z-score ``theta`` and the (log-transformed) continuous columns; discrete columns keep
-        mean 0, std 1. Records the x range and the discrete categories seen."""
+        """z-score ``theta`` ``(N, D)`` and the (log-transformed) continuous columns of ``x``
+        ``(N, *x_shape)``; record the x range and the discrete categories seen."""
         flat = x.reshape(x.shape[0], self.x_dim)
         with torch.no_grad():
             fit_standardize(self.theta_norm, theta, "theta")
             self.x_min.copy_(x.min(0).values)
             self.x_max.copy_(x.max(0).values)
             self.discrete.fit(flat)
-            mean, std = torch.zeros(self.x_dim), torch.ones(self.x_dim)
             if self.continuous:
                 c = flat[:, self.continuous]
-                c = torch.where(self.log_mask, c.log(), c)
-                m, s = c.mean(0), c.std(0)
-                s = torch.where(s > 1e-12, s, torch.ones_like(s))
-                mean[self.continuous], std[self.continuous] = m, s
-            self.x_norm.mean.copy_(mean.reshape(self.x_shape))
-            self.x_norm.std.copy_(std.reshape(self.x_shape))
+                fit_standardize(self.c_norm, torch.where(self.log_mask, c.log(), c),
+                                "continuous x")
 
     def check_observation(self, x: Tensor) -> None:
         """Called by the posterior on observations ``(N, *x_shape)`` before any other check:
