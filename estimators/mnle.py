@@ -55,7 +55,9 @@ DEFAULTS: dict[str, Any] = {
     "num_transforms": 5,
     "num_blocks": 2,
     "num_bins": 10,
-    "tail_bound": 3.0,
+    # The spline covers [-5, 5] of the z-scored continuous columns: conditional on theta and
+    # d they are shifted from the marginal, so the +-3 of NLE/NPE cuts into their tails.
+    "tail_bound": 5.0,
     "categorical_hidden": 50,
     "categorical_layers": 2,
     "mcmc": None,

@@ -137,7 +137,7 @@ class NPEEstimator(StandardizedEstimator):
         """Called by the posterior on observations ``(N, *x_shape)``: discrete values must
         have occurred in training (:class:`~sbi_core.posterior.ObservationError` otherwise)."""
         if self.discrete_x is not None:
-            self.discrete_x.discrete.codes(x.reshape(x.shape[0], -1).cpu())
+            self.discrete_x.discrete.codes(x.reshape(x.shape[0], -1).to(self.x_min.device))
 
     @property
     def samples_in_support(self) -> bool:

@@ -239,3 +239,30 @@ def test_mnle_slow_default_flow_50_trials(problem):
     samples = post.sample((2000,), x=trials, seed=0)
     score = c2st(samples, grid_reference(trials, 2000), seed=0)
     assert score < 0.65, f"MNLE (NSF) vs exact posterior for 50 trials: C2ST {score:.3f}"
+
+
+PROBLEM_FILE = '''
+import torch
+from sbi_core import Problem, box_uniform
+
+def simulator(theta):
+    choice = torch.bernoulli(torch.sigmoid(theta[:, 0]))
+    rt = torch.exp(theta[:, 1] + 0.5 * choice + 0.3 * torch.randn_like(choice))
+    return torch.stack([choice, rt], 1)
+
+def make():
+    return Problem(box_uniform([-2.0, -1.0], [2.0, 1.0]), simulator, name="choice_rt",
+                   x_discrete=[0])
+'''
+
+
+def test_cli_trains_mnle_from_the_problem_declaration(tmp_path):
+    from sbi_core.cli.main import main
+
+    (tmp_path / "choice_rt.py").write_text(PROBLEM_FILE)
+    ref, sims, model = f"{tmp_path / 'choice_rt.py'}:make", tmp_path / "s.pt", tmp_path / "m.pt"
+    assert main(["simulate", ref, "--num", "400", "--out", str(sims), "--quiet"]) == 0
+    assert main(["train", "--sims", str(sims), "--method", "mnle", "--log-columns", "1",
+                 "--max-epochs", "2", "--out", str(model), "--quiet"]) == 0
+    cfg = load(model).estimator.config
+    assert cfg["discrete_columns"] == [0] and cfg["log_columns"] == [1]
