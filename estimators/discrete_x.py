@@ -97,11 +97,12 @@ class DiscreteColumns(nn.Module):
         self.num_categories = [int(k) for k in num_categories]
         self.x_dim = x_dim
         self.continuous = [c for c in range(x_dim) if c not in self.columns]
-        self.register_buffer("_low", torch.tensor(self.low, dtype=torch.float32), persistent=False)
+        self.register_buffer("_low", torch.tensor(self.low, dtype=torch.float32),
+                             persistent=False)
         # 1 where category i of column j occurred in training, columns concatenated.
         self.register_buffer("seen", torch.zeros(sum(self.num_categories), dtype=torch.bool))
-        self.register_buffer("_offsets", torch.tensor(
-            [sum(self.num_categories[:j]) for j in range(len(self.columns))], dtype=torch.long), persistent=False)
+        starts = [sum(self.num_categories[:j]) for j in range(len(self.columns))]
+        self.register_buffer("_offsets", torch.tensor(starts, dtype=torch.long), persistent=False)
 
     @property
     def one_hot_dim(self) -> int:
@@ -127,8 +128,9 @@ class DiscreteColumns(nn.Module):
         if not bool(ok.all()):
             row, j = (~ok).nonzero()[0].tolist()
             c = self.columns[j]
+            start = sum(self.num_categories[:j])
             seen = [self.low[j] + i for i, s in enumerate(
-                self.seen[self._offsets[j]:self._offsets[j] + self.num_categories[j]].tolist()) if s]
+                self.seen[start:start + self.num_categories[j]].tolist()) if s]
             raise ObservationError(
                 f"Discrete x column {c} has value {float(v[row, j]):.6g}, which never occurred in "
                 f"the training simulations (values seen: {_short(seen)}). The estimator has "

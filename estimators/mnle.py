@@ -78,8 +78,9 @@ class MNLEEstimator(nn.Module):
 
     Args:
         config: plain-value dict with ``theta_dim``, ``x_shape``, ``discrete_columns``,
-            ``discrete_low``, ``num_categories`` (from :func:`estimators.discrete_x.discrete_config`),
-            ``log_columns`` and the other keys of ``DEFAULTS``.
+            ``discrete_low``, ``num_categories`` (from
+            :func:`estimators.discrete_x.discrete_config`), ``log_columns`` and the other keys
+            of ``DEFAULTS``.
     """
 
     def __init__(self, config: dict[str, Any]):
@@ -191,7 +192,8 @@ class MNLEEstimator(nn.Module):
         return -self.log_likelihood(theta, x)
 
     def sample(self, n: int, theta: Tensor) -> Tensor:
-        """Synthetic data: ``n`` draws of ``x`` for each of ``B`` parameters → ``(n, B, *x_shape)``."""
+        """Synthetic data: ``n`` draws of ``x`` for each of ``B`` parameters ``(B, D)`` →
+        ``(n, B, *x_shape)``."""
         b = theta.shape[0]
         t = self.theta_norm(theta).unsqueeze(0).expand(n, b, self.theta_dim).reshape(n * b, -1)
         parts: list[Tensor] = []
