@@ -118,6 +118,14 @@ def test_log_prob_is_prior_plus_summed_trial_likelihoods(mnle, trials):
         (exact[0] - exact[1]).abs()) + 1.0
 
 
+def test_map_and_batched_sets(mnle, trials):
+    reference = grid_reference(trials)
+    assert torch.allclose(mnle.map(trials), reference.mean(0), atol=0.3)
+    sets = torch.stack([trials[:10], trials[10:]])  # (B=2, n=10, 2)
+    out = mnle.sample_batched((100,), sets, seed=0, num_chains=10)
+    assert out.shape == (100, 2, 2) and bool(torch.isfinite(out).all())
+
+
 def test_save_load_roundtrip(mnle, trials, tmp_path):
     again = load(save(mnle, tmp_path / "mnle.pt"))
     assert again.method == "mnle" and again.estimator.config["num_categories"] == [2]
