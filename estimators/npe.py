@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from estimators.discrete_x import OneHotX, discrete_config
 from estimators.embedding import build_embedding, is_set_embedding, prepare_embedding
 from estimators.flows import FLOWS, NSF_LAYOUT, build_flow, nsf_layout
 from estimators.mdn import MixtureDensity
@@ -51,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "embedding": None,
     "regularizer": None,
     "theta_transform": None,
+    "discrete_columns": None,
 }
 
 THETA_TRANSFORMS = (None, "unconstrained")
@@ -90,7 +92,9 @@ class NPEEstimator(StandardizedEstimator):
         self.theta_transform: UnconstrainedTransform | None = (
             UnconstrainedTransform(torch.full((d,), -torch.inf), torch.full((d,), torch.inf))
             if cfg["theta_transform"] == "unconstrained" else None)
-        self.embedding, context_dim = build_embedding(cfg["embedding"], x_shape, embedding)
+        self.discrete_x = OneHotX(x_shape, cfg) if cfg["discrete_columns"] is not None else None
+        embed_shape = (self.discrete_x.out_dim,) if self.discrete_x is not None else x_shape
+        self.embedding, context_dim = build_embedding(cfg["embedding"], embed_shape, embedding)
         if cfg["flow"] == "mdn":
             self.density: nn.Module = MixtureDensity(d, context_dim, cfg["num_components"],
                                                      cfg["hidden_features"])
@@ -112,6 +116,9 @@ class NPEEstimator(StandardizedEstimator):
             theta = self.theta_transform(theta)
         if not is_set_embedding(self.config.get("embedding")):
             super().fit_standardization(theta, x)
+            if self.discrete_x is not None:
+                self.discrete_x.unscale_discrete(self.x_norm)
+                self.discrete_x.discrete.fit(x.reshape(x.shape[0], -1))
             return
         with torch.no_grad():
             fit_standardize(self.theta_norm, theta, "theta")
@@ -124,7 +131,15 @@ class NPEEstimator(StandardizedEstimator):
 
     def context(self, x: Tensor) -> Tensor:
         """Embedded, standardized observations ``(N, C)``."""
+        if self.discrete_x is not None:
+            return self.embedding(self.discrete_x(x, self.x_norm))
         return self.embedding(self.x_norm(x))
+
+    def check_observation(self, x: Tensor) -> None:
+        """Called by the posterior on observations ``(N, *x_shape)``: discrete values must
+        have occurred in training (:class:`~sbi_core.posterior.ObservationError` otherwise)."""
+        if self.discrete_x is not None:
+            self.discrete_x.discrete.codes(x.reshape(x.shape[0], -1).to(self.x_min.device))
 
     @property
     def samples_in_support(self) -> bool:
@@ -189,6 +204,9 @@ def build_npe(theta: Tensor, x: Tensor, prior: Distribution, **options: Any) -> 
     if reg is not None and is_set_embedding(spec):
         raise ValueError(f"regularizer={reg!r} is not supported with a set embedding (iid "
                          "sets); train without a regularizer or with a fixed-size x.")
+    if options.get("discrete_columns") is not None:
+        _check_discrete_options(options)
+        config.update(discrete_config(x, options["discrete_columns"]))
     if reg == "fim":
         d = REGULARIZER_DEFAULTS
         config.update(regularizer="fim", beta=float(options.get("beta", d["beta"])),
@@ -207,6 +225,16 @@ def build_npe(theta: Tensor, x: Tensor, prior: Distribution, **options: Any) -> 
     return est
 
 
+def _check_discrete_options(options: dict[str, Any]) -> None:
+    kind = (options.get("embedding") or {}).get("type")
+    if kind not in (None, "identity", "mlp"):
+        raise ValueError(f"discrete_columns (one-hot encoded x columns) work with the identity "
+                         f"or mlp embedding on flat x, not embedding type {kind!r}.")
+    if options.get("regularizer") is not None:
+        raise ValueError(f"regularizer={options['regularizer']!r} perturbs x continuously and "
+                         "cannot be combined with discrete_columns; train without it.")
+
+
 def _make_posterior(estimator: NPEEstimator, prior: Distribution, problem_spec: dict[str, Any],
                     history: dict[str, Any] | None = None, **kwargs: Any) -> DirectPosterior:
     post = DirectPosterior(estimator, prior, problem_spec, history, **kwargs)
@@ -221,6 +249,7 @@ METHOD = Method(
     make_posterior=_make_posterior,
     loss_fn=npe_training_loss,
     train_defaults=train_defaults,
+    accepts_discrete_x=True,
     description="Neural posterior estimation with sbi-core's fused MAF (default), nflows "
                 "MAF/NSF or a mixture density network.",
 )

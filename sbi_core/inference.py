@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sbi_core.methods import get_method
+from sbi_core.methods import Method, get_method
 from sbi_core.posterior import Posterior
 from sbi_core.priors import support_bounds, within_support
 from sbi_core.problem import Problem
@@ -24,6 +24,21 @@ from sbi_core.simulation_set import SimulationSet
 from sbi_core.training import split_options, train
 
 __all__ = ["fit", "check_theta_in_support"]
+
+
+def _discrete_x_options(problem: Problem, m: Method, options: dict[str, Any]) -> dict[str, Any]:
+    """Pass the problem's declared discrete x columns to methods that take them; warn when
+    a method would treat them as continuous values."""
+    declared = getattr(problem, "x_discrete", None)
+    if declared is None or "discrete_columns" in options:
+        return options
+    if m.accepts_discrete_x:
+        return {**options, "discrete_columns": list(declared)}
+    warnings.warn(f"Problem {problem.name!r} declares discrete x columns {list(declared)}, but "
+                  f"method {m.name!r} treats them as continuous values. Use method='mnle' "
+                  "(likelihood) or 'npe' (one-hot encoded) to model them as discrete.",
+                  stacklevel=3)
+    return options
 
 
 def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os.PathLike,
@@ -69,6 +84,7 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
             f"{problem.name!r} simulates x of shape {tuple(problem.x_shape)}."
         )
     check_theta_in_support(problem, theta)
+    options = _discrete_x_options(problem, m, options)
     try:
         if m.fit is not None:
             return m.fit(problem, (theta, x), seed=seed, **options)

@@ -34,6 +34,8 @@ class Method:
         fit: optional ``fit(problem, sims, seed, train_config, **options) -> Posterior`` for
             methods that do not train on fixed (theta, x) pairs (e.g. PFN sets); when given, it
             replaces build + train.
+        accepts_discrete_x: ``build`` takes ``discrete_columns`` (flattened-x indices of
+            discrete values); ``fit`` passes a problem's ``x_discrete`` declaration to it.
     """
 
     name: str
@@ -44,6 +46,7 @@ class Method:
         field(default_factory=dict)
     loss_fn: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None
     fit: Callable[..., Any] | None = None
+    accepts_discrete_x: bool = False
     description: str = ""
 
     def training_defaults(self, options: dict[str, Any]) -> dict[str, Any]:
@@ -58,6 +61,7 @@ _REGISTRY: dict[str, str] = {
     "npse": "estimators.npse:METHOD",
     "fmpe": "estimators.fmpe:METHOD",
     "nle": "estimators.nle:METHOD",
+    "mnle": "estimators.mnle:METHOD",
     "nre": "estimators.nre:METHOD",
     "nre_a": "estimators.nre:NRE_A",
     "nre_b": "estimators.nre:NRE_B",

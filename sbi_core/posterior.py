@@ -338,6 +338,9 @@ class Posterior:
                 "The observation contains NaN or inf. Remove or impute the missing values; the "
                 "posterior was trained on finite simulations only."
             )
+        check = getattr(self.estimator, "check_observation", None)
+        if check is not None:  # estimator-specific checks (e.g. discrete columns) come first
+            check(x.reshape(-1, *self.x_shape) if self.x_shape else x.reshape(-1))
         if self.range_check != "off":
             self._check_range(x)
         return x

@@ -58,6 +58,9 @@ class Problem:
             draws, as the SBI benchmark does.
         x_names: optional names of the ``prod(x_shape)`` columns of the flattened ``x``,
             used in reports of invalid simulations.
+        x_discrete: indices into the flattened ``x`` of columns holding integer codes
+            (choices, counts, categories); ``fit`` passes them to methods that model them as
+            discrete (``mnle``; ``npe`` one-hot encodes them). Saved in :meth:`spec`.
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class Problem:
         description: str = "",
         observation_seeds: Sequence[int] | None = None,
         x_names: Sequence[str] | None = None,
+        x_discrete: Sequence[int] | None = None,
     ):
         prior = as_prior(prior)
         if len(prior.event_shape) != 1 or prior.batch_shape != torch.Size():
@@ -100,6 +104,7 @@ class Problem:
         self.source = source
         self.description = description
         self._observations: dict[int, tuple[Tensor, Tensor]] = {}
+        self._test_x: Tensor | None = None
         if observation_seeds is not None and len(observation_seeds) != NUM_OBSERVATIONS:
             raise ValueError(f"observation_seeds must list {NUM_OBSERVATIONS} seeds, got "
                              f"{len(observation_seeds)}.")
@@ -124,6 +129,10 @@ class Problem:
         if self.x_names is not None and len(self.x_names) != int(np.prod(self.x_shape)):
             raise ValueError(f"x_names has {len(self.x_names)} names but x has "
                              f"{int(np.prod(self.x_shape))} columns (x_shape {self.x_shape}).")
+        self.x_discrete: list[int] | None = None
+        if x_discrete is not None:
+            self.x_discrete = _check_discrete(x_discrete, self.x_shape, self._test_x)
+        self._test_x = None  # only needed for the check above
 
     def _validate(self, n: int = 3) -> None:
         with torch.random.fork_rng():
@@ -168,6 +177,7 @@ class Problem:
                 f"The simulator returned x of shape {got} per sample; expected x_shape {self.x_shape}."
             )
         self.x_shape = got
+        self._test_x = x
 
     def observation(self, k: int) -> Tensor:
         """Observation ``k`` in ``1..10``, simulated with seed ``observation_seeds[k - 1]``
@@ -199,6 +209,7 @@ class Problem:
             "prior": prior_spec(self.prior),
             "x_shape": list(self.x_shape or ()),
             "source": self.source,
+            **({"x_discrete": list(self.x_discrete)} if self.x_discrete is not None else {}),
         }
 
     def __repr__(self) -> str:
@@ -212,3 +223,24 @@ def _adapter_hint(simulator: Simulator, theta: Tensor) -> str:
     except ImportError:
         return ""
     return suggest_adapter(simulator, theta)
+
+
+def _check_discrete(columns: Sequence[int], x_shape: tuple[int, ...] | None,
+                    test_x: Tensor | None) -> list[int]:
+    """Validated ``x_discrete``: distinct indices of the flattened x, integer-valued on the
+    validation batch when there is one."""
+    cols = [int(c) for c in columns]
+    size = int(np.prod(x_shape)) if x_shape is not None else 0
+    bad = [c for c in cols if not 0 <= c < size]
+    if not cols or bad or len(set(cols)) != len(cols):
+        raise ValueError(f"x_discrete={list(columns)} must list distinct indices of the flattened "
+                         f"x, which has {size} values (0..{size - 1}).")
+    if test_x is not None:
+        v = test_x.reshape(test_x.shape[0], -1)[:, cols]
+        frac = ((v - v.round()).abs() > 1e-6).any(0)
+        if bool(frac.any()):
+            wrong = [c for c, f in zip(cols, frac.tolist()) if f]
+            raise ValueError(f"x_discrete declares columns {wrong} discrete, but the simulator "
+                             "returned non-integer values there on a test batch. Declare only "
+                             "columns of integer codes (choices, counts, categories).")
+    return cols

@@ -56,6 +56,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="EMA weight of the newest FIM gradient (0.85)")
     p.add_argument("--noise-eps", type=positive_float,
                    help="noise augmentation radius relative to the data scale (0.2)")
+    p.add_argument("--discrete-columns", type=int, nargs="+", metavar="COL",
+                   help="flattened-x columns holding integer codes (mnle, npe); default: the "
+                        "problem's x_discrete")
+    p.add_argument("--log-columns", type=int, nargs="+", metavar="COL",
+                   help="mnle: positive continuous columns modelled on the log scale")
     p.add_argument("--stream", action="store_true",
                    help="stream a PATH.zarr store from disk instead of loading it into memory")
     p.add_argument("--ddp", action="store_true",
@@ -101,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         "regularizer": args.regularizer, "beta": args.beta, "fim_samples": args.fim_samples,
         "fim_ema": args.fim_ema, "noise_eps": args.noise_eps,
         "embedding": resolve_embedding(args.embedding),
+        "discrete_columns": args.discrete_columns, "log_columns": args.log_columns,
     }.items() if v is not None}
     if args.ddp:
         options["distributed"] = True
