@@ -34,7 +34,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["RowFailures", "Isolation", "isolate_failures", "check_output", "seed_everything",
-           "invalid_columns", "describe_invalid"]
+           "invalid_columns", "describe_invalid", "describe_invalid_counts",
+           "merge_invalid_columns"]
 
 
 class RowFailures(RuntimeError):
@@ -211,12 +212,30 @@ def describe_invalid(x: Tensor, names: Sequence[str] | None = None, max_columns:
     Example: ``"column 7 (ratio_mean) is NaN in 3,996 of 4,000 rows"``. Columns index the
     flattened ``x``; ``names`` (one per flattened column) label them. Empty when all finite.
     """
-    n = int(x.shape[0])
-    cols = invalid_columns(x)
+    return describe_invalid_counts(invalid_columns(x), int(x.shape[0]), names, max_columns,
+                                   num_columns=int(_rows(x).shape[1]))
+
+
+def merge_invalid_columns(parts: Sequence[Sequence[dict]]) -> list[dict]:
+    """Sum :func:`invalid_columns` records of several chunks column by column."""
+    total: dict[int, dict] = {}
+    for records in parts:
+        for c in records:
+            t = total.setdefault(int(c["column"]), {"column": int(c["column"]), "nan": 0, "inf": 0})
+            t["nan"] += int(c["nan"])
+            t["inf"] += int(c["inf"])
+    return [total[k] for k in sorted(total)]
+
+
+def describe_invalid_counts(cols: Sequence[dict], n: int, names: Sequence[str] | None = None,
+                            max_columns: int = 5, num_columns: int | None = None) -> str:
+    """:func:`describe_invalid` from per-column counts (``invalid_columns`` records) of
+    ``n`` rows; ``names`` label the columns when there is one per column."""
+    cols = sorted(cols, key=lambda c: -(c["nan"] + c["inf"]))
     if not cols:
         return ""
-    cols.sort(key=lambda c: -(c["nan"] + c["inf"]))
-    use_names = names is not None and len(names) == _rows(x).shape[1]
+    use_names = names is not None and (num_columns is None or len(names) == num_columns) \
+        and all(c["column"] < len(names) for c in cols)
     parts = []
     for c in cols[:max_columns]:
         label = f"column {c['column']}" + (f" ({names[c['column']]})" if use_names else "")

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sbi_core.failures import describe_invalid_counts, invalid_columns, merge_invalid_columns
 from sbi_core.problem import Problem
 from sbi_core.progress import progress_bar
 from sbi_core.simulation import ChunkResult, chunk_plan, closing_chunks
@@ -181,6 +182,7 @@ class SimulationStore:
                 "seed": int(seed), "chunk_size": int(chunk_size),
                 "num_simulations": int(num_simulations), "versions": _versions(),
                 "theta_source": "given" if theta_given else "prior",
+                "x_names": list(getattr(problem, "x_names", None) or []),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             })
             (path / _MARKS).mkdir(exist_ok=True)
@@ -257,6 +259,9 @@ class SimulationStore:
                 "num_invalid": int((~result.valid).sum()), "first_error": result.first_error,
                 "seconds": round(result.seconds, 4), "pid": os.getpid(),
                 "theta_given": bool(theta_given),
+                "invalid_columns": invalid_columns(result.x) if bool((~result.valid).any())
+                else [],
+                "batch_error": getattr(result, "batch_error", None),
                 "sha256": {name: _sha(values) for name, values in arrays.items()}}
         final = self._mark_dir / _mark_name(result.index)
         tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
@@ -386,6 +391,18 @@ class SimulationStore:
         marks = self.marks()
         done = sorted(self.committed() if done is None else done)
         errors = [marks[i]["first_error"] for i in done if marks[i].get("first_error")]
+        batch_errors = [marks[i]["batch_error"] for i in done if marks[i].get("batch_error")]
+        num = sum(marks[i]["size"] for i in done)
+        columns = describe_invalid_counts(
+            merge_invalid_columns([marks[i].get("invalid_columns") or [] for i in done]), num,
+            self.attrs.get("x_names"))
+        extra: dict[str, Any] = {}
+        if columns:
+            extra["invalid_columns"] = columns
+        if batch_errors:
+            extra["batch_error"] = batch_errors[0]
+        if self.attrs.get("x_names"):
+            extra["x_names"] = list(self.attrs["x_names"])
         return {
             "problem": self.attrs.get("problem"),
             "problem_source": self.attrs.get("problem_source"),
@@ -397,6 +414,7 @@ class SimulationStore:
             "store_versions": self.attrs.get("versions"),
             "complete": len(done) == self.num_chunks,
             "theta_source": self.theta_source,
+            **extra,
         }
 
 
@@ -475,6 +493,13 @@ def simulate_into_store(problem: Problem, plan: Plan | None, source: ChunkSource
                 f"{st.path} ({written} this run) and kept; rerun with resume=True (CLI: "
                 "--resume) to simulate the rest.") from None
     st.repaired = sorted(repaired)
+    prov = st.provenance()
+    if prov.get("batch_error"):
+        warnings.warn(
+            "The batched simulator raised on chunk(s) whose rows all succeeded in smaller "
+            "(re-seeded) batches, so it is broken for batches or fails at random (results were "
+            f"rescued by re-simulating sub-batches). First error: {prov['batch_error']}",
+            stacklevel=2)
     if not return_data:
         return st
     if wanted is not None:

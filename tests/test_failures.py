@@ -136,3 +136,28 @@ def test_dense_failures_cost_about_as_much_as_row_by_row():
     res = isolate_failures(sim, _theta(n), (2,), seed=0)
     assert torch.equal(~res.valid, torch.isin(torch.arange(n), torch.tensor(bad)))
     assert res.calls <= n + 64  # plain bisection would make about 2n calls
+
+
+def test_zarr_store_reports_invalid_columns_and_batch_errors(tmp_path):
+    """The store path tells the same story as the in-memory path: which columns are NaN and
+    how often (summed over chunks), and a batch-only failure."""
+
+    def nan_in_column_1_and_big_batches_fail(theta):
+        if theta.shape[0] > 16:
+            raise MemoryError("batch too large for the solver workspace")
+        x = torch.cat([theta, theta.sum(1, keepdim=True)], 1)
+        x[theta[:, 0] > 0.5, 1] = float("nan")
+        return x
+
+    p = Problem(box_uniform([-1, -1], [1, 1]), nan_in_column_1_and_big_batches_fail,
+                x_shape=(3,), x_names=["a", "b", "s"], validate=False)
+    store = tmp_path / "s.zarr"
+    with pytest.warns(UserWarning, match="broken for batches.*batch too large"):
+        sims = simulate(p, 60, seed=0, chunk_size=20, store=store, progress=False)
+    n_bad = sims.num_invalid
+    assert 0 < n_bad < 60
+    assert sims.provenance["invalid_columns"] == f"column 1 (b) is NaN in {n_bad} of 60 rows"
+    assert "batch too large" in sims.provenance["batch_error"]
+    with pytest.warns(UserWarning, match="broken for batches"):
+        memory = simulate(p, 60, seed=0, chunk_size=20, progress=False)
+    assert memory.provenance["invalid_columns"] == sims.provenance["invalid_columns"]
