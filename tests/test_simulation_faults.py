@@ -206,3 +206,24 @@ def test_dask_worker_that_keeps_dying_is_recorded():
             assert f"chunk {i} (rows {i * cs}-{i * cs + cs - 1})" in results[i].first_error
         else:
             assert np.array_equal(results[i].x.numpy(), ref.x.numpy())
+
+
+def test_cli_simulate_records_a_dying_simulator_with_one_worker(tmp_path, capsys):
+    """`sbi-core simulate` (workers=1) used to exit with the simulator's code 3 and no
+    message; it now runs chunks in a supervised process and records them."""
+    from sbi_core.cli.main import main
+
+    (tmp_path / "dies.py").write_text(
+        "import os\nfrom sbi_core import Problem, box_uniform\n"
+        "def sim(t):\n    if (t[:, 0] > 0.9).any():\n        os._exit(3)\n    return t + 0.1\n"
+        "def problem():\n    return Problem(box_uniform([0.0], [1.0]), sim, validate=False,"
+        " x_shape=(1,))\n")
+    out = tmp_path / "s.pt"
+    assert main(["simulate", f"{tmp_path / 'dies.py'}:problem", "--num", "100",
+                 "--chunk-size", "20", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "worker process died with exit code 3" in printed
+    from sbi_core import SimulationSet
+
+    sims = SimulationSet.load(out)
+    assert len(sims) == 100 and 0 < sims.num_invalid < 100

@@ -46,8 +46,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="per-chunk time limit: the chunk runs in a worker process that is killed "
                         "after SECONDS, its rows recorded as invalid")
     p.add_argument("--isolate", action="store_true",
-                   help="run chunks in a worker process even with --workers 1 (a simulator that "
-                        "kills its process becomes recorded failures)")
+                   help="run chunks in a supervised worker process (the default on the command "
+                        "line, kept for scripts that pass it): a simulator that kills its "
+                        "process becomes recorded failures, never a silent exit")
+    p.add_argument("--in-process", action="store_true",
+                   help="with --workers 1, run chunks in this process instead (a simulator "
+                        "that calls os._exit or crashes then ends sbi-core too)")
     p.add_argument("--chunk-size", type=positive_int, default=1000, help="simulations per chunk")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_force(p)
@@ -120,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
 
             store = simulate_into_store(
                 problem, None, chunk_source(args.workers, args.dask, timeout=args.timeout,
-                                            isolate=args.isolate, chunk_size=args.chunk_size),
+                                            isolate=_isolate(args), chunk_size=args.chunk_size),
                 args.out, seed=args.seed, chunk_size=args.chunk_size,
                 resume=args.resume or args.append, progress=False if args.quiet else None, return_data=False,
                 num_simulations=None if theta is not None else args.num, theta=theta,
@@ -131,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
             sims = simulate(problem, None if theta is not None else args.num, seed=args.seed,
                             workers=args.workers, chunk_size=args.chunk_size,
                             progress=False if args.quiet else None, executor=args.dask, theta=theta,
-                            timeout=args.timeout, isolate=args.isolate)
+                            timeout=args.timeout, isolate=_isolate(args))
             sims.save(args.out)
             prov, extra = sims.provenance, {}
     except KeyboardInterrupt as err:  # one line, whatever the workers were doing
@@ -145,3 +149,10 @@ def run(args: argparse.Namespace) -> int:
                       "first_error": prov.get("first_error"),
                       "invalid_columns": prov.get("invalid_columns"), **extra}))
     return 0
+
+
+def _isolate(args: argparse.Namespace) -> bool:
+    """Chunks run in a supervised worker process unless --in-process (or Dask) is asked for."""
+    if args.in_process and args.isolate:
+        raise ValueError("--isolate and --in-process contradict each other; pass one.")
+    return not args.in_process and not args.dask
