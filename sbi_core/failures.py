@@ -209,12 +209,22 @@ def describe_invalid(x: Tensor, names: Sequence[str] | None = None, max_columns:
     """Which columns of ``x`` ``(N, ...)`` are NaN/inf and how often, most affected first.
 
     Example: ``"column 7 (ratio_mean) is NaN in 3,996 of 4,000 rows"``. Columns index the
-    flattened ``x``; ``names`` (one per flattened column) label them. Empty when all finite.
+    flattened ``x``; ``names`` (one per flattened column) label them. Rows with no finite value
+    at all (failed runs: raised, reported, timed out) are counted first and apart, when ``x``
+    has more than one column, so they do not read as a column's problem. Empty when all finite.
     """
     n = int(x.shape[0])
-    cols = invalid_columns(x)
+    flat = _rows(x)
+    whole = torch.zeros(n, dtype=torch.bool)
+    if flat.shape[1] > 1:  # rows with no finite value: failed runs, not a column's problem
+        whole = ~torch.isfinite(flat).any(1)
+    cols = invalid_columns(flat[~whole])
+    lead = []
+    if whole.any():
+        lead = [f"{int(whole.sum()):,} of {n:,} rows have no finite value in any column (the "
+                "simulation raised, was reported failed, timed out, or returned only NaN/inf)"]
     if not cols:
-        return ""
+        return "; ".join(lead)
     cols.sort(key=lambda c: -(c["nan"] + c["inf"]))
     use_names = names is not None and len(names) == _rows(x).shape[1]
     parts = []
@@ -224,4 +234,4 @@ def describe_invalid(x: Tensor, names: Sequence[str] | None = None, max_columns:
                  f"inf in {c['inf']:,}" if c["inf"] else ""]
         parts.append(f"{label} is {' and '.join(k for k in kinds if k)} of {n:,} rows")
     more = len(cols) - max_columns
-    return "; ".join(parts) + (f"; and {more} more column(s)" if more > 0 else "")
+    return "; ".join(lead + parts) + (f"; and {more} more column(s)" if more > 0 else "")
