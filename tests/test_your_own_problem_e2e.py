@@ -481,3 +481,28 @@ def test_failed_rows_are_told_apart_from_failing_columns():
         "4 of 10 rows have no finite value in any column (the simulation raised, was reported "
         "failed, timed out, or returned only NaN/inf); column 1 is inf in 1 of 10 rows")
     assert describe_invalid(torch.full((3, 1), float("nan"))) == "column 0 is NaN in 3 of 3 rows"
+
+
+def test_cli_serve_takes_the_problem_of_a_user_prior_and_the_embedding(folder, monkeypatch,
+                                                                      capsys):
+    """``sbi-core serve`` of a model with a user-written prior class and an own embedding:
+    ``--problem`` gives the prior (as for sample/diagnose), ``--embedding`` the network."""
+    import uvicorn
+    from fastapi.testclient import TestClient
+    from my_problem import Net, make_sir_user_prior
+
+    problem = make_sir_user_prior()
+    sims = simulate(problem, 200, seed=0, progress=False)
+    save(fit(problem, sims, embedding=Net(), seed=0, max_epochs=2, **SMALL), folder / "m.pt")
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app))
+    args = ["serve", "m.pt", "--port", "0", "--embedding", "my_problem.py:Net"]
+    assert cli(args) == 2  # the prior is a user class: its code is not in the file
+    assert "--problem FILE.py:FUNCTION" in capsys.readouterr().err
+    assert cli([*args, "--problem", "my_problem.py:make_sir_user_prior"]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        client = TestClient(served["app"])
+    r = client.post("/api/models/m/sample", json={"x": sims.x[0].tolist(), "n": 5, "seed": 0})
+    assert r.status_code == 200, r.text
+    assert np.asarray(r.json()["samples"]).shape == (5, 2)
