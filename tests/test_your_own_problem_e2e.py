@@ -506,3 +506,11 @@ def test_cli_serve_takes_the_problem_of_a_user_prior_and_the_embedding(folder, m
     r = client.post("/api/models/m/sample", json={"x": sims.x[0].tolist(), "n": 5, "seed": 0})
     assert r.status_code == 200, r.text
     assert np.asarray(r.json()["samples"]).shape == (5, 2)
+
+
+def test_batched_simulator_returning_one_bare_number_per_row_gets_the_fix():
+    prior = Independent(LogNormal(torch.zeros(2), torch.ones(2)), 1)
+    with pytest.raises(ValueError, match=r"return shape \(\d+, 1\), e\.g\. x\.unsqueeze\(-1\)"):
+        Problem(prior, lambda theta: theta.sum(1))
+    problem = Problem(prior, lambda theta: theta.sum(1, keepdim=True))
+    assert problem.x_shape == (1,)
