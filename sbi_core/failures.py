@@ -205,15 +205,18 @@ def invalid_columns(x: Tensor, valid: Tensor | None = None) -> list[dict]:
     return [{"column": int(j), "nan": int(nan[j]), "inf": int(inf[j])} for j in cols]
 
 
-def describe_invalid(x: Tensor, names: Sequence[str] | None = None, max_columns: int = 5) -> str:
+def describe_invalid(x: Tensor, names: Sequence[str] | None = None, max_columns: int = 5,
+                     total: int | None = None) -> str:
     """Which columns of ``x`` ``(N, ...)`` are NaN/inf and how often, most affected first.
 
     Example: ``"column 7 (ratio_mean) is NaN in 3,996 of 4,000 rows"``. Columns index the
     flattened ``x``; ``names`` (one per flattened column) label them. Rows with no finite value
     at all (failed runs: raised, reported, timed out) are counted first and apart, when ``x``
     has more than one column, so they do not read as a column's problem. Empty when all finite.
+    ``total``: the number of rows to report counts against when ``x`` holds only some of them
+    (e.g. the invalid rows of a store, read chunk by chunk).
     """
-    n = int(x.shape[0])
+    n = int(x.shape[0]) if total is None else int(total)
     flat = _rows(x)
     whole = torch.zeros(n, dtype=torch.bool)
     if flat.shape[1] > 1:  # rows with no finite value: failed runs, not a column's problem

@@ -514,3 +514,30 @@ def test_batched_simulator_returning_one_bare_number_per_row_gets_the_fix():
         Problem(prior, lambda theta: theta.sum(1))
     problem = Problem(prior, lambda theta: theta.sum(1, keepdim=True))
     assert problem.x_shape == (1,)
+
+
+def test_a_store_explains_its_invalid_rows_like_a_simulation_file(folder, capsys):
+    """``simulate(..., store=)`` and ``sbi-core simulate --out PATH.zarr`` say which rows or
+    columns are invalid, as without a store (they said nothing before)."""
+    from my_problem import make_external
+
+    problem = make_external()
+    sims = simulate(problem, 200, seed=0, store=folder / "ext.zarr", progress=False)
+    plain = simulate(problem, 200, seed=0, progress=False)
+    assert sims.num_invalid > 0
+    assert sims.provenance["invalid_columns"] == plain.provenance["invalid_columns"]
+    assert "rows have no finite value" in sims.provenance["invalid_columns"]
+    assert cli(["simulate", "my_problem.py:make_external", "--num", "200", "--out", "cli.zarr",
+                "--quiet"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["invalid_columns"] == plain.provenance["invalid_columns"]
+
+    def half_nan(theta):  # one named column fails where a < 0
+        x = torch.cat([theta, theta.sum(1, keepdim=True)], 1)
+        x[theta[:, 0] < 0, 2] = float("nan")
+        return x
+
+    named = Problem(torch.distributions.Independent(Normal(torch.zeros(2), 1.0), 1), half_nan,
+                    x_shape=(3,), x_names=["a", "b", "total"])
+    stored = simulate(named, 100, seed=0, store=folder / "named.zarr", progress=False)
+    assert "column 2 (total) is NaN in" in stored.provenance["invalid_columns"]
