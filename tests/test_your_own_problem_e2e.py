@@ -308,6 +308,12 @@ def test_external_program_reporting_failed_rows_whole_path(folder, make):
                       num_samples=50, checks=["tarp", "coverage"], progress=False)
     assert report.meta["num_test_pairs"] < 60  # invalid test rows dropped
     assert {s["status"] for s in report.sections.values()} <= {"pass", "warn", "fail"}
+    # the predictive check runs the program on posterior draws, some in the failing region:
+    # those replicates are dropped like failed simulations, the check does not crash
+    with pytest.warns(UserWarning, match="predictive simulations that failed"):
+        card = diagnose(loaded, problem, num=40, num_samples=100, checks=["predictive"],
+                        num_predictive_observations=40, progress=False).sections["predictive"]
+    assert "raised" not in card["why"] and card["metrics"]["num_invalid"] > 0
     assert _serve_one(loaded, x_o).shape == (7, 2)
 
 
