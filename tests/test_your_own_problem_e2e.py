@@ -350,14 +350,15 @@ def test_cli_whole_path_with_problem_and_embedding_files(folder, capsys):
 
 
 def test_user_module_named_in_files_is_never_imported_on_load(folder):
-    """Model and simulation files name my_problem (its prior class, its embedding, the
-    problem); a fresh interpreter that loads them, with my_problem importable from its
+    """Model files, simulation files and zarr stores name my_problem (its prior class, its
+    embedding, the problem); a fresh interpreter that loads them, with my_problem importable from its
     folder, never imports it: the user passes the classes again."""
     from my_problem import Net, make_sir_user_prior
 
     problem = make_sir_user_prior()
     sims = simulate(problem, 200, seed=0, progress=False)
     sims.save(folder / "sims.pt")
+    simulate(problem, 100, seed=2, store=folder / "s.zarr", progress=False)
     save(fit(problem, sims, embedding=Net(), seed=0, max_epochs=2, **SMALL), folder / "m.pt")
     before = _imports(folder)
     script = folder / "load_it.py"  # in the folder: `import my_problem` would succeed here
@@ -380,6 +381,7 @@ def test_user_module_named_in_files_is_never_imported_on_load(folder):
                 errors.append(type(err).__name__ + ": " + str(err))
         post = load("m.pt", prior=HalfNormalRates(), embedding=Net)
         sims = SimulationSet.load("sims.pt")
+        assert len(SimulationSet.load("s.zarr")) == 100
         theta = post.sample((50,), x=sims.x[0], seed=0)
         report = diagnose(post, sims=sims, num=30, num_samples=20, checks=["sbc"])
         print(len(errors), bool((theta > 0).all()), sorted(report.sections))
