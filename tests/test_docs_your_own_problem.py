@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from sbi_core.cli.main import main as cli
@@ -58,6 +59,15 @@ def definition(code: str, name: str) -> str:
     return "\n".join(lines[start:end]).rstrip() + "\n"
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks run fastest on one torch thread on a busy machine; restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_every_block_of_your_own_problem_md_runs(tmp_path, monkeypatch, capsys):
     text = DOC.read_text()
     for old, new in SMALLER.items():
@@ -70,7 +80,6 @@ def test_every_block_of_your_own_problem_md_runs(tmp_path, monkeypatch, capsys):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    torch.set_num_threads(1)
     import uvicorn
 
     from sbi_core.cli import serve_cmd

@@ -188,6 +188,15 @@ if len(bad):
 '''
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks run fastest on one torch thread on a busy machine; restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def folder(tmp_path, monkeypatch):
     """The scientist's folder, importable as in their own scripts (``import my_problem``)."""
@@ -196,7 +205,6 @@ def folder(tmp_path, monkeypatch):
     (tmp_path / "ext_model.py").write_text(EXT_MODEL)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    torch.set_num_threads(1)
     yield tmp_path
     for name in ("my_problem", "epi_helpers"):
         sys.modules.pop(name, None)
@@ -438,8 +446,6 @@ PRIORS = {
 
 @pytest.mark.parametrize("kind", sorted(PRIORS))
 def test_prior_kinds_fit_save_load_sample_diagnose_serve(kind, tmp_path):
-    torch.set_num_threads(1)
-
     def noisy(theta):
         return theta + 0.1 * torch.randn_like(theta)
 
