@@ -71,21 +71,27 @@ class PredictiveResult:
 def predictive_check(problem: Problem, samples: Tensor, xs: Tensor, seed: int = 0) -> PredictiveResult:
     """Predictive check for posterior samples ``(m, M, D)`` of observations ``xs`` ``(M, *x_shape)``.
 
-    The simulator runs once on all ``m * M`` samples (seeded with ``seed``).
+    The simulator runs once on all ``m * M`` samples (seeded with ``seed``); rows it fails on
+    (raises, or reports with :class:`sbi_core.failures.RowFailures`) are isolated as in
+    :func:`sbi_core.simulate` and dropped like NaN rows.
     """
     m, num, dim = samples.shape
     if xs.shape[0] != num:
         raise ValueError(f"samples cover {num} observations but xs has {xs.shape[0]}.")
+    from sbi_core.failures import isolate_failures
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        reps = problem.simulator(samples.reshape(m * num, dim))
+        # as in simulate: rows the simulator fails on (raised, reported) become NaN rows
+        reps = isolate_failures(problem.simulator, samples.reshape(m * num, dim),
+                                problem.x_shape or (), seed).x
     reps = torch.as_tensor(reps, dtype=torch.float32).reshape(m, num, -1)
     obs = xs.reshape(num, -1).float()
     ok = torch.isfinite(reps).all(-1)  # (m, M)
     num_invalid = int((~ok).sum())
     if num_invalid:
         warnings.warn(f"Dropping {num_invalid} of {m * num} posterior predictive simulations that "
-                      "returned NaN/inf.", stacklevel=2)
+                      "failed or returned NaN/inf.", stacklevel=2)
     std = obs.std(0).clamp(min=1e-8) if num > 1 else reps[ok].std(0).clamp(min=1e-8)
     reps, obs = reps / std, obs / std
     reps = torch.where(ok[..., None], reps, torch.nan)

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from estimators.embedding_conv import CNN1dEmbedding, CNN2dEmbedding, TCNEmbedding, mlp
 from estimators.embedding_sequence import RNNEmbedding, TransformerEmbedding
+from sbi_core.user_code import class_label
 
 __all__ = ["build_embedding", "prepare_embedding", "is_set_embedding", "is_user_embedding",
            "user_embedding_module", "UserEmbeddingError", "SetEmbedding", "MLPEmbedding",
@@ -268,8 +269,7 @@ def _instantiate(value: Any, where: str) -> nn.Module:
 
 
 def _class_name(module: nn.Module) -> str:
-    cls = type(module)
-    return f"{cls.__module__}.{cls.__qualname__}"
+    return class_label(type(module))
 
 
 def _probe(module: nn.Module, x_shape: tuple[int, ...]) -> int:
@@ -299,9 +299,9 @@ def _probe(module: nn.Module, x_shape: tuple[int, ...]) -> int:
 
 def _missing_message(record: Mapping[str, Any], source: str = "this model") -> str:
     cls = record.get("class", "?")
-    short = str(cls).rsplit(".", 1)[-1]
+    short = str(cls).replace(":", ".").rsplit(".", 1)[-1]
     return (f"{source} has a user embedding {cls} (output_dim {record.get('output_dim')}); its "
             f"weights are in the file but its code is not, and code named in a file is never "
             f"imported. Pass it: load(path, embedding={short}) or "
             f"embedding=lambda: {short}(...), or on the command line --embedding "
-            f"module:function (a function returning the module).")
+            f"module:function or FILE.py:function (a function returning the module).")

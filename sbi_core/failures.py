@@ -206,36 +206,31 @@ def invalid_columns(x: Tensor, valid: Tensor | None = None) -> list[dict]:
     return [{"column": int(j), "nan": int(nan[j]), "inf": int(inf[j])} for j in cols]
 
 
-def describe_invalid(x: Tensor, names: Sequence[str] | None = None, max_columns: int = 5) -> str:
+def describe_invalid(x: Tensor, names: Sequence[str] | None = None, max_columns: int = 5,
+                     total: int | None = None) -> str:
     """Which columns of ``x`` ``(N, ...)`` are NaN/inf and how often, most affected first.
 
     Example: ``"column 7 (ratio_mean) is NaN in 3,996 of 4,000 rows"``. Columns index the
-    flattened ``x``; ``names`` (one per flattened column) label them. Empty when all finite.
+    flattened ``x``; ``names`` (one per flattened column) label them. Rows with no finite value
+    at all (failed runs: raised, reported, timed out) are counted first and apart, when ``x``
+    has more than one column, so they do not read as a column's problem. Empty when all finite.
+    ``total``: the number of rows to report counts against when ``x`` holds only some of them
+    (e.g. the invalid rows of a store, read chunk by chunk).
     """
-    return describe_invalid_counts(invalid_columns(x), int(x.shape[0]), names, max_columns,
-                                   num_columns=int(_rows(x).shape[1]))
-
-
-def merge_invalid_columns(parts: Sequence[Sequence[dict]]) -> list[dict]:
-    """Sum :func:`invalid_columns` records of several chunks column by column."""
-    total: dict[int, dict] = {}
-    for records in parts:
-        for c in records:
-            t = total.setdefault(int(c["column"]), {"column": int(c["column"]), "nan": 0, "inf": 0})
-            t["nan"] += int(c["nan"])
-            t["inf"] += int(c["inf"])
-    return [total[k] for k in sorted(total)]
-
-
-def describe_invalid_counts(cols: Sequence[dict], n: int, names: Sequence[str] | None = None,
-                            max_columns: int = 5, num_columns: int | None = None) -> str:
-    """:func:`describe_invalid` from per-column counts (``invalid_columns`` records) of
-    ``n`` rows; ``names`` label the columns when there is one per column."""
-    cols = sorted(cols, key=lambda c: -(c["nan"] + c["inf"]))
+    n = int(x.shape[0]) if total is None else int(total)
+    flat = _rows(x)
+    whole = torch.zeros(n, dtype=torch.bool)
+    if flat.shape[1] > 1:  # rows with no finite value: failed runs, not a column's problem
+        whole = ~torch.isfinite(flat).any(1)
+    cols = invalid_columns(flat[~whole])
+    lead = []
+    if whole.any():
+        lead = [f"{int(whole.sum()):,} of {n:,} rows have no finite value in any column (the "
+                "simulation raised, was reported failed, timed out, or returned only NaN/inf)"]
     if not cols:
-        return ""
-    use_names = names is not None and (num_columns is None or len(names) == num_columns) \
-        and all(c["column"] < len(names) for c in cols)
+        return "; ".join(lead)
+    cols.sort(key=lambda c: -(c["nan"] + c["inf"]))
+    use_names = names is not None and len(names) == _rows(x).shape[1]
     parts = []
     for c in cols[:max_columns]:
         label = f"column {c['column']}" + (f" ({names[c['column']]})" if use_names else "")
@@ -243,4 +238,4 @@ def describe_invalid_counts(cols: Sequence[dict], n: int, names: Sequence[str] |
                  f"inf in {c['inf']:,}" if c["inf"] else ""]
         parts.append(f"{label} is {' and '.join(k for k in kinds if k)} of {n:,} rows")
     more = len(cols) - max_columns
-    return "; ".join(parts) + (f"; and {more} more column(s)" if more > 0 else "")
+    return "; ".join(lead + parts) + (f"; and {more} more column(s)" if more > 0 else "")

@@ -51,6 +51,8 @@ from torch.distributions import (
 )
 from torch.distributions.transforms import identity_transform
 
+from sbi_core.user_code import class_label
+
 __all__ = [
     "UserPriorRequired",
     "as_prior",
@@ -327,8 +329,9 @@ def user_prior_message(cls: str, part: str | None = None) -> str:
     """The message shown when a saved prior is (or contains) a user-written class."""
     what = f"user-written prior {cls}" if not part or part == cls else \
         f"prior {cls} containing the user-written {part}"
+    short = cls.replace(":", ".").rsplit(".", 1)[-1]
     return (f"This model was trained with a {what}. Its code is never imported from a file, so "
-            f"give the prior again: sbi_core.load(path, prior={cls.rsplit('.', 1)[-1]}(...)) in "
+            f"give the prior again: sbi_core.load(path, prior={short}(...)) in "
             "Python, or --problem FILE.py:FUNCTION (the problem that defines the prior) on the "
             "command line.")
 
@@ -358,7 +361,7 @@ def prior_spec(prior: Distribution) -> dict[str, Any]:
         text = repr(prior)
     except Exception:  # a user __repr__ may fail; the class name is enough
         text = cls.__name__
-    return {"type": "user", "class": f"{cls.__module__}.{cls.__qualname__}", "user_class": part,
+    return {"type": "user", "class": class_label(cls), "user_class": part,
             "repr": text[:500], "event_shape": [int(n) for n in prior.event_shape]}
 
 

@@ -164,6 +164,13 @@ class Problem:
             raise TypeError(
                 f"The simulator must return floating-point values, got dtype {x.dtype}; cast with .float()."
             )
+        if x.ndim == 1 and x.shape[0] == n:  # batched, but one bare number per simulation
+            raise ValueError(
+                f"For a batch of {n} parameters the simulator returned shape {tuple(x.shape)}; "
+                f"expected ({n}, *x_shape) with one row per parameter set. For one number per "
+                f"simulation return shape ({n}, 1), e.g. x.unsqueeze(-1)."
+                + _adapter_hint(self.simulator, theta)
+            )
         if x.ndim < 2 or x.shape[0] != n:
             raise ValueError(
                 f"For a batch of {n} parameters the simulator returned shape {tuple(x.shape)}; expected "

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sbi_core.problem import Problem
+from sbi_core.user_code import FILE_MODULE_PREFIX
 
 __all__ = ["resolve_problem", "recorded_problem", "is_builtin_problem", "resolve_callable",
            "resolve_embedding", "ProblemFileError", "RecordedProblemError"]
@@ -114,7 +115,7 @@ def _import_file(path: Path, ref: str, what: str = "PROBLEM"):
     """Import the Python file ``path`` with its folder first on ``sys.path`` during the import."""
     if not path.is_file():
         raise ValueError(f"No Python file at {path} (from {what} {ref!r}).")
-    spec = importlib.util.spec_from_file_location(f"_sbi_core_user_{path.stem}", path)
+    spec = importlib.util.spec_from_file_location(f"{FILE_MODULE_PREFIX}{path.stem}", path)
     if spec is None or spec.loader is None:
         raise ProblemFileError(f"Cannot import {path} (from {what} {ref!r}).")
     module = importlib.util.module_from_spec(spec)

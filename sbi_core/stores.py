@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sbi_core.failures import describe_invalid_counts, invalid_columns, merge_invalid_columns
+from sbi_core.failures import describe_invalid
 from sbi_core.problem import Problem
 from sbi_core.progress import progress_bar
 from sbi_core.simulation import ChunkResult, chunk_plan, closing_chunks
@@ -182,7 +182,8 @@ class SimulationStore:
                 "seed": int(seed), "chunk_size": int(chunk_size),
                 "num_simulations": int(num_simulations), "versions": _versions(),
                 "theta_source": "given" if theta_given else "prior",
-                "x_names": list(getattr(problem, "x_names", None) or []),
+                "x_names": None if getattr(problem, "x_names", None) is None
+                else [str(n) for n in problem.x_names],
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             })
             (path / _MARKS).mkdir(exist_ok=True)
@@ -259,8 +260,6 @@ class SimulationStore:
                 "num_invalid": int((~result.valid).sum()), "first_error": result.first_error,
                 "seconds": round(result.seconds, 4), "pid": os.getpid(),
                 "theta_given": bool(theta_given),
-                "invalid_columns": invalid_columns(result.x) if bool((~result.valid).any())
-                else [],
                 "batch_error": getattr(result, "batch_error", None),
                 "sha256": {name: _sha(values) for name, values in arrays.items()}}
         final = self._mark_dir / _mark_name(result.index)
@@ -385,20 +384,32 @@ class SimulationStore:
         theta = torch.from_numpy(np.concatenate([p[0] for p in parts]))
         x = torch.from_numpy(np.concatenate([p[1] for p in parts]))
         valid = torch.from_numpy(np.concatenate([p[2] for p in parts]))
-        return SimulationSet(theta, x, valid, self.provenance(done))
+        prov = self.provenance(done)
+        if prov["num_invalid"]:
+            prov["invalid_columns"] = describe_invalid(x, self.attrs.get("x_names"))
+        return SimulationSet(theta, x, valid, prov)
+
+    def invalid_summary(self) -> str:
+        """Which rows / columns of the committed chunks are NaN/inf (as
+        :func:`sbi_core.failures.describe_invalid`), reading one chunk at a time and keeping
+        only the invalid rows."""
+        done = sorted(self.committed())
+        bad, total = [], 0
+        for i in done:
+            _, x, valid = self.read_rows(*self.chunk_rows(i))
+            bad.append(x[~valid])
+            total += len(valid)
+        if not bad:
+            return ""
+        return describe_invalid(torch.from_numpy(np.concatenate(bad)), self.attrs.get("x_names"),
+                                total=total)
 
     def provenance(self, done: Iterable[int] | None = None) -> dict[str, Any]:
         marks = self.marks()
         done = sorted(self.committed() if done is None else done)
         errors = [marks[i]["first_error"] for i in done if marks[i].get("first_error")]
         batch_errors = [marks[i]["batch_error"] for i in done if marks[i].get("batch_error")]
-        num = sum(marks[i]["size"] for i in done)
-        columns = describe_invalid_counts(
-            merge_invalid_columns([marks[i].get("invalid_columns") or [] for i in done]), num,
-            self.attrs.get("x_names"))
         extra: dict[str, Any] = {}
-        if columns:
-            extra["invalid_columns"] = columns
         if batch_errors:
             extra["batch_error"] = batch_errors[0]
         if self.attrs.get("x_names"):

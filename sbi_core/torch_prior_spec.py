@@ -66,6 +66,8 @@ from torch.distributions import (
 )
 from torch.distributions.transforms import _InverseTransform
 
+from sbi_core.user_code import class_label
+
 __all__ = ["DISTRIBUTIONS", "TRANSFORMS", "torch_spec", "torch_from_spec", "UnsupportedPrior"]
 
 #: Distribution classes rebuilt from tensors: class name -> (class, tensor parameter names).
@@ -151,7 +153,7 @@ def torch_spec(dist: Distribution) -> dict[str, Any]:
     name = type(dist).__name__
     entry = DISTRIBUTIONS.get(name)
     if entry is None or type(dist) is not entry[0]:
-        raise UnsupportedPrior(f"{type(dist).__module__}.{type(dist).__qualname__}")
+        raise UnsupportedPrior(class_label(type(dist)))
     cls, names = entry
     if cls is Independent:
         return _node(name, {"reinterpreted_batch_ndims": int(dist.reinterpreted_batch_ndims)},
@@ -170,7 +172,7 @@ def torch_spec(dist: Distribution) -> dict[str, Any]:
 def _transform_spec(t: Transform) -> dict[str, Any]:
     name = type(t).__name__
     if TRANSFORMS.get(name) is not type(t):
-        raise UnsupportedPrior(f"transform {type(t).__module__}.{type(t).__qualname__}")
+        raise UnsupportedPrior(f"transform {class_label(type(t))}")
     params: dict[str, Any] = {}
     children: list[dict[str, Any]] = []
     raw: list[Any] = []

@@ -55,6 +55,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="for a model trained with your own embedding network: module:function "
                         "or file.py:function returning that nn.Module; with several models, "
                         "NAME=module:function for each model that has one (repeatable)")
+    p.add_argument("--problem", action="append", metavar="[NAME=]FILE.py:FUNCTION",
+                   help="for a model trained with a user-written prior class: the problem that "
+                        "defines the prior (never imported from MODEL); with several models, "
+                        "NAME=FILE.py:FUNCTION (repeatable)")
     return p
 
 
@@ -86,7 +90,7 @@ def check_port(host: str, port: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sbi_core.serialization import load
+    from sbi_core.serialization import load_model
 
     try:
         import uvicorn
@@ -113,7 +117,9 @@ def run(args: argparse.Namespace) -> int:
     check_port(args.host, args.port)
     paths = parse_models(args.models)
     embeddings = _embeddings(args.embedding or [], list(paths))
-    models = {name: load(path, embedding=embeddings.get(name)) for name, path in paths.items()}
+    problems = _per_model(args.problem or [], list(paths), "--problem")
+    models = {name: load_model(path, problem=problems.get(name), embedding=embeddings.get(name))
+              for name, path in paths.items()}
     torch.set_num_threads(args.threads)
     app = create_app(models, max_body_bytes=args.max_body_bytes, **limits.to_dict())
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -129,16 +135,22 @@ def _embeddings(refs: list[str], names: list[str]) -> dict:
     """``--embedding`` values → model name → factory (a bare ref needs a single model)."""
     from sbi_core.resolve import resolve_callable
 
+    return {name: resolve_callable(target)
+            for name, target in _per_model(refs, names, "--embedding").items()}
+
+
+def _per_model(refs: list[str], names: list[str], flag: str) -> dict[str, str]:
+    """``[NAME=]module:function`` values of ``flag`` → model name → ``module:function``."""
     out = {}
     for ref in refs:
         name, sep, target = ref.partition("=")
         if not sep:
             if len(names) != 1:
-                raise ValueError(f"--embedding {ref!r}: with several models write "
+                raise ValueError(f"{flag} {ref!r}: with several models write "
                                  f"NAME=module:function (models: {', '.join(names)}).")
             name, target = names[0], ref
         if name not in names:
-            raise ValueError(f"--embedding {ref!r} names no served model (models: "
+            raise ValueError(f"{flag} {ref!r} names no served model (models: "
                              f"{', '.join(names)}).")
-        out[name] = resolve_callable(target)
+        out[name] = target
     return out

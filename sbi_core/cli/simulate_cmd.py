@@ -130,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
                 num_simulations=None if theta is not None else args.num, theta=theta,
                 repair=args.repair, append=args.append)
             prov = store.provenance()
+            if prov["num_invalid"]:
+                prov["invalid_columns"] = store.invalid_summary()
             extra = {"repaired_chunks": store.repaired} if args.repair else {}
         else:
             sims = simulate(problem, None if theta is not None else args.num, seed=args.seed,
