@@ -34,8 +34,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["RowFailures", "Isolation", "isolate_failures", "check_output", "seed_everything",
-           "invalid_columns", "describe_invalid", "describe_invalid_counts",
-           "merge_invalid_columns"]
+           "invalid_columns", "describe_invalid"]
 
 
 class RowFailures(RuntimeError):

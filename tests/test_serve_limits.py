@@ -16,8 +16,7 @@ from serve_helpers import square_posterior, tiny_posterior
 
 from sbi_core import save
 from sbi_core.cli.main import main
-from sbi_core.server import BackgroundServer, create_app
-from sbi_core.server import compute
+from sbi_core.server import BackgroundServer, compute, create_app
 from sbi_core.server.background import free_port
 from sbi_core.server.rng_lock import RNGLock
 
