@@ -95,9 +95,11 @@ def to_inference_data(posterior: Posterior, x: Tensor | None = None, num: int = 
     observed_dims = {"x": obs_dims}
     idata = az.from_dict(posterior=groups["posterior"], prior=groups["prior"],
                          posterior_predictive=groups.get("posterior_predictive"),
-                         dims=dims, attrs=attrs)
+                         dims=dims)
     obs = az.from_dict(observed_data=groups["observed_data"], dims=observed_dims)
     idata.extend(obs)
+    for group in idata.groups():  # from_dict puts attrs on one group only: set them on all
+        idata[group].attrs.update(attrs)
     if pp_attrs:
         idata.posterior_predictive.attrs.update(pp_attrs)
     return idata
