@@ -1,4 +1,4 @@
-"""``sbi-core completion bash|zsh|tcsh``: print a shell-completion script (via ``shtab``).
+"""``sbi-core completion bash|zsh``: print a shell-completion script (via ``shtab``).
 
 Install it once, e.g. for bash::
 
@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 
-SHELLS = ("bash", "zsh", "tcsh")
+SHELLS = ("bash", "zsh")
 #: Options whose values are paths (completed as files).
 FILE_DESTS = {"model", "models", "out", "sims", "x", "theta", "store"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("completion", help="print a shell-completion script (bash, zsh, tcsh)",
+    p = sub.add_parser("completion", help="print a shell-completion script (bash or zsh)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("shell", choices=SHELLS, help="the shell to complete in")
     return p

@@ -6,7 +6,7 @@ No Python traceback reaches a user: every error prints one line naming the probl
 the fix (exit 2 for bad input, 1 for an internal error, 130 for Ctrl-C); ``--debug`` (or
 ``SBI_CORE_DEBUG=1``) re-raises to show the traceback.
 
-``sbi-core --version`` prints the version; ``sbi-core completion bash|zsh|tcsh`` prints a
+``sbi-core --version`` prints the version; ``sbi-core completion bash|zsh`` prints a
 shell-completion script (docs/cli.md).
 """
 
