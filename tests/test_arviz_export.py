@@ -132,3 +132,15 @@ def test_cli_sample_writes_netcdf(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "holds one observation" in err and "--iid" in err
     assert not (tmp_path / "s2.nc").exists()
+
+
+def test_cli_missing_arviz_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    from sbi_core.cli.main import main
+
+    monkeypatch.setitem(sys.modules, "arviz", None)
+    (tmp_path / "x.csv").write_text("0.1,0.2\n")
+    rc = main(["sample", str(tmp_path / "m.pt"), "--x", str(tmp_path / "x.csv"),
+               "--out", str(tmp_path / "s.nc")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert "sbi-core sample: error:" in err and "pip install 'sbi-core[arviz]'" in err

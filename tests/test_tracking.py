@@ -211,3 +211,11 @@ def test_cli_train_log_dir_writes_tensorboard_run(tmp_path, capsys):
     rc = main(["train", "--sims", str(tmp_path / "sims.pt"), "--out", str(tmp_path / "m2.pt"),
                "--max-epochs", "1", "--quiet", "--log-dir", str(tmp_path / "afile")])
     assert rc == 2 and "is a file; pass a folder" in capsys.readouterr().err
+
+
+def test_tensorboard_missing_names_the_extra(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.raises(ImportError, match=r"sbi-core\[tracking\]"):
+        TensorBoardLogger(tmp_path / "run")
