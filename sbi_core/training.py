@@ -51,7 +51,8 @@ class TrainingCallback(Protocol):
     - ``on_best(epoch, val_loss)``: the validation loss reached a new best (weights kept).
     - ``on_stop(reason, history)``: once, after the best weights are restored; ``reason`` is
       ``history.stopped`` (``"converged"``, ``"max_epochs"``, ``"max_seconds"``,
-      ``"diverged"``, ``"interrupted"``) and ``history`` the :class:`TrainingHistory`.
+      ``"diverged"``, ``"interrupted"``; ``"failed"`` when no epoch gave a finite loss and
+      ``train`` then raises) and ``history`` the :class:`TrainingHistory`.
     """
 
     def on_epoch_end(self, epoch: int, train_loss: float, val_loss: float, lr: float,
