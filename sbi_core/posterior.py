@@ -135,6 +135,16 @@ class Posterior:
                              "posterior.set_default_x(x_o).")
         return self._default_x
 
+    # ------------------------------------------------------------------ export
+    def to_inference_data(self, x: Tensor | None = None, num: int = 1000, problem: Any = None,
+                          seed: int | None = 0, **options: Any) -> Any:
+        """Samples at ``x`` as an ``arviz.InferenceData`` (named parameters, prior draws, the
+        observation; MCMC chains kept; posterior predictive only given ``problem``).
+        Needs ``pip install 'sbi-core[arviz]'``; see :mod:`sbi_core.export_arviz`."""
+        from sbi_core.export_arviz import to_inference_data
+
+        return to_inference_data(self, x, num=num, problem=problem, seed=seed, **options)
+
     # ------------------------------------------------------------------ public API
     def sample(self, sample_shape: tuple[int, ...] | int = (), x: Tensor | None = None,
                seed: int | None = None, max_seconds: MaxSeconds = "default",

@@ -11,6 +11,13 @@ zarr store larger than memory, :mod:`sbi_core.streaming`) instead of tensors, an
 multi-process data parallelism (``TrainConfig(distributed=True)`` under ``torchrun``, see
 :mod:`sbi_core.distributed`), where every global minibatch is split across the ranks and
 gradients are averaged by :class:`torch.nn.parallel.DistributedDataParallel`.
+
+Callbacks (``TrainConfig(callbacks=[...])`` or ``train(..., callbacks=[...])``, also
+``fit(..., callbacks=[...])``) observe the loop without changing it: any object with some of
+``on_epoch_end(epoch, train_loss, val_loss, lr, seconds)``, ``on_best(epoch, val_loss)`` and
+``on_stop(reason, history)`` (:class:`TrainingCallback`; loggers in :mod:`sbi_core.tracking`).
+Only rank 0 calls them under DDP. A callback that raises is warned about and dropped; the
+training and its best weights are never lost to a logger.
 """
 
 from __future__ import annotations
@@ -28,7 +35,32 @@ from torch import Tensor, nn
 
 from sbi_core.progress import progress_bar
 
-__all__ = ["TrainConfig", "TrainingHistory", "train", "split_options", "BatchSource"]
+__all__ = ["TrainConfig", "TrainingHistory", "TrainingCallback", "train", "split_options",
+           "BatchSource"]
+
+CALLBACK_HOOKS = ("on_epoch_end", "on_best", "on_stop")
+
+
+@runtime_checkable
+class TrainingCallback(Protocol):
+    """What the training loop calls; implement any subset (missing hooks are skipped).
+
+    - ``on_epoch_end(epoch, train_loss, val_loss, lr, seconds)``: after each epoch
+      (``epoch`` counts from 0; losses are per-sample means; ``lr`` the learning rate used;
+      ``seconds`` the epoch's wall time).
+    - ``on_best(epoch, val_loss)``: the validation loss reached a new best (weights kept).
+    - ``on_stop(reason, history)``: once, after the best weights are restored; ``reason`` is
+      ``history.stopped`` (``"converged"``, ``"max_epochs"``, ``"max_seconds"``,
+      ``"diverged"``, ``"interrupted"``; ``"failed"`` when no epoch gave a finite loss and
+      ``train`` then raises) and ``history`` the :class:`TrainingHistory`.
+    """
+
+    def on_epoch_end(self, epoch: int, train_loss: float, val_loss: float, lr: float,
+                     seconds: float) -> None: ...
+
+    def on_best(self, epoch: int, val_loss: float) -> None: ...
+
+    def on_stop(self, reason: str, history: TrainingHistory) -> None: ...
 
 LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
@@ -57,6 +89,7 @@ class TrainConfig:
     lr_decay_on_plateau: bool = True
     distributed: bool = False
     num_threads: int | None = None
+    callbacks: tuple[Any, ...] | list[Any] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         check_train_config(self)
@@ -93,6 +126,14 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise bad("num_threads", "an integer >= 1 or None (keep torch's setting)")
     if not is_int(cfg.seed):
         raise bad("seed", "an integer")
+    if not isinstance(cfg.callbacks, (list, tuple)):
+        raise bad("callbacks", "a list of callback objects (see sbi_core.tracking)")
+    for cb in cfg.callbacks:
+        if not any(callable(getattr(cb, hook, None)) for hook in CALLBACK_HOOKS):
+            raise ValueError(
+                f"TrainConfig.callbacks: {cb!r} has none of the hooks {list(CALLBACK_HOOKS)}; "
+                "pass e.g. sbi_core.tracking.TensorBoardLogger(log_dir) or an object with "
+                "on_epoch_end(epoch, train_loss, val_loss, lr, seconds).")
 
 
 @runtime_checkable
@@ -230,11 +271,14 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
         if cfg.lr_decay_on_plateau and n_val else None
     )
     history = TrainingHistory(num_train=n_train, num_validation=n_val,
-                              config={k: v for k, v in asdict(cfg).items()})
+                              config=plain_config(cfg))
+    notify = _Notifier(cfg.callbacks if rank == 0 else ())
     best_state = _state_copy(estimator)
     since_best = 0
     start = time.perf_counter()
+    # no total/ETA: early stopping usually ends long before max_epochs
     bar = progress_bar(range(cfg.max_epochs), desc="training", unit="epoch",
+                       bar_format="{desc}: epoch {n_fmt} [{elapsed}, {rate_fmt}{postfix}]",
                        progress=cfg.progress if rank == 0 else False)
     try:
         for epoch in bar:
@@ -261,6 +305,8 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
             history.train_loss.append(train_loss)
             history.validation_loss.append(val_loss)
             history.epoch_seconds.append(time.perf_counter() - t0)
+            notify("on_epoch_end", epoch, train_loss, val_loss,
+                   float(optimizer.param_groups[0]["lr"]), history.epoch_seconds[-1])
             if not math.isfinite(val_loss) or not math.isfinite(train_loss):
                 history.stopped = "diverged"
                 warnings.warn(
@@ -274,11 +320,13 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
                 history.best_validation_loss, history.best_epoch = val_loss, epoch
                 best_state = _state_copy(estimator)
                 since_best = 0 if real else since_best + 1
+                notify("on_best", epoch, val_loss)
             else:
                 since_best += 1
             if scheduler is not None:
                 scheduler.step(val_loss)
-            bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
+            bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}",
+                            best=f"{history.best_validation_loss:.3f}")
             if since_best >= cfg.stop_after_epochs:
                 history.stopped = "converged"
                 break
@@ -299,12 +347,42 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
     finally:
         bar.close()
     if history.best_epoch < 0:
+        notify("on_stop", history.stopped or "failed", history)
         raise RuntimeError("Training produced no finite validation loss; check the data scale "
                            "and lower the learning_rate.")
     estimator.load_state_dict(best_state)
     estimator.eval()
     history.seconds = time.perf_counter() - start
+    notify("on_stop", history.stopped, history)
     return history
+
+
+def plain_config(cfg: TrainConfig) -> dict[str, Any]:
+    """The settings as plain values (saved with models): callbacks are named, not stored."""
+    d = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "callbacks"}
+    if cfg.callbacks:
+        d["callbacks"] = [type(cb).__name__ for cb in cfg.callbacks]
+    return d
+
+
+class _Notifier:
+    """Calls the callbacks' hooks; one that raises is warned about once and dropped."""
+
+    def __init__(self, callbacks: tuple[Any, ...] | list[Any]):
+        self.callbacks = list(callbacks)
+
+    def __call__(self, hook: str, *args: Any) -> None:
+        for cb in list(self.callbacks):
+            fn = getattr(cb, hook, None)
+            if not callable(fn):
+                continue
+            try:
+                fn(*args)
+            except Exception as err:  # a logger must never cost the training
+                self.callbacks.remove(cb)
+                warnings.warn(f"Training callback {type(cb).__name__}.{hook} raised "
+                              f"{type(err).__name__}: {err}; it is switched off for the rest "
+                              "of this training run (training goes on).", stacklevel=3)
 
 
 class _TensorBatches:

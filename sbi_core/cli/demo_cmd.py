@@ -1,14 +1,19 @@
 """``sbi-core demo``: the whole job on built-in defaults.
 
-Two moons, 10,000 simulations, NPE, 10,000 posterior samples for observation 1,
-C2ST against exact reference samples, a pairplot and the saved model. The last line
-printed is a JSON summary.
+Two moons, 10,000 simulations, NPE (a progress bar shows the epoch and the validation
+loss on a terminal), 10,000 posterior samples for observation 1, C2ST against exact
+reference samples, the report card (calibration checks, saved inside the model so the
+explorer of `sbi-core serve` shows it, and as report.json), a pairplot of the posterior
+over the reference in every panel, and the saved model. The last line printed is a JSON
+summary.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+
+from sbi_core.cli.common import positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -27,6 +32,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--max-seconds", type=float, default=None, help="cap on training time")
+    p.add_argument("--report-num", type=positive_int, default=100,
+                   help="test pairs of the report card (default 100)")
+    p.add_argument("--report-samples", type=positive_int, default=500,
+                   help="posterior samples per test pair of the report card (default 500)")
+    p.add_argument("--no-report", action="store_true", help="skip the report card")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
@@ -35,9 +46,11 @@ def run(args: argparse.Namespace) -> int:
 
     from diagnostics.c2st import c2st
     from diagnostics.plots import pairplot
+    from diagnostics.report import diagnose
     from sbi_core.atomic import atomic_write, check_output
     from sbi_core.cli.common import step
     from sbi_core.inference import fit
+    from sbi_core.io import write_json
     from sbi_core.resolve import resolve_problem
     from sbi_core.serialization import save
     from sbi_core.simulation import simulate
@@ -47,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--num-simulations must be at least 10 and --num-samples at least 1.")
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(torch.get_num_threads(), 1))
+    progress = False if args.quiet else None  # None: a bar on a terminal (sbi_core.progress)
     problem = resolve_problem(args.problem)
     x_o = problem.observation(args.observation)
     with step(f"simulating {args.num_simulations} x {problem.name}") as s_sim:
@@ -55,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         s_sim["note"] = f"{sims.num_invalid} invalid"
     with step(f"training NPE ({args.flow})") as s_train:
         posterior = fit(problem, sims, method="npe", flow=args.flow, seed=args.seed,
-                        progress=False, max_seconds=args.max_seconds,
+                        progress=progress, max_seconds=args.max_seconds,
                         theta_transform=args.theta_transform)
         s_train["note"] = f"{posterior.history['epochs']} epochs"
     with step(f"drawing {args.num_samples} posterior samples for observation {args.observation}") \
@@ -66,11 +80,24 @@ def run(args: argparse.Namespace) -> int:
     with step("C2ST against the reference (0.5 = perfect)") as s_c2st:
         score = c2st(samples, reference, seed=args.seed)
         s_c2st["note"] = f"c2st = {score:.3f}"
+    report = None
+    if not args.no_report:
+        with step(f"report card ({args.report_num} test pairs x {args.report_samples} "
+                  "samples)") as s_report:
+            report = diagnose(posterior, problem, num=args.report_num,
+                              num_samples=args.report_samples, seed=args.seed,
+                              progress=progress)
+            report.save()  # into posterior.diagnostics: saved with the model below
+            s_report["note"] = report.status
+        print(report.summary())
     model_path = out / "model.pt"
     plot_path = out / "pairplot.png"
-    with step("saving the model and the pairplot"):
+    with step("saving the model, the report card and the pairplot"):
         save(posterior, model_path)
+        if report is not None:
+            write_json(out / "report.json", report.to_dict())
         with atomic_write(plot_path) as tmp_plot:
+            # the reference is overlaid on the posterior in every panel (1-D and 2-D)
             pairplot(samples, problem.param_names, reference=reference,
                      truth=problem.true_parameters(args.observation), path=tmp_plot,
                      title=f"{problem.name}: NPE vs reference (C2ST {score:.3f})")
@@ -83,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         "sample_seconds": round(s_sample["seconds"], 3),
         "simulate_seconds": round(s_sim["seconds"], 2),
         "reference_seconds": round(s_ref["seconds"], 2),
+        "report_card": report.status if report is not None else None,
+        "report": str(out / "report.json") if report is not None else None,
         "model": str(model_path),
         "pairplot": str(plot_path),
     }

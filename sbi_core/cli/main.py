@@ -5,6 +5,9 @@ Each subcommand lives in its own module ``sbi_core/cli/<name>_cmd.py`` exposing
 No Python traceback reaches a user: every error prints one line naming the problem and
 the fix (exit 2 for bad input, 1 for an internal error, 130 for Ctrl-C); ``--debug`` (or
 ``SBI_CORE_DEBUG=1``) re-raises to show the traceback.
+
+``sbi-core --version`` prints the version; ``sbi-core completion bash|zsh`` prints a
+shell-completion script (docs/cli.md).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import os
 import sys
 
 COMMANDS = ["demo", "simulate", "train", "sample", "diagnose", "robustness", "reference",
-            "benchmark", "serve"]
+            "benchmark", "serve", "completion"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Simulation-based inference: simulate, train amortized posteriors, sample, "
                     "check calibration.",
     )
+    parser.add_argument("--version", action="version", version=version_string(),
+                        help="print the version and exit")
     parser.add_argument("--debug", dest="debug_top", action="store_true",
                         help="show Python tracebacks of errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -42,12 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def version_string() -> str:
+    """``"sbi-core X.Y.Z"`` of the code that runs (``sbi_core.__version__``)."""
+    from sbi_core import __version__
+
+    return f"sbi-core {__version__}"
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input (files, values, names): exit 2 with their message."""
     from sbi_core.posterior import ObservationError, SamplingError
 
+    # ImportError: a missing optional extra; the messages name the pip install to run
     return (ValueError, TypeError, KeyError, IndexError, OSError, ObservationError,
-            SamplingError, ZeroDivisionError)
+            SamplingError, ZeroDivisionError, ImportError)
 
 
 def _message(err: BaseException) -> str:

@@ -1,4 +1,9 @@
-"""``sbi-core sample MODEL --x FILE --num N --out FILE.csv [--seed S] [--iid]``."""
+"""``sbi-core sample MODEL --x FILE --num N --out FILE.csv|FILE.nc [--seed S] [--iid]``.
+
+``--out FILE.nc`` writes an ArviZ ``InferenceData`` (netCDF) for one observation: named
+parameters, MCMC chains kept, prior draws, the observation, and posterior-predictive
+simulations when ``--problem`` is given (needs ``pip install 'sbi-core[arviz]'``).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--x", required=True,
                    help=".csv, .npy or .json with one observation per row")
     p.add_argument("--num", type=positive_int, default=1000, help="samples per observation")
-    p.add_argument("--out", required=True, help="CSV file to write")
+    p.add_argument("--out", required=True,
+                   help="CSV file to write, or FILE.nc for an ArviZ InferenceData (netCDF) of "
+                        "one observation (extra sbi-core[arviz]; docs/tracking_and_export.md)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--embedding", metavar="MODULE:FUNCTION",
                    help="for a model trained with your own embedding network: module:function or "
@@ -29,7 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="MCMC sampler of likelihood/ratio posteriors (nle, nre, ...)")
     p.add_argument("--problem", metavar="PROBLEM",
                    help="FILE.py:FUNCTION giving the prior, needed only when the model was "
-                        "trained with a user-written prior class (never imported from MODEL)")
+                        "trained with a user-written prior class (never imported from MODEL); "
+                        "with --out FILE.nc it also adds posterior-predictive simulations")
     p.add_argument("--num-chains", type=positive_int, help="MCMC chains per observation")
     p.add_argument("--warmup-steps", type=nonnegative_int,
                    help="MCMC warm-up transitions per chain")
@@ -44,8 +52,13 @@ def run(args: argparse.Namespace) -> int:
     from sbi_core.resolve import resolve_callable
     from sbi_core.serialization import load_model
 
-    out = check_output(args.out, "csv", inputs=[args.model, args.x, problem_file(args.problem)],
-                       force=args.force)
+    netcdf = str(args.out).lower().endswith(".nc")
+    out = check_output(args.out, "other" if netcdf else "csv",
+                       inputs=[args.model, args.x, problem_file(args.problem)], force=args.force)
+    if netcdf:
+        from sbi_core.export_arviz import import_arviz
+
+        import_arviz()  # fail before loading anything when the extra is missing
     posterior = load_model(args.model, problem=args.problem,
                            embedding=resolve_callable(args.embedding) if args.embedding else None)
     xs = read_observations(args.x, posterior.x_shape)
@@ -54,17 +67,46 @@ def run(args: argparse.Namespace) -> int:
     if mcmc and not hasattr(posterior, "mcmc_config"):
         raise ValueError(f"--mcmc-method/--num-chains/--warmup-steps apply to MCMC-based "
                          f"posteriors (nle, nre, ...); this model uses {posterior.method!r}.")
+    if netcdf:
+        return _write_netcdf(args, out, posterior, xs, mcmc)
     if args.iid:
-        if not posterior.supports_iid:
-            raise ValueError(
-                f"Method {posterior.method!r} cannot condition on a set of iid observations. "
-                "Use an NPE with a set embedding trained on sets, or NLE/NRE/score methods "
-                "(--method nle|nre|npse|fmpe|pfn)."
-            )
+        _check_iid(posterior)
         samples = posterior.sample((args.num,), x=xs, seed=args.seed, **mcmc)[:, None, :]
     else:
         samples = posterior.sample_batched((args.num,), xs, seed=args.seed, **mcmc)
     write_samples_csv(out, samples, posterior.param_names)
     print(json.dumps({"out": str(args.out), "observations": int(samples.shape[1]),
                       "samples_per_observation": args.num}))
+    return 0
+
+
+def _check_iid(posterior) -> None:
+    if not posterior.supports_iid:
+        raise ValueError(
+            f"Method {posterior.method!r} cannot condition on a set of iid observations. "
+            "Use an NPE with a set embedding trained on sets, or NLE/NRE/score methods "
+            "(--method nle|nre|npse|fmpe|pfn)."
+        )
+
+
+def _write_netcdf(args: argparse.Namespace, out, posterior, xs, mcmc: dict) -> int:
+    """One observation (or one --iid set) → ArviZ InferenceData written to ``out``."""
+    from sbi_core.export_arviz import to_inference_data, write_netcdf
+
+    if args.iid:
+        _check_iid(posterior)
+        x = xs
+    elif xs.shape[0] != 1:
+        raise ValueError(f"--out {args.out}: a .nc file holds one observation, but {args.x} has "
+                         f"{xs.shape[0]} rows; pass a file with one row, add --iid for one set "
+                         "of iid trials, or write a .csv for many observations.")
+    else:
+        x = xs[0]
+    idata = to_inference_data(posterior, x, num=args.num, problem=args.problem, seed=args.seed,
+                              **mcmc)
+    write_netcdf(idata, out)
+    post = idata.posterior
+    print(json.dumps({"out": str(args.out), "groups": list(idata.groups()),
+                      "chains": int(post.sizes["chain"]), "draws": int(post.sizes["draw"]),
+                      "posterior_predictive": "posterior_predictive" in idata.groups()}))
     return 0

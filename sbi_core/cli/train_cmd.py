@@ -2,6 +2,10 @@
 
 ``--stream`` trains from a zarr store chunk by chunk with bounded memory; ``--ddp``
 trains data-parallel across the processes started by ``torchrun`` (rank 0 saves).
+``--log-dir runs/`` logs the training curves, the config and the outcome to TensorBoard
+(``runs/<model name>-<time>``; extra ``sbi-core[tracking]``), ``--mlflow`` to MLflow;
+``--report-card`` runs the diagnostics after training, saves them in the model and logs
+their metrics too (docs/tracking_and_export.md).
 """
 
 from __future__ import annotations
@@ -66,6 +70,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--ddp", action="store_true",
                    help="data-parallel training under torchrun (gloo on CPU, NCCL on GPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--log-dir", metavar="DIR",
+                   help="TensorBoard: write this run's event files to DIR/<model name>-<time> "
+                        "(view with tensorboard --logdir DIR)")
+    p.add_argument("--mlflow", action="store_true",
+                   help="log to MLflow (its active run or a new one; MLFLOW_TRACKING_URI "
+                        "says where; extra sbi-core[mlflow])")
+    p.add_argument("--report-card", action="store_true",
+                   help="after training, run the report card (needs the problem's simulator), "
+                        "save it in the model and log its metrics")
+    p.add_argument("--report-num", type=positive_int, default=200,
+                   help="test pairs of --report-card (default 200)")
     add_force(p)
     return p
 
@@ -110,6 +125,9 @@ def run(args: argparse.Namespace) -> int:
     }.items() if v is not None}
     if args.ddp:
         options["distributed"] = True
+    loggers = _loggers(args, out, problem) if main_process else []
+    if loggers:
+        options["callbacks"] = loggers
     posterior = fit(problem, sims, method=args.method, seed=args.seed, device=device,
                     progress=None if main_process and not args.quiet else False,
                     streaming=args.stream, **options)
@@ -119,11 +137,52 @@ def run(args: argparse.Namespace) -> int:
         shutdown_distributed()
     if not main_process:
         return 0
+    report = None
+    if args.report_card:
+        from diagnostics.report import diagnose
+
+        save(posterior, out)  # the trained model first: nothing trained is lost if this fails
+        report = diagnose(posterior, problem, num=args.report_num, seed=args.seed,
+                          progress=None if not args.quiet else False)
+        report.save()
+        print(report.summary())
     save(posterior, out)
+    for logger in loggers:
+        if report is not None:
+            logger.log_report(report.to_dict(), step=max(posterior.history.get("epochs", 1) - 1, 0))
+        logger.close()
     h = posterior.history
     print(json.dumps({"out": str(args.out), "method": args.method, "epochs": h.get("epochs"),
                       "train_seconds": round(h.get("seconds", 0.0), 2),
                       "best_validation_loss": h.get("best_validation_loss"),
                       "stopped": h.get("stopped"),
-                      "final_train_loss": (h.get("train_loss") or [None])[-1]}))
+                      "final_train_loss": (h.get("train_loss") or [None])[-1],
+                      "report_card": report.status if report is not None else None,
+                      "log_dir": next((lg.log_dir for lg in loggers if hasattr(lg, "log_dir")),
+                                      None)}))
     return 0
+
+
+def _loggers(args: argparse.Namespace, out, problem) -> list:
+    """The TensorBoard / MLflow callbacks asked for on the command line."""
+    import time
+    from pathlib import Path
+
+    from sbi_core.tracking import MLflowLogger, TensorBoardLogger
+
+    params = {"method": args.method, "problem": problem.name, "sims": str(args.sims),
+              "out": str(args.out), "seed": args.seed,
+              "options": {k: v for k, v in vars(args).items()
+                          if k in ("flow", "theta_transform", "embedding", "max_epochs",
+                                   "max_seconds", "batch_size", "learning_rate", "regularizer")
+                          and v is not None}}
+    loggers: list = []
+    if args.log_dir:
+        base = Path(args.log_dir)
+        if base.exists() and not base.is_dir():
+            raise ValueError(f"--log-dir {base} is a file; pass a folder (e.g. runs/).")
+        run_dir = base / f"{Path(out).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        loggers.append(TensorBoardLogger(run_dir, params=params))
+    if args.mlflow:
+        loggers.append(MLflowLogger(params=params))
+    return loggers
