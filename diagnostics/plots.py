@@ -24,7 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from diagnostics.plots_calibration import coverage_plot, sbc_rank_plot, tarp_plot
+from diagnostics.plots_calibration import (
+    below_panels_legend,
+    coverage_plot,
+    sbc_rank_plot,
+    tarp_plot,
+)
 from diagnostics.plots_export import FIGURE_FORMATS, save_figure
 from diagnostics.plots_export import finish as _finish
 from diagnostics.plots_export import pyplot as _pyplot
@@ -50,7 +55,8 @@ def plot_coverage(alpha: Sequence[float], ecp: Sequence[float], ecp_std: Sequenc
 
 
 def plot_sbc_ecdf(ranks, param_names: list[str] | None = None, confidence: float = 0.95,
-                  path: str | Path | None = None, axes: Sequence[Any] | None = None):
+                  path: str | Path | None = None, axes: Sequence[Any] | None = None,
+                  legend: bool = True):
     """ECDF of normalized SBC ranks ``(N, D)`` minus the uniform CDF, one panel per parameter,
     with the simultaneous ``confidence`` band of a uniform ECDF (grey).
 
@@ -74,7 +80,8 @@ def plot_sbc_ecdf(ranks, param_names: list[str] | None = None, confidence: float
     for i in range(d):
         ax = axes[i]
         ecdf = np.searchsorted(np.sort(r[:, i]), z, side="right") / n
-        ax.fill_between(z, lower, upper, color="0.85", lw=0, label=f"{confidence:.0%} band")
+        ax.fill_between(z, lower, upper, color="0.85", lw=0,
+                        label=f"{confidence:.0%} simultaneous band")
         ax.axhline(0, color="k", lw=0.8)
         ax.plot(z, ecdf - z, color="C0", lw=1.5, label="ranks")
         ax.set_xlim(0, 1)
@@ -82,9 +89,12 @@ def plot_sbc_ecdf(ranks, param_names: list[str] | None = None, confidence: float
         ax.set_xlabel("normalized rank")
         if i % cols == 0:
             ax.set_ylabel("ECDF - uniform")
-    axes[0].legend(fontsize=7, frameon=False)
     if fig is None:
+        if legend:
+            axes[0].legend(fontsize=7, frameon=False, loc="best")
         return axes[0].figure
+    if legend:
+        below_panels_legend(fig, axes[0])
     fig.suptitle("SBC: rank ECDF difference", fontsize=10)
     return _finish(fig, path)
 
@@ -143,10 +153,16 @@ def plot_sbc_section(section: dict[str, Any], path: str | Path | None = None,
     for ax in grid.flat:
         if ax not in hist_axes and ax not in ecdf_axes:
             ax.axis("off")
-    sbc_rank_plot(r, param_names=names, axes=hist_axes)
-    plot_sbc_ecdf(r, names, axes=ecdf_axes)
+    sbc_rank_plot(r, param_names=names, axes=hist_axes, legend=False)
+    plot_sbc_ecdf(r, names, axes=ecdf_axes, legend=False)
+    for ax, what in ((hist_axes[0], "histogram"), (ecdf_axes[0], "ECDF")):
+        for artist in (*ax.patches[:1], *ax.collections, *ax.lines[-1:]):
+            if artist.get_label() == "ranks":
+                artist.set_label(f"ranks ({what})")
     status = f" [{section['status']}]" if "status" in section else ""
     fig.suptitle(f"SBC ranks ({len(r)} test pairs){status}", fontsize=10)
+    fig = _finish(fig, None)
+    below_panels_legend(fig, hist_axes[0], ecdf_axes[0])
     return _finish(fig, path)
 
 

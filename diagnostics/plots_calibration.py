@@ -34,6 +34,16 @@ def rank_band(num: int, num_bins: int, confidence: float = 0.99) -> tuple[float,
     return (float(stats.binom.ppf(q, num, p)), num * p, float(stats.binom.ppf(1 - q, num, p)))
 
 
+def below_panels_legend(fig, ax, *more_axes) -> None:
+    """One legend for the whole figure, centred under its panels (outside the data)."""
+    handles, labels = ax.get_legend_handles_labels()
+    for other in more_axes:
+        h, lab = other.get_legend_handles_labels()
+        handles, labels = handles + h, labels + lab
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=min(len(labels), 4), fontsize=7, frameon=False)
+
+
 def coverage_band(alpha: np.ndarray, num: int, confidence: float = 0.95
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Pointwise band of the coverage of a calibrated posterior over ``num`` test pairs.
@@ -48,7 +58,8 @@ def coverage_band(alpha: np.ndarray, num: int, confidence: float = 0.95
 def sbc_rank_plot(ranks: Any, num_bins: int | None = None, param_names: Sequence[str] | None = None,
                   confidence: float = 0.99, num_posterior_samples: int | None = None,
                   path: str | Path | None = None, axes: Sequence[Any] | None = None,
-                  max_cols: int = 4, title: str | None = "SBC rank histograms"):
+                  max_cols: int = 4, title: str | None = "SBC rank histograms",
+                  legend: bool = True):
     """Histogram of SBC ranks per parameter with the binomial ``confidence`` band.
 
     Args:
@@ -57,6 +68,7 @@ def sbc_rank_plot(ranks: Any, num_bins: int | None = None, param_names: Sequence
         num_bins: bins per histogram (default: about 20 ranks per bin, 5 to 30 bins).
         confidence: of the pointwise band (grey) a uniform histogram stays in.
         axes: optional ``D`` axes to draw into (no figure is made or saved then).
+        legend: draw the legend (under the panels of an own figure, else in the first axes).
 
     Returns:
         The figure. Bars outside the band in a U shape: over-confident; a hump:
@@ -88,19 +100,24 @@ def sbc_rank_plot(ranks: Any, num_bins: int | None = None, param_names: Sequence
     edges = np.linspace(0, 1, bins + 1)
     for i in range(d):
         ax = axes[i]
-        ax.fill_between([0, 1], [lower] * 2, [upper] * 2, color="0.85", lw=0,
-                        label=f"{confidence:.0%} band (uniform)")
-        ax.axhline(mean, color="0.4", lw=0.8)
-        ax.hist(np.clip(r[:, i], 0, 1 - 1e-12), bins=edges, color="C0", alpha=0.8,
-                edgecolor="white", lw=0.5, label="ranks")
+        counts, _, _ = ax.hist(np.clip(r[:, i], 0, 1 - 1e-12), bins=edges, color="C0",
+                               alpha=0.75, edgecolor="white", lw=0.5, label="ranks", zorder=1)
+        # the band is drawn over the bars (translucent) so it shows where bars leave it
+        ax.fill_between([0, 1], [lower] * 2, [upper] * 2, color="0.3", alpha=0.22, lw=0,
+                        label=f"{confidence:.0%} band (uniform)", zorder=2)
+        ax.axhline(mean, color="0.25", lw=0.8, zorder=3)
         ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.15 * max(upper, float(np.max(counts))))
         ax.set_title(names[i], fontsize=9)
         ax.set_xlabel("normalized rank")
         if i == 0:
             ax.set_ylabel("count")
-            ax.legend(fontsize=7, frameon=False, loc="lower center")
     if fig is None:
+        if legend:
+            axes[0].legend(fontsize=7, frameon=False, loc="best")
         return axes[0].figure
+    if legend:
+        below_panels_legend(fig, axes[0])
     if title:
         fig.suptitle(title, fontsize=10)
     return finish(fig, path)
