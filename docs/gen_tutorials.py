@@ -35,8 +35,15 @@ def _tutorials() -> list[Path]:
 
 
 def _title(text: str, fallback: str) -> str:
+    """First Markdown heading of a page, or of a tutorial's text cells (``# # Title``)."""
+    tutorial = text.lstrip().startswith("# %%")
     for line in text.splitlines():
-        m = re.match(r"^#+\s+(.+)$", line.strip())
+        line = line.strip()
+        if tutorial:
+            if not line.startswith("# #"):  # only headings inside the comment text count
+                continue
+            line = line[2:]
+        m = re.match(r"^#+\s+(.+)$", line)
         if m:
             return m.group(1).strip()
     return fallback

@@ -108,3 +108,5 @@ def test_nav_lists_new_pages_and_tutorials_by_itself(tmp_path):
     tutorials = config["nav"][2]["Tutorials"]
     assert tutorials[0] == "tutorials/index.md"
     assert len(tutorials) == 1 + len(list((ROOT / "tutorials").glob("*.py")))
+    assert tutorials[1] == {"Quickstart: from a simulator to a trained, saved posterior":
+                            "tutorials/01_quickstart.md"}
