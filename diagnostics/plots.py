@@ -1,6 +1,14 @@
-"""Plots (matplotlib, headless): posterior pairplots and calibration plots.
+"""Plots (matplotlib, headless): posterior and calibration figures, PNG and PDF export.
 
-Calibration plots take plain arrays (or a report-card section dict), so a saved report
+Publication figures (every panel overlays several posteriors and/or a reference):
+
+- :func:`pairplot`, :func:`marginal_plot`, :func:`predictive_plot` (time series), in
+  :mod:`diagnostics.plots_posterior`;
+- :func:`sbc_rank_plot`, :func:`coverage_plot`, :func:`tarp_plot` with confidence bands, in
+  :mod:`diagnostics.plots_calibration`;
+- :func:`save_figure`: write a figure as PNG and PDF, atomically.
+
+Report-card plots take plain arrays (or a report-card section dict), so a saved report
 card can be re-plotted without the model:
 
 - :func:`plot_coverage`: expected coverage ``ECP(alpha)`` vs ``alpha`` (TARP, HPD) with bands;
@@ -15,136 +23,78 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
-__all__ = ["pairplot", "plot_coverage", "plot_sbc_ecdf", "plot_predictive",
-           "plot_coverage_section", "plot_sbc_section", "plot_predictive_section"]
+from diagnostics.plots_calibration import (
+    below_panels_legend,
+    coverage_plot,
+    sbc_rank_plot,
+    tarp_plot,
+)
+from diagnostics.plots_export import FIGURE_FORMATS, save_figure
+from diagnostics.plots_export import finish as _finish
+from diagnostics.plots_export import pyplot as _pyplot
+from diagnostics.plots_posterior import marginal_plot, pairplot, predictive_plot
 
-
-def pairplot(samples: Tensor, param_names: list[str] | None = None,
-             reference: Tensor | None = None, truth: Tensor | None = None,
-             path: str | Path | None = None, title: str | None = None, max_points: int = 5000):
-    """Marginal histograms on the diagonal and pairwise scatter below it.
-
-    Args:
-        samples: posterior samples ``(N, D)``.
-        reference: optional reference samples ``(M, D)`` drawn in grey underneath.
-        truth: optional true parameters ``(D,)`` marked in red.
-        path: save the figure there (PNG) when given.
-
-    Returns:
-        The matplotlib figure.
-    """
-    plt = _pyplot()
-    samples = torch.as_tensor(samples).detach().cpu()
-    d = samples.shape[1]
-    names = param_names or [f"theta_{i + 1}" for i in range(d)]
-    size = min(2.2 * d, 14)
-    fig, axes = plt.subplots(d, d, figsize=(size, size), squeeze=False)
-    show = samples[:max_points]
-    ref = reference[:max_points].cpu() if reference is not None else None
-    for i in range(d):
-        for j in range(d):
-            ax = axes[i, j]
-            if j > i:
-                ax.axis("off")
-                continue
-            if i == j:
-                if ref is not None:
-                    ax.hist(ref[:, i].numpy(), bins=50, density=True, color="0.7", label="reference")
-                ax.hist(show[:, i].numpy(), bins=50, density=True, histtype="step", color="C0",
-                        lw=1.5, label="posterior")
-                if truth is not None:
-                    ax.axvline(float(truth[i]), color="C3")
-                ax.set_yticks([])
-            else:
-                if ref is not None:
-                    ax.scatter(ref[:, j], ref[:, i], s=1, color="0.7", alpha=0.3, rasterized=True)
-                ax.scatter(show[:, j], show[:, i], s=1, color="C0", alpha=0.3, rasterized=True)
-                if truth is not None:
-                    ax.plot(float(truth[j]), float(truth[i]), "x", color="C3", ms=8)
-            if i == d - 1:
-                ax.set_xlabel(names[j])
-            if j == 0 and i > 0:
-                ax.set_ylabel(names[i])
-    if ref is not None:
-        axes[0, 0].legend(fontsize=7, loc="upper right")
-    if title:
-        fig.suptitle(title)
-    return _finish(fig, path)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _finish(fig, path: str | Path | None):
-    fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        _pyplot().close(fig)
-    return fig
+__all__ = ["pairplot", "marginal_plot", "predictive_plot", "sbc_rank_plot", "coverage_plot",
+           "tarp_plot", "save_figure", "FIGURE_FORMATS", "plot_coverage", "plot_sbc_ecdf",
+           "plot_predictive", "plot_coverage_section", "plot_sbc_section",
+           "plot_predictive_section"]
 
 
 def plot_coverage(alpha: Sequence[float], ecp: Sequence[float], ecp_std: Sequence[float] | None = None,
-                  title: str = "Expected coverage", path: str | Path | None = None):
-    """``ECP(alpha)`` against the diagonal, with 1 and 2 bootstrap-std bands when given.
+                  title: str = "Expected coverage", path: str | Path | None = None,
+                  num: int | None = None):
+    """``ECP(alpha)`` against the diagonal, with 1 and 2 bootstrap-std bands when given
+    (and the binomial band of a calibrated posterior given ``num`` test pairs); see
+    :func:`coverage_plot`.
 
     Below the diagonal for ``alpha > 1/2``: over-confident; above: under-confident.
     """
-    plt = _pyplot()
-    a, e = np.asarray(alpha, dtype=float), np.asarray(ecp, dtype=float)
-    fig, ax = plt.subplots(figsize=(4.2, 4.2))
-    ax.plot([0, 1], [0, 1], ls="--", color="k", lw=1, label="calibrated")
-    if ecp_std is not None and np.any(np.asarray(ecp_std) > 0):
-        s = np.asarray(ecp_std, dtype=float)
-        for k, shade in ((2, 0.15), (1, 0.3)):
-            ax.fill_between(a, np.clip(e - k * s, 0, 1), np.clip(e + k * s, 0, 1), color="C0",
-                            alpha=shade, lw=0, label=f"{k} std (bootstrap)")
-    ax.plot(a, e, color="C0", lw=2, label="ECP")
-    ax.set_xlabel("credibility level alpha")
-    ax.set_ylabel("expected coverage")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="upper left")
-    return _finish(fig, path)
+    return coverage_plot(alpha, ecp, num=num, ecp_std=ecp_std, title=title, path=path,
+                         label="ECP")
 
 
 def plot_sbc_ecdf(ranks, param_names: list[str] | None = None, confidence: float = 0.95,
-                  path: str | Path | None = None):
+                  path: str | Path | None = None, axes: Sequence[Any] | None = None,
+                  legend: bool = True):
     """ECDF of normalized SBC ranks ``(N, D)`` minus the uniform CDF, one panel per parameter,
-    with the simultaneous ``confidence`` band of a uniform ECDF (grey)."""
+    with the simultaneous ``confidence`` band of a uniform ECDF (grey).
+
+    ``axes``: optional ``D`` axes to draw into (no figure is made or saved then).
+    """
     from diagnostics.sbc import ecdf_band
 
-    plt = _pyplot()
     r = np.asarray(ranks, dtype=float)
     n, d = r.shape
     names = param_names or [f"theta_{i + 1}" for i in range(d)]
     z, lower, upper = ecdf_band(n, confidence)
+    fig = None
     cols = min(d, 4)
-    rows = -(-d // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        if i >= d:
+    if axes is None:
+        rows = -(-d // cols)
+        fig, grid = _pyplot().subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows),
+                                       squeeze=False)
+        axes = list(grid.flat)
+        for ax in axes[d:]:
             ax.axis("off")
-            continue
+    for i in range(d):
+        ax = axes[i]
         ecdf = np.searchsorted(np.sort(r[:, i]), z, side="right") / n
-        ax.fill_between(z, lower, upper, color="0.8", lw=0, label=f"{confidence:.0%} band")
+        ax.fill_between(z, lower, upper, color="0.85", lw=0,
+                        label=f"{confidence:.0%} simultaneous band")
         ax.axhline(0, color="k", lw=0.8)
-        ax.plot(z, ecdf - z, color="C0", lw=1.5)
+        ax.plot(z, ecdf - z, color="C0", lw=1.5, label="ranks")
+        ax.set_xlim(0, 1)
         ax.set_title(names[i], fontsize=9)
         ax.set_xlabel("normalized rank")
         if i % cols == 0:
             ax.set_ylabel("ECDF - uniform")
-    axes.flat[0].legend(fontsize=7)
+    if fig is None:
+        if legend:
+            axes[0].legend(fontsize=7, frameon=False, loc="best")
+        return axes[0].figure
+    if legend:
+        below_panels_legend(fig, axes[0])
     fig.suptitle("SBC: rank ECDF difference", fontsize=10)
     return _finish(fig, path)
 
@@ -175,16 +125,45 @@ def plot_predictive(pvalues: Sequence[float], distance_quantiles, scale: float |
 
 
 def plot_coverage_section(section: dict[str, Any], path: str | Path | None = None):
-    """Plot a ``tarp`` / ``tarp_x`` / ``coverage`` report-card section."""
+    """Plot a ``tarp`` / ``tarp_x`` / ``coverage`` report-card section.
+
+    With ``section["num_test_pairs"]`` (added by :meth:`DiagnosisReport.plots`) the binomial
+    band of a calibrated posterior is drawn around the diagonal.
+    """
     data = section["data"]
-    return plot_coverage(data["alpha"], data["ecp"], data.get("ecp_std"),
-                         title=f"{section.get('title', '')} [{section['status']}]", path=path)
+    title = f"{section.get('title', '')} [{section['status']}]"
+    return coverage_plot(data["alpha"], data["ecp"], num=section.get("num_test_pairs"),
+                         ecp_std=data.get("ecp_std"), title=title, path=path)
 
 
-def plot_sbc_section(section: dict[str, Any], path: str | Path | None = None):
-    """Plot an ``sbc`` report-card section."""
+def plot_sbc_section(section: dict[str, Any], path: str | Path | None = None,
+                     max_cols: int = 5):
+    """Plot an ``sbc`` report-card section: rank histograms with their binomial band (top
+    row) and the rank ECDF difference with its simultaneous band (bottom row), per parameter."""
     data = section["data"]
-    return plot_sbc_ecdf(data["ranks"], data.get("param_names"), path=path)
+    r = np.asarray(data["ranks"], dtype=float)
+    d = r.shape[1]
+    names = data.get("param_names")
+    cols = min(d, max_cols)
+    blocks = -(-d // cols)
+    fig, grid = _pyplot().subplots(2 * blocks, cols, figsize=(2.9 * cols, 4.6 * blocks),
+                                   squeeze=False)
+    hist_axes = [grid[2 * (i // cols), i % cols] for i in range(d)]
+    ecdf_axes = [grid[2 * (i // cols) + 1, i % cols] for i in range(d)]
+    for ax in grid.flat:
+        if ax not in hist_axes and ax not in ecdf_axes:
+            ax.axis("off")
+    sbc_rank_plot(r, param_names=names, axes=hist_axes, legend=False)
+    plot_sbc_ecdf(r, names, axes=ecdf_axes, legend=False)
+    for ax, what in ((hist_axes[0], "histogram"), (ecdf_axes[0], "ECDF")):
+        for artist in (*ax.patches[:1], *ax.collections, *ax.lines[-1:]):
+            if artist.get_label() == "ranks":
+                artist.set_label(f"ranks ({what})")
+    status = f" [{section['status']}]" if "status" in section else ""
+    fig.suptitle(f"SBC ranks ({len(r)} test pairs){status}", fontsize=10)
+    fig = _finish(fig, None)
+    below_panels_legend(fig, hist_axes[0], ecdf_axes[0])
+    return _finish(fig, path)
 
 
 def plot_predictive_section(section: dict[str, Any], path: str | Path | None = None):

@@ -7,7 +7,8 @@ samples the posterior for all of them at once, runs every registered check and r
 Extension point: a check is a function ``fn(ctx: DiagnosisContext) -> dict`` returning a
 *section* ``{"status": "pass"|"warn"|"fail"|"skip", "why": str, "metrics": {...},
 "data": {...}}`` of plain values (``data`` feeds the optional plot function
-``plot(section, path) -> Figure``). Register it once and every ``diagnose`` call (and the
+``plot(section, path) -> Figure``, called with ``path=None`` by :meth:`DiagnosisReport.plots`,
+which saves the returned figure as PNG and PDF). Register it once and every ``diagnose`` call (and the
 ``sbi-core diagnose`` command) runs it::
 
     from diagnostics.report import register_check
@@ -124,6 +125,8 @@ class DiagnosisReport:
     sections: dict[str, dict[str, Any]]
     meta: dict[str, Any]
     posterior: Posterior | None = None
+    #: The run's context (test pairs, problem), for posterior figures; not saved.
+    context: DiagnosisContext | None = field(default=None, repr=False, compare=False)
 
     @property
     def status(self) -> str:
@@ -155,19 +158,37 @@ class DiagnosisReport:
         return cls(sections=dict(card["sections"]), meta=dict(card.get("meta", {})),
                    posterior=posterior)
 
-    def plots(self, directory: str | Path) -> list[Path]:
-        """Write one PNG per check that has a plot into ``directory``; returns the paths."""
+    def plots(self, directory: str | Path, formats: Sequence[str] = ("png", "pdf")
+              ) -> list[Path]:
+        """Write each check's figure, as PNG and PDF (``formats``), into ``directory``.
+
+        A report fresh from :func:`diagnose` also writes ``pairplot``, ``marginals`` and, for
+        time-series x, ``predictive_series`` (:func:`diagnostics.plots_report.posterior_figures`).
+        Returns the paths written.
+        """
+        from diagnostics.plots import save_figure
+        from diagnostics.plots_export import pyplot
+
         load_check_modules()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        paths = []
+        figures: dict[str, Any] = {}
         for name, sec in self.sections.items():
             check = CHECKS.get(name)
             if check is None or check.plot is None or sec["status"] == "skip" or not sec.get("data"):
                 continue
-            path = directory / f"{name}.png"
-            check.plot(sec, path)
-            paths.append(path)
+            figures[name] = check.plot({**sec, "num_test_pairs": self.meta.get("num_test_pairs")},
+                                       None)
+        if self.posterior is not None and self.context is not None:
+            from diagnostics.plots_report import posterior_figures
+
+            figures.update(posterior_figures(self.context))
+        paths = []
+        for name, fig in figures.items():
+            if fig is None:
+                continue
+            paths.extend(save_figure(fig, directory / name, formats))
+            pyplot().close(fig)
         return paths
 
     def save(self, path: str | Path | None = None) -> Path | None:
@@ -245,7 +266,7 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
             f"simulated from problem {getattr(problem, 'name', '?')!r}",
             "param_names": ctx.param_names,
             "seconds": round(time.perf_counter() - start, 3)}
-    return DiagnosisReport(sections, meta, posterior)
+    return DiagnosisReport(sections, meta, posterior, context=ctx)
 
 
 def _resolve(posterior: Posterior, problem: Problem | str | None, need: bool) -> Problem | None:

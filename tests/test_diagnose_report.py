@@ -61,8 +61,9 @@ def test_trained_npe_passes_the_report_card(trained, tmp_path):
     card = report.to_dict()
     json.dumps(card)  # plain values only
     figures = report.plots(tmp_path / "figs")
-    assert {p.name for p in figures} == {"tarp.png", "tarp_x.png", "sbc.png", "coverage.png",
-                                         "predictive.png"}
+    # one figure per check plus the posterior figures, each as PNG and PDF
+    assert {p.name for p in figures} == {f"{stem}.{fmt}" for fmt in ("png", "pdf") for stem in (
+        "tarp", "tarp_x", "sbc", "coverage", "predictive", "pairplot", "marginals")}
     assert all(p.stat().st_size > 1000 for p in figures)
 
     report.save(tmp_path / "with_card.pt")

@@ -1,8 +1,9 @@
 """``sbi-core diagnose MODEL [--sims FILE | --problem PROBLEM --num N] [--out DIR] [--save]``.
 
 Runs the report card (TARP, SBC, HPD coverage, reference comparison, predictive checks)
-on a trained model, writes ``DIR/report.json`` and one PNG per check, and prints the
-summary. Test pairs come from a held-out simulation file (``--sims``) or are simulated
+on a trained model, writes ``DIR/report.json`` and every figure (one per check, the
+pairplot, the marginals and, for time-series x, the posterior predictive) as PNG and PDF,
+and prints the summary. Test pairs come from a held-out simulation file (``--sims``) or are simulated
 from the problem (``--problem``, default: the problem recorded in the model).
 """
 
@@ -19,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("diagnose", help="check a trained posterior's calibration (report card)",
                        description="Run calibration diagnostics (TARP, SBC, expected coverage, "
                                    "reference C2ST/MMD, posterior predictive) on a model and "
-                                   "write a JSON report card and PNG figures.")
+                                   "write a JSON report card and figures (PNG and PDF).")
     p.add_argument("model", metavar="MODEL", help="model file from `sbi-core train`")
     p.add_argument("--sims", help="held-out simulation file for the test pairs (not the "
                                   "training set); .pt from `sbi-core simulate` or .npz")
