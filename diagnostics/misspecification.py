@@ -326,7 +326,7 @@ def posterior_features(posterior: Any) -> tuple[str, Callable[[Tensor], Tensor] 
 
 def fit_detector(source: Any, x_train: Tensor, seed: int = 0, x_holdout: Tensor | None = None,
                  alpha: float = 0.05, density: str = "auto", holdout_fraction: float = 0.2,
-                 max_holdout: int = 2000, num_reference: int = 1000, num_sets: int = 500,
+                 max_holdout: int = 2000, num_reference: int = 1000, num_sets: int = 1000,
                  hidden_features: int = 32, num_transforms: int = 3, max_epochs: int = 100,
                  max_seconds: float = 10.0) -> MisspecificationDetector:
     """Train a :class:`MisspecificationDetector` on training simulations ``x_train``.
