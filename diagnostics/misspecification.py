@@ -15,7 +15,8 @@ z-scored ``x`` through the embedding net) when it has one, else the z-scored, fl
   heuristic on the reference set, the same for the null and the observation); null from
   held-out simulations (``m = 1``: every held-out row; ``m > 1``: ``num_sets`` random sets
   of ``m`` held-out rows, computed once per ``m`` and cached);
-  ``p = (1 + #{null >= T}) / (n_null + 1)``.
+  ``p = (1 + #{null >= T}) / (n_null + 1)``. For a set, the density test combines the
+  per-observation p-values by Simes' method (any atypical member).
 
 Both p-values are uniform under the null (held-out simulations are exchangeable with a
 fresh well-specified ``x_o``), so each test's false-alarm rate is its level ``alpha``. The
@@ -164,7 +165,6 @@ class MisspecificationDetector:
         t = self.tensors
         self._null_logq = t["null_logq"].sort().values
         self._null_mmd: dict[int, Tensor] = {1: t["null_mmd"].sort().values}
-        self._null_set_logq: dict[int, Tensor] = {}
 
     # ------------------------------------------------------------------ features
     def features(self, xs: Tensor) -> Tensor:
@@ -218,21 +218,25 @@ class MisspecificationDetector:
         return MisspecificationResult(density_p, mmd_p, self.alpha, 1)
 
     def test_set(self, xs: Tensor) -> MisspecificationResult:
-        """Test one set of ``m`` observations ``(m, *x_shape)`` as a whole (``B = 1``): the
-        MMD between the set and the training features, and the mean ``log q`` of the set,
-        each against ``num_sets`` held-out sets of the same size."""
+        """Test one set of ``m`` observations ``(m, *x_shape)`` as a whole (``B = 1``).
+
+        MMD: between the set and the reference features, against ``num_sets`` held-out sets
+        of the same size. Density: Simes' combination of the ``m`` per-observation density
+        p-values, ``min_i m p_(i) / i`` ("some observation of the set is atypical"; valid for
+        independent observations, with no resampling of the held-out rows, so heavy lower
+        tails of ``log q`` cannot make it anti-conservative)."""
         z = self.features(xs)
         m = int(z.shape[0])
         if m == 1:
             return self.test_features(z)
         self._null_for(m)
-        lq = self.log_q(z).mean()[None]
-        stat = self._mmd_sets(z[None])
-        return MisspecificationResult(_p_low(self._null_set_logq[m], lq),
-                                      _p_high(self._null_mmd[m], stat), self.alpha, m)
+        p_rows = _p_low(self._null_logq, self.log_q(z)).sort().values
+        simes = (m * p_rows / torch.arange(1, m + 1)).min().clamp(max=1.0)[None]
+        return MisspecificationResult(simes, _p_high(self._null_mmd[m], self._mmd_sets(z[None])),
+                                      self.alpha, m)
 
     def _null_for(self, m: int) -> None:
-        """Null statistics of held-out sets of size ``m`` (cached)."""
+        """Null MMD statistics of held-out sets of size ``m`` (cached)."""
         if m in self._null_mmd:
             return
         held = self.tensors["holdout"]
@@ -244,9 +248,7 @@ class MisspecificationDetector:
         k = int(self.config["num_sets"])
         gen = torch.Generator().manual_seed(int(self.config["seed"]) + 7919 * m)
         idx = torch.rand(k, n, generator=gen).argsort(1)[:, :m]  # m distinct rows per set
-        sets = held[idx]
-        self._null_mmd[m] = self._mmd_sets(sets).sort().values
-        self._null_set_logq[m] = self.log_q(held)[idx].mean(1).sort().values
+        self._null_mmd[m] = self._mmd_sets(held[idx]).sort().values
 
     # ------------------------------------------------------------------ saving
     def state(self) -> dict[str, Any]:

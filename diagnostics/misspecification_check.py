@@ -1,5 +1,5 @@
 """The report card's ``misspecification`` section: are the given observations like the
-training simulations? Runs when ``diagnose(..., observations=xs)`` (CLI: ``sbi-core diagnose
+training simulations? Runs (added to the default checks) when ``diagnose(..., observations=xs)`` (CLI: ``sbi-core diagnose
 MODEL --x obs.csv``) gives observations ``(B, *x_shape)`` and the posterior has a detector
 (:mod:`diagnostics.misspecification`); skipped otherwise.
 
@@ -65,4 +65,4 @@ def misspecification_check(ctx: DiagnosisContext) -> dict[str, Any]:
 
 
 register_check("misspecification", misspecification_check, None,
-               "Misspecification (observation vs training simulations)")
+               "Misspecification (observation vs training simulations)", default=False)

@@ -222,6 +222,8 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
         theta, xs = calibration_pairs(problem, sims, num=num, seed=seed)
     _check_shapes(posterior, theta, xs)
     names = list(checks) if checks is not None else [n for n, c in CHECKS.items() if c.default]
+    if checks is None and options.get("observations") is not None:
+        names.append("misspecification")  # runs when observations are given
     unknown = [n for n in names if n not in CHECKS]
     if unknown:
         raise ValueError(f"Unknown check(s) {unknown}; available: {sorted(CHECKS)}.")
