@@ -221,7 +221,8 @@ class MisspecificationDetector:
         """Test one set of ``m`` observations ``(m, *x_shape)`` as a whole (``B = 1``).
 
         MMD: between the set and the reference features, against ``num_sets`` held-out sets
-        of the same size. Density: Simes' combination of the ``m`` per-observation density
+        of the same size (drawn with replacement when ``m`` exceeds half the held-out
+        rows). Density: Simes' combination of the ``m`` per-observation density
         p-values, ``min_i m p_(i) / i`` ("some observation of the set is atypical"; valid for
         independent observations, with no resampling of the held-out rows, so heavy lower
         tails of ``log q`` cannot make it anti-conservative)."""
@@ -241,13 +242,12 @@ class MisspecificationDetector:
             return
         held = self.tensors["holdout"]
         n = held.shape[0]
-        if m > n // 2:
-            raise ValueError(f"A set of {m} observations is too large for this detector's "
-                             f"{n} held-out simulations (at most {n // 2}); refit it with more "
-                             "simulations (posterior.fit_detector(sims)) or test fewer rows.")
         k = int(self.config["num_sets"])
         gen = torch.Generator().manual_seed(int(self.config["seed"]) + 7919 * m)
-        idx = torch.rand(k, n, generator=gen).argsort(1)[:, :m]  # m distinct rows per set
+        if m <= n // 2:
+            idx = torch.rand(k, n, generator=gen).argsort(1)[:, :m]  # m distinct rows per set
+        else:  # sets too large for distinct rows: bootstrap (with replacement), as BayesFlow
+            idx = torch.randint(0, n, (k, m), generator=gen)
         self._null_mmd[m] = self._mmd_sets(held[idx]).sort().values
 
     # ------------------------------------------------------------------ saving
@@ -266,8 +266,9 @@ class MisspecificationDetector:
 
         Raises ``ValueError`` naming what is wrong for a damaged or foreign state."""
         if not isinstance(state, dict) or state.get("format") != DETECTOR_FORMAT:
-            raise ValueError(f"the detector entry has format {state.get('format') if isinstance(state, dict) else type(state).__name__!r}"
-                             f", this sbi-core reads format {DETECTOR_FORMAT}")
+            got = state.get("format") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"the detector entry has format {got!r}, this sbi-core reads "
+                             f"format {DETECTOR_FORMAT}")
         config, tensors = state.get("config"), state.get("tensors")
         if not isinstance(config, dict) or not isinstance(tensors, dict) or \
                 not all(isinstance(v, Tensor) for v in tensors.values()):
@@ -330,7 +331,7 @@ def fit_detector(source: Any, x_train: Tensor, seed: int = 0, x_holdout: Tensor 
                  alpha: float = 0.05, density: str = "auto", holdout_fraction: float = 0.2,
                  max_holdout: int = 2000, num_reference: int = 1000, num_sets: int = 1000,
                  hidden_features: int = 32, num_transforms: int = 3, max_epochs: int = 100,
-                 max_seconds: float = 10.0) -> MisspecificationDetector:
+                 max_seconds: float = 5.0) -> MisspecificationDetector:
     """Train a :class:`MisspecificationDetector` on training simulations ``x_train``.
 
     Args:

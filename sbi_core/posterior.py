@@ -323,19 +323,10 @@ class Posterior:
         mode = "error" if strict else self.misspecification
         if self.detector is None or mode == "off":
             return
-        from diagnostics.misspecification import (MisspecificationError,
-                                                  MisspecificationWarning)
+        from diagnostics.misspecification import MisspecificationError, MisspecificationWarning
 
         if self.is_iid_batch(xs, self.x_shape):
-            try:
-                results = [self.detector.test_set(s) for s in xs]
-            except ValueError:  # sets larger than the detector's null: test their rows
-                rows = self.detector.test(xs.reshape(-1, *self.x_shape))
-                m = xs.shape[1]
-                results = [type(rows)((rows.density_p.reshape(-1, m).min(1).values * m
-                                       ).clamp(max=1.0),
-                                      (rows.mmd_p.reshape(-1, m).min(1).values * m).clamp(max=1.0),
-                                      rows.alpha, 1)]
+            results = [self.detector.test_set(s) for s in xs]
             if len(results) == 1:
                 res = results[0]
             else:

@@ -217,3 +217,19 @@ def test_per_observation_cost_is_small():
     post.detector.test(xs)
     per = (time.perf_counter() - t0) / 1000
     assert per < 0.01, per  # target < 10 ms per observation (batched); measured ~0.05 ms
+
+
+def test_iid_sets_are_tested_as_sets():
+    """The hook of posteriors that take iid sets ``(B, n, *x_shape)`` tests each set as a
+    whole (MMD of the set, Simes over its rows), also sets larger than half the held-out
+    rows (bootstrap null)."""
+    post = _posterior()
+    det = post.detector
+    clean = _sims("gaussian_linear", 1000, 5)[:20]
+    post._check_misspecification(clean[None], strict=True)  # a clean set of 20 passes
+    with pytest.raises(MisspecificationError, match="set of observations"):
+        post._check_misspecification((clean + 0.5 * NOISE_SD)[None], strict=True)
+    big = _sims("gaussian_linear", 1000, 5)[:det.tensors["holdout"].shape[0] // 2 + 1]
+    post._check_misspecification(big[None], strict=True)  # larger than half the null: bootstrap
+    with pytest.raises(MisspecificationError):
+        post._check_misspecification((big + 0.5 * NOISE_SD)[None], strict=True)
