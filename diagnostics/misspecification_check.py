@@ -1,7 +1,8 @@
 """The report card's ``misspecification`` section: are the given observations like the
 training simulations? Runs (added to the default checks) when ``diagnose(...,
-observations=xs)`` (CLI: ``sbi-core diagnose MODEL --x obs.csv``) gives observations ``(B, *x_shape)`` and the posterior has a detector
-(:mod:`diagnostics.misspecification`); skipped otherwise.
+observations=xs)`` (CLI: ``sbi-core diagnose MODEL --x obs.csv``) gives observations
+``(B, *x_shape)`` and the posterior has a detector (:mod:`diagnostics.misspecification`);
+skipped otherwise.
 
 Each observation gets both tests' p-values; with ``B > 1`` rows the set is also tested as a
 whole (MMD between the set and the training features). The section fails when any row is
