@@ -6,7 +6,7 @@ skipped otherwise.
 
 Each observation gets both tests' p-values; with ``B > 1`` rows the set is also tested as a
 whole (MMD between the set and the training features). The section fails when any row is
-rejected after Bonferroni over ``2 B`` tests, or the set test rejects at ``alpha / 2``.
+rejected after Bonferroni over ``2 B`` tests, or the set's MMD test rejects at ``alpha``.
 """
 
 from __future__ import annotations
