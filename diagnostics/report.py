@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from diagnostics.testset import calibration_pairs, posterior_samples
@@ -98,7 +99,8 @@ class Check:
 #: name -> Check, in run order. Built-in checks are added by ``diagnostics.checks``.
 CHECKS: dict[str, Check] = {}
 #: Modules imported before checks run; each registers its checks on import.
-CHECK_MODULES: list[str] = ["diagnostics.checks", "diagnostics.robustness_check"]
+CHECK_MODULES: list[str] = ["diagnostics.checks", "diagnostics.robustness_check",
+                             "diagnostics.misspecification_check"]
 
 
 def load_check_modules() -> None:
@@ -227,14 +229,22 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
         checks: names of checks to run (default: all registered default checks, in order).
         seed: seeds test simulations, sampling and the checks.
         **options: per-check options, e.g. ``tarp_references`` (function ``xs -> (N, D)``),
-            ``num_predictive_observations``, ``num_reference_observations``.
+            ``num_predictive_observations``, ``num_reference_observations``,
+            ``observations`` (``(B, *x_shape)``: the ``misspecification`` check; with
+            ``checks=["misspecification"]`` no test pairs are needed).
     """
     load_check_modules()
     start = time.perf_counter()
-    problem = _resolve(posterior, problem, need=sims is None)
-    theta, xs = calibration_pairs(problem, sims, num=num, seed=seed)
+    if checks is not None and list(checks) == ["misspecification"] and sims is None \
+            and problem is None:  # only the observations are tested: no test pairs needed
+        theta, xs = torch.zeros(0, posterior.dim), torch.zeros(0, *posterior.x_shape)
+    else:
+        problem = _resolve(posterior, problem, need=sims is None)
+        theta, xs = calibration_pairs(problem, sims, num=num, seed=seed)
     _check_shapes(posterior, theta, xs)
     names = list(checks) if checks is not None else [n for n, c in CHECKS.items() if c.default]
+    if checks is None and options.get("observations") is not None:
+        names.append("misspecification")  # runs when observations are given
     unknown = [n for n in names if n not in CHECKS]
     if unknown:
         raise ValueError(f"Unknown check(s) {unknown}; available: {sorted(CHECKS)}.")

@@ -23,7 +23,10 @@ from sbi_core.problem import Problem
 from sbi_core.simulation_set import SimulationSet
 from sbi_core.training import split_options, train
 
-__all__ = ["fit", "check_theta_in_support"]
+__all__ = ["fit", "check_theta_in_support", "MIN_DETECTOR_SIMS"]
+
+#: Fewest simulations for which ``fit`` trains the misspecification detector.
+MIN_DETECTOR_SIMS = 500
 
 
 def _discrete_x_options(problem: Problem, m: Method, options: dict[str, Any]) -> dict[str, Any]:
@@ -42,7 +45,7 @@ def _discrete_x_options(problem: Problem, m: Method, options: dict[str, Any]) ->
 
 
 def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os.PathLike,
-        method: str = "npe", seed: int = 0, streaming: bool = False,
+        method: str = "npe", seed: int = 0, streaming: bool = False, detector: bool = True,
         **options: Any) -> Posterior:
     """Train an estimator of ``method`` on ``sims`` and return its :class:`Posterior`.
 
@@ -55,6 +58,11 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
         seed: fixes initialization, the validation split and minibatch order.
         streaming: train from a zarr store chunk by chunk with bounded memory instead of
             loading it (``sims`` must be the store's path; see :mod:`sbi_core.streaming`).
+        detector: train the misspecification detector (``posterior.detector``, saved with
+            the model; a few seconds; :mod:`diagnostics.misspecification`) on the training x,
+            its null from the validation rows; False skips it. Skipped for fewer than
+            ``MIN_DETECTOR_SIMS`` (500) simulations (train one with
+            ``posterior.fit_detector(sims)``).
         **options: training options (``batch_size``, ``learning_rate``, ``max_epochs``,
             ``max_seconds``, ``device``, ``progress``, ... see :class:`TrainConfig`) and
             estimator options (e.g. ``flow="nsf"``, ``hidden_features=64``, ``embedding=...``).
@@ -87,7 +95,9 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
     options = _discrete_x_options(problem, m, options)
     try:
         if m.fit is not None:
-            return m.fit(problem, (theta, x), seed=seed, **options)
+            posterior = m.fit(problem, (theta, x), seed=seed, **options)
+            return _with_detector(posterior, x, None, seed) \
+                if detector and x.shape[0] >= MIN_DETECTOR_SIMS else posterior
         train_config, estimator_options = split_options(
             {**m.training_defaults(options), **options, "seed": seed})
         problem_spec = problem.spec()  # before training: nothing after it may lose the estimator
@@ -103,7 +113,31 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
                 f" ({columns}); first error: {sims.provenance.get('first_error')}. "
                 f"Training on the valid ones failed: {err}") from err
         raise
-    return m.make_posterior(estimator, problem.prior, problem_spec, history.to_dict())
+    posterior = m.make_posterior(estimator, problem.prior, problem_spec, history.to_dict())
+    if not detector or x.shape[0] < MIN_DETECTOR_SIMS:
+        return posterior
+    # the detector's null comes from the rows the training loop held out for validation
+    # (same seeded split as training._TensorBatches), never seen by the estimator
+    n_val = int(round(train_config.validation_fraction * x.shape[0]))
+    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
+    return _with_detector(posterior, x[perm[n_val:]], x[perm[:n_val]], seed)
+
+
+def _with_detector(posterior: Posterior, x: Tensor, x_holdout: Tensor | None,
+                   seed: int) -> Posterior:
+    """``posterior`` with its misspecification detector trained; when that fails the
+    posterior is returned without one and a warning says why (nothing trained is lost)."""
+    from diagnostics.misspecification import fit_detector
+
+    try:
+        posterior.detector = fit_detector(posterior, x, seed=seed, x_holdout=x_holdout)
+    except (ValueError, RuntimeError, TypeError) as err:
+        warnings.warn(f"The misspecification detector was not trained ({err}); the posterior "
+                      "is fine, but sample cannot warn about observations unlike the training "
+                      "simulations. Train it with posterior.fit_detector(sims) using more "
+                      "simulations, or pass detector=False to fit to skip it.", UserWarning,
+                      stacklevel=3)
+    return posterior
 
 
 def check_theta_in_support(problem: Problem, theta: Tensor) -> None:

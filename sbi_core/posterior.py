@@ -40,6 +40,8 @@ __all__ = ["Posterior", "DirectPosterior", "ObservationError", "SamplingError",
            "SamplingTimeoutError", "seeded", "MAP_BUDGET_ADVICE"]
 
 RangeCheck = Literal["error", "warn", "off"]
+#: What ``sample`` does when the misspecification detector rejects an observation.
+MisspecificationCheck = Literal["error", "warn", "off"]
 #: ``max_seconds`` argument: seconds, ``None`` (no limit), a running :class:`Budget`, or
 #: ``"default"`` (the posterior's ``max_seconds``).
 MaxSeconds = float | None | Budget | Literal["default"]
@@ -102,6 +104,10 @@ class Posterior:
         self._bounds = support_bounds(prior)
         self.max_seconds: float | None = self.default_max_seconds
         self._default_x: Tensor | None = None
+        #: Misspecification detector (:mod:`diagnostics.misspecification`), saved with the
+        #: model; ``sample`` tests each observation with it (``misspecification``).
+        self.detector: Any = None
+        self.misspecification: MisspecificationCheck = "warn"
 
     # ------------------------------------------------------------------ default observation
     def set_default_x(self, x: Tensor | None) -> Posterior:
@@ -148,23 +154,32 @@ class Posterior:
     # ------------------------------------------------------------------ public API
     def sample(self, sample_shape: tuple[int, ...] | int = (), x: Tensor | None = None,
                seed: int | None = None, max_seconds: MaxSeconds = "default",
-               **kwargs: Any) -> Tensor:
+               strict: bool = False, **kwargs: Any) -> Tensor:
         """Draw samples for one observation ``x`` (``x_shape``) → ``(*sample_shape, D)``.
 
         ``max_seconds`` bounds the call's wall time (``"default"``: :attr:`max_seconds`;
         ``None``: no limit); past it a :class:`SamplingTimeoutError` says how far it got.
+        With a misspecification :attr:`detector`, an observation unlike the training
+        simulations gets a ``MisspecificationWarning`` naming the tests and p-values
+        (``strict=True``: a ``MisspecificationError``; docs/trust.md).
         """
         shape = _shape(sample_shape)
         xs = self._single_x(x)
+        self._check_misspecification(xs, strict)
         return self.sample_batched(shape, xs, seed=seed, max_seconds=max_seconds,
                                    _checked=True, **kwargs)[..., 0, :]
 
     def sample_batched(self, sample_shape: tuple[int, ...] | int, xs: Tensor,
                        seed: int | None = None, max_seconds: MaxSeconds = "default",
-                       _checked: bool = False, **kwargs: Any) -> Tensor:
-        """Draw samples for each of ``B`` observations → ``(*sample_shape, B, D)``."""
+                       _checked: bool = False, strict: bool = False, **kwargs: Any) -> Tensor:
+        """Draw samples for each of ``B`` observations → ``(*sample_shape, B, D)``.
+
+        Observations are tested for misspecification as in :meth:`sample` (one warning per
+        call; Bonferroni over the ``B`` observations)."""
         shape = _shape(sample_shape)
-        xs = xs if _checked else self._check_x(xs, batched=True)
+        if not _checked:
+            xs = self._check_x(xs, batched=True)
+            self._check_misspecification(xs, strict)
         n = math.prod(shape)
         if n == 0:
             return torch.empty(*shape, xs.shape[0], self.dim)
@@ -277,6 +292,68 @@ class Posterior:
         return None
 
     # ------------------------------------------------------------------ checks
+    def fit_detector(self, sims: Any, seed: int = 0, **options: Any) -> Any:
+        """Train (or retrain) the misspecification :attr:`detector` on simulations ``sims``
+        (a ``SimulationSet``, ``(theta, x)`` pair or ``x`` ``(N, *x_shape)``; best: ones the
+        estimator was not trained on); options go to
+        :func:`diagnostics.misspecification.fit_detector`. Returns the detector."""
+        from diagnostics.misspecification import fit_detector
+        from sbi_core.simulation_set import SimulationSet
+
+        if isinstance(sims, SimulationSet):
+            x = sims.training_data()[1]
+        elif isinstance(sims, (tuple, list)):
+            x = torch.as_tensor(sims[1], dtype=torch.float32)
+        else:
+            x = torch.as_tensor(sims, dtype=torch.float32)
+        if tuple(x.shape[1:]) != self.x_shape:
+            raise ValueError(f"fit_detector needs simulations x of shape (N, *{self.x_shape}), "
+                             f"got {tuple(x.shape)}.")
+        self.detector = fit_detector(self, x, seed=seed, **options)
+        return self.detector
+
+    def misspecification_test(self, x: Tensor) -> Any:
+        """p-values of the detector's tests for one observation or an iid set (``x_shape`` /
+        ``(n, *x_shape)``), or for a batch ``(B, *x_shape)`` → ``MisspecificationResult``."""
+        if self.detector is None:
+            raise ValueError("This posterior has no misspecification detector: train one with "
+                             "posterior.fit_detector(sims) (fit trains it unless "
+                             "detector=False).")
+        x = _as_numbers(x, "x", str(self.x_shape), ObservationError)
+        if tuple(x.shape) == self.x_shape:
+            x = x.unsqueeze(0)
+        if tuple(x.shape[1:]) != self.x_shape:
+            raise ObservationError(f"The observations have shape {tuple(x.shape)}; expected "
+                                   f"{self.x_shape} or (B, *{self.x_shape}).")
+        return self.detector.test(self._check_values(x))
+
+    def _check_misspecification(self, xs: Tensor, strict: bool) -> None:
+        """Warn (``strict``: raise) when the detector rejects observations ``xs`` (a batch
+        ``(B, *x_shape)`` or of iid sets ``(B, n, *x_shape)``); Bonferroni over the batch."""
+        mode = "error" if strict else self.misspecification
+        if self.detector is None or mode == "off":
+            return
+        from diagnostics.misspecification import MisspecificationError, MisspecificationWarning
+
+        if self.is_iid_batch(xs, self.x_shape):
+            results = [self.detector.test_set(s) for s in xs]
+            if len(results) == 1:
+                res = results[0]
+            else:
+                res = type(results[0])(torch.cat([r.density_p for r in results]),
+                                       torch.cat([r.mmd_p for r in results]),
+                                       results[0].alpha, results[0].set_size)
+        else:
+            res = self.detector.test(xs)
+        family = int(res.density_p.shape[0])
+        if not bool(res.flagged(family).any()):
+            return
+        if mode == "error":
+            raise MisspecificationError(res.message(family))
+        import warnings
+
+        warnings.warn(res.message(family), MisspecificationWarning, stacklevel=4)
+
     def prior_scale(self) -> Tensor:
         low, high = self._bounds
         finite = torch.isfinite(low) & torch.isfinite(high)

@@ -65,6 +65,9 @@ def save(posterior: Posterior, path: str | Path) -> Path:
         "history": _plain(posterior.history),
         "diagnostics": _plain(posterior.diagnostics),
     }
+    detector = getattr(posterior, "detector", None)
+    if detector is not None and detector.config.get("features") != "module":
+        payload["detector"] = detector.state()  # plain values and tensors only
     try:
         with atomic_write(path) as tmp:
             torch.save(payload, tmp)
@@ -160,7 +163,30 @@ def load(path: str | Path, device: str = "cpu", prior: Any = None,
         raise ModelFileError(f"{path} is damaged: its problem spec or posterior settings are "
                              f"invalid ({type(err).__name__}: {err}). Re-save the model or "
                              "retrain it.") from err
+    if payload.get("detector") is not None:
+        _load_detector(posterior, payload["detector"], path)
     return posterior
+
+
+def _load_detector(posterior: Posterior, state: Any, path: Path) -> None:
+    """Rebuild the saved misspecification detector from plain values (nothing imported from
+    the file); a damaged one is dropped with a warning, the posterior still loads."""
+    from diagnostics.misspecification import MisspecificationDetector, posterior_features
+
+    try:
+        if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+            raise ValueError("the detector entry is not a dict of plain values")
+        _check_numbers(state["config"], path, "detector.config")
+        kind, fn = posterior_features(posterior)
+        if state["config"].get("features") == "context" and kind != "context":
+            raise ValueError("it was fitted on embedding features this estimator lacks")
+        posterior.detector = MisspecificationDetector.from_state(
+            state, fn if state["config"].get("features") == "context" else None)
+    except (ModelFileError, KeyError, RuntimeError, TypeError, ValueError) as err:
+        warnings.warn(f"{path}: its misspecification detector could not be rebuilt ({err}); "
+                      "the posterior loads without it. Retrain it with "
+                      "posterior.fit_detector(sims) and save the model again.", UserWarning,
+                      stacklevel=3)
 
 
 def load_model(path: str | Path, problem: Any = None, device: str = "cpu",

@@ -1,4 +1,7 @@
-"""``sbi-core diagnose MODEL [--sims FILE | --problem PROBLEM --num N] [--out DIR] [--save]``.
+"""``sbi-core diagnose MODEL [--sims FILE | --problem PROBLEM --num N] [--x OBS] [--out DIR] [--save]``.
+
+``--x obs.csv`` tests those observations for misspecification (alone when neither
+``--sims`` nor ``--problem`` is given).
 
 Runs the report card (TARP, SBC, HPD coverage, reference comparison, predictive checks)
 on a trained model, writes ``DIR/report.json`` and every figure (one per check, the
@@ -31,13 +34,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--samples", type=positive_int, default=1000,
                    help="posterior samples per test observation (default 1000)")
     p.add_argument("--checks", help="comma-separated subset of checks "
-                                    "(tarp,tarp_x,sbc,coverage,reference,predictive)")
+                                    "(tarp,tarp_x,sbc,coverage,reference,predictive,"
+                                    "misspecification)")
     p.add_argument("--out", help="output folder (default: MODEL's name + '_diagnostics')")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--embedding", metavar="MODULE:FUNCTION",
                    help="for a model trained with your own embedding network: module:function or "
                         "file.py:function returning that nn.Module (its weights come from the "
                         "model file; see docs/embeddings.md)")
+    p.add_argument("--x", metavar="FILE",
+                   help="observations (.csv/.npy/.json, one per row) to test for "
+                        "misspecification against the training simulations (docs/trust.md); "
+                        "without --sims/--problem only this check runs")
     p.add_argument("--save", action="store_true",
                    help="also store the report card inside MODEL")
     p.add_argument("--strict", action="store_true", help="exit with status 1 if a check fails")
@@ -56,11 +64,20 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Path(args.model).with_name(
         Path(args.model).stem + "_diagnostics")
-    check_output(out, "directory", inputs=[args.model, args.sims, problem_file(args.problem)])
+    check_output(out, "directory", inputs=[args.model, args.sims, problem_file(args.problem),
+                                           args.x])
     posterior = load_model(args.model, problem=args.problem,
                            embedding=resolve_callable(args.embedding) if args.embedding else None)
     sims = SimulationSet.load(args.sims) if args.sims else None
-    if args.problem:
+    observations = None
+    if args.x:
+        from sbi_core.io import read_observations
+
+        observations = read_observations(args.x, posterior.x_shape)
+    only_x = observations is not None and sims is None and not args.problem
+    if only_x:  # only the observations are tested
+        problem = None
+    elif args.problem:
         problem = resolve_problem(args.problem)
     elif sims is None:  # a recorded built-in name is used; a recorded path is only shown
         problem = recorded_problem(posterior.problem_spec.get("source"), args.model)
@@ -73,9 +90,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         problem = None  # diagnose() uses a recorded built-in problem, warns about a path
     checks = [c.strip() for c in args.checks.split(",") if c.strip()] if args.checks else None
+    if only_x:
+        checks = ["misspecification"]
+    extra = {} if observations is None else {"observations": observations}
     report = diagnose(posterior, problem=problem, sims=sims, num=args.num,
                       num_samples=args.samples, checks=checks, seed=args.seed,
-                      progress=False if args.quiet else None)
+                      progress=False if args.quiet else None, **extra)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report.to_dict())
     figures = report.plots(out)

@@ -41,6 +41,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--num-chains", type=positive_int, help="MCMC chains per observation")
     p.add_argument("--warmup-steps", type=nonnegative_int,
                    help="MCMC warm-up transitions per chain")
+    p.add_argument("--strict", action="store_true",
+                   help="fail (exit 1) when an observation does not look like the training "
+                        "simulations (misspecification tests, docs/trust.md) instead of warning")
     add_force(p)
     return p
 
@@ -71,9 +74,11 @@ def run(args: argparse.Namespace) -> int:
         return _write_netcdf(args, out, posterior, xs, mcmc)
     if args.iid:
         _check_iid(posterior)
-        samples = posterior.sample((args.num,), x=xs, seed=args.seed, **mcmc)[:, None, :]
+        samples = posterior.sample((args.num,), x=xs, seed=args.seed, strict=args.strict,
+                                   **mcmc)[:, None, :]
     else:
-        samples = posterior.sample_batched((args.num,), xs, seed=args.seed, **mcmc)
+        samples = posterior.sample_batched((args.num,), xs, seed=args.seed, strict=args.strict,
+                                           **mcmc)
     write_samples_csv(out, samples, posterior.param_names)
     print(json.dumps({"out": str(args.out), "observations": int(samples.shape[1]),
                       "samples_per_observation": args.num}))

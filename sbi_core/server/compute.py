@@ -97,6 +97,23 @@ class Job:
         trials = checked.shape[1] if post.is_iid_batch(checked, post.x_shape) else 1
         return checked, batched, trials
 
+    def misspecification(self, xs: Tensor, batched: bool) -> dict[str, Any] | None:
+        """The detector's p-values and verdict for checked observations ``xs`` (one
+        observation: numbers; ``xs`` given: lists of ``B``), or None without a detector
+        (docs/trust.md)."""
+        det = getattr(self.post, "detector", None)
+        if det is None:
+            return None
+        with torch.no_grad():
+            if self.post.is_iid_batch(xs, self.post.x_shape):
+                parts = [det.test_set(s) for s in xs]
+                res = type(parts[0])(torch.cat([r.density_p for r in parts]),
+                                     torch.cat([r.mmd_p for r in parts]), parts[0].alpha,
+                                     parts[0].set_size)
+            else:
+                res = det.test(xs)
+        return res.to_dict() if batched else res.to_dict(0)
+
     def check_n(self, n: int, what: str = "n (samples per observation)") -> None:
         if n < 1:
             raise HTTPException(422, f"{what} is {n}; ask for at least 1.")

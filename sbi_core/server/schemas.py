@@ -125,6 +125,10 @@ class SampleResponse(BaseModel):
     mcmc: MCMCDiagnostics | None = Field(None, description="MCMC diagnostics (MCMC posteriors "
                                          "only; null otherwise)")
     warnings: list[str] = Field(default_factory=list, description=_WARNINGS_DOC)
+    misspecification: dict[str, Any] | None = Field(
+        None, description="misspecification tests of the observation(s) against the training "
+        "simulations: density_p, mmd_p, verdict ('ok' / 'misspecified'), alpha (lists for xs);"
+        " null when the model has no detector (docs/trust.md)")
 
 
 class LogProbResponse(BaseModel):
@@ -145,6 +149,7 @@ class SummaryResponse(BaseModel):
     quantiles: dict[str, list[Any]] = Field(..., description="level -> (D,) or (B, D)")
     mcmc: MCMCDiagnostics | None = None
     warnings: list[str] = Field(default_factory=list, description=_WARNINGS_DOC)
+    misspecification: dict[str, Any] | None = None
 
 
 def _scalar(value: Any, where: str) -> float:

@@ -101,6 +101,7 @@ async function update() {
     state.retries = 0;
     render();
     renderSampling(data.mcmc, data.warnings || []);
+    renderMisspecification(data.misspecification || null);
     setStatus(`${data.samples.length} samples in ${Math.round(performance.now() - t0)} ms`, "idle");
   } catch (err) {
     if (err.name === "AbortError") return;
@@ -114,6 +115,27 @@ async function update() {
     state.retries = 0;
     setStatus(err.message, "error");
   }
+}
+
+/* Badge on the observation panel: do the detector's tests find the observation unlike the
+   training simulations? (docs/trust.md) Hidden when the model has no detector. */
+function renderMisspecification(m) {
+  const box = $("misspecification");
+  box.replaceChildren();
+  box.hidden = !m;
+  box.dataset.verdict = m ? m.verdict : "";
+  if (!m) return;
+  const badge = document.createElement("span");
+  badge.id = "misspecification-badge";
+  const bad = m.verdict === "misspecified";
+  badge.className = bad ? "badge bad" : "badge ok";
+  const fmt = v => (+v).toPrecision(2);
+  badge.textContent = (bad ? "Unlike the training simulations" : "Like the training simulations") +
+                      ` (density p ${fmt(m.density_p)} · MMD p ${fmt(m.mmd_p)})`;
+  badge.title = `Misspecification tests at level ${m.alpha} (Bonferroni over the two tests). ` +
+                (bad ? "The posterior for this observation cannot be trusted." :
+                       "No rejection does not prove the simulator right.");
+  box.append(badge);
 }
 
 /* MCMC diagnostics (R-hat, ESS) and the server's warnings about the shown samples. */

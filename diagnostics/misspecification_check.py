@@ -1,0 +1,69 @@
+"""The report card's ``misspecification`` section: are the given observations like the
+training simulations? Runs (added to the default checks) when ``diagnose(...,
+observations=xs)`` (CLI: ``sbi-core diagnose MODEL --x obs.csv``) gives observations
+``(B, *x_shape)`` and the posterior has a detector (:mod:`diagnostics.misspecification`);
+skipped otherwise.
+
+Each observation gets both tests' p-values; with ``B > 1`` rows the set is also tested as a
+whole (MMD between the set and the training features). The section fails when any row is
+rejected after Bonferroni over ``2 B`` tests, or the set's MMD test rejects at ``alpha``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from diagnostics.report import DiagnosisContext, register_check
+
+__all__ = ["misspecification_section", "misspecification_check"]
+
+
+def misspecification_section(posterior: Any, xs: torch.Tensor) -> dict[str, Any]:
+    """Section ``{"status", "why", "metrics", "data"}`` for observations ``xs``."""
+    det = posterior.detector
+    if det is None:
+        return {"status": "skip", "why": "the model has no misspecification detector; train "
+                "one with posterior.fit_detector(sims) and save the model."}
+    xs = torch.as_tensor(xs, dtype=torch.float32)
+    if tuple(xs.shape) == tuple(posterior.x_shape):
+        xs = xs[None]
+    res = det.test(posterior._check_values(xs))
+    b = int(xs.shape[0])
+    rows = res.flagged(b)
+    metrics: dict[str, Any] = {"density_p": res.density_p.tolist(), "mmd_p": res.mmd_p.tolist(),
+                               "alpha": res.alpha, "num_observations": b,
+                               "num_flagged": int(rows.sum())}
+    set_bad = False
+    if b > 1:
+        s = det.test_set(xs)
+        metrics.update({"set_density_p": float(s.density_p[0]), "set_mmd_p": float(s.mmd_p[0])})
+        set_bad = bool(s.flagged()[0])
+    detail = (f"density test p = {', '.join(f'{p:.3g}' for p in res.density_p[:10].tolist())}"
+              f"; MMD test p = {', '.join(f'{p:.3g}' for p in res.mmd_p[:10].tolist())}"
+              + (" ..." if b > 10 else "")
+              + (f"; set of {b}: density p = {metrics['set_density_p']:.3g}, MMD p = "
+                 f"{metrics['set_mmd_p']:.3g}" if "set_mmd_p" in metrics else ""))
+    if bool(rows.any()) or set_bad:
+        why = (f"{int(rows.sum())} of {b} observation(s)"
+               + (" and the set as a whole" if set_bad else "")
+               + f" do not look like the training simulations (level {res.alpha}, Bonferroni); "
+               f"{detail}. The posterior there cannot be trusted (docs/trust.md).")
+        return {"status": "fail", "why": why, "metrics": metrics,
+                "data": res.to_dict()}
+    return {"status": "pass", "why": f"the {b} observation(s) look like the training "
+            f"simulations; {detail}. (No rejection does not prove the model right.)",
+            "metrics": metrics, "data": res.to_dict()}
+
+
+def misspecification_check(ctx: DiagnosisContext) -> dict[str, Any]:
+    xs = ctx.options.get("observations")
+    if xs is None:
+        return {"status": "skip", "why": "no observation was given (diagnose(..., "
+                "observations=x_o) or `sbi-core diagnose --x obs.csv`)."}
+    return misspecification_section(ctx.posterior, xs)
+
+
+register_check("misspecification", misspecification_check, None,
+               "Misspecification (observation vs training simulations)", default=False)
