@@ -27,9 +27,17 @@ def sims():
 
 @pytest.mark.parametrize("variant", ["nf", "general"])
 def test_flags_miscalibrated_passes_calibrated(sims, variant):
-    exact = local_c2st(gaussian_posterior(), sims, X_O, variant=variant, **OPTS)
-    shifted = local_c2st(gaussian_posterior(shift=0.5), sims, X_O, variant=variant, **OPTS)
-    wide = local_c2st(gaussian_posterior(scale=1.6), sims, X_O, variant=variant, **OPTS)
+    if variant == "general":
+        exact = local_c2st(gaussian_posterior(), sims, X_O, variant=variant, **OPTS)
+        null = None
+    else:  # the NF null is estimator-independent: train it once, reuse it for the others
+        null = LC2ST(gaussian_posterior(), sims.theta, sims.x, variant=variant, **OPTS).fit()
+        exact = null.test(X_O)
+
+    def run(post):
+        return LC2ST(post, sims.theta, sims.x, variant=variant, **OPTS).fit(null_from=null).test(X_O)
+
+    shifted, wide = run(gaussian_posterior(shift=0.5)), run(gaussian_posterior(scale=1.6))
     assert exact.variant == variant
     assert exact.p_value > 0.1, exact.p_value
     assert shifted.p_value <= 0.05, shifted.p_value
@@ -117,3 +125,54 @@ def test_npe_to_base_inverts_sampling(flow):
         th = est.from_z(zt)
         back = est.to_base(th, xs)
     assert torch.allclose(back, z, atol=1e-4)
+
+
+def test_report_card_runs_lc2st_when_x_given(tmp_path):
+    from diagnostics.report import diagnose
+
+    problem = linear_gaussian(2)
+    opts = {"lc2st_num_null": 39, "lc2st_epochs": 20, "lc2st_num_eval": 500}
+    bad = diagnose(gaussian_posterior(shift=0.6), problem=problem, num=400, num_samples=50,
+                   checks=None, x=torch.stack([X_O, -X_O]), progress=False, **opts)
+    sec = bad.sections["lc2st"]
+    assert sec["status"] == "fail", sec["why"]
+    assert len(sec["metrics"]["p_values"]) == 2 and sec["metrics"]["variant"] == "nf"
+    assert len(sec["data"]["pp"]) == 2 and len(sec["data"]["alpha"]) == 101
+    paths = bad.plots(tmp_path)
+    assert (tmp_path / "lc2st.png") in paths and (tmp_path / "lc2st.png").stat().st_size > 0
+    good = diagnose(gaussian_posterior(), problem=problem, num=400, num_samples=50,
+                    checks=["lc2st"], x=X_O, progress=False, **opts)
+    assert good.sections["lc2st"]["status"] == "pass", good.sections["lc2st"]["why"]
+    no_x = diagnose(gaussian_posterior(), problem=problem, num=100, num_samples=20,
+                    checks=["lc2st"], progress=False)
+    assert no_x.sections["lc2st"]["status"] == "skip"
+
+
+def test_cli_diagnose_with_x(tmp_path, capsys):
+    import json
+
+    from sbi_core import fit, save
+    from sbi_core.cli.main import main
+
+    problem = linear_gaussian(2)
+    sims = simulate(problem, 600, seed=0, progress=False)
+    post = fit(problem, sims, seed=0, max_epochs=5, progress=False, hidden_features=16,
+               num_transforms=2)
+    model = tmp_path / "m.pt"
+    save(post, model)
+    obs = tmp_path / "obs.csv"
+    obs.write_text("0.5,-0.3\n")
+    out = tmp_path / "diag"
+    rc = main(["diagnose", str(model), "--problem", "linear_gaussian", "--num", "200",
+               "--samples", "50", "--checks", "lc2st", "--x", str(obs), "--out", str(out),
+               "--quiet"])
+    assert rc == 0
+    card = json.loads((out / "report.json").read_text())
+    sec = card["sections"]["lc2st"]
+    assert sec["status"] in ("pass", "warn", "fail") and len(sec["metrics"]["p_values"]) == 1
+    assert (out / "lc2st.png").exists()
+    capsys.readouterr()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("0.5,-0.3,1.0\n")
+    assert main(["diagnose", str(model), "--problem", "linear_gaussian", "--checks", "lc2st",
+                 "--x", str(bad), "--out", str(tmp_path / "d2"), "--quiet"]) != 0

@@ -1,7 +1,7 @@
 """``sbi-core diagnose MODEL [--sims FILE | --problem PROBLEM --num N] [--out DIR] [--save]``.
 
-Runs the report card (TARP, SBC, HPD coverage, reference comparison, predictive checks)
-on a trained model, writes ``DIR/report.json`` and one PNG per check, and prints the
+Runs the report card (TARP, SBC, HPD coverage, reference comparison, predictive checks;
+with ``--x FILE`` also the checks at that observation, e.g. L-C2ST) on a trained model, writes ``DIR/report.json`` and one PNG per check, and prints the
 summary. Test pairs come from a held-out simulation file (``--sims``) or are simulated
 from the problem (``--problem``, default: the problem recorded in the model).
 """
@@ -33,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                     "(tarp,tarp_x,sbc,coverage,reference,predictive)")
     p.add_argument("--out", help="output folder (default: MODEL's name + '_diagnostics')")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--x", metavar="FILE",
+                   help="your observation(s) (.csv, .npy or .json, one per row): adds the checks "
+                        "at that observation (L-C2ST local calibration)")
     p.add_argument("--embedding", metavar="MODULE:FUNCTION",
                    help="for a model trained with your own embedding network: module:function or "
                         "file.py:function returning that nn.Module (its weights come from the "
@@ -55,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Path(args.model).with_name(
         Path(args.model).stem + "_diagnostics")
-    check_output(out, "directory", inputs=[args.model, args.sims, problem_file(args.problem)])
+    check_output(out, "directory", inputs=[args.model, args.sims, args.x,
+                                           problem_file(args.problem)])
     posterior = load_model(args.model, problem=args.problem,
                            embedding=resolve_callable(args.embedding) if args.embedding else None)
     sims = SimulationSet.load(args.sims) if args.sims else None
@@ -72,9 +76,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         problem = None  # diagnose() uses a recorded built-in problem, warns about a path
     checks = [c.strip() for c in args.checks.split(",") if c.strip()] if args.checks else None
+    extra = {}
+    if args.x:
+        from sbi_core.io import read_observations
+
+        extra["x"] = read_observations(args.x, tuple(posterior.x_shape))
     report = diagnose(posterior, problem=problem, sims=sims, num=args.num,
                       num_samples=args.samples, checks=checks, seed=args.seed,
-                      progress=False if args.quiet else None)
+                      progress=False if args.quiet else None, **extra)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report.to_dict())
     figures = report.plots(out)
