@@ -52,7 +52,7 @@ def _closed_form(rule: str, post: UncertainEvidencePosterior):
 def test_rules_match_closed_forms(rule):
     post = gaussian_posterior().given_uncertain_x(
         _evidence(), rule=rule, num_evidence=256 if rule == "jeffrey" else 64,
-        simulator=linear_gaussian(2), seed=1)
+        simulator=linear_gaussian(2), oversampling=16, seed=1)
     samples = post.sample((N,), seed=2)
     assert samples.shape == (N, 2)
     ref = _closed_form(rule, post).sample((N,))
@@ -68,7 +68,7 @@ def test_rules_differ():
     var = {}
     for rule in ("jeffrey", "virtual", "distributional"):
         s = base.given_uncertain_x(_evidence(), rule=rule, simulator=linear_gaussian(2),
-                                   seed=1).sample((4000,), seed=3)
+                                   oversampling=8, seed=1).sample((2000,), seed=3)
         var[rule] = float(s.var(0).mean())
     assert abs(var["jeffrey"] - 0.36) < 0.04        # 0.2 + 0.64 * 0.25
     assert abs(var["virtual"] - 0.3333) < 0.04       # 0.5 / 1.5
