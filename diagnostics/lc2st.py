@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sbi_core.posterior import Posterior, seeded
+from sbi_core.posterior import Posterior
 
 __all__ = ["LC2ST", "LC2STResult", "local_c2st", "nf_available"]
 
@@ -75,7 +75,7 @@ class LC2STResult:
 
     def reject(self, level: float = 0.05) -> bool:
         """True when the posterior is rejected at ``x_o`` at significance ``level``."""
-        return self.p_value < level
+        return self.p_value <= level
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (JSON- and model-file-safe); ``probs`` left out."""

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from _analytic_gaussian import gaussian_posterior
-from diagnostics.lc2st import LC2ST, local_c2st, nf_available
+
+from diagnostics import local_c2st
+from diagnostics.lc2st import LC2ST, nf_available
 from sbi_core import simulate
 from simulators.linear_gaussian import linear_gaussian
 

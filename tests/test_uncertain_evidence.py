@@ -18,9 +18,9 @@ import math
 
 import pytest
 import torch
+from _analytic_gaussian import gaussian_posterior
 from torch.distributions import Independent, MultivariateNormal, Normal
 
-from _analytic_gaussian import gaussian_posterior
 from diagnostics.c2st import c2st
 from sbi_core.uncertain import UncertainEvidencePosterior
 from simulators.linear_gaussian import linear_gaussian
