@@ -62,8 +62,14 @@ def main() -> None:
     ap.add_argument("--sims", type=int, default=5000)
     ap.add_argument("--general", default="exact,shift0.3,npe,npe+shift",
                     help="posteriors also tested with the general (permutation) variant")
+    ap.add_argument("--far", type=int, default=0,
+                    help="only measure the false-alarm rate: this many replicates of the exact "
+                         "posterior, fresh calibration data each (NF variant)")
     args = ap.parse_args()
     print(f"load average at start: {os.getloadavg()}")
+    if args.far:
+        false_alarm_rate(args)
+        return
     problem = linear_gaussian(2)
     t0 = time.perf_counter()
     npe = fit(problem, simulate(problem, args.sims, seed=100, progress=False), seed=0,
@@ -132,6 +138,25 @@ def main() -> None:
     print("\nseconds (median): " + ", ".join(
         f"fit {k} {statistics.median(v):.1f}" for k, v in fit_s.items() if v) + "; " +
           ", ".join(f"test {k} {statistics.median(v):.3f}" for k, v in test_s.items() if v))
+    print(f"load average at end: {os.getloadavg()}")
+
+
+def false_alarm_rate(args: argparse.Namespace) -> None:
+    """Rejection rate at p <= 0.05 for the exact posterior over ``args.far`` replicates."""
+    from scipy.stats import binomtest
+
+    problem, post = linear_gaussian(2), gaussian_posterior()
+    ps = []
+    t0 = time.perf_counter()
+    for r in range(args.far):
+        sims = simulate(problem, args.num_cal, seed=10_000 + r, progress=False)
+        ps.append(LC2ST(post, sims.theta, sims.x, variant="nf", num_null=args.num_null,
+                        epochs=args.epochs, seed=r).fit().test(X_O).p_value)
+    rej = sum(p <= 0.05 for p in ps)
+    ci = binomtest(rej, len(ps)).proportion_ci(0.95)
+    print(f"false-alarm rate (exact posterior, NF, {args.num_cal} pairs, {args.num_null} null, "
+          f"{args.epochs} epochs): {rej}/{len(ps)} = {rej / len(ps):.3f} "
+          f"(95% CI {ci.low:.3f}-{ci.high:.3f}); {time.perf_counter() - t0:.0f} s")
     print(f"load average at end: {os.getloadavg()}")
 
 

@@ -148,6 +148,8 @@ class UncertainEvidencePosterior:
 
         shape = _shape(sample_shape)
         n = math.prod(shape)
+        if n == 0:
+            return torch.empty(*shape, self.dim)
         with seeded(seed), torch.no_grad():
             if self.rule == "jeffrey":
                 out = self._mixture_sample(n)

@@ -120,3 +120,4 @@ def test_recorded_builtin_problem_is_used_for_virtual():
     theta, logw = post.sample_and_log_weights(500, seed=0)
     assert theta.shape == (500, 2) and logw.shape == (500,)
     assert math.isfinite(float(torch.logsumexp(logw, 0)))
+    assert post.sample((0,)).shape == (0, 2) and post.sample(()).shape == (2,)
