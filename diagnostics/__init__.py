@@ -1,11 +1,13 @@
 """Diagnostics that see only the Posterior interface: calibration (TARP, SBC, HPD coverage),
-two-sample distances (C2ST, MMD), posterior predictive checks and the report card.
+two-sample distances (C2ST, MMD), local calibration at one observation (L-C2ST), posterior
+predictive checks and the report card.
 
 Start with :func:`diagnose`; see docs/diagnostics.md.
 """
 
 from diagnostics.c2st import c2st
 from diagnostics.coverage import CoverageResult, expected_coverage, run_expected_coverage
+from diagnostics.lc2st import LC2ST, LC2STResult, local_c2st
 from diagnostics.mmd import mmd, mmd_test
 from diagnostics.predictive import PredictiveResult, predictive_check
 from diagnostics.report import (
@@ -24,12 +26,15 @@ __all__ = [
     "CoverageResult",
     "DiagnosisContext",
     "DiagnosisReport",
+    "LC2ST",
+    "LC2STResult",
     "PredictiveResult",
     "SBCResult",
     "TarpResult",
     "c2st",
     "diagnose",
     "expected_coverage",
+    "local_c2st",
     "mmd",
     "mmd_test",
     "posterior_samples",

@@ -13,7 +13,8 @@ card can be re-plotted without the model:
 
 - :func:`plot_coverage`: expected coverage ``ECP(alpha)`` vs ``alpha`` (TARP, HPD) with bands;
 - :func:`plot_sbc_ecdf`: ECDF difference of SBC ranks with simultaneous 95% bands;
-- :func:`plot_predictive`: posterior predictive p-values and distances.
+- :func:`plot_predictive`: posterior predictive p-values and distances;
+- :func:`plot_lc2st_pp`: L-C2ST PP-plot at the observation(s) with the null band.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from diagnostics.plots_posterior import marginal_plot, pairplot, predictive_plot
 __all__ = ["pairplot", "marginal_plot", "predictive_plot", "sbc_rank_plot", "coverage_plot",
            "tarp_plot", "save_figure", "FIGURE_FORMATS", "plot_coverage", "plot_sbc_ecdf",
            "plot_predictive", "plot_coverage_section", "plot_sbc_section",
-           "plot_predictive_section"]
+           "plot_predictive_section", "plot_lc2st_pp", "plot_lc2st_section"]
 
 
 def plot_coverage(alpha: Sequence[float], ecp: Sequence[float], ecp_std: Sequence[float] | None = None,
@@ -170,3 +171,38 @@ def plot_predictive_section(section: dict[str, Any], path: str | Path | None = N
     """Plot a ``predictive`` report-card section."""
     data = section["data"]
     return plot_predictive(data["pvalues"], data["distance_quantiles"], data.get("scale"), path)
+
+
+def plot_lc2st_pp(alpha: Sequence[float], pp: Sequence[Sequence[float]],
+                  null_low: Sequence[Sequence[float]], null_high: Sequence[Sequence[float]],
+                  labels: Sequence[str] | None = None, title: str = "L-C2ST PP-plot",
+                  path: str | Path | None = None):
+    """L-C2ST PP-plot at one or more observations: the ECDF of the classifier's predicted
+    probabilities at ``x_o`` (one curve per observation) with the 95% band of the null
+    classifiers (grey). Under the null the probabilities cluster at 1/2; a curve outside
+    its band means the posterior differs from the true one at that observation."""
+    plt = _pyplot()
+    a = np.asarray(alpha, dtype=float)
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    for i, (curve, lo, hi) in enumerate(zip(pp, null_low, null_high)):
+        ax.fill_between(a, np.asarray(lo, dtype=float), np.asarray(hi, dtype=float),
+                        color="0.5", alpha=0.2, lw=0, label="95% null band" if i == 0 else None)
+        ax.plot(a, np.asarray(curve, dtype=float), color=f"C{i % 10}", lw=2,
+                label=labels[i] if labels else f"x_o {i + 1}")
+    ax.plot([0, 1], [0, 1], ls="--", color="k", lw=1)
+    ax.set_xlabel("predicted probability")
+    ax.set_ylabel("fraction of evaluation points below")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    return _finish(fig, path)
+
+
+def plot_lc2st_section(section: dict[str, Any], path: str | Path | None = None):
+    """Plot an ``lc2st`` report-card section."""
+    data = section["data"]
+    return plot_lc2st_pp(data["alpha"], data["pp"], data["null_low"], data["null_high"],
+                         labels=[f"x_o {i + 1} (p={p:.3f})"
+                                 for i, p in enumerate(section["metrics"]["p_values"])],
+                         title=f"{section.get('title', '')} [{section['status']}]", path=path)

@@ -49,6 +49,8 @@ def posterior_figures(ctx: Any) -> dict[str, Any]:
             except Exception as err:
                 warnings.warn(f"Reference posterior failed ({err}); plotting without it.",
                               stacklevel=2)
+    elif ctx.xs is None or len(ctx.xs) == 0:
+        return {}  # no problem and no test pairs (e.g. only the misspecification check ran)
     else:
         x_o, truth, where = ctx.xs[0], ctx.theta[0], "test pair 1"
     with _range_check_off(posterior):

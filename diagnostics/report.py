@@ -94,13 +94,16 @@ class Check:
     plot: Callable[[dict[str, Any], Path], Any] | None = None
     title: str = ""
     default: bool = True
+    #: Also run by default when an observation is given (``diagnose(..., x=x_o)``).
+    when_x: bool = False
 
 
 #: name -> Check, in run order. Built-in checks are added by ``diagnostics.checks``.
 CHECKS: dict[str, Check] = {}
 #: Modules imported before checks run; each registers its checks on import.
 CHECK_MODULES: list[str] = ["diagnostics.checks", "diagnostics.robustness_check",
-                             "diagnostics.misspecification_check"]
+                             "diagnostics.misspecification_check",
+                             "diagnostics.lc2st_check"]
 
 
 def load_check_modules() -> None:
@@ -113,9 +116,10 @@ def load_check_modules() -> None:
 
 def register_check(name: str, fn: Callable[[DiagnosisContext], dict[str, Any]],
                    plot: Callable[[dict[str, Any], Path], Any] | None = None, title: str = "",
-                   default: bool = True) -> Check:
-    """Add (or replace) a check; ``default=False`` runs it only when named in ``checks=``."""
-    check = Check(name, fn, plot, title or name, default)
+                   default: bool = True, when_x: bool = False) -> Check:
+    """Add (or replace) a check; ``default=False`` runs it only when named in ``checks=``
+    (or, with ``when_x=True``, when an observation is given: ``diagnose(..., x=x_o)``)."""
+    check = Check(name, fn, plot, title or name, default, when_x)
     CHECKS[name] = check
     return check
 
@@ -231,7 +235,9 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
         **options: per-check options, e.g. ``tarp_references`` (function ``xs -> (N, D)``),
             ``num_predictive_observations``, ``num_reference_observations``,
             ``observations`` (``(B, *x_shape)``: the ``misspecification`` check; with
-            ``checks=["misspecification"]`` no test pairs are needed).
+            ``checks=["misspecification"]`` no test pairs are needed);
+            ``x``: the user's observation(s) ``x_shape`` or ``(B, *x_shape)`` for the local checks
+            (``lc2st``, :mod:`diagnostics.lc2st_check`).
     """
     load_check_modules()
     start = time.perf_counter()
@@ -242,7 +248,9 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
         problem = _resolve(posterior, problem, need=sims is None)
         theta, xs = calibration_pairs(problem, sims, num=num, seed=seed)
     _check_shapes(posterior, theta, xs)
-    names = list(checks) if checks is not None else [n for n, c in CHECKS.items() if c.default]
+    has_x = options.get("x") is not None
+    names = list(checks) if checks is not None else [
+        n for n, c in CHECKS.items() if c.default or (c.when_x and has_x)]
     if checks is None and options.get("observations") is not None:
         names.append("misspecification")  # runs when observations are given
     unknown = [n for n in names if n not in CHECKS]

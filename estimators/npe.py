@@ -155,6 +155,22 @@ class NPEEstimator(StandardizedEstimator):
             lad = lad + lad_u
         return self.theta_norm(theta), lad
 
+    def to_base(self, theta: Tensor, x: Tensor) -> Tensor:
+        """The flow's base variable ``T^{-1}(theta; x)`` ``(N, D)`` for paired rows ``theta``
+        ``(N, D)``, ``x`` ``(N, *x_shape)``: ``N(0, I)`` when ``theta ~ q(theta | x)``.
+
+        Used by L-C2ST-NF (:mod:`diagnostics.lc2st`). A mixture density network has no such
+        invertible map and raises ``NotImplementedError``.
+        """
+        z, _ = self._to_z(theta)
+        ctx = self.context(x)
+        if hasattr(self.density, "forward_transform"):  # fused MAF
+            return self.density.forward_transform(z, ctx)[0]
+        if hasattr(self.density, "_transform"):  # nflows Flow
+            return self.density._transform(z, context=self.density._embedding_net(ctx))[0]
+        raise NotImplementedError(f"flow={self.config['flow']!r} has no invertible map to a "
+                                  "standard normal base (use L-C2ST's general variant).")
+
     def from_z(self, z: Tensor) -> Tensor:
         """The flow's standardized space ``(..., D)`` → parameters."""
         theta = self.theta_norm.inverse(z)

@@ -132,6 +132,16 @@ class Posterior:
 
         return ConditionedPosterior(self, x, validate_args=validate_args)
 
+    def given_uncertain_x(self, evidence: Any, rule: str = "jeffrey", **kwargs: Any):
+        """This posterior when the observation is known only up to a distribution:
+        ``evidence`` is a set of plausible observations ``(M, *x_shape)`` or a
+        ``torch.distributions.Distribution`` over ``x``; ``rule`` is ``"jeffrey"``,
+        ``"virtual"`` or ``"distributional"`` (docs/uncertain_evidence.md). Returns a
+        :class:`sbi_core.uncertain.UncertainEvidencePosterior` (``sample``, ``log_prob``)."""
+        from sbi_core.uncertain import UncertainEvidencePosterior
+
+        return UncertainEvidencePosterior(self, evidence, rule, **kwargs)
+
     def _single_x(self, x: Tensor | None) -> Tensor:
         """Checked ``(1, ...)`` batch of ``x``, or of the default observation when ``x`` is None."""
         if x is not None:

@@ -153,7 +153,7 @@ def test_bash_completion_completes_subcommands_and_options(tmp_path, capsys):
     script.write_text(capsys.readouterr().out)
     probe = (f"source {script}; "
              "COMP_WORDS=(sbi-core tr); COMP_CWORD=1; _shtab_sbi_core; echo \"${COMPREPLY[@]}\"; "
-             "COMP_WORDS=(sbi-core train --log); COMP_CWORD=2; _shtab_sbi_core; "
+             "COMP_WORDS=(sbi-core train --log-d); COMP_CWORD=2; _shtab_sbi_core; "
              "echo \"${COMPREPLY[@]}\"")
     lines = subprocess.run(["bash", "-c", probe], capture_output=True, text=True,
                            check=True).stdout.splitlines()

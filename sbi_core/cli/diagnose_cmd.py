@@ -6,7 +6,8 @@
 Runs the report card (TARP, SBC, HPD coverage, reference comparison, predictive checks)
 on a trained model, writes ``DIR/report.json`` and every figure (one per check, the
 pairplot, the marginals and, for time-series x, the posterior predictive) as PNG and PDF,
-and prints the summary. Test pairs come from a held-out simulation file (``--sims``) or are simulated
+and prints the summary. With ``--x FILE`` it also runs the checks at that observation
+(misspecification, L-C2ST). Test pairs come from a held-out simulation file (``--sims``) or are simulated
 from the problem (``--problem``, default: the problem recorded in the model).
 """
 
@@ -43,9 +44,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "file.py:function returning that nn.Module (its weights come from the "
                         "model file; see docs/embeddings.md)")
     p.add_argument("--x", metavar="FILE",
-                   help="observations (.csv/.npy/.json, one per row) to test for "
-                        "misspecification against the training simulations (docs/trust.md); "
-                        "without --sims/--problem only this check runs")
+                   help="your observation(s) (.csv/.npy/.json, one per row): adds the checks at "
+                        "that observation: misspecification against the training simulations "
+                        "and L-C2ST local calibration (docs/trust.md); without --sims/--problem "
+                        "only the misspecification check runs")
     p.add_argument("--save", action="store_true",
                    help="also store the report card inside MODEL")
     p.add_argument("--strict", action="store_true", help="exit with status 1 if a check fails")
@@ -92,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     checks = [c.strip() for c in args.checks.split(",") if c.strip()] if args.checks else None
     if only_x:
         checks = ["misspecification"]
-    extra = {} if observations is None else {"observations": observations}
+    extra = {} if observations is None else {"observations": observations, "x": observations}
     report = diagnose(posterior, problem=problem, sims=sims, num=args.num,
                       num_samples=args.samples, checks=checks, seed=args.seed,
                       progress=False if args.quiet else None, **extra)
