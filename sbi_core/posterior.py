@@ -340,6 +340,10 @@ class Posterior:
             )
         if self.range_check != "off":
             self._check_range(x)
+        if (self.problem_spec or {}).get("sequential"):  # trained for one x_o only
+            from sbi_core.sequential import check_observation
+
+            check_observation(self.problem_spec["sequential"], x)
         return x
 
     def _check_range(self, x: Tensor) -> None:

@@ -15,7 +15,7 @@ import os
 import sys
 
 COMMANDS = ["demo", "simulate", "train", "sample", "diagnose", "robustness", "reference",
-            "benchmark", "serve"]
+            "benchmark", "serve", "run"]
 
 
 class _Parser(argparse.ArgumentParser):
