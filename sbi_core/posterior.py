@@ -338,12 +338,12 @@ class Posterior:
                 "The observation contains NaN or inf. Remove or impute the missing values; the "
                 "posterior was trained on finite simulations only."
             )
-        if self.range_check != "off":
-            self._check_range(x)
         if (self.problem_spec or {}).get("sequential"):  # trained for one x_o only
             from sbi_core.sequential import check_observation
 
             check_observation(self.problem_spec["sequential"], x)
+        if self.range_check != "off":
+            self._check_range(x)
         return x
 
     def _check_range(self, x: Tensor) -> None:
