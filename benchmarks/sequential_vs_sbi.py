@@ -11,7 +11,9 @@ For each task, observation, seed and total simulation budget:
   sampled by rejection, ``force_first_round_loss=True``), each on the same simulator (the
   worker imports this repository's ``simulators`` package).
 
-C2ST (``diagnostics.c2st``, the same classifier for every method) compares
+For our TSNPE each row also gives, per round, the fraction of reference-posterior samples
+inside the truncation region (about ``1 - epsilon`` when the truncation is safe; lower means
+a round cut off posterior mass). C2ST (``diagnostics.c2st``, the same classifier for every method) compares
 ``--num-samples`` posterior samples at x_o with the task's reference posterior. Wall time
 covers simulating, training and proposal sampling of all rounds (not the final C2ST
 samples). The machine load (``os.getloadavg()``) is printed with the results.
@@ -111,7 +113,7 @@ def run_sbi(python: str, task: str, k: int, seed: int, budget: int, rounds: int,
 
 # ---------------------------------------------------------------------------- ours
 def run_ours(problem, x_o, method: str, budget: int, rounds: int, seed: int,
-             num_samples: int) -> dict:
+             num_samples: int, reference) -> dict:
     from sbi_core import fit, simulate
     from sbi_core.sequential import run_sequential
 
@@ -120,20 +122,23 @@ def run_ours(problem, x_o, method: str, budget: int, rounds: int, seed: int,
         if method == "npe":
             posterior = fit(problem, simulate(problem, budget, seed=seed, progress=False),
                             method="npe", seed=seed, progress=False)
-            acceptance = []
+            acceptance, inside = [], []
         else:
             posterior, history = run_sequential(problem, x_o, method=method, rounds=rounds,
                                                 sims_per_round=budget // rounds, seed=seed,
-                                                progress=False)
+                                                progress=False, reference_samples=reference)
             acceptance = [None if h.prior_mass is None else round(h.prior_mass, 4)
                           for h in history]
+            inside = [None if h.reference_inside is None else round(h.reference_inside, 4)
+                      for h in history]
     except ValueError as err:
         if "not available" in str(err):
             return {"error": "not available in this installation"}
         raise
     seconds = time.perf_counter() - start
     samples = posterior.sample((num_samples,), x=x_o, seed=seed, max_seconds=None)
-    return {"samples": samples.numpy(), "seconds": seconds, "acceptance": acceptance}
+    return {"samples": samples.numpy(), "seconds": seconds, "acceptance": acceptance,
+            "reference_inside": inside}
 
 
 def main() -> None:
@@ -175,7 +180,7 @@ def main() -> None:
                     for method in methods:
                         if method in OURS:
                             res = run_ours(problem, x_o, method, budget, args.rounds, seed,
-                                           args.num_samples)
+                                           args.num_samples, ref)
                         else:
                             res = run_sbi(args.sbi_python, task, k, seed, budget, args.rounds,
                                           method, args.num_samples)
@@ -189,6 +194,9 @@ def main() -> None:
                                                      seed=0), 3)
                             row["seconds"] = round(res["seconds"], 1)
                             row["prior_mass_per_round"] = res["acceptance"]
+                            if res.get("reference_inside"):
+                                # fraction of reference samples inside each truncation region
+                                row["reference_inside_per_round"] = res["reference_inside"]
                         row["load"] = round(os.getloadavg()[0], 2)
                         rows.append(row)
                         print(json.dumps(row), flush=True)

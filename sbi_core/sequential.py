@@ -233,6 +233,7 @@ class RoundRecord:
     seconds: float
     truncation_threshold: float | None = None
     box: list | None = None
+    reference_inside: float | None = None  # fraction of reference samples in the region
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -340,6 +341,7 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
                    num_atoms: int = 10, workers: int = 1, chunk_size: int | None = None,
                    timeout: float | None = None, progress: bool | None = None,
                    on_round: Callable[[RoundRecord], None] | None = None,
+                   reference_samples: Tensor | None = None,
                    **fit_options: Any) -> SequentialResult:
     """Run ``rounds`` rounds of ``sims_per_round`` simulations focused on ``x_o``.
 
@@ -363,6 +365,9 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
             the largest divisor of ``sims_per_round`` up to 1000, so rounds fill whole chunks).
         progress: one progress line per round (``None``: on a terminal).
         on_round: called with each finished :class:`RoundRecord`.
+        reference_samples: optional samples ``(M, D)`` of the true posterior at ``x_o``
+            (benchmarks, tests): TSNPE records in each round the fraction of them inside the
+            truncation region (``reference_inside``; should stay about ``1 - epsilon``).
         **fit_options: training and estimator options passed to :func:`sbi_core.fit`.
 
     Returns:
@@ -432,7 +437,7 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
             with seeded(pseed):
                 theta_r, info = _propose(problem, posterior, x_o, method, sims_per_round,
                                          epsilon, num_threshold_samples, min_prior_acceptance,
-                                         restricted, pseed)
+                                         restricted, pseed, reference_samples)
             theta_r = theta_r.float().contiguous()
             state.pending = {"round": r, **info}
             state.save_theta(r, theta_r)
@@ -470,7 +475,8 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
             validation_loss=h.get("best_validation_loss"), epochs=h.get("epochs"),
             simulate_seconds=round(sim_seconds, 3), train_seconds=round(train_seconds, 3),
             seconds=round(time.perf_counter() - t_round, 3),
-            truncation_threshold=info.get("truncation_threshold"), box=info.get("box"))
+            truncation_threshold=info.get("truncation_threshold"), box=info.get("box"),
+            reference_inside=info.get("reference_inside"))
         history.append(rec)
         if store is not None:
             from sbi_core.serialization import save
@@ -547,7 +553,8 @@ def _plain_options(options: dict[str, Any]) -> dict[str, Any]:
 
 def _propose(problem: Problem, posterior: Posterior | None, x_o: Tensor, method: str, n: int,
              epsilon: float, num_threshold: int, min_prior_acceptance: float,
-             restricted: Any, pseed: int) -> tuple[Tensor, dict[str, Any]]:
+             restricted: Any, pseed: int,
+             reference: Tensor | None = None) -> tuple[Tensor, dict[str, Any]]:
     """Round ``r``'s θ ``(n, D)`` and what the proposal was (torch already seeded)."""
     base = None if restricted is None else (lambda m: restricted.sample((m,)).float())
     if posterior is None:
@@ -568,7 +575,10 @@ def _propose(problem: Problem, posterior: Posterior | None, x_o: Tensor, method:
         return out.theta, {"proposal": f"truncated prior ({out.sampler})",
                            "acceptance": out.acceptance, "prior_mass": mass,
                            "truncation_threshold": region.threshold,
-                           "box": None if out.box is None else [out.box[0], out.box[1]]}
+                           "box": None if out.box is None else [out.box[0], out.box[1]],
+                           "reference_inside": None if reference is None else
+                           float(region.contains(torch.as_tensor(reference).float())
+                                 .float().mean())}
     theta = posterior.sample((n,), x=x_o, max_seconds=None, seed=pseed)
     acc = None
     if restricted is not None:  # keep proposals where the simulator is predicted to work
