@@ -383,6 +383,14 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
     for name, v in (("rounds", rounds), ("sims_per_round", sims_per_round)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}.")
+    if not 0.0 <= epsilon < 1.0:
+        raise ValueError(f"epsilon must be in [0, 1), got {epsilon}; the default 1e-4 keeps "
+                         "99.99% of each round's posterior mass inside the truncation.")
+    if not 0.0 <= min_prior_acceptance <= 1.0:
+        raise ValueError(f"min_prior_acceptance must be in [0, 1], got {min_prior_acceptance}.")
+    if num_threshold_samples < 100:
+        raise ValueError(f"num_threshold_samples must be >= 100, got {num_threshold_samples}; "
+                         "the threshold is a quantile of that many posterior samples.")
     if restrict and method not in ("tsnpe", "snpe_c"):
         raise ValueError(f"restrict=True applies to tsnpe and snpe_c, not {method!r}: "
                          "NLE/NRE need the invalid simulations' factor P(valid | θ) (see "

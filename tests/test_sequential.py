@@ -109,7 +109,8 @@ def test_tsnpe_gaussian_linear_10d_three_rounds_of_1000():
     assert acc < 0.6
 
 
-def test_snle_reuses_all_rounds(monkeypatch):
+@pytest.mark.parametrize("method", ["snle", "snre"])
+def test_snle_and_snre_reuse_all_rounds(monkeypatch, method):
     import sbi_core.inference as inference
 
     seen = []
@@ -123,11 +124,12 @@ def test_snle_reuses_all_rounds(monkeypatch):
     problem = simulators.get_problem("gaussian_linear", dim=2)
     x_o = problem.observation(1)
     posterior, history = run_sequential(
-        problem, x_o, method="snle", rounds=2, sims_per_round=200, seed=0, progress=False,
+        problem, x_o, method=method, rounds=2, sims_per_round=200, seed=0, progress=False,
         max_epochs=10, hidden_features=16, mcmc={"num_chains": 10, "warmup_steps": 20})
-    assert seen == [(200, "nle"), (400, "nle")]
+    base = method[1:]
+    assert seen == [(200, base), (400, base)]
     assert history[1].proposal == "posterior"
-    assert posterior.method == "nle"
+    assert posterior.method == base
     assert posterior.problem_spec["sequential"]["truncation"] is None
 
 
@@ -226,6 +228,8 @@ def test_bad_inputs_are_clear_errors():
         run_sequential(problem, x_o, method="snle", restrict=True)
     with pytest.raises(ValueError, match="resume=True needs the store"):
         run_sequential(problem, x_o, resume=True)
+    with pytest.raises(ValueError, match="epsilon must be in"):
+        run_sequential(problem, x_o, epsilon=1.5)
     with pytest.raises(ValueError, match="chunk_size=300 must divide"):
         run_sequential(problem, x_o, sims_per_round=500, chunk_size=300)
     if importlib.util.find_spec("estimators.apt") is None:
