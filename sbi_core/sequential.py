@@ -2,8 +2,8 @@
 
 Methods (``run_sequential(..., method=...)``):
 
-- ``"tsnpe"`` (truncated sequential NPE, Deistler et al. 2022): round ``r`` trains a fresh NPE
-  on *all* simulations so far with the plain NPE loss; the next round's proposal is the
+- ``"tsnpe"`` (truncated sequential NPE, Deistler et al. 2022): round ``r`` trains NPE (the
+  previous round's estimator, continued) on *all* simulations so far with the plain NPE loss; the next round's proposal is the
   prior truncated to the posterior's highest-probability region (HPR)
   ``{θ : log q(θ | x_o) > τ}``, ``τ`` the ``epsilon``-quantile (default 1e-4) of
   ``log q`` on the posterior's own samples. The truncated prior is sampled by rejection
@@ -338,7 +338,8 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
                    store: str | os.PathLike | None = None, resume: bool = False, *,
                    epsilon: float = 1e-4, num_threshold_samples: int = 20_000,
                    min_prior_acceptance: float = 0.01, restrict: bool = False,
-                   num_atoms: int = 10, workers: int = 1, chunk_size: int | None = None,
+                   num_atoms: int = 10, warm_start: bool = True, workers: int = 1,
+                   chunk_size: int | None = None,
                    timeout: float | None = None, progress: bool | None = None,
                    on_round: Callable[[RoundRecord], None] | None = None,
                    reference_samples: Tensor | None = None,
@@ -361,6 +362,9 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
         restrict: also learn where the simulator fails (``estimators.restriction``) and
             propose only where it is predicted to succeed (tsnpe, snpe_c).
         num_atoms: SNPE-C's atomic loss.
+        warm_start: rounds after the first continue training the previous round's estimator
+            on all simulations (default, as sbi does; its z-scoring stays that of round 1);
+            ``False`` trains a fresh estimator each round. SNPE-C always continues.
         workers, chunk_size, timeout: simulation engine options (``chunk_size`` defaults to
             the largest divisor of ``sims_per_round`` up to 1000, so rounds fill whole chunks).
         progress: one progress line per round (``None``: on a terminal).
@@ -408,6 +412,7 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
     settings = {"method": method, "seed": int(seed), "sims_per_round": int(sims_per_round),
                 "x_o": x_o.reshape(-1).tolist(), "epsilon": float(epsilon),
                 "chunk_size": int(chunk), "restrict": bool(restrict), "problem": problem.name,
+                "warm_start": bool(warm_start),
                 "fit_options": _plain_options(fit_options)}
     state = _RunState(Path(store) if store is not None else None, settings)
     state.load(resume)
@@ -470,7 +475,8 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
         # ---- train on all rounds
         t1 = time.perf_counter()
         posterior = _train_round(problem, all_sims, method, base_method, r, posterior,
-                                 _round_seed(seed, r, 1), train_apt, num_atoms, fit_options, fit)
+                                 _round_seed(seed, r, 1), train_apt, num_atoms, fit_options, fit,
+                                 warm_start)
         train_seconds = time.perf_counter() - t1
         if fit_restriction is not None:
             restricted = fit_restriction(problem.prior, all_sims.theta, all_sims.valid,
@@ -622,17 +628,22 @@ def _region_of(posterior: Posterior, x_o: Tensor, samples: Tensor,
 
 def _train_round(problem: Problem, sims: Any, method: str, base_method: str, r: int,
                  previous: Posterior | None, tseed: int, train_apt: Any, num_atoms: int,
-                 fit_options: dict[str, Any], fit: Callable[..., Posterior]) -> Posterior:
-    if method != "snpe_c" or r == 1:
+                 fit_options: dict[str, Any], fit: Callable[..., Posterior],
+                 warm_start: bool = False) -> Posterior:
+    if r == 1 or not (method == "snpe_c" or warm_start):
         return fit(problem, sims, method=base_method, seed=tseed, **fit_options)
     from sbi_core.methods import get_method
-    from sbi_core.training import split_options
+    from sbi_core.training import split_options, train
 
-    m = get_method("npe")
+    m = get_method(base_method)
     theta, x = sims.training_data()
     config, _ = split_options({**m.training_defaults(fit_options), **fit_options, "seed": tseed})
     torch.manual_seed(tseed)
     estimator = previous.estimator
+    if method != "snpe_c":  # warm start: continue the previous round's estimator, plain loss
+        hist = train(estimator, theta, x, config, loss_fn=m.loss_fn)
+        return m.make_posterior(estimator, problem.prior, problem.spec(), hist.to_dict(),
+                                **dict(getattr(previous, "config", {}) or {}))
     # The atomic loss needs no proposal density (the atoms cancel it), hence None.
     hist = train_apt(estimator, theta, x, problem.prior, None, config, num_atoms=num_atoms)
     return m.make_posterior(estimator, problem.prior, problem.spec(), hist.to_dict())

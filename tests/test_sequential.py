@@ -111,23 +111,23 @@ def test_tsnpe_gaussian_linear_10d_three_rounds_of_1000():
 
 @pytest.mark.parametrize("method", ["snle", "snre"])
 def test_snle_and_snre_reuse_all_rounds(monkeypatch, method):
-    import sbi_core.inference as inference
+    import sbi_core.training as training
 
     seen = []
-    real_fit = inference.fit
+    real_train = training._train
 
-    def spy(problem, sims, **kw):
-        seen.append((len(sims.training_data()[0]), kw["method"]))
-        return real_fit(problem, sims, **kw)
+    def spy(estimator, theta, x, cfg, loss_fn):
+        seen.append(len(theta))  # training rows (after the validation split is taken inside)
+        return real_train(estimator, theta, x, cfg, loss_fn)
 
-    monkeypatch.setattr(inference, "fit", spy)
+    monkeypatch.setattr(training, "_train", spy)
     problem = simulators.get_problem("gaussian_linear", dim=2)
     x_o = problem.observation(1)
     posterior, history = run_sequential(
         problem, x_o, method=method, rounds=2, sims_per_round=200, seed=0, progress=False,
         max_epochs=10, hidden_features=16, mcmc={"num_chains": 10, "warmup_steps": 20})
     base = method[1:]
-    assert seen == [(200, base), (400, base)]
+    assert seen == [200, 400]
     assert history[1].proposal == "posterior"
     assert posterior.method == base
     assert posterior.problem_spec["sequential"]["truncation"] is None
@@ -202,7 +202,7 @@ def test_saved_model_records_x_o_and_warns_far_from_it(tmp_path):
     problem = simulators.get_problem("gaussian_linear", dim=2)
     x_o = problem.observation(1)
     posterior, _ = run_sequential(problem, x_o, rounds=2, sims_per_round=200, seed=0,
-                                  progress=False, **TINY)
+                                  progress=False, warm_start=False, **TINY)  # fresh per round
     path = save(posterior, tmp_path / "m.pt")
     loaded = load(path)
     assert loaded.problem_spec["sequential"]["x_o"] == pytest.approx(x_o.tolist())
