@@ -27,8 +27,8 @@ from sbi_core.priors import (
 )
 from sbi_core.problem import Problem
 from sbi_core.resolve import resolve_problem
-from sbi_core.serialization import ModelFileError, load, save
 from sbi_core.sequential import run_sequential
+from sbi_core.serialization import ModelFileError, load, save
 from sbi_core.simulation import simulate
 from sbi_core.simulation_set import SimulationSet
 from sbi_core.training import TrainConfig, TrainingHistory, train

@@ -34,8 +34,8 @@ def test_hpr_truncation_keeps_true_parameter_over_50_observations():
         post = gaussian_linear_posterior(x)
         samples = post.sample((10_000,)).float()
         for eps in covered:
-            region = TruncationRegion.from_samples(lambda t: post.log_prob(t.double()).float(),
-                                                   samples, eps)
+            region = TruncationRegion.from_samples(
+                lambda t, post=post: post.log_prob(t.double()).float(), samples, eps)
             covered[eps] += int(region.contains(th[None])[0])
     print(f"coverage of the true θ over 50 observations: epsilon=1e-4: {covered[1e-4]}/50, "
           f"epsilon=0.5: {covered[0.5]}/50")
