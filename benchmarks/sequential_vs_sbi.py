@@ -194,7 +194,7 @@ def main() -> None:
                                                      seed=0), 3)
                             row["seconds"] = round(res["seconds"], 1)
                             row["prior_mass_per_round"] = res["acceptance"]
-                            if res.get("reference_inside"):
+                            if any(v is not None for v in res.get("reference_inside") or []):
                                 # fraction of reference samples inside each truncation region
                                 row["reference_inside_per_round"] = res["reference_inside"]
                         row["load"] = round(os.getloadavg()[0], 2)
