@@ -476,7 +476,7 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
         t1 = time.perf_counter()
         posterior = _train_round(problem, all_sims, method, base_method, r, posterior,
                                  _round_seed(seed, r, 1), train_apt, num_atoms, fit_options, fit,
-                                 warm_start)
+                                 warm_start, sims_per_round, seed)
         train_seconds = time.perf_counter() - t1
         if fit_restriction is not None:
             restricted = fit_restriction(problem.prior, all_sims.theta, all_sims.valid,
@@ -629,7 +629,8 @@ def _region_of(posterior: Posterior, x_o: Tensor, samples: Tensor,
 def _train_round(problem: Problem, sims: Any, method: str, base_method: str, r: int,
                  previous: Posterior | None, tseed: int, train_apt: Any, num_atoms: int,
                  fit_options: dict[str, Any], fit: Callable[..., Posterior],
-                 warm_start: bool = False) -> Posterior:
+                 warm_start: bool = False, sims_per_round: int = 1,
+                 run_seed: int = 0) -> Posterior:
     if r == 1 or not (method == "snpe_c" or warm_start):
         return fit(problem, sims, method=base_method, seed=tseed, **fit_options)
     from sbi_core.methods import get_method
@@ -641,12 +642,54 @@ def _train_round(problem: Problem, sims: Any, method: str, base_method: str, r: 
     torch.manual_seed(tseed)
     estimator = previous.estimator
     if method != "snpe_c":  # warm start: continue the previous round's estimator, plain loss
-        hist = train(estimator, theta, x, config, loss_fn=m.loss_fn)
+        # each round's validation rows stay validation rows: rows the estimator trained on
+        # in earlier rounds would make the validation loss optimistic and stop training early
+        batches = _RoundBatches(sims, sims_per_round, config.validation_fraction, run_seed,
+                                config.device)
+        hist = train(estimator, batches, None, config, loss_fn=m.loss_fn)
         return m.make_posterior(estimator, problem.prior, problem.spec(), hist.to_dict(),
                                 **dict(getattr(previous, "config", {}) or {}))
     # The atomic loss needs no proposal density (the atoms cancel it), hence None.
     hist = train_apt(estimator, theta, x, problem.prior, None, config, num_atoms=num_atoms)
     return m.make_posterior(estimator, problem.prior, problem.spec(), hist.to_dict())
+
+
+class _RoundBatches:
+    """All rounds' valid simulations as a :class:`~sbi_core.training.BatchSource` whose
+    validation split is fixed per round: round ``k``'s rows are split by a permutation seeded
+    from ``k`` alone, so a row once used for validation is never trained on later."""
+
+    def __init__(self, sims: Any, per_round: int, fraction: float, seed: int, device: str):
+        rows = torch.arange(len(sims))
+        valid = sims.valid.bool()
+        val_rows, train_rows = [], []
+        for k in range(-(-len(sims) // per_round)):
+            mine = rows[k * per_round:(k + 1) * per_round]
+            mine = mine[valid[mine]]
+            g = torch.Generator().manual_seed(_round_seed(seed, k + 1, 4))
+            mine = mine[torch.randperm(len(mine), generator=g)]
+            n_val = int(round(fraction * len(mine)))
+            val_rows.append(mine[:n_val])
+            train_rows.append(mine[n_val:])
+        va, tr = torch.cat(val_rows), torch.cat(train_rows)
+        if fraction > 0 and (len(va) < 1 or len(tr) < 2):
+            raise ValueError(f"{len(va) + len(tr)} valid simulations are too few to train on.")
+        dev = torch.device(device)
+        theta, x = sims.theta.float(), sims.x.float()
+        self.theta_tr, self.x_tr = theta[tr].to(dev), x[tr].to(dev)
+        self.theta_va, self.x_va = theta[va].to(dev), x[va].to(dev)
+        self.num_train, self.num_validation = len(tr), len(va)
+        self.device = dev
+
+    def epoch(self, generator: torch.Generator, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        order = torch.randperm(self.num_train, generator=generator).to(self.device)
+        for b in range(max(self.num_train // batch_size, 1)):
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            yield self.theta_tr[idx], self.x_tr[idx]
+
+    def validation(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for i in range(0, self.num_validation, 8192):
+            yield self.theta_va[i:i + 8192], self.x_va[i:i + 8192]
 
 
 def _concat(a: Any, b: Any) -> Any:

@@ -117,7 +117,9 @@ def test_snle_and_snre_reuse_all_rounds(monkeypatch, method):
     real_train = training._train
 
     def spy(estimator, theta, x, cfg, loss_fn):
-        seen.append(len(theta))  # training rows (after the validation split is taken inside)
+        # all rows of all rounds (tensors, or the warm start's per-round split batches)
+        seen.append(len(theta) if isinstance(theta, torch.Tensor)
+                    else theta.num_train + theta.num_validation)
         return real_train(estimator, theta, x, cfg, loss_fn)
 
     monkeypatch.setattr(training, "_train", spy)
