@@ -270,3 +270,21 @@ def test_cli_run_resume_and_sample_warning(tmp_path, capsys):
         assert main(["sample", str(model), "--x", str(far), "--num", "5", "--out",
                      str(tmp_path / "s.csv")]) == 2
     assert math.isfinite(out["rounds"][1]["prior_mass"])
+
+
+def test_warm_start_validation_rows_are_never_trained_on_in_later_rounds():
+    """A row held out for validation in round 1 stays held out in round 2 (a fresh random
+    split of all rows would train on it, making the validation loss optimistic)."""
+    from sbi_core.sequential import _RoundBatches
+    from sbi_core.simulation_set import SimulationSet
+
+    torch.manual_seed(0)
+    theta = torch.randn(400, 2)
+    sims = SimulationSet(theta, theta + 1.0, torch.ones(400, dtype=torch.bool), {})
+    first = SimulationSet(theta[:200], theta[:200] + 1.0, torch.ones(200, dtype=torch.bool), {})
+    one = _RoundBatches(first, 200, 0.1, seed=3, device="cpu")
+    two = _RoundBatches(sims, 200, 0.1, seed=3, device="cpu")
+    assert one.num_validation == 20 and two.num_validation == 40
+    assert torch.equal(two.theta_va[:20], one.theta_va)
+    trained = {tuple(r) for r in two.theta_tr.tolist()}
+    assert not any(tuple(r) in trained for r in one.theta_va.tolist())
