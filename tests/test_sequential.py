@@ -288,3 +288,61 @@ def test_warm_start_validation_rows_are_never_trained_on_in_later_rounds():
     assert torch.equal(two.theta_va[:20], one.theta_va)
     trained = {tuple(r) for r in two.theta_tr.tolist()}
     assert not any(tuple(r) in trained for r in one.theta_va.tolist())
+
+
+def test_snpe_c_and_restrict_go_through_the_documented_interfaces(monkeypatch, tmp_path):
+    """Orchestration only (the atomic loss and the classifier live in estimators.apt and
+    estimators.restriction): stand-ins with the documented signatures are called with all
+    rounds' data, and restricted proposals stay inside the restriction."""
+    import sys
+    import types
+
+    from sbi_core.training import train
+
+    calls = {"apt": [], "restriction": []}
+
+    def train_apt(estimator, theta, x, prior, proposal_log_prob_fn, config, num_atoms=10):
+        calls["apt"].append((len(theta), num_atoms, proposal_log_prob_fn))
+        return train(estimator, theta, x, config)
+
+    class HalfPrior(torch.distributions.Distribution):  # the prior where theta_0 > 0
+        arg_constraints = {}
+
+        def __init__(self, prior):
+            super().__init__(event_shape=prior.event_shape, validate_args=False)
+            self.prior, self.acceptance = prior, 0.5
+
+        def sample(self, shape=()):
+            n = int(np.prod(shape))
+            draws = self.prior.sample((4 * n + 100,))
+            return draws[draws[:, 0] > 0][:n].reshape(*shape, -1)
+
+        def log_prob(self, theta):
+            lp = self.prior.log_prob(theta) - math.log(0.5)
+            return torch.where(theta[..., 0] > 0, lp, torch.full_like(lp, -math.inf))
+
+    def fit_restriction(prior, theta, valid, seed=0, **options):
+        calls["restriction"].append(len(theta))
+        return HalfPrior(prior)
+
+    monkeypatch.setitem(sys.modules, "estimators.apt", types.SimpleNamespace(train_apt=train_apt))
+    monkeypatch.setitem(sys.modules, "estimators.restriction",
+                        types.SimpleNamespace(fit_restriction=fit_restriction))
+    problem = simulators.get_problem("gaussian_linear", dim=2)
+    x_o = problem.observation(1)
+    posterior, history = run_sequential(problem, x_o, method="snpe_c", rounds=2,
+                                        sims_per_round=200, seed=0, progress=False, **TINY)
+    assert calls["apt"] == [(400, 10, None)]
+    assert history[1].proposal == "posterior" and posterior.method == "npe"
+
+    calls["restriction"].clear()
+    posterior, history = run_sequential(problem, x_o, method="tsnpe", rounds=3,
+                                        sims_per_round=200, seed=0, restrict=True,
+                                        store=tmp_path / "r.zarr", progress=False, **TINY)
+    assert calls["restriction"] == [200, 400, 600]
+    assert history[1].proposal == "truncated prior (restricted)"
+    assert history[1].prior_mass <= 0.5 + 1e-6
+    from sbi_core.stores import load_store
+
+    theta = load_store(tmp_path / "r.zarr").theta
+    assert bool((theta[200:, 0] > 0).all()) and not bool((theta[:200, 0] > 0).all())
