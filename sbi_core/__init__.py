@@ -27,6 +27,7 @@ from sbi_core.priors import (
 )
 from sbi_core.problem import Problem
 from sbi_core.resolve import resolve_problem
+from sbi_core.sequential import run_sequential
 from sbi_core.serialization import ModelFileError, load, save
 from sbi_core.simulation import simulate
 from sbi_core.simulation_set import SimulationSet
@@ -59,6 +60,7 @@ __all__ = [
     "register_method",
     "resolve_problem",
     "run_mcmc",
+    "run_sequential",
     "save",
     "simulate",
     "support_bounds",

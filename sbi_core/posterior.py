@@ -438,6 +438,10 @@ class Posterior:
         check = getattr(self.estimator, "check_observation", None)
         if check is not None:  # estimator-specific checks (e.g. discrete columns) come first
             check(x.reshape(-1, *self.x_shape) if self.x_shape else x.reshape(-1))
+        if (self.problem_spec or {}).get("sequential"):  # trained for one x_o only
+            from sbi_core.sequential import check_observation
+
+            check_observation(self.problem_spec["sequential"], x)
         if self.range_check != "off":
             self._check_range(x)
         return x

@@ -18,7 +18,7 @@ import os
 import sys
 
 COMMANDS = ["demo", "simulate", "train", "sample", "diagnose", "robustness", "reference",
-            "benchmark", "serve", "completion"]
+            "benchmark", "serve", "run", "completion"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,223 @@
+"""Sequential inference against amortized NPE and against sbi 0.27, by C2ST and wall time.
+
+For each task, observation, seed and total simulation budget:
+
+- ours: ``tsnpe``, ``snpe_c`` (needs ``estimators.apt``; reported as not available
+  otherwise), ``snle`` (``sbi_core.run_sequential`` with ``--rounds`` rounds of
+  ``budget / rounds``) and amortized ``npe`` (one round of the whole budget);
+- sbi 0.27 (in a subprocess of ``--sbi-python``, never imported here): ``sbi_snpe_c``
+  (``NPE_C`` with the posterior as proposal, atomic loss) and ``sbi_tsnpe`` (``NPE`` +
+  ``get_density_thresholder(quantile=1e-4, 100,000 samples)`` + ``RestrictedPrior``
+  sampled by rejection, ``force_first_round_loss=True``), each on the same simulator (the
+  worker imports this repository's ``simulators`` package).
+
+For our TSNPE each row also gives, per round, the fraction of reference-posterior samples
+inside the truncation region (about ``1 - epsilon`` when the truncation is safe; lower means
+a round cut off posterior mass). C2ST (``diagnostics.c2st``, the same classifier for every method) compares
+``--num-samples`` posterior samples at x_o with the task's reference posterior. Wall time
+covers simulating, training and proposal sampling of all rounds (not the final C2ST
+samples). The machine load (``os.getloadavg()``) is printed with the results.
+
+Full run (for a quiet machine; many hours on 2 cores):
+
+    OMP_NUM_THREADS=1 python benchmarks/sequential_vs_sbi.py --sbi-python /work/sbi-venv/bin/python \\
+        --tasks two_moons slcp gaussian_mixture sir --budgets 1000 2000 5000 10000 \\
+        --observations 1 2 3 --seeds 0 1 2
+
+Reduced run:
+
+    OMP_NUM_THREADS=1 python benchmarks/sequential_vs_sbi.py --sbi-python /work/sbi-venv/bin/python \\
+        --tasks two_moons --budgets 1000 2000 --observations 1 --seeds 0 --num-samples 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+OURS = ["tsnpe", "snpe_c", "snle", "npe"]
+SBI = ["sbi_snpe_c", "sbi_tsnpe"]
+
+
+# ---------------------------------------------------------------------------- sbi worker
+def sbi_worker(task: str, k: int, seed: int, budget: int, rounds: int, method: str,
+               num_samples: int, out: str) -> None:
+    """Runs inside the sbi venv: multi-round sbi on this repository's simulator."""
+    import torch
+    from sbi.inference import NPE, NPE_C
+    from sbi.utils import RestrictedPrior, get_density_thresholder
+
+    import simulators
+
+    torch.manual_seed(seed)
+    problem = simulators.get_problem(task)
+    prior = problem.prior
+    x_o = problem.observation(k)
+    n = budget // rounds
+    start = time.perf_counter()
+    acceptance = []
+    if method == "sbi_snpe_c":
+        inference = NPE_C(prior=prior, show_progress_bars=False)
+        proposal = prior
+        for _ in range(rounds):
+            theta = proposal.sample((n,))
+            x = problem.simulator(theta)
+            estimator = inference.append_simulations(theta, x, proposal=proposal).train()
+            posterior = inference.build_posterior(estimator)
+            proposal = posterior.set_default_x(x_o)
+    else:
+        inference = NPE(prior=prior, show_progress_bars=False)
+        proposal = prior
+        for _ in range(rounds):
+            theta = proposal.sample((n,))
+            x = problem.simulator(theta)
+            inference.append_simulations(theta, x).train(force_first_round_loss=True)
+            posterior = inference.build_posterior().set_default_x(x_o)
+            accept = get_density_thresholder(posterior, quantile=1e-4,
+                                             num_samples_to_estimate_support=100_000)
+            proposal = RestrictedPrior(prior, accept, sample_with="rejection")
+            acceptance.append(float(accept(prior.sample((10_000,))).float().mean()))
+    seconds = time.perf_counter() - start
+    samples = posterior.sample((num_samples,), x=x_o, show_progress_bars=False)
+    np.savez(out, samples=samples.numpy(), seconds=seconds, acceptance=np.array(acceptance))
+
+
+def run_sbi(python: str, task: str, k: int, seed: int, budget: int, rounds: int, method: str,
+            num_samples: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out.npz"
+        cmd = [python, str(Path(__file__).resolve()), "--sbi-worker", task, str(k), str(seed),
+               str(budget), str(rounds), method, str(num_samples), str(out)]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp)
+        if proc.returncode != 0:
+            return {"error": proc.stderr.strip().splitlines()[-1][:300] if proc.stderr else
+                    f"exit {proc.returncode}"}
+        res = np.load(out)
+        return {"samples": res["samples"], "seconds": float(res["seconds"]),
+                "acceptance": [round(a, 4) for a in res["acceptance"].tolist()]}
+
+
+# ---------------------------------------------------------------------------- ours
+def run_ours(problem, x_o, method: str, budget: int, rounds: int, seed: int,
+             num_samples: int, reference) -> dict:
+    from sbi_core import fit, simulate
+    from sbi_core.sequential import run_sequential
+
+    start = time.perf_counter()
+    try:
+        if method == "npe":
+            posterior = fit(problem, simulate(problem, budget, seed=seed, progress=False),
+                            method="npe", seed=seed, progress=False)
+            acceptance, inside = [], []
+        else:
+            posterior, history = run_sequential(problem, x_o, method=method, rounds=rounds,
+                                                sims_per_round=budget // rounds, seed=seed,
+                                                progress=False, reference_samples=reference)
+            acceptance = [None if h.prior_mass is None else round(h.prior_mass, 4)
+                          for h in history]
+            inside = [None if h.reference_inside is None else round(h.reference_inside, 4)
+                      for h in history]
+    except ValueError as err:
+        if "not available" in str(err):
+            return {"error": "not available in this installation"}
+        raise
+    seconds = time.perf_counter() - start
+    samples = posterior.sample((num_samples,), x=x_o, seed=seed, max_seconds=None)
+    return {"samples": samples.numpy(), "seconds": seconds, "acceptance": acceptance,
+            "reference_inside": inside}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sbi-python", help="python of the venv with sbi==0.27.0 (omit: ours only)")
+    ap.add_argument("--tasks", nargs="+", default=["two_moons", "slcp", "gaussian_mixture", "sir"])
+    ap.add_argument("--budgets", type=int, nargs="+", default=[1000, 2000, 5000, 10000])
+    ap.add_argument("--observations", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of the sequential methods")
+    ap.add_argument("--methods", nargs="+", default=OURS + SBI, choices=OURS + SBI)
+    ap.add_argument("--num-samples", type=int, default=10_000)
+    ap.add_argument("--json", help="also write all rows to this JSON file")
+    ap.add_argument("--sbi-worker", nargs=8, metavar="ARG", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.sbi_worker:
+        task, k, seed, budget, rounds, method, num, out = args.sbi_worker
+        sbi_worker(task, int(k), int(seed), int(budget), int(rounds), method, int(num), out)
+        return
+
+    import torch
+
+    import simulators
+    from diagnostics.c2st import c2st
+
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", message="Reached max_epochs")
+    methods = [m for m in args.methods if m in OURS or args.sbi_python]
+    rows = []
+    load_before = os.getloadavg()
+    for task in args.tasks:
+        problem = simulators.get_problem(task)
+        for k in args.observations:
+            x_o = problem.observation(k)
+            ref = problem.reference_posterior(x_o, args.num_samples, seed=k)
+            for seed in args.seeds:
+                for budget in args.budgets:
+                    for method in methods:
+                        if method in OURS:
+                            res = run_ours(problem, x_o, method, budget, args.rounds, seed,
+                                           args.num_samples, ref)
+                        else:
+                            res = run_sbi(args.sbi_python, task, k, seed, budget, args.rounds,
+                                          method, args.num_samples)
+                        row = {"task": task, "observation": k, "seed": seed, "budget": budget,
+                               "method": method,
+                               "rounds": 1 if method == "npe" else args.rounds}
+                        if "error" in res:
+                            row["error"] = res["error"]
+                        else:
+                            row["c2st"] = round(c2st(torch.as_tensor(res["samples"]), ref,
+                                                     seed=0), 3)
+                            row["seconds"] = round(res["seconds"], 1)
+                            row["prior_mass_per_round"] = res["acceptance"]
+                            if any(v is not None for v in res.get("reference_inside") or []):
+                                # fraction of reference samples inside each truncation region
+                                row["reference_inside_per_round"] = res["reference_inside"]
+                        row["load"] = round(os.getloadavg()[0], 2)
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
+    print(f"\nload average before: {load_before}, after: {os.getloadavg()}")
+    print(f"{'task':17s} {'budget':>6s} {'method':11s} {'C2ST mean':>9s} {'seconds':>8s}  runs")
+    for task in args.tasks:
+        for budget in args.budgets:
+            for method in methods:
+                group = [r for r in rows if (r["task"], r["budget"], r["method"]) ==
+                         (task, budget, method) and "c2st" in r]
+                if not group:
+                    err = next((r.get("error") for r in rows if (r["task"], r["budget"],
+                                r["method"]) == (task, budget, method)), "")
+                    print(f"{task:17s} {budget:6d} {method:11s} {'-':>9s} {'-':>8s}  {err}")
+                    continue
+                print(f"{task:17s} {budget:6d} {method:11s} "
+                      f"{np.mean([r['c2st'] for r in group]):9.3f} "
+                      f"{np.mean([r['seconds'] for r in group]):8.1f}  {len(group)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

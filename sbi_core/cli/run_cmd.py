@@ -1,0 +1,89 @@
+"""``sbi-core run PROBLEM --x obs.csv --method tsnpe --rounds 5 --sims-per-round 1000
+--out model.pt [--store run.zarr --resume]``: sequential inference for one observation.
+
+Each round simulates, then trains on all rounds so far (:mod:`sbi_core.sequential`); one
+progress line per round goes to stderr and a JSON summary with the per-round history to
+stdout. With ``--store`` the simulations and each finished round are kept on disk, and
+``--resume`` continues a killed run where it stopped (same result).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from sbi_core.cli.common import PROBLEM_HELP, add_force, positive_float, positive_int
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from sbi_core.sequential import SEQUENTIAL_METHODS
+
+    p = sub.add_parser("run", help="sequential inference focused on one observation",
+                       description="Run rounds of simulate -> train focused on one observation "
+                                   "(TSNPE, SNPE-C, SNLE, SNRE) and save the final posterior. "
+                                   "The model is valid for that observation (or the "
+                                   "truncation region) only; see docs/sequential.md.")
+    p.add_argument("problem", metavar="PROBLEM", help=PROBLEM_HELP)
+    p.add_argument("--x", required=True,
+                   help=".csv, .npy or .json holding the one observation x_o")
+    p.add_argument("--method", default="tsnpe", choices=sorted(SEQUENTIAL_METHODS),
+                   help="tsnpe (default), snpe_c, snle or snre")
+    p.add_argument("--rounds", type=positive_int, default=5)
+    p.add_argument("--sims-per-round", type=positive_int, default=1000)
+    p.add_argument("--out", required=True, help="model file to write (.pt)")
+    p.add_argument("--store", help="zarr store for the simulations and the run's state "
+                                   "(needed for --resume)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --store where it stopped")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epsilon", type=positive_float, default=1e-4,
+                   help="tsnpe: posterior mass left outside the truncation region (1e-4)")
+    p.add_argument("--restrict", action="store_true",
+                   help="tsnpe/snpe_c: learn where the simulator fails and propose only where "
+                        "it is predicted to work")
+    p.add_argument("--workers", type=positive_int, default=1, help="simulation processes")
+    p.add_argument("--timeout", type=positive_float,
+                   help="seconds one simulation chunk may run (recorded invalid past it)")
+    p.add_argument("--max-epochs", type=positive_int)
+    p.add_argument("--max-seconds", type=positive_float, help="wall-time cap per round's training")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--quiet", action="store_true", help="no per-round progress lines")
+    add_force(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from sbi_core.atomic import check_output
+    from sbi_core.cli.common import problem_file
+    from sbi_core.io import read_observations
+    from sbi_core.resolve import resolve_problem
+    from sbi_core.sequential import run_sequential
+    from sbi_core.serialization import save
+
+    out = check_output(args.out, "model", inputs=[args.x, problem_file(args.problem), args.store],
+                       force=args.force)
+    if args.store is not None:
+        if not str(args.store).rstrip("/").endswith(".zarr"):
+            raise ValueError(f"--store {args.store}: name the store PATH.zarr.")
+        check_output(args.store, "zarr", inputs=[args.x, problem_file(args.problem)],
+                     flag="--store")
+    if args.resume and args.store is None:
+        raise ValueError("--resume needs --store PATH.zarr of the interrupted run.")
+    problem = resolve_problem(args.problem)
+    xs = read_observations(args.x, tuple(problem.x_shape or ()))
+    if xs.shape[0] != 1:
+        raise ValueError(f"{args.x} holds {xs.shape[0]} observations; sequential inference is "
+                         "for one observation x_o (one row). For many observations train an "
+                         "amortized posterior with `sbi-core simulate` + `sbi-core train`.")
+    options = {k: v for k, v in {"max_epochs": args.max_epochs, "max_seconds": args.max_seconds,
+                                 "device": args.device}.items() if v is not None}
+    result = run_sequential(problem, xs[0], method=args.method, rounds=args.rounds,
+                            sims_per_round=args.sims_per_round, seed=args.seed,
+                            store=args.store, resume=args.resume, epsilon=args.epsilon,
+                            restrict=args.restrict, workers=args.workers, timeout=args.timeout,
+                            progress=not args.quiet, **options)
+    save(result.posterior, out)
+    print(json.dumps({"out": str(args.out), "method": args.method,
+                      "total_simulations": result.history[-1].total_simulations,
+                      "rounds": result.table()}))
+    return 0

@@ -1,0 +1,742 @@
+"""Sequential inference: several rounds of simulate → fit, focused on one observation ``x_o``.
+
+Methods (``run_sequential(..., method=...)``):
+
+- ``"tsnpe"`` (truncated sequential NPE, Deistler et al. 2022): round ``r`` trains NPE (the
+  previous round's estimator, continued) on *all* simulations so far with the plain NPE loss; the next round's proposal is the
+  prior truncated to the posterior's highest-probability region (HPR)
+  ``{θ : log q(θ | x_o) > τ}``, ``τ`` the ``epsilon``-quantile (default 1e-4) of
+  ``log q`` on the posterior's own samples. The truncated prior is sampled by rejection
+  from the prior, or, when the region keeps less than ``min_prior_acceptance`` of the prior
+  mass, from a box around the HPR (uniform candidates accepted with probability
+  ``∝ prior density``, then the HPR test). The result stays an ordinary amortized NPE
+  inside the region, valid as long as no round cut off true posterior mass.
+- ``"snpe_c"`` (APT, Greenberg et al. 2019): proposals from the current posterior; later
+  rounds retrain with the atomic loss (``estimators.apt.train_apt``).
+- ``"snle"`` / ``"snre"``: proposals from the current MCMC posterior; the likelihood (ratio)
+  estimator is refit on all rounds' simulations (their losses stay valid under any
+  proposal).
+
+Resumability: with ``store="run.zarr"`` every round's simulations go into the zarr store
+chunk by chunk as they are made (:func:`sbi_core.simulation.simulate` with given θ), and a
+small state in ``run.zarr/_sequential/`` (JSON written atomically, each finished round's
+posterior as a model file, each round's proposal θ as ``.npy``) records where the run is.
+``resume=True`` skips the finished rounds, simulates only uncommitted chunks, and gives the
+same posterior as an uninterrupted run: proposals are drawn from seeds derived from
+``(seed, round)`` and training is seeded.
+
+The final posterior records ``problem_spec["sequential"]`` (method, ``x_o``, the training x's
+scale, the truncation) so that ``sample`` warns when asked about an x far from ``x_o``
+(:func:`check_observation`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sbi_core.atomic import atomic_write
+from sbi_core.posterior import Posterior, seeded
+from sbi_core.priors import prior_log_prob, support_bounds
+from sbi_core.problem import Problem
+from sbi_core.progress import show_progress
+
+__all__ = ["run_sequential", "SequentialResult", "RoundRecord", "TruncationRegion",
+           "sample_truncated_prior", "check_observation", "SEQUENTIAL_METHODS"]
+
+#: sequential method -> the registered method whose estimator it trains.
+SEQUENTIAL_METHODS = {"tsnpe": "npe", "snpe_c": "npe", "snle": "nle", "snre": "nre"}
+#: default x tolerance of :func:`check_observation` in training-x standard deviations.
+X_TOLERANCE = 4.0
+_STATE = "_sequential"
+
+
+# ---------------------------------------------------------------------------- truncation
+@dataclass
+class TruncationRegion:
+    """The HPR ``{θ : log_prob(θ) > threshold}`` of one round's posterior at ``x_o``.
+
+    ``log_prob``: ``(N, D) -> (N,)``, the posterior's (unnormalized is fine) log density.
+    """
+
+    log_prob: Callable[[Tensor], Tensor]
+    threshold: float
+
+    @classmethod
+    def from_samples(cls, log_prob: Callable[[Tensor], Tensor], samples: Tensor,
+                     epsilon: float = 1e-4) -> TruncationRegion:
+        """Threshold at the ``epsilon``-quantile of ``log_prob`` on the posterior's own
+        ``samples`` ``(N, D)``: the region keeps a fraction ``1 - epsilon`` of its mass."""
+        if not 0.0 <= epsilon < 1.0:
+            raise ValueError(f"epsilon must be in [0, 1), got {epsilon}; the default 1e-4 keeps "
+                             "99.99% of the posterior mass.")
+        lp = _batched(log_prob, samples)
+        lp = lp[torch.isfinite(lp)]
+        if lp.numel() == 0:
+            raise ValueError("The posterior's log density is not finite at any of its own "
+                             "samples; the round's estimator is broken (train longer).")
+        k = int(math.floor(epsilon * lp.numel()))
+        return cls(log_prob, float(torch.sort(lp).values[k]))
+
+    def contains(self, theta: Tensor) -> Tensor:
+        """``(N,)`` bool: θ ``(N, D)`` inside the region."""
+        return _batched(self.log_prob, theta) >= self.threshold
+
+
+def _batched(fn: Callable[[Tensor], Tensor], theta: Tensor, size: int = 50_000) -> Tensor:
+    return torch.cat([fn(theta[i:i + size]) for i in range(0, len(theta), size)]) \
+        if len(theta) else torch.empty(0)
+
+
+@dataclass
+class TruncationSample:
+    theta: Tensor              # (n, D)
+    prior_mass: float          # estimated fraction of the base (prior) mass kept
+    sampler: str               # "prior" (rejection), "box" or "restricted"
+    acceptance: float          # acceptance of the sampler used
+    box: tuple[list[float], list[float]] | None = None
+
+
+def sample_truncated_prior(prior: Any, region: TruncationRegion, n: int, hpr_samples: Tensor,
+                           min_prior_acceptance: float = 0.01, probe: int = 20_000,
+                           max_candidates: int = 20_000_000,
+                           base_sample: Callable[[int], Tensor] | None = None
+                           ) -> TruncationSample:
+    """``n`` draws from ``prior`` restricted to ``region`` (seed torch before calling).
+
+    First ``probe`` prior draws estimate the kept prior mass. If it is at least
+    ``min_prior_acceptance``, rejection from the prior (exact). Else candidates are drawn
+    uniformly in a box around ``hpr_samples`` ``(M, D)`` (their range widened by 25% per side,
+    clipped to the support) and accepted with probability ``p(θ) / (2 max p)`` over a probe of
+    the box, then by the HPR test: exact as long as the box holds the region and the prior
+    density on the box stays below twice the probe's maximum (true for smooth priors).
+    ``base_sample(m)`` replaces prior draws (e.g. a restricted prior); then only rejection.
+    """
+    draw = base_sample or (lambda m: prior.sample((m,)).float())
+    cand = draw(probe)
+    inside = region.contains(cand)
+    mass = float(inside.float().mean())
+    if base_sample is not None or mass >= min_prior_acceptance:
+        kind = "restricted" if base_sample is not None else "prior"
+        theta, acc = _rejection(n, draw, region.contains, max_candidates, first=cand[inside],
+                                first_count=probe, what=kind)
+        return TruncationSample(theta, max(mass, acc), kind, acc)
+    low, high = support_bounds(prior)
+    s = hpr_samples[region.contains(hpr_samples)]
+    if len(s) == 0:
+        s = hpr_samples
+    lo, hi = s.min(0).values, s.max(0).values
+    width = (hi - lo).clamp(min=1e-6)
+    lo = torch.maximum(lo - 0.25 * width, low.to(lo))
+    hi = torch.minimum(hi + 0.25 * width, high.to(hi))
+    volume = float(torch.prod(hi - lo, dtype=torch.float64))
+
+    def uniform(m: int) -> Tensor:
+        return lo + (hi - lo) * torch.rand(m, len(lo))
+
+    u = uniform(probe)
+    lp_u = prior_log_prob(prior, u)
+    log_env = float(lp_u.max()) + math.log(2.0)
+    in_u = region.contains(u)
+    box_mass = volume * float((lp_u.exp() * in_u).mean())
+
+    def accept(theta: Tensor) -> Tensor:
+        lp = prior_log_prob(prior, theta)
+        if bool((lp > log_env).any()):
+            raise ValueError("The prior density inside the truncation box exceeds the sampler's "
+                             "envelope; pass min_prior_acceptance=0 to sample the truncated "
+                             "prior by plain rejection from the prior.")
+        keep = torch.rand(len(theta)).log() < lp - log_env
+        return keep & region.contains(theta)
+
+    theta, acc = _rejection(n, uniform, accept, max_candidates, what="box")
+    return TruncationSample(theta, min(1.0, box_mass) if box_mass > 0 else mass, "box", acc,
+                            (lo.tolist(), hi.tolist()))
+
+
+def _rejection(n: int, draw: Callable[[int], Tensor], keep: Callable[[Tensor], Tensor],
+               max_candidates: int, first: Tensor | None = None, first_count: int = 0,
+               what: str = "prior") -> tuple[Tensor, float]:
+    parts = [first] if first is not None and len(first) else []
+    got = sum(len(p) for p in parts)
+    tried, accepted = first_count, got
+    while got < n:
+        rate = max(accepted / tried, 1e-4) if tried else 0.1
+        m = int(min(500_000, max(1000, 1.2 * (n - got) / rate)))
+        if tried + m > max_candidates:
+            raise ValueError(
+                f"Sampling the truncated prior ({what}) accepted only {accepted:,} of "
+                f"{tried:,} candidates; the truncation region holds almost no prior mass. "
+                "Increase epsilon, check that x_o resembles the simulations, or use "
+                "method='snpe_c'.")
+        cand = draw(m)
+        ok = keep(cand)
+        tried, accepted = tried + m, accepted + int(ok.sum())
+        parts.append(cand[ok])
+        got += int(ok.sum())
+    return torch.cat(parts)[:n], accepted / max(tried, 1)
+
+
+# ---------------------------------------------------------------------------- observation check
+def check_observation(record: dict[str, Any], x: Tensor, tolerance: float | None = None) -> None:
+    """Warn when ``x`` (``(B, *x_shape)`` or iid sets) lies far from the observation a
+    sequential posterior was trained for (``record = problem_spec["sequential"]``): more than
+    ``tolerance`` (default ``record["x_tolerance"]`` or 4) training-x standard deviations in
+    any dimension."""
+    x_o = torch.as_tensor(record.get("x_o") or [], dtype=torch.float32).reshape(-1)
+    scale = torch.as_tensor(record.get("x_scale") or [], dtype=torch.float32).reshape(-1)
+    if x_o.numel() == 0 or scale.numel() != x_o.numel() or x.numel() % x_o.numel():
+        return
+    tol = float(tolerance if tolerance is not None else record.get("x_tolerance", X_TOLERANCE))
+    rows = x.reshape(-1, x_o.numel()).float()
+    z = ((rows - x_o) / scale.clamp(min=1e-12)).abs().amax(-1)
+    if bool((z > tol).any()):
+        far = (z > tol).nonzero().flatten().tolist()
+        where = "the truncation region of x_o" if record.get("method") == "tsnpe" else "x_o"
+        warnings.warn(
+            f"This posterior was trained by sequential {record.get('method')} for one observation "
+            f"x_o and is valid only near it ({where}); {len(far)} observation row(s) (first: "
+            f"{far[0]}) lie up to {float(z.max()):.1f} training-x standard deviations from x_o "
+            f"(tolerance {tol:g}). Its samples there are not the posterior: train an amortized "
+            "posterior (`sbi-core train`) or rerun `sbi-core run` for this x.",
+            UserWarning, stacklevel=5)
+
+
+# ---------------------------------------------------------------------------- records
+@dataclass
+class RoundRecord:
+    """What one round did (plain values; ``SequentialResult.history`` is a list of these)."""
+
+    round: int
+    num_simulations: int          # this round
+    total_simulations: int        # all rounds so far
+    num_invalid: int              # this round
+    proposal: str                 # "prior", "truncated prior (prior|box|restricted)", "posterior"
+    acceptance: float | None      # acceptance of the proposal sampler
+    prior_mass: float | None      # fraction of prior mass in this round's proposal region
+    validation_loss: float | None
+    epochs: int | None
+    simulate_seconds: float
+    train_seconds: float
+    seconds: float
+    truncation_threshold: float | None = None
+    box: list | None = None
+    reference_inside: float | None = None  # fraction of reference samples in the region
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SequentialResult:
+    """``posterior`` (the last round's) and ``history`` (one :class:`RoundRecord` per round).
+
+    Unpacks as ``posterior, history = run_sequential(...)``.
+    """
+
+    posterior: Posterior
+    history: list[RoundRecord] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[Any]:
+        yield self.posterior
+        yield self.history
+
+    def table(self) -> list[dict[str, Any]]:
+        return [r.to_dict() for r in self.history]
+
+
+def _round_seed(seed: int, r: int, purpose: int) -> int:
+    """A seed derived from ``(seed, round, purpose)`` (0: proposal, 1: training, 2: sims)."""
+    return int(np.random.SeedSequence([int(seed) % 2**32, r, purpose]).generate_state(1)[0])
+
+
+def _default_chunk(n: int) -> int:
+    return max(d for d in range(1, min(n, 1000) + 1) if n % d == 0)
+
+
+# ---------------------------------------------------------------------------- state on disk
+class _RunState:
+    """``STORE/_sequential/``: ``state.json``, ``round-RR.pt``, ``theta-RR.npy``."""
+
+    def __init__(self, store: Path | None, settings: dict[str, Any]):
+        self.store = store
+        self.dir = None if store is None else store / _STATE
+        self.settings = settings
+        self.rounds: list[dict[str, Any]] = []
+        self.pending: dict[str, Any] = {}  # the proposal drawn for the round in progress
+
+    def load(self, resume: bool) -> None:
+        if self.store is None:
+            if resume:
+                raise ValueError("resume=True needs the store of the interrupted run "
+                                 "(store='run.zarr'; CLI: --store run.zarr --resume).")
+            return
+        exists = (self.store / "zarr.json").exists() or (self.dir and self.dir.exists())
+        if exists and not resume:
+            raise ValueError(f"{self.store} already exists. Pass resume=True (CLI: --resume) to "
+                             "continue that run, or choose a new store path.")
+        state_file = self.dir / "state.json"
+        if not state_file.exists():
+            return
+        state = json.loads(state_file.read_text())
+        saved = state.get("settings", {})
+        diff = {k: (saved.get(k), v) for k, v in self.settings.items()
+                if k != "rounds" and saved.get(k) != v}
+        if diff:
+            detail = "; ".join(f"{k}: store has {a!r}, this run has {b!r}"
+                               for k, (a, b) in diff.items())
+            raise ValueError(f"Cannot resume {self.store}: {detail}. Resume with the original "
+                             "settings (more rounds are fine) or use a new store.")
+        self.rounds = list(state.get("rounds", []))
+        self.pending = dict(state.get("pending") or {})
+
+    def save(self) -> None:
+        if self.dir is None:
+            return
+        self.dir.mkdir(exist_ok=True)
+        with atomic_write(self.dir / "state.json") as tmp:
+            tmp.write_text(json.dumps({"settings": self.settings, "rounds": self.rounds,
+                                       "pending": self.pending},
+                                      indent=1))
+
+    def path(self, kind: str, r: int) -> Path | None:
+        if self.dir is None:
+            return None
+        return self.dir / (f"round-{r:02d}.pt" if kind == "model" else f"theta-{r:02d}.npy")
+
+    def save_theta(self, r: int, theta: Tensor) -> None:
+        p = self.path("theta", r)
+        if p is None or not self.store.exists():
+            return
+        self.dir.mkdir(exist_ok=True)
+        with atomic_write(p) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, theta.numpy())
+        self.save()  # records the pending proposal's description with it
+
+    def load_theta(self, r: int) -> Tensor | None:
+        p = self.path("theta", r)
+        if p is None or not p.exists():
+            return None
+        return torch.from_numpy(np.load(p, allow_pickle=False))
+
+
+# ---------------------------------------------------------------------------- the driver
+def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds: int = 5,
+                   sims_per_round: int = 1000, seed: int = 0,
+                   store: str | os.PathLike | None = None, resume: bool = False, *,
+                   epsilon: float = 1e-4, num_threshold_samples: int = 20_000,
+                   min_prior_acceptance: float = 0.01, restrict: bool = False,
+                   num_atoms: int = 10, warm_start: bool = True, workers: int = 1,
+                   chunk_size: int | None = None,
+                   timeout: float | None = None, progress: bool | None = None,
+                   on_round: Callable[[RoundRecord], None] | None = None,
+                   reference_samples: Tensor | None = None,
+                   **fit_options: Any) -> SequentialResult:
+    """Run ``rounds`` rounds of ``sims_per_round`` simulations focused on ``x_o``.
+
+    Args:
+        problem: the :class:`Problem` (prior + simulator).
+        x_o: the observation ``x_shape``.
+        method: ``"tsnpe"`` (default), ``"snpe_c"``, ``"snle"`` or ``"snre"`` (module docstring;
+            docs/sequential.md has a guide).
+        rounds, sims_per_round: the budget is ``rounds * sims_per_round`` simulations.
+        seed: fixes everything (proposals, simulations, training).
+        store: zarr store path; each round's simulations are committed chunk by chunk.
+        resume: continue the run in ``store`` where it stopped (same result).
+        epsilon: TSNPE: posterior mass outside the truncation region (quantile of the
+            posterior's log density on its ``num_threshold_samples`` own samples).
+        min_prior_acceptance: TSNPE: below this kept prior fraction, sample in a box around
+            the region instead of by rejection from the prior.
+        restrict: also learn where the simulator fails (``estimators.restriction``) and
+            propose only where it is predicted to succeed (tsnpe, snpe_c).
+        num_atoms: SNPE-C's atomic loss.
+        warm_start: rounds after the first continue training the previous round's estimator
+            on all simulations (default, as sbi does; its z-scoring stays that of round 1);
+            ``False`` trains a fresh estimator each round. SNPE-C always continues.
+        workers, chunk_size, timeout: simulation engine options (``chunk_size`` defaults to
+            the largest divisor of ``sims_per_round`` up to 1000, so rounds fill whole chunks).
+        progress: one progress line per round (``None``: on a terminal).
+        on_round: called with each finished :class:`RoundRecord`.
+        reference_samples: optional samples ``(M, D)`` of the true posterior at ``x_o``
+            (benchmarks, tests): TSNPE records in each round the fraction of them inside the
+            truncation region (``reference_inside``; should stay about ``1 - epsilon``).
+        **fit_options: training and estimator options passed to :func:`sbi_core.fit`.
+
+    Returns:
+        :class:`SequentialResult` ``(posterior, history)``.
+    """
+    from sbi_core.inference import fit
+    from sbi_core.simulation import simulate
+
+    method = method.lower()
+    if method not in SEQUENTIAL_METHODS:
+        raise ValueError(f"Unknown sequential method {method!r}; choose one of "
+                         f"{', '.join(SEQUENTIAL_METHODS)} (docs/sequential.md compares them).")
+    for name, v in (("rounds", rounds), ("sims_per_round", sims_per_round)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}.")
+    if not 0.0 <= epsilon < 1.0:
+        raise ValueError(f"epsilon must be in [0, 1), got {epsilon}; the default 1e-4 keeps "
+                         "99.99% of each round's posterior mass inside the truncation.")
+    if not 0.0 <= min_prior_acceptance <= 1.0:
+        raise ValueError(f"min_prior_acceptance must be in [0, 1], got {min_prior_acceptance}.")
+    if num_threshold_samples < 100:
+        raise ValueError(f"num_threshold_samples must be >= 100, got {num_threshold_samples}; "
+                         "the threshold is a quantile of that many posterior samples.")
+    if restrict and method not in ("tsnpe", "snpe_c"):
+        raise ValueError(f"restrict=True applies to tsnpe and snpe_c, not {method!r}: "
+                         "NLE/NRE need the invalid simulations' factor P(valid | θ) (see "
+                         "docs/sequential.md); drop restrict or use method='tsnpe'.")
+    train_apt = _optional("estimators.apt", "train_apt", "method='snpe_c'") \
+        if method == "snpe_c" else None
+    fit_restriction = _optional("estimators.restriction", "fit_restriction", "restrict=True") \
+        if restrict else None
+    x_o = _check_x_o(problem, x_o)
+    chunk = chunk_size or _default_chunk(sims_per_round)
+    if sims_per_round % chunk:
+        raise ValueError(f"chunk_size={chunk} must divide sims_per_round={sims_per_round} so "
+                         "that every round fills whole chunks of the store.")
+    base_method = SEQUENTIAL_METHODS[method]
+    settings = {"method": method, "seed": int(seed), "sims_per_round": int(sims_per_round),
+                "x_o": x_o.reshape(-1).tolist(), "epsilon": float(epsilon),
+                "chunk_size": int(chunk), "restrict": bool(restrict), "problem": problem.name,
+                "warm_start": bool(warm_start),
+                "fit_options": _plain_options(fit_options)}
+    state = _RunState(Path(store) if store is not None else None, settings)
+    state.load(resume)
+    verbose = show_progress(progress)
+    fit_options.setdefault("progress", False)
+
+    history: list[RoundRecord] = []
+    posterior: Posterior | None = None
+    restricted = None
+    thetas: list[Tensor] = []
+    all_sims = None
+    for r in range(1, rounds + 1):
+        t_round = time.perf_counter()
+        done = state.rounds[r - 1] if r <= len(state.rounds) else None
+        model_file = state.path("model", r)
+        if done is not None and model_file is not None and model_file.exists():
+            # finished before an interruption: reuse its posterior and θ
+            from sbi_core.serialization import load
+
+            posterior = load(model_file, prior=problem.prior)
+            thetas.append(_stored_theta(state.store, r, sims_per_round))
+            history.append(RoundRecord(**done))
+            _report(history[-1], rounds, verbose, resumed=True)
+            continue
+        if fit_restriction is not None and restricted is None and r > 1:  # resumed run
+            prev = _stored_sims(state.store, (r - 1) * sims_per_round)
+            restricted = fit_restriction(problem.prior, prev.theta, prev.valid,
+                                         seed=_round_seed(seed, r - 1, 3))
+
+        # ---- proposal: drawn from (seed, round), or read back when it was drawn before a kill
+        pseed = _round_seed(seed, r, 0)
+        theta_r = state.load_theta(r)
+        pending = state.pending if state.pending.get("round") == r else None
+        if theta_r is None or pending is None:
+            with seeded(pseed):
+                theta_r, info = _propose(problem, posterior, x_o, method, sims_per_round,
+                                         epsilon, num_threshold_samples, min_prior_acceptance,
+                                         restricted, pseed, reference_samples)
+            theta_r = theta_r.float().contiguous()
+            state.pending = {"round": r, **info}
+            state.save_theta(r, theta_r)
+        else:
+            info = {k: v for k, v in pending.items() if k != "round"}
+        thetas.append(theta_r)
+
+        # ---- simulate (all rounds' θ; in a store only the uncommitted chunks run)
+        t0 = time.perf_counter()
+        if store is not None:
+            all_sims = simulate(problem, theta=torch.cat(thetas), seed=seed, store=store,
+                                resume=True, chunk_size=chunk, workers=workers,
+                                timeout=timeout, progress=False)
+            state.save_theta(r, theta_r)  # round 1: the store exists only now
+        else:
+            new = simulate(problem, theta=theta_r, seed=_round_seed(seed, r, 2),
+                           chunk_size=chunk, workers=workers, timeout=timeout, progress=False)
+            all_sims = new if all_sims is None else _concat(all_sims, new)
+        sim_seconds = time.perf_counter() - t0
+        n_invalid = int((~all_sims.valid[-sims_per_round:]).sum())
+
+        # ---- train on all rounds
+        t1 = time.perf_counter()
+        posterior = _train_round(problem, all_sims, method, base_method, r, posterior,
+                                 _round_seed(seed, r, 1), train_apt, num_atoms, fit_options, fit,
+                                 warm_start, sims_per_round, seed)
+        train_seconds = time.perf_counter() - t1
+        if fit_restriction is not None:
+            restricted = fit_restriction(problem.prior, all_sims.theta, all_sims.valid,
+                                         seed=_round_seed(seed, r, 3))
+        h = posterior.history
+        rec = RoundRecord(
+            round=r, num_simulations=len(theta_r), total_simulations=len(all_sims),
+            num_invalid=n_invalid, proposal=info.get("proposal", "prior"),
+            acceptance=info.get("acceptance"), prior_mass=info.get("prior_mass"),
+            validation_loss=h.get("best_validation_loss"), epochs=h.get("epochs"),
+            simulate_seconds=round(sim_seconds, 3), train_seconds=round(train_seconds, 3),
+            seconds=round(time.perf_counter() - t_round, 3),
+            truncation_threshold=info.get("truncation_threshold"), box=info.get("box"),
+            reference_inside=info.get("reference_inside"))
+        history.append(rec)
+        if store is not None:
+            from sbi_core.serialization import save
+
+            save(posterior, model_file)
+            state.rounds = state.rounds[:r - 1] + [rec.to_dict()]
+            state.pending = {}
+            state.save()
+        _report(rec, rounds, verbose)
+        if on_round is not None:
+            on_round(rec)
+
+    assert posterior is not None
+    last_x = (all_sims if all_sims is not None else
+              _stored_sims(state.store, rounds * sims_per_round)).x[-sims_per_round:]
+    last_valid = (all_sims if all_sims is not None else
+                  _stored_sims(state.store, rounds * sims_per_round)).valid[-sims_per_round:]
+    _attach_record(posterior, method, x_o, history, last_x[last_valid] if bool(last_valid.any())
+                   else last_x, epsilon, rounds)
+    return SequentialResult(posterior, history)
+
+
+def _stored_sims(store: Path, n: int) -> Any:
+    """The first ``n`` rows of a (partly) written store as a SimulationSet."""
+    from sbi_core.simulation_set import SimulationSet
+    from sbi_core.stores import SimulationStore
+
+    st = SimulationStore(store)
+    theta, x, valid = st.read_rows(0, n)
+    return SimulationSet(torch.from_numpy(theta), torch.from_numpy(x),
+                         torch.from_numpy(valid), st.provenance())
+
+
+def _stored_theta(store: Path, r: int, n: int) -> Tensor:
+    from sbi_core.stores import SimulationStore
+
+    return torch.from_numpy(SimulationStore(store).read_rows((r - 1) * n, r * n)[0])
+
+
+def _optional(module: str, attr: str, what: str) -> Callable[..., Any]:
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        raise ValueError(f"{what} is not available in this installation ({module}.{attr} is "
+                         "missing); use method='tsnpe', 'snle' or 'snre' without "
+                         "restrict.") from None
+
+
+def _check_x_o(problem: Problem, x_o: Any) -> Tensor:
+    x = torch.as_tensor(np.asarray(x_o, dtype=np.float32) if not isinstance(x_o, Tensor)
+                        else x_o.detach(), dtype=torch.float32)
+    shape = tuple(problem.x_shape or ())
+    if tuple(x.shape) != shape:
+        if x.numel() == math.prod(shape) and x.shape[0] == 1:
+            x = x.reshape(shape)
+        else:
+            raise ValueError(f"x_o has shape {tuple(x.shape)}; problem {problem.name!r} "
+                             f"simulates x of shape {shape}. Pass one observation.")
+    if not torch.isfinite(x).all():
+        raise ValueError("x_o contains NaN or inf; pass a finite observation.")
+    return x
+
+
+def _plain_options(options: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in sorted(options.items()):
+        if k == "progress":
+            continue
+        out[k] = v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)
+    return out
+
+
+def _propose(problem: Problem, posterior: Posterior | None, x_o: Tensor, method: str, n: int,
+             epsilon: float, num_threshold: int, min_prior_acceptance: float,
+             restricted: Any, pseed: int,
+             reference: Tensor | None = None) -> tuple[Tensor, dict[str, Any]]:
+    """Round ``r``'s θ ``(n, D)`` and what the proposal was (torch already seeded)."""
+    base = None if restricted is None else (lambda m: restricted.sample((m,)).float())
+    if posterior is None:
+        theta = base(n) if base is not None else problem.prior.sample((n,)).float()
+        return theta, {"proposal": "prior" if base is None else "restricted prior",
+                       "acceptance": None if base is None else
+                       _float(getattr(restricted, "acceptance", None)),
+                       "prior_mass": 1.0 if base is None else
+                       _float(getattr(restricted, "acceptance", None))}
+    if method == "tsnpe":
+        samples = posterior.sample((num_threshold,), x=x_o, max_seconds=None)
+        region = _region_of(posterior, x_o, samples, epsilon)
+        out = sample_truncated_prior(problem.prior, region, n, samples,
+                                     min_prior_acceptance=min_prior_acceptance, base_sample=base)
+        mass = out.prior_mass
+        if restricted is not None:
+            mass *= _float(getattr(restricted, "acceptance", None)) or 1.0
+        return out.theta, {"proposal": f"truncated prior ({out.sampler})",
+                           "acceptance": out.acceptance, "prior_mass": mass,
+                           "truncation_threshold": region.threshold,
+                           "box": None if out.box is None else [out.box[0], out.box[1]],
+                           "reference_inside": None if reference is None else
+                           float(region.contains(torch.as_tensor(reference).float())
+                                 .float().mean())}
+    theta = posterior.sample((n,), x=x_o, max_seconds=None, seed=pseed)
+    acc = None
+    if restricted is not None:  # keep proposals where the simulator is predicted to work
+        ok = torch.isfinite(restricted.log_prob(theta))
+        acc = float(ok.float().mean())
+        kept = [theta[ok]]
+        k = 1
+        while sum(len(t) for t in kept) < n and k < 50:
+            more = posterior.sample((n,), x=x_o, max_seconds=None, seed=pseed + k)
+            kept.append(more[torch.isfinite(restricted.log_prob(more))])
+            k += 1
+        theta = torch.cat(kept)
+        if len(theta) < n:
+            raise ValueError("The restriction rejects almost all posterior samples; the "
+                             "posterior lies where the simulator fails.")
+        theta = theta[:n]
+    return theta, {"proposal": "posterior", "acceptance": acc, "prior_mass": None}
+
+
+def _float(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+def _region_of(posterior: Posterior, x_o: Tensor, samples: Tensor,
+               epsilon: float) -> TruncationRegion:
+    """The HPR of an NPE ``posterior`` at ``x_o`` from its ``samples`` ``(N, D)``."""
+
+    def log_q(theta: Tensor) -> Tensor:
+        return posterior.log_prob(theta, x=x_o, normalize=False)
+
+    return TruncationRegion.from_samples(log_q, samples, epsilon)
+
+
+def _train_round(problem: Problem, sims: Any, method: str, base_method: str, r: int,
+                 previous: Posterior | None, tseed: int, train_apt: Any, num_atoms: int,
+                 fit_options: dict[str, Any], fit: Callable[..., Posterior],
+                 warm_start: bool = False, sims_per_round: int = 1,
+                 run_seed: int = 0) -> Posterior:
+    if r == 1 or not (method == "snpe_c" or warm_start):
+        return fit(problem, sims, method=base_method, seed=tseed, **fit_options)
+    from sbi_core.methods import get_method
+    from sbi_core.training import split_options, train
+
+    m = get_method(base_method)
+    theta, x = sims.training_data()
+    config, _ = split_options({**m.training_defaults(fit_options), **fit_options, "seed": tseed})
+    torch.manual_seed(tseed)
+    estimator = previous.estimator
+    if method != "snpe_c":  # warm start: continue the previous round's estimator, plain loss
+        # each round's validation rows stay validation rows: rows the estimator trained on
+        # in earlier rounds would make the validation loss optimistic and stop training early
+        batches = _RoundBatches(sims, sims_per_round, config.validation_fraction, run_seed,
+                                config.device)
+        hist = train(estimator, batches, None, config, loss_fn=m.loss_fn)
+        return m.make_posterior(estimator, problem.prior, problem.spec(), hist.to_dict(),
+                                **dict(getattr(previous, "config", {}) or {}))
+    # The atomic loss needs no proposal density (the atoms cancel it), hence None.
+    hist = train_apt(estimator, theta, x, problem.prior, None, config, num_atoms=num_atoms)
+    return m.make_posterior(estimator, problem.prior, problem.spec(), hist.to_dict())
+
+
+class _RoundBatches:
+    """All rounds' valid simulations as a :class:`~sbi_core.training.BatchSource` whose
+    validation split is fixed per round: round ``k``'s rows are split by a permutation seeded
+    from ``k`` alone, so a row once used for validation is never trained on later."""
+
+    def __init__(self, sims: Any, per_round: int, fraction: float, seed: int, device: str):
+        rows = torch.arange(len(sims))
+        valid = sims.valid.bool()
+        val_rows, train_rows = [], []
+        for k in range(-(-len(sims) // per_round)):
+            mine = rows[k * per_round:(k + 1) * per_round]
+            mine = mine[valid[mine]]
+            g = torch.Generator().manual_seed(_round_seed(seed, k + 1, 4))
+            mine = mine[torch.randperm(len(mine), generator=g)]
+            n_val = int(round(fraction * len(mine)))
+            val_rows.append(mine[:n_val])
+            train_rows.append(mine[n_val:])
+        va, tr = torch.cat(val_rows), torch.cat(train_rows)
+        if fraction > 0 and (len(va) < 1 or len(tr) < 2):
+            raise ValueError(f"{len(va) + len(tr)} valid simulations are too few to train on.")
+        dev = torch.device(device)
+        theta, x = sims.theta.float(), sims.x.float()
+        self.theta_tr, self.x_tr = theta[tr].to(dev), x[tr].to(dev)
+        self.theta_va, self.x_va = theta[va].to(dev), x[va].to(dev)
+        self.num_train, self.num_validation = len(tr), len(va)
+        self.device = dev
+
+    def epoch(self, generator: torch.Generator, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        order = torch.randperm(self.num_train, generator=generator).to(self.device)
+        for b in range(max(self.num_train // batch_size, 1)):
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            yield self.theta_tr[idx], self.x_tr[idx]
+
+    def validation(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for i in range(0, self.num_validation, 8192):
+            yield self.theta_va[i:i + 8192], self.x_va[i:i + 8192]
+
+
+def _concat(a: Any, b: Any) -> Any:
+    from sbi_core.simulation_set import SimulationSet
+
+    prov = dict(a.provenance)
+    prov["num_simulations"] = len(a) + len(b)
+    prov["num_invalid"] = int(a.num_invalid + b.num_invalid)
+    return SimulationSet(torch.cat([a.theta, b.theta]), torch.cat([a.x, b.x]),
+                         torch.cat([a.valid, b.valid]), prov)
+
+
+def _attach_record(posterior: Posterior, method: str, x_o: Tensor, history: list[RoundRecord],
+                   last_x: Tensor, epsilon: float, rounds: int) -> None:
+    flat = last_x.reshape(len(last_x), -1).double()
+    scale = flat.std(0) if len(flat) > 1 else flat.abs().mean(0)
+    scale = torch.where(torch.isfinite(scale) & (scale > 0), scale, torch.ones_like(scale))
+    last = history[-1]
+    truncation = None
+    if method == "tsnpe":
+        truncation = {"epsilon": float(epsilon),
+                      "prior_mass_per_round": [h.prior_mass for h in history],
+                      "log_prob_threshold_per_round": [h.truncation_threshold
+                                                       for h in history],
+                      "last_box": history[-1].box,
+                      "note": "valid for observations whose posterior lies inside the last "
+                              "round's truncation region"}
+    posterior.problem_spec = {**dict(posterior.problem_spec or {}), "sequential": {
+        "method": method, "x_o": x_o.reshape(-1).tolist(), "x_shape": list(x_o.shape),
+        "x_scale": scale.tolist(), "x_tolerance": X_TOLERANCE, "rounds": int(rounds),
+        "total_simulations": int(last.total_simulations), "truncation": truncation}}
+    posterior.history = {**dict(posterior.history or {}),
+                         "sequential_rounds": [h.to_dict() for h in history]}
+
+
+def _report(rec: RoundRecord, rounds: int, verbose: bool, resumed: bool = False) -> None:
+    if not verbose:
+        return
+    parts = [f"[sbi-core] round {rec.round}/{rounds}" + (" (resumed: already done)" if resumed
+                                                          else ""),
+             f"{rec.num_simulations} sims ({rec.total_simulations} total, "
+             f"{rec.num_invalid} invalid)", f"proposal {rec.proposal}"]
+    if rec.prior_mass is not None:
+        parts.append(f"prior mass kept {rec.prior_mass:.3g}")
+    if rec.acceptance is not None:
+        parts.append(f"acceptance {rec.acceptance:.3g}")
+    if rec.validation_loss is not None:
+        parts.append(f"val loss {rec.validation_loss:.3f}")
+    parts.append(f"{rec.seconds:.1f} s")
+    print(", ".join(parts), file=sys.stderr, flush=True)
