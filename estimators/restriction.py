@@ -313,7 +313,7 @@ class RestrictedPrior(Distribution):
         if self.acceptance < self.min_acceptance:
             raise SamplingError(self._collapse_message(self.acceptance, "the acceptance estimate"))
         out, filled, proposed, kept = [], 0, 0, 0
-        rate = max(self.acceptance, self.min_acceptance)
+        rate = max(self.acceptance, self.min_acceptance, 1e-6)
         while filled < n:
             m = int(min(1_000_000, max(256, math.ceil((n - filled) / rate * 1.2))))
             t0 = time.perf_counter()
