@@ -163,3 +163,121 @@ def test_two_rounds_on_gaussian_linear_match_the_analytic_posterior():
     ref = problem.reference_posterior(x_o, 2000, seed=0)
     acc = c2st(ref, post.sample((2000,), x=x_o, seed=0))
     assert acc < 0.6, acc
+
+
+# ---------------------------------------------------------------- non-atomic variant (MDN)
+def _mdn(prior, n=50, seed=0):
+    theta, x = _data(prior, n, seed)
+    torch.manual_seed(seed)
+    return build_npe(theta, x, prior, flow="mdn", hidden_features=8, num_components=3).eval(), x
+
+
+@pytest.mark.parametrize("prior", [gaussian([0.5], std=[2.0]), box_uniform([-6.0], [6.0])])
+def test_mdn_proposal_posterior_matches_grid_normalization(prior):
+    from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
+
+    from estimators.apt_mdn import mdn_components, proposal_posterior_log_prob
+
+    est, x = _mdn(prior)
+    prop = MixtureSameFamily(Categorical(logits=torch.tensor([0.0, 1.0])),
+                             MultivariateNormal(torch.tensor([[0.3], [1.0]]),
+                                                scale_tril=torch.tensor([[[0.5]], [[0.8]]])))
+    pts = torch.tensor([[0.2], [1.1], [-0.5]])
+    grid = torch.linspace(-15, 15, 30001)[:, None]
+    dz = 30.0 / 30000
+    uniform = isinstance(prior, type(box_uniform([0.0], [1.0])))
+    with torch.no_grad():
+        logw, loc, tril = mdn_components(est, x[:1])
+        lp_prior = (lambda t: torch.zeros(len(t))) if uniform else prior.log_prob
+        unnorm = (lambda t: est.log_prob(t, x[:1].expand(len(t), -1)) + prop.log_prob(t)
+                  - lp_prior(t))
+        log_z = torch.logsumexp(unnorm(grid), 0) + math.log(dz)
+        got = proposal_posterior_log_prob(pts, logw.expand(3, -1), loc.expand(3, -1, -1),
+                                          tril.expand(3, -1, -1, -1), prop, prior)
+    assert torch.allclose(got, unnorm(pts) - log_z, atol=1e-3), (got, unnorm(pts) - log_z)
+
+
+def test_mdn_loss_with_the_prior_as_proposal_is_the_nll():
+    from torch.distributions import MultivariateNormal
+
+    from estimators.apt_mdn import apt_mdn_loss
+
+    prior = gaussian([0.0, 1.0], std=[1.0, 0.5])
+    est, _ = _mdn(prior)
+    theta, x = _data(prior, 20, seed=3)
+    as_mvn = MultivariateNormal(prior.mean, covariance_matrix=torch.diag(prior.variance))
+    with torch.no_grad():
+        got = apt_mdn_loss(prior, as_mvn)(est, theta, x)
+        assert torch.allclose(got, -est.log_prob(theta, x), atol=1e-4)
+
+
+def test_mdn_variant_rejects_what_it_cannot_do():
+    from estimators.apt_mdn import train_apt_mdn
+
+    prior = gaussian([0.0, 0.0], std=[1.0, 1.0])
+    theta, x = _data(prior, 40)
+    flow = build_npe(theta, x, prior, **TINY)
+    with pytest.raises(ValueError, match="flow='mdn'"):
+        train_apt_mdn(flow, theta, x, prior, prior)
+    mdn = build_npe(theta, x, prior, flow="mdn", hidden_features=8, num_components=2)
+    with pytest.raises(ValueError, match="Gaussian mixture"):
+        train_apt_mdn(mdn, theta, x, prior, box_uniform([-1.0, -1.0], [1.0, 1.0]))
+    from sbi_core.priors import independent
+
+    odd = independent(("gamma", {"concentration": 2.0, "rate": 1.0}),
+                      ("gamma", {"concentration": 2.0, "rate": 1.0}))
+    with pytest.raises(ValueError, match="Gaussian or box-uniform prior"):
+        train_apt_mdn(mdn, theta.abs() + 0.1, x, odd, prior)
+
+
+def test_mdn_two_rounds_non_atomic_on_gaussian_linear():
+    from estimators.apt_mdn import mdn_proposal, train_apt_mdn
+
+    problem = simulators.get_problem("gaussian_linear", dim=2)
+    x_o = problem.observation(1)
+    cfg = TrainConfig(max_epochs=150, batch_size=128, learning_rate=2e-3, progress=False, seed=0)
+    s1 = simulate(problem, 400, seed=1, progress=False)
+    torch.manual_seed(0)
+    est = build_npe(s1.theta, s1.x, problem.prior, flow="mdn", hidden_features=32,
+                    num_components=3)
+    train(est, s1.theta, s1.x, cfg)
+    proposal = mdn_proposal(est, x_o)
+    torch.manual_seed(5)
+    s2 = simulate(problem, theta=proposal.sample((400,)), seed=2, progress=False)
+    train_apt_mdn(est, s2.theta, s2.x, problem.prior, proposal, cfg)  # latest round only
+    post = METHOD.make_posterior(est, problem.prior, problem.spec())
+    ref = problem.reference_posterior(x_o, 2000, seed=0)
+    acc = c2st(ref, post.sample((2000,), x=x_o, seed=0))
+    assert acc < 0.6, acc
+
+
+def test_two_moons_second_round_improves_and_reaches_amortized_npe():
+    """2 rounds x 500 on two_moons (observation 1). Measured (fmaf 32x3): round 1 C2ST 0.73,
+    round 2 0.63, amortized NPE on 1,000 prior simulations 0.59. APT did NOT beat that NPE
+    in our runs (docs/apt_and_restriction.md), so this asserts what holds: a clear gain over
+    round 1 and a result within 0.06 of NPE at the same budget."""
+    problem = simulators.get_problem("two_moons")
+    x_o = problem.observation(1)
+    ref = problem.reference_posterior(x_o, 2000, seed=0)
+    opts = {"hidden_features": 32, "num_transforms": 3}
+    cfg = TrainConfig(max_epochs=500, batch_size=128, learning_rate=2e-3, min_delta=0.005,
+                      progress=False, seed=0)
+    s1 = simulate(problem, 500, seed=1, progress=False)
+    torch.manual_seed(0)
+    est = build_npe(s1.theta, s1.x, problem.prior, **opts)
+    train(est, s1.theta, s1.x, cfg)
+    post = METHOD.make_posterior(est, problem.prior, problem.spec())
+    round1 = c2st(ref, post.sample((2000,), x=x_o, seed=0))
+    s2 = simulate(problem, theta=post.sample((500,), x=x_o, seed=1), seed=2, progress=False)
+    train_apt(est, torch.cat([s1.theta, s2.theta]), torch.cat([s1.x, s2.x]), problem.prior,
+              config=cfg)
+    round2 = c2st(ref, post.sample((2000,), x=x_o, seed=0))
+    s3 = simulate(problem, 1000, seed=1, progress=False)
+    torch.manual_seed(0)
+    base = build_npe(s3.theta, s3.x, problem.prior, **opts)
+    train(base, s3.theta, s3.x, cfg)
+    npe = c2st(ref, METHOD.make_posterior(base, problem.prior, problem.spec())
+               .sample((2000,), x=x_o, seed=0))
+    assert round2 < round1 - 0.05, (round1, round2)
+    assert round2 < npe + 0.06, (round2, npe)
+    assert round2 < 0.7, round2
