@@ -28,7 +28,8 @@ Pitfall (leakage): every atom is a simulated parameter inside the prior's suppor
 loss never penalizes mass that ``q`` puts outside a bounded prior. ``DirectPosterior``
 rejects such samples and renormalizes ``log_prob``; an estimator with
 ``theta_transform="unconstrained"`` cannot leak at all (recommended with box priors).
-See docs/apt_and_restriction.md.
+See docs/apt_and_restriction.md. For an MDN estimator with a Gaussian-mixture proposal
+the non-atomic variant is in :mod:`estimators.apt_mdn`.
 
 Example (two rounds)::
 
