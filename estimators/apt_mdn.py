@@ -27,8 +27,14 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import (Categorical, Distribution, Independent, MixtureSameFamily,
-                                 MultivariateNormal, Normal)
+from torch.distributions import (
+    Categorical,
+    Distribution,
+    Independent,
+    MixtureSameFamily,
+    MultivariateNormal,
+    Normal,
+)
 
 from sbi_core.priors import BoxUniform
 from sbi_core.training import TrainConfig, TrainingHistory, train

@@ -298,7 +298,7 @@ class RestrictedPrior(Distribution):
         lp = torch.where(self.accepts(flat), lp, torch.full_like(lp, -torch.inf))
         return lp.reshape(value.shape[:-1])
 
-    def sample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size(),
+    def sample(self, sample_shape: torch.Size | tuple[int, ...] = (),
                max_seconds: float | None | Budget = "default") -> Tensor:  # type: ignore[assignment]
         """Samples ``(*sample_shape, D)`` by batched rejection from the prior.
 

@@ -189,8 +189,10 @@ def test_mdn_proposal_posterior_matches_grid_normalization(prior):
     with torch.no_grad():
         logw, loc, tril = mdn_components(est, x[:1])
         lp_prior = (lambda t: torch.zeros(len(t))) if uniform else prior.log_prob
-        unnorm = (lambda t: est.log_prob(t, x[:1].expand(len(t), -1)) + prop.log_prob(t)
-                  - lp_prior(t))
+
+        def unnorm(t):
+            return est.log_prob(t, x[:1].expand(len(t), -1)) + prop.log_prob(t) - lp_prior(t)
+
         log_z = torch.logsumexp(unnorm(grid), 0) + math.log(dz)
         got = proposal_posterior_log_prob(pts, logw.expand(3, -1), loc.expand(3, -1, -1),
                                           tril.expand(3, -1, -1, -1), prop, prior)
