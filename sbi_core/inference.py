@@ -43,7 +43,7 @@ def _discrete_x_options(problem: Problem, m: Method, options: dict[str, Any]) ->
 
 def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os.PathLike,
         method: str = "npe", seed: int = 0, streaming: bool = False,
-        **options: Any) -> Posterior:
+        preset: str | None = None, **options: Any) -> Posterior:
     """Train an estimator of ``method`` on ``sims`` and return its :class:`Posterior`.
 
     Args:
@@ -55,10 +55,15 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
         seed: fixes initialization, the validation split and minibatch order.
         streaming: train from a zarr store chunk by chunk with bounded memory instead of
             loading it (``sims`` must be the store's path; see :mod:`sbi_core.streaming`).
+        preset: ``"fast"`` or ``"accurate"`` training defaults of methods that offer presets
+            (NPE; table in docs/npe.md); ``None`` uses the method's default preset. Options
+            given explicitly override the preset's.
         **options: training options (``batch_size``, ``learning_rate``, ``max_epochs``,
             ``max_seconds``, ``device``, ``progress``, ... see :class:`TrainConfig`) and
             estimator options (e.g. ``flow="nsf"``, ``hidden_features=64``, ``embedding=...``).
     """
+    m = get_method(method)
+    options = _with_preset(m, preset, options)
     if streaming:
         if not isinstance(sims, (str, os.PathLike)):
             raise ValueError("streaming=True needs the path of a zarr store as sims "
@@ -68,7 +73,6 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
         return fit_streaming(problem, sims, method=method, seed=seed, **options)
     if isinstance(sims, (str, os.PathLike)):
         sims = SimulationSet.load(sims)
-    m = get_method(method)
     if isinstance(sims, SimulationSet):
         theta, x = sims.training_data()
     else:
@@ -104,6 +108,23 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
                 f"Training on the valid ones failed: {err}") from err
         raise
     return m.make_posterior(estimator, problem.prior, problem_spec, history.to_dict())
+
+
+def _with_preset(m: Method, preset: str | None, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` completed with the training settings of ``preset`` (checked); explicit
+    options win. Every preset of a method sets the same keys, so the method's own defaults
+    applied later by the training path do not mix presets."""
+    if preset is None:
+        return options
+    presets = getattr(m.train_defaults, "presets", None)
+    if not presets:
+        raise ValueError(f"preset={preset!r}: method {m.name!r} has no training presets (they "
+                         "exist for method='npe'); set its training options directly instead, "
+                         "e.g. batch_size=, learning_rate=, stop_after_epochs=.")
+    if preset not in presets:
+        raise ValueError(f"Unknown preset {preset!r}; use one of {sorted(presets)} (or leave "
+                         "it out for the default).")
+    return {**m.training_defaults({**options, "preset": preset}), **options}
 
 
 def check_theta_in_support(problem: Problem, theta: Tensor) -> None:
