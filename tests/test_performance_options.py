@@ -49,7 +49,8 @@ def test_npe_defaults_are_the_fused_maf_with_its_training_presets():
     assert type(build_npe(theta, x, prior=None, flow="maf").density).__name__ == "Flow"
     npe = get_method("npe")
     assert npe.training_defaults({"preset": "fast"}) == {
-        "batch_size": 512, "learning_rate": 2e-3, "min_delta": 0.005, "ema_decay": None}
+        "batch_size": 512, "learning_rate": 2e-3, "min_delta": 0.005, "ema_decay": None,
+        "stop_after_epochs": 20}
     assert npe.training_defaults({})["min_delta"] == 0.0
     assert get_method("nle").training_defaults({}) == {}
 

@@ -6,9 +6,12 @@ import torch
 from sbi_core import Problem, fit, get_method
 from sbi_core.priors import BoxUniform
 
-FAST_FMAF = {"batch_size": 512, "learning_rate": 2e-3, "min_delta": 0.005, "ema_decay": None}
-ACCURATE = {"batch_size": 256, "learning_rate": 1e-3, "min_delta": 0.0, "ema_decay": 0.99}
-FAST_OTHER = {"batch_size": 256, "learning_rate": 1e-3, "min_delta": 0.0, "ema_decay": None}
+FAST_FMAF = {"batch_size": 512, "learning_rate": 2e-3, "min_delta": 0.005, "ema_decay": None,
+             "stop_after_epochs": 20}
+ACCURATE = {"batch_size": 256, "learning_rate": 1e-3, "min_delta": 0.0, "ema_decay": 0.99,
+            "stop_after_epochs": 40}
+FAST_OTHER = {"batch_size": 256, "learning_rate": 1e-3, "min_delta": 0.0, "ema_decay": None,
+              "stop_after_epochs": 20}
 
 
 def test_presets_resolve_to_documented_settings():
