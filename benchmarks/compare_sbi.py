@@ -86,7 +86,9 @@ def main() -> None:
     ap.add_argument("--sims", type=int, default=10_000)
     ap.add_argument("--observations", type=int, default=5)
     ap.add_argument("--num-samples", type=int, default=10_000)
-    ap.add_argument("--flows", nargs="+", default=["maf"])
+    ap.add_argument("--flows", nargs="+", default=["fmaf"],
+                    help="sbi-core flows (default: fmaf, sbi-core's default); sbi runs its "
+                         "MAF for fmaf and maf")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0],
                     help="one run per seed (simulations, split, initialization all change); "
                          "C2ST varies by several 0.01 between seeds, so compare means over "
@@ -97,7 +99,8 @@ def main() -> None:
     ap.add_argument("--libs", nargs="+", default=["sbi", "sbi_core"],
                     choices=["sbi", "sbi_core"], help="run only some libraries (tuning)")
     ap.add_argument("--ours-options", default="{}",
-                    help="JSON dict of extra sbi_core.fit options, e.g. '{\"batch_size\": 512}'")
+                    help="JSON dict of extra sbi_core.fit options, e.g. '{\"batch_size\": 512}' "
+                         "or '{\"preset\": \"fast\"}'")
     ap.add_argument("--concurrent", action="store_true",
                     help="train both libraries at the same time (each with --threads threads) "
                          "instead of one after the other: on a busy shared machine both then "

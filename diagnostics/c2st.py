@@ -15,9 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sbi_core.threads import auto_threads
+
 __all__ = ["c2st"]
 
 
+@auto_threads
 def c2st(p: Tensor, q: Tensor, folds: int = 5, seed: int = 0, epochs: int = 100,
          batch_size: int = 512, learning_rate: float = 1e-3, hidden: int | None = None) -> float:
     """C2ST accuracy between samples ``p`` ``(N, D)`` and ``q`` ``(M, D)``.

@@ -30,6 +30,7 @@ from diagnostics.ecp import (
 )
 from diagnostics.testset import _range_check_off, posterior_samples
 from sbi_core.posterior import DirectPosterior, Posterior
+from sbi_core.threads import auto_threads
 
 __all__ = ["CoverageResult", "hpd_levels", "expected_coverage", "run_expected_coverage"]
 
@@ -99,6 +100,7 @@ def expected_coverage(posterior: Posterior, samples: Tensor, theta: Tensor, xs: 
                           max_deviation=float((ecp - alpha).abs().max()))
 
 
+@auto_threads
 def run_expected_coverage(posterior: Posterior, theta: Tensor, xs: Tensor,
                           num_samples: int = 1000, seed: int = 0,
                           progress: bool | None = None) -> CoverageResult:

@@ -39,6 +39,7 @@ from diagnostics.testset import calibration_pairs, posterior_samples
 from sbi_core.posterior import Posterior
 from sbi_core.problem import Problem
 from sbi_core.simulation_set import SimulationSet
+from sbi_core.threads import auto_threads
 
 __all__ = ["diagnose", "DiagnosisReport", "DiagnosisContext", "Check", "CHECKS",
            "CHECK_MODULES", "register_check", "STATUSES", "REPORT_KEY"]
@@ -214,6 +215,7 @@ class DiagnosisReport:
         return save(self.posterior, path)
 
 
+@auto_threads
 def diagnose(posterior: Posterior, problem: Problem | str | None = None,
              sims: SimulationSet | tuple[Tensor, Tensor] | None = None, num: int = 200,
              num_samples: int = 1000, checks: Sequence[str] | None = None, seed: int = 0,

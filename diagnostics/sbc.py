@@ -25,6 +25,7 @@ from torch import Tensor
 from diagnostics.ecp import FAIL_PVALUE, WARN_PVALUE, derived_seed, rank_to_unit
 from diagnostics.testset import posterior_samples
 from sbi_core.posterior import Posterior
+from sbi_core.threads import auto_threads
 
 __all__ = ["SBCResult", "sbc_ranks", "sbc", "run_sbc", "ecdf_band"]
 
@@ -125,6 +126,7 @@ def sbc(samples: Tensor, theta: Tensor, num_bins: int | None = None, seed: int =
                      mean_rank=r.mean(0).tolist(), rank_std=r.std(0).tolist())
 
 
+@auto_threads
 def run_sbc(posterior: Posterior, theta: Tensor, xs: Tensor, num_samples: int = 1000,
             seed: int = 0, progress: bool | None = None) -> SBCResult:
     """Sample ``posterior`` for every ``xs`` ``(N, *x_shape)`` (batched) and run SBC."""

@@ -42,6 +42,7 @@ from diagnostics.ecp import (
 )
 from diagnostics.testset import posterior_samples
 from sbi_core.posterior import Posterior
+from sbi_core.threads import auto_threads
 
 __all__ = ["TarpResult", "tarp_coverage", "run_tarp", "regression_references"]
 
@@ -173,6 +174,7 @@ def tarp_coverage(samples: Tensor, theta: Tensor, references: References = "box"
                       max_deviation=float((ecp - alpha).abs().max()), references=kind)
 
 
+@auto_threads
 def run_tarp(posterior: Posterior, theta: Tensor, xs: Tensor, num_samples: int = 1000,
              references: References = "box", seed: int = 0, progress: bool | None = None,
              **options: Any) -> TarpResult:

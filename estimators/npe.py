@@ -57,16 +57,39 @@ DEFAULTS: dict[str, Any] = {
 
 THETA_TRANSFORMS = (None, "unconstrained")
 
-# Training defaults of the fused MAF, chosen by benchmarks/compare_sbi.py against sbi 0.27
-# over 4 tasks x 3 seeds (docs/performance.md): larger batches, a larger learning rate, and
-# early stopping that ignores improvements below 0.005 nats. Other flows keep TrainConfig's.
+# Training presets, chosen by benchmarks/compare_sbi.py against sbi 0.27 (table and
+# commands in docs/performance.md, summary in docs/npe.md). "fast" is the earlier fused-MAF
+# default (larger batches and learning rate, early stopping that ignores improvements below
+# 0.005 nats): it stops at a coarser optimum. "accurate" (the default, any flow) trains to a
+# finer one. Other flows keep TrainConfig's defaults under "fast".
 FMAF_TRAIN_DEFAULTS: dict[str, Any] = {"batch_size": 512, "learning_rate": 2e-3,
-                                       "min_delta": 0.005}
+                                       "min_delta": 0.005, "ema_decay": None,
+                                       "stop_after_epochs": 20}
+# TrainConfig's own defaults, what other flows use under "fast"
+OTHER_FAST_DEFAULTS: dict[str, Any] = {"batch_size": 256, "learning_rate": 1e-3,
+                                       "min_delta": 0.0, "ema_decay": None,
+                                       "stop_after_epochs": 20}
+# Weight averaging (EMA 0.99) and patience 40 (gaussian_mixture has a plateau ~70 epochs
+# in that patience 20 mistakes for convergence) gave the largest C2ST gains.
+ACCURATE_DEFAULTS: dict[str, Any] = {"batch_size": 256, "learning_rate": 1e-3,
+                                     "min_delta": 0.0, "ema_decay": 0.99,
+                                     "stop_after_epochs": 40}
+PRESETS = ("fast", "accurate")
+DEFAULT_PRESET = "accurate"
 
 
 def train_defaults(options: dict[str, Any]) -> dict[str, Any]:
-    """Training defaults for the NPE estimator ``options`` (user options override them)."""
-    return dict(FMAF_TRAIN_DEFAULTS) if options.get("flow", DEFAULTS["flow"]) == "fmaf" else {}
+    """Training defaults for the NPE estimator ``options`` (user options override them);
+    ``options["preset"]`` (set by ``fit(..., preset=)``) picks ``"fast"`` or ``"accurate"``
+    (default). Every preset sets the same keys."""
+    preset = options.get("preset") or DEFAULT_PRESET
+    if preset == "accurate":
+        return dict(ACCURATE_DEFAULTS)
+    fmaf = options.get("flow", DEFAULTS["flow"]) == "fmaf"
+    return dict(FMAF_TRAIN_DEFAULTS if fmaf else OTHER_FAST_DEFAULTS)
+
+
+train_defaults.presets = PRESETS  # type: ignore[attr-defined]
 
 
 class NPEEstimator(StandardizedEstimator):

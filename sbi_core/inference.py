@@ -46,7 +46,7 @@ def _discrete_x_options(problem: Problem, m: Method, options: dict[str, Any]) ->
 
 def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os.PathLike,
         method: str = "npe", seed: int = 0, streaming: bool = False, detector: bool = True,
-        **options: Any) -> Posterior:
+        preset: str | None = None, **options: Any) -> Posterior:
     """Train an estimator of ``method`` on ``sims`` and return its :class:`Posterior`.
 
     Args:
@@ -63,10 +63,15 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
             its null from the validation rows; False skips it. Skipped for fewer than
             ``MIN_DETECTOR_SIMS`` (500) simulations (train one with
             ``posterior.fit_detector(sims)``).
+        preset: ``"fast"`` or ``"accurate"`` training defaults of methods that offer presets
+            (NPE; table in docs/npe.md); ``None`` uses the method's default preset. Options
+            given explicitly override the preset's.
         **options: training options (``batch_size``, ``learning_rate``, ``max_epochs``,
             ``max_seconds``, ``device``, ``progress``, ... see :class:`TrainConfig`) and
             estimator options (e.g. ``flow="nsf"``, ``hidden_features=64``, ``embedding=...``).
     """
+    m = get_method(method)
+    options = _with_preset(m, preset, options)
     if streaming:
         if not isinstance(sims, (str, os.PathLike)):
             raise ValueError("streaming=True needs the path of a zarr store as sims "
@@ -76,7 +81,6 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
         return fit_streaming(problem, sims, method=method, seed=seed, **options)
     if isinstance(sims, (str, os.PathLike)):
         sims = SimulationSet.load(sims)
-    m = get_method(method)
     if isinstance(sims, SimulationSet):
         theta, x = sims.training_data()
     else:
@@ -138,6 +142,23 @@ def _with_detector(posterior: Posterior, x: Tensor, x_holdout: Tensor | None,
                       "simulations, or pass detector=False to fit to skip it.", UserWarning,
                       stacklevel=3)
     return posterior
+
+
+def _with_preset(m: Method, preset: str | None, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` completed with the training settings of ``preset`` (checked); explicit
+    options win. Every preset of a method sets the same keys, so the method's own defaults
+    applied later by the training path do not mix presets."""
+    if preset is None:
+        return options
+    presets = getattr(m.train_defaults, "presets", None)
+    if not presets:
+        raise ValueError(f"preset={preset!r}: method {m.name!r} has no training presets (they "
+                         "exist for method='npe'); set its training options directly instead, "
+                         "e.g. batch_size=, learning_rate=, stop_after_epochs=.")
+    if preset not in presets:
+        raise ValueError(f"Unknown preset {preset!r}; use one of {sorted(presets)} (or leave "
+                         "it out for the default).")
+    return {**m.training_defaults({**options, "preset": preset}), **options}
 
 
 def check_theta_in_support(problem: Problem, theta: Tensor) -> None:

@@ -35,6 +35,7 @@ from torch.distributions import Distribution
 
 from sbi_core.budget import Budget, SamplingError, SamplingTimeoutError
 from sbi_core.priors import support_bounds, within_support
+from sbi_core.threads import auto_threads, thread_scope
 
 __all__ = ["Posterior", "DirectPosterior", "ObservationError", "SamplingError",
            "SamplingTimeoutError", "seeded", "MAP_BUDGET_ADVICE"]
@@ -194,7 +195,7 @@ class Posterior:
         if n == 0:
             return torch.empty(*shape, xs.shape[0], self.dim)
         budget = self._budget(max_seconds)
-        with seeded(seed), torch.no_grad():
+        with seeded(seed), torch.no_grad(), thread_scope("auto"):
             samples = self._sample_batched(n, xs, budget=budget, **kwargs)
         return samples.reshape(*shape, xs.shape[0], self.dim)
 
@@ -215,15 +216,17 @@ class Posterior:
             raise ValueError(
                 f"theta must have shape (N, B={xs.shape[0]}, D={self.dim}), got {tuple(theta.shape)}."
             )
-        with torch.no_grad():
+        with torch.no_grad(), thread_scope("auto"):
             return self._log_prob_batched(theta, xs, **kwargs)
 
+    @auto_threads
     def map(self, x: Tensor | None = None, num_init: int = 1000, steps: int = 100,
             seed: int | None = 0, max_seconds: MaxSeconds = "default") -> Tensor:
         """Maximum a posteriori estimate ``(D,)`` for one observation."""
         xs = self._single_x(x)
         return self._map_batched(xs, num_init, steps, seed, self._budget(max_seconds, "MAP"))[0]
 
+    @auto_threads
     def map_batched(self, xs: Tensor, num_init: int = 1000, steps: int = 100,
                     seed: int | None = 0, max_seconds: MaxSeconds = "default") -> Tensor:
         """MAP estimates ``(B, D)`` for ``B`` observations."""

@@ -27,6 +27,7 @@ import numbers
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol, runtime_checkable
 
@@ -34,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from sbi_core.progress import progress_bar
+from sbi_core.threads import module_work, thread_scope
 
 __all__ = ["TrainConfig", "TrainingHistory", "TrainingCallback", "train", "split_options",
            "BatchSource"]
@@ -69,8 +71,12 @@ LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 class TrainConfig:
     """Settings of :func:`train`. Defaults were chosen by ``benchmarks/`` (docs/performance.md).
 
-    ``num_threads``: torch intra-op threads while training (restored afterwards); ``None``
-    keeps the process setting. On a shared or 2-core CPU, ``1`` avoids oversubscription.
+    ``num_threads``: torch intra-op threads while training (restored afterwards); ``"auto"``
+    (default) picks them with :func:`sbi_core.threads.choose_threads` (1 for small networks,
+    else the free cores), ``None`` keeps the process setting.
+    ``ema_decay``: if set (e.g. ``0.995``), an exponential moving average of the weights is
+    updated after every step; validation, early stopping and the returned weights use the
+    average (Polyak averaging), which smooths out minibatch noise at the end of training.
     ``min_delta``: early stopping counts an epoch as progress only if the validation loss
     beats the best by more than this (nats per sample); the best weights are kept anyway.
     """
@@ -88,7 +94,8 @@ class TrainConfig:
     progress: bool | None = None
     lr_decay_on_plateau: bool = True
     distributed: bool = False
-    num_threads: int | None = None
+    num_threads: int | str | None = "auto"
+    ema_decay: float | None = None
     callbacks: tuple[Any, ...] | list[Any] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -122,8 +129,11 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise bad("max_seconds", "a number >= 0 (0: stop after one epoch) or None")
     if cfg.clip_max_norm is not None and (not is_num(cfg.clip_max_norm) or cfg.clip_max_norm <= 0):
         raise bad("clip_max_norm", "a finite number > 0 or None")
-    if cfg.num_threads is not None and (not is_int(cfg.num_threads) or cfg.num_threads < 1):
-        raise bad("num_threads", "an integer >= 1 or None (keep torch's setting)")
+    if cfg.num_threads is not None and cfg.num_threads != "auto" and (
+            not is_int(cfg.num_threads) or cfg.num_threads < 1):
+        raise bad("num_threads", "'auto', an integer >= 1, or None (keep torch's setting)")
+    if cfg.ema_decay is not None and (not is_num(cfg.ema_decay) or not 0 < cfg.ema_decay < 1):
+        raise bad("ema_decay", "a number strictly between 0 and 1, or None (no averaging)")
     if not is_int(cfg.seed):
         raise bad("seed", "an integer")
     if not isinstance(cfg.callbacks, (list, tuple)):
@@ -224,16 +234,9 @@ def train(
         The :class:`TrainingHistory`; the estimator holds the best validation weights.
     """
     cfg = _replace(config or TrainConfig(), overrides)
-    if cfg.num_threads is not None and cfg.num_threads < 1:
-        raise ValueError(f"num_threads must be >= 1 (or None to keep torch's setting); got "
-                         f"{cfg.num_threads}.")
-    threads_before = torch.get_num_threads()
-    if cfg.num_threads is not None:
-        torch.set_num_threads(cfg.num_threads)
-    try:
+    work = None if cfg.device != "cpu" else module_work(estimator, cfg.batch_size)
+    with thread_scope(cfg.num_threads, work):
         return _train(estimator, theta, x, cfg, loss_fn)
-    finally:
-        torch.set_num_threads(threads_before)
 
 
 def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
@@ -273,6 +276,7 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
     history = TrainingHistory(num_train=n_train, num_validation=n_val,
                               config=plain_config(cfg))
     notify = _Notifier(cfg.callbacks if rank == 0 else ())
+    ema = _WeightAverage(estimator, cfg.ema_decay) if cfg.ema_decay is not None else None
     best_state = _state_copy(estimator)
     since_best = 0
     start = time.perf_counter()
@@ -295,13 +299,16 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
                 if cfg.clip_max_norm is not None:
                     nn.utils.clip_grad_norm_(estimator.parameters(), cfg.clip_max_norm)
                 optimizer.step()
+                if ema is not None:
+                    ema.update()
                 total += loss.detach()
                 n_batches += 1
             if world > 1:
                 total = _all_mean(total, world)
             train_loss = float(total) / max(n_batches, 1)
-            val_loss = _evaluate_batches(estimator, loss_fn, data.validation(), device) \
-                if n_val else train_loss
+            with ema.swapped() if ema is not None else _nothing():
+                val_loss = _evaluate_batches(estimator, loss_fn, data.validation(), device) \
+                    if n_val else train_loss
             history.train_loss.append(train_loss)
             history.validation_loss.append(val_loss)
             history.epoch_seconds.append(time.perf_counter() - t0)
@@ -318,7 +325,8 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
                 # patience restarts only on a real improvement (> min_delta)
                 real = val_loss < history.best_validation_loss - cfg.min_delta
                 history.best_validation_loss, history.best_epoch = val_loss, epoch
-                best_state = _state_copy(estimator)
+                with ema.swapped() if ema is not None else _nothing():
+                    best_state = _state_copy(estimator)
                 since_best = 0 if real else since_best + 1
                 notify("on_best", epoch, val_loss)
             else:
@@ -383,6 +391,45 @@ class _Notifier:
                 warnings.warn(f"Training callback {type(cb).__name__}.{hook} raised "
                               f"{type(err).__name__}: {err}; it is switched off for the rest "
                               "of this training run (training goes on).", stacklevel=3)
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+class _WeightAverage:
+    """Exponential moving average of a module's trainable weights (Polyak averaging).
+
+    ``update()`` after each optimizer step: ``avg += (1 - decay) * (w - avg)`` on all
+    parameters at once (``torch._foreach_lerp_``), with the decay warmed up as
+    ``min(decay, (1 + t) / (10 + t))`` so that early averages do not drag in the random
+    initialization. ``swapped()`` puts the averages into the module for a block.
+    """
+
+    def __init__(self, module: nn.Module, decay: float):
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.avg = [p.detach().clone() for p in self.params]
+        self.decay, self.steps = decay, 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.steps += 1
+        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        torch._foreach_lerp_(self.avg, [p.detach() for p in self.params], 1.0 - d)
+
+    @contextmanager
+    def swapped(self) -> Iterator[None]:
+        with torch.no_grad():
+            current = [p.detach().clone() for p in self.params]
+            for p, a in zip(self.params, self.avg):
+                p.copy_(a)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, c in zip(self.params, current):
+                    p.copy_(c)
 
 
 class _TensorBatches:

@@ -40,17 +40,18 @@ def test_num_threads_rejects_zero():
         train(_Gauss(), theta, theta, num_threads=0, progress=False)
 
 
-def test_npe_defaults_are_the_fused_maf_with_its_training_defaults():
-    """fmaf is the default flow with batch 512, lr 2e-3, min_delta 0.005 (chosen by
-    benchmarks/compare_sbi.py, docs/performance.md); other flows keep TrainConfig's defaults,
-    and user options override both."""
+def test_npe_defaults_are_the_fused_maf_with_its_training_presets():
+    """fmaf is the default flow; its default training preset is "accurate" and the earlier
+    defaults (batch 512, lr 2e-3, min_delta 0.005) are preset="fast" (docs/npe.md,
+    tests/test_presets.py); user options override both."""
     theta, x = torch.randn(100, 2), torch.randn(100, 3)
     assert isinstance(build_npe(theta, x, prior=None).density, FusedMAF)
     assert type(build_npe(theta, x, prior=None, flow="maf").density).__name__ == "Flow"
     npe = get_method("npe")
-    assert npe.training_defaults({}) == {"batch_size": 512, "learning_rate": 2e-3,
-                                         "min_delta": 0.005}
-    assert npe.training_defaults({"flow": "nsf"}) == {}
+    assert npe.training_defaults({"preset": "fast"}) == {
+        "batch_size": 512, "learning_rate": 2e-3, "min_delta": 0.005, "ema_decay": None,
+        "stop_after_epochs": 20}
+    assert npe.training_defaults({})["min_delta"] == 0.0
     assert get_method("nle").training_defaults({}) == {}
 
 
