@@ -35,7 +35,7 @@ from sbi_core.sequential import run_sequential
 FAST = os.environ.get("SBI_CORE_FAST") == "1"
 ROUNDS = 3 if FAST else 5
 PER_ROUND = 300 if FAST else 1000
-TRAIN = {"max_epochs": 40, "hidden_features": 32} if FAST else {}
+TRAIN = {"max_epochs": 40, "hidden_features": 32, "preset": "fast"} if FAST else {}
 SECONDS_PER_SIM = 2e-4 if FAST else 1e-3
 
 # %% [markdown]
