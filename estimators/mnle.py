@@ -40,8 +40,9 @@ from torch.distributions import Distribution
 
 from estimators.discrete_x import DiscreteColumns, discrete_config
 from estimators.flows import FLOWS, NSF_LAYOUT, build_flow, nsf_layout
+from estimators.nle import likelihood_posterior
 from estimators.standardize import Standardize, fit_standardize
-from sbi_core.mcmc_posterior import MCMCPosterior, mcmc_defaults
+from sbi_core.mcmc_posterior import mcmc_defaults
 from sbi_core.methods import Method
 from sbi_core.posterior import ObservationError
 
@@ -256,12 +257,7 @@ def _log_columns(spec: Any, x: Tensor, discrete: list[int], x_dim: int) -> list[
     return cols
 
 
-def _make_posterior(estimator: MNLEEstimator, prior: Distribution, problem_spec: dict[str, Any],
-                    history: dict[str, Any] | None = None, **kwargs: Any) -> MCMCPosterior:
-    kwargs.setdefault("mcmc", estimator.config.get("mcmc"))
-    post = MCMCPosterior(estimator, prior, problem_spec, history, **kwargs)
-    post.method = "mnle"
-    return post
+_make_posterior = likelihood_posterior("mnle")
 
 
 METHOD = Method(

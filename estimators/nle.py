@@ -100,12 +100,21 @@ def build_nle(theta: Tensor, x: Tensor, prior: Distribution, **options: Any) -> 
     return est
 
 
-def _make_posterior(estimator: NLEEstimator, prior: Distribution, problem_spec: dict[str, Any],
-                    history: dict[str, Any] | None = None, **kwargs: Any) -> MCMCPosterior:
-    kwargs.setdefault("mcmc", estimator.config.get("mcmc"))
-    post = MCMCPosterior(estimator, prior, problem_spec, history, **kwargs)
-    post.method = "nle"
-    return post
+def likelihood_posterior(method: str) -> Any:
+    """``make_posterior`` of a likelihood method: an :class:`MCMCPosterior` over the trained
+    likelihood, with the MCMC settings stored in the estimator config."""
+
+    def make(estimator: Any, prior: Distribution, problem_spec: dict[str, Any],
+             history: dict[str, Any] | None = None, **kwargs: Any) -> MCMCPosterior:
+        kwargs.setdefault("mcmc", estimator.config.get("mcmc"))
+        post = MCMCPosterior(estimator, prior, problem_spec, history, **kwargs)
+        post.method = method
+        return post
+
+    return make
+
+
+_make_posterior = likelihood_posterior("nle")
 
 
 METHOD = Method(

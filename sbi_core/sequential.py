@@ -52,6 +52,7 @@ from sbi_core.posterior import Posterior, seeded
 from sbi_core.priors import prior_log_prob, support_bounds
 from sbi_core.problem import Problem
 from sbi_core.progress import show_progress
+from sbi_core.training import _TensorBatches
 
 __all__ = ["run_sequential", "SequentialResult", "RoundRecord", "TruncationRegion",
            "sample_truncated_prior", "check_observation", "SEQUENTIAL_METHODS"]
@@ -654,7 +655,7 @@ def _train_round(problem: Problem, sims: Any, method: str, base_method: str, r: 
     return m.make_posterior(estimator, problem.prior, problem.spec(), hist.to_dict())
 
 
-class _RoundBatches:
+class _RoundBatches(_TensorBatches):  # epoch() and validation() come from the base
     """All rounds' valid simulations as a :class:`~sbi_core.training.BatchSource` whose
     validation split is fixed per round: round ``k``'s rows are split by a permutation seeded
     from ``k`` alone, so a row once used for validation is never trained on later."""
@@ -680,16 +681,6 @@ class _RoundBatches:
         self.theta_va, self.x_va = theta[va].to(dev), x[va].to(dev)
         self.num_train, self.num_validation = len(tr), len(va)
         self.device = dev
-
-    def epoch(self, generator: torch.Generator, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-        order = torch.randperm(self.num_train, generator=generator).to(self.device)
-        for b in range(max(self.num_train // batch_size, 1)):
-            idx = order[b * batch_size:(b + 1) * batch_size]
-            yield self.theta_tr[idx], self.x_tr[idx]
-
-    def validation(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for i in range(0, self.num_validation, 8192):
-            yield self.theta_va[i:i + 8192], self.x_va[i:i + 8192]
 
 
 def _concat(a: Any, b: Any) -> Any:
