@@ -28,6 +28,7 @@ import numpy as np
 from diagnostics.plots_calibration import (
     below_panels_legend,
     coverage_plot,
+    finish_panels,
     sbc_rank_plot,
     tarp_plot,
 )
@@ -90,14 +91,7 @@ def plot_sbc_ecdf(ranks, param_names: list[str] | None = None, confidence: float
         ax.set_xlabel("normalized rank")
         if i % cols == 0:
             ax.set_ylabel("ECDF - uniform")
-    if fig is None:
-        if legend:
-            axes[0].legend(fontsize=7, frameon=False, loc="best")
-        return axes[0].figure
-    if legend:
-        below_panels_legend(fig, axes[0])
-    fig.suptitle("SBC: rank ECDF difference", fontsize=10)
-    return _finish(fig, path)
+    return finish_panels(fig, axes, legend, "SBC: rank ECDF difference", path)
 
 
 def plot_predictive(pvalues: Sequence[float], distance_quantiles, scale: float | None = None,

@@ -34,6 +34,21 @@ def rank_band(num: int, num_bins: int, confidence: float = 0.99) -> tuple[float,
     return (float(stats.binom.ppf(q, num, p)), num * p, float(stats.binom.ppf(1 - q, num, p)))
 
 
+def finish_panels(fig, axes, legend: bool, title: str | None, path: str | Path | None):
+    """End a per-parameter panel figure. ``fig`` None: the panels were drawn into the
+    caller's axes (legend inside the first one; returns that figure). Otherwise a legend
+    below the panels, the title, and :func:`finish` (save to ``path`` or return ``fig``)."""
+    if fig is None:
+        if legend:
+            axes[0].legend(fontsize=7, frameon=False, loc="best")
+        return axes[0].figure
+    if legend:
+        below_panels_legend(fig, axes[0])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return finish(fig, path)
+
+
 def below_panels_legend(fig, ax, *more_axes) -> None:
     """One legend for the whole figure, centred under its panels (outside the data)."""
     handles, labels = ax.get_legend_handles_labels()
@@ -112,15 +127,7 @@ def sbc_rank_plot(ranks: Any, num_bins: int | None = None, param_names: Sequence
         ax.set_xlabel("normalized rank")
         if i == 0:
             ax.set_ylabel("count")
-    if fig is None:
-        if legend:
-            axes[0].legend(fontsize=7, frameon=False, loc="best")
-        return axes[0].figure
-    if legend:
-        below_panels_legend(fig, axes[0])
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return finish(fig, path)
+    return finish_panels(fig, axes, legend, title, path)
 
 
 def coverage_plot(alpha: Any, ecp: Any, num: int | None = None, ecp_std: Any = None,
