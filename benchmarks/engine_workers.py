@@ -55,8 +55,8 @@ def main() -> None:
     print(f"load average: {os.getloadavg()}")
     print("simulations  chunk  pool_s  supervised_s  ratio(pool/supervised)")
     for n, cs in [(20_000, 50), (200_000, 10_000)]:
-        t_old, x_old = _best(lambda: _pool_baseline(problem, n, cs))
-        t_new, sims = _best(lambda: simulate(problem, n, seed=0, workers=2, chunk_size=cs,
+        t_old, x_old = _best(lambda n=n, cs=cs: _pool_baseline(problem, n, cs))
+        t_new, sims = _best(lambda n=n, cs=cs: simulate(problem, n, seed=0, workers=2, chunk_size=cs,
                                              progress=False))
         assert torch.equal(x_old, sims.x)
         print(f"{n:>11}  {cs:>5}  {t_old:6.3f}  {t_new:12.3f}  {t_old / t_new:6.2f}")

@@ -45,9 +45,9 @@ mode, startup, theta_path, x_path, mask_path = sys.argv[1:6]
 time.sleep(float(startup))
 theta = np.load(theta_path)
 x = np.stack([theta.sum(1), theta[:, 0] * theta[:, 1], np.sin(theta[:, 2])], 1)
-bad = theta[:, 0] < {fail}
+bad = theta[:, 0] < FAILFRAC
 if mode == "raise" and bad.any():
-    sys.stderr.write(f"{{int(bad.sum())}} rows diverged\\n")
+    sys.stderr.write(f"{int(bad.sum())} rows diverged\\n")
     sys.exit(1)
 if mode == "nan":
     x[bad] = np.nan
@@ -55,7 +55,7 @@ np.save(x_path, x)
 if mode == "mask" and bad.any():
     np.savetxt(mask_path, np.nonzero(bad)[0], fmt="%d")
     sys.exit(3)
-'''.format(fail=FAIL_FRACTION)
+'''.replace("FAILFRAC", str(FAIL_FRACTION))
 
 
 def _problem(script: Path, mode: str, startup: float) -> Problem:
@@ -109,7 +109,7 @@ def main() -> None:
         seed = 0
         results = {}
         for mode in ("mask", "nan"):
-            sims, secs = _timed(lambda: simulate(_problem(script, mode, args.startup), args.n,
+            sims, secs = _timed(lambda mode=mode: simulate(_problem(script, mode, args.startup), args.n,
                                                  seed=seed, workers=args.workers,
                                                  chunk_size=args.chunk_size, progress=False))
             results[mode] = secs
