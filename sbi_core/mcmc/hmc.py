@@ -97,7 +97,7 @@ class HMCState:
 
     def __init__(self, z: Tensor, logp: Tensor, grad: Tensor, num_groups: int, scale: Tensor,
                  target_accept: float = 0.8, trajectory_length: float = math.pi / 2,
-                 max_steps: int = 16, num_steps: int | None = None):
+                 max_steps: int = 10, num_steps: int | None = None):
         m, d = z.shape
         if m % num_groups:
             raise ValueError(f"{m} chains do not split into {num_groups} observations.")

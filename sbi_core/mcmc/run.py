@@ -41,9 +41,6 @@ __all__ = ["MCMCConfig", "MCMCResult", "run_mcmc", "MCMC_METHODS"]
 
 MCMC_METHODS = ("auto", "hmc", "slice")
 
-#: fewest draws kept per chain (split R-hat and ESS need at least 4)
-MIN_DRAWS_PER_CHAIN = 4
-
 #: ``potential(theta (M, D), index (M,)) -> (M,)``: unnormalized log posterior of each row,
 #: ``index`` naming the observation the row belongs to (``0..B-1``).
 Potential = Callable[[Tensor, Tensor], Tensor]
@@ -70,6 +67,9 @@ class MCMCConfig:
             num_samples``, sampling continues for another round of the same length and the
             draws are thinned evenly, up to ``max_thin`` rounds (``None``: fixed ``thin``).
         max_thin: most rounds (thinning factor) the ESS rule may use.
+        min_draws_per_chain: each chain keeps at least this many draws (more than
+            ``num_samples / num_chains`` for small requests; split R-hat and ESS need 4, 10 make
+            them less noisy); the returned samples are spread evenly over all kept draws.
         init_strategy: ``"sir"`` (default), ``"best"`` or ``"prior"`` (see ``mcmc.init``).
         init_num_candidates: prior (or proposal) draws per observation for the initialization.
         hmc_num_steps: fixed leapfrog steps per HMC transition (``None``: from
@@ -89,11 +89,12 @@ class MCMCConfig:
     thin: int = 1
     ess_fraction: float | None = 0.5
     max_thin: int = 4
+    min_draws_per_chain: int = 10
     init_strategy: str = "sir"
     init_num_candidates: int = 1000
     hmc_num_steps: int | None = None
     hmc_trajectory_length: float = math.pi / 2
-    hmc_max_steps: int = 16
+    hmc_max_steps: int = 10
     target_accept: float = 0.8
     progress: bool | None = None
     warn_rhat: float | None = 1.05
@@ -105,6 +106,7 @@ class MCMCConfig:
             raise ValueError(f"Unknown init_strategy {self.init_strategy!r}; use one of "
                              f"{INIT_STRATEGIES}.")
         for name in ("num_chains", "thin", "hmc_num_steps", "init_num_candidates", "max_thin",
+                     "min_draws_per_chain",
                      "hmc_max_steps"):
             if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
@@ -231,7 +233,7 @@ def run_mcmc(potential: Potential, prior: Distribution, num_samples: int, num_ba
     scale = _initial_scale(prior, transform)
     method, first = _resolve_method(cfg.method, prior, log_density, z, rows)
     task = f"MCMC ({method}, {b * c} chains)"
-    per_chain = max(math.ceil(num_samples / c), MIN_DRAWS_PER_CHAIN)
+    per_chain = max(math.ceil(num_samples / c), cfg.min_draws_per_chain)
     rounds_max = cfg.max_thin if cfg.ess_fraction is not None else 1
     total = cfg.warmup_steps + per_chain * cfg.thin
     done = [0]
