@@ -2,10 +2,11 @@
 
 - ``"sir"`` (default): sampling-importance-resampling. Draw ``num_candidates`` prior samples
   per observation, weight them by ``exp(potential - log prior)`` (the likelihood, i.e. the
-  importance weight of the posterior against the prior) and resample one per chain, without
-  replacement so that no two chains start at the same point. Chains
-  start close to the posterior's typical set, and different chains start in different modes
-  in proportion to their mass.
+  importance weight of the posterior against the prior) and resample one per chain, with
+  replacement: chains start in each mode in proportion to its estimated mass, and not at
+  low-weight draws in the tails, where a learned likelihood can have spurious local modes
+  that trap chains (seen with NLE on SIR). Chains that start at the same point separate at
+  their first transition (random momenta / slice positions).
 - ``"best"``: the chains start at the candidates with the highest potential (no duplicates).
 - ``"prior"``: plain prior draws.
 
@@ -75,8 +76,5 @@ def initial_chains(potential: Callable[[Tensor, Tensor], Tensor], prior: Distrib
         log_w = pot - log_q.reshape(num_batches, k)
         log_w = torch.where(finite, log_w, torch.full_like(log_w, -torch.inf))
         probs = torch.softmax(log_w, dim=1)
-        # without replacement: no two chains start at the same point (when enough candidates
-        # have positive weight); fills up with lower-weight draws otherwise
-        probs = probs + 1e-12 * finite.float()
-        order = torch.multinomial(probs, num_chains, replacement=False)
+        order = torch.multinomial(probs, num_chains, replacement=True)
     return cand.gather(1, order[..., None].expand(-1, -1, cand.shape[-1]))

@@ -70,7 +70,8 @@ class MCMCConfig:
         min_draws_per_chain: each chain keeps at least this many draws (more than
             ``num_samples / num_chains`` for small requests; split R-hat and ESS need 4, 10 make
             them less noisy); the returned samples are spread evenly over all kept draws.
-        init_strategy: ``"sir"`` (default), ``"best"`` or ``"prior"`` (see ``mcmc.init``).
+        init_strategy: ``"sir"`` (default, resampling with replacement), ``"best"`` or
+            ``"prior"`` (see ``mcmc.init``).
         init_num_candidates: prior (or proposal) draws per observation for the initialization.
         hmc_num_steps: fixed leapfrog steps per HMC transition (``None``: from
             ``hmc_trajectory_length`` and the adapted step size).
