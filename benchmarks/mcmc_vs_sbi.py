@@ -132,7 +132,7 @@ def sir_case(args: argparse.Namespace) -> None:
     post.misspecification = "off"
     print(f"sir: NLE on {args.sir_sims} simulations, observation 1, 1000 samples; load "
           f"{load()}", flush=True)
-    runs = [("new default", {}), ("previous default (slice, 20 chains)", OLD_DEFAULT),
+    runs = [("new default", {}), ("previous default", OLD_DEFAULT),
             ("new default, again", {})]
     ref = problem.reference_posterior(x_o, 1000) if args.sir_c2st else None
     seconds = {}
@@ -144,7 +144,7 @@ def sir_case(args: argparse.Namespace) -> None:
               f"R-hat {summ['max_rhat']:.3f}, min ESS {summ['min_ess']:.0f}{score}, load "
               f"{summ['load']}", flush=True)
     new = float(np.mean(seconds["new default"]))
-    print(f"  previous / new default: x{seconds['previous default (slice'][0] / new:.1f}",
+    print(f"  previous / new default: x{seconds['previous default'][0] / new:.1f}",
           flush=True)
 
 
