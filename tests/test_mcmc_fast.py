@@ -126,3 +126,31 @@ def test_iid_likelihood_posterior_10d_10_trials_against_analytic():
     assert float((s2.mean(0) - ref.mean(0)).abs().max()) < 0.05
     with pytest.raises(TypeError, match="init_proposal"):
         post.sample((10,), x=x_o, init_proposal="npe")
+
+
+class _PosteriorLikeProposal:
+    """Stands in for an NPE posterior: ``sample_batched`` / ``log_prob_batched`` given x."""
+
+    def __init__(self, dist):
+        self.dist, self.calls = dist, []
+
+    def sample_batched(self, shape, xs):
+        self.calls.append(tuple(xs.shape))
+        return self.dist.sample((*shape, xs.shape[0]))
+
+    def log_prob_batched(self, theta, xs):
+        return self.dist.log_prob(theta)
+
+
+def test_posterior_proposal_is_conditioned_on_the_first_trial_of_each_set():
+    problem = gaussian_linear(dim=10)
+    torch.manual_seed(2)
+    sets = problem.simulator(problem.prior.sample((2,)).repeat_interleave(5, 0)).reshape(2, 5, 10)
+    post = MCMCPosterior(_GaussianLinearLikelihood(), problem.prior, problem.spec(),
+                         mcmc={"progress": False, "num_chains": 20, "warmup_steps": 40})
+    proposal = _PosteriorLikeProposal(problem.prior)
+    s = post.sample_batched((200,), sets, seed=0, init_proposal=proposal)
+    assert proposal.calls == [(2, 10)]  # one call, the first trial of each of the 2 sets
+    for b in range(2):
+        exact = gaussian_linear_posterior(sets[b])
+        assert float((s[:, b].mean(0) - exact.mean.float()).abs().max()) < 0.06
