@@ -9,8 +9,9 @@ where :math:`\ell` is a learned log-likelihood (NLE) or log likelihood-to-eviden
 (NRE); both give the posterior :math:`p(\theta \mid x_{1:n}) \propto e^{U(\theta)}`.
 ``log_prob`` returns :math:`U` — the log posterior **up to an unknown additive constant**
 (``normalized_log_prob = False``), and ``-inf`` outside the prior's support. ``sample``
-runs :func:`sbi_core.mcmc.run_mcmc` (slice sampling by default, or HMC) batched over
-observations; the last run's R-hat / ESS are in ``last_mcmc``. Each ``sample`` call has a
+runs :func:`sbi_core.mcmc.run_mcmc` batched over observations (``method="auto"``: HMC
+with step-size and mass-matrix adaptation for differentiable estimators, slice sampling
+otherwise; ``init_proposal=`` an NPE posterior starts the chains from it); the last run's R-hat / ESS are in ``last_mcmc``. Each ``sample`` call has a
 wall-clock budget (``max_seconds``, default 300 s, :mod:`sbi_core.budget`). ``map`` starts
 at the best of ``num_init`` prior draws and climbs the potential by gradient ascent.
 
@@ -122,18 +123,44 @@ class MCMCPosterior(Posterior):
     def _sample_batched(self, n: int, xs: Tensor, budget: Budget | None = None,
                         **options: Any) -> Tensor:
         x_sets = self._as_sets(xs)
+        proposal = self._proposal(options.pop("init_proposal", None), x_sets)
         cfg = MCMCConfig.from_options({**self.mcmc_config.to_dict(), **options})
-        if cfg.method == "hmc":
-            def pot(theta: Tensor, index: Tensor) -> Tensor:
-                return self.potential(theta, index, x_sets)
-            with torch.enable_grad():
-                result = run_mcmc(pot, self.prior, n, x_sets.shape[0], cfg, max_seconds=budget)
-        else:
-            result = run_mcmc(lambda t, i: self.potential(t, i, x_sets), self.prior, n,
-                              x_sets.shape[0], cfg, max_seconds=budget)
+
+        def pot(theta: Tensor, index: Tensor) -> Tensor:
+            return self.potential(theta, index, x_sets)
+        with torch.enable_grad():  # HMC (and the "auto" check) needs gradients
+            result = run_mcmc(pot, self.prior, n, x_sets.shape[0], cfg, max_seconds=budget,
+                              proposal=proposal)
         self.last_mcmc = result
         self._thread_runs.last = result
         return result.samples
+
+    def _proposal(self, proposal: Any, x_sets: Tensor) -> Any:
+        """``init_proposal`` as ``k -> (theta (B, k, D), log_q (B, k))``: a posterior (e.g.
+        NPE) is conditioned on the first trial of each observation; a distribution over theta
+        is used as it is (the same for every observation)."""
+        if proposal is None:
+            return None
+        b = x_sets.shape[0]
+        if hasattr(proposal, "sample_batched") and hasattr(proposal, "log_prob_batched"):
+            first = x_sets[:, 0]
+
+            def draw(k: int) -> tuple[Tensor, Tensor]:
+                with torch.no_grad():
+                    theta = proposal.sample_batched((k,), first)  # (k, B, D)
+                    log_q = proposal.log_prob_batched(theta, first)  # (k, B)
+                return theta.transpose(0, 1).contiguous(), log_q.transpose(0, 1)
+            return draw
+        if hasattr(proposal, "sample") and hasattr(proposal, "log_prob"):
+            def draw_dist(k: int) -> tuple[Tensor, Tensor]:
+                with torch.no_grad():
+                    theta = proposal.sample((b * k,)).reshape(b * k, self.dim)
+                    log_q = proposal.log_prob(theta)
+                return theta.reshape(b, k, self.dim), log_q.reshape(b, k)
+            return draw_dist
+        raise TypeError(f"init_proposal must be a posterior (e.g. from method='npe') or a "
+                        f"distribution over theta with sample() and log_prob(), got "
+                        f"{type(proposal).__name__}.")
 
     def last_mcmc_in_this_thread(self) -> MCMCResult | None:
         """The last MCMC run started from the calling thread (``last_mcmc`` is the last run of

@@ -48,6 +48,13 @@ class SquareLikelihood(torch.nn.Module):
         return -0.5 * (((x - mean) / self.sigma) ** 2).sum(-1)
 
 
+#: the square model samples with sbi-core's previous default MCMC settings (slice, 20 chains,
+#: fixed thinning, R-hat warning at 1.1, no minimum draws per chain): the server tests built
+#: on it check limits, lanes and warnings computed from these settings
+SQUARE_MCMC = {"progress": False, "method": "slice", "num_chains": 20, "ess_fraction": None,
+               "warn_rhat": 1.1, "min_draws_per_chain": 1}
+
+
 def square_posterior(**mcmc) -> Posterior:
     """An MCMC posterior (as NLE builds it) over the exact likelihood above; no training."""
     from sbi_core.mcmc_posterior import MCMCPosterior
@@ -55,6 +62,6 @@ def square_posterior(**mcmc) -> Posterior:
 
     post = MCMCPosterior(SquareLikelihood(), box_uniform([-1.0, -1.0], [1.0, 1.0]),
                          {"name": "square", "x_shape": [2], "param_names": ["a", "b"]},
-                         mcmc={"progress": False, **mcmc})
+                         mcmc={**SQUARE_MCMC, **mcmc})
     post.method = "nle"
     return post

@@ -30,7 +30,7 @@ def test_correlated_gaussian_moments_and_rhat(method):
     assert torch.allclose(torch.cov(s.T), COV, atol=0.35)
     assert result.rhat.shape == (1, 2) and float(result.rhat.max()) < 1.05
     assert float(result.ess.min()) > 200
-    assert result.chains.shape[0] == 20
+    assert result.chains.shape[0] == MCMCConfig().num_chains == 100
 
 
 def test_bimodal_target_finds_both_modes_and_warns_about_mixing():

@@ -61,7 +61,7 @@ def test_mcmc_and_simulate_are_silent_in_a_pipe_by_default(monkeypatch, capsys):
     assert capsys.readouterr().err == ""  # capsys' stderr is not a terminal
     run_mcmc(_potential, problem.prior, 20, num_chains=4, warmup_steps=5, progress=True,
              warn_rhat=None)
-    assert "MCMC (slice, 4 chains)" in capsys.readouterr().err
+    assert "MCMC (hmc, 4 chains)" in capsys.readouterr().err
 
 
 class _GaussianLikelihood(nn.Module):
@@ -84,7 +84,7 @@ def test_diagnose_progress_reaches_the_mcmc_sampler(monkeypatch, capsys, progres
     report = diagnose(post, problem, num=5, num_samples=20, checks=["sbc"], progress=progress)
     assert report.sections["sbc"]["status"] in ("pass", "warn", "fail")
     err = capsys.readouterr().err
-    assert ("MCMC (slice" in err) is progress
+    assert ("MCMC (" in err) is progress
     assert ("diagnostics" in err) is progress
 
 

@@ -136,7 +136,7 @@ def test_mcmc_stops_at_its_budget():
                  warmup_steps=50, progress=False)
     assert time.perf_counter() - start < 2.0
     msg = str(info.value)
-    assert "MCMC (slice, 4 chains) stopped" in msg and "of 300 transitions done" in msg
+    assert "MCMC (hmc, 4 chains) stopped" in msg and "of 300 transitions done" in msg
     assert "num_chains" in msg  # what to do
 
 

@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "model file; see docs/embeddings.md)")
     p.add_argument("--iid", action="store_true",
                    help="treat the rows as one set of iid observations of the same parameters")
-    p.add_argument("--mcmc-method", choices=["slice", "hmc"],
+    p.add_argument("--mcmc-method", choices=["auto", "slice", "hmc"],
                    help="MCMC sampler of likelihood/ratio posteriors (nle, nre, ...)")
     p.add_argument("--problem", metavar="PROBLEM",
                    help="FILE.py:FUNCTION giving the prior, needed only when the model was "

@@ -2,12 +2,16 @@
 
 - ``"sir"`` (default): sampling-importance-resampling. Draw ``num_candidates`` prior samples
   per observation, weight them by ``exp(potential - log prior)`` (the likelihood, i.e. the
-  importance weight of the posterior against the prior) and resample one per chain, without
-  replacement so that no two chains start at the same point. Chains
-  start close to the posterior's typical set, and different chains start in different modes
-  in proportion to their mass.
+  importance weight of the posterior against the prior) and resample one per chain, with
+  replacement: chains start in each mode in proportion to its estimated mass, and not at
+  low-weight draws in the tails, where a learned likelihood can have spurious local modes
+  that trap chains (seen with NLE on SIR). Chains that start at the same point separate at
+  their first transition (random momenta / slice positions).
 - ``"best"``: the chains start at the candidates with the highest potential (no duplicates).
 - ``"prior"``: plain prior draws.
+
+With a ``proposal`` (e.g. an NPE posterior of the same observation) the candidates come
+from it instead of the prior, and the SIR weights are ``exp(potential - log q)``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ INIT_STRATEGIES = ("sir", "best", "prior")
 
 def initial_chains(potential: Callable[[Tensor, Tensor], Tensor], prior: Distribution,
                    num_batches: int, num_chains: int, strategy: str = "sir",
-                   num_candidates: int = 1000, chunk: int = 50_000) -> Tensor:
+                   num_candidates: int = 1000, chunk: int = 50_000,
+                   proposal: Callable[[int], tuple[Tensor, Tensor]] | None = None) -> Tensor:
     """Starting points ``(B, C, D)`` in parameter space, all with finite potential.
 
     Args:
@@ -36,11 +41,18 @@ def initial_chains(potential: Callable[[Tensor, Tensor], Tensor], prior: Distrib
         num_chains: ``C`` chains per observation.
         strategy: one of ``"sir"``, ``"best"``, ``"prior"``.
         num_candidates: prior draws per observation (at least ``num_chains``).
+        proposal: ``proposal(k) -> (theta (B, k, D), log_q (B, k))`` candidates to use
+            instead of prior draws.
     """
     if strategy not in INIT_STRATEGIES:
         raise ValueError(f"Unknown init_strategy {strategy!r}; use one of {INIT_STRATEGIES}.")
     k = max(num_candidates, num_chains) if strategy != "prior" else num_chains
-    cand = prior.sample((num_batches * k,))  # (B*k, D)
+    if proposal is not None:
+        cand_b, log_q = proposal(k)
+        cand = cand_b.reshape(num_batches * k, -1)
+    else:
+        cand = prior.sample((num_batches * k,))  # (B*k, D)
+        log_q = None
     index = torch.arange(num_batches).repeat_interleave(k)
     pot = torch.cat([potential(cand[i:i + chunk], index[i:i + chunk])
                      for i in range(0, cand.shape[0], chunk)])
@@ -59,11 +71,10 @@ def initial_chains(potential: Callable[[Tensor, Tensor], Tensor], prior: Distrib
     elif strategy == "best":
         order = torch.argsort(pot, dim=1, descending=True)[:, :num_chains]
     else:
-        log_w = pot - prior.log_prob(cand.reshape(-1, cand.shape[-1])).reshape(num_batches, k)
+        if log_q is None:
+            log_q = prior.log_prob(cand.reshape(-1, cand.shape[-1])).reshape(num_batches, k)
+        log_w = pot - log_q.reshape(num_batches, k)
         log_w = torch.where(finite, log_w, torch.full_like(log_w, -torch.inf))
         probs = torch.softmax(log_w, dim=1)
-        # without replacement: no two chains start at the same point (when enough candidates
-        # have positive weight); fills up with lower-weight draws otherwise
-        probs = probs + 1e-12 * finite.float()
-        order = torch.multinomial(probs, num_chains, replacement=False)
+        order = torch.multinomial(probs, num_chains, replacement=True)
     return cand.gather(1, order[..., None].expand(-1, -1, cand.shape[-1]))

@@ -31,7 +31,7 @@ from torch.distributions import Distribution
 
 from sbi_core.budget import Budget
 from sbi_core.mcmc.diagnostics import effective_sample_size, split_rhat
-from sbi_core.mcmc.hmc import HMCState, hmc_log_density_and_grad, hmc_step
+from sbi_core.mcmc.hmc import HMCState, adaptation_windows, hmc_log_density_and_grad, hmc_step
 from sbi_core.mcmc.init import INIT_STRATEGIES, initial_chains
 from sbi_core.mcmc.slice import SliceState, slice_step
 from sbi_core.priors import unconstrained_transform
@@ -39,11 +39,14 @@ from sbi_core.progress import progress_bar
 
 __all__ = ["MCMCConfig", "MCMCResult", "run_mcmc", "MCMC_METHODS"]
 
-MCMC_METHODS = ("slice", "hmc")
+MCMC_METHODS = ("auto", "hmc", "slice")
 
 #: ``potential(theta (M, D), index (M,)) -> (M,)``: unnormalized log posterior of each row,
 #: ``index`` naming the observation the row belongs to (``0..B-1``).
 Potential = Callable[[Tensor, Tensor], Tensor]
+
+#: ``proposal(k) -> (theta (B, k, D), log_q (B, k))``: initialization candidates per observation.
+Proposal = Callable[[int], tuple[Tensor, Tensor]]
 
 
 @dataclass
@@ -51,30 +54,51 @@ class MCMCConfig:
     """Settings of :func:`run_mcmc` (plain values, saved with MCMC posteriors).
 
     Attributes:
-        method: ``"slice"`` (vectorized slice sampling, default, no gradients needed) or
-            ``"hmc"`` (Hamiltonian Monte Carlo, needs a differentiable potential).
-        num_chains: parallel chains per observation.
-        warmup_steps: transitions per chain discarded while tuning widths / step sizes.
-        thin: keep every ``thin``-th transition after warm-up.
-        init_strategy: ``"sir"`` (default), ``"best"`` or ``"prior"`` (see ``mcmc.init``).
-        init_num_candidates: prior draws per observation for the initialization.
-        hmc_num_steps: leapfrog steps per HMC transition.
+        method: ``"auto"`` (default: HMC when the potential is differentiable in a
+            continuous theta, else slice), ``"hmc"`` (Hamiltonian Monte Carlo with step-size
+            and dense mass-matrix adaptation) or ``"slice"`` (vectorized slice sampling, no
+            gradients needed).
+        num_chains: parallel chains per observation (all moved in one batched call).
+        warmup_steps: transitions per chain discarded while tuning widths / step sizes and
+            the mass matrix.
+        thin: keep every ``thin``-th transition after warm-up (the minimum thinning; ESS may
+            raise it, see ``ess_fraction``).
+        ess_fraction: when the kept draws' smallest ESS is below ``ess_fraction *
+            num_samples``, sampling continues for another round of the same length and the
+            draws are thinned evenly, up to ``max_thin`` rounds (``None``: fixed ``thin``).
+        max_thin: most rounds (thinning factor) the ESS rule may use.
+        min_draws_per_chain: each chain keeps at least this many draws (more than
+            ``num_samples / num_chains`` for small requests; split R-hat and ESS need 4, 10 make
+            them less noisy); the returned samples are spread evenly over all kept draws.
+        init_strategy: ``"sir"`` (default, resampling with replacement), ``"best"`` or
+            ``"prior"`` (see ``mcmc.init``).
+        init_num_candidates: prior (or proposal) draws per observation for the initialization.
+        hmc_num_steps: fixed leapfrog steps per HMC transition (``None``: from
+            ``hmc_trajectory_length`` and the adapted step size).
+        hmc_trajectory_length: mean integration time of a transition in units of the adapted
+            posterior scale (pi/2: about independent draws of a Gaussian).
+        hmc_max_steps: cap on leapfrog steps per transition.
         target_accept: HMC acceptance rate targeted by step-size adaptation.
         progress: show a tqdm progress bar (``None``: only on a terminal, see
             :mod:`sbi_core.progress`).
         warn_rhat: warn when the largest R-hat exceeds this value (``None``: never).
     """
 
-    method: str = "slice"
-    num_chains: int = 20
+    method: str = "auto"
+    num_chains: int = 100
     warmup_steps: int = 100
     thin: int = 1
+    ess_fraction: float | None = 0.5
+    max_thin: int = 4
+    min_draws_per_chain: int = 10
     init_strategy: str = "sir"
     init_num_candidates: int = 1000
-    hmc_num_steps: int = 10
+    hmc_num_steps: int | None = None
+    hmc_trajectory_length: float = math.pi / 2
+    hmc_max_steps: int = 10
     target_accept: float = 0.8
     progress: bool | None = None
-    warn_rhat: float | None = 1.1
+    warn_rhat: float | None = 1.05
 
     def __post_init__(self) -> None:
         if self.method not in MCMC_METHODS:
@@ -82,11 +106,18 @@ class MCMCConfig:
         if self.init_strategy not in INIT_STRATEGIES:
             raise ValueError(f"Unknown init_strategy {self.init_strategy!r}; use one of "
                              f"{INIT_STRATEGIES}.")
-        for name in ("num_chains", "thin", "hmc_num_steps", "init_num_candidates"):
-            if int(getattr(self, name)) < 1:
+        for name in ("num_chains", "thin", "hmc_num_steps", "init_num_candidates", "max_thin",
+                     "min_draws_per_chain",
+                     "hmc_max_steps"):
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}.")
+        if self.ess_fraction is not None and not self.ess_fraction > 0:
+            raise ValueError(f"ess_fraction must be positive (or None), got {self.ess_fraction}.")
+        if not self.hmc_trajectory_length > 0:
+            raise ValueError("hmc_trajectory_length must be positive, got "
+                             f"{self.hmc_trajectory_length}.")
         if not 0.0 < self.target_accept < 1.0:
             raise ValueError(f"target_accept must lie in (0, 1), got {self.target_accept}.")
 
@@ -116,6 +147,8 @@ class MCMCResult:
         num_divergent: HMC divergences after warm-up.
         num_evaluations: potential evaluations (rows) in total.
         seconds: wall time.
+        thin: thinning used (``config["thin"]`` times the rounds the ESS rule asked for).
+        num_chains: chains per observation.
     """
 
     samples: Tensor
@@ -128,12 +161,15 @@ class MCMCResult:
     num_evaluations: int = 0
     seconds: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
+    thin: int = 1
+    num_chains: int = 0
 
     def summary(self) -> dict[str, Any]:
         """Plain-value summary (max R-hat, min ESS, rates) for logs and reports."""
         return {"method": self.method, "max_rhat": _nanmax(self.rhat), "min_ess": _nanmin(self.ess),
                 "acceptance_rate": self.acceptance_rate, "num_divergent": self.num_divergent,
-                "num_evaluations": self.num_evaluations, "seconds": round(self.seconds, 3)}
+                "num_evaluations": self.num_evaluations, "seconds": round(self.seconds, 3),
+                "num_chains": self.num_chains, "thin": self.thin}
 
 
 def _nanmax(t: Tensor) -> float | None:
@@ -155,7 +191,7 @@ MCMC_BUDGET_ADVICE = ("Use fewer num_chains or warmup_steps, ask for fewer sampl
 
 def run_mcmc(potential: Potential, prior: Distribution, num_samples: int, num_batches: int = 1,
              config: MCMCConfig | None = None, max_seconds: float | Budget | None = None,
-             **options: Any) -> MCMCResult:
+             proposal: Proposal | None = None, **options: Any) -> MCMCResult:
     """Draw ``num_samples`` per observation from ``exp(potential)`` restricted to the support.
 
     Args:
@@ -169,6 +205,8 @@ def run_mcmc(potential: Potential, prior: Distribution, num_samples: int, num_ba
         max_seconds: wall-clock budget (seconds or a running :class:`~sbi_core.budget.Budget`;
             ``None``: no limit), checked after every transition; past it a
             :class:`~sbi_core.budget.SamplingTimeoutError` says how many steps were done.
+        proposal: initialization candidates instead of prior draws (e.g. an NPE posterior):
+            ``proposal(k) -> (theta (B, k, D), log_q (B, k))``.
 
     Returns:
         :class:`MCMCResult` with ``samples`` ``(num_samples, B, D)``, R-hat and ESS.
@@ -178,7 +216,6 @@ def run_mcmc(potential: Potential, prior: Distribution, num_samples: int, num_ba
         raise ValueError(f"num_samples must be at least 1, got {num_samples}.")
     start = time.perf_counter()
     budget = Budget.of(max_seconds, "MCMC", MCMC_BUDGET_ADVICE)
-    task = f"MCMC ({cfg.method}, {num_batches * cfg.num_chains} chains)"
     transform = unconstrained_transform(prior)
     c, b = cfg.num_chains, num_batches
 
@@ -189,88 +226,151 @@ def run_mcmc(potential: Potential, prior: Distribution, num_samples: int, num_ba
 
     with torch.no_grad():
         theta0 = initial_chains(potential, prior, b, c, cfg.init_strategy,
-                                cfg.init_num_candidates)
+                                cfg.init_num_candidates, proposal=proposal)
     z = transform.inv(theta0.reshape(b * c, -1))  # rows ordered (observation, chain)
     z = torch.nan_to_num(z, nan=0.0, posinf=20.0, neginf=-20.0)
     dim = z.shape[1]
     rows = torch.arange(b * c)
-    per_chain = math.ceil(num_samples / c)
+    scale = _initial_scale(prior, transform)
+    method, first = _resolve_method(cfg.method, prior, log_density, z, rows)
+    task = f"MCMC ({method}, {b * c} chains)"
+    per_chain = max(math.ceil(num_samples / c), cfg.min_draws_per_chain)
+    rounds_max = cfg.max_thin if cfg.ess_fraction is not None else 1
     total = cfg.warmup_steps + per_chain * cfg.thin
-    scale = _initial_scale(prior, transform, b, c)
-    kept: list[Tensor] = []
+    done = [0]
     budget.check("initializing the chains", task=task, advice=MCMC_BUDGET_ADVICE)
 
-    def check(step: int) -> None:
-        done = step + 1
-        budget.check(f"{done} of {total} transitions done ({cfg.warmup_steps} warm-up, "
-                     f"{max(done - cfg.warmup_steps, 0) // cfg.thin * c:,} of "
-                     f"{num_samples:,} samples per observation kept)", task=task,
-                     advice=MCMC_BUDGET_ADVICE)
+    def check() -> None:
+        kept = max(done[0] - cfg.warmup_steps, 0) // cfg.thin * c
+        budget.check(f"{done[0]} of {total} transitions done ({cfg.warmup_steps} warm-up, "
+                     f"{min(kept, num_samples):,} of {num_samples:,} samples per observation "
+                     "kept)", task=task, advice=MCMC_BUDGET_ADVICE)
 
     bar = progress_bar(total=total, progress=cfg.progress, desc=task, unit="step")
     try:
-        if cfg.method == "slice":
+        if method == "slice":
             with torch.no_grad():
-                state = SliceState(z, log_density(z, rows), scale)
-                for step in range(total):
-                    slice_step(state, log_density, tune=step < cfg.warmup_steps)
-                    _keep(kept, state.z, step, cfg)
-                    bar.update(1)
-                    if step + 1 < total:
-                        check(step)
+                state = SliceState(z, log_density(z, rows), scale.expand(b * c, -1).clone())
+
+                def step(tune: bool) -> Tensor:
+                    slice_step(state, log_density, tune=tune)
+                    return state.z
+                for _ in range(cfg.warmup_steps):
+                    _advance(step(True), done, bar, check)
+                kept, rounds = _sample_rounds(step, per_chain, cfg, rounds_max, b, c, done, bar,
+                                              check, num_samples)
             evaluations, acceptance, divergent = state.num_evaluations, 1.0, 0
         else:
-            lp, grad = hmc_log_density_and_grad(log_density, z, rows)
-            state_h = HMCState(z, lp, grad, 0.1 * scale.mean(-1), cfg.target_accept)
-            half, quarter = cfg.warmup_steps // 2, cfg.warmup_steps // 4
-            for step in range(total):
-                warm = step < cfg.warmup_steps
-                if step == cfg.warmup_steps:
-                    state_h.finish_warmup()
-                    state_h.accept_sum.zero_()
-                    state_h.num_transitions, state_h.num_divergent = 0, 0
-                hmc_step(state_h, log_density, cfg.hmc_num_steps, adapt=warm)
-                if warm and quarter <= step < half:
-                    state_h.warmup_draws.append(state_h.z.clone())
-                if warm and step == half - 1 and cfg.warmup_steps >= 20:
-                    state_h.set_mass_from_warmup(c)
-                _keep(kept, state_h.z, step, cfg)
-                bar.update(1)
-                if step + 1 < total:
-                    check(step)
+            lp, grad = first if first is not None else hmc_log_density_and_grad(
+                log_density, z, rows)
+            state_h = HMCState(z, lp, grad, b, scale, cfg.target_accept,
+                               cfg.hmc_trajectory_length, cfg.hmc_max_steps, cfg.hmc_num_steps)
+            state_h.num_evaluations += b * c
+            windows = adaptation_windows(cfg.warmup_steps)
+            window_start = int(0.15 * cfg.warmup_steps)
+            for i in range(cfg.warmup_steps):
+                hmc_step(state_h, log_density, adapt=True)
+                if windows and window_start <= i < windows[-1]:
+                    state_h.collect()
+                if i + 1 in windows:
+                    state_h.set_metric_from_window()
+                _advance(state_h.z, done, bar, check)
+            state_h.finish_warmup()
+            state_h.accept_sum.zero_()
+            state_h.num_transitions, state_h.num_divergent = 0, 0
+
+            def step_h(tune: bool) -> Tensor:
+                hmc_step(state_h, log_density)
+                return state_h.z
+            kept, rounds = _sample_rounds(step_h, per_chain, cfg, rounds_max, b, c, done, bar,
+                                          check, num_samples)
             evaluations = state_h.num_evaluations
             acceptance = float(state_h.accept_sum.mean()) / max(state_h.num_transitions, 1)
             divergent = state_h.num_divergent
     finally:
         bar.close()
     with torch.no_grad():
-        zs = torch.stack(kept)  # (S, B*C, D)
+        zs = _thinned(kept, rounds)  # (S, B*C, D)
         s = zs.shape[0]
         thetas = transform(zs.reshape(-1, dim)).reshape(s, b, c, dim)
     chains = thetas.permute(2, 0, 1, 3).contiguous()  # (C, S, B, D)
-    samples = thetas.permute(0, 2, 1, 3).reshape(s * c, b, dim)[:num_samples]
+    samples = thetas.permute(0, 2, 1, 3).reshape(s * c, b, dim)
+    if s * c > num_samples:  # evenly over the kept draws, all chains alike
+        samples = samples[torch.linspace(0, s * c - 1, num_samples).round().long()]
     result = MCMCResult(
         samples=samples, chains=chains, rhat=split_rhat(chains), ess=effective_sample_size(chains),
-        method=cfg.method, acceptance_rate=acceptance, num_divergent=divergent,
-        num_evaluations=evaluations, seconds=time.perf_counter() - start, config=cfg.to_dict())
+        method=method, acceptance_rate=acceptance, num_divergent=divergent,
+        num_evaluations=evaluations, seconds=time.perf_counter() - start, config=cfg.to_dict(),
+        thin=cfg.thin * rounds, num_chains=c)
     _warn(result, cfg)
     return result
 
 
-def _keep(kept: list[Tensor], z: Tensor, step: int, cfg: MCMCConfig) -> None:
-    after = step - cfg.warmup_steps
-    if after >= 0 and (after + 1) % cfg.thin == 0:
-        kept.append(z.clone())
+def _resolve_method(method: str, prior: Distribution, log_density: Callable[[Tensor, Tensor], Tensor],
+                    z: Tensor, rows: Tensor) -> tuple[str, tuple[Tensor, Tensor] | None]:
+    """``"auto"`` → ``"hmc"`` when theta is continuous and the log density has finite
+    gradients at the starting points, else ``"slice"``; also returns those gradients."""
+    if method == "slice":
+        return method, None
+    support = getattr(prior, "support", None)
+    if method == "auto" and support is not None and getattr(support, "is_discrete", False):
+        return "slice", None
+    try:
+        lp, grad = hmc_log_density_and_grad(log_density, z, rows)
+    except (ValueError, RuntimeError, NotImplementedError):
+        if method == "hmc":
+            raise
+        return "slice", None
+    usable = bool(torch.isfinite(lp).any()) and bool(grad.abs().sum() > 0)
+    if method == "auto" and not usable:
+        return "slice", None
+    return "hmc", (lp, grad)
 
 
-def _initial_scale(prior: Distribution, transform: Any, b: int, c: int) -> Tensor:
+def _advance(z: Tensor, done: list[int], bar: Any, check: Callable[[], None]) -> None:
+    done[0] += 1
+    bar.update(1)
+    check()
+
+
+def _sample_rounds(step: Callable[[bool], Tensor], per_chain: int, cfg: MCMCConfig,
+                   rounds_max: int, b: int, c: int, done: list[int], bar: Any,
+                   check: Callable[[], None], num_samples: int) -> tuple[list[Tensor], int]:
+    """Rounds of ``per_chain * thin`` transitions until the kept draws reach the ESS target
+    (or ``rounds_max``); returns all kept states and the number of rounds."""
+    kept: list[Tensor] = []
+    rounds = 0
+    while True:
+        rounds += 1
+        for i in range(per_chain * cfg.thin):
+            z = step(False)
+            if (i + 1) % cfg.thin == 0:
+                kept.append(z.clone())
+            _advance(z, done, bar, check)
+        if rounds >= rounds_max or cfg.ess_fraction is None:
+            return kept, rounds
+        zs = torch.stack(kept)  # (S, B*C, D)
+        chains = zs.reshape(zs.shape[0], b, c, -1).permute(2, 0, 1, 3)
+        ess = effective_sample_size(chains)
+        if not bool((ess < cfg.ess_fraction * num_samples).any()):
+            return kept, rounds
+        bar.total = (bar.total or 0) + per_chain * cfg.thin
+        bar.refresh()
+
+
+def _thinned(kept: list[Tensor], rounds: int) -> Tensor:
+    """Every ``rounds``-th of the kept states ``(S, M, D)``, ending at the last."""
+    zs = torch.stack(kept)
+    return zs[rounds - 1::rounds] if rounds > 1 else zs
+
+
+def _initial_scale(prior: Distribution, transform: Any) -> Tensor:
     """Per-dimension std of prior draws in unconstrained space, as widths / step sizes."""
     with torch.no_grad():
         z = transform.inv(prior.sample((2000,)))
         z = z[torch.isfinite(z).all(-1)]
         std = z.std(0) if z.shape[0] > 1 else torch.ones(z.shape[-1])
-    std = torch.nan_to_num(std, nan=1.0).clamp(min=1e-3)
-    return std.expand(b * c, -1).clone()
+    return torch.nan_to_num(std, nan=1.0).clamp(min=1e-3)
 
 
 def _warn(result: MCMCResult, cfg: MCMCConfig) -> None:

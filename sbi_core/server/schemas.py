@@ -56,7 +56,7 @@ class MCMCOptions(BaseModel):
     model's saved settings. The work they imply counts against the server's limits."""
 
     model_config = ConfigDict(extra="forbid")
-    method: Literal["slice", "hmc"] | None = Field(None, description="sampler")
+    method: Literal["auto", "slice", "hmc"] | None = Field(None, description="sampler")
     num_chains: int | None = Field(None, ge=1, le=1_000_000, description="parallel chains")
     warmup_steps: int | None = Field(None, ge=0, le=1_000_000,
                                      description="transitions per chain discarded for tuning")
