@@ -131,7 +131,7 @@ def trained_iid():
 
 @pytest.mark.parametrize("n", [1, 10])
 def test_iid_set_against_analytic_posterior(trained_iid, n):
-    """C2ST against the analytic posterior, mean over 3 observation sets: <= 0.62 (a light
+    """C2ST against the analytic posterior, mean over 3 observation sets: <= 0.60 (a light
     model and budget; the 10-D benchmark is benchmarks/pfn_iid_diagnose.py)."""
     _, post = trained_iid
     gen = torch.Generator().manual_seed(n)
@@ -144,7 +144,7 @@ def test_iid_set_against_analytic_posterior(trained_iid, n):
             ref = gaussian_linear_posterior(x_o).sample((1000,)).float()
         scores.append(c2st(post.sample((1000,), x_o, seed=i), ref, seed=0))
     print(f"C2ST n={n}: {scores}")
-    assert sum(scores) / 3 <= 0.62, scores
+    assert sum(scores) / 3 <= 0.60, scores
 
 
 def test_trained_iid_model_roundtrips(trained_iid, tmp_path):
