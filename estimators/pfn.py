@@ -34,7 +34,10 @@ The logits of dimension ``d`` are free per-bucket logits plus a Gaussian tilt
 :math:`\mu_d, \beta_d` predicted by the head. With uniform free logits the bucket masses are
 the prior's, so the tilt is "prior times a Gaussian likelihood": the conjugate shape, which
 the network otherwise needs many steps to build bucket by bucket for sharp posteriors
-(large ``n``). A zero-initialized linear skip from the mean z-scored observation to
+(large ``n``). Bucket borders are the quantiles of a prior/uniform mixture
+(``border_uniform_share``, so sharp posteriors in the prior's tails are resolved), and a
+fixed offset ``log_prior_mass`` (log prior mass of each bucket) keeps uniform free logits
+equal to the prior. A zero-initialized linear skip from the mean z-scored observation to
 :math:`\mu_d` makes location estimates precise for large ``n``. The free logits keep the
 head fully flexible (multimodal posteriors).
 
@@ -57,7 +60,7 @@ from estimators.bar_distribution import BarDistribution
 from estimators.embedding import build_embedding
 from sbi_core.budget import Budget
 
-__all__ = ["PFNEstimator", "PFN_DEFAULTS"]
+__all__ = ["PFNEstimator", "PFN_DEFAULTS", "LEGACY_DEFAULTS"]
 
 PFN_DEFAULTS: dict[str, Any] = {
     "n_max": 10,
@@ -67,8 +70,14 @@ PFN_DEFAULTS: dict[str, Any] = {
     "num_heads": 4,
     "ff_features": 128,
     "num_border_samples": 100_000,
+    "border_uniform_share": 0.5,
+    "random_subsets": True,
     "embedding": None,
 }
+
+#: Values of the keys added in issue 21 that reproduce models saved before it (their
+#: configs lack these keys): pure prior-quantile borders, prefix subsets in training.
+LEGACY_DEFAULTS: dict[str, Any] = {"border_uniform_share": 0.0, "random_subsets": False}
 
 
 class _Block(nn.Module):
@@ -131,7 +140,7 @@ class PFNEstimator(nn.Module):
 
     def __init__(self, config: dict[str, Any], embedding: nn.Module | None = None):
         super().__init__()
-        cfg = {**PFN_DEFAULTS, **config}
+        cfg = {**PFN_DEFAULTS, **LEGACY_DEFAULTS, **config}
         self.config = cfg
         d, x_shape = int(cfg["theta_dim"]), tuple(int(s) for s in cfg["x_shape"])
         self.theta_dim, self.x_shape = d, x_shape
@@ -146,6 +155,13 @@ class PFNEstimator(nn.Module):
         self.register_buffer("theta_std", torch.ones(d))
         borders = torch.linspace(0, 1, k + 1).expand(d, -1)  # placeholder, set by build_pfn
         self.bar = BarDistribution(borders)
+        if float(cfg["border_uniform_share"]) > 0:
+            # log prior mass per bucket (set by build_pfn): with non-quantile borders, uniform
+            # free logits plus this offset are still the prior (models saved before issue 21
+            # have pure quantile borders, a constant offset, and no such buffer)
+            self.register_buffer("log_prior_mass", torch.zeros(d, k))
+        else:
+            self.log_prior_mass = None
         self.embedding: nn.Module | None = None
         feat_dim = x_dim
         if cfg["embedding"] is not None or embedding is not None:
@@ -220,7 +236,8 @@ class PFNEstimator(nn.Module):
         loc, precision = 4.0 * raw[..., :1] + skip, torch.exp(8.0 * raw[..., 1:] - 4.0)
         mids = 0.5 * (self.bar.borders[:, 1:] + self.bar.borders[:, :-1])  # (D, K)
         mids = (mids - self.theta_mean[:, None]) / self.theta_std[:, None]
-        return free - precision * (mids - loc) ** 2
+        out = free - precision * (mids - loc) ** 2
+        return out if self.log_prior_mass is None else out + self.log_prior_mass
 
     # ------------------------------------------------------------------ densities
     def log_prob_sets(self, theta: Tensor, x_sets: Tensor) -> Tensor:
@@ -235,17 +252,29 @@ class PFNEstimator(nn.Module):
     def loss(self, theta: Tensor, x: Tensor) -> Tensor:
         """Prior-data NLL ``(N,)`` on sets ``x`` ``(N, n_max, *x_shape)`` (or single ``x``).
 
-        In training mode one set size ``n ~ U{1..m}`` is drawn per call (per minibatch) and
-        the first ``n`` observations of each set are used; in eval mode (validation) the loss
-        is averaged over a fixed grid of set sizes, so it is deterministic.
+        In training mode one set size ``n ~ U{1..m}`` is drawn per call (per minibatch); with
+        ``random_subsets`` (default) each set contributes a fresh random ``n``-subset of its
+        ``m`` observations, so every parameter is seen with up to ``C(m, n)`` different sets
+        across epochs (e.g. ``m`` different single observations instead of always the
+        first), else the first ``n``. In eval mode (validation) the loss is averaged over a
+        fixed grid of set-size prefixes, so it is deterministic.
         """
         x_sets = self.as_sets(x)
         m = x_sets.shape[1]
         if self.training:
             n = int(torch.randint(1, m + 1, ()))
-            return -self.log_prob(theta, x_sets[:, :n])
+            return -self.log_prob(theta, self.training_subset(x_sets, n))
         sizes = sorted({1, max(1, m // 4), max(1, m // 2), m})
         return torch.stack([-self.log_prob(theta, x_sets[:, :n]) for n in sizes]).mean(0)
+
+    def training_subset(self, x_sets: Tensor, n: int) -> Tensor:
+        """``n`` observations ``(B, n, *x_shape)`` of each set ``(B, m, *x_shape)``: a uniform
+        random subset per set with ``random_subsets``, else the first ``n``."""
+        b, m = x_sets.shape[:2]
+        if not self.config["random_subsets"] or n >= m:
+            return x_sets[:, :n]
+        pick = torch.rand(b, m, device=x_sets.device).argsort(1)[:, :n]  # (B, n)
+        return x_sets[torch.arange(b, device=x_sets.device)[:, None], pick]
 
     @torch.no_grad()
     def sample(self, num: int, x_sets: Tensor, chunk: int = 2048,

@@ -67,8 +67,15 @@ def build_pfn(theta: Tensor, x: Tensor, prior: Distribution, **options: Any) -> 
         est.x_max.copy_(rows.max(0).values)
         draws = prior.sample((int(config["num_border_samples"]),)).float()
         low, high = support_bounds(prior)
-        borders = quantile_borders(draws, int(config["num_buckets"]), low, high)
+        borders = quantile_borders(draws, int(config["num_buckets"]), low, high,
+                                   uniform_share=float(config["border_uniform_share"]))
         est.bar = BarDistribution(borders, ~torch.isfinite(low), ~torch.isfinite(high))
+        if est.log_prior_mass is not None:  # prior mass per bucket, from the same draws
+            inner = borders[:, 1:-1].T.contiguous()  # (K - 1, D)
+            idx = torch.searchsorted(inner.T.contiguous(), draws.T.contiguous(), right=True)
+            counts = torch.zeros_like(est.log_prior_mass).scatter_add_(
+                1, idx, torch.ones_like(draws.T))
+            est.log_prior_mass.copy_((counts.clamp(min=1) / draws.shape[0]).log())
         est.theta_mean.copy_(draws.mean(0))
         est.theta_std.copy_(draws.std(0).clamp(min=1e-8))
     return est

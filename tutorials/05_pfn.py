@@ -36,7 +36,7 @@ sims = simulate(problem, num_sims, seed=0, progress=False)
 posterior = fit(
     problem, sims, method="pfn", seed=0,
     n_max=50,               # largest set size the model is trained for
-    num_buckets=100,        # bar-distribution buckets per parameter (prior quantiles)
+    num_buckets=100,        # bar-distribution buckets per parameter (prior+uniform quantiles)
     d_model=32 if FAST else 64, num_layers=2 if FAST else 4,
     max_epochs=1 if FAST else 200, max_seconds=20 if FAST else 600, progress=False,
 )
