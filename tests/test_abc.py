@@ -137,3 +137,24 @@ def test_save_load_round_trip(gl2, tmp_path):
     assert back.history["num_simulations"] == post.history["num_simulations"]
     with pytest.raises(ObservationError):
         back.sample((5,), x=torch.zeros(2))
+
+
+def test_cli_train_smc_abc_with_observation_file(tmp_path, capsys):
+    from sbi_core.cli.main import main
+
+    sims_path, obs, model = tmp_path / "sims.pt", tmp_path / "obs.csv", tmp_path / "abc.pt"
+    assert main(["simulate", "two_moons", "--num", "500", "--out", str(sims_path),
+                 "--quiet"]) == 0
+    x_o = get_problem("two_moons").observation(1)
+    obs.write_text(",".join(str(float(v)) for v in x_o) + "\n")
+    assert main(["train", "--sims", str(sims_path), "--method", "smc_abc", "--x", str(obs),
+                 "--option", "num_simulations=1500", "--option", "num_particles=100",
+                 "--out", str(model), "--quiet"]) == 0
+    post = load(model)
+    assert post.method == "smc_abc" and post.history["num_simulations"] <= 1500
+    assert torch.allclose(post.default_x, x_o, atol=1e-6)
+    capsys.readouterr()
+    # without --x the error names the fix
+    assert main(["train", "--sims", str(sims_path), "--method", "abc", "--out",
+                 str(tmp_path / "b.pt"), "--quiet"]) != 0
+    assert "--x FILE" in capsys.readouterr().err
