@@ -10,9 +10,9 @@ empirical observed sample (its own small value, computed by RQMC with many model
 printed; the estimators all share the observed term).
 
 Part 2 (``--part c2st``) fits, on two_moons and gaussian_linear (observations
-``--observations``), rejection ABC (keeps the nearest 10% of ``--budget`` prior simulations),
-SMC-ABC (population 0: ``--budget / 5`` prior simulations, then rounds up to ``--budget``
-simulator calls in all) and NPE (``--budget`` simulations, ``preset=--npe-preset``), and scores
+``--observations``), rejection ABC (keeps the nearest 1% of ``--budget`` prior simulations),
+SMC-ABC (population 0: ``--budget / 5`` prior simulations, ``--budget / 50`` particles, then
+rounds up to ``--budget`` simulator calls in all) and NPE (``--budget`` simulations, ``preset=--npe-preset``), and scores
 ``--num-samples`` posterior samples against the reference posterior with C2ST (0.5 =
 indistinguishable). Every simulator call counts towards the budget. The machine load is
 printed (accuracy does not depend on it; wall times are for the loaded machine).
@@ -95,11 +95,11 @@ def _fit(problem, method: str, x_o: torch.Tensor, k: int, budget: int, npe_prese
     """One method at ``budget`` simulator calls in all (seed ``k``)."""
     if method == "abc":
         sims = simulate(problem, budget, seed=k, progress=False)
-        return fit(problem, sims, method="abc", x_o=x_o, quantile=0.1, seed=k, detector=False)
+        return fit(problem, sims, method="abc", x_o=x_o, quantile=0.01, seed=k, detector=False)
     if method == "smc_abc":
         sims = simulate(problem, budget // 5, seed=k, progress=False)
         return fit(problem, sims, method="smc_abc", x_o=x_o, num_simulations=budget,
-                   num_particles=min(1000, budget // 10), seed=k, detector=False)
+                   num_particles=max(2, budget // 50), seed=k, detector=False)
     sims = simulate(problem, budget, seed=k, progress=False)
     return fit(problem, sims, method="npe", preset=npe_preset, seed=k, detector=False,
                progress=False)

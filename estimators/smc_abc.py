@@ -93,8 +93,9 @@ def _log_kernel_mixture(new: Tensor, theta: Tensor, logw: Tensor, chol: Tensor,
 def fit_smc_abc(problem: Problem, sims: tuple[Tensor, Tensor], seed: int = 0,
                 **options: Any) -> ABCPosterior:
     """SMC-ABC (module docstring). Options: ``x_o`` (required), ``distance``, ``num_draws``,
-    ``estimator`` (as for ``abc``), ``num_particles`` (kept per round; default half the
-    given simulations, at most 1000), ``alpha`` (fraction kept per round, 0.5),
+    ``estimator`` (as for ``abc``), ``num_particles`` (kept per round; default a tenth of
+    the given simulations, at most 1000: fewer particles give more rounds and a smaller
+    final tolerance), ``alpha`` (fraction kept per round, 0.5),
     ``num_simulations`` (total simulator calls, the given ``sims`` included; default 5x
     those), ``min_acceptance`` (0.02) and ``max_rounds`` (50)."""
     start = time.perf_counter()
@@ -105,7 +106,7 @@ def fit_smc_abc(problem: Problem, sims: tuple[Tensor, Tensor], seed: int = 0,
     if not 0 < alpha < 1:
         raise ValueError(f"alpha (the fraction of particles kept each round) must be in (0, 1), "
                          f"got {alpha}.")
-    k = int(o["num_particles"]) if o["num_particles"] is not None else min(1000, n0 // 2)
+    k = int(o["num_particles"]) if o["num_particles"] is not None else min(1000, n0 // 10)
     if not 2 <= k <= n0:
         raise ValueError(f"num_particles={k} must be between 2 and the {n0} simulations given "
                          "(population 0); simulate more or lower num_particles.")

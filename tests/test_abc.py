@@ -66,7 +66,7 @@ def test_abc_errors_name_the_problem_and_the_fix(gl2):
     with pytest.raises(ValueError, match="within epsilon"):
         fit(p, sims, method="abc", x_o=x_o, epsilon=1e-9, detector=False)
     with pytest.raises(ValueError, match="no room for one SMC round"):
-        fit(p, sims, method="smc_abc", x_o=x_o, num_simulations=1200, detector=False)
+        fit(p, sims, method="smc_abc", x_o=x_o, num_simulations=1050, detector=False)
     with pytest.raises(ValueError, match="num_particles=5000"):
         fit(p, sims, method="smc_abc", x_o=x_o, num_particles=5000, detector=False)
     with pytest.raises(ValueError, match="set of iid observations use distance='mmd'"):

@@ -106,9 +106,9 @@ x1 = moons.observation(1)
 budget = 3000 if FAST else 10_000
 ref = moons.reference_posterior(x1, 1000, 0)
 rejection = fit(moons, simulate(moons, budget, seed=0, progress=False), method="abc", x_o=x1,
-                quantile=0.1, detector=False)
+                quantile=0.01, detector=False)
 smc = fit(moons, simulate(moons, budget // 5, seed=0, progress=False), method="smc_abc",
-          x_o=x1, num_simulations=budget, num_particles=budget // 10, detector=False)
+          x_o=x1, num_simulations=budget, detector=False)
 npe = fit(moons, simulate(moons, budget, seed=0, progress=False), method="npe", preset="fast",
           detector=False, progress=False, **({"max_epochs": 30} if FAST else {}))
 for name, p in [("abc", rejection), ("smc_abc", smc), ("npe", npe)]:
