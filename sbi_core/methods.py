@@ -68,6 +68,8 @@ _REGISTRY: dict[str, str] = {
     "nre_c": "estimators.nre:NRE_C",
     "bnre": "estimators.nre:BNRE",
     "pfn": "estimators.pfn_method:METHOD",
+    "abc": "estimators.abc:METHOD",
+    "smc_abc": "estimators.smc_abc:METHOD",
 }
 _LOADED: dict[str, Method] = {}
 

@@ -61,6 +61,12 @@ class Problem:
         x_discrete: indices into the flattened ``x`` of columns holding integer codes
             (choices, counts, categories); ``fit`` passes them to methods that model them as
             discrete (``mnle``; ``npe`` one-hot encodes them). Saved in :meth:`spec`.
+        noise_dim: the simulator exposes its ``k`` random inputs: it is called as
+            ``simulator(theta, u)`` with ``u`` ``(N, k)`` uniform in ``[0, 1]`` (see
+            :mod:`sbi_core.noise`); ``problem.simulator(theta)`` then draws ``u`` itself and
+            ``problem.noise_simulator`` is the two-argument function (used by ABC and the
+            optimally weighted MMD). With ``noise_simulator`` given, ``simulator`` stays the
+            one-argument function and ``noise_simulator(theta, u)`` is the exposed version.
     """
 
     def __init__(
@@ -77,6 +83,8 @@ class Problem:
         observation_seeds: Sequence[int] | None = None,
         x_names: Sequence[str] | None = None,
         x_discrete: Sequence[int] | None = None,
+        noise_dim: int | None = None,
+        noise_simulator: Callable[[Tensor, Tensor], Tensor] | None = None,
     ):
         prior = as_prior(prior)
         if len(prior.event_shape) != 1 or prior.batch_shape != torch.Size():
@@ -88,6 +96,12 @@ class Problem:
             )
         if not callable(simulator):
             raise TypeError("simulator must be callable: Tensor[N, D] -> Tensor[N, *x_shape].")
+        self.noise_dim, self.noise_simulator = _noise_inputs(prior, simulator, noise_dim,
+                                                             noise_simulator, validate)
+        if noise_dim is not None and noise_simulator is None:
+            from sbi_core.noise import DrawsNoise
+
+            simulator = DrawsNoise(simulator, noise_dim)
         self.prior = prior
         self.simulator = simulator
         self.name = name
@@ -221,6 +235,24 @@ class Problem:
 
     def __repr__(self) -> str:
         return f"Problem(name={self.name!r}, dim={self.dim}, x_shape={self.x_shape})"
+
+
+def _noise_inputs(prior: Distribution, simulator: Callable, noise_dim: int | None,
+                  noise_simulator: Callable | None, validate: bool
+                  ) -> tuple[int | None, Callable | None]:
+    """``(noise_dim, noise_simulator)`` checked (:mod:`sbi_core.noise`), or ``(None, None)``."""
+    if noise_dim is None:
+        if noise_simulator is not None:
+            raise ValueError("noise_simulator needs noise_dim (its number of uniform inputs).")
+        return None, None
+    g = noise_simulator if noise_simulator is not None else simulator
+    if validate:
+        from sbi_core.noise import check_noise_simulator
+
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            check_noise_simulator(g, noise_dim, prior.sample((3,)))
+    return int(noise_dim), g
 
 
 def _adapter_hint(simulator: Simulator, theta: Tensor) -> str:

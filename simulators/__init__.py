@@ -29,6 +29,7 @@ _PROBLEMS: dict[str, str] = {
     "sir": "simulators.sir:sir",
     "lotka_volterra": "simulators.lotka_volterra:lotka_volterra",
     "hodgkin_huxley": "simulators.hodgkin_huxley:hodgkin_huxley",
+    "g_and_k": "simulators.g_and_k:g_and_k",
 }
 
 #: The eight problems of the SBI benchmark (Lueckmann et al. 2021), in the paper's order.

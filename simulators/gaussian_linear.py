@@ -38,6 +38,10 @@ def gaussian_linear(dim: int = 10, prior_var: float = 0.1, noise_var: float = 0.
     def simulator(theta: Tensor) -> Tensor:
         return theta + noise_std * torch.randn_like(theta)
 
+    def noise_simulator(theta: Tensor, u: Tensor) -> Tensor:  # the same model, inputs exposed
+        z = torch.special.ndtri(u.clamp(1e-12, 1 - 1e-12)).to(theta.dtype)
+        return theta + noise_std * z
+
     def reference(x_o: Tensor, num_samples: int, seed: int = 0) -> Tensor:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
@@ -47,6 +51,8 @@ def gaussian_linear(dim: int = 10, prior_var: float = 0.1, noise_var: float = 0.
     return Problem(
         gaussian(torch.zeros(dim), std=math.sqrt(prior_var) * torch.ones(dim)),
         simulator,
+        noise_simulator=noise_simulator,
+        noise_dim=dim,
         name="gaussian_linear",
         x_shape=(dim,),
         reference_posterior=reference,

@@ -20,7 +20,7 @@ from torch import Tensor
 from sbi_core.priors import box_uniform
 from sbi_core.problem import Problem
 
-__all__ = ["two_moons", "simulate_two_moons", "two_moons_reference"]
+__all__ = ["two_moons", "simulate_two_moons", "simulate_two_moons_noise", "two_moons_reference"]
 
 
 def _noise(n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -32,6 +32,17 @@ def _noise(n: int, generator: torch.Generator | None = None) -> Tensor:
 def simulate_two_moons(theta: Tensor) -> Tensor:
     """``theta`` ``(N, 2)`` → ``x`` ``(N, 2)``."""
     p = _noise(theta.shape[0]).to(theta)
+    shift = torch.stack([-(theta[:, 0] + theta[:, 1]).abs(), -theta[:, 0] + theta[:, 1]],
+                        dim=-1) / math.sqrt(2.0)
+    return p + shift
+
+
+def simulate_two_moons_noise(theta: Tensor, u: Tensor) -> Tensor:
+    """The same model with its random inputs exposed: ``u`` ``(N, 2)`` uniform gives the
+    angle ``a`` and, through the normal quantile, the radius ``r``."""
+    a = (u[:, 0].to(theta.dtype) - 0.5) * math.pi
+    r = 0.1 + 0.01 * torch.special.ndtri(u[:, 1].clamp(1e-12, 1 - 1e-12)).to(theta.dtype)
+    p = torch.stack([r * torch.cos(a) + 0.25, r * torch.sin(a)], dim=-1)
     shift = torch.stack([-(theta[:, 0] + theta[:, 1]).abs(), -theta[:, 0] + theta[:, 1]],
                         dim=-1) / math.sqrt(2.0)
     return p + shift
@@ -64,6 +75,8 @@ def two_moons() -> Problem:
     return Problem(
         box_uniform([-1.0, -1.0], [1.0, 1.0]),
         simulate_two_moons,
+        noise_simulator=simulate_two_moons_noise,
+        noise_dim=2,
         param_names=["theta_1", "theta_2"],
         name="two_moons",
         x_shape=(2,),

@@ -69,6 +69,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="stream a PATH.zarr store from disk instead of loading it into memory")
     p.add_argument("--ddp", action="store_true",
                    help="data-parallel training under torchrun (gloo on CPU, NCCL on GPU)")
+    p.add_argument("--x", metavar="FILE",
+                   help="the observation for methods fitted to one observation (abc, smc_abc): "
+                        ".csv/.npy/.json; several rows are one set of iid observations")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="method option (JSON value), e.g. quantile=0.01 or "
+                        "num_simulations=20000; repeatable")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--log-dir", metavar="DIR",
                    help="TensorBoard: write this run's event files to DIR/<model name>-<time> "
@@ -123,6 +129,14 @@ def run(args: argparse.Namespace) -> int:
         "embedding": resolve_embedding(args.embedding),
         "discrete_columns": args.discrete_columns, "log_columns": args.log_columns,
     }.items() if v is not None}
+    if args.x is not None or args.option:
+        from sbi_core.cli.benchmark_cmd import parse_options
+        from sbi_core.io import read_observations
+
+        options.update(parse_options(args.option))
+        if args.x is not None:
+            obs = read_observations(args.x, tuple(problem.x_shape or ()))
+            options["x_o"] = obs[0] if obs.shape[0] == 1 else obs
     if args.ddp:
         options["distributed"] = True
     loggers = _loggers(args, out, problem) if main_process else []
