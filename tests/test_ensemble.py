@@ -164,3 +164,28 @@ def test_ensemble_matches_analytic_posterior(linear_problem):
         samples = post.sample((2000,), x=x_o, seed=0)
         reference = linear_gaussian_posterior(x_o).sample((2000,))
         assert c2st(samples, reference, seed=0) < 0.6
+
+
+def test_cli_train_ensemble_then_sample(tmp_path, capsys):
+    import json
+
+    from sbi_core.cli.main import main
+
+    sims = tmp_path / "sims.pt"
+    assert main(["simulate", "linear_gaussian", "--num", "500", "--seed", "1", "--out",
+                 str(sims), "--quiet"]) == 0
+    model = tmp_path / "m.pt"
+    assert main(["train", "--sims", str(sims), "--out", str(model), "--ensemble", "2",
+                 "--max-epochs", "2", "--quiet"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["epochs"] == 2
+    post = load(model)
+    assert post.method == "npe_ensemble" and post.estimator.num_members == 2
+    xfile = tmp_path / "x.csv"
+    xfile.write_text("x1,x2\n0.1,0.2\n")
+    assert main(["sample", str(model), "--x", str(xfile), "--num", "50", "--out",
+                 str(tmp_path / "s.csv")]) == 0
+    assert len((tmp_path / "s.csv").read_text().splitlines()) == 51
+    assert main(["train", "--sims", str(sims), "--out", str(tmp_path / "bad.pt"), "--ensemble",
+                 "1", "--quiet"]) == 2  # one member is not an ensemble: one-line error
+    assert "integer >= 2" in capsys.readouterr().err
