@@ -115,6 +115,7 @@ def test_fit_save_load_sample_and_log_prob(trained, tmp_path):
     samples = post.sample((300,), x=x_o, seed=0)
     assert samples.shape == (300, 2) and bool(torch.isfinite(samples).all())
     lp = post.log_prob(samples[:20], x=x_o)
+    assert post.map(x=x_o, num_init=100, steps=5).shape == (2,)  # gradients through vmap
     path = save(post, tmp_path / "ens.pt")
     loaded = load(path)
     assert loaded.method == "npe_ensemble" and loaded.estimator.num_members == 3
