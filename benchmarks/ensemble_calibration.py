@@ -80,6 +80,8 @@ def run_task(name: str, args) -> dict:
     res = {"task": name, "num_sims": args.num_sims, "members": args.members,
            "train_seconds": {"single": t_single, "ensemble": t_ens, "ratio": t_ens / t_single},
            "epochs": {"single": single.history["epochs"], "ensemble": ens.history["epochs"]}}
+    print(json.dumps({"task": name, "train_seconds": res["train_seconds"],
+                      "epochs": res["epochs"], "load": os.getloadavg()}), flush=True)
     for label, post in [("single", single), ("ensemble", ens)] + \
             [(f"member{j}", m) for j, m in enumerate(members)]:
         c = accuracy(post, problem, args.num_obs, args.num_samples)
