@@ -43,7 +43,7 @@ def _fast_tanh(a: Tensor) -> Tensor:
     On the CPU builds measured here (docs/performance.md) ``torch.tanh`` is ~9x slower than
     ``torch.sigmoid`` and dominated sampling; this form is ~2.5x faster. Used in sampling.
     """
-    if a.requires_grad:
+    if a.requires_grad or torch.is_grad_enabled():  # under vmap a may not show requires_grad
         return 2.0 * torch.sigmoid(a * 2.0) - 1.0
     return a.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)  # in place: `a` is a fresh product
 

@@ -69,7 +69,13 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
         **options: training options (``batch_size``, ``learning_rate``, ``max_epochs``,
             ``max_seconds``, ``device``, ``progress``, ... see :class:`TrainConfig`) and
             estimator options (e.g. ``flow="nsf"``, ``hidden_features=64``, ``embedding=...``).
+            ``ensemble=K`` (NPE) trains ``K`` members as one batched model; the posterior is
+            their mixture (method ``"npe_ensemble"``, docs/ensembles.md).
     """
+    if options.get("ensemble") is not None:  # K members as one batched model (docs/ensembles.md)
+        from estimators.ensemble import ensemble_method_name
+
+        method = ensemble_method_name(method, options["ensemble"])
     m = get_method(method)
     options = _with_preset(m, preset, options)
     if streaming:

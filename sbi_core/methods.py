@@ -58,6 +58,7 @@ class Method:
 # name -> "module:attribute" of a Method; imported on first use.
 _REGISTRY: dict[str, str] = {
     "npe": "estimators.npe:METHOD",
+    "npe_ensemble": "estimators.ensemble:METHOD",
     "npse": "estimators.npse:METHOD",
     "fmpe": "estimators.fmpe:METHOD",
     "nle": "estimators.nle:METHOD",

@@ -90,6 +90,8 @@ class Posterior:
     default_max_seconds: float | None = 60.0
     #: What to do when the budget runs out (appended to the timeout error).
     budget_advice: str = "Check that the observation resembles the training simulations."
+    #: ESS and weights summary of the last ``sample(..., correct="is")`` (sbi_core.importance)
+    last_importance: Any = None
 
     def __init__(self, estimator: nn.Module, prior: Distribution, problem_spec: dict[str, Any],
                  history: dict[str, Any] | None = None, range_check: RangeCheck = "error"):
@@ -165,7 +167,8 @@ class Posterior:
     # ------------------------------------------------------------------ public API
     def sample(self, sample_shape: tuple[int, ...] | int = (), x: Tensor | None = None,
                seed: int | None = None, max_seconds: MaxSeconds = "default",
-               strict: bool = False, **kwargs: Any) -> Tensor:
+               strict: bool = False, correct: str | None = None, log_likelihood: Any = None,
+               **kwargs: Any) -> Tensor:
         """Draw samples for one observation ``x`` (``x_shape``) → ``(*sample_shape, D)``.
 
         ``max_seconds`` bounds the call's wall time (``"default"``: :attr:`max_seconds`;
@@ -173,9 +176,18 @@ class Posterior:
         With a misspecification :attr:`detector`, an observation unlike the training
         simulations gets a ``MisspecificationWarning`` naming the tests and p-values
         (``strict=True``: a ``MisspecificationError``; docs/trust.md).
+        ``correct="is"`` with ``log_likelihood=`` (a function ``(theta, x) -> (N,)`` or a
+        trained NLE posterior) resamples these draws by importance weights toward the exact
+        posterior; the effective sample size is in ``last_importance``
+        (:mod:`sbi_core.importance`; options ``oversampling=``, ``min_ess=``).
         """
         shape = _shape(sample_shape)
         xs = self._single_x(x)
+        if correct is not None or log_likelihood is not None:
+            from sbi_core.importance import corrected_sample
+
+            return corrected_sample(self, shape, xs, correct, log_likelihood, seed=seed,
+                                    max_seconds=max_seconds, strict=strict, **kwargs)
         self._check_misspecification(xs, strict)
         return self.sample_batched(shape, xs, seed=seed, max_seconds=max_seconds,
                                    _checked=True, **kwargs)[..., 0, :]

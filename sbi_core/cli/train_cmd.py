@@ -45,6 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "('{\"type\": \"cnn1d\", \"channels\": [8, 16]}'), or "
                         "module:function / file.py:function returning your own nn.Module "
                         "(pass the same to sample/diagnose/serve; docs/embeddings.md)")
+    p.add_argument("--ensemble", type=positive_int, metavar="K",
+                   help="npe: train K members as one batched model; the posterior is their "
+                        "mixture (docs/ensembles.md)")
     p.add_argument("--max-epochs", type=positive_int)
     p.add_argument("--max-seconds", type=positive_float, help="wall-time cap on training")
     p.add_argument("--batch-size", type=positive_int)
@@ -128,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         "fim_ema": args.fim_ema, "noise_eps": args.noise_eps,
         "embedding": resolve_embedding(args.embedding),
         "discrete_columns": args.discrete_columns, "log_columns": args.log_columns,
+        "ensemble": args.ensemble,
     }.items() if v is not None}
     if args.x is not None or args.option:
         from sbi_core.cli.benchmark_cmd import parse_options
