@@ -43,7 +43,7 @@ from sbi_core.priors import support_bounds
 __all__ = ["NPEEstimator", "METHOD", "build_npe"]
 
 DEFAULTS: dict[str, Any] = {
-    "flow": "auto",
+    "flow": "fmaf",
     "hidden_features": 50,
     "num_transforms": 5,
     "num_blocks": 2,

@@ -15,9 +15,10 @@ ACCURATE = {"batch_size": 256, "learning_rate": 1e-3, "min_delta": 0.0, "ema_dec
             "stop_after_epochs": 40}
 
 
-def test_auto_flow_is_the_default_and_resolves_by_dimension():
-    """The rule documented in docs/npe.md and docs/performance.md (issue 18, items 1 and 5)."""
-    assert DEFAULTS["flow"] == "auto"
+def test_auto_flow_resolves_by_dimension():
+    """The rule of flow="auto" (opt-in; the default stays fmaf until the benchmark table
+    covers all tasks)."""
+    assert DEFAULTS["flow"] == "fmaf"
     assert AUTO_FLOW == ((2, "fmaf"), (float("inf"), "fnsf"))
     assert [resolve_flow("auto", d) for d in (1, 2, 3, 5, 10, 50)] == \
         ["fmaf", "fmaf", "fnsf", "fnsf", "fnsf", "fnsf"]
@@ -32,7 +33,7 @@ def test_presets_resolve_to_documented_settings_for_every_flow():
         assert npe.training_defaults({"flow": flow, "preset": "accurate"}) == ACCURATE
     for flow in ("auto", "fmaf", "fnsf"):
         assert npe.training_defaults({"flow": flow, "preset": "fast"}) == FAST_FUSED
-    assert npe.training_defaults({"preset": "fast"}) == FAST_FUSED  # default flow: auto
+    assert npe.training_defaults({"preset": "fast"}) == FAST_FUSED  # default flow: fmaf
 
 
 def _data(dim: int):
@@ -47,7 +48,8 @@ def _data(dim: int):
 @pytest.mark.parametrize("dim, flow", [(2, "fmaf"), (3, "fnsf")])
 def test_fit_records_the_resolved_flow_and_it_survives_save_load(dim, flow, tmp_path):
     problem, data = _data(dim)
-    post = fit(problem, data, max_epochs=1, progress=False, hidden_features=8, detector=False)
+    post = fit(problem, data, flow="auto", max_epochs=1, progress=False, hidden_features=8,
+               detector=False)
     cfg = post.estimator.config
     assert cfg["flow"] == flow and cfg["flow_requested"] == "auto"
     save(post, tmp_path / "m.pt")

@@ -24,8 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--num-simulations", type=int, default=10_000)
     p.add_argument("--num-samples", type=int, default=10_000)
     p.add_argument("--observation", type=int, default=1, help="which of the 10 observations")
-    p.add_argument("--flow", default="auto", choices=["auto", "fmaf", "fnsf", "maf", "nsf", "mdn"],
-                   help="NPE density estimator (auto: by parameter dimension, the default; "
+    p.add_argument("--flow", default="fmaf", choices=["auto", "fmaf", "fnsf", "maf", "nsf", "mdn"],
+                   help="NPE density estimator (auto: by parameter dimension; default fmaf; "
                         "fmaf / fnsf: sbi-core's fused MAF / NSF; maf, nsf: nflows)")
     p.add_argument("--preset", choices=["fast", "accurate"], default=None,
                    help="NPE training preset (default accurate)")
