@@ -1,4 +1,4 @@
-"""Conditional normalizing flows: nflows MAF and NSF, and sbi-core's fused MAF.
+"""Conditional normalizing flows: nflows MAF and NSF, and sbi-core's fused MAF and NSF.
 
 ``build_flow(kind, dim, context_dim, ...)`` returns an ``nflows.flows.Flow`` (``maf``,
 ``nsf``) or an :class:`estimators.fast_maf.FusedMAF` (``fmaf``, the same model family as
@@ -27,10 +27,11 @@ from nflows.transforms.permutations import RandomPermutation, ReversePermutation
 from torch import nn
 
 from estimators.fast_maf import FusedMAF
+from estimators.fast_nsf import FusedNSF
 
 __all__ = ["build_flow", "FLOWS"]
 
-FLOWS = ("maf", "nsf", "fmaf")
+FLOWS = ("maf", "nsf", "fmaf", "fnsf")
 
 # NSF layer layout: 2 = coupling masks alternating per layer + LU mixing (current); 1 = one
 # fixed mask + reverse permutation, as saved before 2026-11-26 (for odd D it never
@@ -41,19 +42,23 @@ NSF_LAYOUT = 2
 def build_flow(kind: str, dim: int, context_dim: int, hidden_features: int = 50,
                num_transforms: int = 5, num_blocks: int = 2, num_bins: int = 10,
                tail_bound: float = 3.0, permutation_seed: int = 0,
-               nsf_layout: int = NSF_LAYOUT) -> Flow | FusedMAF:
+               nsf_layout: int = NSF_LAYOUT) -> Flow | FusedMAF | FusedNSF:
     """A conditional flow over ``dim`` (standardized) parameters.
 
     ``maf``: nflows masked affine autoregressive transforms with random permutations.
     ``fmaf``: the same architecture as one fused module (faster on CPUs; ``num_bins`` unused).
     ``nsf``: rational-quadratic spline coupling transforms on alternating halves, each followed
     by an LU-parametrized linear mixing layer (autoregressive when ``dim == 1``).
+    ``fnsf``: spline coupling transforms with LU mixing as one fused module (faster).
     """
     if kind not in FLOWS:
         raise ValueError(f"Unknown flow {kind!r}; use one of {FLOWS} (or 'mdn').")
     if kind == "fmaf":
         return FusedMAF(dim, context_dim, hidden_features, num_transforms, num_blocks,
                         permutation_seed)
+    if kind == "fnsf":
+        return FusedNSF(dim, context_dim, hidden_features, num_transforms, num_blocks, num_bins,
+                        tail_bound)
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(permutation_seed)  # permutations are part of the architecture
     try:

@@ -57,6 +57,17 @@ DEFAULTS: dict[str, Any] = {
 
 THETA_TRANSFORMS = (None, "unconstrained")
 
+# flow="auto": the flow family by parameter dimension D, chosen from benchmarks/compare_sbi.py
+# (table in docs/performance.md, "issue 18, items 1 and 5"): (largest D, flow) in order.
+AUTO_FLOW: tuple[tuple[float, str], ...] = ((2, "fmaf"), (float("inf"), "fnsf"))
+
+
+def resolve_flow(flow: str, theta_dim: int) -> str:
+    """The concrete flow for ``flow`` (``"auto"`` picks by ``theta_dim`` from ``AUTO_FLOW``)."""
+    if flow != "auto":
+        return flow
+    return next(kind for max_dim, kind in AUTO_FLOW if theta_dim <= max_dim)
+
 # Training presets, chosen by benchmarks/compare_sbi.py against sbi 0.27 (table and
 # commands in docs/performance.md, summary in docs/npe.md). "fast" is the earlier fused-MAF
 # default (larger batches and learning rate, early stopping that ignores improvements below
@@ -74,6 +85,8 @@ OTHER_FAST_DEFAULTS: dict[str, Any] = {"batch_size": 256, "learning_rate": 1e-3,
 ACCURATE_DEFAULTS: dict[str, Any] = {"batch_size": 256, "learning_rate": 1e-3,
                                      "min_delta": 0.0, "ema_decay": 0.99,
                                      "stop_after_epochs": 40}
+# the fused flows (and "auto", which picks one of them) share the fast preset's settings
+FUSED_FLOWS = ("fmaf", "fnsf", "auto")
 PRESETS = ("fast", "accurate")
 DEFAULT_PRESET = "accurate"
 
@@ -85,8 +98,8 @@ def train_defaults(options: dict[str, Any]) -> dict[str, Any]:
     preset = options.get("preset") or DEFAULT_PRESET
     if preset == "accurate":
         return dict(ACCURATE_DEFAULTS)
-    fmaf = options.get("flow", DEFAULTS["flow"]) == "fmaf"
-    return dict(FMAF_TRAIN_DEFAULTS if fmaf else OTHER_FAST_DEFAULTS)
+    fused = options.get("flow", DEFAULTS["flow"]) in FUSED_FLOWS
+    return dict(FMAF_TRAIN_DEFAULTS if fused else OTHER_FAST_DEFAULTS)
 
 
 train_defaults.presets = PRESETS  # type: ignore[attr-defined]
@@ -104,6 +117,7 @@ class NPEEstimator(StandardizedEstimator):
     def __init__(self, config: dict[str, Any], embedding: nn.Module | None = None):
         super().__init__()
         cfg = {**DEFAULTS, **config}
+        cfg["flow"] = resolve_flow(cfg["flow"], int(cfg["theta_dim"]))
         self.config = cfg
         d, x_shape = int(cfg["theta_dim"]), tuple(cfg["x_shape"])
         self.theta_dim, self.x_shape = d, x_shape
@@ -126,7 +140,8 @@ class NPEEstimator(StandardizedEstimator):
                                       cfg["num_transforms"], cfg["num_blocks"], cfg["num_bins"],
                                       nsf_layout=nsf_layout(cfg))
         else:
-            raise ValueError(f"Unknown flow {cfg['flow']!r}; use one of {FLOWS + ('mdn',)}.")
+            raise ValueError(f"Unknown flow {cfg['flow']!r}; use one of "
+                             f"{FLOWS + ('mdn', 'auto')}.")
 
     def fit_standardization(self, theta: Tensor, x: Tensor) -> None:
         """Fit the z-scoring of ``theta`` ``(N, D)`` and ``x`` ``(N, *x_shape)``, and the x range.
@@ -239,6 +254,9 @@ def build_npe(theta: Tensor, x: Tensor, prior: Distribution, **options: Any) -> 
     config = {**DEFAULTS, **{k: v for k, v in options.items() if k not in reg_keys},
               "theta_dim": int(theta.shape[1]), "x_shape": list(x.shape[1:]),
               "nsf_layout": NSF_LAYOUT, "embedding": spec}
+    # the config records the concrete flow (rebuilt on load) and what was asked for
+    config["flow_requested"] = config["flow"]
+    config["flow"] = resolve_flow(config["flow"], int(theta.shape[1]))
     reg = options.get("regularizer")
     if reg is not None and is_set_embedding(spec):
         raise ValueError(f"regularizer={reg!r} is not supported with a set embedding (iid "

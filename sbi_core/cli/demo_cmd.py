@@ -24,9 +24,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--num-simulations", type=int, default=10_000)
     p.add_argument("--num-samples", type=int, default=10_000)
     p.add_argument("--observation", type=int, default=1, help="which of the 10 observations")
-    p.add_argument("--flow", default="fmaf", choices=["maf", "nsf", "fmaf", "mdn"],
-                   help="NPE density estimator (fmaf: sbi-core's fused MAF, default; maf: "
-                        "nflows MAF)")
+    p.add_argument("--flow", default="fmaf", choices=["auto", "fmaf", "fnsf", "maf", "nsf", "mdn"],
+                   help="NPE density estimator (auto: by parameter dimension; default fmaf; "
+                        "fmaf / fnsf: sbi-core's fused MAF / NSF; maf, nsf: nflows)")
+    p.add_argument("--preset", choices=["fast", "accurate"], default=None,
+                   help="NPE training preset (default accurate)")
     p.add_argument("--theta-transform", choices=["unconstrained"], default=None,
                    help="learn the posterior in the prior's unconstrained space (no rejection)")
     p.add_argument("--seed", type=int, default=0)
@@ -69,9 +71,11 @@ def run(args: argparse.Namespace) -> int:
         s_sim["note"] = f"{sims.num_invalid} invalid"
     with step(f"training NPE ({args.flow})") as s_train:
         posterior = fit(problem, sims, method="npe", flow=args.flow, seed=args.seed,
+                        preset=args.preset,
                         progress=progress, max_seconds=args.max_seconds,
                         theta_transform=args.theta_transform)
-        s_train["note"] = f"{posterior.history['epochs']} epochs"
+        s_train["note"] = (f"{posterior.history['epochs']} epochs, flow "
+                            f"{posterior.estimator.config.get('flow')}")
     with step(f"drawing {args.num_samples} posterior samples for observation {args.observation}") \
             as s_sample:
         samples = posterior.sample((args.num_samples,), x=x_o, seed=args.seed)

@@ -1,4 +1,4 @@
-"""``sbi-core train --sims FILE --method npe --out MODEL [--stream] [--ddp]``.
+"""``sbi-core train --sims FILE --method npe --out MODEL [--preset fast|accurate] [--stream] [--ddp]``.
 
 ``--stream`` trains from a zarr store chunk by chunk with bounded memory; ``--ddp``
 trains data-parallel across the processes started by ``torchrun`` (rank 0 saves).
@@ -35,7 +35,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--problem", help=f"problem whose prior applies (needed for .npz): {PROBLEM_HELP}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--flow", choices=["maf", "nsf", "fmaf", "mdn"], help="NPE density estimator")
+    p.add_argument("--flow", choices=["auto", "fmaf", "fnsf", "maf", "nsf", "mdn"],
+                   help="NPE density estimator (default fmaf; auto: by parameter dimension, "
+                        "docs/npe.md)")
+    p.add_argument("--preset", choices=["fast", "accurate"],
+                   help="NPE training preset (default accurate; fast stops at a coarser "
+                        "optimum sooner; explicit --batch-size/--learning-rate win)")
     p.add_argument("--theta-transform", choices=["unconstrained"],
                    help="NPE: learn the posterior in the prior's unconstrained space (samples "
                         "always inside a bounded prior: no rejection, no leakage)")
@@ -148,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         options["callbacks"] = loggers
     posterior = fit(problem, sims, method=args.method, seed=args.seed, device=device,
                     progress=None if main_process and not args.quiet else False,
-                    streaming=args.stream, **options)
+                    streaming=args.stream, preset=args.preset, **options)
     if args.ddp:
         from sbi_core.distributed import shutdown_distributed
 
@@ -191,7 +196,7 @@ def _loggers(args: argparse.Namespace, out, problem) -> list:
     params = {"method": args.method, "problem": problem.name, "sims": str(args.sims),
               "out": str(args.out), "seed": args.seed,
               "options": {k: v for k, v in vars(args).items()
-                          if k in ("flow", "theta_transform", "embedding", "max_epochs",
+                          if k in ("flow", "preset", "theta_transform", "embedding", "max_epochs",
                                    "max_seconds", "batch_size", "learning_rate", "regularizer")
                           and v is not None}}
     loggers: list = []
