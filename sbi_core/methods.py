@@ -68,6 +68,7 @@ _REGISTRY: dict[str, str] = {
     "nre_c": "estimators.nre:NRE_C",
     "bnre": "estimators.nre:BNRE",
     "pfn": "estimators.pfn_method:METHOD",
+    "incontext": "estimators.incontext_method:METHOD",
 }
 _LOADED: dict[str, Method] = {}
 
