@@ -82,10 +82,21 @@ def main() -> None:
     ap.add_argument("--num-samples", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-npe", action="store_true", help="in-context model only")
+    ap.add_argument("--finetune", type=int, nargs="*", default=[],
+                    help="also fit with these finetune_steps (e.g. 50)")
     ap.add_argument("--json", help="write all rows to this JSON file")
+    ap.add_argument("--baselines-only", action="store_true",
+                    help="run only (b) and (c) (they do not depend on the weights)")
+    ap.add_argument("--baselines-from", metavar="JSON",
+                    help="take (b) and (c) from an earlier run's --json (same tasks, sizes, "
+                         "seed, observations) instead of training them again")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = []
+    earlier = {}
+    if args.baselines_from:
+        for r in json.loads(Path(args.baselines_from).read_text()):
+            earlier[(r["task"], r["sims"])] = r
     print(f"load at start: {os.getloadavg()}", flush=True)
     for task in args.tasks:
         problem = get_task(task)
@@ -96,18 +107,36 @@ def main() -> None:
             sims = simulate(problem, n, seed=args.seed, progress=False)
             theta, x = sims.training_data()
             row: dict = {"task": task, "sims": int(theta.shape[0]), "load": os.getloadavg()[0]}
-            t0 = time.perf_counter()
-            post = fit(problem, (theta, x), method="incontext", detector=False, seed=args.seed)
-            t_fit = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            samples = [post.sample((args.num_samples,), x=xo) for xo in xos]
-            t_sample = (time.perf_counter() - t0) / len(xos)
-            scores = [c2st(s, r, seed=0) for s, r in zip(samples, refs)]
-            row["incontext"] = {"first_posterior_seconds": round(t_fit, 3),
-                                "sample_seconds": round(t_sample, 3),
-                                "c2st": [round(s, 3) for s in scores],
-                                "c2st_mean": round(float(np.mean(scores)), 3)}
-            if not args.no_npe:
+            if not args.baselines_only:
+                t0 = time.perf_counter()
+                post = fit(problem, (theta, x), method="incontext", detector=False,
+                           seed=args.seed)
+                t_fit = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                samples = [post.sample((args.num_samples,), x=xo, seed=i)
+                           for i, xo in enumerate(xos)]
+                t_sample = (time.perf_counter() - t0) / len(xos)
+                scores = [c2st(s, r, seed=0) for s, r in zip(samples, refs)]
+                row["incontext"] = {"first_posterior_seconds": round(t_fit, 3),
+                                    "sample_seconds": round(t_sample, 3),
+                                    "c2st": [round(s, 3) for s in scores],
+                                    "c2st_mean": round(float(np.mean(scores)), 3)}
+                for steps in args.finetune:
+                    t0 = time.perf_counter()
+                    tuned = fit(problem, (theta, x), method="incontext", detector=False,
+                                seed=args.seed, finetune_steps=steps)
+                    t_fit = time.perf_counter() - t0
+                    sc = [c2st(tuned.sample((args.num_samples,), x=xo, seed=i), r, seed=0)
+                          for i, (xo, r) in enumerate(zip(xos, refs))]
+                    row[f"incontext_ft{steps}"] = {
+                        "first_posterior_seconds": round(t_fit, 2),
+                        "c2st": [round(v, 3) for v in sc],
+                        "c2st_mean": round(float(np.mean(sc)), 3)}
+            if (task, row["sims"]) in earlier:
+                for key in ("npe", "sbi_npe"):
+                    if key in earlier[(task, row["sims"])]:
+                        row[key] = earlier[(task, row["sims"])][key]
+            elif not args.no_npe:
                 jobs = [("sbi_core", sys.executable)]
                 sbi_ok = args.sbi_python and prior_spec(problem.prior)["type"] in \
                     ("box_uniform", "gaussian")
@@ -134,7 +163,7 @@ def main() -> None:
     print()
     print(f"{'task':18s} {'N':>5s} {'method':10s} {'C2ST':>6s} {'first posterior s':>18s}")
     for row in rows:
-        for key in ("incontext", "npe", "sbi_npe"):
+        for key in [k for k in row if k.startswith(("incontext", "npe", "sbi_npe"))]:
             if key in row:
                 r = row[key]
                 print(f"{row['task']:18s} {row['sims']:5d} {key:10s} {r['c2st_mean']:6.3f} "

@@ -9,7 +9,7 @@ a GPU lent for at most 10 minutes at a time one repeats the same command with ``
 
 Each step draws one ``(D, d, N)``: ``D ~ U{1..3}``, ``d ~ U{1..10}``, the context size ``N``
 log-uniform in ``[8, 1000]``, plus ``--queries`` query pairs per problem, and as many problems
-as fit in ``--tokens`` context+query pairs (2..64).
+as fit in ``--tokens`` context+query pairs (2..32).
 
 Examples::
 
@@ -56,7 +56,7 @@ def step_batch(seed: int, step: int, tokens: int, queries: int, n_max: int = N_M
     x_dim = int(torch.randint(1, X_DIM_MAX + 1, (), generator=g))
     u = float(torch.rand((), generator=g))
     n = int(round(math.exp(math.log(N_MIN) + u * (math.log(n_max) - math.log(N_MIN)))))
-    b = max(2, min(64, tokens // (n + queries)))
+    b = max(2, min(32, tokens // (n + queries)))
     theta, x = sample_problems(b, n + queries, dim, x_dim, g)
     return theta, x, n
 
@@ -162,7 +162,7 @@ def export(args: argparse.Namespace) -> None:
             "train_args": {k: v for k, v in ck["args"].items() if k not in ("resume", "export")},
             "prior": ck["prior"], "validation_loss": val,
             "final_train_loss": ck["log"][-1]["loss"] if ck["log"] else None,
-            "loss_log": ck["log"][-20:]}
+            "loss_log": ck["log"][-20:], "note": args.note}
     path = Path(args.export)
     path.parent.mkdir(parents=True, exist_ok=True)
     _save_atomic({"meta": meta, "state_dict": {k: v.float().contiguous()
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--tokens", type=int, default=6000, help="context+query pairs per step")
-    p.add_argument("--queries", type=int, default=48, help="query pairs per problem")
+    p.add_argument("--queries", type=int, default=32, help="query pairs per problem")
     p.add_argument("--net", default=None, help="JSON overrides of the network config")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--checkpoint-seconds", type=float, default=180.0)
@@ -188,6 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--export", default=None,
                    help="write the weights file from the last checkpoint and exit")
+    p.add_argument("--note", default=None,
+                   help="with --export: free text stored in the provenance (e.g. the commands)")
     args = p.parse_args(argv)
     if args.export:
         export(args)

@@ -26,7 +26,12 @@ Layout (all sizes in :data:`NET_DEFAULTS`):
   cross-attends to the context tokens in ``query_layers`` blocks. Queries never attend to
   each other, so the result for one query does not depend on the others (any number of
   posterior samples are drawn in parallel) and ``theta_j`` never leaks into its own factor.
-- **Head.** Bucket logits are free logits plus a Gaussian tilt
+- **Neighbour kernel.** The ``num_neighbors`` context pairs nearest to ``x_q`` (standardized
+  Euclidean distance, as in NPE-PF's filtering) give a kernel density of :math:`\theta_j`
+  (weights from the distances in ``x`` and in :math:`\theta_{<j}`), an ABC-like first guess;
+  the network predicts its bandwidths and its weight and adds it to the logits. This
+  inductive bias makes the network useful after far fewer pretraining steps.
+- **Head.** Bucket logits are free logits plus the neighbour term plus a Gaussian tilt
   :math:`-\beta (m_k - \mu)^2` of the bucket midpoints (with :math:`\mu, \beta` predicted),
   which gives sharp unimodal posteriors a simple shape while the free logits keep the head
   fully flexible. ``num_buckets`` equal-width buckets on ``[-bound, bound]`` standard
@@ -60,6 +65,7 @@ NET_DEFAULTS: dict[str, Any] = {
     "query_layers": 3,
     "num_buckets": 160,
     "bound": 4.0,
+    "num_neighbors": 16,
     "theta_dim_max": D_MAX,
     "x_dim_max": X_DIM_MAX,
     "n_max": N_MAX,
@@ -168,6 +174,9 @@ def standardize_context(theta: Tensor, x: Tensor) -> dict[str, Tensor]:
 
 
 _X_CLAMP = 12.0
+#: head outputs besides the K free logits: tilt location, tilt log precision, and the
+#: neighbour-kernel's x bandwidth, theta_<j bandwidth, theta_j bandwidth and weight.
+_EXTRA = 6
 
 
 class InContextNet(nn.Module):
@@ -191,26 +200,64 @@ class InContextNet(nn.Module):
         self.query_blocks = nn.ModuleList(_CrossBlock(e, h, f)
                                           for _ in range(int(cfg["query_layers"])))
         self.head = nn.Sequential(nn.LayerNorm(e), nn.Linear(e, e), nn.GELU(),
-                                  nn.Linear(e, k + 2))
+                                  nn.Linear(e, k + _EXTRA))
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
         self.bar = BarDistribution(bucket_borders(k, float(cfg["bound"])),
                                    torch.tensor([True]), torch.tensor([True]))
 
     # ------------------------------------------------------------------ context
-    def encode(self, zt: Tensor, zx: Tensor) -> list[tuple[Tensor, Tensor]]:
-        """Per-query-layer keys/values of the standardized context ``zt`` ``(B, N, D)``,
-        ``zx`` ``(B, N, d)``."""
+    def encode(self, zt: Tensor, zx: Tensor) -> dict[str, Any]:
+        """Cache for the queries: per-query-layer keys/values of the standardized context
+        ``zt`` ``(B, N, D)``, ``zx`` ``(B, N, d)``, and the context itself (neighbours)."""
+        zx = zx.clamp(-_X_CLAMP, _X_CLAMP)
         pt, mt = _pad(zt, self.dmax)
-        px, mx = _pad(zx.clamp(-_X_CLAMP, _X_CLAMP), self.xmax)
+        px, mx = _pad(zx, self.xmax)
         c = self.ctx_in(torch.cat([px, mx, pt, mt], dim=-1))
         for block in self.ctx_blocks:
             c = block(c)
         c = self.ctx_norm(c)
-        return [block.context(c) for block in self.query_blocks]
+        return {"kv": [block.context(c) for block in self.query_blocks], "zt": zt, "zx": zx}
+
+    def _neighbour_log_density(self, zx_q: Tensor, zt_q: Tensor, cache: dict[str, Any],
+                               dims: list[int], raw: Tensor) -> Tensor:
+        r"""Log kernel density ``(B, Q, nd, K)`` of ``theta_j`` at the bucket midpoints from the
+        ``num_neighbors`` context pairs nearest to ``x_q`` (an ABC-like estimate the network
+        corrects): weights :math:`\propto \exp(-\|x_i - x_q\|^2 / 2h_x^2
+        - \|\theta_{i,<j} - \theta_{q,<j}\|^2 / 2h_\theta^2)`, Gaussian kernels of width
+        :math:`b` in :math:`\theta_j`; the bandwidths scale adaptive defaults by ``exp(raw)``.
+        """
+        zt_c, zx_c = cache["zt"], cache["zx"]  # (B, N, D), (B, N, d)
+        b, q, nd = raw.shape[:3]
+        n, d = zt_c.shape[1], zx_c.shape[-1]
+        k = min(int(self.config["num_neighbors"]), n)
+        with torch.no_grad():  # inputs only: no gradient needed (and none at distance 0)
+            dist = torch.cdist(zx_q, zx_c).pow(2) / d  # (B, Q, N)
+        near, idx = torch.topk(dist, k, dim=-1, largest=False)  # (B, Q, k)
+        scale_x = near[..., k // 2: k // 2 + 1].clamp(min=1e-4)  # adaptive: median neighbour
+        gather = idx.reshape(b, q * k, 1)
+        t_nb = zt_c.gather(1, gather.expand(-1, -1, zt_c.shape[-1])).reshape(b, q, k, -1)
+        j = torch.tensor(dims, device=raw.device)
+        below = (torch.arange(zt_c.shape[-1], device=raw.device)[None, :] < j[:, None]).float()
+        dt = ((t_nb[:, :, None] - zt_q[:, :, None, None]) ** 2 * below[:, None]).sum(-1)
+        hx = torch.exp(raw[..., 2:3].clamp(-4, 4))  # (B, Q, nd, 1)
+        ht = 0.3 * torch.exp(raw[..., 3:4].clamp(-4, 4))
+        logw = -near[:, :, None] / (2 * scale_x[:, :, None] * hx ** 2) - dt / (2 * ht ** 2)
+        w = torch.softmax(logw, dim=-1)  # (B, Q, nd, k)
+        tj = t_nb[..., j].permute(0, 1, 3, 2)  # (B, Q, nd, k)
+        mean = (w * tj).sum(-1, keepdim=True)
+        std = ((w * (tj - mean) ** 2).sum(-1, keepdim=True) + 1e-6).sqrt()
+        k_eff = 1.0 / (w ** 2).sum(-1, keepdim=True)
+        bw = (std * k_eff ** -0.2).clamp(min=0.03) * torch.exp(raw[..., 4:5].clamp(-4, 4))
+        borders = self.bar.borders[0]
+        mids = 0.5 * (borders[1:] + borders[:-1])
+        z = (mids - tj[..., None]) / bw[..., None]  # (B, Q, nd, k, K)
+        logk = -0.5 * z ** 2 - bw[..., None].log() - 0.5 * math.log(2 * math.pi)
+        dens = torch.logsumexp(w.clamp(min=1e-30).log()[..., None] + logk, dim=-2)
+        return dens.clamp(min=-30.0) + borders.diff().log()
 
     # ------------------------------------------------------------------ queries
-    def logits(self, zx_q: Tensor, zt_q: Tensor, cache: list[tuple[Tensor, Tensor]],
+    def logits(self, zx_q: Tensor, zt_q: Tensor, cache: dict[str, Any],
                n_context: int, dims: list[int] | None = None) -> Tensor:
         """Bucket logits ``(B, Q, len(dims), K)`` of the factors ``q_j(. | theta_<j, x_q)``.
 
@@ -233,14 +280,18 @@ class InContextNet(nn.Module):
             pt[:, :, None] * below, below.expand(b, q, nd, -1), onehot.expand(b, q, nd, -1),
             mt[:, :, None].expand(b, q, nd, -1), nfeat.expand(b, q, nd, -1)], dim=-1)
         h = self.query_in(feats).reshape(b, q * nd, -1)
-        for block, kv in zip(self.query_blocks, cache):
+        for block, kv in zip(self.query_blocks, cache["kv"]):
             h = block(h, kv)
         raw = self.head(h).reshape(b, q, nd, -1)
-        free, loc, logprec = raw[..., :-2], 4.0 * raw[..., -2:-1], raw[..., -1:]
-        precision = torch.exp((6.0 * logprec - 2.0).clamp(max=12.0))
+        free, extra = raw[..., :-_EXTRA], raw[..., -_EXTRA:]
+        loc, logprec = 4.0 * extra[..., 0:1], extra[..., 1:2]
+        precision = torch.exp((6.0 * logprec - 4.0).clamp(max=12.0))
         borders = self.bar.borders[0]
         mids = 0.5 * (borders[1:] + borders[:-1])
-        return free - precision * (mids - loc) ** 2
+        kde = self._neighbour_log_density(zx_q.clamp(-_X_CLAMP, _X_CLAMP), zt_q, cache, dims,
+                                          extra)
+        gamma = torch.exp(extra[..., 5:6].clamp(-4, 2))
+        return free + gamma * kde - precision * (mids - loc) ** 2
 
     def log_prob_std(self, logits: Tensor, zt: Tensor) -> Tensor:
         """Log density ``(..., D)`` of standardized values ``zt`` ``(..., D)``."""

@@ -124,7 +124,7 @@ class InContextEstimator(nn.Module):
         self.register_buffer("x_max", torch.zeros(x_shape))
         self.register_buffer("low", torch.full((d,), -math.inf))
         self.register_buffer("high", torch.full((d,), math.inf))
-        self._cache: list[tuple[Tensor, Tensor]] | None = None
+        self._cache: dict[str, Any] | None = None
 
     def set_context(self, theta: Tensor, x: Tensor) -> None:
         """Store ``theta`` ``(N, D)`` and ``x`` ``(N, *x_shape)`` and their statistics."""
@@ -143,9 +143,9 @@ class InContextEstimator(nn.Module):
         self._cache = None
         super()._load_from_state_dict(*args, **kwargs)
 
-    def cache(self) -> list[tuple[Tensor, Tensor]]:
+    def cache(self) -> dict[str, Any]:
         """The context's keys/values for the query layers (computed once)."""
-        if self._cache is None or self._cache[0][0].device != self.theta_context.device:
+        if self._cache is None or self._cache["zt"].device != self.theta_context.device:
             zt = (self.theta_context - self.theta_mean) / self.theta_std
             zx = (self.x_context - self.x_mean) / self.x_std
             with torch.no_grad():
@@ -188,7 +188,7 @@ class InContextEstimator(nn.Module):
 
     @torch.no_grad()
     def sample(self, num: int, xs: Tensor, generator: torch.Generator | None = None,
-               chunk: int = 4096, budget: Budget | None = None) -> Tensor:
+               chunk: int = 1024, budget: Budget | None = None) -> Tensor:
         """``num`` exact ancestral draws per observation ``xs`` ``(B, *x_shape)`` → ``(num, B, D)``."""
         b, d = xs.shape[0], self.theta_dim
         zx = self._zx(xs)
@@ -232,7 +232,7 @@ class InContextPosterior(Posterior):
         dev = _device(self.estimator)
         return self.estimator.sample(n, xs.to(dev), budget=budget).cpu()
 
-    def _log_prob_batched(self, theta: Tensor, xs: Tensor, chunk: int = 8192,
+    def _log_prob_batched(self, theta: Tensor, xs: Tensor, chunk: int = 1024,
                           **kwargs: Any) -> Tensor:
         dev = _device(self.estimator)
         per = max(1, chunk // max(xs.shape[0], 1))
