@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: C2ST of the shipped weights on gaussian_linear reduced to D = d = 3, 500 context
 #: simulations (seed 0), observation simulated at a prior draw with seed 1001, 1,000 samples,
 #: diagnostics.c2st(seed=0). Recorded with estimators/weights/incontext_v1.pt (see its .json).
-RECORDED_C2ST = None
-C2ST_TOLERANCE = 0.03
+RECORDED_C2ST = 0.670
+C2ST_TOLERANCE = 0.05
 
 
 def _linear_1d(bounded: bool) -> Problem:
@@ -62,6 +62,7 @@ def test_recorded_c2st_on_reduced_gaussian_linear():
     with torch.random.fork_rng():
         torch.manual_seed(1001)
         x_o = problem.simulator(problem.prior.sample((1,)))[0]
+    torch.manual_seed(0)
     ref = gaussian_linear_posterior(x_o).sample((1000,)).float()
     score = c2st(post.sample((1000,), x=x_o, seed=0), ref, seed=0)
     assert abs(score - RECORDED_C2ST) <= C2ST_TOLERANCE, score
