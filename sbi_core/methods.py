@@ -71,6 +71,7 @@ _REGISTRY: dict[str, str] = {
     "pfn": "estimators.pfn_method:METHOD",
     "abc": "estimators.abc:METHOD",
     "smc_abc": "estimators.smc_abc:METHOD",
+    "incontext": "estimators.incontext_method:METHOD",
 }
 _LOADED: dict[str, Method] = {}
 

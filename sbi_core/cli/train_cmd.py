@@ -73,6 +73,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "problem's x_discrete")
     p.add_argument("--log-columns", type=int, nargs="+", metavar="COL",
                    help="mnle: positive continuous columns modelled on the log scale")
+    p.add_argument("--context-size", type=positive_int, metavar="N",
+                   help="incontext: use a random subsample of N simulations as the context "
+                        "(the pretrained model takes at most 1000)")
     p.add_argument("--stream", action="store_true",
                    help="stream a PATH.zarr store from disk instead of loading it into memory")
     p.add_argument("--ddp", action="store_true",
@@ -137,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         "embedding": resolve_embedding(args.embedding),
         "discrete_columns": args.discrete_columns, "log_columns": args.log_columns,
         "ensemble": args.ensemble,
+        "context_size": args.context_size,
     }.items() if v is not None}
     if args.x is not None or args.option:
         from sbi_core.cli.benchmark_cmd import parse_options

@@ -1,0 +1,177 @@
+"""In-context posterior (no training) vs NPE trained on the same simulations vs sbi 0.27 NPE.
+
+For each task and context size N, one set of N simulations (seeded) is given to
+
+(a) ``fit(problem, sims, method="incontext", detector=False)`` (the shipped weights),
+(b) sbi-core NPE (``benchmarks/_npe_worker.py``, its default flow and preset),
+(c) sbi 0.27 NPE (MAF, sbi's defaults) in ``--sbi-python`` (same worker, own process),
+
+and each draws ``--num-samples`` posterior samples for observations ``1..K``; C2ST against
+the task's reference posterior uses the same classifier for all. Time to first posterior:
+(a) the ``fit`` call, (b)/(c) the training time reported by the worker (process start-up
+excluded for both). The machine load is printed (shared machine: time ratios in one run).
+
+Tasks: ``two_moons`` (D=2, d=2), ``gaussian_linear`` reduced to D = d = 3 (the in-context
+model's largest D; analytic posterior), ``gaussian_mixture`` (D = d = 2). slcp (D = 5) is
+outside the pretrained range; sir's reference needs a DE-MCMC run per observation (not
+cached here) and sbi's worker has no log-normal prior, so it is optional (``--tasks ... sir``,
+in-context and sbi-core NPE only).
+
+Usage::
+
+    OMP_NUM_THREADS=1 python benchmarks/incontext_vs_npe.py --sbi-python /work/sbi-venv/bin/python \\
+        --sims 200 500 1000 --observations 3 --num-samples 2000 --json incontext.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from compare_sbi import run_workers  # noqa: E402
+
+from diagnostics.c2st import c2st  # noqa: E402
+from sbi_core import fit, simulate  # noqa: E402
+from sbi_core.priors import prior_spec  # noqa: E402
+
+
+def get_task(name: str):
+    import simulators
+    from simulators.gaussian_linear import gaussian_linear
+
+    if name == "gaussian_linear":
+        return gaussian_linear(dim=3)
+    return simulators.get_problem(name)
+
+
+def observations(problem, k: int) -> list[torch.Tensor]:
+    """Observations 1..k: the problem's own, or (reduced gaussian_linear, which has none)
+    simulated at prior draws with seeds 1000 + i."""
+    try:
+        return [problem.observation(i) for i in range(1, k + 1)]
+    except (ValueError, AttributeError, KeyError, TypeError):
+        out = []
+        for i in range(1, k + 1):
+            with torch.random.fork_rng():
+                torch.manual_seed(1000 + i)
+                out.append(problem.simulator(problem.prior.sample((1,)))[0])
+        return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sbi-python", default=None, help="python of the venv with sbi==0.27.0")
+    ap.add_argument("--tasks", nargs="+", default=["two_moons", "gaussian_linear",
+                                                   "gaussian_mixture"])
+    ap.add_argument("--sims", type=int, nargs="+", default=[200, 500, 1000])
+    ap.add_argument("--observations", type=int, default=3)
+    ap.add_argument("--num-samples", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-npe", action="store_true", help="in-context model only")
+    ap.add_argument("--finetune", type=int, nargs="*", default=[],
+                    help="also fit with these finetune_steps (e.g. 50)")
+    ap.add_argument("--json", help="write all rows to this JSON file")
+    ap.add_argument("--baselines-only", action="store_true",
+                    help="run only (b) and (c) (they do not depend on the weights)")
+    ap.add_argument("--baselines-from", metavar="JSON",
+                    help="take (b) and (c) from an earlier run's --json (same tasks, sizes, "
+                         "seed, observations) instead of training them again")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    rows = []
+    earlier = {}
+    if args.baselines_from:
+        for r in json.loads(Path(args.baselines_from).read_text()):
+            earlier[(r["task"], r["sims"])] = r
+    print(f"load at start: {os.getloadavg()}", flush=True)
+    for task in args.tasks:
+        problem = get_task(task)
+        xos = observations(problem, args.observations)
+        refs = [problem.reference_posterior(xo, args.num_samples, i + 1)
+                for i, xo in enumerate(xos)]
+        for n in args.sims:
+            sims = simulate(problem, n, seed=args.seed, progress=False)
+            theta, x = sims.training_data()
+            row: dict = {"task": task, "sims": int(theta.shape[0]), "load": os.getloadavg()[0]}
+            if not args.baselines_only:
+                t0 = time.perf_counter()
+                post = fit(problem, (theta, x), method="incontext", detector=False,
+                           seed=args.seed)
+                t_fit = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                samples = [post.sample((args.num_samples,), x=xo, seed=i)
+                           for i, xo in enumerate(xos)]
+                t_sample = (time.perf_counter() - t0) / len(xos)
+                scores = [c2st(s, r, seed=0) for s, r in zip(samples, refs)]
+                row["incontext"] = {"first_posterior_seconds": round(t_fit, 3),
+                                    "sample_seconds": round(t_sample, 3),
+                                    "c2st": [round(s, 3) for s in scores],
+                                    "c2st_mean": round(float(np.mean(scores)), 3)}
+                for steps in args.finetune:
+                    t0 = time.perf_counter()
+                    tuned = fit(problem, (theta, x), method="incontext", detector=False,
+                                seed=args.seed, finetune_steps=steps)
+                    t_fit = time.perf_counter() - t0
+                    sc = [c2st(tuned.sample((args.num_samples,), x=xo, seed=i), r, seed=0)
+                          for i, (xo, r) in enumerate(zip(xos, refs))]
+                    row[f"incontext_ft{steps}"] = {
+                        "first_posterior_seconds": round(t_fit, 2),
+                        "c2st": [round(v, 3) for v in sc],
+                        "c2st_mean": round(float(np.mean(sc)), 3)}
+            if (task, row["sims"]) in earlier:
+                for key in ("npe", "sbi_npe"):
+                    if key in earlier[(task, row["sims"])]:
+                        row[key] = earlier[(task, row["sims"])][key]
+            elif not args.no_npe:
+                jobs = [("sbi_core", sys.executable)]
+                sbi_ok = args.sbi_python and prior_spec(problem.prior)["type"] in \
+                    ("box_uniform", "gaussian")
+                if sbi_ok:
+                    jobs.append(("sbi", args.sbi_python))
+                with tempfile.TemporaryDirectory() as tmp:
+                    inp = Path(tmp) / "data.npz"
+                    np.savez(inp, theta=theta.numpy(), x=x.numpy(),
+                             xo=torch.stack(xos).numpy(),
+                             prior_spec=json.dumps(prior_spec(problem.prior)),
+                             num_samples=args.num_samples)
+                    res = run_workers(jobs, inp, "fmaf", args.seed, 1, {"detector": False},
+                                      concurrent=False)
+                for lib, _ in jobs:
+                    smp = torch.from_numpy(res[lib]["samples"])
+                    sc = [c2st(smp[i], refs[i], seed=0) for i in range(len(xos))]
+                    row["npe" if lib == "sbi_core" else "sbi_npe"] = {
+                        "first_posterior_seconds": round(float(res[lib]["train_seconds"]), 2),
+                        "epochs": int(res[lib]["epochs"]),
+                        "c2st": [round(s, 3) for s in sc],
+                        "c2st_mean": round(float(np.mean(sc)), 3)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print()
+    print(f"{'task':18s} {'N':>5s} {'method':10s} {'C2ST':>6s} {'first posterior s':>18s}")
+    for row in rows:
+        for key in [k for k in row if k.startswith(("incontext", "npe", "sbi_npe"))]:
+            if key in row:
+                r = row[key]
+                print(f"{row['task']:18s} {row['sims']:5d} {key:10s} {r['c2st_mean']:6.3f} "
+                      f"{r['first_posterior_seconds']:18.3f}")
+    print(f"load at end: {os.getloadavg()}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

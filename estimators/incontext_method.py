@@ -1,0 +1,345 @@
+r"""The ``"incontext"`` method: posteriors from pretrained weights, with no training.
+
+``fit(problem, sims, method="incontext")`` stores the simulations as the *context* of the
+pretrained network (:mod:`estimators.incontext`, weights in
+``estimators/weights/incontext_v1.pt``) and returns a posterior at once: the only work is
+the per-data-set standardization. ``sample`` and ``log_prob`` run the network with the
+observation as query; both are exact for the model:
+
+- sampling is ancestral, one pass per parameter, each factor drawn by its inverse CDF;
+- on a bounded side of the prior each factor is truncated to the prior's support and
+  renormalized (its CDF at the bounds), so samples never leave the support and
+  ``log_prob`` stays normalized;
+- ``log_prob`` includes the Jacobian of the standardization.
+
+Pretrained range (:mod:`estimators.incontext_prior`): at most ``D_MAX = 3`` parameters,
+``X_DIM_MAX = 10`` data values, ``N_MAX = 1000`` context simulations. Outside it ``fit``
+raises :class:`InContextRangeError` naming the fixes (``context_size=`` subsamples the
+context; method ``"npe"`` or ``"pfn"`` trains on the problem instead).
+
+``finetune_steps=k`` optionally continues pretraining for ``k`` steps on the user's own
+simulations (random context/query splits of ``sims``), starting from the shipped weights.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from estimators.incontext import InContextNet, pretrain_loss, standardize_context
+from estimators.incontext_prior import D_MAX, N_MAX, X_DIM_MAX
+from sbi_core.budget import Budget
+from sbi_core.methods import Method
+from sbi_core.posterior import Posterior, _device
+from sbi_core.priors import support_bounds
+from sbi_core.problem import Problem
+from sbi_core.training import split_options
+
+__all__ = ["WEIGHTS_PATH", "InContextRangeError", "InContextEstimator", "InContextPosterior",
+           "load_pretrained", "build_incontext", "fit_incontext", "check_range", "METHOD"]
+
+WEIGHTS_PATH = Path(__file__).resolve().parent / "weights" / "incontext_v1.pt"
+WEIGHTS_FORMAT = "sbi-core-incontext-weights"
+ESTIMATOR_OPTIONS = ("context_size", "finetune_steps", "finetune_lr", "weights")
+
+
+class InContextRangeError(ValueError):
+    """The problem lies outside the range the in-context network was pretrained on."""
+
+
+def check_range(theta_dim: int, x_dim: int, n: int) -> None:
+    """Raise :class:`InContextRangeError` (with the fixes) when outside the pretrained range."""
+    fallback = ("or train on your problem with method='npe' (or 'pfn'), which have no such "
+                "limit.")
+    if theta_dim > D_MAX:
+        raise InContextRangeError(
+            f"The problem has D={theta_dim} parameters, but the in-context model was pretrained "
+            f"on problems with at most {D_MAX}. Fix some parameters, {fallback}")
+    if x_dim > X_DIM_MAX:
+        raise InContextRangeError(
+            f"x has {x_dim} values per simulation, but the in-context model was pretrained on at "
+            f"most {X_DIM_MAX}. Reduce x to at most {X_DIM_MAX} summary statistics (a problem "
+            f"whose simulator returns them), {fallback}")
+    if n > N_MAX:
+        raise InContextRangeError(
+            f"{n} simulations exceed the in-context model's context of at most {N_MAX}. "
+            f"Subsample the context with context_size={N_MAX} (CLI: --context-size {N_MAX}), "
+            f"{fallback}")
+    if n < 2:
+        raise InContextRangeError(
+            f"The context has {n} simulation(s); the in-context model needs at least 2 "
+            "(a few hundred give useful posteriors). Simulate more.")
+
+
+@lru_cache(maxsize=4)
+def _read_weights(path: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"The in-context weights {p} are missing; reinstall sbi-core, or recreate them with "
+            "benchmarks/pretrain_incontext.py (see docs/incontext.md).")
+    payload = torch.load(p, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("meta", {}).get("format") != WEIGHTS_FORMAT:
+        raise ValueError(f"{p} is not an sbi-core in-context weights file.")
+    return payload["meta"], payload["state_dict"]
+
+
+def load_pretrained(path: str | Path | None = None) -> tuple[InContextNet, dict[str, Any]]:
+    """The pretrained network (a fresh copy) and its provenance record; ``weights_only``."""
+    meta, state = _read_weights(str(path or WEIGHTS_PATH))
+    net = InContextNet(meta["config"])
+    net.load_state_dict(state)
+    return net.eval(), meta
+
+
+class InContextEstimator(nn.Module):
+    """The pretrained network plus one problem's context (buffers) and its standardization.
+
+    Args:
+        config: ``theta_dim``, ``x_shape``, ``n_context``, ``net`` (network config) and the
+            provenance of the weights. Buffers are filled by :func:`build_incontext` or loaded.
+    """
+
+    def __init__(self, config: dict[str, Any]):
+        super().__init__()
+        self.config = dict(config)
+        d, x_shape, n = int(config["theta_dim"]), tuple(config["x_shape"]), \
+            int(config["n_context"])
+        x_dim = math.prod(x_shape)
+        self.theta_dim, self.x_shape, self.x_dim = d, x_shape, x_dim
+        self.net = InContextNet(config["net"])
+        self.register_buffer("theta_context", torch.zeros(n, d))
+        self.register_buffer("x_context", torch.zeros(n, x_dim))
+        for name, k in (("theta_mean", d), ("theta_std", d), ("x_mean", x_dim),
+                        ("x_std", x_dim)):
+            self.register_buffer(name, torch.zeros(k) if "mean" in name else torch.ones(k))
+        self.register_buffer("x_min", torch.zeros(x_shape))
+        self.register_buffer("x_max", torch.zeros(x_shape))
+        self.register_buffer("low", torch.full((d,), -math.inf))
+        self.register_buffer("high", torch.full((d,), math.inf))
+        self._cache: dict[str, Any] | None = None
+
+    def set_context(self, theta: Tensor, x: Tensor) -> None:
+        """Store ``theta`` ``(N, D)`` and ``x`` ``(N, *x_shape)`` and their statistics."""
+        x = x.reshape(x.shape[0], -1).float()
+        stats = standardize_context(theta[None].float(), x[None])
+        with torch.no_grad():
+            self.theta_context.copy_(theta)
+            self.x_context.copy_(x)
+            for k, v in stats.items():
+                getattr(self, k).copy_(v.reshape(-1))
+            self.x_min.copy_(x.min(0).values.reshape(self.x_shape))
+            self.x_max.copy_(x.max(0).values.reshape(self.x_shape))
+        self._cache = None
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self._cache = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def cache(self) -> dict[str, Any]:
+        """The context's keys/values for the query layers (computed once)."""
+        if self._cache is None or self._cache["zt"].device != self.theta_context.device:
+            zt = (self.theta_context - self.theta_mean) / self.theta_std
+            zx = (self.x_context - self.x_mean) / self.x_std
+            with torch.no_grad():
+                self._cache = self.net.encode(zt[None], zx[None])
+        return self._cache
+
+    def _zx(self, xs: Tensor) -> Tensor:
+        return (xs.reshape(xs.shape[0], -1) - self.x_mean) / self.x_std  # (B, d)
+
+    def _z_bounds(self) -> tuple[Tensor, Tensor]:
+        return (self.low - self.theta_mean) / self.theta_std, \
+            (self.high - self.theta_mean) / self.theta_std
+
+    def _mass(self, logits: Tensor, dims: slice | int) -> Tensor:
+        """Probability of each factor inside the prior bounds ``(..., len(dims))``."""
+        lo, hi = (b[dims] for b in self._z_bounds())
+        lo_f = torch.where(torch.isfinite(lo), lo, torch.zeros_like(lo))
+        hi_f = torch.where(torch.isfinite(hi), hi, torch.zeros_like(hi))
+        c_lo = torch.where(torch.isfinite(lo), self.net.cdf_std(logits, lo_f.expand(
+            logits.shape[:-1])), torch.zeros(()))
+        c_hi = torch.where(torch.isfinite(hi), self.net.cdf_std(logits, hi_f.expand(
+            logits.shape[:-1])), torch.ones(()))
+        return c_lo, c_hi
+
+    @torch.no_grad()
+    def log_prob(self, theta: Tensor, xs: Tensor) -> Tensor:
+        """``log q(theta_s | x_b)`` ``(S, B)`` for ``theta`` ``(S, B, D)``, ``xs`` ``(B, *x_shape)``."""
+        s, b, d = theta.shape
+        zt = ((theta - self.theta_mean) / self.theta_std).transpose(0, 1)  # (B, S, D)
+        zx = self._zx(xs)[:, None, :].expand(b, s, -1)
+        logits = self.net.logits(zx.reshape(1, b * s, -1), zt.reshape(1, b * s, d),
+                                 self.cache(), self.theta_context.shape[0])[0]
+        lp = self.net.log_prob_std(logits, zt.reshape(b * s, d))
+        c_lo, c_hi = self._mass(logits, slice(None))
+        lp = lp - (c_hi - c_lo).clamp(min=1e-12).log()
+        out = (lp.sum(-1) - self.theta_std.log().sum()).reshape(b, s).T
+        th = theta
+        inside = ((th >= self.low) & (th <= self.high)).all(-1)
+        return out.masked_fill(~inside, -math.inf)
+
+    @torch.no_grad()
+    def sample(self, num: int, xs: Tensor, generator: torch.Generator | None = None,
+               chunk: int = 1024, budget: Budget | None = None) -> Tensor:
+        """``num`` exact ancestral draws per observation ``xs`` ``(B, *x_shape)`` → ``(num, B, D)``."""
+        b, d = xs.shape[0], self.theta_dim
+        zx = self._zx(xs)
+        cache, n = self.cache(), self.theta_context.shape[0]
+        out = torch.empty(num, b, d, device=xs.device)
+        # factor 1 does not depend on theta: one pass per observation
+        first = self.net.logits(zx[None, :, :], torch.zeros(1, b, d, device=xs.device), cache, n,
+                                dims=[0])[0, :, 0]  # (B, K)
+        per = max(1, chunk // max(b, 1))
+        for start in range(0, num, per):
+            m = min(per, num - start)
+            zt = torch.zeros(b, m, d, device=xs.device)
+            for j in range(d):
+                if budget is not None:
+                    budget.check(f"{start * b:,} of {num * b:,} samples drawn",
+                                 task="in-context autoregressive sampling")
+                if j == 0:
+                    logits = first[:, None, None, :].expand(b, m, 1, -1)
+                else:
+                    logits = self.net.logits(zx[:, None, :].expand(b, m, -1).reshape(1, b * m, -1),
+                                             zt.reshape(1, b * m, d), cache, n,
+                                             dims=[j])[0].reshape(b, m, 1, -1)
+                c_lo, c_hi = self._mass(logits, slice(j, j + 1))
+                u = torch.rand(b, m, 1, generator=generator, device=xs.device)
+                u = c_lo + (c_hi - c_lo) * u
+                zt[..., j] = self.net.icdf_std(logits, u)[..., 0]
+            theta = zt * self.theta_std + self.theta_mean
+            theta = torch.maximum(torch.minimum(theta, self.high), self.low)
+            out[start:start + m] = theta.transpose(0, 1)
+        return out
+
+
+class InContextPosterior(Posterior):
+    """Posterior of the pretrained in-context network given a problem's simulations."""
+
+    method = "incontext"
+    budget_advice = "Draw fewer samples per call, or subsample the context (context_size=)."
+
+    def _sample_batched(self, n: int, xs: Tensor, budget: Budget | None = None,
+                        **kwargs: Any) -> Tensor:
+        dev = _device(self.estimator)
+        return self.estimator.sample(n, xs.to(dev), budget=budget).cpu()
+
+    def _log_prob_batched(self, theta: Tensor, xs: Tensor, chunk: int = 1024,
+                          **kwargs: Any) -> Tensor:
+        dev = _device(self.estimator)
+        per = max(1, chunk // max(xs.shape[0], 1))
+        parts = [self.estimator.log_prob(theta[i:i + per].to(dev), xs.to(dev)).cpu()
+                 for i in range(0, theta.shape[0], per)]
+        return torch.cat(parts)
+
+
+def build_incontext(theta: Tensor, x: Tensor, prior: Distribution,
+                    **options: Any) -> InContextEstimator:
+    """The estimator for context ``theta`` ``(N, D)``, ``x`` ``(N, *x_shape)`` (no training).
+
+    Options: ``context_size`` (subsample that many simulations, seeded by ``seed``),
+    ``weights`` (a weights file other than the shipped one), ``seed``.
+    """
+    unknown = set(options) - {"context_size", "weights", "seed"}
+    if unknown:
+        raise TypeError(f"Unknown in-context options {sorted(unknown)}; valid: "
+                        f"{list(ESTIMATOR_OPTIONS)}.")
+    x_shape = tuple(x.shape[1:])
+    size = options.get("context_size")
+    if size is not None:
+        size = int(size)
+        if size < 2:
+            raise ValueError(f"context_size must be at least 2, got {size}.")
+        if theta.shape[0] > size:
+            g = torch.Generator().manual_seed(int(options.get("seed", 0)))
+            keep = torch.randperm(theta.shape[0], generator=g)[:size]
+            theta, x = theta[keep], x[keep]
+    check_range(theta.shape[1], math.prod(x_shape), theta.shape[0])
+    net, meta = load_pretrained(options.get("weights"))
+    low, high = support_bounds(prior)
+    config = {"theta_dim": int(theta.shape[1]), "x_shape": list(x_shape),
+              "n_context": int(theta.shape[0]), "net": net.config,
+              "weights": {"file": Path(options.get("weights") or WEIGHTS_PATH).name,
+                          "steps": meta.get("steps"), "seed": meta.get("seed")}}
+    est = InContextEstimator(config)
+    est.net.load_state_dict(net.state_dict())
+    est.set_context(theta.float(), x.float())
+    with torch.no_grad():
+        est.low.copy_(low.float())
+        est.high.copy_(high.float())
+    return est.eval()
+
+
+def finetune(est: InContextEstimator, steps: int, lr: float = 1e-4, seed: int = 0,
+             queries: int | None = None) -> list[float]:
+    """Continue pretraining ``est.net`` on its own context for ``steps`` steps.
+
+    Each step splits a random permutation of the context into context and queries (20%,
+    at most 200) and takes an Adam step on the prior-data NLL. Returns the losses.
+    """
+    theta, x = est.theta_context, est.x_context
+    n = theta.shape[0]
+    q = queries or max(1, min(200, n // 5))
+    g = torch.Generator().manual_seed(seed)
+    net = est.net
+    net.train()
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        perm = torch.randperm(n, generator=g).to(theta.device)
+        loss = pretrain_loss(net, theta[perm][None], x[perm][None], n - q)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+    net.eval()
+    est._cache = None
+    return losses
+
+
+def fit_incontext(problem: Problem, sims: tuple[Tensor, Tensor], seed: int = 0,
+                  **options: Any) -> InContextPosterior:
+    """The in-context posterior for ``sims`` (see the module docstring). Training options of
+    other methods (``max_epochs``, ``batch_size``, ...) do not apply and are ignored, except
+    ``device``."""
+    t0 = time.perf_counter()
+    theta, x = sims
+    train_config, est_options = split_options(options)
+    steps = int(est_options.pop("finetune_steps", 0) or 0)
+    lr = float(est_options.pop("finetune_lr", 1e-4))
+    est = build_incontext(theta, x, problem.prior, seed=seed, **est_options)
+    history: dict[str, Any] = {"num_simulations": int(theta.shape[0]),
+                               "context_size": int(est.theta_context.shape[0]),
+                               "epochs": 0, "finetune_steps": steps}
+    est = est.to(train_config.device)
+    if steps > 0:  # est.net is this posterior's own copy of the pretrained network
+        history["finetune_losses"] = finetune(est, steps, lr=lr, seed=seed)
+        est.config["weights"]["finetune_steps"] = steps
+    history["seconds"] = time.perf_counter() - t0
+    return InContextPosterior(est, problem.prior, problem.spec(), history)
+
+
+def _make_posterior(estimator: InContextEstimator, prior: Distribution,
+                    problem_spec: dict[str, Any], history: dict[str, Any] | None = None,
+                    **kwargs: Any) -> InContextPosterior:
+    return InContextPosterior(estimator, prior, problem_spec, history, **kwargs)
+
+
+METHOD = Method(
+    name="incontext",
+    build=build_incontext,
+    from_config=InContextEstimator,
+    make_posterior=_make_posterior,
+    fit=fit_incontext,
+    description="In-context posterior: a set transformer pretrained on a prior over problems "
+                "(D <= 3, x <= 10 values, <= 1000 simulations); no training.",
+)
