@@ -68,6 +68,7 @@ _REGISTRY: dict[str, str] = {
     "nre_c": "estimators.nre:NRE_C",
     "bnre": "estimators.nre:BNRE",
     "pfn": "estimators.pfn_method:METHOD",
+    "prior_npe": "estimators.prior_conditioned:METHOD",
 }
 _LOADED: dict[str, Method] = {}
 
