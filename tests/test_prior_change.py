@@ -13,8 +13,8 @@ import math
 import pytest
 import scipy.stats as st
 import torch
-
 from _analytic_gaussian import GaussianEstimator, gaussian_posterior
+
 from diagnostics.c2st import c2st
 from sbi_core.posterior import DirectPosterior
 from sbi_core.prior_change import (
