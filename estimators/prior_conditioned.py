@@ -197,16 +197,20 @@ def gmm_params(prior: Any, fam: dict[str, Any], rtol: float = 1e-4) -> dict[str,
     w, mu, sd = (t.detach().float().reshape(-1, *t.shape[1:]) for t in _components(prior, d))
     mu, sd = mu.expand(w.shape[0], d), sd.expand(w.shape[0], d)
     lo, hi, slo, shi = _box(fam)
+
+    def r(t: Tensor) -> list:
+        return torch.round(t, decimals=4).tolist()
+
     problems = []
     if w.shape[0] > k:
         problems.append(f"{w.shape[0]} components (the family has at most {k})")
     span = hi - lo
     if bool(((mu < lo - rtol * span) | (mu > hi + rtol * span)).any()):
-        problems.append(f"component means {mu.tolist()} outside the family's mean box "
-                        f"[{lo.tolist()}, {hi.tolist()}]")
+        problems.append(f"component means {r(mu)} outside the family's mean box "
+                        f"[{r(lo)}, {r(hi)}]")
     if bool(((sd < slo * (1 - rtol)) | (sd > shi * (1 + rtol))).any()):
-        problems.append(f"standard deviations {sd.tolist()} outside the family's range "
-                        f"[{slo.tolist()}, {shi.tolist()}]")
+        problems.append(f"standard deviations {r(sd)} outside the family's range "
+                        f"[{r(slo)}, {r(shi)}]")
     if problems:
         raise PriorOutsideFamilyError(
             "The new prior is outside the family the estimator was trained on: "
