@@ -205,7 +205,7 @@ class ReweightedPosterior(Posterior):
         base = self.base._differentiable_log_prob(theta, xs)
         if base is None:
             return None
-        lw = self.prior.log_prob(theta) - self.train_prior.log_prob(theta)
+        lw = prior_log_prob(self.prior, theta) - prior_log_prob(self.train_prior, theta)
         return base + lw
 
     def with_prior(self, new_prior: Any, **options: Any) -> Posterior:
