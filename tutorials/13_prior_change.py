@@ -35,8 +35,8 @@ from sbi_core.prior_change import LowESSError
 from simulators.gaussian_linear import gaussian_linear
 
 FAST = os.environ.get("SBI_CORE_FAST") == "1"
-NUM_SIMS = 3000 if FAST else 20_000
-TRAIN = {"max_epochs": 25 if FAST else 150, "detector": False}
+NUM_SIMS = 2000 if FAST else 20_000
+TRAIN = {"max_epochs": 20 if FAST else 150, "detector": False}
 N = 1000 if FAST else 2000
 warnings.filterwarnings("ignore", message="Reached max_epochs")
 
