@@ -72,6 +72,7 @@ _REGISTRY: dict[str, str] = {
     "abc": "estimators.abc:METHOD",
     "smc_abc": "estimators.smc_abc:METHOD",
     "incontext": "estimators.incontext_method:METHOD",
+    "prior_npe": "estimators.prior_conditioned:METHOD",
 }
 _LOADED: dict[str, Method] = {}
 

@@ -145,6 +145,15 @@ class Posterior:
 
         return UncertainEvidencePosterior(self, evidence, rule, **kwargs)
 
+    def with_prior(self, new_prior: Any, method: str = "auto", **options: Any) -> Posterior:
+        """This posterior under a new prior, without retraining (docs/prior_change.md):
+        importance resampling with the effective sample size in ``.info``
+        (:class:`sbi_core.prior_change.ReweightedPosterior`; ``options`` go there), or one
+        forward pass for a prior-conditioned estimator (``method="prior_npe"``)."""
+        from sbi_core.prior_change import with_prior
+
+        return with_prior(self, new_prior, method, **options)
+
     def _single_x(self, x: Tensor | None) -> Tensor:
         """Checked ``(1, ...)`` batch of ``x``, or of the default observation when ``x`` is None."""
         if x is not None:

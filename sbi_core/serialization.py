@@ -51,6 +51,8 @@ class PriorRequiredError(ModelFileError):
 def save(posterior: Posterior, path: str | Path) -> Path:
     """Write ``posterior`` to ``path`` (one file; written atomically)."""
     path = Path(path)
+    if getattr(posterior, "not_savable", None):  # e.g. a reweighted posterior (with_prior)
+        raise ModelFileError(posterior.not_savable)
     path.parent.mkdir(parents=True, exist_ok=True)
     estimator = posterior.estimator
     payload: dict[str, Any] = {
