@@ -62,6 +62,7 @@ SEQUENTIAL_METHODS = {"tsnpe": "npe", "snpe_c": "npe", "snle": "nle", "snre": "n
 #: default x tolerance of :func:`check_observation` in training-x standard deviations.
 X_TOLERANCE = 4.0
 _STATE = "_sequential"
+_APT_FIXED_SPLIT = True  # False: the pre-fix random split per round (benchmarks only)
 
 
 # ---------------------------------------------------------------------------- truncation
@@ -642,16 +643,17 @@ def _train_round(problem: Problem, sims: Any, method: str, base_method: str, r: 
     config, _ = split_options({**m.training_defaults(fit_options), **fit_options, "seed": tseed})
     torch.manual_seed(tseed)
     estimator = previous.estimator
+    # each round's validation rows stay validation rows: rows the estimator trained on in
+    # earlier rounds would make the validation loss optimistic and stop on the wrong epoch
+    batches = _RoundBatches(sims, sims_per_round, config.validation_fraction, run_seed,
+                            config.device)
     if method != "snpe_c":  # warm start: continue the previous round's estimator, plain loss
-        # each round's validation rows stay validation rows: rows the estimator trained on
-        # in earlier rounds would make the validation loss optimistic and stop training early
-        batches = _RoundBatches(sims, sims_per_round, config.validation_fraction, run_seed,
-                                config.device)
         hist = train(estimator, batches, None, config, loss_fn=m.loss_fn)
         return m.make_posterior(estimator, problem.prior, problem.spec(), hist.to_dict(),
                                 **dict(getattr(previous, "config", {}) or {}))
     # The atomic loss needs no proposal density (the atoms cancel it), hence None.
-    hist = train_apt(estimator, theta, x, problem.prior, None, config, num_atoms=num_atoms)
+    hist = train_apt(estimator, theta, x, problem.prior, None, config, num_atoms=num_atoms,
+                     batches=batches if _APT_FIXED_SPLIT else None)
     return m.make_posterior(estimator, problem.prior, problem.spec(), hist.to_dict())
 
 
@@ -667,7 +669,10 @@ class _RoundBatches(_TensorBatches):  # epoch() and validation() come from the b
         for k in range(-(-len(sims) // per_round)):
             mine = rows[k * per_round:(k + 1) * per_round]
             mine = mine[valid[mine]]
-            g = torch.Generator().manual_seed(_round_seed(seed, k + 1, 4))
+            # round 1: the same permutation as round 1's fit (seeded with the round's training
+            # seed), so round 1's validation rows were never trained on either
+            g = torch.Generator().manual_seed(_round_seed(seed, 1, 1) if k == 0
+                                              else _round_seed(seed, k + 1, 4))
             mine = mine[torch.randperm(len(mine), generator=g)]
             n_val = int(round(fraction * len(mine)))
             val_rows.append(mine[:n_val])
