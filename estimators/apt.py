@@ -141,7 +141,8 @@ def apt_loss(prior: Distribution, num_atoms: int = 10) -> LossFn:
 
 def train_apt(estimator: nn.Module, theta: Tensor, x: Tensor, prior: Distribution,
               proposal_log_prob_fn: Callable[[Tensor], Tensor] | None = None,
-              config: TrainConfig | None = None, num_atoms: int = 10) -> TrainingHistory:
+              config: TrainConfig | None = None, num_atoms: int = 10,
+              batches: Any = None) -> TrainingHistory:
     """(Re)train an NPE ``estimator`` in place with the atomic APT loss on all rounds' pairs.
 
     Args:
@@ -159,6 +160,12 @@ def train_apt(estimator: nn.Module, theta: Tensor, x: Tensor, prior: Distributio
         config: the :class:`~sbi_core.training.TrainConfig`; ``None`` uses the NPE training
             defaults of the estimator's flow.
         num_atoms: atoms per row (``>= 2``), clamped to the batch size with a warning.
+        batches: optional :class:`~sbi_core.training.BatchSource` over the same rows with a
+            fixed validation split (``run_sequential`` passes one whose split is fixed per
+            round, so rows trained on in an earlier round never become validation rows: a
+            fresh random split of the pooled data each round would measure the validation
+            loss partly on trained rows and stop on the wrong epoch). ``None``: a seeded
+            random split of ``theta, x``.
 
     Returns:
         The :class:`~sbi_core.training.TrainingHistory` (the estimator holds the best
@@ -197,6 +204,8 @@ def train_apt(estimator: nn.Module, theta: Tensor, x: Tensor, prior: Distributio
         raise ValueError(f"{int((~inside).sum())} of {n} parameters lie outside the prior's "
                          "support; APT needs every theta inside it (rounds must sample their "
                          "proposals inside the support).")
+    if batches is not None:
+        return train(estimator, batches, None, cfg, loss_fn=apt_loss(prior, num_atoms))
     return train(estimator, theta, x, cfg, loss_fn=apt_loss(prior, num_atoms))
 
 

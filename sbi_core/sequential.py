@@ -39,7 +39,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ SEQUENTIAL_METHODS = {"tsnpe": "npe", "snpe_c": "npe", "snle": "nle", "snre": "n
 #: default x tolerance of :func:`check_observation` in training-x standard deviations.
 X_TOLERANCE = 4.0
 _STATE = "_sequential"
+_APT_FIXED_SPLIT = True  # False: the pre-fix random split per round (benchmarks only)
 
 
 # ---------------------------------------------------------------------------- truncation
@@ -339,7 +340,8 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
                    store: str | os.PathLike | None = None, resume: bool = False, *,
                    epsilon: float = 1e-4, num_threshold_samples: int = 20_000,
                    min_prior_acceptance: float = 0.01, restrict: bool = False,
-                   num_atoms: int = 10, warm_start: bool = True, workers: int = 1,
+                   num_atoms: int = 10, warm_start: bool = True,
+                   warm_lr_factor: float = 1.0, workers: int = 1,
                    chunk_size: int | None = None,
                    timeout: float | None = None, progress: bool | None = None,
                    on_round: Callable[[RoundRecord], None] | None = None,
@@ -366,6 +368,13 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
         warm_start: rounds after the first continue training the previous round's estimator
             on all simulations (default, as sbi does; its z-scoring stays that of round 1);
             ``False`` trains a fresh estimator each round. SNPE-C always continues.
+        warm_lr_factor: continued rounds train with ``warm_lr_factor`` times the learning
+            rate (default 1: unchanged). A fresh Adam optimizer's first steps move every weight by
+            about the learning rate whatever the gradient's size; from converged weights at
+            1e-3 one step raised two_moons' APT loss from 0.56 to 6.5 nats (NLL: -1.73 to
+            4.26), and early stopping then kept a barely recovered model. At 1e-4 the loss
+            decreases from the first step. 0.1 is the candidate default; its effect on
+            C2ST over whole runs is not yet measured (docs/apt_and_restriction.md).
         workers, chunk_size, timeout: simulation engine options (``chunk_size`` defaults to
             the largest divisor of ``sims_per_round`` up to 1000, so rounds fill whole chunks).
         progress: one progress line per round (``None``: on a terminal).
@@ -396,6 +405,9 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
     if num_threshold_samples < 100:
         raise ValueError(f"num_threshold_samples must be >= 100, got {num_threshold_samples}; "
                          "the threshold is a quantile of that many posterior samples.")
+    if not 0.0 < warm_lr_factor <= 1.0:
+        raise ValueError(f"warm_lr_factor must be in (0, 1], got {warm_lr_factor}; 1 continues "
+                         "at the full learning rate.")
     if restrict and method not in ("tsnpe", "snpe_c"):
         raise ValueError(f"restrict=True applies to tsnpe and snpe_c, not {method!r}: "
                          "NLE/NRE need the invalid simulations' factor P(valid | θ) (see "
@@ -413,7 +425,7 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
     settings = {"method": method, "seed": int(seed), "sims_per_round": int(sims_per_round),
                 "x_o": x_o.reshape(-1).tolist(), "epsilon": float(epsilon),
                 "chunk_size": int(chunk), "restrict": bool(restrict), "problem": problem.name,
-                "warm_start": bool(warm_start),
+                "warm_start": bool(warm_start), "warm_lr_factor": float(warm_lr_factor),
                 "fit_options": _plain_options(fit_options)}
     state = _RunState(Path(store) if store is not None else None, settings)
     state.load(resume)
@@ -477,7 +489,7 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
         t1 = time.perf_counter()
         posterior = _train_round(problem, all_sims, method, base_method, r, posterior,
                                  _round_seed(seed, r, 1), train_apt, num_atoms, fit_options, fit,
-                                 warm_start, sims_per_round, seed)
+                                 warm_start, sims_per_round, seed, warm_lr_factor)
         train_seconds = time.perf_counter() - t1
         if fit_restriction is not None:
             restricted = fit_restriction(problem.prior, all_sims.theta, all_sims.valid,
@@ -631,7 +643,7 @@ def _train_round(problem: Problem, sims: Any, method: str, base_method: str, r: 
                  previous: Posterior | None, tseed: int, train_apt: Any, num_atoms: int,
                  fit_options: dict[str, Any], fit: Callable[..., Posterior],
                  warm_start: bool = False, sims_per_round: int = 1,
-                 run_seed: int = 0) -> Posterior:
+                 run_seed: int = 0, warm_lr_factor: float = 1.0) -> Posterior:
     if r == 1 or not (method == "snpe_c" or warm_start):
         return fit(problem, sims, method=base_method, seed=tseed, **fit_options)
     from sbi_core.methods import get_method
@@ -640,18 +652,20 @@ def _train_round(problem: Problem, sims: Any, method: str, base_method: str, r: 
     m = get_method(base_method)
     theta, x = sims.training_data()
     config, _ = split_options({**m.training_defaults(fit_options), **fit_options, "seed": tseed})
+    config = replace(config, learning_rate=config.learning_rate * warm_lr_factor)
     torch.manual_seed(tseed)
     estimator = previous.estimator
+    # each round's validation rows stay validation rows: rows the estimator trained on in
+    # earlier rounds would make the validation loss optimistic and stop on the wrong epoch
+    batches = _RoundBatches(sims, sims_per_round, config.validation_fraction, run_seed,
+                            config.device)
     if method != "snpe_c":  # warm start: continue the previous round's estimator, plain loss
-        # each round's validation rows stay validation rows: rows the estimator trained on
-        # in earlier rounds would make the validation loss optimistic and stop training early
-        batches = _RoundBatches(sims, sims_per_round, config.validation_fraction, run_seed,
-                                config.device)
         hist = train(estimator, batches, None, config, loss_fn=m.loss_fn)
         return m.make_posterior(estimator, problem.prior, problem.spec(), hist.to_dict(),
                                 **dict(getattr(previous, "config", {}) or {}))
     # The atomic loss needs no proposal density (the atoms cancel it), hence None.
-    hist = train_apt(estimator, theta, x, problem.prior, None, config, num_atoms=num_atoms)
+    hist = train_apt(estimator, theta, x, problem.prior, None, config, num_atoms=num_atoms,
+                     batches=batches if _APT_FIXED_SPLIT else None)
     return m.make_posterior(estimator, problem.prior, problem.spec(), hist.to_dict())
 
 
@@ -667,7 +681,10 @@ class _RoundBatches(_TensorBatches):  # epoch() and validation() come from the b
         for k in range(-(-len(sims) // per_round)):
             mine = rows[k * per_round:(k + 1) * per_round]
             mine = mine[valid[mine]]
-            g = torch.Generator().manual_seed(_round_seed(seed, k + 1, 4))
+            # round 1: the same permutation as round 1's fit (seeded with the round's training
+            # seed), so round 1's validation rows were never trained on either
+            g = torch.Generator().manual_seed(_round_seed(seed, 1, 1) if k == 0
+                                              else _round_seed(seed, k + 1, 4))
             mine = mine[torch.randperm(len(mine), generator=g)]
             n_val = int(round(fraction * len(mine)))
             val_rows.append(mine[:n_val])

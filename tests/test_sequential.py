@@ -301,8 +301,11 @@ def test_snpe_c_and_restrict_go_through_the_documented_interfaces(monkeypatch, t
 
     calls = {"apt": [], "restriction": []}
 
-    def train_apt(estimator, theta, x, prior, proposal_log_prob_fn, config, num_atoms=10):
+    def train_apt(estimator, theta, x, prior, proposal_log_prob_fn, config, num_atoms=10,
+                  batches=None):
         calls["apt"].append((len(theta), num_atoms, proposal_log_prob_fn))
+        # the per-round fixed validation split covers the same rows
+        assert batches.num_train + batches.num_validation == len(theta)
         return train(estimator, theta, x, config)
 
     class HalfPrior(torch.distributions.Distribution):  # the prior where theta_0 > 0
