@@ -86,4 +86,4 @@ def test_unknown_options_are_named(linear_problem):
     with pytest.raises(ValueError, match="Unknown flow"):
         fit(linear_problem, sims, flow="realnvp", progress=False)
     with pytest.raises(ValueError, match="Unknown method"):
-        fit(linear_problem, sims, method="abc", progress=False)
+        fit(linear_problem, sims, method="no_such_method", progress=False)
