@@ -237,9 +237,11 @@ class SimulationStore:
             out[int(mark["index"])] = mark
         return out
 
-    def committed(self) -> set[int]:
-        """Indices of fully written chunks whose size matches the current budget."""
-        return {i for i, m in self.marks().items()
+    def committed(self, marks: dict[int, dict[str, Any]] | None = None) -> set[int]:
+        """Indices of fully written chunks whose size matches the current budget (from
+        ``marks`` when given: one snapshot, as other processes may commit meanwhile)."""
+        marks = self.marks() if marks is None else marks
+        return {i for i, m in marks.items()
                 if i < self.num_chunks and m["size"] == self.chunk_rows(i)[1] - self.chunk_rows(i)[0]}
 
     def write_chunk(self, result: ChunkResult, theta_given: bool = False) -> None:
@@ -405,8 +407,8 @@ class SimulationStore:
                                 total=total)
 
     def provenance(self, done: Iterable[int] | None = None) -> dict[str, Any]:
-        marks = self.marks()
-        done = sorted(self.committed() if done is None else done)
+        marks = self.marks()  # one snapshot: concurrent writers may commit chunks meanwhile
+        done = sorted(self.committed(marks) if done is None else done)
         errors = [marks[i]["first_error"] for i in done if marks[i].get("first_error")]
         batch_errors = [marks[i]["batch_error"] for i in done if marks[i].get("batch_error")]
         extra: dict[str, Any] = {}

@@ -16,7 +16,8 @@ Work model (what each bound counts):
   out of a bounded prior, :func:`normalization_draws` per observation); ``(num_init + steps)
   * B`` for ``map`` (times the iid trials).
 - ``max_mcmc_transitions``: for MCMC posteriors, ``steps * max(chains * B * trials, 100)``
-  with ``steps = warmup_steps + ceil(n / chains) * thin`` (a step of the chains has a fixed
+  with ``steps = warmup_steps + max(ceil(n / chains), min_draws_per_chain) * thin * rounds``
+  (``rounds``: ``max_thin`` when the ESS rule may add rounds) (a step of the chains has a fixed
   overhead, so each step counts at least 100 transitions).
 - ``max_map_steps``: gradient steps of one MAP request.
 """
@@ -107,9 +108,14 @@ def check_count(limits: Limits, limit: str, what: str, count: int, hint: str = "
 
 
 def mcmc_transitions(config: MCMCConfig, n: int, num_obs: int, trials: int) -> int:
-    """Chain transitions of sampling ``n`` per observation for ``num_obs`` observations of
-    ``trials`` iid trials each: ``steps * max(chains * num_obs * trials, 100)``."""
-    steps = config.warmup_steps + math.ceil(n / config.num_chains) * config.thin
+    """Most chain transitions of sampling ``n`` per observation for ``num_obs`` observations
+    of ``trials`` iid trials each: ``steps * max(chains * num_obs * trials, 100)``, with
+    ``steps = warmup + max(ceil(n / chains), min_draws_per_chain) * thin * rounds`` where
+    ``rounds`` is ``max_thin`` when the ESS rule may add sampling rounds (else 1): the worst
+    case, so a request's bound holds whatever the chains' ESS turns out to be."""
+    per_chain = max(math.ceil(n / config.num_chains), config.min_draws_per_chain)
+    rounds = config.max_thin if config.ess_fraction is not None else 1
+    steps = config.warmup_steps + per_chain * config.thin * rounds
     return steps * max(config.num_chains * num_obs * trials, MIN_ROWS_PER_MCMC_STEP)
 
 
