@@ -56,7 +56,37 @@ def _degrees(dim: int, hidden: int, order: Tensor) -> tuple[Tensor, Tensor]:
     return deg_in, torch.arange(hidden) % (dim - 1) + 1
 
 
-class FusedMAF(nn.Module):
+class GaussianBaseFlow(nn.Module):
+    """Shared interface of the fused flows over a standard-normal base: subclasses define
+    ``dim``, ``forward_transform(inputs, context) -> (z, log_det)`` and
+    ``_inverse(z (B, n, D), context (B, C)) -> (B, n, D)``."""
+
+    dim: int
+
+    def inverse_transform(self, z: Tensor, context: Tensor) -> Tensor:
+        """Base → data: the inverse of ``forward_transform`` for ``z`` ``(N, D)``."""
+        return self._inverse(z[:, None, :], context)[:, 0, :]
+
+    def log_prob(self, inputs: Tensor, context: Tensor) -> Tensor:
+        """``log q(inputs | context)``: ``inputs`` ``(N, D)``, ``context`` ``(N, C)`` → ``(N,)``."""
+        z, log_det = self.forward_transform(inputs, context)
+        return log_det - 0.5 * (z.square().sum(-1) + self.dim * _LOG_2PI)
+
+    def sample(self, num_samples: int, context: Tensor) -> Tensor:
+        """``num_samples`` draws per context row: ``context`` ``(B, C)`` → ``(B, n, D)``."""
+        b = context.shape[0]
+        z = torch.randn(b, num_samples, self.dim, device=context.device, dtype=context.dtype)
+        return self._inverse(z, context)
+
+    def sample_and_log_prob(self, num_samples: int, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Samples ``(B, n, D)`` and their log densities ``(B, n)``."""
+        samples = self.sample(num_samples, context)
+        ctx = context.repeat_interleave(num_samples, 0)
+        lp = self.log_prob(samples.reshape(-1, self.dim), ctx)
+        return samples, lp.reshape(samples.shape[:2])
+
+
+class FusedMAF(GaussianBaseFlow):
     """Conditional MAF over ``dim`` features with ``num_transforms`` stacked MADEs.
 
     Args:
@@ -148,28 +178,6 @@ class FusedMAF(nn.Module):
             ld = scale.log().sum(-1)
             log_det = ld if log_det is None else log_det + ld
         return z, log_det
-
-    def inverse_transform(self, z: Tensor, context: Tensor) -> Tensor:
-        """Base → data: the inverse of :meth:`forward_transform` for ``z`` ``(N, D)``."""
-        return self._inverse(z[:, None, :], context)[:, 0, :]
-
-    def log_prob(self, inputs: Tensor, context: Tensor) -> Tensor:
-        """``log q(inputs | context)``: ``inputs`` ``(N, D)``, ``context`` ``(N, C)`` → ``(N,)``."""
-        z, log_det = self.forward_transform(inputs, context)
-        return log_det - 0.5 * (z.square().sum(-1) + self.dim * _LOG_2PI)
-
-    def sample(self, num_samples: int, context: Tensor) -> Tensor:
-        """``num_samples`` draws per context row: ``context`` ``(B, C)`` → ``(B, n, D)``."""
-        b = context.shape[0]
-        z = torch.randn(b, num_samples, self.dim, device=context.device, dtype=context.dtype)
-        return self._inverse(z, context)
-
-    def sample_and_log_prob(self, num_samples: int, context: Tensor) -> tuple[Tensor, Tensor]:
-        """Samples ``(B, n, D)`` and their log densities ``(B, n)``."""
-        samples = self.sample(num_samples, context)
-        ctx = context.repeat_interleave(num_samples, 0)
-        lp = self.log_prob(samples.reshape(-1, self.dim), ctx)
-        return samples, lp.reshape(samples.shape[:2])
 
     def _inverse(self, z: Tensor, context: Tensor) -> Tensor:
         """Map base draws ``z`` ``(B, n, D)`` to data space for contexts ``(B, C)``, transform

@@ -40,11 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from estimators.fast_maf import _fast_tanh
+from estimators.fast_maf import GaussianBaseFlow, _fast_tanh
 
 __all__ = ["FusedNSF", "rq_spline"]
 
-_LOG_2PI = math.log(2 * math.pi)
 MIN_BIN = 1e-3        # smallest bin width / height, as a fraction of the interval
 MIN_DERIVATIVE = 1e-3
 # softplus(u + _DERIV_SHIFT) + MIN_DERIVATIVE == 1 at u == 0: zero outputs give the identity
@@ -129,7 +128,7 @@ def _transformed(dim: int, t: int) -> Tensor:
     return torch.cat([odd, torch.tensor([dim - 1])]) if dim % 2 else odd
 
 
-class FusedNSF(nn.Module):
+class FusedNSF(GaussianBaseFlow):
     """Conditional spline coupling flow over ``dim`` features, all transforms in stacked tensors.
 
     Args:
@@ -242,28 +241,6 @@ class FusedNSF(nn.Module):
                 ld = ld + mix_ld[t]
             log_det = ld if log_det is None else log_det + ld
         return z, log_det
-
-    def inverse_transform(self, z: Tensor, context: Tensor) -> Tensor:
-        """Base → data for ``z`` ``(N, D)`` and contexts ``(N, C)``."""
-        return self._inverse(z[:, None, :], context)[:, 0, :]
-
-    def log_prob(self, inputs: Tensor, context: Tensor) -> Tensor:
-        """``log q(inputs | context)``: ``inputs`` ``(N, D)``, ``context`` ``(N, C)`` → ``(N,)``."""
-        z, log_det = self.forward_transform(inputs, context)
-        return log_det - 0.5 * (z.square().sum(-1) + self.dim * _LOG_2PI)
-
-    def sample(self, num_samples: int, context: Tensor) -> Tensor:
-        """``num_samples`` draws per context row: ``context`` ``(B, C)`` → ``(B, n, D)``."""
-        z = torch.randn(context.shape[0], num_samples, self.dim, device=context.device,
-                        dtype=context.dtype)
-        return self._inverse(z, context)
-
-    def sample_and_log_prob(self, num_samples: int, context: Tensor) -> tuple[Tensor, Tensor]:
-        """Samples ``(B, n, D)`` and their log densities ``(B, n)``."""
-        samples = self.sample(num_samples, context)
-        ctx = context.repeat_interleave(num_samples, 0)
-        lp = self.log_prob(samples.reshape(-1, self.dim), ctx)
-        return samples, lp.reshape(samples.shape[:2])
 
     def _inverse(self, z: Tensor, context: Tensor) -> Tensor:
         """Base draws ``z`` ``(B, n, D)`` → data space for contexts ``(B, C)``: transforms in
