@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from diagnostics.testset import calibration_pairs, posterior_samples
-from sbi_core.posterior import Posterior
+from sbi_core.posterior import Posterior, SingleObservationError
 from sbi_core.problem import Problem
 from sbi_core.simulation_set import SimulationSet
 from sbi_core.threads import auto_threads
@@ -271,6 +271,9 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
             section = dict(check.fn(ctx))
         except NotImplementedError as err:
             section = {"status": "skip", "why": f"not available for this posterior: {err}"}
+        except SingleObservationError as err:
+            section = {"status": "skip", "why": "not applicable: this check needs the posterior "
+                       f"at many test observations. {err}"}
         except Exception as err:  # a crashing check is reported, never hidden as a pass
             section = {"status": "fail", "why": f"the check raised {type(err).__name__}: {err}"}
         if section.get("status") not in (*STATUSES, "skip"):

@@ -41,7 +41,8 @@ from torch.distributions import Distribution
 from diagnostics.mmd import bq_weights, median_lengthscale, mmd2_weighted, observed_term
 from sbi_core.budget import Budget
 from sbi_core.methods import Method
-from sbi_core.posterior import ObservationError, Posterior
+from sbi_core.posterior import Posterior, SingleObservationError
+from sbi_core.priors import within_support
 from sbi_core.problem import Problem
 
 __all__ = ["ABCParticles", "ABCPosterior", "Distance", "fit_abc", "simulate_particles",
@@ -67,12 +68,12 @@ class ABCParticles(nn.Module):
         self.register_buffer("x_o", torch.zeros(*config["x_o_shape"]))
 
     def check_observation(self, x: Tensor) -> None:
-        """Raise :class:`ObservationError` unless every observation in ``x`` is ``x_o``."""
+        """Raise :class:`SingleObservationError` unless every observation in ``x`` is ``x_o``."""
         ref = self.x_o.reshape(-1).to(x.device, x.dtype)
         rows = x.reshape(-1, ref.numel()) if x.numel() % ref.numel() == 0 else None
         if rows is None or not bool(torch.allclose(rows, ref.expand_as(rows), rtol=1e-5,
                                                    atol=1e-6)):
-            raise ObservationError(
+            raise SingleObservationError(
                 f"This {self.config.get('kind', 'abc')} posterior was fitted to one observation "
                 f"x_o of shape {tuple(self.x_o.shape)} and answers only for it (ABC simulates "
                 "for one observation). Fit again with fit(problem, sims, method="
@@ -117,7 +118,7 @@ class ABCPosterior(Posterior):
     def _in_support(self, theta: Tensor) -> Tensor:
         low, high = self._bounds
         ok = ((theta >= low) & (theta <= high)).all(-1)
-        return ok & torch.isfinite(self.prior.log_prob(theta))
+        return ok & within_support(self.prior, theta)
 
     def _sample_batched(self, n: int, xs: Tensor, budget: Budget | None = None,
                         smooth: bool = False, **kwargs: Any) -> Tensor:

@@ -24,8 +24,10 @@ MAF, sbi-core's NPE density, which is more flexible than a mixture.)
 Training goes through the one loop (:func:`sbi_core.training.train`): the "x" it sees is
 the observation packed with the prior's tokens ``(N, x_dim + K (1 + 2 D) + K)``.
 ``fit(problem, sims, method="prior_npe", family=...)`` simulates ``num_simulations``
-(default ``len(sims)``) new ``(prior, theta, x)`` triples with ``problem.simulator``
-(``sims`` themselves come from one prior only and are not used for training).
+(default ``len(sims)``) new ``(prior, theta, x)`` triples with :func:`sbi_core.simulate`
+(``sims`` themselves come from one prior only and are not used for training). Parameters
+are drawn inside the problem prior's support only, so every training prior, and so every
+``with_prior`` answer, is a family member truncated to that support (as reweighting does).
 """
 
 from __future__ import annotations
@@ -341,24 +343,68 @@ def build_prior_npe(theta: Tensor, x: Tensor, prior: Distribution,
     return est
 
 
-def simulate_family(problem: Problem, fam: dict[str, Any], n: int,
-                    chunk_size: int = 100_000) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-    """``n`` triples: priors of the family, one ``theta`` from each, ``x`` simulated; rows
-    with non-finite ``x`` are dropped with a warning."""
+def simulate_family(problem: Problem, fam: dict[str, Any], n: int, seed: int = 0,
+                    chunk_size: int | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """``n`` triples: priors of the family, one ``theta`` from each *inside the problem
+    prior's support* (so each training prior is a family member truncated to that support;
+    a simulator is never called where the problem's prior has no mass), ``x`` simulated with
+    :func:`sbi_core.simulate` (seeded per chunk; failed or non-finite simulations are
+    dropped with a warning)."""
+    from sbi_core.simulation import DEFAULT_CHUNK_SIZE, simulate
+
     if problem.simulator is None:
         raise ValueError("Prior-conditioned NPE simulates parameters from many priors, but this "
                          "problem has no simulator. Give the Problem a simulator.")
-    params = sample_family(fam, n)
-    theta = sample_theta(params)
-    x = torch.cat([problem.simulator(theta[i:i + chunk_size]).float()
-                   for i in range(0, n, chunk_size)])
-    ok = torch.isfinite(x.reshape(n, -1)).all(-1)
+    params, theta = draw_inside_support(problem.prior, fam, n)
+    sims = simulate(problem, theta=theta, seed=seed, progress=False,
+                    chunk_size=chunk_size or DEFAULT_CHUNK_SIZE)
+    x = sims.x.float()
+    ok = sims.valid.bool() & torch.isfinite(x.reshape(n, -1)).all(-1)
     if not bool(ok.all()):
-        warnings.warn(f"Dropped {int((~ok).sum())} of {n} simulations with non-finite x.",
+        first = sims.provenance.get("first_error") if isinstance(sims.provenance, dict) else None
+        warnings.warn(f"Dropped {int((~ok).sum())} of {n} simulations that failed or returned "
+                      f"non-finite x{f' (first error: {first})' if first else ''}.",
                       stacklevel=3)
         theta, x = theta[ok], x[ok]
         params = {k: v[ok] for k, v in params.items()}
     return theta, x, params
+
+
+def draw_inside_support(prior: Distribution, fam: dict[str, Any], n: int,
+                        tries: int = 20) -> tuple[Tensor, dict[str, Tensor]]:
+    """``n`` priors of the family and one ``theta`` ``(n, D)`` from each, inside ``prior``'s
+    support: rejected draws are redrawn from the same mixture up to ``tries`` times, and
+    mixtures with (almost) no mass inside are replaced by new ones. Raises a ValueError
+    naming the fix when fewer than 1% of the family's draws fall inside the support."""
+    from sbi_core.priors import within_support
+
+    kept_params: list[dict[str, Tensor]] = []
+    kept_theta: list[Tensor] = []
+    have, drawn = 0, 0
+    while have < n:
+        m = max(2 * (n - have), 64)
+        params = sample_family(fam, m)
+        theta = sample_theta(params)
+        inside = within_support(prior, theta)
+        for _ in range(tries):
+            if bool(inside.all()):
+                break
+            redo = ~inside
+            theta[redo] = sample_theta({k: v[redo] for k, v in params.items()})
+            inside = within_support(prior, theta)
+        drawn += m
+        kept_params.append({k: v[inside] for k, v in params.items()})
+        kept_theta.append(theta[inside])
+        have += int(inside.sum())
+        if have < 0.01 * drawn:
+            raise ValueError(
+                f"Only {have} of {drawn} parameters drawn from the prior family fall inside the "
+                "problem prior's support: the family's means/standard deviations "
+                f"({ {k: fam[k] for k in ('mean_low', 'mean_high', 'std_low', 'std_high')} }) "
+                "lie mostly outside it. Give a family inside the prior's support "
+                "(gmm_family(dim, mean_low=..., mean_high=..., std_high=...)).")
+    params = {k: torch.cat([p[k] for p in kept_params])[:n] for k in kept_params[0]}
+    return params, torch.cat(kept_theta)[:n]
 
 
 def fit_prior_conditioned(problem: Problem, sims: tuple[Tensor, Tensor] | None = None,
@@ -373,7 +419,7 @@ def fit_prior_conditioned(problem: Problem, sims: tuple[Tensor, Tensor] | None =
     fam = check_family(fam, problem.dim)
     est_options["family"] = fam
     with seeded(seed):
-        theta, x, params = simulate_family(problem, fam, int(n))
+        theta, x, params = simulate_family(problem, fam, int(n), seed=seed)
     torch.manual_seed(seed)
     estimator = build_prior_npe(theta, x, problem.prior, **est_options)
     xa = estimator.pack(x, params)

@@ -43,6 +43,7 @@ from estimators.abc import (
     start_population,
 )
 from sbi_core.methods import Method
+from sbi_core.priors import prior_log_prob, within_support
 from sbi_core.problem import Problem
 
 __all__ = ["fit_smc_abc", "METHOD", "SMC_OPTIONS"]
@@ -67,7 +68,7 @@ def _propose(prior: Any, theta: Tensor, w: Tensor, chol: Tensor, n: int,
         parents = torch.multinomial(w, k, replacement=True, generator=gen)
         prop = theta[parents] + torch.randn(k, theta.shape[1], generator=gen,
                                             dtype=torch.float64) @ chol.T
-        ok = torch.isfinite(prior.log_prob(prop.float()))
+        ok = within_support(prior, prop.float())
         out[todo[ok]] = prop[ok]
         todo = todo[~ok]
         if len(todo) == 0:
@@ -154,7 +155,7 @@ def fit_smc_abc(problem: Problem, sims: tuple[Tensor, Tensor], seed: int = 0,
         d_new = dist(x, ok)
         rate = float((d_new <= eps[-1]).double().mean())
         rates.append(rate)
-        log_prior = problem.prior.log_prob(new.float()).double()
+        log_prior = prior_log_prob(problem.prior, new.float()).double()
         # unnormalized importance ratios prior / proposal: 1 for prior draws, so old and
         # new particles are on one scale when pooled
         ratio_new = torch.exp(log_prior - _log_kernel_mixture(new, theta, w.log(), chol))

@@ -37,7 +37,7 @@ from sbi_core.budget import Budget, SamplingError, SamplingTimeoutError
 from sbi_core.priors import support_bounds, within_support
 from sbi_core.threads import auto_threads, thread_scope
 
-__all__ = ["Posterior", "DirectPosterior", "ObservationError", "SamplingError",
+__all__ = ["Posterior", "DirectPosterior", "ObservationError", "SingleObservationError", "SamplingError",
            "SamplingTimeoutError", "seeded", "MAP_BUDGET_ADVICE"]
 
 RangeCheck = Literal["error", "warn", "off"]
@@ -52,6 +52,12 @@ MAP_BUDGET_ADVICE = ("Pass fewer steps (steps=0 returns the best initial sample)
 
 class ObservationError(ValueError):
     """An observation has the wrong shape, non-finite values, or lies outside the training range."""
+
+
+class SingleObservationError(ObservationError):
+    """The posterior answers only the one observation it was fitted to (rejection / SMC-ABC):
+    asked about another ``x``. Diagnostics that need posteriors at many test observations
+    (TARP, SBC, coverage) report themselves *not applicable* (skip) on this error."""
 
 
 @contextlib.contextmanager

@@ -113,9 +113,11 @@ def validate_theta(problem: Problem, theta: Tensor | np.ndarray) -> np.ndarray:
         raise ValueError(f"theta has {bad.size} row(s) with NaN/inf (first: row {bad[0]}); "
                          "pass finite parameters.")
     try:
+        from sbi_core.priors import within_support
+
         with torch.no_grad():
-            inside = torch.isfinite(problem.prior.log_prob(torch.from_numpy(arr))).numpy()
-    except Exception:  # e.g. a prior with validate_args raising outside its support
+            inside = within_support(problem.prior, torch.from_numpy(arr)).numpy()
+    except Exception:  # a user prior whose log_prob fails even inside: no support check
         inside = None
     if inside is not None and not inside.all():
         bad = np.flatnonzero(~inside)

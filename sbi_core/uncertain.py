@@ -51,6 +51,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
+from sbi_core.priors import prior_log_prob
+
 if TYPE_CHECKING:
     from sbi_core.posterior import Posterior
 
@@ -226,7 +228,7 @@ class UncertainEvidencePosterior:
                                self.posterior.prior.sample((n_prior,)).reshape(n_prior, self.dim)])
             theta = theta[torch.randperm(num)]  # resampling groups must be exchangeable
             lp = self._component_log_probs(theta)
-            log_prior = self.posterior.prior.log_prob(theta)
+            log_prior = prior_log_prob(self.posterior.prior, theta)
             log_r = torch.logaddexp(
                 math.log1p(-self.defensive) + torch.logsumexp(lp, 1) - math.log(self.num_evidence),
                 math.log(self.defensive) + log_prior)

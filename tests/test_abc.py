@@ -158,3 +158,34 @@ def test_cli_train_smc_abc_with_observation_file(tmp_path, capsys):
     assert main(["train", "--sims", str(sims_path), "--method", "abc", "--out",
                  str(tmp_path / "b.pt"), "--quiet"]) != 0
     assert "--x FILE" in capsys.readouterr().err
+
+
+def test_smc_abc_with_a_plain_torch_prior_that_validates_its_arguments():
+    """torch.distributions.Uniform raises (validate_args) for values outside its support;
+    SMC-ABC's perturbations leave the box and must be redrawn, not crash the run."""
+    from sbi_core import Problem
+
+    prior = torch.distributions.Independent(
+        torch.distributions.Uniform(torch.tensor([0.0, 0.0]), torch.tensor([1.0, 1.0])), 1)
+    p = Problem(prior, lambda t: t + 0.05 * torch.randn_like(t), name="torch_box")
+    sims = simulate(p, 600, seed=0, progress=False)
+    post = fit(p, sims, method="smc_abc", x_o=torch.tensor([0.95, 0.5]), num_particles=100,
+               num_simulations=2000, detector=False)
+    s = post.sample((300,), seed=0)
+    assert bool(((s >= 0) & (s <= 1)).all())
+    assert abs(float(s[:, 0].mean()) - 0.93) < 0.05  # piled against the upper edge
+
+
+def test_diagnose_an_abc_posterior_skips_calibration_instead_of_failing(gl2):
+    """TARP/SBC/coverage need posteriors at many test observations; an ABC posterior answers
+    one x_o, so these checks are reported not applicable (skip), not as failures."""
+    from diagnostics.report import diagnose
+
+    p, x_o, sims = gl2
+    post = fit(p, sims, method="abc", x_o=x_o, quantile=0.1, detector=False)
+    rep = diagnose(post, p, num=20, num_samples=50, seed=0, progress=False)
+    for name in ("tarp", "sbc", "coverage"):
+        sec = rep.sections[name]
+        assert sec["status"] == "skip" and "not applicable" in sec["why"], (name, sec)
+        assert "fitted to one observation" in sec["why"]
+    assert rep.status != "fail", {k: (v["status"], v["why"][:80]) for k, v in rep.sections.items()}

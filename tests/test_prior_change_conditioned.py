@@ -142,3 +142,32 @@ def test_save_load_round_trip_keeps_the_family_and_the_current_prior(tmp_path):
     new = gaussian(torch.tensor([-0.5, 0.5]), std=torch.full((2,), 0.1))
     assert torch.equal(back.with_prior(new).sample((5,), X_O, seed=1),
                        post.with_prior(new).sample((5,), X_O, seed=1))
+
+
+def test_prior_npe_never_simulates_outside_a_bounded_prior_and_drops_failures():
+    """The default family around a box prior reaches outside the box; the simulator (which,
+    like many numpy models, fails there) must only see parameters inside the support, and
+    rows it fails on are dropped with a warning instead of aborting the fit."""
+    from sbi_core.problem import Problem
+
+    seen: list[torch.Tensor] = []
+
+    def sim(theta: torch.Tensor) -> torch.Tensor:
+        seen.append(theta.clone())
+        if bool(((theta < 0) | (theta > 1)).any()):
+            raise ValueError("lam < 0")  # what numpy.random.poisson says outside
+        x = theta + 0.05 * torch.randn_like(theta)
+        x[theta[:, 0] > 0.97] = float("nan")  # and a failing corner inside the box
+        return x
+
+    prob = Problem(box_uniform([0.0, 0.0], [1.0, 1.0]), sim, name="box_toy")
+    sims = simulate(prob, 400, seed=0)
+    seen.clear()
+    with pytest.warns(UserWarning, match="Dropped .* simulations that failed"):
+        post = fit(prob, sims, method="prior_npe", seed=0, max_epochs=2, detector=False)
+    theta = torch.cat(seen)
+    n = post.history["num_simulations"]  # len(sims) minus its 15 invalid rows
+    assert n == 385 and theta.shape[0] == n and bool(((theta >= 0) & (theta <= 1)).all())
+    new = post.with_prior(gaussian([0.5, 0.5], std=[0.2, 0.2]))
+    s = new.sample((200,), torch.tensor([0.5, 0.5]), seed=0)
+    assert s.shape == (200, 2) and bool(torch.isfinite(s).all())
