@@ -243,11 +243,14 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
     """
     load_check_modules()
     start = time.perf_counter()
+    own_prior = None
     if checks is not None and list(checks) == ["misspecification"] and sims is None \
             and problem is None:  # only the observations are tested: no test pairs needed
         theta, xs = torch.zeros(0, posterior.dim), torch.zeros(0, *posterior.x_shape)
     else:
         problem = _resolve(posterior, problem, need=sims is None)
+        if sims is None:
+            sims = own_prior = _pairs_under_posterior_prior(posterior, problem, num, seed)
         theta, xs = calibration_pairs(problem, sims, num=num, seed=seed)
     _check_shapes(posterior, theta, xs)
     has_x = options.get("x") is not None
@@ -285,11 +288,44 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
         sections[name] = section
     meta = {"method": posterior.method, "num_test_pairs": int(theta.shape[0]),
             "num_samples": num_samples, "seed": seed,
-            "test_data": "held-out simulations" if sims is not None else
+            "test_data": f"simulated from problem {getattr(problem, 'name', '?')!r} with "
+            "parameters from the posterior's own prior (with_prior)" if own_prior is not None
+            else "held-out simulations" if sims is not None else
             f"simulated from problem {getattr(problem, 'name', '?')!r}",
             "param_names": ctx.param_names,
             "seconds": round(time.perf_counter() - start, 3)}
     return DiagnosisReport(sections, meta, posterior, context=ctx)
+
+
+def _pairs_under_posterior_prior(posterior: Posterior, problem: Problem | None, num: int,
+                                 seed: int) -> SimulationSet | None:
+    """Test simulations whose parameters come from the posterior's own prior when it differs
+    from the problem's (a posterior from ``with_prior``: calibration holds under the prior it
+    targets, not the training prior), kept inside the problem prior's support; ``None`` (the
+    problem's own prior draws) otherwise."""
+    from sbi_core.priors import prior_spec, same_prior_spec, within_support
+    from sbi_core.simulation import simulate
+
+    prior = getattr(posterior, "prior", None)
+    if problem is None or problem.simulator is None or prior is None or prior is problem.prior:
+        return None
+    if same_prior_spec(prior_spec(prior), prior_spec(problem.prior)):
+        return None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        draws, have = [], 0
+        for _ in range(100):
+            cand = prior.sample((2 * num,)).reshape(2 * num, -1).float()
+            cand = cand[within_support(problem.prior, cand)]
+            draws.append(cand)
+            have += len(cand)
+            if have >= num:
+                break
+    if have < num:
+        raise ValueError("The posterior's prior (from with_prior) has almost no mass inside the "
+                         "problem prior's support; calibration test parameters cannot be drawn. "
+                         "Pass held-out simulations from the new prior as sims=.")
+    return simulate(problem, theta=torch.cat(draws)[:num], seed=seed, progress=False)
 
 
 def _resolve(posterior: Posterior, problem: Problem | str | None, need: bool) -> Problem | None:

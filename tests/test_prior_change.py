@@ -107,3 +107,22 @@ def test_with_prior_rejects_conditioned_method_for_plain_posteriors():
     with pytest.raises(ValueError, match="prior_npe"):
         gaussian_posterior(2).with_prior(gaussian(torch.zeros(2), std=torch.ones(2)),
                                          method="conditioned")
+
+
+def test_diagnose_a_reweighted_posterior_tests_it_under_its_new_prior():
+    """Calibration holds under the prior a posterior targets: diagnose draws the test
+    parameters from the new prior (inside the training support), so the exact posterior
+    reweighted to N([1, 0], 0.3^2) is calibrated (it would look badly over-confident on test
+    parameters from the training prior N(0, I))."""
+    from diagnostics.report import diagnose
+    from simulators.linear_gaussian import linear_gaussian
+
+    problem = linear_gaussian(dim=2, prior_std=1.0, noise_std=0.5)
+    post = gaussian_posterior(2).with_prior(gaussian(torch.tensor([1.0, 0.0]),
+                                                     std=torch.full((2,), 0.3)))
+    rep = diagnose(post, problem, num=150, num_samples=300, checks=["sbc", "coverage"],
+                   seed=0, progress=False)
+    assert rep.status == "pass", {k: v["why"] for k, v in rep.sections.items()}
+    assert "posterior's own prior" in rep.meta["test_data"]
+    theta = rep.context.theta
+    assert abs(float(theta[:, 0].mean()) - 1.0) < 0.1 and float(theta.std(0).max()) < 0.4
