@@ -43,6 +43,20 @@ def history_summary(history: dict[str, Any]) -> dict[str, Any]:
     return plain(out)
 
 
+def focus(posterior: Posterior) -> dict[str, Any] | None:
+    """The one observation a non-amortized posterior answers: ABC's ``x_o`` (other x are
+    refused) or a sequential run's ``x_o`` (other x warn); ``None`` for amortized ones."""
+    seq = (posterior.problem_spec or {}).get("sequential")
+    if isinstance(seq, dict) and seq.get("x_o") is not None:
+        return plain({"kind": "sequential", "method": seq.get("method"), "x_o": seq["x_o"],
+                      "others": "answered with a warning when far from x_o"})
+    x_o = getattr(getattr(posterior, "estimator", None), "x_o", None)
+    if posterior.method in ("abc", "smc_abc") and x_o is not None:
+        return plain({"kind": "single_observation", "method": posterior.method,
+                      "x_o": x_o.reshape(-1).tolist(), "others": "refused (422)"})
+    return None
+
+
 def model_info(name: str, posterior: Posterior, max_samples: int) -> dict[str, Any]:
     """Everything the explorer needs about one model (plain JSON values; ±inf → null)."""
     low, high = support_bounds(posterior.prior)
@@ -57,6 +71,7 @@ def model_info(name: str, posterior: Posterior, max_samples: int) -> dict[str, A
         "prior": {"spec": plain(getattr(posterior.prior, "spec", None)),
                   "low": plain(low), "high": plain(high)},
         "x_range": observation_range(posterior),
+        "focus": focus(posterior),
         "history": history_summary(posterior.history),
         "diagnostics": plain(posterior.diagnostics),
         "supports_iid": bool(posterior.supports_iid),

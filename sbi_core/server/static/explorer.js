@@ -52,18 +52,21 @@ function buildInputs(info) {
   const range = info.x_range;
   const lo = range ? flatten(range.min) : new Array(size).fill(-3);
   const hi = range ? flatten(range.max) : new Array(size).fill(3);
-  const def = range ? flatten(range.default) : new Array(size).fill(0);
+  const focus = info.focus ? flatten(info.focus.x_o) : null;  // ABC / sequential: its x_o
+  const def = focus && focus.length === size ? focus
+    : range ? flatten(range.default) : new Array(size).fill(0);
   for (let i = 0; i < size; i++) {
     const row = document.createElement("div");
     row.className = "obs";
     const label = document.createElement("span");
     label.textContent = indexLabel(i, info.x_shape);
     const slider = document.createElement("input");
-    Object.assign(slider, { type: "range", min: lo[i], max: hi[i], step: (hi[i] - lo[i]) / 200 || 0.01,
+    Object.assign(slider, { type: "range", min: Math.min(lo[i], def[i]), max: Math.max(hi[i], def[i]), step: (hi[i] - lo[i]) / 200 || 0.01,
                             value: def[i] });
     slider.setAttribute("aria-label", label.textContent);
     const number = document.createElement("input");
-    Object.assign(number, { type: "number", step: "any", value: +(+def[i]).toPrecision(5) });
+    // full precision for a focus x_o: an ABC posterior answers exactly that observation
+    Object.assign(number, { type: "number", step: "any", value: focus ? def[i] : +(+def[i]).toPrecision(5) });
     slider.addEventListener("input", () => { number.value = +(+slider.value).toPrecision(5); schedule(); });
     number.addEventListener("input", () => { if (number.value !== "") { slider.value = number.value; schedule(); } });
     row.append(label, slider, number);
