@@ -15,10 +15,9 @@ prior)) are applied to both at one observation:
 - ``conditioned``: ``prior_npe_posterior.with_prior(p)`` (one forward pass).
 
 References: gaussian_linear (D reduced to 2 for time) has an analytic posterior for any
-Gaussian prior; two_moons uses the exact reference sampler of the simulator
-(``simulators.two_moons.two_moons_reference``, the posterior under the box prior) with
-rejection by the new prior's density (exact for the new prior truncated to the box; the new
-priors put < 0.2% of their mass outside the box). C2ST (5-fold MLP) on ``--num-samples``
+Gaussian prior; two_moons uses exact rejection sampling from the new prior truncated to the
+box with the analytic likelihood (``two_moons_log_likelihood``; acceptance
+p(x | θ) / max p(x | θ); the new priors put < 0.2% of their mass outside the box). C2ST (5-fold MLP) on ``--num-samples``
 samples per side. ``s/prior``: seconds from ``with_prior`` to ``--num-samples`` samples.
 """
 
@@ -80,17 +79,42 @@ def tm_setup():
                                             + math.log(4.0))
 
     def reference(p, x, n, seed):
-        out, have, k = [], 0, 0
-        top = float(p.log_prob(p.base_dist.loc))
-        while have < n:
-            draws = two_moons_reference(x, 200_000, seed=seed + 1000 * k)
-            k += 1
-            keep = torch.rand(draws.shape[0]) < torch.exp(p.log_prob(draws) - top)
-            out.append(draws[keep])
-            have += int(keep.sum())
-        return torch.cat(out)[:n]
+        return two_moons_prior_reference(p, x, n, seed)
 
     return prob, fam, priors, reference
+
+
+def two_moons_log_likelihood(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Exact log p(x | theta) ``(N,)`` of two_moons: u = x - shift(theta) - (0.25, 0) is
+    (r cos a, r sin a) with a ~ U(-pi/2, pi/2), r ~ N(0.1, 0.01^2), so
+    p = N(|u|; 0.1, 0.01^2) / (pi |u|) for u_1 > 0 and 0 otherwise."""
+    t = theta.double()
+    shift = torch.stack([-(t[:, 0] + t[:, 1]).abs(), -t[:, 0] + t[:, 1]], -1) / math.sqrt(2.0)
+    u = x.double().reshape(1, 2) - shift - torch.tensor([0.25, 0.0], dtype=torch.float64)
+    r = u.norm(dim=-1)
+    lp = (-0.5 * ((r - 0.1) / 0.01) ** 2 - math.log(0.01 * math.sqrt(2 * math.pi))
+          - math.log(math.pi) - r.log())
+    return torch.where(u[:, 0] > 0, lp, torch.full_like(lp, -math.inf))
+
+
+def two_moons_prior_reference(p, x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Exact posterior samples under prior ``p`` truncated to the box [-1, 1]^2: rejection
+    from ``p`` with acceptance p(x | theta) / max_theta p(x | theta)."""
+    grid = torch.linspace(0.05, 0.15, 100_001, dtype=torch.float64)
+    log_max = float((-0.5 * ((grid - 0.1) / 0.01) ** 2 - math.log(0.01 * math.sqrt(2 * math.pi))
+                     - math.log(math.pi) - grid.log()).max())
+    out, have = [], 0
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for _ in range(10_000):
+            th = p.sample((1_000_000,)).float()
+            th = th[(th.abs() <= 1).all(-1)]
+            keep = torch.rand(th.shape[0]).double().log() < two_moons_log_likelihood(th, x) - log_max
+            out.append(th[keep])
+            have += int(keep.sum())
+            if have >= n:
+                return torch.cat(out)[:n]
+    raise RuntimeError("two_moons reference: too few accepted draws.")
 
 
 def run(name: str, args: argparse.Namespace) -> list[dict]:

@@ -87,14 +87,18 @@ class EnsembleEstimator(nn.Module):
         config: an NPE estimator config plus ``"ensemble"`` (the number of members ``K``).
         members: already built members (:func:`build_ensemble`); default: ``K`` fresh ones
             from ``config`` (their weights are then loaded from a model file).
+        embedding: the user's embedding module when ``config["embedding"]`` records one
+            (``load(path, embedding=...)``); each member gets its own copy.
     """
 
-    def __init__(self, config: dict[str, Any], members: list[NPEEstimator] | None = None):
+    def __init__(self, config: dict[str, Any], members: list[NPEEstimator] | None = None,
+                 embedding: nn.Module | None = None):
         super().__init__()
         k = check_members(config.get("ensemble", DEFAULT_MEMBERS))
         member_cfg = {key: v for key, v in config.items() if key != "ensemble"}
         if members is None:
-            members = [NPEEstimator(member_cfg) for _ in range(k)]
+            members = [NPEEstimator(member_cfg, embedding=None if embedding is None
+                                    else copy.deepcopy(embedding)) for _ in range(k)]
         if len(members) != k:
             raise ValueError(f"config says ensemble={k} but {len(members)} members were given.")
         self.members = nn.ModuleList(members)
@@ -239,12 +243,6 @@ def build_ensemble(theta: Tensor, x: Tensor, prior: Distribution, ensemble: Any 
     :func:`~estimators.npe.build_npe` with ``options`` (each member drawing its own initial
     weights from torch's generator, seeded by ``fit``)."""
     k = check_members(ensemble)
-    emb = options.get("embedding")
-    if isinstance(emb, nn.Module) or (isinstance(emb, type) and issubclass(emb, nn.Module)) \
-            or callable(emb) and not isinstance(emb, (str, dict)):
-        raise ValueError("ensemble= works with the built-in embeddings (a type name or spec "
-                         "such as 'mlp' or {'type': 'cnn1d', ...}), not with your own "
-                         "embedding module; train single estimators with it instead.")
     if options.get("regularizer") == "fim":
         raise ValueError("regularizer='fim' is not supported for ensembles; train without it "
                          "or with regularizer='noise'.")

@@ -240,6 +240,8 @@ def _user_embedding(config: dict[str, Any], state: dict[str, Any], embedding: An
                 f"embedding is {record or 'identity'!r}, rebuilt from the file); load it "
                 "without embedding=.")
         return None
+    if config.get("ensemble"):  # members' weights: "members.K.embedding.*"; check member 0
+        state = {k[len("members.0."):]: v for k, v in state.items() if k.startswith("members.0.")}
     try:
         return user_embedding_module(record, embedding, state, tuple(config["x_shape"]),
                                      str(path))
