@@ -40,26 +40,29 @@ from sbi_core.priors import prior_spec  # noqa: E402
 
 
 def _worker_cmd(python: str, lib: str, inp: Path, flow: str, seed: int, threads: int,
-                options: dict) -> tuple[list[str], dict, Path]:
+                options: dict, run: dict | None = None) -> tuple[list[str], dict, Path]:
     out = inp.with_name(f"{lib}_{flow}_out.npz")
     cmd = [python, str(HERE / "_npe_worker.py"), lib, str(inp), str(out), flow, str(seed),
            str(threads)]
-    if lib == "sbi_core":
-        cmd.append(json.dumps(options))
+    if lib == "sbi_core" or run:
+        cmd.append(json.dumps(options if lib == "sbi_core" else {}))
+    if run:
+        cmd.append(json.dumps(run))
     env = {**os.environ, "PYTHONPATH": str(ROOT) if lib == "sbi_core" else "",
            "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     return cmd, env, out
 
 
 def run_workers(jobs: list[tuple[str, str]], inp: Path, flow: str, seed: int, threads: int,
-                options: dict, concurrent: bool) -> dict[str, dict]:
+                options: dict, concurrent: bool, run: dict | None = None) -> dict[str, dict]:
     """Train and sample with each ``(lib, python)`` in a fresh process; one after the other,
     or all at once with ``concurrent`` (both then see the same machine load). Workers run in
-    the temporary folder, so sbi's tensorboard logs (``sbi-logs/``) land there."""
+    the temporary folder, so sbi's tensorboard logs (``sbi-logs/``) land there. ``run``
+    (``device``, ``max_epochs``) goes to both workers (see ``_npe_worker.py``)."""
     procs = {}
     results = {}
     for lib, python in jobs:
-        cmd, env, out = _worker_cmd(python, lib, inp, flow, seed, threads, options)
+        cmd, env, out = _worker_cmd(python, lib, inp, flow, seed, threads, options, run)
         procs[lib] = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                        text=True, env=env, cwd=inp.parent), out)
         if not concurrent:
@@ -81,14 +84,15 @@ def _collect(lib: str, proc: subprocess.Popen, out: Path, results: dict) -> None
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sbi-python", required=True, help="python of the venv with sbi==0.27.0")
-    ap.add_argument("--tasks", nargs="+", default=["two_moons", "slcp", "gaussian_linear",
-                                                   "gaussian_mixture"])
+    ap.add_argument("--tasks", nargs="+", default=["two_moons", "slcp", "gaussian_mixture",
+                                                   "gaussian_linear", "sir", "bernoulli_glm"])
     ap.add_argument("--sims", type=int, default=10_000)
     ap.add_argument("--observations", type=int, default=5)
     ap.add_argument("--num-samples", type=int, default=10_000)
     ap.add_argument("--flows", nargs="+", default=["fmaf"],
-                    help="sbi-core flows (default: fmaf, sbi-core's default); sbi runs its "
-                         "MAF for fmaf and maf")
+                    help="sbi-core flows (default: fmaf, sbi-core's default); sbi runs the "
+                         "same family from nflows: MAF for fmaf, maf and auto, NSF for fnsf "
+                         "and nsf")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0],
                     help="one run per seed (simulations, split, initialization all change); "
                          "C2ST varies by several 0.01 between seeds, so compare means over "
@@ -105,7 +109,8 @@ def main() -> None:
                     help="train both libraries at the same time (each with --threads threads) "
                          "instead of one after the other: on a busy shared machine both then "
                          "see the same load")
-    ap.add_argument("--json", help="also write all results to this JSON file")
+    ap.add_argument("--json", help="also write all results to this JSON file (rewritten after "
+                                   "every run, so a stopped grid keeps its finished rows)")
     args = ap.parse_args()
 
     import simulators
@@ -132,6 +137,7 @@ def main() -> None:
                 order += 1
                 jobs = [(lib, args.sbi_python if lib == "sbi" else sys.executable)
                         for lib in libs]
+                load_before = os.getloadavg()[0]
                 res = run_workers(jobs, inp, flow, seed, args.threads,
                                   json.loads(args.ours_options), args.concurrent)
                 for lib in libs:
@@ -140,7 +146,8 @@ def main() -> None:
                     res[lib]["c2st"] = scores
                 row = {"task": task, "flow": flow, "seed": seed, "sims": int(theta.shape[0]),
                        "first": "both" if args.concurrent else libs[0], "threads": args.threads,
-                       "ours_options": json.loads(args.ours_options)}
+                       "ours_options": json.loads(args.ours_options),
+                       "load1": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
                 for lib in libs:
                     r = res[lib]
                     row[lib] = {
@@ -163,6 +170,7 @@ def main() -> None:
                 row["c2st_diff"] = round(row["sbi_core"]["c2st_mean"] - row["sbi"]["c2st_mean"], 3)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+                _write_json(args.json, rows)
 
     print()
     header = (f"{'task':18s} {'flow':4s} {'seed':>4s} {'lib':9s} {'train s':>8s} {'epochs':>6s} "
@@ -185,8 +193,13 @@ def main() -> None:
               "observations):")
         for s in summary:
             print(json.dumps(s))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"runs": rows, "summary": summary}, indent=1))
+    _write_json(args.json, rows)
+
+
+def _write_json(path: str | None, rows: list[dict]) -> None:
+    """Rows so far and their summary to ``path`` (if given)."""
+    if path:
+        Path(path).write_text(json.dumps({"runs": rows, "summary": summarize(rows)}, indent=1))
 
 
 def summarize(rows: list[dict]) -> list[dict]:

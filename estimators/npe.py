@@ -58,8 +58,11 @@ DEFAULTS: dict[str, Any] = {
 THETA_TRANSFORMS = (None, "unconstrained")
 
 # flow="auto": the flow family by parameter dimension D, chosen from benchmarks/compare_sbi.py
-# (table in docs/performance.md, "issue 18, items 1 and 5"): (largest D, flow) in order.
-AUTO_FLOW: tuple[tuple[float, str], ...] = ((2, "fmaf"), (float("inf"), "fnsf"))
+# (table in docs/performance.md, "Issue 18: flow by problem size"): (largest D, flow) in
+# order. fnsf won where it was measured at 3 <= D <= 9 (slcp, D = 5: C2ST 0.845 vs 0.905);
+# at D = 10 (gaussian_linear) fmaf was as accurate or better, and fnsf's epochs and samples
+# cost 2.8-4.0x fmaf's there, so fmaf again from D = 10.
+AUTO_FLOW: tuple[tuple[float, str], ...] = ((2, "fmaf"), (9, "fnsf"), (float("inf"), "fmaf"))
 
 
 def resolve_flow(flow: str, theta_dim: int) -> str:

@@ -19,9 +19,9 @@ def test_auto_flow_resolves_by_dimension():
     """The rule of flow="auto" (opt-in; the default stays fmaf until the benchmark table
     covers all tasks)."""
     assert DEFAULTS["flow"] == "fmaf"
-    assert AUTO_FLOW == ((2, "fmaf"), (float("inf"), "fnsf"))
-    assert [resolve_flow("auto", d) for d in (1, 2, 3, 5, 10, 50)] == \
-        ["fmaf", "fmaf", "fnsf", "fnsf", "fnsf", "fnsf"]
+    assert AUTO_FLOW == ((2, "fmaf"), (9, "fnsf"), (float("inf"), "fmaf"))
+    assert [resolve_flow("auto", d) for d in (1, 2, 3, 5, 9, 10, 50)] == \
+        ["fmaf", "fmaf", "fnsf", "fnsf", "fnsf", "fmaf", "fmaf"]
     assert resolve_flow("nsf", 2) == "nsf"  # explicit flows are kept
 
 
