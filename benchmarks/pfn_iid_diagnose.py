@@ -45,6 +45,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "borders": {"border_uniform_share": 0.5, "random_subsets": False},
     "subsets": {"border_uniform_share": 0.0, "random_subsets": True},
     "new": {},
+    "no-ntilt": {"n_tilt": False},
+    "no-ema": {"ema_decay": None},
+    "prev": {"ema_decay": None, "n_tilt": False},
 }
 SMALL: dict[str, Any] = {"d_model": 32, "num_layers": 2, "num_heads": 2, "ff_features": 64,
                          "learning_rate": 2e-3}
