@@ -97,6 +97,7 @@ def train(args: argparse.Namespace) -> dict:
     net = InContextNet(config).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     start, log = 0, []
+    rewarm_from = None  # a run started from a weights file re-warms its fresh optimizer
     if args.resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=True)
         if ck["config"] != config:
@@ -105,7 +106,19 @@ def train(args: argparse.Namespace) -> dict:
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         start, log = int(ck["step"]), list(ck["log"])
+        rewarm_from = ck.get("rewarm_from")
         print(f"resumed at step {start}", flush=True)
+    elif args.init_from:  # continue from a weights file (no optimizer state in it)
+        payload = torch.load(args.init_from, map_location=device, weights_only=True)
+        meta = payload["meta"]
+        if meta["config"] != config:
+            raise SystemExit(f"{args.init_from} has network config {meta['config']}, not "
+                             f"{config}; pass the same --net.")
+        net.load_state_dict(payload["state_dict"])
+        start, log = int(meta["steps"]), list(meta.get("loss_log") or [])
+        rewarm_from = start
+        print(f"continuing from {args.init_from} at step {start} (fresh optimizer state, "
+              f"learning rate re-warmed over {args.rewarmup} steps)", flush=True)
     n_params = sum(p.numel() for p in net.parameters())
     print(f"network: {n_params:,} parameters; steps {start}..{args.steps}; seed {args.seed}; "
           f"device {device}; threads {torch.get_num_threads()}", flush=True)
@@ -117,13 +130,15 @@ def train(args: argparse.Namespace) -> dict:
     def checkpoint(step: int) -> None:
         _save_atomic({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
                       "config": config, "log": log, "args": vars(args),
-                      "prior": prior_description()}, ckpt_path)
+                      "rewarm_from": rewarm_from, "prior": prior_description()}, ckpt_path)
 
     step = start
     while step < args.steps:
         theta, x, n = step_batch(args.seed, step, args.tokens, args.queries)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, warmup)
+            if rewarm_from is not None and step - rewarm_from < args.rewarmup:
+                group["lr"] *= (step - rewarm_from + 1) / args.rewarmup
         loss = pretrain_loss(net, theta.to(device), x.to(device), n)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -186,6 +201,11 @@ def main(argv: list[str] | None = None) -> None:
                    help="end the run (with a checkpoint) after this many minutes")
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--init-from", default=None,
+                   help="start from a weights file (e.g. the shipped one) at its recorded step, "
+                        "with a fresh optimizer; with --resume, OUT/checkpoint.pt wins if present")
+    p.add_argument("--rewarmup", type=int, default=100,
+                   help="with --init-from: linear learning-rate warm-up steps (fresh optimizer)")
     p.add_argument("--export", default=None,
                    help="write the weights file from the last checkpoint and exit")
     p.add_argument("--note", default=None,
