@@ -133,7 +133,8 @@ def train(args: argparse.Namespace) -> dict:
                       "rewarm_from": rewarm_from, "prior": prior_description()}, ckpt_path)
 
     step = start
-    while step < args.steps:
+    end = args.steps if args.stop_at is None else min(args.steps, args.stop_at)
+    while step < end:
         theta, x, n = step_batch(args.seed, step, args.tokens, args.queries)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, warmup)
@@ -154,7 +155,7 @@ def train(args: argparse.Namespace) -> dict:
             run_losses = []
         elapsed_min = (time.time() - t0) / 60
         over = args.max_minutes is not None and elapsed_min > args.max_minutes
-        if time.time() - last_ckpt > args.checkpoint_seconds or step == args.steps or over:
+        if time.time() - last_ckpt > args.checkpoint_seconds or step == end or over:
             checkpoint(step)
             last_ckpt = time.time()
             if over:
@@ -200,6 +201,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-minutes", type=float, default=None,
                    help="end the run (with a checkpoint) after this many minutes")
     p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--stop-at", type=int, default=None,
+                   help="end the run at this step (the learning-rate schedule still follows "
+                        "--steps); reproduces a run that --max-minutes ended")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--init-from", default=None,
                    help="start from a weights file (e.g. the shipped one) at its recorded step, "

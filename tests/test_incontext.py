@@ -191,8 +191,8 @@ def test_pretraining_continues_from_a_weights_file(tmp_path):
     main(["--out", str(tmp_path / "a"), "--export", str(tmp_path / "w.pt")])
     meta = json.loads((tmp_path / "w.json").read_text())
     assert meta["steps"] == 4
-    main(["--out", str(tmp_path / "b"), "--steps", "6", "--init-from", str(tmp_path / "w.pt"),
-          "--rewarmup", "4", *common])
+    main(["--out", str(tmp_path / "b"), "--steps", "8", "--stop-at", "6", "--init-from",
+          str(tmp_path / "w.pt"), "--rewarmup", "4", *common])
     ck = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     assert ck["step"] == 6 and ck["rewarm_from"] == 4
     assert [r["step"] for r in ck["log"]][-2:] == [5, 6]  # continued, not restarted at 0
