@@ -160,6 +160,8 @@ def main() -> None:
                         "c2st_mean": round(float(np.mean(sc)), 3)}
             rows.append(row)
             print(json.dumps(row), flush=True)
+            if args.json:  # after every row, so a partial grid is kept
+                Path(args.json).write_text(json.dumps(rows, indent=1))
     print()
     print(f"{'task':18s} {'N':>5s} {'method':10s} {'C2ST':>6s} {'first posterior s':>18s}")
     for row in rows:
