@@ -29,8 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: C2ST of the shipped weights on gaussian_linear reduced to D = d = 3, 500 context
 #: simulations (seed 0), observation simulated at a prior draw with seed 1001, 1,000 samples,
-#: diagnostics.c2st(seed=0). Recorded with estimators/weights/incontext_v1.pt (see its .json).
-RECORDED_C2ST = 0.670
+#: diagnostics.c2st(seed=0). Recorded with estimators/weights/incontext_v1.pt after 5,756
+#: pretraining steps (see its .json; 0.670 with the earlier 1,600-step weights): 0.6685.
+#: Threshold: within 0.05 (torch/BLAS differences between machines move it by a few 0.001).
+RECORDED_C2ST = 0.669
 C2ST_TOLERANCE = 0.05
 
 
