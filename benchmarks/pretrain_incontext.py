@@ -17,6 +17,9 @@ Examples::
     OMP_NUM_THREADS=1 nohup python benchmarks/pretrain_incontext.py --out runs/incontext \\
         --steps 20000 --seed 0 --max-minutes 70 > runs/incontext.log 2>&1 &
     python benchmarks/pretrain_incontext.py --out runs/incontext --steps 20000 --seed 0 --resume
+    # Continue from a weights file (fresh optimizer), ending at a fixed step:
+    OMP_NUM_THREADS=1 python benchmarks/pretrain_incontext.py --out runs/incontext_v2 \
+        --init-from runs/incontext_1600.pt --steps 6000 --stop-at 5756 --seed 0 --lr 5e-4
     # Write the shipped weights from the last checkpoint:
     python benchmarks/pretrain_incontext.py --out runs/incontext --export \\
         estimators/weights/incontext_v1.pt
