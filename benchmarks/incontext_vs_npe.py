@@ -85,6 +85,8 @@ def main() -> None:
     ap.add_argument("--finetune", type=int, nargs="*", default=[],
                     help="also fit with these finetune_steps (e.g. 50)")
     ap.add_argument("--json", help="write all rows to this JSON file")
+    ap.add_argument("--weights", default=None,
+                    help="in-context weights file (default: the shipped one)")
     ap.add_argument("--baselines-only", action="store_true",
                     help="run only (b) and (c) (they do not depend on the weights)")
     ap.add_argument("--baselines-from", metavar="JSON",
@@ -92,6 +94,7 @@ def main() -> None:
                          "seed, observations) instead of training them again")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    weights = {"weights": args.weights} if args.weights else {}
     rows = []
     earlier = {}
     if args.baselines_from:
@@ -110,7 +113,7 @@ def main() -> None:
             if not args.baselines_only:
                 t0 = time.perf_counter()
                 post = fit(problem, (theta, x), method="incontext", detector=False,
-                           seed=args.seed)
+                           seed=args.seed, **weights)
                 t_fit = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 samples = [post.sample((args.num_samples,), x=xo, seed=i)
@@ -124,7 +127,7 @@ def main() -> None:
                 for steps in args.finetune:
                     t0 = time.perf_counter()
                     tuned = fit(problem, (theta, x), method="incontext", detector=False,
-                                seed=args.seed, finetune_steps=steps)
+                                seed=args.seed, finetune_steps=steps, **weights)
                     t_fit = time.perf_counter() - t0
                     sc = [c2st(tuned.sample((args.num_samples,), x=xo, seed=i), r, seed=0)
                           for i, (xo, r) in enumerate(zip(xos, refs))]
@@ -160,6 +163,8 @@ def main() -> None:
                         "c2st_mean": round(float(np.mean(sc)), 3)}
             rows.append(row)
             print(json.dumps(row), flush=True)
+            if args.json:  # after every row, so a partial grid is kept
+                Path(args.json).write_text(json.dumps(rows, indent=1))
     print()
     print(f"{'task':18s} {'N':>5s} {'method':10s} {'C2ST':>6s} {'first posterior s':>18s}")
     for row in rows:

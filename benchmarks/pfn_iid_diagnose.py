@@ -39,12 +39,20 @@ from simulators.gaussian_linear import gaussian_linear, gaussian_linear_posterio
 
 #: Ablation rows: fit options on top of ``n_max=10``. ``old`` is the estimator before
 #: issue 21 (pure prior-quantile borders, always the first ``n`` observations of a set);
-#: ``new`` the current defaults; the other two change one cause each.
+#: ``new`` the current defaults; ``borders``/``subsets`` change one cause each; ``prev`` is
+#: the defaults before the weight average and the ``n`` path (``no-ema``: without the
+#: average only).
 VARIANTS: dict[str, dict[str, Any]] = {
-    "old": {"border_uniform_share": 0.0, "random_subsets": False},
-    "borders": {"border_uniform_share": 0.5, "random_subsets": False},
-    "subsets": {"border_uniform_share": 0.0, "random_subsets": True},
+    "old": {"border_uniform_share": 0.0, "random_subsets": False, "ema_decay": None,
+            "n_tilt": False},
+    "borders": {"border_uniform_share": 0.5, "random_subsets": False, "ema_decay": None,
+                "n_tilt": False},
+    "subsets": {"border_uniform_share": 0.0, "random_subsets": True, "ema_decay": None,
+                "n_tilt": False},
     "new": {},
+    "no-ntilt": {"n_tilt": False},
+    "no-ema": {"ema_decay": None},
+    "prev": {"ema_decay": None, "n_tilt": False},
 }
 SMALL: dict[str, Any] = {"d_model": 32, "num_layers": 2, "num_heads": 2, "ff_features": 64,
                          "learning_rate": 2e-3}

@@ -17,6 +17,9 @@ Examples::
     OMP_NUM_THREADS=1 nohup python benchmarks/pretrain_incontext.py --out runs/incontext \\
         --steps 20000 --seed 0 --max-minutes 70 > runs/incontext.log 2>&1 &
     python benchmarks/pretrain_incontext.py --out runs/incontext --steps 20000 --seed 0 --resume
+    # Continue from a weights file (fresh optimizer), ending at a fixed step:
+    OMP_NUM_THREADS=1 python benchmarks/pretrain_incontext.py --out runs/incontext_v2 \
+        --init-from runs/incontext_1600.pt --steps 6000 --stop-at 5756 --seed 0 --lr 5e-4
     # Write the shipped weights from the last checkpoint:
     python benchmarks/pretrain_incontext.py --out runs/incontext --export \\
         estimators/weights/incontext_v1.pt
@@ -97,6 +100,7 @@ def train(args: argparse.Namespace) -> dict:
     net = InContextNet(config).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     start, log = 0, []
+    rewarm_from = None  # a run started from a weights file re-warms its fresh optimizer
     if args.resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=True)
         if ck["config"] != config:
@@ -105,7 +109,19 @@ def train(args: argparse.Namespace) -> dict:
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         start, log = int(ck["step"]), list(ck["log"])
+        rewarm_from = ck.get("rewarm_from")
         print(f"resumed at step {start}", flush=True)
+    elif args.init_from:  # continue from a weights file (no optimizer state in it)
+        payload = torch.load(args.init_from, map_location=device, weights_only=True)
+        meta = payload["meta"]
+        if meta["config"] != config:
+            raise SystemExit(f"{args.init_from} has network config {meta['config']}, not "
+                             f"{config}; pass the same --net.")
+        net.load_state_dict(payload["state_dict"])
+        start, log = int(meta["steps"]), list(meta.get("loss_log") or [])
+        rewarm_from = start
+        print(f"continuing from {args.init_from} at step {start} (fresh optimizer state, "
+              f"learning rate re-warmed over {args.rewarmup} steps)", flush=True)
     n_params = sum(p.numel() for p in net.parameters())
     print(f"network: {n_params:,} parameters; steps {start}..{args.steps}; seed {args.seed}; "
           f"device {device}; threads {torch.get_num_threads()}", flush=True)
@@ -117,13 +133,16 @@ def train(args: argparse.Namespace) -> dict:
     def checkpoint(step: int) -> None:
         _save_atomic({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
                       "config": config, "log": log, "args": vars(args),
-                      "prior": prior_description()}, ckpt_path)
+                      "rewarm_from": rewarm_from, "prior": prior_description()}, ckpt_path)
 
     step = start
-    while step < args.steps:
+    end = args.steps if args.stop_at is None else min(args.steps, args.stop_at)
+    while step < end:
         theta, x, n = step_batch(args.seed, step, args.tokens, args.queries)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, warmup)
+            if rewarm_from is not None and step - rewarm_from < args.rewarmup:
+                group["lr"] *= (step - rewarm_from + 1) / args.rewarmup
         loss = pretrain_loss(net, theta.to(device), x.to(device), n)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -139,7 +158,7 @@ def train(args: argparse.Namespace) -> dict:
             run_losses = []
         elapsed_min = (time.time() - t0) / 60
         over = args.max_minutes is not None and elapsed_min > args.max_minutes
-        if time.time() - last_ckpt > args.checkpoint_seconds or step == args.steps or over:
+        if time.time() - last_ckpt > args.checkpoint_seconds or step == end or over:
             checkpoint(step)
             last_ckpt = time.time()
             if over:
@@ -185,7 +204,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-minutes", type=float, default=None,
                    help="end the run (with a checkpoint) after this many minutes")
     p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--stop-at", type=int, default=None,
+                   help="end the run at this step (the learning-rate schedule still follows "
+                        "--steps); reproduces a run that --max-minutes ended")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--init-from", default=None,
+                   help="start from a weights file (e.g. the shipped one) at its recorded step, "
+                        "with a fresh optimizer; with --resume, OUT/checkpoint.pt wins if present")
+    p.add_argument("--rewarmup", type=int, default=100,
+                   help="with --init-from: linear learning-rate warm-up steps (fresh optimizer)")
     p.add_argument("--export", default=None,
                    help="write the weights file from the last checkpoint and exit")
     p.add_argument("--note", default=None,

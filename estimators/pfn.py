@@ -38,8 +38,12 @@ the network otherwise needs many steps to build bucket by bucket for sharp poste
 (``border_uniform_share``, so sharp posteriors in the prior's tails are resolved), and a
 fixed offset ``log_prior_mass`` (log prior mass of each bucket) keeps uniform free logits
 equal to the prior. A zero-initialized linear skip from the mean z-scored observation to
-:math:`\mu_d` makes location estimates precise for large ``n``. The free logits keep the
-head fully flexible (multimodal posteriors).
+:math:`\mu_d` makes location estimates precise for large ``n``, and a zero-initialized
+linear map from the ``n`` features to :math:`(\mu_d, \log \beta_d)` (``n_tilt``) lets the
+precision grow like ``n`` (a likelihood of ``n`` iid observations) without passing through
+the transformer: with these two paths one setting of the weights is the exact conjugate
+posterior for every ``n``. The free logits keep the head fully flexible (multimodal
+posteriors).
 
 Blocks are pre-LayerNorm transformer layers whose attention and feed-forward output
 projections start at zero (each block starts as the identity). Observation tokens never
@@ -72,12 +76,14 @@ PFN_DEFAULTS: dict[str, Any] = {
     "num_border_samples": 100_000,
     "border_uniform_share": 0.5,
     "random_subsets": True,
+    "n_tilt": True,
     "embedding": None,
 }
 
 #: Values of the keys added in issue 21 that reproduce models saved before it (their
 #: configs lack these keys): pure prior-quantile borders, prefix subsets in training.
-LEGACY_DEFAULTS: dict[str, Any] = {"border_uniform_share": 0.0, "random_subsets": False}
+LEGACY_DEFAULTS: dict[str, Any] = {"border_uniform_share": 0.0, "random_subsets": False,
+                                   "n_tilt": False}
 
 
 class _Block(nn.Module):
@@ -180,6 +186,9 @@ class PFNEstimator(nn.Module):
         self.tilt_out = nn.Parameter(torch.zeros(d, e, 2))  # (location, log precision)
         self.tilt_bias = nn.Parameter(torch.zeros(d, 2))
         self.tilt_skip = nn.Parameter(torch.zeros(d, x_dim))  # linear skip: mean x -> location
+        # linear skip: (log n, 1/sqrt n, n/n_max) -> (location, log precision); a likelihood
+        # of n iid observations has log precision ~ log n (older model files lack it)
+        self.tilt_n = nn.Parameter(torch.zeros(d, 3, 2)) if cfg["n_tilt"] else None
 
     # ------------------------------------------------------------------ building blocks
     def as_sets(self, x: Tensor) -> Tensor:
@@ -232,6 +241,8 @@ class PFNEstimator(nn.Module):
         h = self.head(self.final_norm(hq))  # (S, B, D, E)
         free = torch.einsum("sbde,dek->sbdk", h, self.head_out) + self.head_bias
         raw = torch.einsum("sbde,dej->sbdj", h, self.tilt_out) + self.tilt_bias
+        if self.tilt_n is not None:
+            raw = raw + torch.einsum("f,dfj->dj", n_feat, self.tilt_n)
         skip = (z_mean @ self.tilt_skip.T).unsqueeze(0).unsqueeze(-1)  # (1, B, D, 1)
         loc, precision = 4.0 * raw[..., :1] + skip, torch.exp(8.0 * raw[..., 1:] - 4.0)
         mids = 0.5 * (self.bar.borders[:, 1:] + self.bar.borders[:, :-1])  # (D, K)

@@ -34,8 +34,11 @@ from sbi_core.training import split_options, train
 
 __all__ = ["build_pfn", "simulate_sets", "fit_pfn", "PFNPosterior", "METHOD"]
 
+#: ``ema_decay``: the posterior uses an exponential moving average of the weights (issue 21:
+#: with the raw weights, step-to-step noise in the predicted location cost C2ST 0.54 -> 0.64
+#: for 10 iid observations on 10-D gaussian_linear; benchmarks/pfn_iid_diagnose.py).
 TRAIN_DEFAULTS: dict[str, Any] = {"batch_size": 64, "learning_rate": 1e-3,
-                                  "stop_after_epochs": 15}
+                                  "stop_after_epochs": 15, "ema_decay": 0.995}
 
 
 def build_pfn(theta: Tensor, x: Tensor, prior: Distribution, **options: Any) -> PFNEstimator:

@@ -29,8 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: C2ST of the shipped weights on gaussian_linear reduced to D = d = 3, 500 context
 #: simulations (seed 0), observation simulated at a prior draw with seed 1001, 1,000 samples,
-#: diagnostics.c2st(seed=0). Recorded with estimators/weights/incontext_v1.pt (see its .json).
-RECORDED_C2ST = 0.670
+#: diagnostics.c2st(seed=0). Recorded with estimators/weights/incontext_v1.pt after 5,756
+#: pretraining steps (see its .json; 0.670 with the earlier 1,600-step weights): 0.6685.
+#: Threshold: within 0.05 (torch/BLAS differences between machines move it by a few 0.001).
+RECORDED_C2ST = 0.669
 C2ST_TOLERANCE = 0.05
 
 
@@ -175,3 +177,30 @@ def test_short_pretraining_from_scratch_lowers_the_loss(tmp_path):
     before = validation_loss(fresh, 3, 4, 800, 16, "cpu")
     after = validation_loss(trained, 3, 4, 800, 16, "cpu")
     assert after < before - 0.1, (before, after)
+
+
+def test_pretraining_continues_from_a_weights_file(tmp_path):
+    """``--init-from`` starts at the file's recorded step with its weights (the shipped
+    weights were continued this way) and re-warms the fresh optimizer's learning rate."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from pretrain_incontext import main
+
+    net_cfg = {"d_model": 32, "ff_features": 64, "num_heads": 2, "ctx_layers": 1,
+               "query_layers": 1, "num_inducing": 4, "num_buckets": 40}
+    common = ["--seed", "3", "--tokens", "400", "--queries", "8", "--net", json.dumps(net_cfg),
+              "--device", "cpu", "--log-every", "1"]
+    main(["--out", str(tmp_path / "a"), "--steps", "4", *common])
+    main(["--out", str(tmp_path / "a"), "--export", str(tmp_path / "w.pt")])
+    meta = json.loads((tmp_path / "w.json").read_text())
+    assert meta["steps"] == 4
+    main(["--out", str(tmp_path / "b"), "--steps", "8", "--stop-at", "6", "--init-from",
+          str(tmp_path / "w.pt"), "--rewarmup", "4", *common])
+    ck = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert ck["step"] == 6 and ck["rewarm_from"] == 4
+    assert [r["step"] for r in ck["log"]][-2:] == [5, 6]  # continued, not restarted at 0
+    state = torch.load(tmp_path / "w.pt", weights_only=True)["state_dict"]
+    assert any(not torch.equal(state[k], v) for k, v in ck["model"].items())  # it trained
+    bad = {**net_cfg, "d_model": 16, "num_heads": 2}
+    with pytest.raises(SystemExit, match="network config"):
+        main(["--out", str(tmp_path / "c"), "--steps", "6", "--init-from",
+              str(tmp_path / "w.pt"), *common[:-4], "--net", json.dumps(bad), "--device", "cpu"])

@@ -155,3 +155,35 @@ def test_trained_iid_model_roundtrips(trained_iid, tmp_path):
     x = torch.zeros(10, 4)
     theta = post.sample((5,), x, seed=0)
     assert torch.allclose(loaded.log_prob(theta, x), post.log_prob(theta, x), atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 10])
+def test_head_represents_the_conjugate_posterior_for_every_n(n):
+    """With the linear paths alone (mean observation -> location, ``log n`` -> log precision,
+    free logits zero) the head is exactly "prior x Gaussian likelihood of n observations":
+    ONE setting of the weights gives the analytic posterior for n = 1 and n = 10 (without
+    ``n_tilt`` the precision's n-dependence had to pass through the transformer)."""
+    torch.manual_seed(0)
+    problem = gaussian_linear(3)
+    theta = problem.prior.sample((2000,))
+    est = build_pfn(theta, problem.simulator(theta), problem.prior, **SMALL)
+    assert est.tilt_n is not None
+    with torch.no_grad():
+        ratio = est.x_std / est.theta_std  # z-scored mean x -> standardized theta
+        est.tilt_skip.copy_(torch.diag(ratio))
+        est.tilt_bias[:, 0] = (est.x_mean - est.theta_mean) / est.theta_std / 4
+        # likelihood precision n * var(theta) / (2 * 0.1) in standardized units: n / 2
+        var_ratio = est.theta_std ** 2 / 0.1
+        est.tilt_bias[:, 1] = (4 + torch.log(var_ratio / 2)) / 8
+        est.tilt_n[:, 0, 1] = 1 / 8  # n_feat[0] = log n
+    gen = torch.Generator().manual_seed(n)
+    x_o = 0.5 + math.sqrt(0.1) * torch.randn(n, 3, generator=gen)
+    post = gaussian_linear_posterior(x_o)
+    samples = est.sample(4000, x_o[None])[:, 0]
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        ref = post.sample((4000,)).float()
+    sd = post.covariance_matrix.diagonal().sqrt().float()
+    assert ((samples.mean(0) - post.mean.float()).abs() / sd).max() < 0.1
+    assert ((samples.std(0) / sd - 1).abs()).max() < 0.06
+    assert c2st(samples, ref, seed=0) < 0.53
