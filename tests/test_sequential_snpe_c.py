@@ -1,0 +1,82 @@
+"""SNPE-C in run_sequential: per-proposal atoms (the plain NPE loss on prior rows, atoms from
+the row's own round otherwise), and the comparison with amortized NPE on two_moons."""
+
+import pytest
+import torch
+
+import simulators
+from estimators.apt import apt_loss, apt_round_loss
+from estimators.npe import build_npe
+from sbi_core.priors import box_uniform
+from sbi_core.sequential import _ProposalBatches, _RoundBatches, run_sequential
+from sbi_core.simulation_set import SimulationSet
+
+TINY = {"max_epochs": 15, "hidden_features": 16, "num_transforms": 2}
+
+
+def _sims(n_rounds=3, per_round=50, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    theta = torch.rand(n_rounds * per_round, 2, generator=g) * 2 - 1
+    x = theta + 0.1 * torch.randn(theta.shape, generator=g)
+    valid = torch.ones(len(theta), dtype=torch.bool)
+    valid[7] = False  # an invalid row is dropped, as in _RoundBatches
+    return SimulationSet(theta, x, valid, {})
+
+
+def test_proposal_batches_hold_one_round_each_with_the_same_split():
+    sims = _sims()
+    plain = _RoundBatches(sims, 50, 0.1, seed=3, device="cpu")
+    per = _ProposalBatches(sims, 50, 0.1, seed=3, device="cpu")
+    assert torch.equal(per.theta_tr[:, :2], plain.theta_tr)       # same rows, same split
+    assert torch.equal(per.theta_va[:, :2], plain.theta_va)
+    assert per.theta_tr.shape == (plain.num_train, 3)
+    rows = {}
+    for theta, _x in per.epoch(torch.Generator().manual_seed(0), batch_size=16):
+        ids = theta[:, -1]
+        assert bool((ids == ids[0]).all()), "a minibatch mixes proposals"
+        k = int(ids[0])
+        # the id is the round of the row (0: round 1, the prior)
+        truth = sims.theta[50 * k:50 * (k + 1)]
+        assert all(any(torch.equal(t, u) for u in truth) for t in theta[:, :2])
+        rows[k] = rows.get(k, 0) + len(theta)
+    assert sum(rows.values()) == plain.num_train and sorted(rows) == [0, 1, 2]
+    val = list(per.validation())
+    assert [int(t[0, -1]) for t, _ in val] == [0, 1, 2]
+    assert sum(len(t) for t, _ in val) == plain.num_validation
+
+
+def test_round_loss_is_npe_loss_on_prior_rows_and_atomic_on_later_rows():
+    prior = box_uniform([-1.0, -1.0], [1.0, 1.0])
+    theta, x = prior.sample((40,)), torch.randn(40, 2)
+    est = build_npe(theta, x, prior, **{k: v for k, v in TINY.items() if k != "max_epochs"})
+    est.eval()
+    loss = apt_round_loss(prior, num_atoms=5)
+    zeros, ones = torch.zeros(40, 1), torch.ones(40, 1)
+    with torch.no_grad():
+        assert torch.allclose(loss(est, torch.cat([theta, zeros], 1), x),
+                              -est.log_prob(theta, x))
+        # evaluation mode: apt_loss draws its atoms from a fixed seed, so both agree exactly
+        assert torch.allclose(loss(est, torch.cat([theta, ones], 1), x),
+                              apt_loss(prior, 5)(est, theta, x))
+    with pytest.raises(ValueError, match="one proposal"):
+        loss(est, torch.cat([theta, torch.cat([zeros[:20], ones[:20]])], 1), x)
+
+
+@pytest.mark.parametrize("options", [{}, {"apt_loss": "atomic_batch"}, {"warm_start": False},
+                                     {"flow": "mdn"}, {"flow": "mdn", "warm_start": False}])
+def test_snpe_c_runs_with_each_scheme(options):
+    problem = simulators.get_problem("two_moons")
+    x_o = problem.observation(1)
+    post, hist = run_sequential(problem, x_o, method="snpe_c", rounds=2, sims_per_round=100,
+                                seed=0, progress=False, detector=False, **TINY, **options)
+    assert [h.proposal for h in hist] == ["prior", "posterior"]
+    s = post.sample((200,), x=x_o, seed=0)
+    assert s.shape == (200, 2) and bool(torch.isfinite(s).all())
+    assert bool(((s >= -1) & (s <= 1)).all())
+
+
+def test_bad_apt_loss_is_a_clear_error():
+    problem = simulators.get_problem("two_moons")
+    with pytest.raises(ValueError, match="apt_loss must be one of"):
+        run_sequential(problem, problem.observation(1), method="snpe_c", rounds=2,
+                       sims_per_round=100, apt_loss="rows")
