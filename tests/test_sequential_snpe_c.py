@@ -80,3 +80,47 @@ def test_bad_apt_loss_is_a_clear_error():
     with pytest.raises(ValueError, match="apt_loss must be one of"):
         run_sequential(problem, problem.observation(1), method="snpe_c", rounds=2,
                        sims_per_round=100, apt_loss="rows")
+
+
+def test_mdn_round_loss_is_npe_loss_on_prior_rows_and_exact_on_later_rows():
+    from estimators.apt_mdn import (
+        apt_mdn_round_loss,
+        mdn_components,
+        mdn_proposal,
+        proposal_posterior_log_prob,
+    )
+
+    prior = box_uniform([-1.0, -1.0], [1.0, 1.0])
+    theta, x = prior.sample((30,)), torch.randn(30, 2)
+    est = build_npe(theta, x, prior, flow="mdn", hidden_features=16, num_components=3).eval()
+    prop = mdn_proposal(est, torch.zeros(2))
+    loss = apt_mdn_round_loss(prior, {1: prop})
+    with torch.no_grad():
+        zeros, ones = torch.zeros(30, 1), torch.ones(30, 1)
+        assert torch.allclose(loss(est, torch.cat([theta, zeros], 1), x),
+                              -est.log_prob(theta, x))
+        want = -proposal_posterior_log_prob(theta, *mdn_components(est, x), prop, prior)
+        assert torch.allclose(loss(est, torch.cat([theta, ones], 1), x), want)
+        with pytest.raises(ValueError, match="No proposal"):
+            loss(est, torch.cat([theta, 2 * ones], 1), x)
+
+
+def test_mdn_snpe_c_resumes_to_the_identical_posterior(tmp_path):
+    """The non-atomic loss needs every earlier round's proposal; a resumed run rebuilds them
+    from the saved round models and ends with the same weights."""
+    problem = simulators.get_problem("two_moons")
+    x_o = problem.observation(1)
+    kw = dict(method="snpe_c", rounds=3, sims_per_round=100, seed=2, chunk_size=50,
+              progress=False, detector=False, flow="mdn", max_epochs=10, hidden_features=16)
+    full, hist = run_sequential(problem, x_o, store=tmp_path / "full.zarr", **kw)
+    assert full.problem_spec["sequential"]["method"] == "snpe_c"
+
+    def stop(rec):
+        if rec.round == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sequential(problem, x_o, store=tmp_path / "a.zarr", on_round=stop, **kw)
+    resumed, _ = run_sequential(problem, x_o, store=tmp_path / "a.zarr", resume=True, **kw)
+    a, b = full.estimator.state_dict(), resumed.estimator.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
