@@ -124,3 +124,22 @@ def test_mdn_snpe_c_resumes_to_the_identical_posterior(tmp_path):
     resumed, _ = run_sequential(problem, x_o, store=tmp_path / "a.zarr", resume=True, **kw)
     a, b = full.estimator.state_dict(), resumed.estimator.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_run_snpe_c_with_flow_mdn(tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    from sbi_core.cli.main import main
+    from sbi_core.serialization import load
+
+    problem = simulators.get_problem("two_moons")
+    xfile, model = tmp_path / "x.csv", tmp_path / "m.pt"
+    np.savetxt(xfile, problem.observation(1).numpy()[None], delimiter=",")
+    assert main(["run", "two_moons", "--x", str(xfile), "--method", "snpe_c", "--flow", "mdn",
+                 "--rounds", "2", "--sims-per-round", "100", "--max-epochs", "5",
+                 "--out", str(model), "--quiet"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["total_simulations"] == 200
+    assert load(model, prior=problem.prior).estimator.config["flow"] == "mdn"
