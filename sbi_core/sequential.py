@@ -365,20 +365,19 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
         restrict: also learn where the simulator fails (``estimators.restriction``) and
             propose only where it is predicted to succeed (tsnpe, snpe_c).
         num_atoms: SNPE-C's atomic loss.
-        apt_loss: SNPE-C's loss in rounds after the first. ``"atomic"``: round-1 (prior)
-            rows get the plain NPE loss, each later round's rows the atomic loss with atoms
-            from the same round (``estimators.apt.apt_round_loss``); ``"mdn"``: the
-            non-atomic loss (``estimators.apt_mdn.apt_mdn_round_loss``, exact, all rounds'
-            rows; needs ``flow="mdn"`` and a Gaussian or box prior); ``"atomic_batch"``:
-            sbi's scheme, the atomic loss on all rows with atoms from the pooled minibatch;
-            ``"auto"`` (default): ``"mdn"`` where it applies, else ``"atomic"``. At small
-            budgets ``flow="mdn"`` is the strong choice (docs/sequential.md, "SNPE-C at
-            small budgets").
+        apt_loss: SNPE-C's loss in rounds after the first. ``"mdn"``: the exact non-atomic
+            loss on all rounds' rows (``estimators.apt_mdn.apt_mdn_round_loss``: plain NPE
+            loss on prior rows, the proposal posterior's density on later rows; needs
+            ``flow="mdn"`` and a Gaussian or box prior); ``"atomic"``: the atomic loss on all
+            rows with atoms from the pooled minibatch (as sbi); ``"atomic_proposal"``: the
+            plain NPE loss on round-1 rows and atoms from the row's own round otherwise
+            (``estimators.apt.apt_round_loss``); ``"auto"`` (default): ``"mdn"`` where it
+            applies, else ``"atomic"``. At small budgets ``flow="mdn"`` is the strong choice
+            (docs/sequential.md, "SNPE-C at small budgets").
         warm_start: rounds after the first continue training the previous round's estimator
             on all simulations (default, as sbi does; its z-scoring stays that of round 1);
             ``False`` trains a fresh estimator each round (SNPE-C with
-            ``apt_loss="atomic_batch"`` always continues: atomic-only training from scratch
-            leaks).
+            ``apt_loss="atomic"`` always continues: atomic-only training from scratch leaks).
         warm_lr_factor: continued rounds train with ``warm_lr_factor`` times the learning
             rate (default 1: unchanged). A fresh Adam optimizer's first steps move every weight by
             about the learning rate whatever the gradient's size; from converged weights at
@@ -439,7 +438,7 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
                 "chunk_size": int(chunk), "restrict": bool(restrict), "problem": problem.name,
                 "warm_start": bool(warm_start), "warm_lr_factor": float(warm_lr_factor),
                 "fit_options": _plain_options(fit_options)}
-    if method == "snpe_c":
+    if method == "snpe_c" and apt_loss != "atomic":  # stores of earlier versions: "atomic"
         settings["apt_loss"] = apt_loss
     state = _RunState(Path(store) if store is not None else None, settings)
     state.load(resume)
@@ -648,7 +647,7 @@ def _propose(problem: Problem, posterior: Posterior | None, x_o: Tensor, method:
 def _resolve_apt_loss(apt_loss: str, method: str, problem: Problem,
                       fit_options: dict[str, Any]) -> str:
     """The concrete SNPE-C loss for ``apt_loss`` (see :func:`run_sequential`)."""
-    choices = ("auto", "atomic", "mdn", "atomic_batch")
+    choices = ("auto", "mdn", "atomic", "atomic_proposal")
     if apt_loss not in choices:
         raise ValueError(f"apt_loss must be one of {', '.join(choices)}; got {apt_loss!r}.")
     if method != "snpe_c":
@@ -696,7 +695,7 @@ def _train_round(problem: Problem, sims: Any, method: str, base_method: str, r: 
     config, est_options = split_options({**m.training_defaults(fit_options), **fit_options,
                                          "seed": tseed})
     torch.manual_seed(tseed)
-    per_proposal = method == "snpe_c" and apt_loss in ("atomic", "mdn")
+    per_proposal = method == "snpe_c" and apt_loss in ("atomic_proposal", "mdn")
     if per_proposal and not warm_start:
         # a fresh estimator (z-scored on all rounds) trained from scratch: the prior rows'
         # NPE loss anchors it, so it does not leak as a fresh atomic-only estimator does

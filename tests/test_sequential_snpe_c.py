@@ -62,7 +62,8 @@ def test_round_loss_is_npe_loss_on_prior_rows_and_atomic_on_later_rows():
         loss(est, torch.cat([theta, torch.cat([zeros[:20], ones[:20]])], 1), x)
 
 
-@pytest.mark.parametrize("options", [{}, {"apt_loss": "atomic_batch"}, {"warm_start": False},
+@pytest.mark.parametrize("options", [{}, {"apt_loss": "atomic_proposal"},
+                                     {"apt_loss": "atomic_proposal", "warm_start": False},
                                      {"flow": "mdn"}, {"flow": "mdn", "warm_start": False}])
 def test_snpe_c_runs_with_each_scheme(options):
     problem = simulators.get_problem("two_moons")
