@@ -13,8 +13,11 @@ proposal's components: precision ``P_kl = P_k + P_l - P_0`` and
 ``P_kl mu_kl = P_k mu_k + P_l mu_l - P_0 mu_0`` (``P_0 = 0`` for a uniform prior), and
 weight ``alpha_k beta_l c_kl`` with the closed-form normalizer ``c_kl``. The loss is the
 exact ``-log q~(theta_i | x_i)`` on simulations drawn from that proposal: no atoms, no
-leakage within the Gaussian model. As in sbi it trains on the latest round only (rows from
-one proposal), and a box prior's truncation is ignored (its density is constant inside).
+leakage within the Gaussian model. :func:`train_apt_mdn` trains, as in sbi, on the latest
+round only (rows from one proposal); :func:`apt_mdn_round_loss` (what
+``run_sequential(..., method="snpe_c", flow="mdn")`` uses) trains on all rounds, each row
+under its own round's proposal and prior rows with the plain NPE loss. A box prior's
+truncation is ignored (its density is constant inside).
 
 Everything is computed in parameter space (the MDN's z-scoring is an affine map of each
 component), in float64.

@@ -12,7 +12,9 @@ Methods (``run_sequential(..., method=...)``):
   ``∝ prior density``, then the HPR test). The result stays an ordinary amortized NPE
   inside the region, valid as long as no round cut off true posterior mass.
 - ``"snpe_c"`` (APT, Greenberg et al. 2019): proposals from the current posterior; later
-  rounds retrain with the atomic loss (``estimators.apt.train_apt``).
+  rounds retrain on all rounds' simulations with the atomic loss
+  (``estimators.apt.train_apt``), or, with ``flow="mdn"``, with the exact non-atomic loss
+  (``estimators.apt_mdn.apt_mdn_round_loss``; the strong choice at small budgets).
 - ``"snle"`` / ``"snre"``: proposals from the current MCMC posterior; the likelihood (ratio)
   estimator is refit on all rounds' simulations (their losses stay valid under any
   proposal).
