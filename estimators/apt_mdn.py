@@ -13,8 +13,11 @@ proposal's components: precision ``P_kl = P_k + P_l - P_0`` and
 ``P_kl mu_kl = P_k mu_k + P_l mu_l - P_0 mu_0`` (``P_0 = 0`` for a uniform prior), and
 weight ``alpha_k beta_l c_kl`` with the closed-form normalizer ``c_kl``. The loss is the
 exact ``-log q~(theta_i | x_i)`` on simulations drawn from that proposal: no atoms, no
-leakage within the Gaussian model. As in sbi it trains on the latest round only (rows from
-one proposal), and a box prior's truncation is ignored (its density is constant inside).
+leakage within the Gaussian model. :func:`train_apt_mdn` trains, as in sbi, on the latest
+round only (rows from one proposal); :func:`apt_mdn_round_loss` (what
+``run_sequential(..., method="snpe_c", flow="mdn")`` uses) trains on all rounds, each row
+under its own round's proposal and prior rows with the plain NPE loss. A box prior's
+truncation is ignored (its density is constant inside).
 
 Everything is computed in parameter space (the MDN's z-scoring is an affine map of each
 component), in float64.
@@ -40,7 +43,7 @@ from sbi_core.priors import BoxUniform
 from sbi_core.training import TrainConfig, TrainingHistory, train
 
 __all__ = ["mdn_proposal", "mdn_components", "proposal_posterior_log_prob", "apt_mdn_loss",
-           "train_apt_mdn"]
+           "apt_mdn_round_loss", "train_apt_mdn", "supports_apt_mdn"]
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -178,3 +181,43 @@ def train_apt_mdn(estimator: nn.Module, theta: Tensor, x: Tensor, prior: Distrib
     return train(estimator, torch.as_tensor(theta, dtype=torch.float32),
                  torch.as_tensor(x, dtype=torch.float32), config or TrainConfig(),
                  loss_fn=apt_mdn_loss(prior, proposal))
+
+
+def supports_apt_mdn(options: dict, prior: Distribution) -> bool:
+    """Whether NPE estimator ``options`` (``flow``, ``theta_transform``) and ``prior`` allow
+    the non-atomic loss: an MDN without a θ transform, a Gaussian or box-uniform prior."""
+    if options.get("flow") != "mdn" or options.get("theta_transform") is not None:
+        return False
+    try:
+        _prior_parts(prior, int(prior.event_shape[0]))
+    except ValueError:
+        return False
+    return True
+
+
+def apt_mdn_round_loss(prior: Distribution, proposals: dict[int, Distribution]
+                       ) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
+    """The non-atomic loss on all rounds' rows, for minibatches of one proposal each
+    (``sbi_core.sequential``'s per-round batches): ``theta`` ``(B, D + 1)`` carries the
+    proposal id last; id 0 (the prior) gets the plain NPE loss ``-log q(θ|x)``, id ``k`` the
+    exact ``-log q~(θ|x)`` under ``proposals[k]`` (a Gaussian mixture, e.g.
+    :func:`mdn_proposal` of round ``k``'s estimator). Unlike :func:`train_apt_mdn` (latest
+    round only, as in sbi), no simulation is dropped: every term is minimized by the true
+    posterior."""
+    for prop in proposals.values():
+        _proposal_parts(prop)
+
+    def loss_fn(estimator: nn.Module, theta: Tensor, x: Tensor) -> Tensor:
+        group, theta = theta[:, -1], theta[:, :-1]
+        if not bool((group == group[0]).all()):
+            raise ValueError("apt_mdn_round_loss needs minibatches whose rows come from one "
+                             "proposal (the last theta column is the proposal id).")
+        k = int(group[0])
+        if k == 0:
+            return -estimator.log_prob(theta, x)
+        if k not in proposals:
+            raise ValueError(f"No proposal was given for proposal id {k}.")
+        logw, loc, tril = mdn_components(estimator, x)
+        return -proposal_posterior_log_prob(theta, logw, loc, tril, proposals[k], prior)
+
+    return loss_fn

@@ -12,7 +12,9 @@ Methods (``run_sequential(..., method=...)``):
   ``∝ prior density``, then the HPR test). The result stays an ordinary amortized NPE
   inside the region, valid as long as no round cut off true posterior mass.
 - ``"snpe_c"`` (APT, Greenberg et al. 2019): proposals from the current posterior; later
-  rounds retrain with the atomic loss (``estimators.apt.train_apt``).
+  rounds retrain on all rounds' simulations with the atomic loss
+  (``estimators.apt.train_apt``), or, with ``flow="mdn"``, with the exact non-atomic loss
+  (``estimators.apt_mdn.apt_mdn_round_loss``; the strong choice at small budgets).
 - ``"snle"`` / ``"snre"``: proposals from the current MCMC posterior; the likelihood (ratio)
   estimator is refit on all rounds' simulations (their losses stay valid under any
   proposal).
@@ -340,7 +342,7 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
                    store: str | os.PathLike | None = None, resume: bool = False, *,
                    epsilon: float = 1e-4, num_threshold_samples: int = 20_000,
                    min_prior_acceptance: float = 0.01, restrict: bool = False,
-                   num_atoms: int = 10, warm_start: bool = True,
+                   num_atoms: int = 10, apt_loss: str = "auto", warm_start: bool = True,
                    warm_lr_factor: float = 1.0, workers: int = 1,
                    chunk_size: int | None = None,
                    timeout: float | None = None, progress: bool | None = None,
@@ -365,9 +367,19 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
         restrict: also learn where the simulator fails (``estimators.restriction``) and
             propose only where it is predicted to succeed (tsnpe, snpe_c).
         num_atoms: SNPE-C's atomic loss.
+        apt_loss: SNPE-C's loss in rounds after the first. ``"mdn"``: the exact non-atomic
+            loss on all rounds' rows (``estimators.apt_mdn.apt_mdn_round_loss``: plain NPE
+            loss on prior rows, the proposal posterior's density on later rows; needs
+            ``flow="mdn"`` and a Gaussian or box prior); ``"atomic"``: the atomic loss on all
+            rows with atoms from the pooled minibatch (as sbi); ``"atomic_proposal"``: the
+            plain NPE loss on round-1 rows and atoms from the row's own round otherwise
+            (``estimators.apt.apt_round_loss``); ``"auto"`` (default): ``"mdn"`` where it
+            applies, else ``"atomic"``. At small budgets ``flow="mdn"`` is the strong choice
+            (docs/sequential.md, "SNPE-C at small budgets").
         warm_start: rounds after the first continue training the previous round's estimator
             on all simulations (default, as sbi does; its z-scoring stays that of round 1);
-            ``False`` trains a fresh estimator each round. SNPE-C always continues.
+            ``False`` trains a fresh estimator each round (SNPE-C with
+            ``apt_loss="atomic"`` always continues: atomic-only training from scratch leaks).
         warm_lr_factor: continued rounds train with ``warm_lr_factor`` times the learning
             rate (default 1: unchanged). A fresh Adam optimizer's first steps move every weight by
             about the learning rate whatever the gradient's size; from converged weights at
@@ -408,6 +420,7 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
     if not 0.0 < warm_lr_factor <= 1.0:
         raise ValueError(f"warm_lr_factor must be in (0, 1], got {warm_lr_factor}; 1 continues "
                          "at the full learning rate.")
+    apt_loss = _resolve_apt_loss(apt_loss, method, problem, fit_options)
     if restrict and method not in ("tsnpe", "snpe_c"):
         raise ValueError(f"restrict=True applies to tsnpe and snpe_c, not {method!r}: "
                          "NLE/NRE need the invalid simulations' factor P(valid | θ) (see "
@@ -427,6 +440,8 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
                 "chunk_size": int(chunk), "restrict": bool(restrict), "problem": problem.name,
                 "warm_start": bool(warm_start), "warm_lr_factor": float(warm_lr_factor),
                 "fit_options": _plain_options(fit_options)}
+    if method == "snpe_c" and apt_loss != "atomic":  # stores of earlier versions: "atomic"
+        settings["apt_loss"] = apt_loss
     state = _RunState(Path(store) if store is not None else None, settings)
     state.load(resume)
     verbose = show_progress(progress)
@@ -436,9 +451,14 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
     posterior: Posterior | None = None
     restricted = None
     thetas: list[Tensor] = []
+    proposals: dict[int, Any] = {}  # apt_loss="mdn": round r's proposal under id r - 1
     all_sims = None
     for r in range(1, rounds + 1):
         t_round = time.perf_counter()
+        if apt_loss == "mdn" and posterior is not None:
+            from estimators.apt_mdn import mdn_proposal
+
+            proposals[r - 1] = mdn_proposal(posterior.estimator, x_o)
         done = state.rounds[r - 1] if r <= len(state.rounds) else None
         model_file = state.path("model", r)
         if done is not None and model_file is not None and model_file.exists():
@@ -489,7 +509,8 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
         t1 = time.perf_counter()
         posterior = _train_round(problem, all_sims, method, base_method, r, posterior,
                                  _round_seed(seed, r, 1), train_apt, num_atoms, fit_options, fit,
-                                 warm_start, sims_per_round, seed, warm_lr_factor)
+                                 warm_start, sims_per_round, seed, warm_lr_factor,
+                                 apt_loss, proposals)
         train_seconds = time.perf_counter() - t1
         if fit_restriction is not None:
             restricted = fit_restriction(problem.prior, all_sims.theta, all_sims.valid,
@@ -625,6 +646,26 @@ def _propose(problem: Problem, posterior: Posterior | None, x_o: Tensor, method:
     return theta, {"proposal": "posterior", "acceptance": acc, "prior_mass": None}
 
 
+def _resolve_apt_loss(apt_loss: str, method: str, problem: Problem,
+                      fit_options: dict[str, Any]) -> str:
+    """The concrete SNPE-C loss for ``apt_loss`` (see :func:`run_sequential`)."""
+    choices = ("auto", "mdn", "atomic", "atomic_proposal")
+    if apt_loss not in choices:
+        raise ValueError(f"apt_loss must be one of {', '.join(choices)}; got {apt_loss!r}.")
+    if method != "snpe_c":
+        return apt_loss
+    from estimators.apt_mdn import supports_apt_mdn
+
+    mdn_ok = supports_apt_mdn(fit_options, problem.prior)
+    if apt_loss == "mdn" and not mdn_ok:
+        raise ValueError("apt_loss='mdn' (the non-atomic SNPE-C loss) needs flow='mdn' without "
+                         "theta_transform and a Gaussian or box-uniform prior; pass flow='mdn' "
+                         "or use apt_loss='atomic'.")
+    if apt_loss == "auto":
+        return "mdn" if mdn_ok else "atomic"
+    return apt_loss
+
+
 def _float(v: Any) -> float | None:
     return None if v is None else float(v)
 
@@ -643,7 +684,9 @@ def _train_round(problem: Problem, sims: Any, method: str, base_method: str, r: 
                  previous: Posterior | None, tseed: int, train_apt: Any, num_atoms: int,
                  fit_options: dict[str, Any], fit: Callable[..., Posterior],
                  warm_start: bool = False, sims_per_round: int = 1,
-                 run_seed: int = 0, warm_lr_factor: float = 1.0) -> Posterior:
+                 run_seed: int = 0, warm_lr_factor: float = 1.0,
+                 apt_loss: str = "atomic", proposals: dict[int, Any] | None = None
+                 ) -> Posterior:
     if r == 1 or not (method == "snpe_c" or warm_start):
         return fit(problem, sims, method=base_method, seed=tseed, **fit_options)
     from sbi_core.methods import get_method
@@ -651,21 +694,38 @@ def _train_round(problem: Problem, sims: Any, method: str, base_method: str, r: 
 
     m = get_method(base_method)
     theta, x = sims.training_data()
-    config, _ = split_options({**m.training_defaults(fit_options), **fit_options, "seed": tseed})
-    config = replace(config, learning_rate=config.learning_rate * warm_lr_factor)
+    config, est_options = split_options({**m.training_defaults(fit_options), **fit_options,
+                                         "seed": tseed})
     torch.manual_seed(tseed)
-    estimator = previous.estimator
+    per_proposal = method == "snpe_c" and apt_loss in ("atomic_proposal", "mdn")
+    if per_proposal and not warm_start:
+        # a fresh estimator (z-scored on all rounds) trained from scratch: the prior rows'
+        # NPE loss anchors it, so it does not leak as a fresh atomic-only estimator does
+        est_options.pop("detector", None)
+        estimator = m.build(theta, x, problem.prior, **est_options)
+    else:
+        config = replace(config, learning_rate=config.learning_rate * warm_lr_factor)
+        estimator = previous.estimator
     # each round's validation rows stay validation rows: rows the estimator trained on in
     # earlier rounds would make the validation loss optimistic and stop on the wrong epoch
-    batches = _RoundBatches(sims, sims_per_round, config.validation_fraction, run_seed,
-                            config.device)
+    batches = (_ProposalBatches if per_proposal else _RoundBatches)(
+        sims, sims_per_round, config.validation_fraction, run_seed, config.device)
     if method != "snpe_c":  # warm start: continue the previous round's estimator, plain loss
         hist = train(estimator, batches, None, config, loss_fn=m.loss_fn)
         return m.make_posterior(estimator, problem.prior, problem.spec(), hist.to_dict(),
                                 **dict(getattr(previous, "config", {}) or {}))
     # The atomic loss needs no proposal density (the atoms cancel it), hence None.
-    hist = train_apt(estimator, theta, x, problem.prior, None, config, num_atoms=num_atoms,
-                     batches=batches if _APT_FIXED_SPLIT else None)
+    if apt_loss == "mdn":
+        from estimators.apt_mdn import apt_mdn_round_loss
+
+        hist = train(estimator, batches, None, config,
+                     loss_fn=apt_mdn_round_loss(problem.prior, proposals or {}))
+    elif per_proposal:
+        hist = train_apt(estimator, theta, x, problem.prior, None, config, num_atoms=num_atoms,
+                         batches=batches, per_proposal=True)
+    else:
+        hist = train_apt(estimator, theta, x, problem.prior, None, config, num_atoms=num_atoms,
+                         batches=batches if _APT_FIXED_SPLIT else None)
     return m.make_posterior(estimator, problem.prior, problem.spec(), hist.to_dict())
 
 
@@ -698,6 +758,36 @@ class _RoundBatches(_TensorBatches):  # epoch() and validation() come from the b
         self.theta_va, self.x_va = theta[va].to(dev), x[va].to(dev)
         self.num_train, self.num_validation = len(tr), len(va)
         self.device = dev
+        self.rows_tr, self.rows_va = tr, va
+
+
+class _ProposalBatches(_RoundBatches):
+    """:class:`_RoundBatches` (same split) whose minibatches each hold one round's rows, θ
+    carrying the round's proposal id as a last column (0: round 1, the prior): the input of
+    ``estimators.apt.apt_round_loss`` (plain NPE loss on prior rows, atoms from the row's own
+    proposal otherwise)."""
+
+    def __init__(self, sims: Any, per_round: int, fraction: float, seed: int, device: str):
+        super().__init__(sims, per_round, fraction, seed, device)
+        self.group_tr = self.rows_tr // per_round
+        self.group_va = self.rows_va // per_round
+        self.theta_tr = torch.cat([self.theta_tr, self.group_tr[:, None].to(self.theta_tr)], 1)
+        self.theta_va = torch.cat([self.theta_va, self.group_va[:, None].to(self.theta_va)], 1)
+
+    def epoch(self, generator: torch.Generator, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        batches: list[Tensor] = []
+        for k in torch.unique(self.group_tr).tolist():
+            idx = (self.group_tr == k).nonzero().flatten()
+            idx = idx[torch.randperm(len(idx), generator=generator)]
+            batches += list(torch.tensor_split(idx, max(len(idx) // batch_size, 1)))
+        for b in torch.randperm(len(batches), generator=generator).tolist():
+            idx = batches[b].to(self.device)
+            yield self.theta_tr[idx], self.x_tr[idx]
+
+    def validation(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for k in torch.unique(self.group_va).tolist():
+            idx = (self.group_va == k).nonzero().flatten().to(self.device)
+            yield self.theta_va[idx], self.x_va[idx]
 
 
 def _concat(a: Any, b: Any) -> Any:

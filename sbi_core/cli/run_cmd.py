@@ -44,6 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=positive_int, default=1, help="simulation processes")
     p.add_argument("--timeout", type=positive_float,
                    help="seconds one simulation chunk may run (recorded invalid past it)")
+    p.add_argument("--flow", help="density estimator of tsnpe/snpe_c (fmaf, nsf, mdn, ...); "
+                   "snpe_c with mdn trains with the exact non-atomic loss, the strong choice at "
+                   "small budgets (docs/sequential.md)")
     p.add_argument("--max-epochs", type=positive_int)
     p.add_argument("--max-seconds", type=positive_float, help="wall-time cap per round's training")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -76,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
                          "for one observation x_o (one row). For many observations train an "
                          "amortized posterior with `sbi-core simulate` + `sbi-core train`.")
     options = {k: v for k, v in {"max_epochs": args.max_epochs, "max_seconds": args.max_seconds,
-                                 "device": args.device}.items() if v is not None}
+                                 "device": args.device, "flow": args.flow}.items()
+               if v is not None}
     result = run_sequential(problem, xs[0], method=args.method, rounds=args.rounds,
                             sims_per_round=args.sims_per_round, seed=args.seed,
                             store=args.store, resume=args.resume, epsilon=args.epsilon,
