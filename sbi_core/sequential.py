@@ -62,10 +62,14 @@ SEQUENTIAL_METHODS = {"tsnpe": "npe", "snpe_c": "npe", "snle": "nle", "snre": "n
 #: default x tolerance of :func:`check_observation` in training-x standard deviations.
 X_TOLERANCE = 4.0
 _STATE = "_sequential"
-#: early-stopping patience (epochs) of every round of tsnpe / snle / snre (``round_patience``);
-#: the one-shot presets use up to 40, but a round only has to be good enough to propose from
-#: and the next round continues from it (benchmarks/RESULTS.md, issue 17 efficiency curves).
+#: early-stopping patience (epochs) of the continued rounds of tsnpe / snle / snre
+#: (``round_patience``); round 1 keeps the method's (the accurate NPE preset: 40). A continued
+#: round starts from the previous round's weights (benchmarks/RESULTS.md, issue 17 curves).
 ROUND_PATIENCE = 20
+#: continued rounds before the last draw ``max(MIN_EPOCH_ROWS, round_epoch_size *
+#: sims_per_round)`` of all rounds' training rows per epoch (``round_epoch_size``); the last
+#: round takes full passes. Below this many rows an epoch is a full pass (small budgets).
+MIN_EPOCH_ROWS = 2000
 #: MCMC settings for SNLE / SNRE proposals (``proposal_mcmc``): any proposal keeps their losses
 #: valid, so the proposal draws skip the ESS-driven extra thinning and use a shorter warm-up
 #: than the final posterior's sampling.
@@ -655,16 +659,16 @@ def _propose(problem: Problem, posterior: Posterior | None, x_o: Tensor, method:
 
 def _round_options(method: str, fit_options: dict[str, Any], epoch_size: float | None,
                    patience: int | None, sims_per_round: int) -> dict[str, Any]:
-    """Training settings the sequential rounds add to the method's (tsnpe, snle, snre; SNPE-C
-    keeps its own): ``stop_after_epochs`` (all rounds) unless ``fit_options`` sets it, and
-    ``epoch_rows`` (continued rounds: rows drawn per epoch)."""
+    """Training settings of the continued rounds of tsnpe / snle / snre (SNPE-C keeps its
+    own): ``stop_after_epochs`` unless ``fit_options`` sets it, and ``epoch_rows`` (rows drawn
+    per epoch; at least :data:`MIN_EPOCH_ROWS`, so small rounds still take full passes)."""
     if method == "snpe_c":
         return {}
     out: dict[str, Any] = {}
     if patience is not None and "stop_after_epochs" not in fit_options:
         out["stop_after_epochs"] = int(patience)
     if epoch_size is not None:
-        out["epoch_rows"] = max(2, int(round(epoch_size * sims_per_round)))
+        out["epoch_rows"] = max(MIN_EPOCH_ROWS, int(round(epoch_size * sims_per_round)))
     return out
 
 
@@ -690,8 +694,8 @@ def _train_round(problem: Problem, sims: Any, method: str, base_method: str, r: 
                  round_opts: dict[str, Any] | None = None) -> Posterior:
     opts = dict(round_opts or {})
     epoch_rows = opts.pop("epoch_rows", None)
-    if r == 1 or not (method == "snpe_c" or warm_start):
-        return fit(problem, sims, method=base_method, seed=tseed, **{**opts, **fit_options})
+    if r == 1 or not (method == "snpe_c" or warm_start):  # round 1: the method's own settings
+        return fit(problem, sims, method=base_method, seed=tseed, **fit_options)
     from sbi_core.methods import get_method
     from sbi_core.training import split_options, train
 
