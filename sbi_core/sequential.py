@@ -389,6 +389,16 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
             4.26), and early stopping then kept a barely recovered model. At 1e-4 the loss
             decreases from the first step. 0.1 is the candidate default; its effect on
             C2ST over whole runs is not yet measured (docs/apt_and_restriction.md).
+        round_epoch_size: tsnpe / snle / snre, continued rounds before the last: each epoch
+            trains on ``max(MIN_EPOCH_ROWS, round_epoch_size * sims_per_round)`` rows drawn
+            at random from all rounds' training rows instead of a full pass (default 1;
+            ``None``: full passes). Round 1 and the last round take full passes.
+        round_patience: tsnpe / snle / snre: early-stopping patience (epochs) of the
+            continued rounds (default 20; round 1 keeps the method's; ``None``: the method's;
+            an explicit ``stop_after_epochs`` applies to every round).
+        proposal_mcmc: snle / snre: MCMC options of the proposal draws (default
+            ``PROPOSAL_MCMC``: 50 warm-up steps, no ESS-driven thinning); the final
+            posterior keeps its own ``mcmc`` settings.
         workers, chunk_size, timeout: simulation engine options (``chunk_size`` defaults to
             the largest divisor of ``sims_per_round`` up to 1000, so rounds fill whole chunks).
         progress: one progress line per round (``None``: on a terminal).
