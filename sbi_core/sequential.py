@@ -64,6 +64,18 @@ SEQUENTIAL_METHODS = {"tsnpe": "npe", "snpe_c": "npe", "snle": "nle", "snre": "n
 #: default x tolerance of :func:`check_observation` in training-x standard deviations.
 X_TOLERANCE = 4.0
 _STATE = "_sequential"
+#: early-stopping patience (epochs) of the continued rounds of tsnpe / snle / snre
+#: (``round_patience``); round 1 keeps the method's (the accurate NPE preset: 40). A continued
+#: round starts from the previous round's weights (benchmarks/RESULTS.md, issue 17 curves).
+ROUND_PATIENCE = 20
+#: continued rounds before the last draw ``max(MIN_EPOCH_ROWS, round_epoch_size *
+#: sims_per_round)`` of all rounds' training rows per epoch (``round_epoch_size``); the last
+#: round takes full passes. Below this many rows an epoch is a full pass (small budgets).
+MIN_EPOCH_ROWS = 2000
+#: MCMC settings for SNLE / SNRE proposals (``proposal_mcmc``): any proposal keeps their losses
+#: valid, so the proposal draws skip the ESS-driven extra thinning and use a shorter warm-up
+#: than the final posterior's sampling.
+PROPOSAL_MCMC: dict[str, Any] = {"warmup_steps": 50, "ess_fraction": None}
 _APT_FIXED_SPLIT = True  # False: the pre-fix random split per round (benchmarks only)
 
 
@@ -343,7 +355,9 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
                    epsilon: float = 1e-4, num_threshold_samples: int = 20_000,
                    min_prior_acceptance: float = 0.01, restrict: bool = False,
                    num_atoms: int = 10, apt_loss: str = "auto", warm_start: bool = True,
-                   warm_lr_factor: float = 1.0, workers: int = 1,
+                   warm_lr_factor: float = 1.0, round_epoch_size: float | None = 1.0,
+                   round_patience: int | None = ROUND_PATIENCE,
+                   proposal_mcmc: dict[str, Any] | None = None, workers: int = 1,
                    chunk_size: int | None = None,
                    timeout: float | None = None, progress: bool | None = None,
                    on_round: Callable[[RoundRecord], None] | None = None,
@@ -387,6 +401,16 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
             4.26), and early stopping then kept a barely recovered model. At 1e-4 the loss
             decreases from the first step. 0.1 is the candidate default; its effect on
             C2ST over whole runs is not yet measured (docs/apt_and_restriction.md).
+        round_epoch_size: tsnpe / snle / snre, continued rounds before the last: each epoch
+            trains on ``max(MIN_EPOCH_ROWS, round_epoch_size * sims_per_round)`` rows drawn
+            at random from all rounds' training rows instead of a full pass (default 1;
+            ``None``: full passes). Round 1 and the last round take full passes.
+        round_patience: tsnpe / snle / snre: early-stopping patience (epochs) of the
+            continued rounds (default 20; round 1 keeps the method's; ``None``: the method's;
+            an explicit ``stop_after_epochs`` applies to every round).
+        proposal_mcmc: snle / snre: MCMC options of the proposal draws (default
+            ``PROPOSAL_MCMC``: 50 warm-up steps, no ESS-driven thinning); the final
+            posterior keeps its own ``mcmc`` settings.
         workers, chunk_size, timeout: simulation engine options (``chunk_size`` defaults to
             the largest divisor of ``sims_per_round`` up to 1000, so rounds fill whole chunks).
         progress: one progress line per round (``None``: on a terminal).
@@ -421,6 +445,16 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
         raise ValueError(f"warm_lr_factor must be in (0, 1], got {warm_lr_factor}; 1 continues "
                          "at the full learning rate.")
     apt_loss = _resolve_apt_loss(apt_loss, method, problem, fit_options)
+    if round_epoch_size is not None and not (isinstance(round_epoch_size, (int, float))
+                                             and round_epoch_size > 0):
+        raise ValueError(f"round_epoch_size must be a positive number of rounds' worth of rows "
+                         f"per epoch (default 1) or None for full passes, got "
+                         f"{round_epoch_size!r}.")
+    if round_patience is not None and (isinstance(round_patience, bool)
+                                       or not isinstance(round_patience, int)
+                                       or round_patience < 1):
+        raise ValueError(f"round_patience must be a positive integer (epochs) or None for the "
+                         f"method's default, got {round_patience!r}.")
     if restrict and method not in ("tsnpe", "snpe_c"):
         raise ValueError(f"restrict=True applies to tsnpe and snpe_c, not {method!r}: "
                          "NLE/NRE need the invalid simulations' factor P(valid | θ) (see "
@@ -435,10 +469,16 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
         raise ValueError(f"chunk_size={chunk} must divide sims_per_round={sims_per_round} so "
                          "that every round fills whole chunks of the store.")
     base_method = SEQUENTIAL_METHODS[method]
+    round_opts = _round_options(method, fit_options, round_epoch_size, round_patience,
+                                sims_per_round)
+    mcmc_opts = dict(PROPOSAL_MCMC if proposal_mcmc is None else proposal_mcmc) \
+        if method in ("snle", "snre") else {}
     settings = {"method": method, "seed": int(seed), "sims_per_round": int(sims_per_round),
                 "x_o": x_o.reshape(-1).tolist(), "epsilon": float(epsilon),
                 "chunk_size": int(chunk), "restrict": bool(restrict), "problem": problem.name,
                 "warm_start": bool(warm_start), "warm_lr_factor": float(warm_lr_factor),
+                "round_epoch_size": round_epoch_size, "round_patience": round_patience,
+                "proposal_mcmc": _plain_options(mcmc_opts),
                 "fit_options": _plain_options(fit_options)}
     if method == "snpe_c" and apt_loss != "atomic":  # stores of earlier versions: "atomic"
         settings["apt_loss"] = apt_loss
@@ -483,7 +523,7 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
             with seeded(pseed):
                 theta_r, info = _propose(problem, posterior, x_o, method, sims_per_round,
                                          epsilon, num_threshold_samples, min_prior_acceptance,
-                                         restricted, pseed, reference_samples)
+                                         restricted, pseed, reference_samples, mcmc_opts)
             theta_r = theta_r.float().contiguous()
             state.pending = {"round": r, **info}
             state.save_theta(r, theta_r)
@@ -510,7 +550,9 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
         posterior = _train_round(problem, all_sims, method, base_method, r, posterior,
                                  _round_seed(seed, r, 1), train_apt, num_atoms, fit_options, fit,
                                  warm_start, sims_per_round, seed, warm_lr_factor,
-                                 apt_loss, proposals)
+                                 apt_loss, proposals,
+                                 round_opts if r < rounds else
+                                 {k: v for k, v in round_opts.items() if k != "epoch_rows"})
         train_seconds = time.perf_counter() - t1
         if fit_restriction is not None:
             restricted = fit_restriction(problem.prior, all_sims.theta, all_sims.valid,
@@ -601,8 +643,8 @@ def _plain_options(options: dict[str, Any]) -> dict[str, Any]:
 
 def _propose(problem: Problem, posterior: Posterior | None, x_o: Tensor, method: str, n: int,
              epsilon: float, num_threshold: int, min_prior_acceptance: float,
-             restricted: Any, pseed: int,
-             reference: Tensor | None = None) -> tuple[Tensor, dict[str, Any]]:
+             restricted: Any, pseed: int, reference: Tensor | None = None,
+             mcmc: dict[str, Any] | None = None) -> tuple[Tensor, dict[str, Any]]:
     """Round ``r``'s θ ``(n, D)`` and what the proposal was (torch already seeded)."""
     base = None if restricted is None else (lambda m: restricted.sample((m,)).float())
     if posterior is None:
@@ -627,7 +669,7 @@ def _propose(problem: Problem, posterior: Posterior | None, x_o: Tensor, method:
                            "reference_inside": None if reference is None else
                            float(region.contains(torch.as_tensor(reference).float())
                                  .float().mean())}
-    theta = posterior.sample((n,), x=x_o, max_seconds=None, seed=pseed)
+    theta = posterior.sample((n,), x=x_o, max_seconds=None, seed=pseed, **(mcmc or {}))
     acc = None
     if restricted is not None:  # keep proposals where the simulator is predicted to work
         ok = torch.isfinite(restricted.log_prob(theta))
@@ -666,6 +708,21 @@ def _resolve_apt_loss(apt_loss: str, method: str, problem: Problem,
     return apt_loss
 
 
+def _round_options(method: str, fit_options: dict[str, Any], epoch_size: float | None,
+                   patience: int | None, sims_per_round: int) -> dict[str, Any]:
+    """Training settings of the continued rounds of tsnpe / snle / snre (SNPE-C keeps its
+    own): ``stop_after_epochs`` unless ``fit_options`` sets it, and ``epoch_rows`` (rows drawn
+    per epoch; at least :data:`MIN_EPOCH_ROWS`, so small rounds still take full passes)."""
+    if method == "snpe_c":
+        return {}
+    out: dict[str, Any] = {}
+    if patience is not None and "stop_after_epochs" not in fit_options:
+        out["stop_after_epochs"] = int(patience)
+    if epoch_size is not None:
+        out["epoch_rows"] = max(MIN_EPOCH_ROWS, int(round(epoch_size * sims_per_round)))
+    return out
+
+
 def _float(v: Any) -> float | None:
     return None if v is None else float(v)
 
@@ -685,9 +742,11 @@ def _train_round(problem: Problem, sims: Any, method: str, base_method: str, r: 
                  fit_options: dict[str, Any], fit: Callable[..., Posterior],
                  warm_start: bool = False, sims_per_round: int = 1,
                  run_seed: int = 0, warm_lr_factor: float = 1.0,
-                 apt_loss: str = "atomic", proposals: dict[int, Any] | None = None
-                 ) -> Posterior:
-    if r == 1 or not (method == "snpe_c" or warm_start):
+                 apt_loss: str = "atomic", proposals: dict[int, Any] | None = None,
+                 round_opts: dict[str, Any] | None = None) -> Posterior:
+    opts = dict(round_opts or {})
+    epoch_rows = opts.pop("epoch_rows", None)
+    if r == 1 or not (method == "snpe_c" or warm_start):  # round 1: the method's own settings
         return fit(problem, sims, method=base_method, seed=tseed, **fit_options)
     from sbi_core.methods import get_method
     from sbi_core.training import split_options, train
@@ -696,6 +755,7 @@ def _train_round(problem: Problem, sims: Any, method: str, base_method: str, r: 
     theta, x = sims.training_data()
     config, est_options = split_options({**m.training_defaults(fit_options), **fit_options,
                                          "seed": tseed})
+    config = replace(config, **opts)
     torch.manual_seed(tseed)
     per_proposal = method == "snpe_c" and apt_loss in ("atomic_proposal", "mdn")
     if per_proposal and not warm_start:
@@ -710,6 +770,7 @@ def _train_round(problem: Problem, sims: Any, method: str, base_method: str, r: 
     # earlier rounds would make the validation loss optimistic and stop on the wrong epoch
     batches = (_ProposalBatches if per_proposal else _RoundBatches)(
         sims, sims_per_round, config.validation_fraction, run_seed, config.device)
+    batches.epoch_rows = epoch_rows
     if method != "snpe_c":  # warm start: continue the previous round's estimator, plain loss
         hist = train(estimator, batches, None, config, loss_fn=m.loss_fn)
         return m.make_posterior(estimator, problem.prior, problem.spec(), hist.to_dict(),
@@ -729,7 +790,7 @@ def _train_round(problem: Problem, sims: Any, method: str, base_method: str, r: 
     return m.make_posterior(estimator, problem.prior, problem.spec(), hist.to_dict())
 
 
-class _RoundBatches(_TensorBatches):  # epoch() and validation() come from the base
+class _RoundBatches(_TensorBatches):  # validation() comes from the base
     """All rounds' valid simulations as a :class:`~sbi_core.training.BatchSource` whose
     validation split is fixed per round: round ``k``'s rows are split by a permutation seeded
     from ``k`` alone, so a row once used for validation is never trained on later."""
@@ -759,6 +820,14 @@ class _RoundBatches(_TensorBatches):  # epoch() and validation() come from the b
         self.num_train, self.num_validation = len(tr), len(va)
         self.device = dev
         self.rows_tr, self.rows_va = tr, va
+        self.epoch_rows: int | None = None
+
+    def epoch(self, generator: torch.Generator, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        n = self.num_train if not self.epoch_rows else min(self.epoch_rows, self.num_train)
+        order = torch.randperm(self.num_train, generator=generator).to(self.device)[:n]
+        for b in range(max(n // batch_size, 1)):
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            yield self.theta_tr[idx], self.x_tr[idx]
 
 
 class _ProposalBatches(_RoundBatches):
