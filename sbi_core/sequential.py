@@ -669,7 +669,7 @@ def _propose(problem: Problem, posterior: Posterior | None, x_o: Tensor, method:
                            "reference_inside": None if reference is None else
                            float(region.contains(torch.as_tensor(reference).float())
                                  .float().mean())}
-    theta = posterior.sample((n,), x=x_o, max_seconds=None, seed=pseed, **(mcmc or {}))
+    theta, leak = _sample_proposal(posterior, x_o, method, n, pseed, mcmc)
     acc = None
     if restricted is not None:  # keep proposals where the simulator is predicted to work
         ok = torch.isfinite(restricted.log_prob(theta))
@@ -685,7 +685,41 @@ def _propose(problem: Problem, posterior: Posterior | None, x_o: Tensor, method:
             raise ValueError("The restriction rejects almost all posterior samples; the "
                              "posterior lies where the simulator fails.")
         theta = theta[:n]
-    return theta, {"proposal": "posterior", "acceptance": acc, "prior_mass": None}
+    info = {"proposal": "posterior", "acceptance": acc, "prior_mass": None}
+    if leak:
+        info["leakage"] = leak
+    return theta, info
+
+
+#: Lowest in-support fraction an SNPE-C proposal is still sampled from (by rejection).
+LEAKY_MIN_ACCEPTANCE = 1e-6
+
+
+def _sample_proposal(posterior: Posterior, x_o: Tensor, method: str, n: int, pseed: int,
+                     mcmc: dict[str, Any] | None) -> tuple[Tensor, str | None]:
+    """``n`` draws of the current posterior at ``x_o`` inside the prior support. An SNPE-C
+    posterior can leak almost all its mass outside the prior (a known APT failure, e.g. slcp
+    with a MAF): its proposal is then still sampled by rejection down to
+    :data:`LEAKY_MIN_ACCEPTANCE` (slower) with a warning, instead of ending the run."""
+    from sbi_core.budget import SamplingError
+
+    try:
+        return posterior.sample((n,), x=x_o, max_seconds=None, seed=pseed, **(mcmc or {})), None
+    except SamplingError as err:
+        if method != "snpe_c" or not hasattr(posterior, "min_acceptance"):
+            raise
+        reason = str(err)
+        old = posterior.min_acceptance
+        posterior.min_acceptance = LEAKY_MIN_ACCEPTANCE
+        try:
+            theta = posterior.sample((n,), x=x_o, max_seconds=None, seed=pseed)
+        finally:
+            posterior.min_acceptance = old
+    msg = (f"SNPE-C proposal: {reason} The round's proposal was sampled anyway by rejection "
+           "(slow). APT posteriors can leak mass outside the prior; method='tsnpe' or "
+           "flow='mdn' (non-atomic SNPE-C) avoid this.")
+    warnings.warn(msg, stacklevel=4)
+    return theta, msg
 
 
 def _resolve_apt_loss(apt_loss: str, method: str, problem: Problem,

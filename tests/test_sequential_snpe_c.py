@@ -173,3 +173,30 @@ def test_snpe_c_beats_amortized_npe_on_two_moons_at_1000_simulations():
     mean_ours, mean_npe = sum(ours) / 3, sum(npe) / 3
     assert mean_ours < mean_npe - 0.03, (ours, npe)
     assert all(a < b for a, b in zip(ours, npe)), (ours, npe)
+
+
+def test_a_leaky_snpe_c_proposal_is_sampled_with_a_warning_not_a_crash():
+    """slcp with the default flow: the SNPE-C posterior put 99.97% of its mass outside the
+    prior, and the proposal draw raised SamplingError, ending the run. It is now drawn by
+    rejection with a lower acceptance bound, with a warning recorded in the round info."""
+    from sbi_core.budget import SamplingError
+    from sbi_core.sequential import LEAKY_MIN_ACCEPTANCE, _propose
+
+    class Leaky:
+        min_acceptance = 1e-3
+
+        def sample(self, shape, x=None, max_seconds=None, seed=None, **kw):
+            if self.min_acceptance > 3e-4:
+                raise SamplingError("Only 0.03% of the posterior's samples fall inside the "
+                                    "prior support.")
+            return torch.zeros(shape[0], 2)
+
+    post = Leaky()
+    problem = simulators.get_problem("two_moons")
+    with pytest.warns(UserWarning, match="sampled anyway by rejection"):
+        theta, info = _propose(problem, post, problem.observation(1), "snpe_c", 50, 1e-4,
+                               100, 0.01, None, 0)
+    assert theta.shape == (50, 2) and "0.03%" in info["leakage"]
+    assert post.min_acceptance == 1e-3 and LEAKY_MIN_ACCEPTANCE < 3e-4  # restored
+    with pytest.raises(SamplingError):  # other methods keep the error
+        _propose(problem, post, problem.observation(1), "snle", 50, 1e-4, 100, 0.01, None, 0)
