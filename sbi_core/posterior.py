@@ -376,13 +376,13 @@ class Posterior:
         from diagnostics.misspecification import MisspecificationError, MisspecificationWarning
 
         if self.is_iid_batch(xs, self.x_shape):
-            results = [self.detector.test_set(s) for s in xs]
+            results = [self.detector.test_iid_set(s) for s in xs]
             if len(results) == 1:
                 res = results[0]
             else:
                 res = type(results[0])(torch.cat([r.density_p for r in results]),
                                        torch.cat([r.mmd_p for r in results]),
-                                       results[0].alpha, results[0].set_size)
+                                       results[0].alpha, results[0].set_size, results[0].both)
         else:
             res = self.detector.test(xs)
         family = int(res.density_p.shape[0])

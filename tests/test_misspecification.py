@@ -226,16 +226,24 @@ def test_per_observation_cost_is_small():
 
 
 def test_iid_sets_are_tested_as_sets():
-    """The hook of posteriors that take iid sets ``(B, n, *x_shape)`` tests each set as a
-    whole (MMD of the set, Simes over its rows), also sets larger than half the held-out
-    rows (bootstrap null)."""
+    """The hook of posteriors that take iid sets ``(B, n, *x_shape)`` tests sets of
+    observations of the SAME parameters: 20 clean simulations at one θ pass (the set-MMD
+    against held-out sets of 20 different θ flagged them: a false alarm on the model's own
+    output), sets with a grossly atypical observation are flagged, and sets of clean sets
+    stay within the false-alarm level."""
     post = _posterior()
-    det = post.detector
-    clean = _sims("gaussian_linear", 1000, 5)[:20]
-    post._check_misspecification(clean[None], strict=True)  # a clean set of 20 passes
+    prob = get_problem("gaussian_linear")
+    gen = torch.Generator().manual_seed(5)
+    torch.manual_seed(5)
+    theta = prob.prior.sample((60,))
+    sets = prob.simulator(theta.repeat_interleave(20, 0)).reshape(60, 20, 10)
+    post._check_misspecification(sets[:1], strict=True)  # a clean set of 20 at one θ passes
+    flags = [bool(post.detector.test_iid_set(s).flagged()[0]) for s in sets]
+    assert sum(flags) <= 6, sum(flags)  # level 0.05: at most 3 expected; measured 0 (test_set: 60)
+    # one gross outlier in a set of 4: its p-value is the null's smallest, 1/201 (200
+    # held-out rows), and Simes over m rows needs m/201 < alpha/2, i.e. m <= 5 here
+    bad = sets[0, :4].clone()
+    bad[3] += 3 * NOISE_SD * torch.randn(10, generator=gen).sign()
     with pytest.raises(MisspecificationError, match="set of observations"):
-        post._check_misspecification((clean + 0.5 * NOISE_SD)[None], strict=True)
-    big = _sims("gaussian_linear", 1000, 5)[:det.tensors["holdout"].shape[0] // 2 + 1]
-    post._check_misspecification(big[None], strict=True)  # larger than half the null: bootstrap
-    with pytest.raises(MisspecificationError):
-        post._check_misspecification((big + 0.5 * NOISE_SD)[None], strict=True)
+        post._check_misspecification(bad[None], strict=True)
+    post._check_misspecification(sets[0, :4][None], strict=True)

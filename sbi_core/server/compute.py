@@ -106,10 +106,10 @@ class Job:
             return None
         with torch.no_grad():
             if self.post.is_iid_batch(xs, self.post.x_shape):
-                parts = [det.test_set(s) for s in xs]
+                parts = [det.test_iid_set(s) for s in xs]
                 res = type(parts[0])(torch.cat([r.density_p for r in parts]),
                                      torch.cat([r.mmd_p for r in parts]), parts[0].alpha,
-                                     parts[0].set_size)
+                                     parts[0].set_size, parts[0].both)
             else:
                 res = det.test(xs)
         return res.to_dict() if batched else res.to_dict(0)
