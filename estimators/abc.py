@@ -103,6 +103,12 @@ class ABCPosterior(Posterior):
         x_o = estimator.x_o.float()
         self._default_x = x_o.unsqueeze(0)
 
+    @property
+    def single_observation(self) -> Tensor:
+        """The one observation ``x_shape`` this posterior answers (others raise
+        :class:`~sbi_core.posterior.SingleObservationError`)."""
+        return self.estimator.x_o
+
     # -- KDE
     def _bandwidth_cholesky(self) -> Tensor:
         est = self.estimator

@@ -55,8 +55,8 @@ class ObservationError(ValueError):
 
 
 class SingleObservationError(ObservationError):
-    """The posterior answers only the one observation it was fitted to (rejection / SMC-ABC):
-    asked about another ``x``. Diagnostics that need posteriors at many test observations
+    """The posterior answers only the one observation it was fitted to (rejection / SMC-ABC;
+    such posteriors expose it as ``posterior.single_observation``): asked about another ``x``. Diagnostics that need posteriors at many test observations
     (TARP, SBC, coverage) report themselves *not applicable* (skip) on this error."""
 
 

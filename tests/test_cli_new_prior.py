@@ -63,6 +63,11 @@ def test_new_prior_collapsed_ess_and_bad_files_are_clear_errors(trained, capsys)
     (d / "user.json").write_text(json.dumps({"type": "user", "class": "evil:Prior"}))
     assert main(base + ["--new-prior", str(d / "user.json")]) == 2
     assert "never imported" in capsys.readouterr().err
+    (d / "nested.json").write_text(json.dumps(
+        {"type": "independent", "components": [{"type": "user", "class": "evil:Prior"},
+                                               {"type": "gaussian", "mean": [0.0], "std": [1.0]}]}))
+    assert main(base + ["--new-prior", str(d / "nested.json")]) == 2
+    assert "never imported" in capsys.readouterr().err
     (d / "bad.json").write_text("not json")
     assert main(base + ["--new-prior", str(d / "bad.json")]) == 2
     assert "not a JSON prior spec" in capsys.readouterr().err

@@ -104,7 +104,7 @@ def _with_new_prior(posterior, path: str, min_ess: float | None):
     """``posterior.with_prior`` of the prior spec in ``path`` (plain JSON: never code)."""
     from pathlib import Path
 
-    from sbi_core.priors import prior_from_spec
+    from sbi_core.priors import UserPriorRequired, prior_from_spec
 
     try:
         spec = json.loads(Path(path).read_text())
@@ -114,12 +114,13 @@ def _with_new_prior(posterior, path: str, min_ess: float | None):
         raise ValueError(f"--new-prior {path} is not a JSON prior spec ({err}); write e.g. "
                          '{"type": "gaussian", "mean": [0.0, 0.0], "std": [0.5, 0.5]} or '
                          '{"type": "box_uniform", "low": [...], "high": [...]}.') from None
-    if isinstance(spec, dict) and spec.get("type") == "user":
-        raise ValueError(f"--new-prior {path} names a user-written prior class "
-                         f"({spec.get('class', '?')}); code named in a file is never imported. "
-                         "Use a declarative prior (gaussian, box_uniform, independent, torch "
-                         "or scipy spec), or call posterior.with_prior(...) in Python.")
-    new_prior = prior_from_spec(spec)
+    try:
+        new_prior = prior_from_spec(spec)
+    except UserPriorRequired:  # also a user class nested in an "independent" spec
+        raise ValueError(f"--new-prior {path} names a user-written prior class; code named in "
+                         "a file is never imported. Use a declarative prior (gaussian, "
+                         "box_uniform, independent, torch or scipy spec), or call "
+                         "posterior.with_prior(...) in Python.") from None
     options = {} if min_ess is None else {"min_ess": min_ess}
     if posterior.method == "prior_npe" and options:
         raise ValueError("--min-ess applies to reweighting; a prior_npe model conditions on "

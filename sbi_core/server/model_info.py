@@ -50,8 +50,8 @@ def focus(posterior: Posterior) -> dict[str, Any] | None:
     if isinstance(seq, dict) and seq.get("x_o") is not None:
         return plain({"kind": "sequential", "method": seq.get("method"), "x_o": seq["x_o"],
                       "others": "answered with a warning when far from x_o"})
-    x_o = getattr(getattr(posterior, "estimator", None), "x_o", None)
-    if posterior.method in ("abc", "smc_abc") and x_o is not None:
+    x_o = getattr(posterior, "single_observation", None)
+    if x_o is not None:
         return plain({"kind": "single_observation", "method": posterior.method,
                       "x_o": x_o.reshape(-1).tolist(), "others": "refused (422)"})
     return None
