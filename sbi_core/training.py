@@ -41,6 +41,7 @@ __all__ = ["TrainConfig", "TrainingHistory", "TrainingCallback", "train", "split
            "BatchSource"]
 
 CALLBACK_HOOKS = ("on_epoch_end", "on_best", "on_stop")
+LR_SCHEDULES = ("plateau", "cosine")
 
 
 @runtime_checkable
@@ -52,7 +53,8 @@ class TrainingCallback(Protocol):
       ``seconds`` the epoch's wall time).
     - ``on_best(epoch, val_loss)``: the validation loss reached a new best (weights kept).
     - ``on_stop(reason, history)``: once, after the best weights are restored; ``reason`` is
-      ``history.stopped`` (``"converged"``, ``"max_epochs"``, ``"max_seconds"``,
+      ``history.stopped`` (``"converged"``, ``"schedule_done"`` (a cosine schedule ran to its
+      end), ``"max_epochs"``, ``"max_seconds"``,
       ``"diverged"``, ``"interrupted"``; ``"failed"`` when no epoch gave a finite loss and
       ``train`` then raises) and ``history`` the :class:`TrainingHistory`.
     """
@@ -79,6 +81,12 @@ class TrainConfig:
     average (Polyak averaging), which smooths out minibatch noise at the end of training.
     ``min_delta``: early stopping counts an epoch as progress only if the validation loss
     beats the best by more than this (nats per sample); the best weights are kept anyway.
+    ``lr_schedule``: ``"plateau"`` (default: the learning rate is halved when the validation
+    loss stalls, if ``lr_decay_on_plateau``; training ends by early stopping) or ``"cosine"``
+    (a fixed budget of ``schedule_epochs`` epochs, or ``max_epochs`` if smaller: linear
+    warm-up over the first ``warmup_epochs`` epochs, then cosine decay to 0 per step;
+    training ends when the schedule does, or earlier after ``stop_after_epochs`` epochs
+    without a new best validation loss; the best weights are restored either way).
     """
 
     batch_size: int = 256
@@ -96,6 +104,9 @@ class TrainConfig:
     distributed: bool = False
     num_threads: int | str | None = "auto"
     ema_decay: float | None = None
+    lr_schedule: str = "plateau"
+    schedule_epochs: int | None = None
+    warmup_epochs: float = 0.0
     callbacks: tuple[Any, ...] | list[Any] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -134,6 +145,13 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise bad("num_threads", "'auto', an integer >= 1, or None (keep torch's setting)")
     if cfg.ema_decay is not None and (not is_num(cfg.ema_decay) or not 0 < cfg.ema_decay < 1):
         raise bad("ema_decay", "a number strictly between 0 and 1, or None (no averaging)")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise bad("lr_schedule", f"one of {list(LR_SCHEDULES)}")
+    if cfg.schedule_epochs is not None and (not is_int(cfg.schedule_epochs)
+                                            or cfg.schedule_epochs < 1):
+        raise bad("schedule_epochs", "an integer >= 1 or None (use max_epochs)")
+    if not is_num(cfg.warmup_epochs) or cfg.warmup_epochs < 0:
+        raise bad("warmup_epochs", "a finite number >= 0")
     if not is_int(cfg.seed):
         raise bad("seed", "an integer")
     if not isinstance(cfg.callbacks, (list, tuple)):
@@ -268,11 +286,17 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.Adam(estimator.parameters(), lr=cfg.learning_rate)
+    cosine = cfg.lr_schedule == "cosine"
     scheduler = (
         torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, factor=0.5, patience=max(cfg.stop_after_epochs // 3, 1))
-        if cfg.lr_decay_on_plateau and n_val else None
+        if cfg.lr_decay_on_plateau and n_val and not cosine else None
     )
+    num_epochs = min(cfg.schedule_epochs or cfg.max_epochs, cfg.max_epochs) if cosine \
+        else cfg.max_epochs
+    lr_at = cosine_lr(cfg.learning_rate, num_epochs * max(n_train // batch_size, 1),
+                      cfg.warmup_epochs * max(n_train // batch_size, 1)) if cosine else None
+    step = 0
     history = TrainingHistory(num_train=n_train, num_validation=n_val,
                               config=plain_config(cfg))
     notify = _Notifier(cfg.callbacks if rank == 0 else ())
@@ -281,7 +305,7 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
     since_best = 0
     start = time.perf_counter()
     # no total/ETA: early stopping usually ends long before max_epochs
-    bar = progress_bar(range(cfg.max_epochs), desc="training", unit="epoch",
+    bar = progress_bar(range(num_epochs), desc="training", unit="epoch",
                        bar_format="{desc}: epoch {n_fmt} [{elapsed}, {rate_fmt}{postfix}]",
                        progress=cfg.progress if rank == 0 else False)
     try:
@@ -293,6 +317,10 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
             for theta_b, x_b in data.epoch(generator, batch_size):
                 if world > 1:  # this rank's equal share of the global minibatch
                     theta_b, x_b = _shard(theta_b, rank, world), _shard(x_b, rank, world)
+                if lr_at is not None:
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr_at(step)
+                step += 1
                 loss = model(theta_b.to(device), x_b.to(device)).mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -346,9 +374,13 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
                 history.stopped = "max_seconds"
                 break
         else:
-            history.stopped = "max_epochs"
-            warnings.warn(f"Reached max_epochs={cfg.max_epochs} before the validation loss "
-                          "converged.", stacklevel=2)
+            if cosine and num_epochs >= (cfg.schedule_epochs or 0):
+                history.stopped = "schedule_done"
+            else:
+                history.stopped = "max_epochs"
+                why = (f" (the cosine schedule of {cfg.schedule_epochs} epochs was shortened "
+                       "to fit)" if cosine else " before the validation loss converged")
+                warnings.warn(f"Reached max_epochs={cfg.max_epochs}{why}.", stacklevel=2)
     except KeyboardInterrupt:
         history.stopped = "interrupted"
         warnings.warn("Training interrupted; keeping the best weights so far.", stacklevel=2)
@@ -363,6 +395,22 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
     history.seconds = time.perf_counter() - start
     notify("on_stop", history.stopped, history)
     return history
+
+
+def cosine_lr(peak: float, total_steps: int, warmup_steps: float) -> Callable[[int], float]:
+    """The learning rate at optimizer step ``t`` (from 0) of a warm-up + cosine schedule:
+    linear from ``peak / (warmup_steps + 1)`` up to ``peak`` over ``warmup_steps`` steps, then
+    ``peak * (1 + cos(pi * s)) / 2`` with ``s`` going from 0 to 1 at step ``total_steps``."""
+    total = max(int(total_steps), 1)
+    warm = min(float(warmup_steps), total - 1.0)
+
+    def lr(t: int) -> float:
+        if t < warm:
+            return peak * (t + 1) / (warm + 1)
+        s = min((t - warm) / max(total - warm, 1.0), 1.0)
+        return 0.5 * peak * (1.0 + math.cos(math.pi * s))
+
+    return lr
 
 
 def plain_config(cfg: TrainConfig) -> dict[str, Any]:
