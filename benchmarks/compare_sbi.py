@@ -159,12 +159,17 @@ def main() -> None:
                         "sample_seconds": round(float(np.mean(r["sample_seconds"])), 3),
                         "peak_mb": round(float(r["peak_mb"]), 1),
                     }
+                    if "loop_seconds" in r:  # sbi-core: the training loop without the detector
+                        row[lib]["loop_seconds"] = round(float(r["loop_seconds"]), 2)
                 if len(libs) < 2:
                     rows.append(row)
                     print(json.dumps(row), flush=True)
                     continue
                 row["train_speedup"] = round(row["sbi"]["train_seconds"] /
                                              row["sbi_core"]["train_seconds"], 2)
+                if "loop_seconds" in row["sbi_core"]:
+                    row["train_speedup_loop"] = round(row["sbi"]["train_seconds"] /
+                                                      row["sbi_core"]["loop_seconds"], 2)
                 row["sample_speedup"] = round(row["sbi"]["sample_seconds"] /
                                               max(row["sbi_core"]["sample_seconds"], 1e-9), 2)
                 row["c2st_diff"] = round(row["sbi_core"]["c2st_mean"] - row["sbi"]["c2st_mean"], 3)

@@ -83,7 +83,8 @@ class TrainConfig:
     beats the best by more than this (nats per sample); the best weights are kept anyway.
     ``lr_schedule``: ``"plateau"`` (default: the learning rate is halved when the validation
     loss stalls, if ``lr_decay_on_plateau``; training ends by early stopping) or ``"cosine"``
-    (a fixed budget of ``schedule_epochs`` epochs, or ``max_epochs`` if smaller: linear
+    (a fixed budget of ``schedule_epochs`` epochs (``"auto"``: :func:`auto_schedule_epochs`
+    of the number of simulations), or ``max_epochs`` if smaller: linear
     warm-up over the first ``warmup_epochs`` epochs, then cosine decay to 0 per step;
     training ends when the schedule does, or earlier after ``stop_after_epochs`` epochs
     without a new best validation loss; the best weights are restored either way).
@@ -105,7 +106,7 @@ class TrainConfig:
     num_threads: int | str | None = "auto"
     ema_decay: float | None = None
     lr_schedule: str = "plateau"
-    schedule_epochs: int | None = None
+    schedule_epochs: int | str | None = None
     warmup_epochs: float = 0.0
     callbacks: tuple[Any, ...] | list[Any] = field(default=(), compare=False, repr=False)
 
@@ -147,9 +148,10 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise bad("ema_decay", "a number strictly between 0 and 1, or None (no averaging)")
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise bad("lr_schedule", f"one of {list(LR_SCHEDULES)}")
-    if cfg.schedule_epochs is not None and (not is_int(cfg.schedule_epochs)
-                                            or cfg.schedule_epochs < 1):
-        raise bad("schedule_epochs", "an integer >= 1 or None (use max_epochs)")
+    if cfg.schedule_epochs not in (None, "auto") and (not is_int(cfg.schedule_epochs)
+                                                      or cfg.schedule_epochs < 1):
+        raise bad("schedule_epochs", "an integer >= 1, 'auto' (by the number of simulations) "
+                                     "or None (use max_epochs)")
     if not is_num(cfg.warmup_epochs) or cfg.warmup_epochs < 0:
         raise bad("warmup_epochs", "a finite number >= 0")
     if not is_int(cfg.seed):
@@ -292,7 +294,9 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
             optimizer, factor=0.5, patience=max(cfg.stop_after_epochs // 3, 1))
         if cfg.lr_decay_on_plateau and n_val and not cosine else None
     )
-    num_epochs = min(cfg.schedule_epochs or cfg.max_epochs, cfg.max_epochs) if cosine \
+    schedule_epochs = auto_schedule_epochs(n_train + n_val) if cfg.schedule_epochs == "auto" \
+        else cfg.schedule_epochs
+    num_epochs = min(schedule_epochs or cfg.max_epochs, cfg.max_epochs) if cosine \
         else cfg.max_epochs
     lr_at = cosine_lr(cfg.learning_rate, num_epochs * max(n_train // batch_size, 1),
                       cfg.warmup_epochs * max(n_train // batch_size, 1)) if cosine else None
@@ -374,11 +378,11 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
                 history.stopped = "max_seconds"
                 break
         else:
-            if cosine and num_epochs >= (cfg.schedule_epochs or 0):
+            if cosine and num_epochs >= (schedule_epochs or 0):
                 history.stopped = "schedule_done"
             else:
                 history.stopped = "max_epochs"
-                why = (f" (the cosine schedule of {cfg.schedule_epochs} epochs was shortened "
+                why = (f" (the cosine schedule of {schedule_epochs} epochs was shortened "
                        "to fit)" if cosine else " before the validation loss converged")
                 warnings.warn(f"Reached max_epochs={cfg.max_epochs}{why}.", stacklevel=2)
     except KeyboardInterrupt:
@@ -395,6 +399,22 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
     history.seconds = time.perf_counter() - start
     notify("on_stop", history.stopped, history)
     return history
+
+
+#: ``schedule_epochs="auto"``: epochs of the cosine schedule for 10,000 simulations, scaled
+#: by ``sqrt(10,000 / N)`` for N simulations (fewer epochs of more steps for more data), at
+#: least ``MIN_AUTO_SCHEDULE_EPOCHS``; chosen by benchmarks/compare_sbi.py at 10,000
+#: simulations (docs/performance.md, "Issue 18: training speed").
+AUTO_SCHEDULE_EPOCHS_10K = 300
+MIN_AUTO_SCHEDULE_EPOCHS = 30
+
+
+def auto_schedule_epochs(num_simulations: int) -> int:
+    """Epochs of the cosine schedule for ``num_simulations`` (training + validation rows):
+    300 at 10,000, ``300 * sqrt(10,000 / N)`` otherwise (949 at 1,000; 95 at 100,000),
+    at least 30."""
+    n = max(int(num_simulations), 1)
+    return max(MIN_AUTO_SCHEDULE_EPOCHS, round(AUTO_SCHEDULE_EPOCHS_10K * math.sqrt(10_000 / n)))
 
 
 def cosine_lr(peak: float, total_steps: int, warmup_steps: float) -> Callable[[int], float]:

@@ -77,3 +77,16 @@ def test_bad_schedule_settings_name_the_fix():
         TrainConfig(warmup_epochs=-1)
     with pytest.raises(ValueError, match="warmup_epochs"):
         TrainConfig(warmup_epochs=math.nan)
+
+
+def test_auto_schedule_epochs_scale_with_the_simulations():
+    from sbi_core.training import auto_schedule_epochs
+
+    assert auto_schedule_epochs(10_000) == 300
+    assert auto_schedule_epochs(1_000) == 949 and auto_schedule_epochs(100_000) == 95
+    assert auto_schedule_epochs(10**9) == 30  # floor
+    theta, x = _data(400)  # 400 simulations: 1500 epochs, cut to max_epochs=2 with a warning
+    with pytest.warns(UserWarning, match="cosine schedule of 1500 epochs"):
+        hist = train(Line(), theta, x, progress=False, lr_schedule="cosine",
+                     schedule_epochs="auto", max_epochs=2)
+    assert hist.epochs == 2 and hist.config["schedule_epochs"] == "auto"
