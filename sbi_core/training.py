@@ -86,8 +86,9 @@ class TrainConfig:
     (a fixed budget of ``schedule_epochs`` epochs (``"auto"``: :func:`auto_schedule_epochs`
     of the number of simulations), or ``max_epochs`` if smaller: linear
     warm-up over the first ``warmup_epochs`` epochs, then cosine decay to 0 per step;
-    training ends when the schedule does, or earlier after ``stop_after_epochs`` epochs
-    without a new best validation loss; the best weights are restored either way).
+    training ends when the schedule does; after ``stop_after_epochs`` epochs without a new
+    best validation loss the rest of the decay is compressed into ``STALL_DECAY_FRACTION`` of
+    the schedule, which then runs to its end; the best weights are restored either way).
     """
 
     batch_size: int = 256
@@ -298,9 +299,10 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
         else cfg.schedule_epochs
     num_epochs = min(schedule_epochs or cfg.max_epochs, cfg.max_epochs) if cosine \
         else cfg.max_epochs
-    lr_at = cosine_lr(cfg.learning_rate, num_epochs * max(n_train // batch_size, 1),
-                      cfg.warmup_epochs * max(n_train // batch_size, 1)) if cosine else None
-    step = 0
+    steps_per_epoch = max(n_train // batch_size, 1)
+    lr_at = cosine_lr(cfg.learning_rate, num_epochs * steps_per_epoch,
+                      cfg.warmup_epochs * steps_per_epoch) if cosine else None
+    step, anneal_end = 0, None
     history = TrainingHistory(num_train=n_train, num_validation=n_val,
                               config=plain_config(cfg))
     notify = _Notifier(cfg.callbacks if rank == 0 else ())
@@ -367,7 +369,16 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
                 scheduler.step(val_loss)
             bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}",
                             best=f"{history.best_validation_loss:.3f}")
-            if since_best >= cfg.stop_after_epochs:
+            if since_best >= cfg.stop_after_epochs and lr_at is not None and \
+                    anneal_end is None and epoch + 1 < num_epochs:
+                # cosine: a stall starts the final decay instead of ending at a high rate
+                anneal_end = min(epoch + 1 + max(1, round(STALL_DECAY_FRACTION * num_epochs)),
+                                 num_epochs)
+                lr_at = cosine_lr(lr_at(step - 1), (anneal_end - epoch - 1) * steps_per_epoch,
+                                  0, start=step)
+                since_best = 0
+            if (since_best >= cfg.stop_after_epochs and anneal_end is None) or \
+                    (anneal_end is not None and epoch + 1 >= anneal_end):
                 history.stopped = "converged"
                 break
             out_of_time = cfg.max_seconds is not None and \
@@ -406,6 +417,11 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
 #: least ``MIN_AUTO_SCHEDULE_EPOCHS``; chosen by benchmarks/compare_sbi.py at 10,000
 #: simulations (docs/performance.md, "Issue 18: training speed").
 AUTO_SCHEDULE_EPOCHS_10K = 300
+#: ``lr_schedule="cosine"``: when the validation loss stalls for ``stop_after_epochs`` epochs,
+#: the learning rate decays from its current value to 0 over this fraction of the schedule's
+#: epochs, then training ends (a stall at a high rate is minibatch noise that the decay
+#: removes; quickly converging problems end early instead of running the whole budget).
+STALL_DECAY_FRACTION = 0.1
 MIN_AUTO_SCHEDULE_EPOCHS = 30
 
 
@@ -417,14 +433,17 @@ def auto_schedule_epochs(num_simulations: int) -> int:
     return max(MIN_AUTO_SCHEDULE_EPOCHS, round(AUTO_SCHEDULE_EPOCHS_10K * math.sqrt(10_000 / n)))
 
 
-def cosine_lr(peak: float, total_steps: int, warmup_steps: float) -> Callable[[int], float]:
-    """The learning rate at optimizer step ``t`` (from 0) of a warm-up + cosine schedule:
-    linear from ``peak / (warmup_steps + 1)`` up to ``peak`` over ``warmup_steps`` steps, then
-    ``peak * (1 + cos(pi * s)) / 2`` with ``s`` going from 0 to 1 at step ``total_steps``."""
+def cosine_lr(peak: float, total_steps: int, warmup_steps: float,
+              start: int = 0) -> Callable[[int], float]:
+    """The learning rate at optimizer step ``t`` of a warm-up + cosine schedule that begins
+    at step ``start``: linear from ``peak / (warmup_steps + 1)`` up to ``peak`` over
+    ``warmup_steps`` steps, then ``peak * (1 + cos(pi * s)) / 2`` with ``s`` going from 0 to
+    1 at step ``start + total_steps``."""
     total = max(int(total_steps), 1)
     warm = min(float(warmup_steps), total - 1.0)
 
     def lr(t: int) -> float:
+        t = t - start
         if t < warm:
             return peak * (t + 1) / (warm + 1)
         s = min((t - warm) / max(total - warm, 1.0), 1.0)

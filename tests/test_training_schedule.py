@@ -90,3 +90,21 @@ def test_auto_schedule_epochs_scale_with_the_simulations():
         hist = train(Line(), theta, x, progress=False, lr_schedule="cosine",
                      schedule_epochs="auto", max_epochs=2)
     assert hist.epochs == 2 and hist.config["schedule_epochs"] == "auto"
+
+
+def test_a_stall_compresses_the_rest_of_the_decay():
+    """Converged early (the line is fitted in a few epochs): after stop_after_epochs without
+    a new best, the lr decays from its current value to 0 over STALL_DECAY_FRACTION of the
+    schedule (10 epochs of 100) instead of running all 100 epochs at a high rate."""
+    from sbi_core.training import STALL_DECAY_FRACTION
+
+    theta, x = _data()
+    rec = LrRecorder()
+    hist = train(Line(), theta, x, progress=False, batch_size=100, learning_rate=0.05,
+                 lr_schedule="cosine", schedule_epochs=100, stop_after_epochs=5,
+                 callbacks=[rec])
+    assert STALL_DECAY_FRACTION == 0.1
+    assert hist.stopped == "converged" and hist.epochs < 40, (hist.epochs, rec.lrs)
+    start = next(e for e in range(1, len(rec.lrs)) if rec.lrs[e] < 0.9 * rec.lrs[e - 1])
+    assert rec.lrs[start - 1] > 0.04  # still near the peak when the stall was seen
+    assert rec.lrs[-1] < 0.15 * rec.lrs[start - 1], rec.lrs
