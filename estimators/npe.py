@@ -78,16 +78,29 @@ def resolve_flow(flow: str, theta_dim: int) -> str:
 # finer one. Other flows keep TrainConfig's defaults under "fast".
 FMAF_TRAIN_DEFAULTS: dict[str, Any] = {"batch_size": 512, "learning_rate": 2e-3,
                                        "min_delta": 0.005, "ema_decay": None,
-                                       "stop_after_epochs": 20}
+                                       "stop_after_epochs": 20, "lr_schedule": "plateau",
+                                       "schedule_epochs": None, "warmup_epochs": 0.0}
 # TrainConfig's own defaults, what other flows use under "fast"
 OTHER_FAST_DEFAULTS: dict[str, Any] = {"batch_size": 256, "learning_rate": 1e-3,
                                        "min_delta": 0.0, "ema_decay": None,
-                                       "stop_after_epochs": 20}
-# Weight averaging (EMA 0.99) and patience 40 (gaussian_mixture has a plateau ~70 epochs
-# in that patience 20 mistakes for convergence) gave the largest C2ST gains.
+                                       "stop_after_epochs": 20, "lr_schedule": "plateau",
+                                       "schedule_epochs": None, "warmup_epochs": 0.0}
+# "accurate" for flows other than the fused MAF (nflows MAF/NSF, fnsf, mdn): weight averaging
+# (EMA 0.99) and patience 40 (gaussian_mixture has a plateau ~70 epochs in that patience 20
+# mistakes for convergence) gave the largest C2ST gains (round 3 in docs/performance.md).
 ACCURATE_DEFAULTS: dict[str, Any] = {"batch_size": 256, "learning_rate": 1e-3,
                                      "min_delta": 0.0, "ema_decay": 0.99,
-                                     "stop_after_epochs": 40}
+                                     "stop_after_epochs": 40, "lr_schedule": "plateau",
+                                     "schedule_epochs": None, "warmup_epochs": 0.0}
+# "accurate" for the fused MAF (the default flow): the same optimum in ~half the epochs and
+# ~40% of the CPU time: a fixed budget (300 epochs at 10,000 simulations, scaled by
+# sqrt(10,000 / N), sbi_core.training.auto_schedule_epochs) with 5 warm-up epochs and a
+# cosine decay, at 3x the step size per sample (batch 512, lr 6e-3) ("Issue 18: training
+# speed" in docs/performance.md). Patience 40 still ends training early if it stalls.
+FMAF_ACCURATE_DEFAULTS: dict[str, Any] = {"batch_size": 512, "learning_rate": 6e-3,
+                                          "min_delta": 0.0, "ema_decay": 0.99,
+                                          "stop_after_epochs": 40, "lr_schedule": "cosine",
+                                          "schedule_epochs": "auto", "warmup_epochs": 5.0}
 # the fused flows (and "auto", which picks one of them) share the fast preset's settings
 FUSED_FLOWS = ("fmaf", "fnsf", "auto")
 PRESETS = ("fast", "accurate")
@@ -99,10 +112,10 @@ def train_defaults(options: dict[str, Any]) -> dict[str, Any]:
     ``options["preset"]`` (set by ``fit(..., preset=)``) picks ``"fast"`` or ``"accurate"``
     (default). Every preset sets the same keys."""
     preset = options.get("preset") or DEFAULT_PRESET
+    flow = options.get("flow", DEFAULTS["flow"])
     if preset == "accurate":
-        return dict(ACCURATE_DEFAULTS)
-    fused = options.get("flow", DEFAULTS["flow"]) in FUSED_FLOWS
-    return dict(FMAF_TRAIN_DEFAULTS if fused else OTHER_FAST_DEFAULTS)
+        return dict(FMAF_ACCURATE_DEFAULTS if flow == "fmaf" else ACCURATE_DEFAULTS)
+    return dict(FMAF_TRAIN_DEFAULTS if flow in FUSED_FLOWS else OTHER_FAST_DEFAULTS)
 
 
 train_defaults.presets = PRESETS  # type: ignore[attr-defined]
