@@ -9,10 +9,14 @@ from sbi_core import Problem, fit, get_method, load, save
 from sbi_core.cli.main import main
 from sbi_core.priors import BoxUniform
 
+PLATEAU = {"lr_schedule": "plateau", "schedule_epochs": None, "warmup_epochs": 0.0}
 FAST_FUSED = {"batch_size": 512, "learning_rate": 2e-3, "min_delta": 0.005, "ema_decay": None,
-              "stop_after_epochs": 20}
+              "stop_after_epochs": 20, **PLATEAU}
 ACCURATE = {"batch_size": 256, "learning_rate": 1e-3, "min_delta": 0.0, "ema_decay": 0.99,
-            "stop_after_epochs": 40}
+            "stop_after_epochs": 40, **PLATEAU}
+ACCURATE_FMAF = {"batch_size": 256, "learning_rate": 3e-3, "min_delta": 0.0, "ema_decay": 0.99,
+                 "stop_after_epochs": 40, "lr_schedule": "cosine", "schedule_epochs": "auto",
+                 "warmup_epochs": 5.0}
 
 
 def test_auto_flow_resolves_by_dimension():
@@ -29,8 +33,10 @@ def test_presets_resolve_to_documented_settings_for_every_flow():
     npe = get_method("npe")
     assert ACCURATE_DEFAULTS == ACCURATE
     for flow in ("auto", "fmaf", "fnsf", "maf", "nsf", "mdn"):
-        assert npe.training_defaults({"flow": flow}) == ACCURATE
-        assert npe.training_defaults({"flow": flow, "preset": "accurate"}) == ACCURATE
+        expected = ACCURATE_FMAF if flow == "fmaf" else ACCURATE
+        assert npe.training_defaults({"flow": flow}) == expected
+        assert npe.training_defaults({"flow": flow, "preset": "accurate"}) == expected
+    assert npe.training_defaults({}) == ACCURATE_FMAF  # the default flow is fmaf
     for flow in ("auto", "fmaf", "fnsf"):
         assert npe.training_defaults({"flow": flow, "preset": "fast"}) == FAST_FUSED
     assert npe.training_defaults({"preset": "fast"}) == FAST_FUSED  # default flow: fmaf
@@ -62,7 +68,7 @@ def test_fit_records_the_resolved_flow_and_it_survives_save_load(dim, flow, tmp_
 def test_cli_train_preset(tmp_path, capsys):
     sims = tmp_path / "sims.pt"
     assert main(["simulate", "two_moons", "--num", "300", "--seed", "0", "--out", str(sims)]) == 0
-    for preset, expected in (("fast", FAST_FUSED), ("accurate", ACCURATE)):
+    for preset, expected in (("fast", FAST_FUSED), ("accurate", ACCURATE_FMAF)):
         out = tmp_path / f"{preset}.pt"
         assert main(["train", "--sims", str(sims), "--out", str(out), "--max-epochs", "1",
                      "--preset", preset, "--quiet"]) == 0

@@ -6,12 +6,17 @@ import torch
 from sbi_core import Problem, fit, get_method
 from sbi_core.priors import BoxUniform
 
+PLATEAU = {"lr_schedule": "plateau", "schedule_epochs": None, "warmup_epochs": 0.0}
 FAST_FMAF = {"batch_size": 512, "learning_rate": 2e-3, "min_delta": 0.005, "ema_decay": None,
-             "stop_after_epochs": 20}
-ACCURATE = {"batch_size": 256, "learning_rate": 1e-3, "min_delta": 0.0, "ema_decay": 0.99,
-            "stop_after_epochs": 40}
+             "stop_after_epochs": 20, **PLATEAU}
+# the default (fmaf, accurate): warm-up + cosine over a budget tied to the data size
+ACCURATE = {"batch_size": 256, "learning_rate": 3e-3, "min_delta": 0.0, "ema_decay": 0.99,
+            "stop_after_epochs": 40, "lr_schedule": "cosine", "schedule_epochs": "auto",
+            "warmup_epochs": 5.0}
+ACCURATE_OTHER = {"batch_size": 256, "learning_rate": 1e-3, "min_delta": 0.0,
+                  "ema_decay": 0.99, "stop_after_epochs": 40, **PLATEAU}
 FAST_OTHER = {"batch_size": 256, "learning_rate": 1e-3, "min_delta": 0.0, "ema_decay": None,
-              "stop_after_epochs": 20}
+              "stop_after_epochs": 20, **PLATEAU}
 
 
 def test_presets_resolve_to_documented_settings():
@@ -20,9 +25,9 @@ def test_presets_resolve_to_documented_settings():
     assert npe.training_defaults({"preset": "accurate"}) == ACCURATE
     assert npe.training_defaults({"preset": "fast"}) == FAST_FMAF
     assert npe.training_defaults({"preset": "fast", "flow": "nsf"}) == FAST_OTHER
-    assert npe.training_defaults({"preset": "accurate", "flow": "nsf"}) == ACCURATE
+    assert npe.training_defaults({"preset": "accurate", "flow": "nsf"}) == ACCURATE_OTHER
     # every preset sets the same keys (so presets never mix)
-    assert set(FAST_FMAF) == set(ACCURATE) == set(FAST_OTHER)
+    assert set(FAST_FMAF) == set(ACCURATE) == set(FAST_OTHER) == set(ACCURATE_OTHER)
 
 
 def _tiny():
