@@ -101,6 +101,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+EXTRA: dict[str, float] = {}  # train_cpu_seconds; sbi-core only: loop_seconds
+
+
 def run_sbi(theta, x, xo, spec, flow, seed, num_samples, options, run):
     """sbi 0.27 NPE with its defaults (batch 200, lr 5e-4, patience 20).
 
@@ -114,11 +117,13 @@ def run_sbi(theta, x, xo, spec, flow, seed, num_samples, options, run):
     prior = _prior_for_sbi(spec, device)
     inference = NPE(prior=prior, density_estimator=sbi_flow(flow), device=device,
                     show_progress_bars=False)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     inference.append_simulations(theta, x).train(training_batch_size=200, learning_rate=5e-4,
                                                  stop_after_epochs=20, **limit)
     _sync(device)
     train_s = time.perf_counter() - t0
+    # CPU seconds of this process (all threads): steadier than wall time on a shared machine
+    EXTRA["train_cpu_seconds"] = time.process_time() - cpu0
     posterior = inference.build_posterior()
     samples, sample_s = [], []
     for k in range(xo.shape[0]):
@@ -132,9 +137,6 @@ def run_sbi(theta, x, xo, spec, flow, seed, num_samples, options, run):
     return train_s, epochs, torch.stack(samples), sample_s
 
 
-EXTRA: dict[str, float] = {}  # sbi-core only: loop_seconds
-
-
 def run_ours(theta, x, xo, spec, flow, seed, num_samples, options, run):
     """sbi-core NPE with its defaults, plus any ``options`` for ``fit``."""
     from sbi_core import Problem, fit, prior_from_spec
@@ -145,11 +147,12 @@ def run_ours(theta, x, xo, spec, flow, seed, num_samples, options, run):
     limit = {} if run.get("max_epochs") is None else {"max_epochs": int(run["max_epochs"])}
     if device != "cpu":
         limit["device"] = device
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     posterior = fit(problem, (theta, x), method="npe", flow=flow, seed=seed, progress=False,
                     **{**limit, **options})
     _sync(device)
     train_s = time.perf_counter() - t0
+    EXTRA["train_cpu_seconds"] = time.process_time() - cpu0
     samples, sample_s = [], []
     for k in range(xo.shape[0]):
         t0 = time.perf_counter()

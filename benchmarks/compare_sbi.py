@@ -159,14 +159,18 @@ def main() -> None:
                         "sample_seconds": round(float(np.mean(r["sample_seconds"])), 3),
                         "peak_mb": round(float(r["peak_mb"]), 1),
                     }
-                    if "loop_seconds" in r:  # sbi-core: the training loop without the detector
-                        row[lib]["loop_seconds"] = round(float(r["loop_seconds"]), 2)
+                    for key in ("train_cpu_seconds", "loop_seconds"):  # loop: sbi-core's
+                        if key in r:  # training loop alone, without the detector
+                            row[lib][key] = round(float(r[key]), 2)
                 if len(libs) < 2:
                     rows.append(row)
                     print(json.dumps(row), flush=True)
                     continue
                 row["train_speedup"] = round(row["sbi"]["train_seconds"] /
                                              row["sbi_core"]["train_seconds"], 2)
+                if "train_cpu_seconds" in row["sbi_core"] and "train_cpu_seconds" in row["sbi"]:
+                    row["train_cpu_speedup"] = round(row["sbi"]["train_cpu_seconds"] /
+                                                     row["sbi_core"]["train_cpu_seconds"], 2)
                 if "loop_seconds" in row["sbi_core"]:
                     row["train_speedup_loop"] = round(row["sbi"]["train_seconds"] /
                                                       row["sbi_core"]["loop_seconds"], 2)
