@@ -129,7 +129,8 @@ def main() -> None:
             inp = Path(tmp) / "data.npz"
             np.savez(inp, theta=theta.numpy(), x=x.numpy(), xo=xo.numpy(),
                      prior_spec=json.dumps(prior_spec(problem.prior)),
-                     num_samples=args.num_samples)
+                     num_samples=args.num_samples,
+                     x_trials=json.dumps(getattr(problem, "x_trials", None)))
             for flow in args.flows:
                 libs = [lib for lib in ("sbi", "sbi_core") if lib in args.libs]
                 if order % 2:
@@ -147,6 +148,7 @@ def main() -> None:
                 row = {"task": task, "flow": flow, "seed": seed, "sims": int(theta.shape[0]),
                        "first": "both" if args.concurrent else libs[0], "threads": args.threads,
                        "ours_options": json.loads(args.ours_options),
+                       "x_trials": getattr(problem, "x_trials", None),
                        "load1": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
                 for lib in libs:
                     r = res[lib]
