@@ -245,7 +245,7 @@ class NPEEstimator(StandardizedEstimator):
         return self.density.log_prob(z, context=self.context(x)) + lad
 
     def loss(self, theta: Tensor, x: Tensor) -> Tensor:
-        if self.trial_mode == "permute" and self.training and torch.is_grad_enabled():
+        if self.trial_mode == "permute" and self.training:
             x = permute_trials(x, *self.trials)  # a fresh order of the trials per minibatch
         return -self.log_prob(theta, x)
 
