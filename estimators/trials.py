@@ -33,7 +33,7 @@ __all__ = ["TRIAL_MODES", "DEFAULT_TRIAL_MODE", "resolve_trials", "trial_statist
            "permute_trials", "sort_trials"]
 
 TRIAL_MODES = ("set", "permute", "sort")
-DEFAULT_TRIAL_MODE = "set"
+DEFAULT_TRIAL_MODE = "sort"
 
 
 def resolve_trials(x_trials: Any, trial_mode: str | None, embedding: Any,
