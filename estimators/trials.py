@@ -6,17 +6,23 @@ exchangeable trials of ``d`` values each (trial ``i`` is ``x[i*d:(i+1)*d]``, e.g
 draws given ``theta``): the posterior is then the same for every order of the trials. ``fit``
 passes the declaration to NPE, which handles it by one of the ``TRIAL_MODES``:
 
+- ``"sort"`` (default): trials put in a canonical order (by their first value, ties by the
+  next) before the flattened estimator; exactly invariant, as cheap as the plain estimator.
+  The estimator must still represent the posterior across the order's boundaries (where two
+  trials' first values cross), which it learns from the data;
 - ``"set"``: x is viewed as ``(N, n, d)`` and embedded by the DeepSet
-  (:class:`~estimators.embedding.SetEmbedding`), exactly invariant;
+  (:class:`~estimators.embedding.SetEmbedding`; ``embedding={"type": "set", "moments":
+  True}`` adds the trials' first and second moments), exactly invariant up to float rounding;
+  its size does not grow with ``n`` (for many trials; measured here only with ``n = 4``);
 - ``"permute"``: the flattened estimator, trained on a fresh random order of each row's
-  trials in every minibatch (data augmentation; invariant only approximately);
-- ``"sort"``: trials put in a canonical order (by their first value, ties by the next)
-  before the flattened estimator; exactly invariant, but discontinuous where two trials swap.
+  trials in every minibatch (data augmentation; invariant only approximately).
 
 In every mode the z-scoring of x shares its mean and standard deviation across the trials
-(one per trial feature), so standardization itself is invariant too. Which mode is the
-default (``DEFAULT_TRIAL_MODE``) was chosen with ``benchmarks/compare_sbi.py`` on slcp
-(benchmarks/RESULTS.md, "Issue 18: declared exchangeable trials").
+(one per trial feature), so standardization itself is invariant too. The default was chosen
+with ``benchmarks/compare_sbi.py`` on slcp (benchmarks/RESULTS.md, "Issue 18: declared
+exchangeable trials"): at 10,000 simulations (seed 0, observations 1-10) mean C2ST
+fmaf / fnsf: flat 0.905 / 0.845, ``"sort"`` 0.855 / 0.813, ``"set"`` 0.889 / 0.894, set with
+moments 0.856 / 0.821, ``"permute"`` 0.866 (fmaf; 901 epochs against 176 for ``"sort"``).
 """
 
 from __future__ import annotations

@@ -165,3 +165,16 @@ def test_declared_trials_learn_the_analytic_posterior():
     ref = mean + torch.randn(2000, DIM) / n ** 0.5
     score = c2st(post.sample((2000,), x=x, seed=0), ref, seed=0)
     assert score < 0.6, score
+
+
+def test_ensemble_members_use_the_declaration(sims):
+    problem = _problem()
+    post = _quick_fit(problem, sims, ensemble=2, trial_mode="set")
+    est = post.estimator
+    assert est.config["x_trials"] == [N_TRIALS, DIM] and est.config["trial_mode"] == "set"
+    x = problem.observation(1)
+    theta = problem.prior.sample((40,))
+    with torch.no_grad():
+        a = est.log_prob(theta, x.expand(40, -1))
+        b = est.log_prob(theta, _reorder(x, REORDER).expand(40, -1))
+    assert torch.allclose(a, b, atol=1e-4, rtol=0)
