@@ -9,6 +9,9 @@ per task: train seconds, epochs, C2ST per observation, sample seconds, peak memo
 ratios sbi / sbi-core. Train seconds exclude one-time process start-up costs (library
 imports, torch's lazy imports on the first optimizer), paid before timing by both workers
 and printed as start-up seconds; the summary gives the ratio with them too. ``--flows fmaf`` runs sbi-core's fused MAF against sbi's (nflows) MAF.
+A task's declared exchangeable trials (``Problem(x_trials=...)``, e.g. slcp's) are given to
+sbi-core's worker problem, as ``fit`` would get them from the built-in problem; sbi trains
+its default flat NPE.
 
 Usage (see benchmarks/README.md for the sbi environment):
 
