@@ -8,7 +8,9 @@ reported as ``startup_seconds``.
 
 Usage: python _npe_worker.py {sbi|sbi_core} IN.npz OUT.npz FLOW SEED THREADS [OPTIONS_JSON [RUN_JSON]]
 
-IN.npz holds theta (N, D), x (N, X), xo (K, X), prior_spec (JSON string), num_samples.
+IN.npz holds theta (N, D), x (N, X), xo (K, X), prior_spec (JSON string), num_samples, and
+optionally x_trials (JSON: the task's declared exchangeable trials ``[n, d]`` or null, given to
+sbi-core's ``Problem``; sbi has no such declaration).
 THREADS is passed to ``torch.set_num_threads`` in both libraries (same setting for both).
 OPTIONS_JSON (sbi-core only) holds extra keyword options for ``sbi_core.fit``.
 RUN_JSON (both libraries) holds ``device`` (default ``"cpu"``; training data, network and
@@ -20,6 +22,7 @@ reported too.
 
 from __future__ import annotations
 
+import functools
 import json
 import resource
 import sys
@@ -137,12 +140,14 @@ def run_sbi(theta, x, xo, spec, flow, seed, num_samples, options, run):
     return train_s, epochs, torch.stack(samples), sample_s
 
 
-def run_ours(theta, x, xo, spec, flow, seed, num_samples, options, run):
-    """sbi-core NPE with its defaults, plus any ``options`` for ``fit``."""
+def run_ours(theta, x, xo, spec, flow, seed, num_samples, options, run, x_trials=None):
+    """sbi-core NPE with its defaults, plus any ``options`` for ``fit``; ``x_trials`` is the
+    task's declaration of exchangeable trials (as on the built-in problem)."""
     from sbi_core import Problem, fit, prior_from_spec
 
     prior = prior_from_spec(spec)
-    problem = Problem(prior, lambda t: t, x_shape=tuple(x.shape[1:]), validate=False)
+    problem = Problem(prior, lambda t: t, x_shape=tuple(x.shape[1:]), validate=False,
+                      x_trials=x_trials)
     device = run.get("device", "cpu")
     limit = {} if run.get("max_epochs") is None else {"max_epochs": int(run["max_epochs"])}
     if device != "cpu":
@@ -177,6 +182,9 @@ def main() -> None:
     spec = json.loads(str(data["prior_spec"]))
     num_samples = int(data["num_samples"])
     runner = run_sbi if lib == "sbi" else run_ours
+    if lib == "sbi_core" and "x_trials" in data.files:
+        trials = json.loads(str(data["x_trials"]))
+        runner = functools.partial(run_ours, x_trials=trials)
     t0 = time.perf_counter()
     warm_up(lib)
     startup_s = time.perf_counter() - t0

@@ -9,6 +9,9 @@ per task: train seconds, epochs, C2ST per observation, sample seconds, peak memo
 ratios sbi / sbi-core. Train seconds exclude one-time process start-up costs (library
 imports, torch's lazy imports on the first optimizer), paid before timing by both workers
 and printed as start-up seconds; the summary gives the ratio with them too. ``--flows fmaf`` runs sbi-core's fused MAF against sbi's (nflows) MAF.
+A task's declared exchangeable trials (``Problem(x_trials=...)``, e.g. slcp's) are given to
+sbi-core's worker problem, as ``fit`` would get them from the built-in problem; sbi trains
+its default flat NPE.
 
 Usage (see benchmarks/README.md for the sbi environment):
 
@@ -129,7 +132,8 @@ def main() -> None:
             inp = Path(tmp) / "data.npz"
             np.savez(inp, theta=theta.numpy(), x=x.numpy(), xo=xo.numpy(),
                      prior_spec=json.dumps(prior_spec(problem.prior)),
-                     num_samples=args.num_samples)
+                     num_samples=args.num_samples,
+                     x_trials=json.dumps(getattr(problem, "x_trials", None)))
             for flow in args.flows:
                 libs = [lib for lib in ("sbi", "sbi_core") if lib in args.libs]
                 if order % 2:
@@ -147,6 +151,7 @@ def main() -> None:
                 row = {"task": task, "flow": flow, "seed": seed, "sims": int(theta.shape[0]),
                        "first": "both" if args.concurrent else libs[0], "threads": args.threads,
                        "ours_options": json.loads(args.ours_options),
+                       "x_trials": getattr(problem, "x_trials", None),
                        "load1": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
                 for lib in libs:
                     r = res[lib]

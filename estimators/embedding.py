@@ -67,25 +67,37 @@ class SetEmbedding(nn.Module):
     """DeepSet: ``rho(mean_i phi(x_i))`` over trials ``(N, n, d)`` → ``(N, output_dim)``.
 
     All-NaN trials are padding and are ignored, so sets of different sizes share a batch.
-    The number of valid trials is appended to the pooled features.
+    The number of valid trials is appended to the pooled features. With ``moments=True``
+    the set's first and second moments (the mean of each trial value and of each product of
+    two, ``d + d(d+1)/2`` numbers: the sufficient statistics of Gaussian trials) are also
+    pooled, fed to ``rho`` and appended to the output, so the estimator sees them exactly
+    (output ``output_dim + d + d(d+1)/2``).
     """
 
     def __init__(self, x_shape: tuple[int, ...], output_dim: int = 20, hidden_features: int = 64,
-                 num_layers: int = 2):
+                 num_layers: int = 2, moments: bool = False):
         super().__init__()
         if len(x_shape) != 2:
             raise ValueError(f"A set embedding needs x of shape (n_trials, d), got {x_shape}.")
         d = x_shape[1]
+        self.moments = bool(moments)
+        extra = d + d * (d + 1) // 2 if self.moments else 0
         self.phi = mlp(d, hidden_features, hidden_features, num_layers)
-        self.rho = mlp(hidden_features + 1, hidden_features, output_dim, 1)
+        self.rho = mlp(hidden_features + 1 + extra, hidden_features, output_dim, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         pad = torch.isnan(x).all(-1)  # (N, n)
-        h = self.phi(torch.nan_to_num(x))
+        x = torch.nan_to_num(x)
+        h = self.phi(x)
         keep = (~pad).float().unsqueeze(-1)
         count = keep.sum(1).clamp(min=1.0)
         pooled = (h * keep).sum(1) / count
-        return self.rho(torch.cat([pooled, count.log()], dim=-1))
+        if not self.moments:
+            return self.rho(torch.cat([pooled, count.log()], dim=-1))
+        i, j = torch.triu_indices(x.shape[-1], x.shape[-1], device=x.device)
+        feats = torch.cat([x, x[..., i] * x[..., j]], dim=-1)  # (N, n, d + d(d+1)/2)
+        mom = (feats * keep).sum(1) / count
+        return torch.cat([self.rho(torch.cat([pooled, count.log(), mom], dim=-1)), mom], -1)
 
 
 class _Flatten(nn.Module):

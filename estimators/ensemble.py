@@ -283,6 +283,7 @@ METHOD = Method(
     loss_fn=npe_training_loss,
     train_defaults=train_defaults,
     accepts_discrete_x=True,
+    accepts_x_trials=True,
     description="Deep ensemble of NPE estimators trained as one batched model; the "
                 "posterior is the uniform mixture of the members (fit(..., ensemble=K)).",
 )

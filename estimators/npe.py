@@ -36,6 +36,7 @@ from estimators.robust_training import (
 )
 from estimators.standardize import StandardizedEstimator, fit_standardize
 from estimators.theta_transform import UnconstrainedTransform
+from estimators.trials import permute_trials, resolve_trials, sort_trials, trial_statistics
 from sbi_core.methods import Method
 from sbi_core.posterior import DirectPosterior
 from sbi_core.priors import support_bounds
@@ -53,6 +54,8 @@ DEFAULTS: dict[str, Any] = {
     "regularizer": None,
     "theta_transform": None,
     "discrete_columns": None,
+    "x_trials": None,
+    "trial_mode": None,
 }
 
 THETA_TRANSFORMS = (None, "unconstrained")
@@ -148,6 +151,11 @@ class NPEEstimator(StandardizedEstimator):
             if cfg["theta_transform"] == "unconstrained" else None)
         self.discrete_x = OneHotX(x_shape, cfg) if cfg["discrete_columns"] is not None else None
         embed_shape = (self.discrete_x.out_dim,) if self.discrete_x is not None else x_shape
+        # declared exchangeable trials (n, d) in the flattened x (estimators/trials.py)
+        self.trials = tuple(int(v) for v in cfg["x_trials"]) if cfg["x_trials"] else None
+        self.trial_mode = cfg["trial_mode"] if self.trials is not None else None
+        if self.trial_mode == "set":
+            embed_shape = self.trials
         self.embedding, context_dim = build_embedding(cfg["embedding"], embed_shape, embedding)
         if cfg["flow"] == "mdn":
             self.density: nn.Module = MixtureDensity(d, context_dim, cfg["num_components"],
@@ -169,6 +177,14 @@ class NPEEstimator(StandardizedEstimator):
         if self.theta_transform is not None:
             self.theta_transform.check_inside(theta)
             theta = self.theta_transform(theta)
+        if self.trials is not None:  # one mean/std per trial feature, shared by all trials
+            with torch.no_grad():
+                fit_standardize(self.theta_norm, theta, "theta")
+                n = self.trials[0]
+                for buf, v in zip((self.x_norm.mean, self.x_norm.std, self.x_min, self.x_max),
+                                  trial_statistics(x, self.trials[1])):
+                    buf.copy_(v.repeat(n).reshape(self.x_shape))
+            return
         if not is_set_embedding(self.config.get("embedding")):
             super().fit_standardization(theta, x)
             if self.discrete_x is not None:
@@ -188,7 +204,12 @@ class NPEEstimator(StandardizedEstimator):
         """Embedded, standardized observations ``(N, C)``."""
         if self.discrete_x is not None:
             return self.embedding(self.discrete_x(x, self.x_norm))
-        return self.embedding(self.x_norm(x))
+        if self.trial_mode == "sort":
+            x = sort_trials(x, *self.trials)
+        z = self.x_norm(x)
+        if self.trial_mode == "set":
+            z = z.reshape(z.shape[0], *self.trials)
+        return self.embedding(z)
 
     def check_observation(self, x: Tensor) -> None:
         """Called by the posterior on observations ``(N, *x_shape)``: discrete values must
@@ -238,6 +259,8 @@ class NPEEstimator(StandardizedEstimator):
         return self.density.log_prob(z, context=self.context(x)) + lad
 
     def loss(self, theta: Tensor, x: Tensor) -> Tensor:
+        if self.trial_mode == "permute" and self.training:
+            x = permute_trials(x, *self.trials)  # a fresh order of the trials per minibatch
         return -self.log_prob(theta, x)
 
     def sample(self, n: int, x: Tensor) -> Tensor:
@@ -267,10 +290,18 @@ def build_npe(theta: Tensor, x: Tensor, prior: Distribution, **options: Any) -> 
                         f"{sorted(set(DEFAULTS) | reg_keys)} and the training options of "
                         "sbi_core.TrainConfig.")
     validate_regularizer_options(options)
-    spec, module = prepare_embedding(options.get("embedding"), tuple(x.shape[1:]))
+    x_shape = tuple(x.shape[1:])
+    trials, trial_mode, embedding = resolve_trials(
+        options.get("x_trials"), options.get("trial_mode"), options.get("embedding"), x_shape)
+    if trials is not None and options.get("discrete_columns") is not None:
+        raise ValueError("x_trials (exchangeable trials) cannot be combined with "
+                         "discrete_columns in NPE; pass x_trials=None to train on the flat x "
+                         "with one-hot discrete columns.")
+    spec, module = prepare_embedding(embedding, tuple(trials) if trial_mode == "set" else x_shape)
     config = {**DEFAULTS, **{k: v for k, v in options.items() if k not in reg_keys},
-              "theta_dim": int(theta.shape[1]), "x_shape": list(x.shape[1:]),
-              "nsf_layout": NSF_LAYOUT, "embedding": spec}
+              "theta_dim": int(theta.shape[1]), "x_shape": list(x_shape),
+              "nsf_layout": NSF_LAYOUT, "embedding": spec, "x_trials": trials,
+              "trial_mode": trial_mode}
     # the config records the concrete flow (rebuilt on load) and what was asked for
     config["flow_requested"] = config["flow"]
     config["flow"] = resolve_flow(config["flow"], int(theta.shape[1]))
@@ -324,6 +355,7 @@ METHOD = Method(
     loss_fn=npe_training_loss,
     train_defaults=train_defaults,
     accepts_discrete_x=True,
+    accepts_x_trials=True,
     description="Neural posterior estimation with sbi-core's fused MAF (default), nflows "
                 "MAF/NSF or a mixture density network.",
 )

@@ -44,6 +44,16 @@ def _discrete_x_options(problem: Problem, m: Method, options: dict[str, Any]) ->
     return options
 
 
+def _x_trials_options(problem: Problem, m: Method, options: dict[str, Any]) -> dict[str, Any]:
+    """Pass the problem's declared exchangeable trials (``x_trials``) to methods that use
+    them (NPE: permutation-invariant default embedding); ``x_trials=None`` in ``options``
+    opts out."""
+    declared = getattr(problem, "x_trials", None)
+    if declared is None or "x_trials" in options or not m.accepts_x_trials:
+        return options
+    return {**options, "x_trials": list(declared)}
+
+
 def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os.PathLike,
         method: str = "npe", seed: int = 0, streaming: bool = False, detector: bool = True,
         preset: str | None = None, **options: Any) -> Posterior:
@@ -103,6 +113,7 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
         )
     check_theta_in_support(problem, theta)
     options = _discrete_x_options(problem, m, options)
+    options = _x_trials_options(problem, m, options)
     try:
         if m.fit is not None:
             posterior = m.fit(problem, (theta, x), seed=seed, **options)

@@ -36,6 +36,8 @@ class Method:
             replaces build + train.
         accepts_discrete_x: ``build`` takes ``discrete_columns`` (flattened-x indices of
             discrete values); ``fit`` passes a problem's ``x_discrete`` declaration to it.
+        accepts_x_trials: ``build`` takes ``x_trials`` (``(n, d)`` exchangeable trials in the
+            flattened x); ``fit`` passes a problem's ``x_trials`` declaration to it.
     """
 
     name: str
@@ -47,6 +49,7 @@ class Method:
     loss_fn: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None
     fit: Callable[..., Any] | None = None
     accepts_discrete_x: bool = False
+    accepts_x_trials: bool = False
     description: str = ""
 
     def training_defaults(self, options: dict[str, Any]) -> dict[str, Any]:

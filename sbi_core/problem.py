@@ -25,7 +25,7 @@ from torch.distributions import Distribution
 
 from sbi_core.priors import as_prior, prior_spec, user_prior_class
 
-__all__ = ["Problem", "OBSERVATION_SEED_BASE", "NUM_OBSERVATIONS"]
+__all__ = ["Problem", "OBSERVATION_SEED_BASE", "NUM_OBSERVATIONS", "check_trials"]
 
 Simulator = Callable[[Tensor], Tensor]
 ReferenceSampler = Callable[[Tensor, int, int], Tensor]
@@ -67,6 +67,12 @@ class Problem:
             ``problem.noise_simulator`` is the two-argument function (used by ABC and the
             optimally weighted MMD). With ``noise_simulator`` given, ``simulator`` stays the
             one-argument function and ``noise_simulator(theta, u)`` is the exposed version.
+        x_trials: ``(n, d)``: the flattened ``x`` is ``n`` exchangeable trials of ``d`` values
+            each (trial ``i`` is ``x[i*d:(i+1)*d]``), e.g. iid draws given ``theta``, so the
+            posterior does not change when trials are reordered. ``fit``'s NPE then uses a
+            permutation-invariant embedding by default (docs/embeddings.md, "Declared
+            trials"); ``embedding="identity"`` turns that off. ``n * d`` must equal
+            ``prod(x_shape)``. Saved in :meth:`spec`.
     """
 
     def __init__(
@@ -85,6 +91,7 @@ class Problem:
         x_discrete: Sequence[int] | None = None,
         noise_dim: int | None = None,
         noise_simulator: Callable[[Tensor, Tensor], Tensor] | None = None,
+        x_trials: Sequence[int] | None = None,
     ):
         prior = as_prior(prior)
         if len(prior.event_shape) != 1 or prior.batch_shape != torch.Size():
@@ -147,6 +154,8 @@ class Problem:
         if x_discrete is not None:
             self.x_discrete = _check_discrete(x_discrete, self.x_shape, self._test_x)
         self._test_x = None  # only needed for the check above
+        self.x_trials: tuple[int, int] | None = (
+            check_trials(x_trials, self.x_shape) if x_trials is not None else None)
 
     def _validate(self, n: int = 3) -> None:
         with torch.random.fork_rng():
@@ -231,6 +240,7 @@ class Problem:
             "x_shape": list(self.x_shape or ()),
             "source": self.source,
             **({"x_discrete": list(self.x_discrete)} if self.x_discrete is not None else {}),
+            **({"x_trials": list(self.x_trials)} if self.x_trials is not None else {}),
         }
 
     def __repr__(self) -> str:
@@ -283,3 +293,23 @@ def _check_discrete(columns: Sequence[int], x_shape: tuple[int, ...] | None,
                              "returned non-integer values there on a test batch. Declare only "
                              "columns of integer codes (choices, counts, categories).")
     return cols
+
+
+def check_trials(trials: Sequence[int], x_shape: Sequence[int] | None) -> tuple[int, int]:
+    """Validated ``x_trials``: ``(n, d)`` positive integers with ``n * d == prod(x_shape)``
+    (``x_shape`` None: not checked against it)."""
+    try:
+        n, d = (int(v) for v in trials)
+        ok = all(float(v) == int(v) for v in trials) and n >= 1 and d >= 1
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"x_trials={trials!r} must be two positive integers (n, d): n "
+                         "exchangeable trials of d values each in the flattened x, e.g. "
+                         "x_trials=(4, 2) for 4 iid draws of a 2-D vector.")
+    if x_shape is not None and n * d != int(np.prod(x_shape)):
+        size = int(np.prod(x_shape))
+        raise ValueError(f"x_trials=({n}, {d}) covers {n * d} values, but x has {size} "
+                         f"(x_shape {tuple(x_shape)}). Declare (n, d) with n * d = {size}: n "
+                         "trials of d values each, trial i being x.flatten()[i*d:(i+1)*d].")
+    return n, d

@@ -81,6 +81,7 @@ def slcp() -> Problem:
         simulate_slcp,
         name="slcp",
         x_shape=(2 * NUM_DRAWS,),
+        x_trials=(NUM_DRAWS, 2),
         reference_posterior=reference,
         observation_seeds=[OBSERVATION_SEED_BASE + k for k in OBSERVATION_OFFSETS],
         description="SLCP: 4 draws of a 2-D Gaussian whose mean and covariance depend on 5 "
