@@ -7,7 +7,7 @@ import pytest
 
 import sbi_core.sequential as seq
 import simulators
-from sbi_core.sequential import _budget_epochs, run_sequential
+from sbi_core.sequential import _budget_epochs, round_step_budget, run_sequential
 
 SMALL = {"hidden_features": 16, "num_transforms": 2, "batch_size": 20}
 
@@ -38,6 +38,13 @@ def test_budget_epochs_rounds_steps_up_to_whole_epochs():
     assert _budget_epochs(12, 90, 20, 2000) == 3            # 4 batches per epoch
     assert _budget_epochs(300, 10, 256, 2000) == 300        # fewer rows than a batch
     assert _budget_epochs(10_000, 1800, 256, 50) == 50      # never beyond max_epochs
+
+
+def test_auto_budget_grows_with_the_round_size():
+    assert round_step_budget("auto", 200) == round_step_budget("auto", 400) == seq.ROUND_STEPS
+    assert round_step_budget("auto", 1000) == 500
+    assert round_step_budget("auto", 2000) == 1000
+    assert round_step_budget(12, 2000) == 12 and round_step_budget(None, 2000) is None
 
 
 def test_rounds_before_the_last_stop_at_the_step_budget_last_round_converges(monkeypatch):
@@ -73,7 +80,7 @@ def test_round_steps_none_and_other_methods_keep_full_training(monkeypatch):
     run_sequential(problem, x_o, method="snle", rounds=2, sims_per_round=100, seed=0,
                    progress=False, mcmc={"num_chains": 10}, stop_after_epochs=3, **SMALL)
     assert [s["max_epochs"] for s in seen] == [2000, 2000]  # SNLE: no step budget
-    for bad in (0, 2.5, True):
+    for bad in (0, 2.5, True, "fast"):
         with pytest.raises(ValueError, match="round_steps"):
             run_sequential(problem, x_o, rounds=2, sims_per_round=100, progress=False,
                            round_steps=bad)
