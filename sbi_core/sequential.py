@@ -82,8 +82,8 @@ PROPOSAL_MCMC: dict[str, Any] = {"warmup_steps": 50, "ess_fraction": None}
 #: only have to give a truncation region that contains the posterior: a roughly trained,
 #: somewhat too broad posterior is safe (it spends more of the next round's simulations
 #: outside the posterior), and the last round trains on all simulations to convergence. A
-#: flat 300 steps cost accuracy at 5 x 2,000 (broader regions: 12% instead of 5% of the prior
-#: kept after round 1); 1,000 steps there did not (benchmarks/RESULTS.md, "Issue 17: TSNPE
+#: flat 300 steps cost accuracy at 5 x 2,000 (broader regions: 12-17% instead of 4-5% of the
+#: prior kept after round 1); 1,000 steps there cost less (benchmarks/RESULTS.md, "Issue 17: TSNPE
 #: rounds on a step budget").
 ROUND_STEPS = 300
 ROUND_STEPS_PER_SIM = 0.5
