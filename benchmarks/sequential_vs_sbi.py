@@ -4,7 +4,9 @@ For each task, observation, seed and total simulation budget:
 
 - ours: ``tsnpe``, ``snpe_c`` (needs ``estimators.apt``; reported as not available
   otherwise), ``snle`` (``sbi_core.run_sequential`` with ``--rounds`` rounds of
-  ``budget / rounds``) and amortized ``npe`` (one round of the whole budget);
+  ``budget / rounds``), amortized ``npe`` (one round of the whole budget) and
+  ``tsnpe_nobudget`` (TSNPE with ``round_steps=None``: the rounds before the last train to
+  early stopping, as before the step budget);
 - sbi 0.27 (in a subprocess of ``--sbi-python``, never imported here): ``sbi_snpe_c``
   (``NPE_C`` with the posterior as proposal, atomic loss) and ``sbi_tsnpe`` (``NPE`` +
   ``get_density_thresholder(quantile=1e-4, 100,000 samples)`` + ``RestrictedPrior``
@@ -16,7 +18,9 @@ inside the truncation region (about ``1 - epsilon`` when the truncation is safe;
 a round cut off posterior mass). C2ST (``diagnostics.c2st``, the same classifier for every method) compares
 ``--num-samples`` posterior samples at x_o with the task's reference posterior. Wall time
 covers simulating, training and proposal sampling of all rounds (not the final C2ST
-samples). The machine load (``os.getloadavg()``) is printed with the results.
+samples); ``cpu_seconds`` is the process CPU time of the same span (every process runs one
+thread, so it depends less on the machine's load than wall time). The machine load
+(``os.getloadavg()``) is printed with the results.
 
 Full run (for a quiet machine; many hours on 2 cores):
 
@@ -48,7 +52,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-OURS = ["tsnpe", "snpe_c", "snle", "npe"]
+OURS = ["tsnpe", "snpe_c", "snle", "npe", "tsnpe_nobudget"]
+#: our variants: method name -> (sequential method, extra run_sequential options)
+VARIANTS = {"tsnpe_nobudget": ("tsnpe", {"round_steps": None})}  # the wave-4 round training
 SBI = ["sbi_snpe_c", "sbi_tsnpe"]
 
 
@@ -67,7 +73,7 @@ def sbi_worker(task: str, k: int, seed: int, budget: int, rounds: int, method: s
     prior = problem.prior
     x_o = problem.observation(k)
     n = budget // rounds
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     acceptance = []
     if method == "sbi_snpe_c":
         inference = NPE_C(prior=prior, show_progress_bars=False)
@@ -90,9 +96,10 @@ def sbi_worker(task: str, k: int, seed: int, budget: int, rounds: int, method: s
                                              num_samples_to_estimate_support=100_000)
             proposal = RestrictedPrior(prior, accept, sample_with="rejection")
             acceptance.append(float(accept(prior.sample((10_000,))).float().mean()))
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     samples = posterior.sample((num_samples,), x=x_o, show_progress_bars=False)
-    np.savez(out, samples=samples.numpy(), seconds=seconds, acceptance=np.array(acceptance))
+    np.savez(out, samples=samples.numpy(), seconds=seconds, cpu_seconds=cpu,
+             acceptance=np.array(acceptance))
 
 
 def run_sbi(python: str, task: str, k: int, seed: int, budget: int, rounds: int, method: str,
@@ -108,6 +115,7 @@ def run_sbi(python: str, task: str, k: int, seed: int, budget: int, rounds: int,
                     f"exit {proc.returncode}"}
         res = np.load(out)
         return {"samples": res["samples"], "seconds": float(res["seconds"]),
+                "cpu_seconds": float(res["cpu_seconds"]),
                 "acceptance": [round(a, 4) for a in res["acceptance"].tolist()]}
 
 
@@ -117,16 +125,18 @@ def run_ours(problem, x_o, method: str, budget: int, rounds: int, seed: int,
     from sbi_core import fit, simulate
     from sbi_core.sequential import run_sequential
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     try:
         if method == "npe":
             posterior = fit(problem, simulate(problem, budget, seed=seed, progress=False),
                             method="npe", seed=seed, progress=False)
             acceptance, inside = [], []
         else:
-            posterior, history = run_sequential(problem, x_o, method=method, rounds=rounds,
+            name, extra = VARIANTS.get(method, (method, {}))
+            posterior, history = run_sequential(problem, x_o, method=name, rounds=rounds,
                                                 sims_per_round=budget // rounds, seed=seed,
-                                                progress=False, reference_samples=reference)
+                                                progress=False, reference_samples=reference,
+                                                **extra)
             acceptance = [None if h.prior_mass is None else round(h.prior_mass, 4)
                           for h in history]
             inside = [None if h.reference_inside is None else round(h.reference_inside, 4)
@@ -135,9 +145,10 @@ def run_ours(problem, x_o, method: str, budget: int, rounds: int, seed: int,
         if "not available" in str(err):
             return {"error": "not available in this installation"}
         raise
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     samples = posterior.sample((num_samples,), x=x_o, seed=seed, max_seconds=None)
-    return {"samples": samples.numpy(), "seconds": seconds, "acceptance": acceptance,
+    return {"samples": samples.numpy(), "seconds": seconds, "cpu_seconds": cpu,
+            "acceptance": acceptance,
             "reference_inside": inside}
 
 
@@ -193,6 +204,7 @@ def main() -> None:
                             row["c2st"] = round(c2st(torch.as_tensor(res["samples"]), ref,
                                                      seed=0), 3)
                             row["seconds"] = round(res["seconds"], 1)
+                            row["cpu_seconds"] = round(res["cpu_seconds"], 1)
                             row["prior_mass_per_round"] = res["acceptance"]
                             if any(v is not None for v in res.get("reference_inside") or []):
                                 # fraction of reference samples inside each truncation region

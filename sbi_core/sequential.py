@@ -41,6 +41,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ from sbi_core.problem import Problem
 from sbi_core.progress import show_progress
 from sbi_core.training import _TensorBatches
 
-__all__ = ["run_sequential", "SequentialResult", "RoundRecord", "TruncationRegion",
+__all__ = ["run_sequential", "round_step_budget", "SequentialResult", "RoundRecord", "TruncationRegion",
            "sample_truncated_prior", "check_observation", "SEQUENTIAL_METHODS"]
 
 #: sequential method -> the registered method whose estimator it trains.
@@ -76,6 +77,16 @@ MIN_EPOCH_ROWS = 2000
 #: valid, so the proposal draws skip the ESS-driven extra thinning and use a shorter warm-up
 #: than the final posterior's sampling.
 PROPOSAL_MCMC: dict[str, Any] = {"warmup_steps": 50, "ess_fraction": None}
+#: TSNPE, ``round_steps="auto"``: each round before the last (round 1 included) trains at most
+#: ``max(ROUND_STEPS, ROUND_STEPS_PER_SIM * sims_per_round)`` optimizer steps. Those rounds
+#: only have to give a truncation region that contains the posterior: a roughly trained,
+#: somewhat too broad posterior is safe (it spends more of the next round's simulations
+#: outside the posterior), and the last round trains on all simulations to convergence. A
+#: flat 300 steps cost accuracy at 5 x 2,000 (broader regions: 12-17% instead of 4-5% of the
+#: prior kept after round 1); 1,000 steps there cost less (benchmarks/RESULTS.md, "Issue 17: TSNPE
+#: rounds on a step budget").
+ROUND_STEPS = 300
+ROUND_STEPS_PER_SIM = 0.5
 _APT_FIXED_SPLIT = True  # False: the pre-fix random split per round (benchmarks only)
 
 
@@ -357,6 +368,7 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
                    num_atoms: int = 10, apt_loss: str = "auto", warm_start: bool = True,
                    warm_lr_factor: float = 1.0, round_epoch_size: float | None = 1.0,
                    round_patience: int | None = ROUND_PATIENCE,
+                   round_steps: int | str | None = "auto",
                    proposal_mcmc: dict[str, Any] | None = None, workers: int = 1,
                    chunk_size: int | None = None,
                    timeout: float | None = None, progress: bool | None = None,
@@ -408,6 +420,11 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
         round_patience: tsnpe / snle / snre: early-stopping patience (epochs) of the
             continued rounds (default 20; round 1 keeps the method's; ``None``: the method's;
             an explicit ``stop_after_epochs`` applies to every round).
+        round_steps: tsnpe: each round before the last (round 1 included) stops after about
+            this many optimizer steps (whole epochs; early stopping may end it sooner); the
+            last round trains to convergence. ``"auto"`` (default): ``max(ROUND_STEPS,
+            ROUND_STEPS_PER_SIM * sims_per_round)`` (300 steps up to 600 simulations per round,
+            1,000 at 2,000). ``None``: no step budget (every round to early stopping).
         proposal_mcmc: snle / snre: MCMC options of the proposal draws (default
             ``PROPOSAL_MCMC``: 50 warm-up steps, no ESS-driven thinning); the final
             posterior keeps its own ``mcmc`` settings.
@@ -455,6 +472,13 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
                                        or round_patience < 1):
         raise ValueError(f"round_patience must be a positive integer (epochs) or None for the "
                          f"method's default, got {round_patience!r}.")
+    if round_steps is not None and round_steps != "auto" and (
+            isinstance(round_steps, bool) or not isinstance(round_steps, int)
+            or round_steps < 1):
+        raise ValueError(f"round_steps must be a positive integer (optimizer steps of each TSNPE "
+                         f"round before the last), 'auto' (the default) or None for no step "
+                         f"budget, got {round_steps!r}.")
+    steps = round_step_budget(round_steps, sims_per_round)
     if restrict and method not in ("tsnpe", "snpe_c"):
         raise ValueError(f"restrict=True applies to tsnpe and snpe_c, not {method!r}: "
                          "NLE/NRE need the invalid simulations' factor P(valid | θ) (see "
@@ -479,6 +503,7 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
                 "warm_start": bool(warm_start), "warm_lr_factor": float(warm_lr_factor),
                 "round_epoch_size": round_epoch_size, "round_patience": round_patience,
                 "proposal_mcmc": _plain_options(mcmc_opts),
+                "round_steps": steps if method == "tsnpe" else None,
                 "fit_options": _plain_options(fit_options)}
     if method == "snpe_c" and apt_loss != "atomic":  # stores of earlier versions: "atomic"
         settings["apt_loss"] = apt_loss
@@ -552,7 +577,8 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
                                  warm_start, sims_per_round, seed, warm_lr_factor,
                                  apt_loss, proposals,
                                  round_opts if r < rounds else
-                                 {k: v for k, v in round_opts.items() if k != "epoch_rows"})
+                                 {k: v for k, v in round_opts.items() if k != "epoch_rows"},
+                                 steps if method == "tsnpe" and r < rounds else None)
         train_seconds = time.perf_counter() - t1
         if fit_restriction is not None:
             restricted = fit_restriction(problem.prior, all_sims.theta, all_sims.valid,
@@ -777,11 +803,26 @@ def _train_round(problem: Problem, sims: Any, method: str, base_method: str, r: 
                  warm_start: bool = False, sims_per_round: int = 1,
                  run_seed: int = 0, warm_lr_factor: float = 1.0,
                  apt_loss: str = "atomic", proposals: dict[int, Any] | None = None,
-                 round_opts: dict[str, Any] | None = None) -> Posterior:
+                 round_opts: dict[str, Any] | None = None,
+                 step_budget: int | None = None) -> Posterior:
+    """Train round ``r`` on all simulations ``sims``. ``step_budget``: stop after about this
+    many optimizer steps (TSNPE rounds before the last; early stopping may end it sooner)."""
     opts = dict(round_opts or {})
     epoch_rows = opts.pop("epoch_rows", None)
     if r == 1 or not (method == "snpe_c" or warm_start):  # round 1: the method's own settings
-        return fit(problem, sims, method=base_method, seed=tseed, **fit_options)
+        if step_budget is None:
+            return fit(problem, sims, method=base_method, seed=tseed, **fit_options)
+        from sbi_core.methods import get_method
+        from sbi_core.training import split_options
+
+        config, _ = split_options({**get_method(base_method).training_defaults(fit_options),
+                                   **fit_options})
+        n = int(sims.valid.sum())
+        n_train = n - int(round(config.validation_fraction * n))
+        epochs = _budget_epochs(step_budget, n_train, config.batch_size, config.max_epochs)
+        with _quiet_max_epochs():
+            return fit(problem, sims, method=base_method, seed=tseed,
+                       **{**fit_options, "max_epochs": epochs})
     from sbi_core.methods import get_method
     from sbi_core.training import split_options, train
 
@@ -806,7 +847,13 @@ def _train_round(problem: Problem, sims: Any, method: str, base_method: str, r: 
         sims, sims_per_round, config.validation_fraction, run_seed, config.device)
     batches.epoch_rows = epoch_rows
     if method != "snpe_c":  # warm start: continue the previous round's estimator, plain loss
-        hist = train(estimator, batches, None, config, loss_fn=m.loss_fn)
+        if step_budget is not None:
+            rows = batches.num_train if not epoch_rows else min(epoch_rows, batches.num_train)
+            config = replace(config, max_epochs=_budget_epochs(step_budget, rows,
+                                                               config.batch_size,
+                                                               config.max_epochs))
+        with _quiet_max_epochs() if step_budget is not None else nullcontext():
+            hist = train(estimator, batches, None, config, loss_fn=m.loss_fn)
         return m.make_posterior(estimator, problem.prior, problem.spec(), hist.to_dict(),
                                 **dict(getattr(previous, "config", {}) or {}))
     # The atomic loss needs no proposal density (the atoms cancel it), hence None.
@@ -822,6 +869,30 @@ def _train_round(problem: Problem, sims: Any, method: str, base_method: str, r: 
         hist = train_apt(estimator, theta, x, problem.prior, None, config, num_atoms=num_atoms,
                          batches=batches if _APT_FIXED_SPLIT else None)
     return m.make_posterior(estimator, problem.prior, problem.spec(), hist.to_dict())
+
+
+def round_step_budget(round_steps: int | str | None, sims_per_round: int) -> int | None:
+    """Optimizer steps of a TSNPE round before the last for ``run_sequential(round_steps=)``:
+    ``"auto"`` -> ``max(ROUND_STEPS, ROUND_STEPS_PER_SIM * sims_per_round)``."""
+    if round_steps == "auto":
+        return max(ROUND_STEPS, int(round(ROUND_STEPS_PER_SIM * sims_per_round)))
+    return None if round_steps is None else int(round_steps)
+
+
+def _budget_epochs(steps: int, rows: int, batch_size: int, max_epochs: int) -> int:
+    """Epochs of ``rows`` training rows (``max(rows // batch_size, 1)`` steps each, as the
+    batch sources cut them) that make about ``steps`` optimizer steps, at most ``max_epochs``."""
+    per_epoch = max(rows // max(min(batch_size, rows), 1), 1)
+    return max(1, min(int(max_epochs), math.ceil(steps / per_epoch)))
+
+
+@contextmanager
+def _quiet_max_epochs() -> Iterator[None]:
+    """Reaching the step budget is the intended end of a round before the last, not a
+    training problem: hide the training loop's "Reached max_epochs" warning there."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Reached max_epochs")
+        yield
 
 
 class _RoundBatches(_TensorBatches):  # validation() comes from the base
