@@ -9,7 +9,8 @@ For each task, observation, seed and total simulation budget:
   (``NPE_C`` with the posterior as proposal, atomic loss) and ``sbi_tsnpe`` (``NPE`` +
   ``get_density_thresholder(quantile=1e-4, 100,000 samples)`` + ``RestrictedPrior``
   sampled by rejection, ``force_first_round_loss=True``), each on the same simulator (the
-  worker imports this repository's ``simulators`` package).
+  worker imports this repository's ``simulators`` package; a product prior such as sir's
+  log-normals is passed to sbi as the same law in one torch ``Independent`` distribution).
 
 For our TSNPE each row also gives, per round, the fraction of reference-posterior samples
 inside the truncation region (about ``1 - epsilon`` when the truncation is safe; lower means
@@ -70,6 +71,12 @@ def sbi_worker(task: str, k: int, seed: int, budget: int, rounds: int, method: s
     torch.manual_seed(seed)
     problem = simulators.get_problem(task)
     prior = problem.prior
+    if type(prior).__name__ == "IndependentPrior":  # sbi cannot transform its support (sir)
+        from _npe_worker import _prior_for_sbi
+
+        from sbi_core.priors import prior_spec
+
+        prior = _prior_for_sbi(prior_spec(prior))  # the same law as one torch distribution
     x_o = problem.observation(k)
     n = budget // rounds
     start = time.perf_counter()
