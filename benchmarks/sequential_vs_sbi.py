@@ -11,7 +11,8 @@ For each task, observation, seed and total simulation budget:
   (``NPE_C`` with the posterior as proposal, atomic loss) and ``sbi_tsnpe`` (``NPE`` +
   ``get_density_thresholder(quantile=1e-4, 100,000 samples)`` + ``RestrictedPrior``
   sampled by rejection, ``force_first_round_loss=True``), each on the same simulator (the
-  worker imports this repository's ``simulators`` package).
+  worker imports this repository's ``simulators`` package; a product prior such as sir's
+  log-normals is passed to sbi as the same law in one torch ``Independent`` distribution).
 
 For our TSNPE each row also gives, per round, the fraction of reference-posterior samples
 inside the truncation region (about ``1 - epsilon`` when the truncation is safe; lower means
@@ -27,6 +28,11 @@ Full run (for a quiet machine; many hours on 2 cores):
     OMP_NUM_THREADS=1 python benchmarks/sequential_vs_sbi.py --sbi-python /work/sbi-venv/bin/python \\
         --tasks two_moons slcp gaussian_mixture sir --budgets 1000 2000 5000 10000 \\
         --observations 1 2 3 --seeds 0 1 2
+
+Options of ours (a named variant, repeatable): ``--variant NAME=METHOD:JSON`` adds a row
+``NAME`` of our ``METHOD`` with the JSON options passed to ``run_sequential`` (``fit`` for
+``npe``); ``"rounds"`` overrides ``--rounds`` and ``"sample"`` is a dict of
+``posterior.sample`` options, e.g. ``--variant 'snpe_c_mdn=snpe_c:{"flow": "mdn"}'``.
 
 Reduced run:
 
@@ -71,6 +77,12 @@ def sbi_worker(task: str, k: int, seed: int, budget: int, rounds: int, method: s
     torch.manual_seed(seed)
     problem = simulators.get_problem(task)
     prior = problem.prior
+    if type(prior).__name__ == "IndependentPrior":  # sbi cannot transform its support (sir)
+        from _npe_worker import _prior_for_sbi
+
+        from sbi_core.priors import prior_spec
+
+        prior = _prior_for_sbi(prior_spec(prior))  # the same law as one torch distribution
     x_o = problem.observation(k)
     n = budget // rounds
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -121,22 +133,27 @@ def run_sbi(python: str, task: str, k: int, seed: int, budget: int, rounds: int,
 
 # ---------------------------------------------------------------------------- ours
 def run_ours(problem, x_o, method: str, budget: int, rounds: int, seed: int,
-             num_samples: int, reference) -> dict:
+             num_samples: int, reference, options: dict | None = None) -> dict:
+    """One run of our ``method``; ``options``: a ``--variant``'s (``rounds``, ``sample``,
+    the rest to ``run_sequential`` / ``fit``)."""
     from sbi_core import fit, simulate
     from sbi_core.sequential import run_sequential
 
+    options = dict(options or {})
+    rounds = options.pop("rounds", rounds)
+    sample_options = options.pop("sample", {})
     start, cpu_start = time.perf_counter(), time.process_time()
     try:
         if method == "npe":
             posterior = fit(problem, simulate(problem, budget, seed=seed, progress=False),
-                            method="npe", seed=seed, progress=False)
+                            method="npe", seed=seed, progress=False, **options)
             acceptance, inside = [], []
         else:
             name, extra = VARIANTS.get(method, (method, {}))
             posterior, history = run_sequential(problem, x_o, method=name, rounds=rounds,
                                                 sims_per_round=budget // rounds, seed=seed,
                                                 progress=False, reference_samples=reference,
-                                                **extra)
+                                                **{**extra, **options})
             acceptance = [None if h.prior_mass is None else round(h.prior_mass, 4)
                           for h in history]
             inside = [None if h.reference_inside is None else round(h.reference_inside, 4)
@@ -146,10 +163,31 @@ def run_ours(problem, x_o, method: str, budget: int, rounds: int, seed: int,
             return {"error": "not available in this installation"}
         raise
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    samples = posterior.sample((num_samples,), x=x_o, seed=seed, max_seconds=None)
+    samples = posterior.sample((num_samples,), x=x_o, seed=seed, max_seconds=None,
+                               **sample_options)
     return {"samples": samples.numpy(), "seconds": seconds, "cpu_seconds": cpu,
             "acceptance": acceptance,
             "reference_inside": inside}
+
+
+def parse_variants(specs: list[str]) -> dict[str, tuple[str, dict]]:
+    """``["NAME=METHOD:JSON", ...]`` -> ``{NAME: (METHOD, options)}`` (clear errors)."""
+    out: dict[str, tuple[str, dict]] = {}
+    for spec in specs:
+        name, _, rest = spec.partition("=")
+        base, _, text = rest.partition(":")
+        if not name or base not in OURS or name in OURS + SBI or name in out:
+            raise SystemExit(f"--variant {spec!r}: expected NAME=METHOD:JSON with METHOD one of "
+                             f"{OURS} and a new NAME, e.g. "
+                             "'snpe_c_mdn=snpe_c:{\"flow\": \"mdn\"}'.")
+        try:
+            options = json.loads(text or "{}")
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"--variant {spec!r}: the options are not JSON ({err}).") from None
+        if not isinstance(options, dict):
+            raise SystemExit(f"--variant {spec!r}: the options must be a JSON object.")
+        out[name] = (base, options)
+    return out
 
 
 def main() -> None:
@@ -163,6 +201,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="rounds of the sequential methods")
     ap.add_argument("--methods", nargs="+", default=OURS + SBI, choices=OURS + SBI)
     ap.add_argument("--num-samples", type=int, default=10_000)
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=METHOD:JSON",
+                    help="an extra method NAME: our METHOD with JSON options (see above)")
     ap.add_argument("--json", help="also write all rows to this JSON file")
     ap.add_argument("--sbi-worker", nargs=8, metavar="ARG", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -170,6 +210,7 @@ def main() -> None:
         task, k, seed, budget, rounds, method, num, out = args.sbi_worker
         sbi_worker(task, int(k), int(seed), int(budget), int(rounds), method, int(num), out)
         return
+    variants = parse_variants(args.variant)
 
     import torch
 
@@ -178,7 +219,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message="Reached max_epochs")
-    methods = [m for m in args.methods if m in OURS or args.sbi_python]
+    methods = [m for m in args.methods if m in OURS or args.sbi_python] + list(variants)
     rows = []
     load_before = os.getloadavg()
     for task in args.tasks:
@@ -189,15 +230,19 @@ def main() -> None:
             for seed in args.seeds:
                 for budget in args.budgets:
                     for method in methods:
-                        if method in OURS:
-                            res = run_ours(problem, x_o, method, budget, args.rounds, seed,
-                                           args.num_samples, ref)
+                        if method in OURS or method in variants:
+                            base, opts = variants.get(method, (method, {}))
+                            res = run_ours(problem, x_o, base, budget, args.rounds, seed,
+                                           args.num_samples, ref, opts)
                         else:
                             res = run_sbi(args.sbi_python, task, k, seed, budget, args.rounds,
                                           method, args.num_samples)
                         row = {"task": task, "observation": k, "seed": seed, "budget": budget,
                                "method": method,
-                               "rounds": 1 if method == "npe" else args.rounds}
+                               "rounds": 1 if method == "npe" else
+                               variants.get(method, ("", {}))[1].get("rounds", args.rounds)}
+                        if method in variants:
+                            row["options"] = variants[method][1]
                         if "error" in res:
                             row["error"] = res["error"]
                         else:

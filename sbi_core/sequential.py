@@ -87,6 +87,14 @@ PROPOSAL_MCMC: dict[str, Any] = {"warmup_steps": 50, "ess_fraction": None}
 #: rounds on a step budget").
 ROUND_STEPS = 300
 ROUND_STEPS_PER_SIM = 0.5
+
+#: MCMC defaults of SNLE's posteriors (every round's proposals and the final posterior, saved
+#: with it; ``mcmc=`` overrides them): chains start by SIR from one pool of 1,000 prior draws
+#: per chain. One shared pool of 1,000 (the MCMC default) has an effective sample size of
+#: about 1 on a sharp posterior, so all chains started in one or two of slcp's four modes;
+#: the proposals then trained the likelihood on those modes only (benchmarks/RESULTS.md,
+#: "Issue 17: slcp at 10,000 over observations and seeds").
+SNLE_MCMC: dict[str, Any] = {"init_strategy": "sir_chains", "init_num_candidates": 100_000}
 _APT_FIXED_SPLIT = True  # False: the pre-fix random split per round (benchmarks only)
 
 
@@ -427,7 +435,9 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
             1,000 at 2,000). ``None``: no step budget (every round to early stopping).
         proposal_mcmc: snle / snre: MCMC options of the proposal draws (default
             ``PROPOSAL_MCMC``: 50 warm-up steps, no ESS-driven thinning); the final
-            posterior keeps its own ``mcmc`` settings.
+            posterior keeps its own ``mcmc`` settings (SNLE's default ``SNLE_MCMC``: chains
+            initialized by SIR from one pool of prior draws per chain, ``init_strategy=
+            "sir_chains"``, so they spread over separated modes; ``mcmc=`` overrides it).
         workers, chunk_size, timeout: simulation engine options (``chunk_size`` defaults to
             the largest divisor of ``sims_per_round`` up to 1000, so rounds fill whole chunks).
         progress: one progress line per round (``None``: on a terminal).
@@ -507,6 +517,8 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
                 "fit_options": _plain_options(fit_options)}
     if method == "snpe_c" and apt_loss != "atomic":  # stores of earlier versions: "atomic"
         settings["apt_loss"] = apt_loss
+    if method == "snle":  # a code default like PROPOSAL_MCMC's, not a user setting
+        fit_options["mcmc"] = {**SNLE_MCMC, **(fit_options.get("mcmc") or {})}
     state = _RunState(Path(store) if store is not None else None, settings)
     state.load(resume)
     verbose = show_progress(progress)

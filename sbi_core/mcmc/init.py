@@ -7,6 +7,13 @@
   low-weight draws in the tails, where a learned likelihood can have spurious local modes
   that trap chains (seen with NLE on SIR). Chains that start at the same point separate at
   their first transition (random momenta / slice positions).
+- ``"sir_chains"``: SIR per chain. The candidates are split into one pool per chain and each
+  chain resamples its start from its own pool. With one shared pool a sharp posterior gives
+  the weights an effective sample size of about 1, so every chain starts at the same draw
+  and, on a multimodal posterior, in the same mode (chains rarely cross between modes): the
+  modes' weights in the samples are then chance. With independent pools each chain's start
+  is its own approximate posterior draw, so the chains spread over the modes in proportion
+  to their mass (slcp with SNLE: benchmarks/RESULTS.md, "Issue 17: slcp at 10,000 ...").
 - ``"best"``: the chains start at the candidates with the highest potential (no duplicates).
 - ``"prior"``: plain prior draws.
 
@@ -24,7 +31,7 @@ from torch.distributions import Distribution
 
 __all__ = ["initial_chains", "INIT_STRATEGIES"]
 
-INIT_STRATEGIES = ("sir", "best", "prior")
+INIT_STRATEGIES = ("sir", "sir_chains", "best", "prior")
 
 
 def initial_chains(potential: Callable[[Tensor, Tensor], Tensor], prior: Distribution,
@@ -40,13 +47,19 @@ def initial_chains(potential: Callable[[Tensor, Tensor], Tensor], prior: Distrib
         num_batches: ``B`` observations.
         num_chains: ``C`` chains per observation.
         strategy: one of ``"sir"``, ``"best"``, ``"prior"``.
-        num_candidates: prior draws per observation (at least ``num_chains``).
+        num_candidates: prior draws per observation (at least ``num_chains``; with
+            ``"sir_chains"`` split into ``num_chains`` pools of ``num_candidates //
+            num_chains``).
         proposal: ``proposal(k) -> (theta (B, k, D), log_q (B, k))`` candidates to use
             instead of prior draws.
     """
     if strategy not in INIT_STRATEGIES:
         raise ValueError(f"Unknown init_strategy {strategy!r}; use one of {INIT_STRATEGIES}.")
-    k = max(num_candidates, num_chains) if strategy != "prior" else num_chains
+    pool = max(1, num_candidates // num_chains)
+    if strategy == "sir_chains":
+        k = pool * num_chains
+    else:
+        k = max(num_candidates, num_chains) if strategy != "prior" else num_chains
     if proposal is not None:
         cand_b, log_q = proposal(k)
         cand = cand_b.reshape(num_batches * k, -1)
@@ -70,6 +83,21 @@ def initial_chains(potential: Callable[[Tensor, Tensor], Tensor], prior: Distrib
         order = torch.argsort(finite.float(), dim=1, descending=True, stable=True)[:, :num_chains]
     elif strategy == "best":
         order = torch.argsort(pot, dim=1, descending=True)[:, :num_chains]
+    elif strategy == "sir_chains":
+        if log_q is None:
+            log_q = prior.log_prob(cand.reshape(-1, cand.shape[-1])).reshape(num_batches, k)
+        log_w = torch.where(finite, pot - log_q.reshape(num_batches, k),
+                            torch.full_like(pot, -torch.inf))
+        log_w = log_w.reshape(num_batches, num_chains, pool)
+        empty = ~torch.isfinite(log_w).any(2)  # a pool without a finite draw: any finite one
+        if bool(empty.any()):
+            spare = torch.multinomial(finite.float(), num_chains, replacement=True)
+            spare = spare.reshape(num_batches, num_chains)
+        log_w = torch.where(empty[..., None], torch.zeros_like(log_w), log_w)
+        pick = torch.multinomial(torch.softmax(log_w.reshape(-1, pool), dim=1), 1)
+        order = pick.reshape(num_batches, num_chains) + pool * torch.arange(num_chains)
+        if bool(empty.any()):
+            order = torch.where(empty, spare, order)
     else:
         if log_q is None:
             log_q = prior.log_prob(cand.reshape(-1, cand.shape[-1])).reshape(num_batches, k)

@@ -70,7 +70,9 @@ class MCMCConfig:
         min_draws_per_chain: each chain keeps at least this many draws (more than
             ``num_samples / num_chains`` for small requests; split R-hat and ESS need 4, 10 make
             them less noisy); the returned samples are spread evenly over all kept draws.
-        init_strategy: ``"sir"`` (default, resampling with replacement), ``"best"`` or
+        init_strategy: ``"sir"`` (default, resampling with replacement), ``"sir_chains"`` (SIR
+            from one pool of candidates per chain: chains spread over separated modes),
+            ``"best"`` or
             ``"prior"`` (see ``mcmc.init``).
         init_num_candidates: prior (or proposal) draws per observation for the initialization.
         hmc_num_steps: fixed leapfrog steps per HMC transition (``None``: from
