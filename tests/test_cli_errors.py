@@ -160,6 +160,15 @@ def test_real_entry_point_prints_one_line(tmp_path):
     assert "No model file" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """Give the CLI child Ctrl-C's default disposition, as a terminal's foreground job has.
+
+    A test runner started as a background job (``cmd &`` in a script, ``nohup``) inherits
+    SIGINT *ignored*, and so would the child: it would never see the Ctrl-C this test sends.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_to_the_process_group_during_parallel_simulation(tmp_path):
     (tmp_path / "slow.py").write_text(
         "import time\nfrom sbi_core import Problem, box_uniform\n"
@@ -171,7 +180,7 @@ def test_ctrl_c_to_the_process_group_during_parallel_simulation(tmp_path):
          "--num", "2000", "--chunk-size", "10", "--workers", "2", "--out",
          str(tmp_path / "s.pt"), "--quiet"],
         cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
+        start_new_session=True, preexec_fn=_sigint_as_in_a_terminal)
     time.sleep(6)  # imports, fork, a few chunks
     assert proc.poll() is None, proc.communicate()
     os.killpg(proc.pid, signal.SIGINT)

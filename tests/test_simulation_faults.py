@@ -143,6 +143,15 @@ def problem():
 '''
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """Give the CLI child Ctrl-C's default disposition, as a terminal's foreground job has.
+
+    A test runner started as a background job (``cmd &`` in a script, ``nohup``) inherits
+    SIGINT *ignored*, and so would the child: it would never see the Ctrl-C this test sends.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_to_process_group_is_one_line_and_keeps_chunks(tmp_path):
     (tmp_path / "slowp.py").write_text(SLOW_PROBLEM)
     path = tmp_path / "run.zarr"
@@ -151,7 +160,8 @@ def test_ctrl_c_to_process_group_is_one_line_and_keeps_chunks(tmp_path):
             f"{tmp_path / 'slowp.py'}:problem", "--num", "200", "--seed", "2", "--chunk-size",
             "5", "--workers", "2", "--out", str(path), "--quiet"]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)  # its own process group
+                            text=True, start_new_session=True,  # its own process group
+                            preexec_fn=_sigint_as_in_a_terminal)
     marks = path / "_committed"
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
