@@ -47,12 +47,30 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--flow", help="density estimator of tsnpe/snpe_c (fmaf, nsf, mdn, ...); "
                    "snpe_c with mdn trains with the exact non-atomic loss, the strong choice at "
                    "small budgets (docs/sequential.md)")
+    p.add_argument("--round-steps", type=_round_steps, default="auto",
+                   help="tsnpe: optimizer steps of each round before the last ('auto': "
+                        "max(300, 0.5 x sims per round); 'none': train those rounds to "
+                        "convergence, as before 2026-12-01; or a positive integer)")
     p.add_argument("--max-epochs", type=positive_int)
     p.add_argument("--max-seconds", type=positive_float, help="wall-time cap per round's training")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--quiet", action="store_true", help="no per-round progress lines")
     add_force(p)
     return p
+
+
+def _round_steps(text: str) -> int | str | None:
+    """``--round-steps``: ``auto``, ``none`` or a positive integer."""
+    if text.lower() in ("auto", "none"):
+        return None if text.lower() == "none" else "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not 'auto', 'none' or a positive integer (optimizer steps).")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
                             sims_per_round=args.sims_per_round, seed=args.seed,
                             store=args.store, resume=args.resume, epsilon=args.epsilon,
                             restrict=args.restrict, workers=args.workers, timeout=args.timeout,
-                            progress=not args.quiet, **options)
+                            progress=not args.quiet, round_steps=args.round_steps, **options)
     save(result.posterior, out)
     print(json.dumps({"out": str(args.out), "method": args.method,
                       "total_simulations": result.history[-1].total_simulations,
