@@ -1,7 +1,7 @@
 """The one training loop every estimator goes through.
 
 An estimator is an ``nn.Module`` with ``loss(theta, x) -> Tensor[N]`` (per-sample loss).
-The loop: Adam, minibatches shuffled by index each epoch with the data kept on the
+The loop: Adam (torch's fused kernel where available, :func:`make_adam`), minibatches shuffled by index each epoch with the data kept on the
 device as tensors, a held-out validation split, gradient clipping, early stopping on
 the validation loss with the best weights restored, and caps on epochs and wall time.
 A diverging loss or Ctrl-C stops training with the best weights so far, never losing them.
