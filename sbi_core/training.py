@@ -1,7 +1,7 @@
 """The one training loop every estimator goes through.
 
 An estimator is an ``nn.Module`` with ``loss(theta, x) -> Tensor[N]`` (per-sample loss).
-The loop: Adam, minibatches shuffled by index each epoch with the data kept on the
+The loop: Adam (torch's fused kernel where available, :func:`make_adam`), minibatches shuffled by index each epoch with the data kept on the
 device as tensors, a held-out validation split, gradient clipping, early stopping on
 the validation loss with the best weights restored, and caps on epochs and wall time.
 A diverging loss or Ctrl-C stops training with the best weights so far, never losing them.
@@ -288,7 +288,7 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
     if world > 1:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.Adam(estimator.parameters(), lr=cfg.learning_rate)
+    optimizer = make_adam(estimator.parameters(), cfg.learning_rate)
     cosine = cfg.lr_schedule == "cosine"
     scheduler = (
         torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -450,6 +450,22 @@ def cosine_lr(peak: float, total_steps: int, warmup_steps: float,
         return 0.5 * peak * (1.0 + math.cos(math.pi * s))
 
     return lr
+
+
+def make_adam(params: Iterator[nn.Parameter] | list[nn.Parameter],
+              lr: float) -> torch.optim.Adam:
+    """Adam with torch's fused kernel (one call updates all parameters; ~3x cheaper than the
+    per-tensor loop for the fused flows' ~10 tensors on a CPU, docs/performance.md), or the
+    default implementation where that kernel is unavailable (torch < 2.4 on a CPU, other
+    devices or dtypes). The update rule is the same; results agree up to float rounding."""
+    params = [p for p in params]
+    if params and all(p.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+                      and p.device.type in ("cpu", "cuda") for p in params):
+        try:
+            return torch.optim.Adam(params, lr=lr, fused=True)
+        except (RuntimeError, TypeError, ValueError):
+            pass
+    return torch.optim.Adam(params, lr=lr)
 
 
 def plain_config(cfg: TrainConfig) -> dict[str, Any]:
