@@ -247,3 +247,18 @@ def test_iid_sets_are_tested_as_sets():
     with pytest.raises(MisspecificationError, match="set of observations"):
         post._check_misspecification(bad[None], strict=True)
     post._check_misspecification(sets[0, :4][None], strict=True)
+
+
+def test_detector_flow_is_row_capped_and_deterministic():
+    """The density flow trains on a seeded subset of at most ``max_fit_rows`` rows and stops
+    by epochs, not wall time, so the same seed gives the same detector (the default wall cap
+    is only a safety net); the null still comes from every held-out row."""
+    torch.set_num_threads(1)
+    x = _sims("two_moons", 6000, 0)
+    a = fit_detector(None, x, seed=0, density="flow", max_epochs=4, max_fit_rows=2000)
+    b = fit_detector(None, x, seed=0, density="flow", max_epochs=4, max_fit_rows=2000)
+    assert a.config["num_flow_fit"] == 2000
+    assert a.config["num_fit"] == 6000 - 1200 and a.config["num_holdout"] == 1200
+    assert torch.equal(a.tensors["null_logq"], b.tensors["null_logq"])
+    c = fit_detector(None, x, seed=1, density="flow", max_epochs=4, max_fit_rows=2000)
+    assert not torch.equal(a.tensors["null_logq"], c.tensors["null_logq"])
