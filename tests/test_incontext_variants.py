@@ -100,3 +100,21 @@ def test_bad_variant_options_get_a_clear_error():
         fit(problem, sims, method="incontext", detector=False, variant="zoom")
     with pytest.raises(ValueError, match="num_neighbors must be a positive"):
         fit(problem, sims, method="incontext", detector=False, num_neighbors=0)
+
+
+def test_estimators_saved_before_the_variants_still_load():
+    """Model files written before ``residual``/``num_neighbors`` existed have neither key in
+    their config and no ``coef`` buffer: they load as the plain network."""
+    from estimators.incontext_method import InContextEstimator
+
+    problem = gaussian_linear(dim=2)
+    sims = simulate(problem, 100, seed=0, progress=False)
+    post = fit(problem, sims, method="incontext", detector=False, variant="plain")
+    old_config = {k: v for k, v in post.estimator.config.items()
+                  if k not in ("residual", "num_neighbors", "variant")}
+    old = InContextEstimator(old_config)
+    old.load_state_dict(post.estimator.state_dict())
+    theta = torch.tensor([[[0.1, -0.2]], [[0.3, 0.0]]])
+    xs = torch.tensor([[0.2, -0.1]])
+    assert not old.residual
+    assert torch.allclose(old.log_prob(theta, xs), post.estimator.log_prob(theta, xs))
