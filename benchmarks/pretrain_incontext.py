@@ -8,7 +8,7 @@ continues from the last one. ``--max-minutes`` ends a run cleanly (checkpoint wr
 a GPU lent for at most 10 minutes at a time one repeats the same command with ``--resume``.
 
 Each step draws one ``(D, d, N)``: ``D ~ U{1..3}``, ``d ~ U{1..10}``, the context size ``N``
-log-uniform in ``[8, 1000]``, plus ``--queries`` query pairs per problem, and as many problems
+log-uniform in ``[8, 1000]`` (``--n-min`` raises the lower end), plus ``--queries`` query pairs per problem, and as many problems
 as fit in ``--tokens`` context+query pairs (2..32).
 
 Examples::
