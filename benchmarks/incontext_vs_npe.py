@@ -2,7 +2,8 @@
 
 For each task and context size N, one set of N simulations (seeded) is given to
 
-(a) ``fit(problem, sims, method="incontext", detector=False)`` (the shipped weights),
+(a) ``fit(problem, sims, method="incontext", detector=False)`` (the shipped weights; the
+    variant, ``--variant``, default ``"auto"``, is recorded in each row),
 (b) sbi-core NPE (``benchmarks/_npe_worker.py``, its default flow and preset),
 (c) sbi 0.27 NPE (MAF, sbi's defaults) in ``--sbi-python`` (same worker, own process),
 
@@ -87,6 +88,8 @@ def main() -> None:
     ap.add_argument("--json", help="write all rows to this JSON file")
     ap.add_argument("--weights", default=None,
                     help="in-context weights file (default: the shipped one)")
+    ap.add_argument("--variant", default=None, choices=["auto", "plain", "residual"],
+                    help="in-context variant (default: the method's default, 'auto')")
     ap.add_argument("--baselines-only", action="store_true",
                     help="run only (b) and (c) (they do not depend on the weights)")
     ap.add_argument("--baselines-from", metavar="JSON",
@@ -95,6 +98,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     weights = {"weights": args.weights} if args.weights else {}
+    if args.variant:
+        weights["variant"] = args.variant
     rows = []
     earlier = {}
     if args.baselines_from:
@@ -120,7 +125,8 @@ def main() -> None:
                            for i, xo in enumerate(xos)]
                 t_sample = (time.perf_counter() - t0) / len(xos)
                 scores = [c2st(s, r, seed=0) for s, r in zip(samples, refs)]
-                row["incontext"] = {"first_posterior_seconds": round(t_fit, 3),
+                row["incontext"] = {"variant": post.history.get("variant"),
+                                    "first_posterior_seconds": round(t_fit, 3),
                                     "sample_seconds": round(t_sample, 3),
                                     "c2st": [round(s, 3) for s in scores],
                                     "c2st_mean": round(float(np.mean(scores)), 3)}

@@ -8,7 +8,7 @@ continues from the last one. ``--max-minutes`` ends a run cleanly (checkpoint wr
 a GPU lent for at most 10 minutes at a time one repeats the same command with ``--resume``.
 
 Each step draws one ``(D, d, N)``: ``D ~ U{1..3}``, ``d ~ U{1..10}``, the context size ``N``
-log-uniform in ``[8, 1000]``, plus ``--queries`` query pairs per problem, and as many problems
+log-uniform in ``[8, 1000]`` (``--n-min`` raises the lower end), plus ``--queries`` query pairs per problem, and as many problems
 as fit in ``--tokens`` context+query pairs (2..32).
 
 Examples::
@@ -51,14 +51,15 @@ from estimators.incontext_prior import (  # noqa: E402
 N_MIN = 8
 
 
-def step_batch(seed: int, step: int, tokens: int, queries: int, n_max: int = N_MAX
-               ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """The problems of one step: ``theta`` ``(B, N + Q, D)``, ``x`` ``(B, N + Q, d)``, ``N``."""
+def step_batch(seed: int, step: int, tokens: int, queries: int, n_max: int = N_MAX,
+               n_min: int = N_MIN) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The problems of one step: ``theta`` ``(B, N + Q, D)``, ``x`` ``(B, N + Q, d)``, ``N``
+    (log-uniform in ``[n_min, n_max]``)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
     dim = int(torch.randint(1, D_MAX + 1, (), generator=g))
     x_dim = int(torch.randint(1, X_DIM_MAX + 1, (), generator=g))
     u = float(torch.rand((), generator=g))
-    n = int(round(math.exp(math.log(N_MIN) + u * (math.log(n_max) - math.log(N_MIN)))))
+    n = int(round(math.exp(math.log(n_min) + u * (math.log(n_max) - math.log(n_min)))))
     b = max(2, min(32, tokens // (n + queries)))
     theta, x = sample_problems(b, n + queries, dim, x_dim, g)
     return theta, x, n
@@ -138,7 +139,8 @@ def train(args: argparse.Namespace) -> dict:
     step = start
     end = args.steps if args.stop_at is None else min(args.steps, args.stop_at)
     while step < end:
-        theta, x, n = step_batch(args.seed, step, args.tokens, args.queries)
+        theta, x, n = step_batch(args.seed, step, args.tokens, args.queries,
+                                 n_min=args.n_min)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, warmup)
             if rewarm_from is not None and step - rewarm_from < args.rewarmup:
@@ -198,6 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--tokens", type=int, default=6000, help="context+query pairs per step")
     p.add_argument("--queries", type=int, default=32, help="query pairs per problem")
+    p.add_argument("--n-min", type=int, default=N_MIN,
+                   help="smallest context size drawn (log-uniform in [n-min, 1000])")
     p.add_argument("--net", default=None, help="JSON overrides of the network config")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--checkpoint-seconds", type=float, default=180.0)

@@ -252,8 +252,10 @@ class InContextNet(nn.Module):
         borders = self.bar.borders[0]
         mids = 0.5 * (borders[1:] + borders[:-1])
         z = (mids - tj[..., None]) / bw[..., None]  # (B, Q, nd, k, K)
-        logk = -0.5 * z ** 2 - bw[..., None].log() - 0.5 * math.log(2 * math.pi)
-        dens = torch.logsumexp(w.clamp(min=1e-30).log()[..., None] + logk, dim=-2)
+        # sum in linear space (an einsum; ~2x faster than a log-sum-exp over k): a kernel
+        # below float range only matters under the -30 floor applied below
+        dens = torch.einsum("bqnk,bqnkm->bqnm", w, torch.exp(-0.5 * z.square_()))
+        dens = dens.clamp(min=1e-38).log() - bw.log() - 0.5 * math.log(2 * math.pi)
         return dens.clamp(min=-30.0) + borders.diff().log()
 
     # ------------------------------------------------------------------ queries

@@ -17,6 +17,12 @@ Pretrained range (:mod:`estimators.incontext_prior`): at most ``D_MAX = 3`` para
 raises :class:`InContextRangeError` naming the fixes (``context_size=`` subsamples the
 context; method ``"npe"`` or ``"pfn"`` trains on the problem instead).
 
+Variants (:mod:`estimators.incontext_select`, no retraining, still exact): ``variant="auto"``
+(default) chooses by held-out likelihood on the user's simulations between the plain network
+and the *residual* parameterization (the network sees ``theta`` minus a linear regression on
+``x``, then shifts back), and the kernel's neighbour count; ``"plain"`` / ``"residual"`` and
+``num_neighbors=`` fix them.
+
 ``finetune_steps=k`` optionally continues pretraining for ``k`` steps on the user's own
 simulations (random context/query splits of ``sims``), starting from the shipped weights.
 """
@@ -35,6 +41,7 @@ from torch.distributions import Distribution
 
 from estimators.incontext import InContextNet, pretrain_loss, standardize_context
 from estimators.incontext_prior import D_MAX, N_MAX, X_DIM_MAX
+from estimators.incontext_select import design, linear_coef, select_variant, variant_name
 from sbi_core.budget import Budget
 from sbi_core.methods import Method
 from sbi_core.posterior import Posterior, _device
@@ -47,7 +54,9 @@ __all__ = ["WEIGHTS_PATH", "InContextRangeError", "InContextEstimator", "InConte
 
 WEIGHTS_PATH = Path(__file__).resolve().parent / "weights" / "incontext_v1.pt"
 WEIGHTS_FORMAT = "sbi-core-incontext-weights"
-ESTIMATOR_OPTIONS = ("context_size", "finetune_steps", "finetune_lr", "weights")
+ESTIMATOR_OPTIONS = ("context_size", "finetune_steps", "finetune_lr", "weights", "variant",
+                     "num_neighbors")
+VARIANTS = ("auto", "plain", "residual")
 
 
 class InContextRangeError(ValueError):
@@ -103,8 +112,11 @@ class InContextEstimator(nn.Module):
     """The pretrained network plus one problem's context (buffers) and its standardization.
 
     Args:
-        config: ``theta_dim``, ``x_shape``, ``n_context``, ``net`` (network config) and the
-            provenance of the weights. Buffers are filled by :func:`build_incontext` or loaded.
+        config: ``theta_dim``, ``x_shape``, ``n_context``, ``net`` (network config), the
+            provenance of the weights, and optionally ``residual`` (the network sees the
+            residuals of a linear regression of theta on x: :mod:`estimators.incontext_select`)
+            and ``num_neighbors`` (the kernel's neighbour count at inference). Buffers are
+            filled by :func:`build_incontext` or loaded.
     """
 
     def __init__(self, config: dict[str, Any]):
@@ -115,6 +127,11 @@ class InContextEstimator(nn.Module):
         x_dim = math.prod(x_shape)
         self.theta_dim, self.x_shape, self.x_dim = d, x_shape, x_dim
         self.net = InContextNet(config["net"])
+        if config.get("num_neighbors"):
+            self.net.config["num_neighbors"] = int(config["num_neighbors"])
+        self.residual = bool(config.get("residual", False))
+        if self.residual:  # regression coefficients (d_x + 1, D) on [1, standardized x]
+            self.register_buffer("coef", torch.zeros(x_dim + 1, d))
         self.register_buffer("theta_context", torch.zeros(n, d))
         self.register_buffer("x_context", torch.zeros(n, x_dim))
         for name, k in (("theta_mean", d), ("theta_std", d), ("x_mean", x_dim),
@@ -129,12 +146,18 @@ class InContextEstimator(nn.Module):
     def set_context(self, theta: Tensor, x: Tensor) -> None:
         """Store ``theta`` ``(N, D)`` and ``x`` ``(N, *x_shape)`` and their statistics."""
         x = x.reshape(x.shape[0], -1).float()
-        stats = standardize_context(theta[None].float(), x[None])
+        theta = theta.float()
         with torch.no_grad():
             self.theta_context.copy_(theta)
             self.x_context.copy_(x)
-            for k, v in stats.items():
-                getattr(self, k).copy_(v.reshape(-1))
+            x_stats = standardize_context(theta[None], x[None])
+            for k in ("x_mean", "x_std"):
+                getattr(self, k).copy_(x_stats[k].reshape(-1))
+            if self.residual:
+                self.coef.copy_(linear_coef(theta, self._zx(x)))
+            stats = standardize_context(self.context_targets()[None], x[None])
+            for k in ("theta_mean", "theta_std"):
+                getattr(self, k).copy_(stats[k].reshape(-1))
             self.x_min.copy_(x.min(0).values.reshape(self.x_shape))
             self.x_max.copy_(x.max(0).values.reshape(self.x_shape))
         self._cache = None
@@ -143,10 +166,22 @@ class InContextEstimator(nn.Module):
         self._cache = None
         super()._load_from_state_dict(*args, **kwargs)
 
+    def shift(self, zx: Tensor) -> Tensor:
+        """``a + B zx`` ``(B, D)`` for standardized ``zx`` ``(B, d)`` (zeros unless residual):
+        ``theta = r + shift``."""
+        if not self.residual:
+            return torch.zeros(zx.shape[0], self.theta_dim, device=zx.device)
+        return design(zx) @ self.coef
+
+    def context_targets(self) -> Tensor:
+        """What the network sees as the context's parameters ``(N, D)``: ``theta``, or its
+        regression residuals ``r`` in the residual variant."""
+        return self.theta_context - self.shift(self._zx(self.x_context))
+
     def cache(self) -> dict[str, Any]:
         """The context's keys/values for the query layers (computed once)."""
         if self._cache is None or self._cache["zt"].device != self.theta_context.device:
-            zt = (self.theta_context - self.theta_mean) / self.theta_std
+            zt = (self.context_targets() - self.theta_mean) / self.theta_std
             zx = (self.x_context - self.x_mean) / self.x_std
             with torch.no_grad():
                 self._cache = self.net.encode(zt[None], zx[None])
@@ -155,31 +190,33 @@ class InContextEstimator(nn.Module):
     def _zx(self, xs: Tensor) -> Tensor:
         return (xs.reshape(xs.shape[0], -1) - self.x_mean) / self.x_std  # (B, d)
 
-    def _z_bounds(self) -> tuple[Tensor, Tensor]:
-        return (self.low - self.theta_mean) / self.theta_std, \
-            (self.high - self.theta_mean) / self.theta_std
+    def _z_bounds(self, shift: Tensor) -> tuple[Tensor, Tensor]:
+        """The prior bounds in the network's standardized units ``(B, D)`` per observation."""
+        return (self.low - shift - self.theta_mean) / self.theta_std, \
+            (self.high - shift - self.theta_mean) / self.theta_std
 
-    def _mass(self, logits: Tensor, dims: slice | int) -> Tensor:
-        """Probability of each factor inside the prior bounds ``(..., len(dims))``."""
-        lo, hi = (b[dims] for b in self._z_bounds())
+    def _mass(self, logits: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        """CDF of each factor at the standardized bounds ``lo``, ``hi`` (shape
+        ``logits.shape[:-1]``; infinite where the prior is unbounded)."""
         lo_f = torch.where(torch.isfinite(lo), lo, torch.zeros_like(lo))
         hi_f = torch.where(torch.isfinite(hi), hi, torch.zeros_like(hi))
-        c_lo = torch.where(torch.isfinite(lo), self.net.cdf_std(logits, lo_f.expand(
-            logits.shape[:-1])), torch.zeros(()))
-        c_hi = torch.where(torch.isfinite(hi), self.net.cdf_std(logits, hi_f.expand(
-            logits.shape[:-1])), torch.ones(()))
+        c_lo = torch.where(torch.isfinite(lo), self.net.cdf_std(logits, lo_f), torch.zeros(()))
+        c_hi = torch.where(torch.isfinite(hi), self.net.cdf_std(logits, hi_f), torch.ones(()))
         return c_lo, c_hi
 
     @torch.no_grad()
     def log_prob(self, theta: Tensor, xs: Tensor) -> Tensor:
         """``log q(theta_s | x_b)`` ``(S, B)`` for ``theta`` ``(S, B, D)``, ``xs`` ``(B, *x_shape)``."""
         s, b, d = theta.shape
-        zt = ((theta - self.theta_mean) / self.theta_std).transpose(0, 1)  # (B, S, D)
-        zx = self._zx(xs)[:, None, :].expand(b, s, -1)
+        zx_b = self._zx(xs)
+        shift = self.shift(zx_b)  # (B, D)
+        zt = ((theta - shift - self.theta_mean) / self.theta_std).transpose(0, 1)  # (B, S, D)
+        zx = zx_b[:, None, :].expand(b, s, -1)
         logits = self.net.logits(zx.reshape(1, b * s, -1), zt.reshape(1, b * s, d),
                                  self.cache(), self.theta_context.shape[0])[0]
         lp = self.net.log_prob_std(logits, zt.reshape(b * s, d))
-        c_lo, c_hi = self._mass(logits, slice(None))
+        lo, hi = (v[:, None].expand(b, s, d).reshape(b * s, d) for v in self._z_bounds(shift))
+        c_lo, c_hi = self._mass(logits, lo, hi)
         lp = lp - (c_hi - c_lo).clamp(min=1e-12).log()
         out = (lp.sum(-1) - self.theta_std.log().sum()).reshape(b, s).T
         th = theta
@@ -192,6 +229,8 @@ class InContextEstimator(nn.Module):
         """``num`` exact ancestral draws per observation ``xs`` ``(B, *x_shape)`` → ``(num, B, D)``."""
         b, d = xs.shape[0], self.theta_dim
         zx = self._zx(xs)
+        shift = self.shift(zx)  # (B, D)
+        z_lo, z_hi = self._z_bounds(shift)
         cache, n = self.cache(), self.theta_context.shape[0]
         out = torch.empty(num, b, d, device=xs.device)
         # factor 1 does not depend on theta: one pass per observation
@@ -211,11 +250,12 @@ class InContextEstimator(nn.Module):
                     logits = self.net.logits(zx[:, None, :].expand(b, m, -1).reshape(1, b * m, -1),
                                              zt.reshape(1, b * m, d), cache, n,
                                              dims=[j])[0].reshape(b, m, 1, -1)
-                c_lo, c_hi = self._mass(logits, slice(j, j + 1))
+                c_lo, c_hi = self._mass(logits, z_lo[:, None, j:j + 1].expand(b, m, 1),
+                                        z_hi[:, None, j:j + 1].expand(b, m, 1))
                 u = torch.rand(b, m, 1, generator=generator, device=xs.device)
                 u = c_lo + (c_hi - c_lo) * u
                 zt[..., j] = self.net.icdf_std(logits, u)[..., 0]
-            theta = zt * self.theta_std + self.theta_mean
+            theta = zt * self.theta_std + self.theta_mean + shift[:, None, :]
             theta = torch.maximum(torch.minimum(theta, self.high), self.low)
             out[start:start + m] = theta.transpose(0, 1)
         return out
@@ -246,9 +286,13 @@ def build_incontext(theta: Tensor, x: Tensor, prior: Distribution,
     """The estimator for context ``theta`` ``(N, D)``, ``x`` ``(N, *x_shape)`` (no training).
 
     Options: ``context_size`` (subsample that many simulations, seeded by ``seed``),
-    ``weights`` (a weights file other than the shipped one), ``seed``.
+    ``weights`` (a weights file other than the shipped one), ``seed``, ``variant``
+    (``"auto"``, the default: the candidate of :mod:`estimators.incontext_select` with the
+    lowest held-out NLL on the context; ``"plain"``; ``"residual"``) and ``num_neighbors``
+    (the kernel's neighbour count; with ``"auto"`` it restricts the candidates to it;
+    otherwise the pretrained 16).
     """
-    unknown = set(options) - {"context_size", "weights", "seed"}
+    unknown = set(options) - {"context_size", "weights", "seed", "variant", "num_neighbors"}
     if unknown:
         raise TypeError(f"Unknown in-context options {sorted(unknown)}; valid: "
                         f"{list(ESTIMATOR_OPTIONS)}.")
@@ -263,15 +307,39 @@ def build_incontext(theta: Tensor, x: Tensor, prior: Distribution,
             keep = torch.randperm(theta.shape[0], generator=g)[:size]
             theta, x = theta[keep], x[keep]
     check_range(theta.shape[1], math.prod(x_shape), theta.shape[0])
+    variant = options.get("variant") or "auto"
+    if variant not in VARIANTS:
+        raise ValueError(f"variant={variant!r} is not one of {list(VARIANTS)}; use 'auto' "
+                         "(chosen by held-out likelihood on the simulations), 'plain' or "
+                         "'residual'.")
+    nb = options.get("num_neighbors")
+    if nb is not None and int(nb) < 1:
+        raise ValueError(f"num_neighbors must be a positive integer, got {nb}.")
     net, meta = load_pretrained(options.get("weights"))
     low, high = support_bounds(prior)
+    theta, x = theta.float(), x.float()
+    record: dict[str, Any] = {}
+    if variant == "auto":
+        x_flat = x.reshape(x.shape[0], -1)
+        st = standardize_context(theta[None], x_flat[None])
+        zx = ((x_flat - st["x_mean"][0]) / st["x_std"][0])
+        cands = None if nb is None else ((False, int(nb)), (True, int(nb)))
+        (residual, nb_used), record = select_variant(
+            net, theta, zx, seed=int(options.get("seed", 0)),
+            **({} if cands is None else {"candidates": cands}))
+    else:
+        residual = variant == "residual"
+        nb_used = int(nb) if nb is not None else int(net.config["num_neighbors"])
     config = {"theta_dim": int(theta.shape[1]), "x_shape": list(x_shape),
               "n_context": int(theta.shape[0]), "net": net.config,
               "weights": {"file": Path(options.get("weights") or WEIGHTS_PATH).name,
-                          "steps": meta.get("steps"), "seed": meta.get("seed")}}
+                          "steps": meta.get("steps"), "seed": meta.get("seed")},
+              "residual": residual, "num_neighbors": nb_used,
+              "variant": {"requested": variant, "chosen": variant_name(residual, nb_used),
+                          **record}}
     est = InContextEstimator(config)
     est.net.load_state_dict(net.state_dict())
-    est.set_context(theta.float(), x.float())
+    est.set_context(theta, x)
     with torch.no_grad():
         est.low.copy_(low.float())
         est.high.copy_(high.float())
@@ -285,7 +353,7 @@ def finetune(est: InContextEstimator, steps: int, lr: float = 1e-4, seed: int = 
     Each step splits a random permutation of the context into context and queries (20%,
     at most 200) and takes an Adam step on the prior-data NLL. Returns the losses.
     """
-    theta, x = est.theta_context, est.x_context
+    theta, x = est.context_targets(), est.x_context
     n = theta.shape[0]
     q = queries or max(1, min(200, n // 5))
     g = torch.Generator().manual_seed(seed)
@@ -320,6 +388,7 @@ def fit_incontext(problem: Problem, sims: tuple[Tensor, Tensor], seed: int = 0,
     history: dict[str, Any] = {"num_simulations": int(theta.shape[0]),
                                "context_size": int(est.theta_context.shape[0]),
                                "epochs": 0, "finetune_steps": steps}
+    history["variant"] = est.config["variant"]["chosen"]
     est = est.to(train_config.device)
     if steps > 0:  # est.net is this posterior's own copy of the pretrained network
         history["finetune_losses"] = finetune(est, steps, lr=lr, seed=seed)
