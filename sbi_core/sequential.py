@@ -87,17 +87,22 @@ PROPOSAL_MCMC: dict[str, Any] = {"warmup_steps": 50, "ess_fraction": None}
 #: rounds on a step budget").
 ROUND_STEPS = 300
 ROUND_STEPS_PER_SIM = 0.5
-#: TSNPE, ``final_steps="auto"``: the last round (warm-started from the previous round's
-#: network) anneals its cosine learning-rate schedule over ``max(FINAL_STEPS,
-#: FINAL_STEPS_PER_SIM * total simulations)`` optimizer steps (2,500 at 10,000) instead of
-#: the amortized preset's full schedule (300 epochs at 10,000 simulations: ~9,300 steps on
-#: two_moons, 70% of the run's time), and runs it to its end (no stall rule). Applies only
-#: when the round's schedule is cosine (the fmaf ``accurate`` preset); plateau presets train
-#: to early stopping as before. Paired on two_moons, seed 0, observations 1-3: 0.2 / 0.25 /
-#: 0.3 steps per simulation gave C2ST 0.545 / 0.542 / 0.540 at 10,000 (full schedule: 0.549)
-#: (benchmarks/RESULTS.md, "Issue 17: the last TSNPE round on a step budget").
-FINAL_STEPS = 300
+#: TSNPE, ``final_steps="auto"``: from ``FINAL_MIN_SIMULATIONS`` total simulations on, the
+#: last round (warm-started from the previous round's network) anneals its cosine
+#: learning-rate schedule over ``FINAL_STEPS_PER_SIM * total simulations`` optimizer steps
+#: (2,500 at 10,000) and runs it to its end, instead of the amortized preset's full schedule
+#: (300 epochs at 10,000 simulations: ~9,300 steps on two_moons, 70% of the run's time).
+#: Applies only when the round's schedule is cosine (the fmaf ``accurate`` preset). Paired on
+#: two_moons (seed 0, observations 1-3) at 10,000: 0.2 / 0.25 / 0.3 steps per simulation gave
+#: C2ST 0.545 / 0.542 / 0.540, the full schedule 0.549. Below 5,000 simulations the preset's
+#: early stopping stays: the last round's length there depends on the problem
+#: (gaussian_mixture 5 x 400: 270-330 epochs, two_moons ~90), and 500 steps cost
+#: gaussian_mixture 0.09 C2ST (0.59 / 0.60 -> 0.68 / 0.69, observations 1 / 2); a step cap
+#: that keeps the stall rule shortens its final decay to 10% of the cap and cost
+#: gaussian_mixture 10,000 0.03 (benchmarks/RESULTS.md, "Issue 17: the last TSNPE round on
+#: a step budget").
 FINAL_STEPS_PER_SIM = 0.25
+FINAL_MIN_SIMULATIONS = 5000
 #: settings recorded in a store's state that only change the last round: a store written
 #: before one of them existed resumes with the new default (its finished rounds are the same).
 _LAST_ROUND_SETTINGS = ("final_steps",)
@@ -452,10 +457,11 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
         final_steps: tsnpe: the last round (more than one round) anneals its cosine
             learning-rate schedule over about this many optimizer steps (whole epochs) from
             the previous round's network, instead of the preset's full schedule; the best
-            validation weights are kept. ``"auto"`` (default): ``max(FINAL_STEPS,
-            FINAL_STEPS_PER_SIM * rounds * sims_per_round)`` (2,500 steps at 10,000
-            simulations; the whole shortened schedule runs), applied only when the round's schedule is cosine (the default fmaf
-            ``accurate`` preset); an integer applies to any schedule (a plateau schedule then
+            validation weights are kept. ``"auto"`` (default): ``FINAL_STEPS_PER_SIM *
+            rounds * sims_per_round`` (1,250 steps at 5,000 simulations, 2,500 at 10,000; the
+            whole shortened schedule runs) from ``FINAL_MIN_SIMULATIONS`` (5,000) total
+            simulations on (below, the preset's early stopping), applied only when the
+            round's schedule is cosine (the default fmaf ``accurate`` preset); an integer applies to any schedule (a plateau schedule then
             stops at the budget); ``None``: the preset's schedule, to convergence. Stores made
             before this option resume with the default.
         proposal_mcmc: snle / snre: MCMC options of the proposal draws (default
@@ -907,8 +913,8 @@ def _train_round(problem: Problem, sims: Any, method: str, base_method: str, r: 
                                                                config.max_epochs))
             if last and cosine:
                 # the last round runs its whole shortened schedule: a stall would compress the
-                # rest of the decay into 10% of the (already short) schedule (two_moons 5 x 400:
-                # C2ST 0.613 with the stall rule vs 0.590 without, observations 1-3)
+                # rest of the decay into 10% of the (already short) schedule
+                # (gaussian_mixture 5 x 2,000, observation 1: C2ST 0.612 vs 0.581)
                 config = replace(config, stop_after_epochs=config.max_epochs + 1)
         with _quiet_max_epochs() if step_budget is not None else nullcontext():
             hist = train(estimator, batches, None, config, loss_fn=m.loss_fn)
@@ -942,9 +948,12 @@ def _round_budget(method: str, r: int, rounds: int, steps: int | None,
 
 def final_step_budget(final_steps: int | str | None, total_simulations: int) -> int | None:
     """Optimizer steps of the last TSNPE round for ``run_sequential(final_steps=)``:
-    ``"auto"`` -> ``max(FINAL_STEPS, FINAL_STEPS_PER_SIM * total_simulations)``."""
+    ``"auto"`` -> ``FINAL_STEPS_PER_SIM * total_simulations`` from ``FINAL_MIN_SIMULATIONS``
+    total simulations on, else ``None`` (the preset's schedule with early stopping)."""
     if final_steps == "auto":
-        return max(FINAL_STEPS, int(round(FINAL_STEPS_PER_SIM * total_simulations)))
+        if total_simulations < FINAL_MIN_SIMULATIONS:
+            return None
+        return max(1, int(round(FINAL_STEPS_PER_SIM * total_simulations)))
     return None if final_steps is None else int(round(final_steps))
 
 

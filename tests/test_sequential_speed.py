@@ -39,11 +39,13 @@ def _problem():
 
 
 def test_final_step_budget_scales_with_the_simulations():
-    assert final_step_budget("auto", 1000) == max(seq.FINAL_STEPS,
-                                                  round(seq.FINAL_STEPS_PER_SIM * 1000))
     assert final_step_budget("auto", 10_000) == round(seq.FINAL_STEPS_PER_SIM * 10_000)
-    assert final_step_budget("auto", 100) == seq.FINAL_STEPS
     assert final_step_budget("auto", 20_000) == 2 * final_step_budget("auto", 10_000)
+    assert final_step_budget("auto", seq.FINAL_MIN_SIMULATIONS) == \
+        round(seq.FINAL_STEPS_PER_SIM * seq.FINAL_MIN_SIMULATIONS)
+    # below FINAL_MIN_SIMULATIONS the preset's early stopping decides the last round
+    assert final_step_budget("auto", seq.FINAL_MIN_SIMULATIONS - 1) is None
+    assert final_step_budget("auto", 2000) is None
     assert final_step_budget(None, 10_000) is None and final_step_budget(50, 10) == 50
 
 
@@ -77,9 +79,14 @@ def test_auto_budget_only_for_cosine_schedules_and_none_keeps_the_preset(monkeyp
     problem, x_o = _problem()
     common = dict(rounds=2, sims_per_round=100, seed=0, progress=False, round_steps=8,
                   round_patience=3, **SMALL)
+    run_sequential(problem, x_o, **common)        # 200 simulations: below the auto minimum
+    assert seen[1]["schedule"] == "cosine" and seen[1]["max_epochs"] == 60
+    seen.clear()
+    monkeypatch.setattr(seq, "FINAL_MIN_SIMULATIONS", 200)
     run_sequential(problem, x_o, **common)                       # accurate preset: cosine
     budget = _budget_epochs(final_step_budget("auto", 200), seen[1]["num_train"], 20, 60)
     assert seen[1]["schedule"] == "cosine" and seen[1]["max_epochs"] == budget < 60
+    assert seen[1]["epochs"] == budget                           # the whole schedule runs
     seen.clear()
     run_sequential(problem, x_o, preset="fast", stop_after_epochs=3, **common)  # plateau
     assert seen[1]["schedule"] == "plateau" and seen[1]["max_epochs"] == 60
