@@ -89,20 +89,21 @@ ROUND_STEPS = 300
 ROUND_STEPS_PER_SIM = 0.5
 #: TSNPE, ``final_steps="auto"``: from ``FINAL_MIN_SIMULATIONS`` total simulations on, the
 #: last round (warm-started from the previous round's network) anneals its cosine
-#: learning-rate schedule over ``FINAL_STEPS_PER_SIM * total simulations`` optimizer steps
-#: (2,500 at 10,000) and runs it to its end, instead of the amortized preset's full schedule
-#: (300 epochs at 10,000 simulations: ~9,300 steps on two_moons, 70% of the run's time).
-#: Applies only when the round's schedule is cosine (the fmaf ``accurate`` preset). Paired on
-#: two_moons (seed 0, observations 1-3) at 10,000: 0.2 / 0.25 / 0.3 steps per simulation gave
-#: C2ST 0.545 / 0.542 / 0.540, the full schedule 0.549. Below 5,000 simulations the preset's
-#: early stopping stays: the last round's length there depends on the problem
-#: (gaussian_mixture 5 x 400: 270-330 epochs, two_moons ~90), and 500 steps cost
-#: gaussian_mixture 0.09 C2ST (0.59 / 0.60 -> 0.68 / 0.69, observations 1 / 2); a step cap
-#: that keeps the stall rule shortens its final decay to 10% of the cap and cost
-#: gaussian_mixture 10,000 0.03 (benchmarks/RESULTS.md, "Issue 17: the last TSNPE round on
-#: a step budget").
+#: learning-rate schedule over ``max(FINAL_MIN_STEPS, FINAL_STEPS_PER_SIM * total
+#: simulations)`` optimizer steps (1,000 at 2,000, 1,250 at 5,000, 2,500 at 10,000) and runs
+#: it to its end, instead of the amortized preset's full schedule (300 epochs at 10,000
+#: simulations: ~9,300 steps on two_moons, 70% of the run's time). Applies only when the
+#: round's schedule is cosine (the fmaf ``accurate`` preset). Paired on two_moons (seed 0,
+#: observations 1-3) at 10,000: 0.2 / 0.25 / 0.3 steps per simulation gave C2ST 0.545 /
+#: 0.542 / 0.540, the full schedule 0.549. At 2,000 the last round's length buys accuracy:
+#: 500 steps cost gaussian_mixture 0.09 C2ST, 1,000 steps 0.016 (0.593 -> 0.609, CPU -35%;
+#: two_moons 0.573 -> 0.578); at 1,000 (3 steps per epoch) the preset's early stopping stays.
+#: A step cap that keeps the stall rule shortens the final decay to 10% of the cap and cost
+#: gaussian_mixture 10,000 0.03 (benchmarks/RESULTS.md, "Issue 17: the last TSNPE round on a
+#: step budget").
 FINAL_STEPS_PER_SIM = 0.25
-FINAL_MIN_SIMULATIONS = 5000
+FINAL_MIN_STEPS = 1000
+FINAL_MIN_SIMULATIONS = 2000
 #: settings recorded in a store's state that only change the last round: a store written
 #: before one of them existed resumes with the new default (its finished rounds are the same).
 _LAST_ROUND_SETTINGS = ("final_steps",)
@@ -457,10 +458,11 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
         final_steps: tsnpe: the last round (more than one round) anneals its cosine
             learning-rate schedule over about this many optimizer steps (whole epochs) from
             the previous round's network, instead of the preset's full schedule; the best
-            validation weights are kept. ``"auto"`` (default): ``FINAL_STEPS_PER_SIM *
-            rounds * sims_per_round`` (1,250 steps at 5,000 simulations, 2,500 at 10,000; the
-            whole shortened schedule runs) from ``FINAL_MIN_SIMULATIONS`` (5,000) total
-            simulations on (below, the preset's early stopping), applied only when the
+            validation weights are kept. ``"auto"`` (default): ``max(FINAL_MIN_STEPS,
+            FINAL_STEPS_PER_SIM * rounds * sims_per_round)`` (1,000 steps at 2,000
+            simulations, 1,250 at 5,000, 2,500 at 10,000; the whole shortened schedule runs)
+            from ``FINAL_MIN_SIMULATIONS`` (2,000) total simulations on (below, the preset's
+            early stopping), applied only when the
             round's schedule is cosine (the default fmaf ``accurate`` preset); an integer applies to any schedule (a plateau schedule then
             stops at the budget); ``None``: the preset's schedule, to convergence. Stores made
             before this option resume with the default.
@@ -948,12 +950,13 @@ def _round_budget(method: str, r: int, rounds: int, steps: int | None,
 
 def final_step_budget(final_steps: int | str | None, total_simulations: int) -> int | None:
     """Optimizer steps of the last TSNPE round for ``run_sequential(final_steps=)``:
-    ``"auto"`` -> ``FINAL_STEPS_PER_SIM * total_simulations`` from ``FINAL_MIN_SIMULATIONS``
-    total simulations on, else ``None`` (the preset's schedule with early stopping)."""
+    ``"auto"`` -> ``max(FINAL_MIN_STEPS, FINAL_STEPS_PER_SIM * total_simulations)`` from
+    ``FINAL_MIN_SIMULATIONS`` total simulations on, else ``None`` (the preset's schedule with
+    early stopping)."""
     if final_steps == "auto":
         if total_simulations < FINAL_MIN_SIMULATIONS:
             return None
-        return max(1, int(round(FINAL_STEPS_PER_SIM * total_simulations)))
+        return max(FINAL_MIN_STEPS, int(round(FINAL_STEPS_PER_SIM * total_simulations)))
     return None if final_steps is None else int(round(final_steps))
 
 

@@ -41,11 +41,12 @@ def _problem():
 def test_final_step_budget_scales_with_the_simulations():
     assert final_step_budget("auto", 10_000) == round(seq.FINAL_STEPS_PER_SIM * 10_000)
     assert final_step_budget("auto", 20_000) == 2 * final_step_budget("auto", 10_000)
-    assert final_step_budget("auto", seq.FINAL_MIN_SIMULATIONS) == \
-        round(seq.FINAL_STEPS_PER_SIM * seq.FINAL_MIN_SIMULATIONS)
+    assert final_step_budget("auto", seq.FINAL_MIN_SIMULATIONS) == max(
+        seq.FINAL_MIN_STEPS, round(seq.FINAL_STEPS_PER_SIM * seq.FINAL_MIN_SIMULATIONS))
+    assert final_step_budget("auto", 2000) == 1000 and final_step_budget("auto", 5000) == 1250
     # below FINAL_MIN_SIMULATIONS the preset's early stopping decides the last round
     assert final_step_budget("auto", seq.FINAL_MIN_SIMULATIONS - 1) is None
-    assert final_step_budget("auto", 2000) is None
+    assert final_step_budget("auto", 1000) is None
     assert final_step_budget(None, 10_000) is None and final_step_budget(50, 10) == 50
 
 
@@ -83,6 +84,7 @@ def test_auto_budget_only_for_cosine_schedules_and_none_keeps_the_preset(monkeyp
     assert seen[1]["schedule"] == "cosine" and seen[1]["max_epochs"] == 60
     seen.clear()
     monkeypatch.setattr(seq, "FINAL_MIN_SIMULATIONS", 200)
+    monkeypatch.setattr(seq, "FINAL_MIN_STEPS", 30)
     run_sequential(problem, x_o, **common)                       # accurate preset: cosine
     budget = _budget_epochs(final_step_budget("auto", 200), seen[1]["num_train"], 20, 60)
     assert seen[1]["schedule"] == "cosine" and seen[1]["max_epochs"] == budget < 60
