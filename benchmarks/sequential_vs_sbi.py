@@ -6,7 +6,9 @@ For each task, observation, seed and total simulation budget:
   otherwise), ``snle`` (``sbi_core.run_sequential`` with ``--rounds`` rounds of
   ``budget / rounds``), amortized ``npe`` (one round of the whole budget) and
   ``tsnpe_nobudget`` (TSNPE with ``round_steps=None``: the rounds before the last train to
-  early stopping, as before the step budget);
+  early stopping, as before the step budget) and ``tsnpe_fullfinal`` (TSNPE with
+  ``final_steps=None``: the last round runs the preset's full schedule, as before its
+  step budget);
 - sbi 0.27 (in a subprocess of ``--sbi-python``, never imported here): ``sbi_snpe_c``
   (``NPE_C`` with the posterior as proposal, atomic loss) and ``sbi_tsnpe`` (``NPE`` +
   ``get_density_thresholder(quantile=1e-4, 100,000 samples)`` + ``RestrictedPrior``
@@ -58,9 +60,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-OURS = ["tsnpe", "snpe_c", "snle", "npe", "tsnpe_nobudget"]
+OURS = ["tsnpe", "snpe_c", "snle", "npe", "tsnpe_nobudget", "tsnpe_fullfinal"]
 #: our variants: method name -> (sequential method, extra run_sequential options)
-VARIANTS = {"tsnpe_nobudget": ("tsnpe", {"round_steps": None})}  # the wave-4 round training
+VARIANTS = {"tsnpe_nobudget": ("tsnpe", {"round_steps": None}),  # the wave-4 round training
+            "tsnpe_fullfinal": ("tsnpe", {"final_steps": None})}  # last round: full schedule
 SBI = ["sbi_snpe_c", "sbi_tsnpe"]
 
 

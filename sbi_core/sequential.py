@@ -57,7 +57,7 @@ from sbi_core.problem import Problem
 from sbi_core.progress import show_progress
 from sbi_core.training import _TensorBatches
 
-__all__ = ["run_sequential", "round_step_budget", "SequentialResult", "RoundRecord", "TruncationRegion",
+__all__ = ["run_sequential", "round_step_budget", "final_step_budget", "SequentialResult", "RoundRecord", "TruncationRegion",
            "sample_truncated_prior", "check_observation", "SEQUENTIAL_METHODS"]
 
 #: sequential method -> the registered method whose estimator it trains.
@@ -87,6 +87,26 @@ PROPOSAL_MCMC: dict[str, Any] = {"warmup_steps": 50, "ess_fraction": None}
 #: rounds on a step budget").
 ROUND_STEPS = 300
 ROUND_STEPS_PER_SIM = 0.5
+#: TSNPE, ``final_steps="auto"``: from ``FINAL_MIN_SIMULATIONS`` total simulations on, the
+#: last round (warm-started from the previous round's network) anneals its cosine
+#: learning-rate schedule over ``max(FINAL_MIN_STEPS, FINAL_STEPS_PER_SIM * total
+#: simulations)`` optimizer steps (1,000 at 2,000, 1,250 at 5,000, 2,500 at 10,000) and runs
+#: it to its end, instead of the amortized preset's full schedule (300 epochs at 10,000
+#: simulations: ~9,300 steps on two_moons, 70% of the run's time). Applies only when the
+#: round's schedule is cosine (the fmaf ``accurate`` preset). Paired on two_moons (seed 0,
+#: observations 1-3) at 10,000: 0.2 / 0.25 / 0.3 steps per simulation gave C2ST 0.545 /
+#: 0.542 / 0.540, the full schedule 0.549. At 2,000 the last round's length buys accuracy:
+#: 500 steps cost gaussian_mixture 0.09 C2ST, 1,000 steps 0.016 (0.593 -> 0.609, CPU -35%;
+#: two_moons 0.573 -> 0.578); at 1,000 (3 steps per epoch) the preset's early stopping stays.
+#: A step cap that keeps the stall rule shortens the final decay to 10% of the cap and cost
+#: gaussian_mixture 10,000 0.03 (benchmarks/RESULTS.md, "Issue 17: the last TSNPE round on a
+#: step budget").
+FINAL_STEPS_PER_SIM = 0.25
+FINAL_MIN_STEPS = 1000
+FINAL_MIN_SIMULATIONS = 2000
+#: settings recorded in a store's state that only change the last round: a store written
+#: before one of them existed resumes with the new default (its finished rounds are the same).
+_LAST_ROUND_SETTINGS = ("final_steps",)
 
 #: MCMC defaults of SNLE's posteriors (every round's proposals and the final posterior, saved
 #: with it; ``mcmc=`` overrides them): chains start by SIR from one pool of 1,000 prior draws
@@ -328,7 +348,8 @@ class _RunState:
         state = json.loads(state_file.read_text())
         saved = state.get("settings", {})
         diff = {k: (saved.get(k), v) for k, v in self.settings.items()
-                if k != "rounds" and saved.get(k) != v}
+                if k != "rounds" and saved.get(k) != v
+                and not (k in _LAST_ROUND_SETTINGS and k not in saved)}
         if diff:
             detail = "; ".join(f"{k}: store has {a!r}, this run has {b!r}"
                                for k, (a, b) in diff.items())
@@ -377,6 +398,7 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
                    warm_lr_factor: float = 1.0, round_epoch_size: float | None = 1.0,
                    round_patience: int | None = ROUND_PATIENCE,
                    round_steps: int | str | None = "auto",
+                   final_steps: int | str | None = "auto",
                    proposal_mcmc: dict[str, Any] | None = None, workers: int = 1,
                    chunk_size: int | None = None,
                    timeout: float | None = None, progress: bool | None = None,
@@ -433,6 +455,17 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
             last round trains to convergence. ``"auto"`` (default): ``max(ROUND_STEPS,
             ROUND_STEPS_PER_SIM * sims_per_round)`` (300 steps up to 600 simulations per round,
             1,000 at 2,000). ``None``: no step budget (every round to early stopping).
+        final_steps: tsnpe: the last round (more than one round) anneals its cosine
+            learning-rate schedule over about this many optimizer steps (whole epochs) from
+            the previous round's network, instead of the preset's full schedule; the best
+            validation weights are kept. ``"auto"`` (default): ``max(FINAL_MIN_STEPS,
+            FINAL_STEPS_PER_SIM * rounds * sims_per_round)`` (1,000 steps at 2,000
+            simulations, 1,250 at 5,000, 2,500 at 10,000; the whole shortened schedule runs)
+            from ``FINAL_MIN_SIMULATIONS`` (2,000) total simulations on (below, the preset's
+            early stopping), applied only when the
+            round's schedule is cosine (the default fmaf ``accurate`` preset); an integer applies to any schedule (a plateau schedule then
+            stops at the budget); ``None``: the preset's schedule, to convergence. Stores made
+            before this option resume with the default.
         proposal_mcmc: snle / snre: MCMC options of the proposal draws (default
             ``PROPOSAL_MCMC``: 50 warm-up steps, no ESS-driven thinning); the final
             posterior keeps its own ``mcmc`` settings (SNLE's default ``SNLE_MCMC``: chains
@@ -488,7 +521,14 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
         raise ValueError(f"round_steps must be a positive integer (optimizer steps of each TSNPE "
                          f"round before the last), 'auto' (the default) or None for no step "
                          f"budget, got {round_steps!r}.")
+    if final_steps is not None and final_steps != "auto" and (
+            isinstance(final_steps, bool) or not isinstance(final_steps, int)
+            or final_steps < 1):
+        raise ValueError(f"final_steps must be a positive integer (optimizer steps of the last "
+                         f"TSNPE round), 'auto' (the default) or None for the preset's full "
+                         f"schedule, got {final_steps!r}.")
     steps = round_step_budget(round_steps, sims_per_round)
+    last_steps = final_step_budget(final_steps, rounds * sims_per_round)
     if restrict and method not in ("tsnpe", "snpe_c"):
         raise ValueError(f"restrict=True applies to tsnpe and snpe_c, not {method!r}: "
                          "NLE/NRE need the invalid simulations' factor P(valid | θ) (see "
@@ -514,6 +554,7 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
                 "round_epoch_size": round_epoch_size, "round_patience": round_patience,
                 "proposal_mcmc": _plain_options(mcmc_opts),
                 "round_steps": steps if method == "tsnpe" else None,
+                "final_steps": final_steps if method == "tsnpe" else None,
                 "fit_options": _plain_options(fit_options)}
     if method == "snpe_c" and apt_loss != "atomic":  # stores of earlier versions: "atomic"
         settings["apt_loss"] = apt_loss
@@ -590,7 +631,8 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
                                  apt_loss, proposals,
                                  round_opts if r < rounds else
                                  {k: v for k, v in round_opts.items() if k != "epoch_rows"},
-                                 steps if method == "tsnpe" and r < rounds else None)
+                                 _round_budget(method, r, rounds, steps, last_steps),
+                                 last=r == rounds, cosine_only=final_steps == "auto")
         train_seconds = time.perf_counter() - t1
         if fit_restriction is not None:
             restricted = fit_restriction(problem.prior, all_sims.theta, all_sims.valid,
@@ -816,13 +858,17 @@ def _train_round(problem: Problem, sims: Any, method: str, base_method: str, r: 
                  run_seed: int = 0, warm_lr_factor: float = 1.0,
                  apt_loss: str = "atomic", proposals: dict[int, Any] | None = None,
                  round_opts: dict[str, Any] | None = None,
-                 step_budget: int | None = None) -> Posterior:
+                 step_budget: int | None = None, last: bool = False,
+                 cosine_only: bool = False) -> Posterior:
     """Train round ``r`` on all simulations ``sims``. ``step_budget``: stop after about this
-    many optimizer steps (TSNPE rounds before the last; early stopping may end it sooner)."""
+    many optimizer steps (TSNPE rounds; early stopping may end it sooner); a cosine schedule
+    is shortened to anneal over the budget, and in the ``last`` round it runs to its end.
+    ``cosine_only``: the last round's budget applies only to a cosine schedule
+    (``final_steps="auto"``)."""
     opts = dict(round_opts or {})
     epoch_rows = opts.pop("epoch_rows", None)
     if r == 1 or not (method == "snpe_c" or warm_start):  # round 1: the method's own settings
-        if step_budget is None:
+        if step_budget is None or last:  # a last round trained afresh needs its full schedule
             return fit(problem, sims, method=base_method, seed=tseed, **fit_options)
         from sbi_core.methods import get_method
         from sbi_core.training import split_options
@@ -859,11 +905,19 @@ def _train_round(problem: Problem, sims: Any, method: str, base_method: str, r: 
         sims, sims_per_round, config.validation_fraction, run_seed, config.device)
     batches.epoch_rows = epoch_rows
     if method != "snpe_c":  # warm start: continue the previous round's estimator, plain loss
+        cosine = config.lr_schedule == "cosine"
+        if last and cosine_only and not cosine:
+            step_budget = None
         if step_budget is not None:
             rows = batches.num_train if not epoch_rows else min(epoch_rows, batches.num_train)
             config = replace(config, max_epochs=_budget_epochs(step_budget, rows,
                                                                config.batch_size,
                                                                config.max_epochs))
+            if last and cosine:
+                # the last round runs its whole shortened schedule: a stall would compress the
+                # rest of the decay into 10% of the (already short) schedule
+                # (gaussian_mixture 5 x 2,000, observation 1: C2ST 0.612 vs 0.581)
+                config = replace(config, stop_after_epochs=config.max_epochs + 1)
         with _quiet_max_epochs() if step_budget is not None else nullcontext():
             hist = train(estimator, batches, None, config, loss_fn=m.loss_fn)
         return m.make_posterior(estimator, problem.prior, problem.spec(), hist.to_dict(),
@@ -881,6 +935,29 @@ def _train_round(problem: Problem, sims: Any, method: str, base_method: str, r: 
         hist = train_apt(estimator, theta, x, problem.prior, None, config, num_atoms=num_atoms,
                          batches=batches if _APT_FIXED_SPLIT else None)
     return m.make_posterior(estimator, problem.prior, problem.spec(), hist.to_dict())
+
+
+def _round_budget(method: str, r: int, rounds: int, steps: int | None,
+                  last_steps: int | None) -> int | None:
+    """The step budget of TSNPE round ``r``: ``steps`` before the last round, ``last_steps``
+    in the last (none for a single round: that is amortized NPE)."""
+    if method != "tsnpe":
+        return None
+    if r < rounds:
+        return steps
+    return last_steps if rounds > 1 else None
+
+
+def final_step_budget(final_steps: int | str | None, total_simulations: int) -> int | None:
+    """Optimizer steps of the last TSNPE round for ``run_sequential(final_steps=)``:
+    ``"auto"`` -> ``max(FINAL_MIN_STEPS, FINAL_STEPS_PER_SIM * total_simulations)`` from
+    ``FINAL_MIN_SIMULATIONS`` total simulations on, else ``None`` (the preset's schedule with
+    early stopping)."""
+    if final_steps == "auto":
+        if total_simulations < FINAL_MIN_SIMULATIONS:
+            return None
+        return max(FINAL_MIN_STEPS, int(round(FINAL_STEPS_PER_SIM * total_simulations)))
+    return None if final_steps is None else int(round(final_steps))
 
 
 def round_step_budget(round_steps: int | str | None, sims_per_round: int) -> int | None:

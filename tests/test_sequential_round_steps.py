@@ -50,14 +50,16 @@ def test_auto_budget_grows_with_the_round_size():
 def test_rounds_before_the_last_stop_at_the_step_budget_last_round_converges(monkeypatch):
     """3 TSNPE rounds of 100 (90 training rows in round 1, batches of 20): rounds 1 and 2 take
     at most round_steps plus one epoch of steps and stop at the budget without the
-    "Reached max_epochs" warning; the last round has no budget and stops by early stopping."""
+    "Reached max_epochs" warning; with final_steps=None the last round has no budget and stops
+    by early stopping (its default budget: tests/test_sequential_speed.py)."""
     seen = _spy(monkeypatch)
     problem = simulators.get_problem("gaussian_linear", dim=2)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _, history = run_sequential(problem, problem.observation(1), rounds=3,
                                     sims_per_round=100, seed=0, progress=False,
-                                    round_steps=12, round_patience=3, min_delta=0.01, **SMALL)
+                                    round_steps=12, round_patience=3, min_delta=0.01,
+                                    final_steps=None, **SMALL)
     assert not [w for w in caught if "Reached max_epochs" in str(w.message)]
     assert len(seen) == 3
     for s in seen[:2]:
@@ -74,7 +76,7 @@ def test_round_steps_none_and_other_methods_keep_full_training(monkeypatch):
     problem = simulators.get_problem("gaussian_linear", dim=2)
     x_o = problem.observation(1)
     run_sequential(problem, x_o, rounds=2, sims_per_round=100, seed=0, progress=False,
-                   round_steps=None, stop_after_epochs=3, **SMALL)
+                   round_steps=None, final_steps=None, stop_after_epochs=3, **SMALL)
     assert [s["max_epochs"] for s in seen] == [2000, 2000]
     seen.clear()
     run_sequential(problem, x_o, method="snle", rounds=2, sims_per_round=100, seed=0,
