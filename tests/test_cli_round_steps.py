@@ -1,4 +1,4 @@
-"""`sbi-core run --round-steps`: TSNPE's step budget for the rounds before the last."""
+"""`sbi-core run --round-steps` / `--final-steps`: TSNPE's step budgets (rounds before the last, last round)."""
 
 from __future__ import annotations
 
@@ -37,5 +37,21 @@ def test_round_steps_none_trains_round_one_without_a_budget(tmp_path, capsys):
 def test_bad_round_steps_is_a_clear_usage_error(tmp_path, capsys, bad):
     code = main(["run", "gaussian_linear", "--x", "x.csv", "--out", str(tmp_path / "m.pt"),
                  f"--round-steps={bad}"])
+    assert code == 2
+    assert "'auto', 'none' or a positive integer" in capsys.readouterr().err
+
+
+def test_final_steps_bounds_the_last_round(tmp_path, capsys):
+    full = _run(tmp_path, capsys, "--round-steps", "3")
+    short = _run(tmp_path, capsys, "--round-steps", "3", "--final-steps", "4")
+    assert short[0]["epochs"] == full[0]["epochs"]  # the rounds before the last are untouched
+    assert short[1]["epochs"] < full[1]["epochs"]
+    assert short[1]["epochs"] <= 4  # one minibatch per epoch at most: 4 steps, 4 epochs
+
+
+@pytest.mark.parametrize("bad", ["0", "x"])
+def test_bad_final_steps_is_a_clear_usage_error(tmp_path, capsys, bad):
+    code = main(["run", "gaussian_linear", "--x", "x.csv", "--out", str(tmp_path / "m.pt"),
+                 f"--final-steps={bad}"])
     assert code == 2
     assert "'auto', 'none' or a positive integer" in capsys.readouterr().err

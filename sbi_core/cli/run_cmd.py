@@ -51,6 +51,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="tsnpe: optimizer steps of each round before the last ('auto': "
                         "max(300, 0.5 x sims per round); 'none': train those rounds to "
                         "convergence, as before 2026-12-01; or a positive integer)")
+    p.add_argument("--final-steps", type=_round_steps, default="auto",
+                   help="tsnpe: optimizer steps of the last round, warm-started from the round "
+                        "before ('auto': max(1000, 0.25 x total simulations) from 2,000 total "
+                        "simulations on, cosine schedules only; 'none': the preset's full "
+                        "schedule; or a positive integer)")
     p.add_argument("--max-epochs", type=positive_int)
     p.add_argument("--max-seconds", type=positive_float, help="wall-time cap per round's training")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -60,7 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _round_steps(text: str) -> int | str | None:
-    """``--round-steps``: ``auto``, ``none`` or a positive integer."""
+    """``--round-steps`` / ``--final-steps``: ``auto``, ``none`` or a positive integer."""
     if text.lower() in ("auto", "none"):
         return None if text.lower() == "none" else "auto"
     try:
@@ -103,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
                             sims_per_round=args.sims_per_round, seed=args.seed,
                             store=args.store, resume=args.resume, epsilon=args.epsilon,
                             restrict=args.restrict, workers=args.workers, timeout=args.timeout,
-                            progress=not args.quiet, round_steps=args.round_steps, **options)
+                            progress=not args.quiet, round_steps=args.round_steps,
+                            final_steps=args.final_steps, **options)
     save(result.posterior, out)
     print(json.dumps({"out": str(args.out), "method": args.method,
                       "total_simulations": result.history[-1].total_simulations,
