@@ -70,10 +70,10 @@ THETA_TRANSFORMS = (None, "unconstrained")
 # that NPE uses (Problem(x_trials=...), estimators/trials.py) and by the parameter dimension
 # D: (largest D, flow) in order, per case. Evidence (benchmarks/RESULTS.md, "Issue 18: a
 # single-model default for declared trials", 10,000 simulations, both flows with the cosine
-# preset): slcp (D = 5, 4 trials), observations 1-10: fnsf 0.784 / 0.783 vs fmaf 0.844 /
-# 0.830 on seeds 0 / 1 (seed 2 in RESULTS), at 1.3-1.5x fmaf's training time; iid Gaussian
-# trials with the analytic posterior (benchmarks/flow_by_dimension.py --trials, seed 0,
-# observations 1-5): fnsf as accurate as fmaf (D x trials = 2 x 5: 0.551 vs 0.546; 3 x 10:
+# preset): slcp (D = 5, 4 trials), observations 1-10: fnsf 0.784 / 0.783 / 0.814 (mean
+# 0.794) vs fmaf 0.844 / 0.830 / 0.849 (0.841) on seeds 0 / 1 / 2, at 1.3-1.7x fmaf's
+# training time; iid Gaussian trials with the analytic posterior
+# (benchmarks/flow_by_dimension.py --trials, seed 0, observations 1-5): fnsf as accurate as fmaf (D x trials = 2 x 5: 0.551 vs 0.546; 3 x 10:
 # 0.588 vs 0.586; 5 x 4: 0.583 vs 0.582). Without trials fnsf was worse at D = 5
 # (gaussian_linear(dim=5): 0.590 vs 0.576) and at D = 10 (0.595 vs 0.548, plateau preset),
 # and costs 2-4x per epoch and per draw at D = 10, so fmaf everywhere else (also for trials
