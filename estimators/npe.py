@@ -5,11 +5,17 @@ pairs drawn from the joint ``p(theta) p(x | theta)``:
 
 .. math:: \mathcal{L}(\phi) = -\mathbb{E}_{p(\theta, x)} \log q_\phi(\theta \mid x),
 
-whose minimizer is the posterior. The density is sbi-core's fused MAF (``fmaf``, default;
-the MAF model family with cheaper steps and its own training defaults, see
-``FMAF_TRAIN_DEFAULTS``), an nflows MAF (``maf``) or NSF (``nsf``), or a mixture density
-network (``mdn``); ``theta`` and ``x`` are z-scored with statistics of the
+whose minimizer is the posterior. The density is one of sbi-core's fused flows, the MAF
+(``fmaf``) or the NSF (``fnsf``), an nflows MAF (``maf``) or NSF (``nsf``), or a mixture
+density network (``mdn``); ``theta`` and ``x`` are z-scored with statistics of the
 training data, and ``x`` may pass through an embedding network first.
+
+The default ``flow="auto"`` picks the fused flow by the problem (``AUTO_FLOW``, measured in
+benchmarks/RESULTS.md "Issue 18: a single-model default for declared trials"): ``fnsf`` when
+x declares exchangeable trials (``Problem(x_trials=...)``, used by NPE) and there are at
+most 9 parameters, ``fmaf`` otherwise. Both fused flows train with the ``"accurate"``
+preset's warm-up + cosine schedule (``FMAF_ACCURATE_DEFAULTS``); ``preset="fast"`` gives
+``FMAF_TRAIN_DEFAULTS``.
 
 ``regularizer="fim"`` (options ``beta``, ``fim_samples``, ``fim_ema``) adds the FIM-trace
 adversarial defense and ``regularizer="noise"`` (``noise_eps``) trains on noise-augmented
@@ -44,7 +50,7 @@ from sbi_core.priors import support_bounds
 __all__ = ["NPEEstimator", "METHOD", "build_npe"]
 
 DEFAULTS: dict[str, Any] = {
-    "flow": "fmaf",
+    "flow": "auto",
     "hidden_features": 50,
     "num_transforms": 5,
     "num_blocks": 2,
@@ -60,19 +66,31 @@ DEFAULTS: dict[str, Any] = {
 
 THETA_TRANSFORMS = (None, "unconstrained")
 
-# flow="auto": the flow family by parameter dimension D, chosen from benchmarks/compare_sbi.py
-# (table in docs/performance.md, "Issue 18: flow by problem size"): (largest D, flow) in
-# order. fnsf won where it was measured at 3 <= D <= 9 (slcp, D = 5: C2ST 0.845 vs 0.905);
-# at D = 10 (gaussian_linear) fmaf was as accurate or better, and fnsf's epochs and samples
-# cost 2.8-4.0x fmaf's there, so fmaf again from D = 10.
-AUTO_FLOW: tuple[tuple[float, str], ...] = ((2, "fmaf"), (9, "fnsf"), (float("inf"), "fmaf"))
+# flow="auto" (the default): the fused flow family by whether x declares exchangeable trials
+# that NPE uses (Problem(x_trials=...), estimators/trials.py) and by the parameter dimension
+# D: (largest D, flow) in order, per case. Evidence (benchmarks/RESULTS.md, "Issue 18: a
+# single-model default for declared trials", 10,000 simulations, both flows with the cosine
+# preset): slcp (D = 5, 4 trials), observations 1-10: fnsf 0.784 / 0.783 / 0.814 (mean
+# 0.794) vs fmaf 0.844 / 0.830 / 0.849 (0.841) on seeds 0 / 1 / 2, at 1.3-1.7x fmaf's
+# training time; iid Gaussian trials with the analytic posterior
+# (benchmarks/flow_by_dimension.py --trials, seed 0, observations 1-5): fnsf as accurate as fmaf (D x trials = 2 x 5: 0.551 vs 0.546; 3 x 10:
+# 0.588 vs 0.586; 5 x 4: 0.583 vs 0.582). Without trials fnsf was worse at D = 5
+# (gaussian_linear(dim=5): 0.590 vs 0.576) and at D = 10 (0.595 vs 0.548, plateau preset),
+# and costs 2-4x per epoch and per draw at D = 10, so fmaf everywhere else (also for trials
+# with D >= 10, not measured).
+AUTO_FLOW: dict[str, tuple[tuple[float, str], ...]] = {
+    "trials": ((9, "fnsf"), (float("inf"), "fmaf")),
+    "flat": ((float("inf"), "fmaf"),),
+}
 
 
-def resolve_flow(flow: str, theta_dim: int) -> str:
-    """The concrete flow for ``flow`` (``"auto"`` picks by ``theta_dim`` from ``AUTO_FLOW``)."""
+def resolve_flow(flow: str, theta_dim: int, trials: bool = False) -> str:
+    """The concrete flow for ``flow``: ``"auto"`` picks from ``AUTO_FLOW`` by whether NPE
+    uses declared exchangeable trials (``trials``) and by ``theta_dim``; others are kept."""
     if flow != "auto":
         return flow
-    return next(kind for max_dim, kind in AUTO_FLOW if theta_dim <= max_dim)
+    rule = AUTO_FLOW["trials" if trials else "flat"]
+    return next(kind for max_dim, kind in rule if theta_dim <= max_dim)
 
 # Training presets, chosen by benchmarks/compare_sbi.py against sbi 0.27 (table and
 # commands in docs/performance.md, summary in docs/npe.md). "fast" is the earlier fused-MAF
@@ -88,24 +106,26 @@ OTHER_FAST_DEFAULTS: dict[str, Any] = {"batch_size": 256, "learning_rate": 1e-3,
                                        "min_delta": 0.0, "ema_decay": None,
                                        "stop_after_epochs": 20, "lr_schedule": "plateau",
                                        "schedule_epochs": None, "warmup_epochs": 0.0}
-# "accurate" for flows other than the fused MAF (nflows MAF/NSF, fnsf, mdn): weight averaging
+# "accurate" for flows other than the fused ones (nflows MAF/NSF, mdn): weight averaging
 # (EMA 0.99) and patience 40 (gaussian_mixture has a plateau ~70 epochs in that patience 20
 # mistakes for convergence) gave the largest C2ST gains (round 3 in docs/performance.md).
 ACCURATE_DEFAULTS: dict[str, Any] = {"batch_size": 256, "learning_rate": 1e-3,
                                      "min_delta": 0.0, "ema_decay": 0.99,
                                      "stop_after_epochs": 40, "lr_schedule": "plateau",
                                      "schedule_epochs": None, "warmup_epochs": 0.0}
-# "accurate" for the fused MAF (the default flow): the same optimum in about half the
+# "accurate" for the fused flows (fmaf, fnsf, and "auto", the default, which picks one of
+# them): for fmaf the same optimum in about half the
 # epochs: a fixed budget (300 epochs at 10,000 simulations, scaled by sqrt(10,000 / N),
 # sbi_core.training.auto_schedule_epochs) with 5 warm-up epochs and a cosine decay from 3x
 # the plateau preset's learning rate; a stall of 40 epochs compresses the rest of the decay
 # ("Issue 18: training speed" in docs/performance.md). Batch 512 with lr 6e-3 was cheaper
-# per epoch but overfit slcp (C2ST 0.924 vs 0.900).
+# per epoch but overfit slcp (C2ST 0.924 vs 0.900). For fnsf it beat fnsf's former plateau
+# preset on slcp (seed 0: 0.784 vs 0.813) and on iid Gaussian trials (0.583 vs 0.593).
 FMAF_ACCURATE_DEFAULTS: dict[str, Any] = {"batch_size": 256, "learning_rate": 3e-3,
                                           "min_delta": 0.0, "ema_decay": 0.99,
                                           "stop_after_epochs": 40, "lr_schedule": "cosine",
                                           "schedule_epochs": "auto", "warmup_epochs": 5.0}
-# the fused flows (and "auto", which picks one of them) share the fast preset's settings
+# the fused flows (and "auto", which picks one of them) share both presets' settings
 FUSED_FLOWS = ("fmaf", "fnsf", "auto")
 PRESETS = ("fast", "accurate")
 DEFAULT_PRESET = "accurate"
@@ -118,7 +138,7 @@ def train_defaults(options: dict[str, Any]) -> dict[str, Any]:
     preset = options.get("preset") or DEFAULT_PRESET
     flow = options.get("flow", DEFAULTS["flow"])
     if preset == "accurate":
-        return dict(FMAF_ACCURATE_DEFAULTS if flow == "fmaf" else ACCURATE_DEFAULTS)
+        return dict(FMAF_ACCURATE_DEFAULTS if flow in FUSED_FLOWS else ACCURATE_DEFAULTS)
     return dict(FMAF_TRAIN_DEFAULTS if flow in FUSED_FLOWS else OTHER_FAST_DEFAULTS)
 
 
@@ -137,7 +157,7 @@ class NPEEstimator(StandardizedEstimator):
     def __init__(self, config: dict[str, Any], embedding: nn.Module | None = None):
         super().__init__()
         cfg = {**DEFAULTS, **config}
-        cfg["flow"] = resolve_flow(cfg["flow"], int(cfg["theta_dim"]))
+        cfg["flow"] = resolve_flow(cfg["flow"], int(cfg["theta_dim"]), bool(cfg["x_trials"]))
         self.config = cfg
         d, x_shape = int(cfg["theta_dim"]), tuple(cfg["x_shape"])
         self.theta_dim, self.x_shape = d, x_shape
@@ -304,7 +324,7 @@ def build_npe(theta: Tensor, x: Tensor, prior: Distribution, **options: Any) -> 
               "trial_mode": trial_mode}
     # the config records the concrete flow (rebuilt on load) and what was asked for
     config["flow_requested"] = config["flow"]
-    config["flow"] = resolve_flow(config["flow"], int(theta.shape[1]))
+    config["flow"] = resolve_flow(config["flow"], int(theta.shape[1]), trials is not None)
     reg = options.get("regularizer")
     if reg is not None and is_set_embedding(spec):
         raise ValueError(f"regularizer={reg!r} is not supported with a set embedding (iid "

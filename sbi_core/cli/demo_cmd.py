@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=10_000)
     p.add_argument("--observation", type=int, default=1, help="which of the 10 observations")
     p.add_argument("--flow", default="fmaf", choices=["auto", "fmaf", "fnsf", "maf", "nsf", "mdn"],
-                   help="NPE density estimator (auto: fnsf for 3-9 parameters, else fmaf; default fmaf; "
+                   help="NPE density estimator (auto: fnsf when x declares trials, else fmaf; default fmaf; "
                         "fmaf / fnsf: sbi-core's fused MAF / NSF; maf, nsf: nflows)")
     p.add_argument("--preset", choices=["fast", "accurate"], default=None,
                    help="NPE training preset (default accurate)")

@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--flow", choices=["auto", "fmaf", "fnsf", "maf", "nsf", "mdn"],
-                   help="NPE density estimator (default fmaf; auto: fnsf for 3-9 parameters, else fmaf, "
+                   help="NPE density estimator (default auto: fnsf when x declares trials, else fmaf; "
                         "docs/npe.md)")
     p.add_argument("--preset", choices=["fast", "accurate"],
                    help="NPE training preset (default accurate; fast stops at a coarser "
