@@ -33,8 +33,8 @@ def test_focus_in_model_info_and_api(abc_post):
     x_o = abc_post.estimator.x_o.tolist()
     assert info["focus"]["kind"] == "single_observation" and info["focus"]["x_o"] == x_o
     assert c.get("/api/models/npe").json()["focus"] is None
-    assert c.post("/api/models/abc/sample", json={"x": x_o, "num": 20}).status_code == 200
-    other = c.post("/api/models/abc/sample", json={"x": [x_o[0] + 1, x_o[1]], "num": 20})
+    assert c.post("/api/models/abc/sample", json={"x": x_o, "n": 20}).status_code == 200
+    other = c.post("/api/models/abc/sample", json={"x": [x_o[0] + 1, x_o[1]], "n": 20})
     assert other.status_code == 422 and "fitted to one observation" in other.json()["detail"]
 
 

@@ -38,6 +38,8 @@ from typing import Any
 import orjson
 import torch
 from fastapi import FastAPI, HTTPException
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -67,6 +69,25 @@ from sbi_core.server.workers import Deadline, WorkerPool
 __all__ = ["create_app", "STATIC_DIR"]
 
 STATIC_DIR = Path(__file__).parent / "static"
+
+
+_REQUESTS: dict[str, Any] = {"sample": SampleRequest, "log_prob": LogProbRequest,
+                              "map": MapRequest, "summary": SummaryRequest}
+
+
+def invalid_request_detail(request: Request, errors: Any) -> Any:
+    """FastAPI's validation errors, with unknown body fields turned into one sentence that
+    names them and lists the fields the endpoint takes (other errors pass unchanged)."""
+    errors = list(errors)
+    extra = [str(e["loc"][-1]) for e in errors
+             if e.get("type") == "extra_forbidden" and len(e.get("loc", ())) == 2]
+    if not extra or len(extra) != len(errors):
+        return jsonable_encoder(errors)
+    model = _REQUESTS.get(request.url.path.rsplit("/", 1)[-1])
+    known = ", ".join(model.model_fields) if model is not None else "see /docs"
+    return (f"Unknown field(s) {', '.join(repr(f) for f in extra)} in the request body; this "
+            f"endpoint takes: {known} (e.g. 'n' is the number of samples). Remove or rename "
+            "them (the API reference is at /docs).")
 
 
 def create_app(models: dict[str, Posterior], max_samples: int = 100_000,
@@ -155,6 +176,10 @@ def create_app(models: dict[str, Posterior], max_samples: int = 100_000,
             return light if is_light(post, kind, req, n) else heavy
         except (TypeError, ValueError, IndexError):  # odd JSON: the worker reports it
             return heavy
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": invalid_request_detail(request, err.errors())}, 422)
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, err: Exception) -> JSONResponse:

@@ -47,6 +47,8 @@ class InputError(ValueError):
 
 
 class _Observations(BaseModel):
+    # an unknown field (e.g. "num_samples" for "n") is an error, never silently ignored
+    model_config = ConfigDict(extra="forbid")
     x: list[Any] | float | None = Field(None, description=_X_DOC)
     xs: list[Any] | None = Field(None, description=_XS_DOC)
 
