@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import multiprocessing.connection as mpc
+import os
 import signal
 import time
 import traceback
@@ -42,8 +43,21 @@ __all__ = ["supervised_chunks", "failed_chunk"]
 Task = tuple  # (index, size, seed) or (index, size, seed, theta (size, D) float32 array)
 
 
-def _worker_main(conn: Any, problem: Problem) -> None:
-    """Worker loop: receive a task, simulate it, send back plain arrays; ``None`` stops."""
+#: seconds between a waiting worker's checks that its parent is still alive
+PARENT_CHECK_SECONDS = 1.0
+
+
+def _worker_main(conn: Any, problem: Problem, parent_pid: int | None = None,
+                 parent_end: Any = None) -> None:
+    """Worker loop: receive a task, simulate it, send back plain arrays; ``None`` stops.
+
+    A worker never outlives its parent: it closes its forked copy of the parent's end of the
+    pipe (``parent_end``; so the pipe reports EOF once the parent is gone) and, while waiting
+    for a task, checks every ``PARENT_CHECK_SECONDS`` that ``parent_pid`` is still its
+    parent (a ``kill -9`` of the parent would otherwise leave it waiting forever: later
+    workers hold forked copies of earlier workers' pipe ends too)."""
+    if parent_end is not None:
+        parent_end.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     if hasattr(signal, "pthread_sigmask"):  # blocked by the parent while forking
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
@@ -52,6 +66,9 @@ def _worker_main(conn: Any, problem: Problem) -> None:
 
     while True:
         try:
+            while not conn.poll(PARENT_CHECK_SECONDS):
+                if parent_pid is not None and os.getppid() != parent_pid:
+                    return  # the parent died (kill -9): nobody will read our results
             task = conn.recv()
         except (EOFError, OSError):
             return
@@ -63,7 +80,10 @@ def _worker_main(conn: Any, problem: Problem) -> None:
                                            res.valid.numpy(), res.first_error, res.seconds))
         except Exception as err:  # not a simulator failure (run_chunk records those)
             msg = ("error", f"{type(err).__name__}: {err}\n{traceback.format_exc()}")
-        conn.send(msg)
+        try:
+            conn.send(msg)
+        except OSError:  # the parent is gone (broken pipe): exit quietly
+            return
 
 
 @dataclass
@@ -77,7 +97,9 @@ class _Worker:
 
 def _start_worker(ctx: Any, problem: Problem) -> _Worker:
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_worker_main, args=(child, problem), daemon=True)
+    forked = ctx.get_start_method() == "fork"
+    proc = ctx.Process(target=_worker_main, daemon=True,
+                       args=(child, problem, os.getpid(), parent if forked else None))
     # Block SIGINT while forking so that a Ctrl-C can never reach a fresh worker before it
     # ignores SIGINT; the parent gets a signal sent meanwhile once it unblocks.
     masked = hasattr(signal, "pthread_sigmask")

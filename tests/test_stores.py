@@ -112,6 +112,28 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "sbi_core.cli.main", *args]
 
 
+def _children(pid: int) -> list[int]:
+    """Pids whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def test_cli_sigkill_then_resume_matches_uninterrupted(tmp_path):
     prob_file = tmp_path / "slow.py"
     prob_file.write_text(SLOW_PROBLEM)
@@ -127,8 +149,15 @@ def test_cli_sigkill_then_resume_matches_uninterrupted(tmp_path):
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be killed"
+    workers = _children(proc.pid)
+    assert workers, "the CLI simulates in supervised worker processes"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    # its workers do not outlive it (they used to wait on their pipe forever)
+    deadline = time.time() + 15
+    while time.time() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.1)
+    assert not any(_alive(w) for w in workers), "worker processes outlived the killed CLI"
     store = SimulationStore(path)
     done_before = store.committed()
     assert 5 <= len(done_before) < store.num_chunks  # killed mid-run
