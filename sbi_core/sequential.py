@@ -734,6 +734,43 @@ def _propose(problem: Problem, posterior: Posterior | None, x_o: Tensor, method:
                        _float(getattr(restricted, "acceptance", None)),
                        "prior_mass": 1.0 if base is None else
                        _float(getattr(restricted, "acceptance", None))}
+    with _proposal_range_check(posterior, x_o):
+        return _propose_from(problem, posterior, x_o, method, n, epsilon, num_threshold,
+                             min_prior_acceptance, restricted, pseed, base, reference, mcmc)
+
+
+@contextmanager
+def _proposal_range_check(posterior: Posterior, x_o: Tensor) -> Iterator[None]:
+    """While a round's posterior builds the next proposal, an x_o outside the range of the
+    simulations so far is a warning, not an error: early rounds often simulate nothing near
+    x_o (their x come from the prior), and the next rounds exist to simulate closer to it.
+    The returned posterior keeps its own ``range_check``."""
+    from sbi_core.posterior import ObservationError
+
+    old = posterior.range_check
+    if old == "error":
+        try:
+            posterior._check_range(x_o)
+        except ObservationError as err:
+            warnings.warn(
+                f"{err} While building the next round's proposal this is expected when the "
+                "simulations so far lie away from x_o: the proposal extrapolates there, and the "
+                "next rounds simulate closer to x_o. If the final posterior still reports it, x_o "
+                "is outside what the simulator produces under this prior (check the simulator, "
+                "the prior or the observation).", UserWarning, stacklevel=5)
+    posterior.range_check = "off"
+    try:
+        yield
+    finally:
+        posterior.range_check = old
+
+
+def _propose_from(problem: Problem, posterior: Posterior, x_o: Tensor, method: str, n: int,
+                  epsilon: float, num_threshold: int, min_prior_acceptance: float,
+                  restricted: Any, pseed: int, base: Callable[[int], Tensor] | None,
+                  reference: Tensor | None, mcmc: dict[str, Any] | None
+                  ) -> tuple[Tensor, dict[str, Any]]:
+    """Round ``r``'s θ from the current ``posterior`` (see :func:`_propose`)."""
     if method == "tsnpe":
         samples = posterior.sample((num_threshold,), x=x_o, max_seconds=None)
         region = _region_of(posterior, x_o, samples, epsilon)

@@ -49,6 +49,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--min-ess", type=positive_float,
                    help="with --new-prior on a reweighted posterior: refuse when the effective "
                         "sample size is below this (default 100)")
+    p.add_argument("--range-check", choices=["error", "warn", "off"],
+                   help="an observation more than 10%% beyond the training simulations' range: "
+                        "'error' (the default of a model), 'warn' (sample the extrapolation "
+                        "anyway, with a warning) or 'off'")
     p.add_argument("--strict", action="store_true",
                    help="fail (exit 1) when an observation does not look like the training "
                         "simulations (misspecification tests, docs/trust.md) instead of warning")
@@ -72,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         import_arviz()  # fail before loading anything when the extra is missing
     posterior = load_model(args.model, problem=args.problem,
                            embedding=resolve_callable(args.embedding) if args.embedding else None)
+    if args.range_check is not None:
+        posterior.range_check = args.range_check
     xs = read_observations(args.x, posterior.x_shape)
     mcmc = {k: v for k, v in {"method": args.mcmc_method, "num_chains": args.num_chains,
                               "warmup_steps": args.warmup_steps}.items() if v is not None}
