@@ -747,6 +747,9 @@ def _proposal_range_check(posterior: Posterior, x_o: Tensor) -> Iterator[None]:
     The returned posterior keeps its own ``range_check``."""
     from sbi_core.posterior import ObservationError
 
+    if not hasattr(posterior, "range_check"):  # a posterior-like object without the check
+        yield
+        return
     old = posterior.range_check
     if old == "error":
         try:
