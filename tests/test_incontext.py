@@ -38,7 +38,7 @@ RECORDED_C2ST = 0.533
 C2ST_TOLERANCE = 0.05
 
 
-def _linear_1d(bounded: bool) -> Problem:
+def linear_1d(bounded: bool) -> Problem:
     prior = box_uniform(-2.0, 2.0, dim=1) if bounded else gaussian([0.0], std=[1.0])
     return Problem(prior, lambda t: t + 0.5 * torch.randn_like(t), x_shape=(1,),
                    name="lin1d")
@@ -101,10 +101,15 @@ def test_fit_rejects_too_many_parameters_and_subsamples_large_contexts():
 
 @pytest.mark.parametrize("bounded", [False, True])
 def test_1d_log_prob_is_normalized_and_matches_the_samples(bounded):
-    problem = _linear_1d(bounded)
+    problem = linear_1d(bounded)
     sims = simulate(problem, 300, seed=0, progress=False)
     post = fit(problem, sims, method="incontext", detector=False)
-    x_o = torch.tensor([0.4])
+    check_1d_normalized(post, torch.tensor([0.4]), bounded)
+
+
+def check_1d_normalized(post, x_o: torch.Tensor, bounded: bool) -> None:
+    """A 1-D posterior of ``linear_1d``: ``exp(log_prob)`` integrates to 1 on a grid, the
+    samples stay in the prior's bounds and follow the density (CDF at three quantiles)."""
     lo, hi = (-2.0, 2.0) if bounded else (-9.0, 9.0)
     grid = torch.linspace(lo, hi, 6001)[:, None]
     dens = post.log_prob(grid, x=x_o).exp()

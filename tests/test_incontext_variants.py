@@ -8,44 +8,25 @@ import math
 
 import pytest
 import torch
+from test_incontext import check_1d_normalized, linear_1d
 
 from estimators.incontext_method import load_pretrained
 from estimators.incontext_select import heldout_nll
-from sbi_core import Problem, fit, simulate
-from sbi_core.priors import box_uniform, gaussian
+from sbi_core import fit, simulate
 from sbi_core.serialization import load, save
 from simulators.gaussian_linear import gaussian_linear
 
 
-def _linear_1d(bounded: bool) -> Problem:
-    prior = box_uniform(-2.0, 2.0, dim=1) if bounded else gaussian([0.0], std=[1.0])
-    return Problem(prior, lambda t: t + 0.5 * torch.randn_like(t), x_shape=(1,),
-                   name="lin1d")
-
-
 @pytest.mark.parametrize("bounded", [False, True])
 def test_residual_variant_is_normalized_and_matches_its_samples(bounded):
-    problem = _linear_1d(bounded)
+    problem = linear_1d(bounded)
     sims = simulate(problem, 300, seed=0, progress=False)
     post = fit(problem, sims, method="incontext", detector=False, variant="residual",
                num_neighbors=64)
     est = post.estimator
     assert est.residual and est.net.config["num_neighbors"] == 64
     assert abs(float(est.coef[1, 0])) > 0.1  # theta depends on x: a real shift
-    x_o = torch.tensor([1.5])  # far from the centre: the shifted bounds matter
-    lo, hi = (-2.0, 2.0) if bounded else (-9.0, 9.0)
-    grid = torch.linspace(lo, hi, 6001)[:, None]
-    dens = post.log_prob(grid, x=x_o).exp()
-    mass = torch.trapezoid(dens, grid[:, 0])
-    assert abs(float(mass) - 1.0) < 0.01, float(mass)
-    samples = post.sample((20_000,), x=x_o, seed=1)[:, 0]
-    if bounded:
-        assert samples.min() >= -2.0 and samples.max() <= 2.0
-        assert post.log_prob(torch.tensor([[2.5]]), x=x_o).item() == -math.inf
-    cdf = torch.cumsum(dens, 0) * (grid[1, 0] - grid[0, 0])
-    for q in (0.1, 0.5, 0.9):
-        t = samples.quantile(q)
-        assert abs(float(cdf[(grid[:, 0] <= t).sum() - 1]) - q) < 0.02, q
+    check_1d_normalized(post, torch.tensor([1.5]), bounded)  # far out: shifted bounds matter
 
 
 def test_log_prob_of_several_observations_matches_one_at_a_time():
