@@ -515,18 +515,10 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
                                        or round_patience < 1):
         raise ValueError(f"round_patience must be a positive integer (epochs) or None for the "
                          f"method's default, got {round_patience!r}.")
-    if round_steps is not None and round_steps != "auto" and (
-            isinstance(round_steps, bool) or not isinstance(round_steps, int)
-            or round_steps < 1):
-        raise ValueError(f"round_steps must be a positive integer (optimizer steps of each TSNPE "
-                         f"round before the last), 'auto' (the default) or None for no step "
-                         f"budget, got {round_steps!r}.")
-    if final_steps is not None and final_steps != "auto" and (
-            isinstance(final_steps, bool) or not isinstance(final_steps, int)
-            or final_steps < 1):
-        raise ValueError(f"final_steps must be a positive integer (optimizer steps of the last "
-                         f"TSNPE round), 'auto' (the default) or None for the preset's full "
-                         f"schedule, got {final_steps!r}.")
+    _check_steps("round_steps", round_steps, "of each TSNPE round before the last",
+                 "no step budget")
+    _check_steps("final_steps", final_steps, "of the last TSNPE round",
+                 "the preset's full schedule")
     steps = round_step_budget(round_steps, sims_per_round)
     last_steps = final_step_budget(final_steps, rounds * sims_per_round)
     if restrict and method not in ("tsnpe", "snpe_c"):
@@ -998,6 +990,15 @@ def final_step_budget(final_steps: int | str | None, total_simulations: int) -> 
             return None
         return max(FINAL_MIN_STEPS, int(round(FINAL_STEPS_PER_SIM * total_simulations)))
     return None if final_steps is None else int(round(final_steps))
+
+
+def _check_steps(name: str, value: Any, what: str, none_means: str) -> None:
+    """``round_steps`` / ``final_steps``: a positive integer, ``"auto"`` or None."""
+    if value is None or value == "auto":
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer (optimizer steps {what}), 'auto' "
+                         f"(the default) or None for {none_means}, got {value!r}.")
 
 
 def round_step_budget(round_steps: int | str | None, sims_per_round: int) -> int | None:
