@@ -84,10 +84,12 @@ def invalid_request_detail(request: Request, errors: Any) -> Any:
     if not extra or len(extra) != len(errors):
         return jsonable_encoder(errors)
     model = _REQUESTS.get(request.url.path.rsplit("/", 1)[-1])
-    known = ", ".join(model.model_fields) if model is not None else "see /docs"
+    fields = list(model.model_fields) if model is not None else []
+    known = ", ".join(fields) if fields else "see /docs"
+    hint = " ('n' is the number of samples)" if "n" in fields else ""
     return (f"Unknown field(s) {', '.join(repr(f) for f in extra)} in the request body; this "
-            f"endpoint takes: {known} (e.g. 'n' is the number of samples). Remove or rename "
-            "them (the API reference is at /docs).")
+            f"endpoint takes: {known}{hint}. Remove or rename them (the API reference is at "
+            "/docs).")
 
 
 def create_app(models: dict[str, Posterior], max_samples: int = 100_000,
