@@ -92,8 +92,9 @@ def main() -> None:
     ap.add_argument("--sims", type=int, default=10_000)
     ap.add_argument("--observations", type=int, default=5)
     ap.add_argument("--num-samples", type=int, default=10_000)
-    ap.add_argument("--flows", nargs="+", default=["fmaf"],
-                    help="sbi-core flows (default: fmaf, sbi-core's default); sbi runs the "
+    ap.add_argument("--flows", nargs="+", default=["auto"],
+                    help="sbi-core flows (default: auto, sbi-core's default: fnsf when x "
+                         "declares trials and D <= 9, else fmaf); sbi runs the "
                          "same family from nflows: MAF for fmaf, maf and auto, NSF for fnsf "
                          "and nsf")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0],
