@@ -33,8 +33,8 @@ from torch import Tensor
 
 from estimators.incontext import InContextNet, standardize_context
 
-__all__ = ["CANDIDATES", "linear_coef", "design", "heldout_nll", "select_variant",
-           "variant_name"]
+__all__ = ["CANDIDATES", "MAX_HELDOUT", "linear_coef", "design", "heldout_nll", "heldout_nlls",
+           "select_variant", "variant_name"]
 
 #: (residual, num_neighbors) pairs tried by ``variant="auto"``.
 CANDIDATES: tuple[tuple[bool, int], ...] = ((False, 16), (True, 16), (True, 64), (True, 256))
@@ -59,37 +59,56 @@ def linear_coef(theta: Tensor, zx: Tensor, ridge: float = RIDGE) -> Tensor:
     return torch.linalg.solve(x1.T @ x1 / n + pen, x1.T @ theta / n)
 
 
+#: held-out pairs scored in all (over the folds) by ``variant="auto"``; the 256-neighbour
+#: kernel's cost grows with them (300: 0.3-0.8 s for the four candidates at N = 1,000).
+MAX_HELDOUT = 300
+
+
 @torch.no_grad()
-def heldout_nll(net: InContextNet, theta: Tensor, zx: Tensor, residual: bool,
-                num_neighbors: int, folds: int = 5, seed: int = 0,
-                max_heldout: int = 600) -> float:
-    """Mean ``-log q(theta_i | x_i)`` (in the units of ``theta``) of each context pair when
-    its fold is held out and the other folds are the context. ``theta`` ``(N, D)``, ``zx``
-    ``(N, d)`` (standardized x); at most ``max_heldout`` pairs in all are scored (the cost
-    of the 256-neighbour kernel grows with them). Prior truncation is left out (the same for all variants up
-    to the mass outside the prior, which the network rarely puts there)."""
+def heldout_nlls(net: InContextNet, theta: Tensor, zx: Tensor,
+                 candidates: tuple[tuple[bool, int], ...], folds: int = 5, seed: int = 0,
+                 max_heldout: int = MAX_HELDOUT) -> dict[tuple[bool, int], float]:
+    """Mean ``-log q(theta_i | x_i)`` (in the units of ``theta``) of held-out context pairs
+    for each candidate ``(residual, num_neighbors)``: each fold is held out in turn and the
+    other folds are the context (the regression is refitted on them). ``theta`` ``(N, D)``,
+    ``zx`` ``(N, d)`` (standardized x); at most ``max_heldout`` pairs in all are scored. The
+    context of each fold is encoded once per parameterization and shared by the neighbour
+    counts (the encoding does not depend on them). Prior truncation is left out (the same
+    for all variants up to the mass outside the prior, which the network rarely puts there)."""
     n = theta.shape[0]
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     saved = net.config["num_neighbors"]
-    net.config["num_neighbors"] = int(num_neighbors)
-    parts = []
+    parts: dict[tuple[bool, int], list[Tensor]] = {c: [] for c in candidates}
     try:
         for f in range(folds):
             test = perm[f::folds][:max(1, max_heldout // folds)]
             train = torch.cat([perm[g::folds] for g in range(folds) if g != f])
-            t = theta
-            if residual:
-                t = theta - design(zx) @ linear_coef(theta[train], zx[train])
-            st = standardize_context(t[train][None], zx[train][None])
-            zt = (t - st["theta_mean"][0]) / st["theta_std"][0]
-            zxs = (zx - st["x_mean"][0]) / st["x_std"][0]
-            cache = net.encode(zt[train][None], zxs[train][None])
-            logits = net.logits(zxs[test][None], zt[test][None], cache, len(train))
-            lp = net.log_prob_std(logits, zt[test][None]).sum(-1)[0]
-            parts.append(lp - st["theta_std"][0].log().sum())
+            for residual in sorted({c[0] for c in candidates}):
+                t = theta
+                if residual:
+                    t = theta - design(zx) @ linear_coef(theta[train], zx[train])
+                st = standardize_context(t[train][None], zx[train][None])
+                zt = (t - st["theta_mean"][0]) / st["theta_std"][0]
+                zxs = (zx - st["x_mean"][0]) / st["x_std"][0]
+                cache = net.encode(zt[train][None], zxs[train][None])
+                for c in candidates:
+                    if c[0] != residual:
+                        continue
+                    net.config["num_neighbors"] = int(c[1])
+                    logits = net.logits(zxs[test][None], zt[test][None], cache, len(train))
+                    lp = net.log_prob_std(logits, zt[test][None]).sum(-1)[0]
+                    parts[c].append(lp - st["theta_std"][0].log().sum())
     finally:
         net.config["num_neighbors"] = saved
-    return -float(torch.cat(parts).mean())
+    return {c: -float(torch.cat(v).mean()) for c, v in parts.items()}
+
+
+def heldout_nll(net: InContextNet, theta: Tensor, zx: Tensor, residual: bool,
+                num_neighbors: int, folds: int = 5, seed: int = 0,
+                max_heldout: int = MAX_HELDOUT) -> float:
+    """:func:`heldout_nlls` of one candidate."""
+    c = (bool(residual), int(num_neighbors))
+    return heldout_nlls(net, theta, zx, (c,), folds, seed, max_heldout)[c]
 
 
 def select_variant(net: InContextNet, theta: Tensor, zx: Tensor, folds: int = 5,
@@ -104,8 +123,8 @@ def select_variant(net: InContextNet, theta: Tensor, zx: Tensor, folds: int = 5,
     if n < 4 * folds or len(usable) == 1:
         chosen = usable[0]
         return chosen, {"scores": {}, "chosen": variant_name(*chosen), "folds": 0}
-    scores = {variant_name(*c): heldout_nll(net, theta, zx, *c, folds=folds, seed=seed)
-              for c in usable}
+    nlls = heldout_nlls(net, theta, zx, tuple(usable), folds=folds, seed=seed)
+    scores = {variant_name(*c): nlls[c] for c in usable}
     finite = {k: v for k, v in scores.items() if math.isfinite(v)}
     best = min(finite, key=finite.get) if finite else variant_name(*usable[0])
     chosen = next(c for c in usable if variant_name(*c) == best)

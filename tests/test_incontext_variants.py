@@ -11,7 +11,7 @@ import torch
 from test_incontext import check_1d_normalized, linear_1d
 
 from estimators.incontext_method import load_pretrained
-from estimators.incontext_select import heldout_nll
+from estimators.incontext_select import heldout_nll, heldout_nlls
 from sbi_core import fit, simulate
 from sbi_core.serialization import load, save
 from simulators.gaussian_linear import gaussian_linear
@@ -99,3 +99,17 @@ def test_estimators_saved_before_the_variants_still_load():
     xs = torch.tensor([[0.2, -0.1]])
     assert not old.residual
     assert torch.allclose(old.log_prob(theta, xs), post.estimator.log_prob(theta, xs))
+
+
+def test_heldout_nlls_share_encodings_without_changing_the_scores():
+    """``variant="auto"`` encodes each fold's context once per parameterization and reuses it
+    for every neighbour count; the scores must equal those of each candidate alone."""
+    problem = gaussian_linear(dim=2)
+    theta, x = simulate(problem, 120, seed=2, progress=False).training_data()
+    zx = (x - x.mean(0)) / x.std(0)
+    net, _ = load_pretrained()
+    cands = ((False, 16), (True, 16), (True, 64))
+    together = heldout_nlls(net, theta, zx, cands)
+    for c in cands:
+        assert abs(together[c] - heldout_nll(net, theta, zx, *c)) < 1e-5, c
+    assert net.config["num_neighbors"] == 16  # restored
