@@ -10,7 +10,8 @@ For each task, observation, seed and total simulation budget:
   ``final_steps=None``: the last round runs the preset's full schedule, as before its
   step budget), ``tsnpe_plain`` (TSNPE with the plain 1e-4 HPR in every round:
   ``region_temperature=None, region_union=False``, as before the conservative small-budget
-  region) and ``tsnpe_tempered`` (the tempered region without the union, ``region_union=False``);
+  region) and ``tsnpe_union`` (the tempered region united with the previous round's,
+  ``region_union="auto"``);
 - sbi 0.27 (in a subprocess of ``--sbi-python``, never imported here): ``sbi_snpe_c``
   (``NPE_C`` with the posterior as proposal, atomic loss) and ``sbi_tsnpe`` (``NPE`` +
   ``get_density_thresholder(quantile=1e-4, 100,000 samples)`` + ``RestrictedPrior``
@@ -63,14 +64,14 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 OURS = ["tsnpe", "snpe_c", "snle", "npe", "tsnpe_nobudget", "tsnpe_fullfinal", "tsnpe_plain",
-        "tsnpe_tempered"]
+        "tsnpe_union"]
 #: our variants: method name -> (sequential method, extra run_sequential options)
 VARIANTS = {"tsnpe_nobudget": ("tsnpe", {"round_steps": None}),  # the wave-4 round training
             "tsnpe_fullfinal": ("tsnpe", {"final_steps": None}),  # last round: full schedule
             # the plain 1e-4 HPR in every round (before the conservative small-budget region)
             "tsnpe_plain": ("tsnpe", {"region_temperature": None, "region_union": False}),
-            # the tempered region alone, without the union with the previous round's region
-            "tsnpe_tempered": ("tsnpe", {"region_union": False})}
+            # the tempered region and the union with the previous round's region
+            "tsnpe_union": ("tsnpe", {"region_union": "auto"})}
 SBI = ["sbi_snpe_c", "sbi_tsnpe"]
 
 

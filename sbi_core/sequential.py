@@ -432,7 +432,7 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
                    round_steps: int | str | None = "auto",
                    final_steps: int | str | None = "auto",
                    region_temperature: float | str | None = "auto",
-                   region_union: bool | str = "auto",
+                   region_union: bool | str = False,
                    proposal_mcmc: dict[str, Any] | None = None, workers: int = 1,
                    chunk_size: int | None = None,
                    timeout: float | None = None, progress: bool | None = None,
@@ -512,9 +512,13 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
         region_union: tsnpe: the region of a round is the union of its posterior's region and
             the previous round's posterior's region (both with their temperature), a
             two-member ensemble of consecutive posteriors: a round whose posterior jumps away
-            from the previous one does not cut what the previous one kept. ``"auto"``
-            (default): while the round's posterior rests on fewer than
-            ``REGION_SIMULATIONS`` simulations; ``True``: every round; ``False``: never.
+            from the previous one does not cut what the previous one kept. ``"auto"``: while
+            the round's posterior rests on fewer than ``REGION_SIMULATIONS`` simulations;
+            ``True``: every round; ``False`` (default): never. It keeps the reference
+            posterior inside the regions more often at 1,000-2,000 simulations but costs
+            accuracy there (sir 1,000: C2ST 0.918 vs 0.884 with the tempered region alone;
+            benchmarks/RESULTS.md, "Issue 17: a conservative truncation region at small
+            budgets").
         proposal_mcmc: snle / snre: MCMC options of the proposal draws (default
             ``PROPOSAL_MCMC``: 50 warm-up steps, no ESS-driven thinning); the final
             posterior keeps its own ``mcmc`` settings (SNLE's default ``SNLE_MCMC``: chains
@@ -575,8 +579,8 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
                          f"(the default: wider regions while the posterior rests on few "
                          f"simulations) or None, got {region_temperature!r}.")
     if region_union not in (True, False, "auto"):
-        raise ValueError(f"region_union must be True, False or 'auto' (the default: union with "
-                         f"the previous round's region while the posterior rests on few "
+        raise ValueError(f"region_union must be True, False (the default) or 'auto' (union "
+                         f"with the previous round's region while the posterior rests on few "
                          f"simulations), got {region_union!r}.")
     steps = round_step_budget(round_steps, sims_per_round)
     last_steps = final_step_budget(final_steps, rounds * sims_per_round)

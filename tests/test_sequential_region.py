@@ -65,12 +65,13 @@ def test_auto_temperature_and_union_apply_only_below_the_simulation_scale():
 
 def test_run_sequential_records_the_region_and_rejects_bad_options():
     """Rounds of 100 simulations: round 2's region is tempered by sqrt(1000 / 100); round 3's
-    (posterior on 200 simulations) by sqrt(5) and united with round 2's posterior's region,
-    so it keeps at least the prior mass of that posterior's region alone would."""
+    (posterior on 200 simulations) by sqrt(5) and united with round 2's posterior's region
+    (``region_union="auto"``; the default is no union)."""
     problem = simulators.get_problem("gaussian_linear", dim=2)
     x_o = problem.observation(1)
     _, history = run_sequential(problem, x_o, rounds=3, sims_per_round=100, seed=0,
-                                progress=False, round_steps=20, stop_after_epochs=3, **SMALL)
+                                progress=False, round_steps=20, stop_after_epochs=3,
+                                region_union="auto", **SMALL)
     assert history[0].region_temperature is None
     assert history[1].region_temperature == pytest.approx(math.sqrt(10))
     assert history[2].region_temperature == pytest.approx(math.sqrt(5))
@@ -91,7 +92,7 @@ def test_resume_after_the_union_member_was_saved_gives_the_identical_posterior(t
     problem = simulators.get_problem("gaussian_linear", dim=2)
     x_o = problem.observation(2)
     kw = {"rounds": 3, "sims_per_round": 100, "seed": 3, "progress": False, "round_steps": 20,
-          "stop_after_epochs": 3, "max_epochs": 30, **SMALL}
+          "stop_after_epochs": 3, "max_epochs": 30, "region_union": "auto", **SMALL}
     full, full_hist = run_sequential(problem, x_o, store=tmp_path / "full.zarr", **kw)
     assert full_hist[2].region_union is True
 
@@ -107,3 +108,11 @@ def test_resume_after_the_union_member_was_saved_gives_the_identical_posterior(t
     assert hist[2].truncation_threshold == full_hist[2].truncation_threshold
     a, b = full.estimator.state_dict(), resumed.estimator.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_default_region_is_tempered_without_union():
+    import inspect
+
+    params = inspect.signature(run_sequential).parameters
+    assert params["region_temperature"].default == "auto"
+    assert params["region_union"].default is False
