@@ -109,7 +109,7 @@ FINAL_STEPS_PER_SIM = 0.25
 #: simulations is often too narrow or misplaced, and its plain 1e-4 HPR then cuts the true
 #: posterior (sir at 5 x 200: rounds kept as little as 11% of the reference posterior's
 #: draws); later rounds cannot recover mass no round simulates (benchmarks/RESULTS.md, "Issue
-#: 17: a tempered truncation region at small budgets").
+#: 17: a conservative truncation region at small budgets").
 REGION_SIMULATIONS = 1000
 FINAL_MIN_STEPS = 1000
 FINAL_MIN_SIMULATIONS = 2000
@@ -516,7 +516,7 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
             the round's posterior rests on fewer than ``REGION_SIMULATIONS`` simulations;
             ``True``: every round; ``False`` (default): never. It keeps the reference
             posterior inside the regions more often at 1,000-2,000 simulations but costs
-            accuracy there (sir 1,000: C2ST 0.918 vs 0.884 with the tempered region alone;
+            accuracy there (sir 1,000: C2ST 0.919 vs 0.884 with the tempered region alone;
             benchmarks/RESULTS.md, "Issue 17: a conservative truncation region at small
             budgets").
         proposal_mcmc: snle / snre: MCMC options of the proposal draws (default
