@@ -34,6 +34,7 @@ scale, the truncation) so that ``sample`` warns when asked about an x far from `
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -102,11 +103,22 @@ ROUND_STEPS_PER_SIM = 0.5
 #: gaussian_mixture 10,000 0.03 (benchmarks/RESULTS.md, "Issue 17: the last TSNPE round on a
 #: step budget").
 FINAL_STEPS_PER_SIM = 0.25
+#: TSNPE, ``region_temperature="auto"``: a round's truncation region is the HPR of its
+#: posterior tempered by ``T = max(1, sqrt(REGION_SIMULATIONS / n))``, ``n`` the simulations
+#: it was trained on (:func:`region_temperature_for`). A posterior built on a few hundred
+#: simulations is often too narrow or misplaced, and its plain 1e-4 HPR then cuts the true
+#: posterior (sir at 5 x 200: rounds kept as little as 11% of the reference posterior's
+#: draws); later rounds cannot recover mass no round simulates (benchmarks/RESULTS.md, "Issue
+#: 17: a conservative truncation region at small budgets").
+REGION_SIMULATIONS = 1000
 FINAL_MIN_STEPS = 1000
 FINAL_MIN_SIMULATIONS = 2000
 #: settings recorded in a store's state that only change the last round: a store written
 #: before one of them existed resumes with the new default (its finished rounds are the same).
 _LAST_ROUND_SETTINGS = ("final_steps",)
+#: settings of the proposals not yet drawn: a store written before they existed resumes with
+#: the new default for its remaining rounds (its finished rounds and drawn proposals stay).
+_REGION_SETTINGS = ("region_temperature", "region_union")
 
 #: MCMC defaults of SNLE's posteriors (every round's proposals and the final posterior, saved
 #: with it; ``mcmc=`` overrides them): chains start by SIR from one pool of 1,000 prior draws
@@ -128,26 +140,44 @@ class TruncationRegion:
 
     log_prob: Callable[[Tensor], Tensor]
     threshold: float
+    #: further regions whose union with this one is the region (``region_union``)
+    union: list[TruncationRegion] = field(default_factory=list)
 
     @classmethod
     def from_samples(cls, log_prob: Callable[[Tensor], Tensor], samples: Tensor,
-                     epsilon: float = 1e-4) -> TruncationRegion:
-        """Threshold at the ``epsilon``-quantile of ``log_prob`` on the posterior's own
-        ``samples`` ``(N, D)``: the region keeps a fraction ``1 - epsilon`` of its mass."""
+                     epsilon: float = 1e-4, temperature: float = 1.0) -> TruncationRegion:
+        """Threshold at the ``epsilon``-quantile ``τ`` of ``log_prob`` on the posterior's own
+        ``samples`` ``(N, D)``: the region keeps a fraction ``1 - epsilon`` of its mass.
+
+        ``temperature`` ``T >= 1`` widens it to the ``epsilon``-HPR of the tempered posterior
+        ``q^(1/T)`` for a Gaussian ``q``: threshold ``m - T (m - τ)``, ``m`` the largest
+        ``log_prob`` of the samples (a Gaussian's HPR at level ``c`` below its mode is the
+        ellipsoid of squared radius ``2c``; tempering multiplies the covariance by ``T``).
+        ``T = 1`` is the plain HPR."""
         if not 0.0 <= epsilon < 1.0:
             raise ValueError(f"epsilon must be in [0, 1), got {epsilon}; the default 1e-4 keeps "
                              "99.99% of the posterior mass.")
+        if not (math.isfinite(temperature) and temperature >= 1.0):
+            raise ValueError(f"temperature must be a finite number >= 1 (1: the plain HPR), got "
+                             f"{temperature}.")
         lp = _batched(log_prob, samples)
         lp = lp[torch.isfinite(lp)]
         if lp.numel() == 0:
             raise ValueError("The posterior's log density is not finite at any of its own "
                              "samples; the round's estimator is broken (train longer).")
         k = int(math.floor(epsilon * lp.numel()))
-        return cls(log_prob, float(torch.sort(lp).values[k]))
+        tau = float(torch.sort(lp).values[k])
+        if temperature > 1.0:
+            top = float(lp.max())
+            tau = top - temperature * (top - tau)
+        return cls(log_prob, tau)
 
     def contains(self, theta: Tensor) -> Tensor:
-        """``(N,)`` bool: θ ``(N, D)`` inside the region."""
-        return _batched(self.log_prob, theta) >= self.threshold
+        """``(N,)`` bool: θ ``(N, D)`` inside the region (or any region of ``union``)."""
+        inside = _batched(self.log_prob, theta) >= self.threshold
+        for other in self.union:
+            inside = inside | other.contains(theta)
+        return inside
 
 
 def _batched(fn: Callable[[Tensor], Tensor], theta: Tensor, size: int = 50_000) -> Tensor:
@@ -289,6 +319,8 @@ class RoundRecord:
     truncation_threshold: float | None = None
     box: list | None = None
     reference_inside: float | None = None  # fraction of reference samples in the region
+    region_temperature: float | None = None  # TSNPE: the region's temperature (1: plain HPR)
+    region_union: bool | None = None  # TSNPE: united with the previous round's region
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -349,7 +381,7 @@ class _RunState:
         saved = state.get("settings", {})
         diff = {k: (saved.get(k), v) for k, v in self.settings.items()
                 if k != "rounds" and saved.get(k) != v
-                and not (k in _LAST_ROUND_SETTINGS and k not in saved)}
+                and not (k in _LAST_ROUND_SETTINGS + _REGION_SETTINGS and k not in saved)}
         if diff:
             detail = "; ".join(f"{k}: store has {a!r}, this run has {b!r}"
                                for k, (a, b) in diff.items())
@@ -399,6 +431,8 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
                    round_patience: int | None = ROUND_PATIENCE,
                    round_steps: int | str | None = "auto",
                    final_steps: int | str | None = "auto",
+                   region_temperature: float | str | None = "auto",
+                   region_union: bool | str = False,
                    proposal_mcmc: dict[str, Any] | None = None, workers: int = 1,
                    chunk_size: int | None = None,
                    timeout: float | None = None, progress: bool | None = None,
@@ -466,6 +500,25 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
             round's schedule is cosine (the default fmaf ``accurate`` preset); an integer applies to any schedule (a plateau schedule then
             stops at the budget); ``None``: the preset's schedule, to convergence. Stores made
             before this option resume with the default.
+        region_temperature: tsnpe: the truncation region of a round is the
+            ``epsilon``-HPR of its posterior tempered by this ``T >= 1`` (threshold
+            ``m - T (m - τ)``, ``m`` the largest log density of its samples, ``τ`` the plain
+            threshold; :meth:`TruncationRegion.from_samples`): a wider region while the
+            posterior rests on few simulations. ``"auto"`` (default): ``max(1,
+            sqrt(REGION_SIMULATIONS / n))`` for a posterior trained on ``n`` simulations (2.2
+            after 200, 1.6 after 400, 1 from 1,000); a number: that ``T`` in every round;
+            ``None``: the plain HPR (``T = 1``). A store made before this option (and
+            ``region_union``) resumes with the setting given, for its remaining rounds.
+        region_union: tsnpe: the region of a round is the union of its posterior's region and
+            the previous round's posterior's region (both with their temperature), a
+            two-member ensemble of consecutive posteriors: a round whose posterior jumps away
+            from the previous one does not cut what the previous one kept. ``"auto"``: while
+            the round's posterior rests on fewer than ``REGION_SIMULATIONS`` simulations;
+            ``True``: every round; ``False`` (default): never. It keeps the reference
+            posterior inside the regions more often at 1,000-2,000 simulations but costs
+            accuracy there (sir 1,000: C2ST 0.919 vs 0.884 with the tempered region alone;
+            benchmarks/RESULTS.md, "Issue 17: a conservative truncation region at small
+            budgets").
         proposal_mcmc: snle / snre: MCMC options of the proposal draws (default
             ``PROPOSAL_MCMC``: 50 warm-up steps, no ESS-driven thinning); the final
             posterior keeps its own ``mcmc`` settings (SNLE's default ``SNLE_MCMC``: chains
@@ -519,6 +572,16 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
                  "no step budget")
     _check_steps("final_steps", final_steps, "of the last TSNPE round",
                  "the preset's full schedule")
+    if not (region_temperature is None or region_temperature == "auto" or (
+            isinstance(region_temperature, (int, float)) and not isinstance(region_temperature, bool)
+            and math.isfinite(region_temperature) and region_temperature >= 1)):
+        raise ValueError(f"region_temperature must be a number >= 1 (1: the plain HPR), 'auto' "
+                         f"(the default: wider regions while the posterior rests on few "
+                         f"simulations) or None, got {region_temperature!r}.")
+    if region_union not in (True, False, "auto"):
+        raise ValueError(f"region_union must be True, False (the default) or 'auto' (union "
+                         f"with the previous round's region while the posterior rests on few "
+                         f"simulations), got {region_union!r}.")
     steps = round_step_budget(round_steps, sims_per_round)
     last_steps = final_step_budget(final_steps, rounds * sims_per_round)
     if restrict and method not in ("tsnpe", "snpe_c"):
@@ -547,6 +610,8 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
                 "proposal_mcmc": _plain_options(mcmc_opts),
                 "round_steps": steps if method == "tsnpe" else None,
                 "final_steps": final_steps if method == "tsnpe" else None,
+                "region_temperature": region_temperature if method == "tsnpe" else None,
+                "region_union": region_union if method == "tsnpe" else None,
                 "fit_options": _plain_options(fit_options)}
     if method == "snpe_c" and apt_loss != "atomic":  # stores of earlier versions: "atomic"
         settings["apt_loss"] = apt_loss
@@ -563,6 +628,7 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
     thetas: list[Tensor] = []
     proposals: dict[int, Any] = {}  # apt_loss="mdn": round r's proposal under id r - 1
     all_sims = None
+    older: Posterior | None = None  # TSNPE region_union: the previous round's posterior, frozen
     for r in range(1, rounds + 1):
         t_round = time.perf_counter()
         if apt_loss == "mdn" and posterior is not None:
@@ -575,6 +641,7 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
             # finished before an interruption: reuse its posterior and θ
             from sbi_core.serialization import load
 
+            older = posterior
             posterior = load(model_file, prior=problem.prior)
             thetas.append(_stored_theta(state.store, r, sims_per_round))
             history.append(RoundRecord(**done))
@@ -593,7 +660,11 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
             with seeded(pseed):
                 theta_r, info = _propose(problem, posterior, x_o, method, sims_per_round,
                                          epsilon, num_threshold_samples, min_prior_acceptance,
-                                         restricted, pseed, reference_samples, mcmc_opts)
+                                         restricted, pseed, reference_samples, mcmc_opts,
+                                         region_temperature_for(region_temperature,
+                                                                (r - 1) * sims_per_round),
+                                         _previous_region(older, x_o, history, region_union,
+                                                          (r - 1) * sims_per_round))
             theta_r = theta_r.float().contiguous()
             state.pending = {"round": r, **info}
             state.save_theta(r, theta_r)
@@ -617,6 +688,11 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
 
         # ---- train on all rounds
         t1 = time.perf_counter()
+        if method == "tsnpe" and posterior is not None and r < rounds and _union_applies(
+                region_union, r * sims_per_round):
+            older = copy.deepcopy(posterior)  # warm-started training changes it in place
+        else:
+            older = None
         posterior = _train_round(problem, all_sims, method, base_method, r, posterior,
                                  _round_seed(seed, r, 1), train_apt, num_atoms, fit_options, fit,
                                  warm_start, sims_per_round, seed, warm_lr_factor,
@@ -638,7 +714,9 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
             simulate_seconds=round(sim_seconds, 3), train_seconds=round(train_seconds, 3),
             seconds=round(time.perf_counter() - t_round, 3),
             truncation_threshold=info.get("truncation_threshold"), box=info.get("box"),
-            reference_inside=info.get("reference_inside"))
+            reference_inside=info.get("reference_inside"),
+            region_temperature=info.get("region_temperature"),
+            region_union=info.get("region_union"))
         history.append(rec)
         if store is not None:
             from sbi_core.serialization import save
@@ -716,7 +794,8 @@ def _plain_options(options: dict[str, Any]) -> dict[str, Any]:
 def _propose(problem: Problem, posterior: Posterior | None, x_o: Tensor, method: str, n: int,
              epsilon: float, num_threshold: int, min_prior_acceptance: float,
              restricted: Any, pseed: int, reference: Tensor | None = None,
-             mcmc: dict[str, Any] | None = None) -> tuple[Tensor, dict[str, Any]]:
+             mcmc: dict[str, Any] | None = None, temperature: float = 1.0,
+             previous: TruncationRegion | None = None) -> tuple[Tensor, dict[str, Any]]:
     """Round ``r``'s θ ``(n, D)`` and what the proposal was (torch already seeded)."""
     base = None if restricted is None else (lambda m: restricted.sample((m,)).float())
     if posterior is None:
@@ -728,7 +807,8 @@ def _propose(problem: Problem, posterior: Posterior | None, x_o: Tensor, method:
                        _float(getattr(restricted, "acceptance", None))}
     with _proposal_range_check(posterior, x_o):
         return _propose_from(problem, posterior, x_o, method, n, epsilon, num_threshold,
-                             min_prior_acceptance, restricted, pseed, base, reference, mcmc)
+                             min_prior_acceptance, restricted, pseed, base, reference, mcmc,
+                             temperature, previous)
 
 
 @contextmanager
@@ -763,12 +843,15 @@ def _proposal_range_check(posterior: Posterior, x_o: Tensor) -> Iterator[None]:
 def _propose_from(problem: Problem, posterior: Posterior, x_o: Tensor, method: str, n: int,
                   epsilon: float, num_threshold: int, min_prior_acceptance: float,
                   restricted: Any, pseed: int, base: Callable[[int], Tensor] | None,
-                  reference: Tensor | None, mcmc: dict[str, Any] | None
+                  reference: Tensor | None, mcmc: dict[str, Any] | None,
+                  temperature: float = 1.0, previous: TruncationRegion | None = None
                   ) -> tuple[Tensor, dict[str, Any]]:
     """Round ``r``'s θ from the current ``posterior`` (see :func:`_propose`)."""
     if method == "tsnpe":
         samples = posterior.sample((num_threshold,), x=x_o, max_seconds=None)
-        region = _region_of(posterior, x_o, samples, epsilon)
+        region = _region_of(posterior, x_o, samples, epsilon, temperature)
+        if previous is not None:
+            region.union = [previous]
         out = sample_truncated_prior(problem.prior, region, n, samples,
                                      min_prior_acceptance=min_prior_acceptance, base_sample=base)
         mass = out.prior_mass
@@ -777,6 +860,8 @@ def _propose_from(problem: Problem, posterior: Posterior, x_o: Tensor, method: s
         return out.theta, {"proposal": f"truncated prior ({out.sampler})",
                            "acceptance": out.acceptance, "prior_mass": mass,
                            "truncation_threshold": region.threshold,
+                           "region_temperature": float(temperature),
+                           "region_union": previous is not None,
                            "box": None if out.box is None else [out.box[0], out.box[1]],
                            "reference_inside": None if reference is None else
                            float(region.contains(torch.as_tensor(reference).float())
@@ -874,13 +959,52 @@ def _float(v: Any) -> float | None:
 
 
 def _region_of(posterior: Posterior, x_o: Tensor, samples: Tensor,
-               epsilon: float) -> TruncationRegion:
-    """The HPR of an NPE ``posterior`` at ``x_o`` from its ``samples`` ``(N, D)``."""
+               epsilon: float, temperature: float = 1.0) -> TruncationRegion:
+    """The (tempered) HPR of an NPE ``posterior`` at ``x_o`` from its ``samples`` ``(N, D)``."""
 
     def log_q(theta: Tensor) -> Tensor:
         return posterior.log_prob(theta, x=x_o, normalize=False)
 
-    return TruncationRegion.from_samples(log_q, samples, epsilon)
+    return TruncationRegion.from_samples(log_q, samples, epsilon, temperature)
+
+
+def _union_applies(region_union: bool | str, num_simulations: int) -> bool:
+    """Whether a TSNPE region built from a posterior trained on ``num_simulations``
+    simulations is united with the previous round's (``run_sequential(region_union=)``)."""
+    if region_union == "auto":
+        return num_simulations < REGION_SIMULATIONS
+    return bool(region_union)
+
+
+def _previous_region(older: Posterior | None, x_o: Tensor, history: list[RoundRecord],
+                     region_union: bool | str, num_simulations: int
+                     ) -> TruncationRegion | None:
+    """The previous round's region for ``region_union``: the frozen posterior ``older`` of
+    round ``r - 2`` ... at the threshold recorded when it built round ``r - 1``'s proposal."""
+    if older is None or not history or history[-1].truncation_threshold is None \
+            or not _union_applies(region_union, num_simulations):
+        return None
+
+    if hasattr(older, "range_check"):
+        older.range_check = "off"  # as for the current posterior (_proposal_range_check)
+
+    def log_q(theta: Tensor) -> Tensor:
+        return older.log_prob(theta, x=x_o, normalize=False)
+
+    return TruncationRegion(log_q, float(history[-1].truncation_threshold))
+
+
+def region_temperature_for(region_temperature: float | str | None,
+                           num_simulations: int) -> float:
+    """The truncation region's temperature (:meth:`TruncationRegion.from_samples`) of a
+    round whose posterior was trained on ``num_simulations`` simulations:
+    ``"auto"`` -> ``max(1, sqrt(REGION_SIMULATIONS / num_simulations))`` (2.2 after 200
+    simulations, 1.6 after 400, 1 from 1,000 on); a number: that temperature; ``None``: 1."""
+    if region_temperature is None:
+        return 1.0
+    if region_temperature == "auto":
+        return max(1.0, math.sqrt(REGION_SIMULATIONS / max(int(num_simulations), 1)))
+    return float(region_temperature)
 
 
 def _train_round(problem: Problem, sims: Any, method: str, base_method: str, r: int,
