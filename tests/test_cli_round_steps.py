@@ -55,3 +55,25 @@ def test_bad_final_steps_is_a_clear_usage_error(tmp_path, capsys, bad):
                  f"--final-steps={bad}"])
     assert code == 2
     assert "'auto', 'none' or a positive integer" in capsys.readouterr().err
+
+
+def test_region_options_reach_the_rounds(tmp_path, capsys):
+    # round 2's proposal is the region of round 1's posterior, trained on 200 simulations:
+    # 'auto' tempers it by sqrt(1000 / 200); 'none' keeps the plain region. Round 3's region
+    # (400 simulations) is united with round 2's under --region-union on.
+    auto = _run(tmp_path, capsys, "--rounds", "3", "--round-steps", "3", "--final-steps", "3")
+    plain = _run(tmp_path, capsys, "--rounds", "3", "--round-steps", "3", "--final-steps", "3",
+                 "--region-temperature", "none", "--region-union", "on")
+    assert auto[1]["region_temperature"] == pytest.approx(5 ** 0.5, rel=1e-6)
+    assert auto[2]["region_temperature"] == pytest.approx(2.5 ** 0.5, rel=1e-6)
+    assert auto[2]["region_union"] is False
+    assert plain[1]["region_temperature"] == pytest.approx(1.0)
+    assert plain[2]["region_union"] is True
+
+
+@pytest.mark.parametrize("bad", ["0.5", "x", "nan"])
+def test_bad_region_temperature_is_a_clear_usage_error(tmp_path, capsys, bad):
+    code = main(["run", "gaussian_linear", "--x", "x.csv", "--out", str(tmp_path / "m.pt"),
+                 f"--region-temperature={bad}"])
+    assert code == 2
+    assert "'auto', 'none' or a number >= 1" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 from sbi_core.cli.common import PROBLEM_HELP, add_force, positive_float, positive_int
 
@@ -56,6 +57,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "before ('auto': max(1000, 0.25 x total simulations) from 2,000 total "
                         "simulations on, cosine schedules only; 'none': the preset's full "
                         "schedule; or a positive integer)")
+    p.add_argument("--region-temperature", type=_region_temperature, default="auto",
+                   help="tsnpe: widen each round's truncation region to that of its posterior "
+                        "tempered by T ('auto': T = max(1, sqrt(1000 / simulations so far)), "
+                        "wider only below 1,000 simulations; 'none' or 1: the plain region; "
+                        "or a number >= 1)")
+    p.add_argument("--region-union", choices=("off", "on", "auto"), default="off",
+                   help="tsnpe: unite each round's region with the previous round's ('auto': "
+                        "only below 1,000 simulations; keeps more of the true posterior at "
+                        "small budgets, costs accuracy; docs/sequential.md)")
     p.add_argument("--max-epochs", type=positive_int)
     p.add_argument("--max-seconds", type=positive_float, help="wall-time cap per round's training")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -75,6 +85,20 @@ def _round_steps(text: str) -> int | str | None:
     if value < 1:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not 'auto', 'none' or a positive integer (optimizer steps).")
+    return value
+
+
+def _region_temperature(text: str) -> float | str | None:
+    """``--region-temperature``: ``auto``, ``none`` or a number >= 1."""
+    if text.lower() in ("auto", "none"):
+        return None if text.lower() == "none" else "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 1):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not 'auto', 'none' or a number >= 1 (1: the plain region).")
     return value
 
 
@@ -109,7 +133,10 @@ def run(args: argparse.Namespace) -> int:
                             store=args.store, resume=args.resume, epsilon=args.epsilon,
                             restrict=args.restrict, workers=args.workers, timeout=args.timeout,
                             progress=not args.quiet, round_steps=args.round_steps,
-                            final_steps=args.final_steps, **options)
+                            final_steps=args.final_steps,
+                            region_temperature=args.region_temperature,
+                            region_union={"off": False, "on": True,
+                                          "auto": "auto"}[args.region_union], **options)
     save(result.posterior, out)
     print(json.dumps({"out": str(args.out), "method": args.method,
                       "total_simulations": result.history[-1].total_simulations,
