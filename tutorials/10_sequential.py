@@ -15,7 +15,7 @@
 # is killed and resumed from its zarr store, a check against the exact posterior, and the
 # model's record that it is valid near `x_o` only.
 #
-# Run as a script: `python tutorials/11_sequential.py`
+# Run as a script: `python tutorials/10_sequential.py`
 # (`SBI_CORE_FAST=1` runs a small, quick version, used by the test suite).
 
 # %%

@@ -12,7 +12,7 @@
 # a custom embedding, training, and saving/loading the model (your module's *weights* go into
 # the file; its *code* never does, so you pass the module again at load).
 #
-# Run as a script: `python tutorials/10_your_own_embedding.py`
+# Run as a script: `python tutorials/11_your_own_embedding.py`
 # (`SBI_CORE_FAST=1` runs a small, quick version, used by the test suite).
 
 # %%
