@@ -87,8 +87,12 @@ class TrainConfig:
     of the number of simulations), or ``max_epochs`` if smaller: linear
     warm-up over the first ``warmup_epochs`` epochs, then cosine decay to 0 per step;
     training ends when the schedule does; after ``stop_after_epochs`` epochs without a new
-    best validation loss the rest of the decay is compressed into ``STALL_DECAY_FRACTION`` of
-    the schedule, which then runs to its end; the best weights are restored either way).
+    best validation loss the rest of the decay is compressed into ``stall_decay`` of the
+    schedule's epochs, which then runs to its end, or, with ``stall_decay=0``, training ends
+    at the stall; the best weights are restored either way).
+    ``stall_decay``: see ``lr_schedule="cosine"`` (default ``STALL_DECAY_FRACTION`` = 0.1;
+    the NPE ``"accurate"`` preset uses 0: in the benchmark the compressed decay never gave a
+    new best validation loss, docs/performance.md, "Issue 18: the stall ends training").
     """
 
     batch_size: int = 256
@@ -109,6 +113,7 @@ class TrainConfig:
     lr_schedule: str = "plateau"
     schedule_epochs: int | str | None = None
     warmup_epochs: float = 0.0
+    stall_decay: float = 0.1
     callbacks: tuple[Any, ...] | list[Any] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -155,6 +160,9 @@ def check_train_config(cfg: TrainConfig) -> None:
                                      "or None (use max_epochs)")
     if not is_num(cfg.warmup_epochs) or cfg.warmup_epochs < 0:
         raise bad("warmup_epochs", "a finite number >= 0")
+    if not is_num(cfg.stall_decay) or not 0 <= cfg.stall_decay <= 1:
+        raise bad("stall_decay", "a number from 0 (a stall ends training) to 1 (fraction of the "
+                                 "cosine schedule over which a stall's final decay runs)")
     if not is_int(cfg.seed):
         raise bad("seed", "an integer")
     if not isinstance(cfg.callbacks, (list, tuple)):
@@ -370,9 +378,9 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
             bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}",
                             best=f"{history.best_validation_loss:.3f}")
             if since_best >= cfg.stop_after_epochs and lr_at is not None and \
-                    anneal_end is None and epoch + 1 < num_epochs:
+                    anneal_end is None and epoch + 1 < num_epochs and cfg.stall_decay > 0:
                 # cosine: a stall starts the final decay instead of ending at a high rate
-                anneal_end = min(epoch + 1 + max(1, round(STALL_DECAY_FRACTION * num_epochs)),
+                anneal_end = min(epoch + 1 + max(1, round(cfg.stall_decay * num_epochs)),
                                  num_epochs)
                 lr_at = cosine_lr(lr_at(step - 1), (anneal_end - epoch - 1) * steps_per_epoch,
                                   0, start=step)
@@ -419,7 +427,7 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
 AUTO_SCHEDULE_EPOCHS_10K = 300
 #: ``lr_schedule="cosine"``: when the validation loss stalls for ``stop_after_epochs`` epochs,
 #: the learning rate decays from its current value to 0 over this fraction of the schedule's
-#: epochs, then training ends (a stall at a high rate is minibatch noise that the decay
+#: epochs (``TrainConfig.stall_decay``'s default), then training ends (a stall at a high rate is minibatch noise that the decay
 #: removes; quickly converging problems end early instead of running the whole budget).
 STALL_DECAY_FRACTION = 0.1
 MIN_AUTO_SCHEDULE_EPOCHS = 30
