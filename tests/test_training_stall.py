@@ -73,3 +73,29 @@ def test_stall_decay_is_checked():
         TrainConfig(stall_decay=-0.1)
     with pytest.raises(ValueError, match="stall_decay"):
         TrainConfig(stall_decay=1.5)
+
+
+def test_stall_patience_grows_with_the_run():
+    from sbi_core.training import stall_patience
+
+    fixed = TrainConfig(stop_after_epochs=40)
+    assert [stall_patience(fixed, e) for e in (1, 60, 500)] == [40, 40, 40]
+    scaled = TrainConfig(stop_after_epochs=40, patience_fraction=1 / 3)
+    assert [stall_patience(scaled, e) for e in (1, 30, 60, 90, 120, 500)] == \
+        [20, 20, 20, 30, 40, 40]
+    with pytest.raises(ValueError, match="patience_fraction"):
+        TrainConfig(patience_fraction=0)
+
+
+def test_an_early_best_stalls_after_half_the_patience():
+    """The line's best epoch comes in the first few: with patience_fraction the stall is
+    judged after stop_after_epochs // 2 epochs instead of stop_after_epochs."""
+    theta, x = _data()
+    kw = dict(progress=False, batch_size=100, learning_rate=0.05, lr_schedule="cosine",
+              schedule_epochs=200, stop_after_epochs=20, stall_decay=0.0)
+    fixed = train(Line(), theta, x, **kw)
+    scaled = train(Line(), theta, x, patience_fraction=1 / 3, **kw)
+    assert fixed.stopped == scaled.stopped == "converged"
+    assert fixed.best_epoch < 15
+    assert fixed.epochs == fixed.best_epoch + 1 + 20
+    assert scaled.epochs == scaled.best_epoch + 1 + 10
