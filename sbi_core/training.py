@@ -90,9 +90,10 @@ class TrainConfig:
     best validation loss the rest of the decay is compressed into ``stall_decay`` of the
     schedule's epochs, which then runs to its end, or, with ``stall_decay=0``, training ends
     at the stall; the best weights are restored either way).
-    ``patience_fraction``: if set (e.g. ``1/3``), the patience at epoch ``e`` (1-based) is
-    ``round(patience_fraction * e)`` clamped to ``[stop_after_epochs // 2, stop_after_epochs]``
-    (:func:`stall_patience`): a run whose best epoch came early stalls sooner than a long one.
+    ``overfit_rise``: if set (nats, e.g. ``0.05``), ``overfit_epochs`` epochs without a real
+    gain already count as a stall when each of the last 5 validation losses is above the best
+    by more than ``overfit_rise`` (the model is overfitting: more epochs only make it worse;
+    a flat plateau is not ended early) (:func:`stalled`).
     ``stall_decay``: see ``lr_schedule="cosine"`` (default ``STALL_DECAY_FRACTION`` = 0.1;
     the NPE ``"accurate"`` preset uses 0: in the benchmark the compressed decay never gave a
     new best validation loss, docs/performance.md, "Issue 18: the stall ends training").
@@ -117,7 +118,8 @@ class TrainConfig:
     schedule_epochs: int | str | None = None
     warmup_epochs: float = 0.0
     stall_decay: float = 0.1
-    patience_fraction: float | None = None
+    overfit_rise: float | None = None
+    overfit_epochs: int = 25
     callbacks: tuple[Any, ...] | list[Any] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -164,9 +166,10 @@ def check_train_config(cfg: TrainConfig) -> None:
                                      "or None (use max_epochs)")
     if not is_num(cfg.warmup_epochs) or cfg.warmup_epochs < 0:
         raise bad("warmup_epochs", "a finite number >= 0")
-    if cfg.patience_fraction is not None and (not is_num(cfg.patience_fraction)
-                                              or not 0 < cfg.patience_fraction <= 1):
-        raise bad("patience_fraction", "a number in (0, 1] or None (patience stop_after_epochs)")
+    if cfg.overfit_rise is not None and (not is_num(cfg.overfit_rise) or cfg.overfit_rise < 0):
+        raise bad("overfit_rise", "a finite number >= 0 (nats) or None (off)")
+    if not is_int(cfg.overfit_epochs) or cfg.overfit_epochs < 1:
+        raise bad("overfit_epochs", "an integer >= 1")
     if not is_num(cfg.stall_decay) or not 0 <= cfg.stall_decay <= 1:
         raise bad("stall_decay", "a number from 0 (a stall ends training) to 1 (fraction of the "
                                  "cosine schedule over which a stall's final decay runs)")
@@ -384,7 +387,7 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
                 scheduler.step(val_loss)
             bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}",
                             best=f"{history.best_validation_loss:.3f}")
-            stalled = since_best >= stall_patience(cfg, epoch + 1)
+            stalled = is_stalled(cfg, since_best, history)
             if stalled and lr_at is not None and \
                     anneal_end is None and epoch + 1 < num_epochs and cfg.stall_decay > 0:
                 # cosine: a stall starts the final decay instead of ending at a high rate
@@ -449,15 +452,22 @@ def auto_schedule_epochs(num_simulations: int) -> int:
     return max(MIN_AUTO_SCHEDULE_EPOCHS, round(AUTO_SCHEDULE_EPOCHS_10K * math.sqrt(10_000 / n)))
 
 
-def stall_patience(cfg: TrainConfig, epochs_done: int) -> int:
-    """Epochs without a real gain (> ``min_delta``) that count as a stall after
-    ``epochs_done`` epochs: ``stop_after_epochs``, or with ``patience_fraction`` set,
-    ``round(patience_fraction * epochs_done)`` clamped to ``[stop_after_epochs // 2,
-    stop_after_epochs]`` (NPE's accurate preset: 1/3, so 20 until epoch 60, 40 from 120)."""
-    if cfg.patience_fraction is None:
-        return cfg.stop_after_epochs
-    scaled = round(cfg.patience_fraction * epochs_done)
-    return min(cfg.stop_after_epochs, max(cfg.stop_after_epochs // 2, 1, scaled))
+#: ``TrainConfig.overfit_rise``: how many of the latest validation losses must all be above
+#: the best by more than ``overfit_rise`` for an early (overfitting) stall.
+OVERFIT_WINDOW = 5
+
+
+def is_stalled(cfg: TrainConfig, since_best: int, history: TrainingHistory) -> bool:
+    """Whether ``since_best`` epochs without a real gain (> ``min_delta``) are a stall:
+    ``stop_after_epochs`` of them, or with ``overfit_rise`` set, ``overfit_epochs`` of them
+    while each of the last ``OVERFIT_WINDOW`` validation losses is above the best by more
+    than ``overfit_rise`` (a rising loss: overfitting, not a plateau)."""
+    if since_best >= cfg.stop_after_epochs:
+        return True
+    if cfg.overfit_rise is None or since_best < cfg.overfit_epochs:
+        return False
+    recent = history.validation_loss[-OVERFIT_WINDOW:]
+    return min(recent) > history.best_validation_loss + cfg.overfit_rise
 
 
 def cosine_lr(peak: float, total_steps: int, warmup_steps: float,
