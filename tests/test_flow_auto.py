@@ -11,7 +11,8 @@ from sbi_core.cli.main import main
 from sbi_core.priors import BoxUniform
 
 PLATEAU = {"lr_schedule": "plateau", "schedule_epochs": None, "warmup_epochs": 0.0,
-           "stall_decay": 0.1, "patience_fraction": None}
+           "stall_decay": 0.1, "overfit_rise": None,
+           "overfit_epochs": 25}
 FAST_FUSED = {"batch_size": 512, "learning_rate": 2e-3, "min_delta": 0.005, "ema_decay": None,
               "stop_after_epochs": 20, **PLATEAU}
 ACCURATE = {"batch_size": 256, "learning_rate": 1e-3, "min_delta": 0.0, "ema_decay": 0.99,
@@ -19,7 +20,8 @@ ACCURATE = {"batch_size": 256, "learning_rate": 1e-3, "min_delta": 0.0, "ema_dec
 ACCURATE_FMAF = {"batch_size": 256, "learning_rate": 3e-3, "min_delta": 0.003,
                  "ema_decay": 0.99, "stop_after_epochs": 40, "lr_schedule": "cosine",
                  "schedule_epochs": "auto", "warmup_epochs": 5.0, "stall_decay": 0.0,
-                 "patience_fraction": 1 / 3}
+                 "overfit_rise": 0.05,
+                 "overfit_epochs": 25}
 
 
 def test_auto_flow_resolves_by_dimension():
