@@ -87,8 +87,16 @@ class TrainConfig:
     of the number of simulations), or ``max_epochs`` if smaller: linear
     warm-up over the first ``warmup_epochs`` epochs, then cosine decay to 0 per step;
     training ends when the schedule does; after ``stop_after_epochs`` epochs without a new
-    best validation loss the rest of the decay is compressed into ``STALL_DECAY_FRACTION`` of
-    the schedule, which then runs to its end; the best weights are restored either way).
+    best validation loss the rest of the decay is compressed into ``stall_decay`` of the
+    schedule's epochs, which then runs to its end, or, with ``stall_decay=0``, training ends
+    at the stall; the best weights are restored either way).
+    ``overfit_rise``: if set (nats, e.g. ``0.05``), ``overfit_epochs`` epochs without a real
+    gain already count as a stall when each of the last 5 validation losses is above the best
+    by more than ``overfit_rise`` (the model is overfitting: more epochs only make it worse;
+    a flat plateau is not ended early) (:func:`stalled`).
+    ``stall_decay``: see ``lr_schedule="cosine"`` (default ``STALL_DECAY_FRACTION`` = 0.1;
+    the NPE ``"accurate"`` preset uses 0: in the benchmark the compressed decay never gave a
+    new best validation loss, docs/performance.md, "Issue 18: the stall ends training").
     """
 
     batch_size: int = 256
@@ -109,6 +117,9 @@ class TrainConfig:
     lr_schedule: str = "plateau"
     schedule_epochs: int | str | None = None
     warmup_epochs: float = 0.0
+    stall_decay: float = 0.1
+    overfit_rise: float | None = None
+    overfit_epochs: int = 25
     callbacks: tuple[Any, ...] | list[Any] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -155,6 +166,13 @@ def check_train_config(cfg: TrainConfig) -> None:
                                      "or None (use max_epochs)")
     if not is_num(cfg.warmup_epochs) or cfg.warmup_epochs < 0:
         raise bad("warmup_epochs", "a finite number >= 0")
+    if cfg.overfit_rise is not None and (not is_num(cfg.overfit_rise) or cfg.overfit_rise < 0):
+        raise bad("overfit_rise", "a finite number >= 0 (nats) or None (off)")
+    if not is_int(cfg.overfit_epochs) or cfg.overfit_epochs < 1:
+        raise bad("overfit_epochs", "an integer >= 1")
+    if not is_num(cfg.stall_decay) or not 0 <= cfg.stall_decay <= 1:
+        raise bad("stall_decay", "a number from 0 (a stall ends training) to 1 (fraction of the "
+                                 "cosine schedule over which a stall's final decay runs)")
     if not is_int(cfg.seed):
         raise bad("seed", "an integer")
     if not isinstance(cfg.callbacks, (list, tuple)):
@@ -369,15 +387,16 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
                 scheduler.step(val_loss)
             bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}",
                             best=f"{history.best_validation_loss:.3f}")
-            if since_best >= cfg.stop_after_epochs and lr_at is not None and \
-                    anneal_end is None and epoch + 1 < num_epochs:
+            stalled = is_stalled(cfg, since_best, history)
+            if stalled and lr_at is not None and \
+                    anneal_end is None and epoch + 1 < num_epochs and cfg.stall_decay > 0:
                 # cosine: a stall starts the final decay instead of ending at a high rate
-                anneal_end = min(epoch + 1 + max(1, round(STALL_DECAY_FRACTION * num_epochs)),
+                anneal_end = min(epoch + 1 + max(1, round(cfg.stall_decay * num_epochs)),
                                  num_epochs)
                 lr_at = cosine_lr(lr_at(step - 1), (anneal_end - epoch - 1) * steps_per_epoch,
                                   0, start=step)
-                since_best = 0
-            if (since_best >= cfg.stop_after_epochs and anneal_end is None) or \
+                since_best, stalled = 0, False
+            if (stalled and anneal_end is None) or \
                     (anneal_end is not None and epoch + 1 >= anneal_end):
                 history.stopped = "converged"
                 break
@@ -419,7 +438,7 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
 AUTO_SCHEDULE_EPOCHS_10K = 300
 #: ``lr_schedule="cosine"``: when the validation loss stalls for ``stop_after_epochs`` epochs,
 #: the learning rate decays from its current value to 0 over this fraction of the schedule's
-#: epochs, then training ends (a stall at a high rate is minibatch noise that the decay
+#: epochs (``TrainConfig.stall_decay``'s default), then training ends (a stall at a high rate is minibatch noise that the decay
 #: removes; quickly converging problems end early instead of running the whole budget).
 STALL_DECAY_FRACTION = 0.1
 MIN_AUTO_SCHEDULE_EPOCHS = 30
@@ -431,6 +450,24 @@ def auto_schedule_epochs(num_simulations: int) -> int:
     at least 30."""
     n = max(int(num_simulations), 1)
     return max(MIN_AUTO_SCHEDULE_EPOCHS, round(AUTO_SCHEDULE_EPOCHS_10K * math.sqrt(10_000 / n)))
+
+
+#: ``TrainConfig.overfit_rise``: how many of the latest validation losses must all be above
+#: the best by more than ``overfit_rise`` for an early (overfitting) stall.
+OVERFIT_WINDOW = 5
+
+
+def is_stalled(cfg: TrainConfig, since_best: int, history: TrainingHistory) -> bool:
+    """Whether ``since_best`` epochs without a real gain (> ``min_delta``) are a stall:
+    ``stop_after_epochs`` of them, or with ``overfit_rise`` set, ``overfit_epochs`` of them
+    while each of the last ``OVERFIT_WINDOW`` validation losses is above the best by more
+    than ``overfit_rise`` (a rising loss: overfitting, not a plateau)."""
+    if since_best >= cfg.stop_after_epochs:
+        return True
+    if cfg.overfit_rise is None or since_best < cfg.overfit_epochs:
+        return False
+    recent = history.validation_loss[-OVERFIT_WINDOW:]
+    return min(recent) > history.best_validation_loss + cfg.overfit_rise
 
 
 def cosine_lr(peak: float, total_steps: int, warmup_steps: float,

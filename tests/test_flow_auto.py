@@ -10,14 +10,18 @@ from sbi_core import Problem, fit, get_method, load, save
 from sbi_core.cli.main import main
 from sbi_core.priors import BoxUniform
 
-PLATEAU = {"lr_schedule": "plateau", "schedule_epochs": None, "warmup_epochs": 0.0}
+PLATEAU = {"lr_schedule": "plateau", "schedule_epochs": None, "warmup_epochs": 0.0,
+           "stall_decay": 0.1, "overfit_rise": None,
+           "overfit_epochs": 25}
 FAST_FUSED = {"batch_size": 512, "learning_rate": 2e-3, "min_delta": 0.005, "ema_decay": None,
               "stop_after_epochs": 20, **PLATEAU}
 ACCURATE = {"batch_size": 256, "learning_rate": 1e-3, "min_delta": 0.0, "ema_decay": 0.99,
             "stop_after_epochs": 40, **PLATEAU}
-ACCURATE_FMAF = {"batch_size": 256, "learning_rate": 3e-3, "min_delta": 0.0, "ema_decay": 0.99,
-                 "stop_after_epochs": 40, "lr_schedule": "cosine", "schedule_epochs": "auto",
-                 "warmup_epochs": 5.0}
+ACCURATE_FMAF = {"batch_size": 256, "learning_rate": 3e-3, "min_delta": 0.003,
+                 "ema_decay": 0.99, "stop_after_epochs": 40, "lr_schedule": "cosine",
+                 "schedule_epochs": "auto", "warmup_epochs": 5.0, "stall_decay": 0.0,
+                 "overfit_rise": 0.05,
+                 "overfit_epochs": 25}
 
 
 def test_auto_flow_resolves_by_dimension():

@@ -17,9 +17,10 @@ from estimators.npe import (
 from sbi_core import Problem, fit, get_method, simulate
 from sbi_core.priors import gaussian
 
-COSINE = {"batch_size": 256, "learning_rate": 3e-3, "min_delta": 0.0, "ema_decay": 0.99,
+COSINE = {"batch_size": 256, "learning_rate": 3e-3, "min_delta": 0.003, "ema_decay": 0.99,
           "stop_after_epochs": 40, "lr_schedule": "cosine", "schedule_epochs": "auto",
-          "warmup_epochs": 5.0}
+          "warmup_epochs": 5.0, "stall_decay": 0.0, "overfit_rise": 0.05,
+          "overfit_epochs": 25}
 pytestmark = pytest.mark.filterwarnings("ignore:Reached max_epochs")
 TINY = {"max_epochs": 1, "hidden_features": 8, "num_transforms": 2, "progress": False,
         "detector": False, "seed": 0}

@@ -51,8 +51,9 @@ def test_npe_defaults_are_the_fused_maf_with_its_training_presets():
     assert npe.training_defaults({"preset": "fast"}) == {
         "batch_size": 512, "learning_rate": 2e-3, "min_delta": 0.005, "ema_decay": None,
         "stop_after_epochs": 20, "lr_schedule": "plateau", "schedule_epochs": None,
-        "warmup_epochs": 0.0}
-    assert npe.training_defaults({})["min_delta"] == 0.0
+        "warmup_epochs": 0.0, "stall_decay": 0.1, "overfit_rise": None,
+        "overfit_epochs": 25}
+    assert npe.training_defaults({})["min_delta"] == 0.003
     assert get_method("nle").training_defaults({}) == {}
 
 

@@ -6,13 +6,17 @@ import torch
 from sbi_core import Problem, fit, get_method
 from sbi_core.priors import BoxUniform
 
-PLATEAU = {"lr_schedule": "plateau", "schedule_epochs": None, "warmup_epochs": 0.0}
+PLATEAU = {"lr_schedule": "plateau", "schedule_epochs": None, "warmup_epochs": 0.0,
+           "stall_decay": 0.1, "overfit_rise": None,
+           "overfit_epochs": 25}
 FAST_FMAF = {"batch_size": 512, "learning_rate": 2e-3, "min_delta": 0.005, "ema_decay": None,
              "stop_after_epochs": 20, **PLATEAU}
 # the default (fmaf, accurate): warm-up + cosine over a budget tied to the data size
-ACCURATE = {"batch_size": 256, "learning_rate": 3e-3, "min_delta": 0.0, "ema_decay": 0.99,
+# a stall (40 epochs without a gain > 0.003 nats; 25 when the loss rises > 0.05) ends training
+ACCURATE = {"batch_size": 256, "learning_rate": 3e-3, "min_delta": 0.003, "ema_decay": 0.99,
             "stop_after_epochs": 40, "lr_schedule": "cosine", "schedule_epochs": "auto",
-            "warmup_epochs": 5.0}
+            "warmup_epochs": 5.0, "stall_decay": 0.0, "overfit_rise": 0.05,
+            "overfit_epochs": 25}
 ACCURATE_OTHER = {"batch_size": 256, "learning_rate": 1e-3, "min_delta": 0.0,
                   "ema_decay": 0.99, "stop_after_epochs": 40, **PLATEAU}
 FAST_OTHER = {"batch_size": 256, "learning_rate": 1e-3, "min_delta": 0.0, "ema_decay": None,
