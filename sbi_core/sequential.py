@@ -106,7 +106,12 @@ FINAL_MIN_STEPS = 1000
 FINAL_MIN_SIMULATIONS = 2000
 #: settings recorded in a store's state that only change the last round: a store written
 #: before one of them existed resumes with the new default (its finished rounds are the same).
-_LAST_ROUND_SETTINGS = ("final_steps",)
+_LAST_ROUND_SETTINGS = ("final_steps", "final_epoch_size")
+#: ``final_epoch_size="auto"``: the methods whose last round draws ``round_epoch_size`` rows
+#: per epoch like the continued rounds before it (SNLE: its last round took 55% of a slcp
+#: 5 x 2,000 run in full passes; benchmarks/RESULTS.md, "Issue 17: SNLE's wall time on slcp
+#: at 10,000"); the others' last round takes full passes.
+FINAL_EPOCH_ROWS_METHODS = ("snle",)
 
 #: MCMC defaults of SNLE's posteriors (every round's proposals and the final posterior, saved
 #: with it; ``mcmc=`` overrides them): chains start by SIR from one pool of 1,000 prior draws
@@ -399,6 +404,7 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
                    round_patience: int | None = ROUND_PATIENCE,
                    round_steps: int | str | None = "auto",
                    final_steps: int | str | None = "auto",
+                   final_epoch_size: float | str | None = "auto",
                    proposal_mcmc: dict[str, Any] | None = None, workers: int = 1,
                    chunk_size: int | None = None,
                    timeout: float | None = None, progress: bool | None = None,
@@ -466,6 +472,11 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
             round's schedule is cosine (the default fmaf ``accurate`` preset); an integer applies to any schedule (a plateau schedule then
             stops at the budget); ``None``: the preset's schedule, to convergence. Stores made
             before this option resume with the default.
+        final_epoch_size: tsnpe / snle / snre, the last round (warm-started, more than one
+            round): rows per epoch as ``round_epoch_size`` (a float) or full passes
+            (``None``). ``"auto"`` (default): ``round_epoch_size`` for snle
+            (:data:`FINAL_EPOCH_ROWS_METHODS`), full passes otherwise. Stores made before this
+            option resume with the default.
         proposal_mcmc: snle / snre: MCMC options of the proposal draws (default
             ``PROPOSAL_MCMC``: 50 warm-up steps, no ESS-driven thinning); the final
             posterior keeps its own ``mcmc`` settings (SNLE's default ``SNLE_MCMC``: chains
@@ -537,6 +548,8 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
     base_method = SEQUENTIAL_METHODS[method]
     round_opts = _round_options(method, fit_options, round_epoch_size, round_patience,
                                 sims_per_round)
+    final_opts = _final_options(method, fit_options, final_epoch_size, round_opts,
+                                round_patience, sims_per_round)
     mcmc_opts = dict(PROPOSAL_MCMC if proposal_mcmc is None else proposal_mcmc) \
         if method in ("snle", "snre") else {}
     settings = {"method": method, "seed": int(seed), "sims_per_round": int(sims_per_round),
@@ -547,6 +560,7 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
                 "proposal_mcmc": _plain_options(mcmc_opts),
                 "round_steps": steps if method == "tsnpe" else None,
                 "final_steps": final_steps if method == "tsnpe" else None,
+                "final_epoch_size": final_epoch_size,
                 "fit_options": _plain_options(fit_options)}
     if method == "snpe_c" and apt_loss != "atomic":  # stores of earlier versions: "atomic"
         settings["apt_loss"] = apt_loss
@@ -621,8 +635,7 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
                                  _round_seed(seed, r, 1), train_apt, num_atoms, fit_options, fit,
                                  warm_start, sims_per_round, seed, warm_lr_factor,
                                  apt_loss, proposals,
-                                 round_opts if r < rounds else
-                                 {k: v for k, v in round_opts.items() if k != "epoch_rows"},
+                                 round_opts if r < rounds else final_opts,
                                  _round_budget(method, r, rounds, steps, last_steps),
                                  last=r == rounds, cosine_only=final_steps == "auto")
         train_seconds = time.perf_counter() - t1
@@ -866,6 +879,28 @@ def _round_options(method: str, fit_options: dict[str, Any], epoch_size: float |
         out["stop_after_epochs"] = int(patience)
     if epoch_size is not None:
         out["epoch_rows"] = max(MIN_EPOCH_ROWS, int(round(epoch_size * sims_per_round)))
+    return out
+
+
+def _final_options(method: str, fit_options: dict[str, Any], final_epoch_size: Any,
+                   round_opts: dict[str, Any], patience: int | None,
+                   sims_per_round: int) -> dict[str, Any]:
+    """Training settings of the last round: ``round_opts`` with the rows per epoch of
+    ``final_epoch_size`` (see :func:`run_sequential`)."""
+    if final_epoch_size == "auto":
+        keep = method in FINAL_EPOCH_ROWS_METHODS
+        return dict(round_opts) if keep else \
+            {k: v for k, v in round_opts.items() if k != "epoch_rows"}
+    if final_epoch_size is not None and (isinstance(final_epoch_size, (str, bool))
+                                         or not final_epoch_size > 0):
+        raise ValueError(f"final_epoch_size must be 'auto', None (full passes) or a positive "
+                         f"number (rows per epoch as a fraction of sims_per_round), got "
+                         f"{final_epoch_size!r}.")
+    out = {k: v for k, v in round_opts.items() if k != "epoch_rows"}
+    if final_epoch_size is not None and method != "snpe_c":
+        out.update({k: v for k, v in _round_options(method, fit_options, final_epoch_size,
+                                                      patience, sims_per_round).items()
+                    if k == "epoch_rows"})
     return out
 
 
