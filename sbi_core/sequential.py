@@ -107,13 +107,15 @@ FINAL_MIN_SIMULATIONS = 2000
 #: settings recorded in a store's state that only change the last round: a store written
 #: before one of them existed resumes with the new default (its finished rounds are the same).
 _LAST_ROUND_SETTINGS = ("final_steps", "final_epoch_size")
-#: ``final_epoch_size="auto"``: the methods whose last round draws ``round_epoch_size`` rows
-#: per epoch like the continued rounds before it (none: every last round takes full passes).
-#: SNLE on slcp 5 x 2,000 with 2,000 rows per epoch in the last round: CPU -30% (x3.3-3.5
-#: faster than sbi's TSNPE instead of x2.2-2.3) but C2ST 0.669 -> 0.702 (observation 1) and
-#: 0.681 -> 0.730 (observation 2) (benchmarks/RESULTS.md, "Issue 17: SNLE's wall time on
-#: slcp at 10,000").
-FINAL_EPOCH_ROWS_METHODS: tuple[str, ...] = ()
+#: ``final_epoch_size="auto"``: rows per epoch of the last round (as a multiple of
+#: ``sims_per_round``) per method; a method not listed takes full passes. SNLE on slcp 5 x
+#: 2,000 (seed 0, observation 1; benchmarks/RESULTS.md, "Issue 17: SNLE's wall time on slcp at
+#: 10,000"): full passes C2ST 0.669, 37.0 CPU s; 2.0 (4,000 rows): 0.680, 27.6 s; 1.0: 0.702
+#: (observation 2: 0.681 full, 0.730 at 1.0).
+FINAL_EPOCH_SIZE: dict[str, float] = {"snle": 2.0}
+#: SNLE's proposal MCMC (``proposal_mcmc=None``): the warm-up of :data:`PROPOSAL_MCMC` halved
+#: (with ``FINAL_EPOCH_SIZE``: C2ST 0.671, 24.2 CPU s on the slcp run above).
+SNLE_PROPOSAL_MCMC: dict[str, Any] = {"warmup_steps": 25, "ess_fraction": None}
 
 #: MCMC defaults of SNLE's posteriors (every round's proposals and the final posterior, saved
 #: with it; ``mcmc=`` overrides them): chains start by SIR from one pool of 1,000 prior draws
@@ -476,12 +478,12 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
             before this option resume with the default.
         final_epoch_size: tsnpe / snle / snre, the last round (warm-started, more than one
             round): rows per epoch as ``round_epoch_size`` (a float) or full passes
-            (``None``). ``"auto"`` (default): full passes (the methods in
-            :data:`FINAL_EPOCH_ROWS_METHODS`, none at present: ``round_epoch_size``). SNLE's
-            last round on slcp 5 x 2,000 with ``final_epoch_size=1.0``: 30% less CPU, C2ST
-            0.03-0.05 worse. Stores made before this option resume with the default.
+            (``None``). ``"auto"`` (default): :data:`FINAL_EPOCH_SIZE` (snle: 2.0, i.e.
+            ``2 * sims_per_round`` rows, at least ``MIN_EPOCH_ROWS``), full passes for the
+            other methods. Stores made before this option resume with the default.
         proposal_mcmc: snle / snre: MCMC options of the proposal draws (default
-            ``PROPOSAL_MCMC``: 50 warm-up steps, no ESS-driven thinning); the final
+            ``PROPOSAL_MCMC``: 50 warm-up steps, no ESS-driven thinning; snle:
+            ``SNLE_PROPOSAL_MCMC``, 25 warm-up steps); the final
             posterior keeps its own ``mcmc`` settings (SNLE's default ``SNLE_MCMC``: chains
             initialized by SIR from one pool of prior draws per chain, ``init_strategy=
             "sir_chains"``, so they spread over separated modes; ``mcmc=`` overrides it).
@@ -553,7 +555,8 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
                                 sims_per_round)
     final_opts = _final_options(method, fit_options, final_epoch_size, round_opts,
                                 round_patience, sims_per_round)
-    mcmc_opts = dict(PROPOSAL_MCMC if proposal_mcmc is None else proposal_mcmc) \
+    default_mcmc = SNLE_PROPOSAL_MCMC if method == "snle" else PROPOSAL_MCMC
+    mcmc_opts = dict(default_mcmc if proposal_mcmc is None else proposal_mcmc) \
         if method in ("snle", "snre") else {}
     settings = {"method": method, "seed": int(seed), "sims_per_round": int(sims_per_round),
                 "x_o": x_o.reshape(-1).tolist(), "epsilon": float(epsilon),
@@ -891,9 +894,7 @@ def _final_options(method: str, fit_options: dict[str, Any], final_epoch_size: A
     """Training settings of the last round: ``round_opts`` with the rows per epoch of
     ``final_epoch_size`` (see :func:`run_sequential`)."""
     if final_epoch_size == "auto":
-        keep = method in FINAL_EPOCH_ROWS_METHODS
-        return dict(round_opts) if keep else \
-            {k: v for k, v in round_opts.items() if k != "epoch_rows"}
+        final_epoch_size = FINAL_EPOCH_SIZE.get(method)
     if final_epoch_size is not None and (isinstance(final_epoch_size, (str, bool))
                                          or not final_epoch_size > 0):
         raise ValueError(f"final_epoch_size must be 'auto', None (full passes) or a positive "
