@@ -456,7 +456,7 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
         round_epoch_size: tsnpe / snle / snre, continued rounds before the last: each epoch
             trains on ``max(MIN_EPOCH_ROWS, round_epoch_size * sims_per_round)`` rows drawn
             at random from all rounds' training rows instead of a full pass (default 1;
-            ``None``: full passes). Round 1 and the last round take full passes.
+            ``None``: full passes). Round 1 takes full passes; the last round: ``final_epoch_size``.
         round_patience: tsnpe / snle / snre: early-stopping patience (epochs) of the
             continued rounds (default 20; round 1 keeps the method's; ``None``: the method's;
             an explicit ``stop_after_epochs`` applies to every round).
