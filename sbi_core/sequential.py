@@ -115,10 +115,19 @@ FINAL_MIN_STEPS = 1000
 FINAL_MIN_SIMULATIONS = 2000
 #: settings recorded in a store's state that only change the last round: a store written
 #: before one of them existed resumes with the new default (its finished rounds are the same).
-_LAST_ROUND_SETTINGS = ("final_steps",)
+_LAST_ROUND_SETTINGS = ("final_steps", "final_epoch_size")
 #: settings of the proposals not yet drawn: a store written before they existed resumes with
 #: the new default for its remaining rounds (its finished rounds and drawn proposals stay).
 _REGION_SETTINGS = ("region_temperature", "region_union")
+#: ``final_epoch_size="auto"``: rows per epoch of the last round (as a multiple of
+#: ``sims_per_round``) per method; a method not listed takes full passes. SNLE on slcp 5 x
+#: 2,000 (seed 0, observation 1; benchmarks/RESULTS.md, "Issue 17: SNLE's wall time on slcp at
+#: 10,000"): full passes C2ST 0.669, 37.0 CPU s; 2.0 (4,000 rows): 0.680, 27.6 s; 1.0: 0.702
+#: (observation 2: 0.681 full, 0.730 at 1.0).
+FINAL_EPOCH_SIZE: dict[str, float] = {"snle": 2.0}
+#: SNLE's proposal MCMC (``proposal_mcmc=None``): the warm-up of :data:`PROPOSAL_MCMC` halved
+#: (with ``FINAL_EPOCH_SIZE``: C2ST 0.671, 24.2 CPU s on the slcp run above).
+SNLE_PROPOSAL_MCMC: dict[str, Any] = {"warmup_steps": 25, "ess_fraction": None}
 
 #: MCMC defaults of SNLE's posteriors (every round's proposals and the final posterior, saved
 #: with it; ``mcmc=`` overrides them): chains start by SIR from one pool of 1,000 prior draws
@@ -433,6 +442,7 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
                    final_steps: int | str | None = "auto",
                    region_temperature: float | str | None = "auto",
                    region_union: bool | str = False,
+                   final_epoch_size: float | str | None = "auto",
                    proposal_mcmc: dict[str, Any] | None = None, workers: int = 1,
                    chunk_size: int | None = None,
                    timeout: float | None = None, progress: bool | None = None,
@@ -480,7 +490,7 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
         round_epoch_size: tsnpe / snle / snre, continued rounds before the last: each epoch
             trains on ``max(MIN_EPOCH_ROWS, round_epoch_size * sims_per_round)`` rows drawn
             at random from all rounds' training rows instead of a full pass (default 1;
-            ``None``: full passes). Round 1 and the last round take full passes.
+            ``None``: full passes). Round 1 takes full passes; the last round: ``final_epoch_size``.
         round_patience: tsnpe / snle / snre: early-stopping patience (epochs) of the
             continued rounds (default 20; round 1 keeps the method's; ``None``: the method's;
             an explicit ``stop_after_epochs`` applies to every round).
@@ -519,8 +529,14 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
             accuracy there (sir 1,000: C2ST 0.919 vs 0.884 with the tempered region alone;
             benchmarks/RESULTS.md, "Issue 17: a conservative truncation region at small
             budgets").
+        final_epoch_size: tsnpe / snle / snre, the last round (warm-started, more than one
+            round): rows per epoch as ``round_epoch_size`` (a float) or full passes
+            (``None``). ``"auto"`` (default): :data:`FINAL_EPOCH_SIZE` (snle: 2.0, i.e.
+            ``2 * sims_per_round`` rows, at least ``MIN_EPOCH_ROWS``), full passes for the
+            other methods. Stores made before this option resume with the default.
         proposal_mcmc: snle / snre: MCMC options of the proposal draws (default
-            ``PROPOSAL_MCMC``: 50 warm-up steps, no ESS-driven thinning); the final
+            ``PROPOSAL_MCMC``: 50 warm-up steps, no ESS-driven thinning; snle:
+            ``SNLE_PROPOSAL_MCMC``, 25 warm-up steps); the final
             posterior keeps its own ``mcmc`` settings (SNLE's default ``SNLE_MCMC``: chains
             initialized by SIR from one pool of prior draws per chain, ``init_strategy=
             "sir_chains"``, so they spread over separated modes; ``mcmc=`` overrides it).
@@ -600,7 +616,10 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
     base_method = SEQUENTIAL_METHODS[method]
     round_opts = _round_options(method, fit_options, round_epoch_size, round_patience,
                                 sims_per_round)
-    mcmc_opts = dict(PROPOSAL_MCMC if proposal_mcmc is None else proposal_mcmc) \
+    final_opts = _final_options(method, fit_options, final_epoch_size, round_opts,
+                                round_patience, sims_per_round)
+    default_mcmc = SNLE_PROPOSAL_MCMC if method == "snle" else PROPOSAL_MCMC
+    mcmc_opts = dict(default_mcmc if proposal_mcmc is None else proposal_mcmc) \
         if method in ("snle", "snre") else {}
     settings = {"method": method, "seed": int(seed), "sims_per_round": int(sims_per_round),
                 "x_o": x_o.reshape(-1).tolist(), "epsilon": float(epsilon),
@@ -612,6 +631,7 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
                 "final_steps": final_steps if method == "tsnpe" else None,
                 "region_temperature": region_temperature if method == "tsnpe" else None,
                 "region_union": region_union if method == "tsnpe" else None,
+                "final_epoch_size": final_epoch_size,
                 "fit_options": _plain_options(fit_options)}
     if method == "snpe_c" and apt_loss != "atomic":  # stores of earlier versions: "atomic"
         settings["apt_loss"] = apt_loss
@@ -697,8 +717,7 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
                                  _round_seed(seed, r, 1), train_apt, num_atoms, fit_options, fit,
                                  warm_start, sims_per_round, seed, warm_lr_factor,
                                  apt_loss, proposals,
-                                 round_opts if r < rounds else
-                                 {k: v for k, v in round_opts.items() if k != "epoch_rows"},
+                                 round_opts if r < rounds else final_opts,
                                  _round_budget(method, r, rounds, steps, last_steps),
                                  last=r == rounds, cosine_only=final_steps == "auto")
         train_seconds = time.perf_counter() - t1
@@ -951,6 +970,26 @@ def _round_options(method: str, fit_options: dict[str, Any], epoch_size: float |
         out["stop_after_epochs"] = int(patience)
     if epoch_size is not None:
         out["epoch_rows"] = max(MIN_EPOCH_ROWS, int(round(epoch_size * sims_per_round)))
+    return out
+
+
+def _final_options(method: str, fit_options: dict[str, Any], final_epoch_size: Any,
+                   round_opts: dict[str, Any], patience: int | None,
+                   sims_per_round: int) -> dict[str, Any]:
+    """Training settings of the last round: ``round_opts`` with the rows per epoch of
+    ``final_epoch_size`` (see :func:`run_sequential`)."""
+    if final_epoch_size == "auto":
+        final_epoch_size = FINAL_EPOCH_SIZE.get(method)
+    if final_epoch_size is not None and (isinstance(final_epoch_size, (str, bool))
+                                         or not final_epoch_size > 0):
+        raise ValueError(f"final_epoch_size must be 'auto', None (full passes) or a positive "
+                         f"number (rows per epoch as a fraction of sims_per_round), got "
+                         f"{final_epoch_size!r}.")
+    out = {k: v for k, v in round_opts.items() if k != "epoch_rows"}
+    if final_epoch_size is not None and method != "snpe_c":
+        out.update({k: v for k, v in _round_options(method, fit_options, final_epoch_size,
+                                                      patience, sims_per_round).items()
+                    if k == "epoch_rows"})
     return out
 
 

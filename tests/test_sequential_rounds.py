@@ -90,7 +90,8 @@ def test_snle_proposals_use_proposal_mcmc_and_bad_values_are_clear_errors(monkey
     x_o = problem.observation(1)
     run_sequential(problem, x_o, method="snle", rounds=2, sims_per_round=100, seed=0,
                    progress=False, mcmc={"num_chains": 10}, **TINY)
-    assert calls == [seq.PROPOSAL_MCMC] == [{"warmup_steps": 50, "ess_fraction": None}]
+    # SNLE's own proposal default (25 warm-up steps; SNRE keeps PROPOSAL_MCMC's 50)
+    assert calls == [seq.SNLE_PROPOSAL_MCMC] == [{"warmup_steps": 25, "ess_fraction": None}]
     calls.clear()
     run_sequential(problem, x_o, method="snle", rounds=2, sims_per_round=100, seed=0,
                    progress=False, mcmc={"num_chains": 10}, proposal_mcmc={"warmup_steps": 7},
