@@ -14,7 +14,8 @@ as a tensor, the same as float64 arrays, one row ``(D,)`` as a tensor, one row a
 A batched kind is accepted when it returns one row per parameter set for both sizes (a
 function that ignores the batch size fails this). When a batched and a per-sample call
 both work but give differently shaped rows, the function is ambiguous and ``batched=``
-must be given. A function returning numpy arrays is given numpy input when it accepts it.
+must be given. A function returning numpy arrays, or one that makes numpy warn when given
+tensors, is given numpy input when it accepts it.
 
 Exceptions from the wrapped function are not swallowed: the simulation engine isolates
 the failing rows and records them as invalid.
@@ -42,6 +43,7 @@ class _Attempt:
     detail: str  # the output shape, or why it failed
     row_shape: tuple[int, ...] | None = None
     returns_numpy: bool = False
+    warned: bool = False  # the call warned (e.g. numpy ufuncs on torch tensors)
 
 
 def adapter_call(batched: bool, numpy: bool) -> str:
@@ -67,9 +69,11 @@ def _arg(theta: Tensor, numpy: bool) -> Any:
 
 
 def _try(fn: Callable, theta: Tensor, batched: bool, numpy: bool) -> _Attempt:
-    with warnings.catch_warnings():  # a wrong kind may warn (e.g. numpy on tensors)
-        warnings.simplefilter("ignore")
-        return _try_kind(fn, theta, batched, numpy)
+    with warnings.catch_warnings(record=True) as caught:  # a wrong kind may warn
+        warnings.simplefilter("always")  # (e.g. numpy ufuncs on torch tensors)
+        attempt = _try_kind(fn, theta, batched, numpy)
+    attempt.warned = bool(caught)
+    return attempt
 
 
 def _try_kind(fn: Callable, theta: Tensor, batched: bool, numpy: bool) -> _Attempt:
@@ -144,8 +148,11 @@ def probe(fn: Callable, theta: Tensor, batched: bool | None = None,
             "simulators.adapt(fn, batched=False) (= simulators.per_sample(fn)) for a "
             "per-sample one.")
     pick = ok[0]
-    if not pick.numpy and pick.returns_numpy:  # a numpy function: give it numpy input
-        same = [a for a in ok if a.batched == pick.batched and a.numpy]
+    if not pick.numpy and (pick.returns_numpy or pick.warned):
+        # a numpy function (it returns arrays, or numpy warns about the tensors it was
+        # given, e.g. ``__array_wrap__`` deprecations): give it numpy input when that works
+        # without warnings
+        same = [a for a in ok if a.batched == pick.batched and a.numpy and not a.warned]
         pick = same[0] if same else pick
     return pick.batched, pick.numpy, attempts
 

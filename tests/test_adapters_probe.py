@@ -96,3 +96,24 @@ def batched_numpy_only(t):
 
 def broken(t):
     raise RuntimeError("license server unreachable")
+
+
+def decay_numpy(t):
+    """A per-sample numpy simulator whose ufuncs also accept a torch row, with numpy's
+    ``__array_wrap__`` DeprecationWarning (numpy >= 2): it must get numpy rows."""
+    time = np.linspace(0, 4, 20)
+    return t[0] * np.exp(-t[1] * time)
+
+
+def test_a_numpy_function_that_warns_on_tensors_gets_numpy_input():
+    import warnings
+
+    sim = adapt(decay_numpy)
+    problem = Problem(PRIOR, sim, x_shape=(20,))
+    assert sim.kind == "per-sample (numpy arrays)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning per simulation
+        sims = simulate(problem, 20, seed=0, progress=False)
+    t = sims.theta
+    expected = t[:, :1] * torch.exp(-t[:, 1:] * torch.linspace(0, 4, 20))
+    assert torch.allclose(sims.x, expected, atol=1e-5)
