@@ -33,28 +33,12 @@ def test_round_steps_none_trains_round_one_without_a_budget(tmp_path, capsys):
     assert rounds[0]["epochs"] > 3
 
 
-@pytest.mark.parametrize("bad", ["0", "-2", "many"])
-def test_bad_round_steps_is_a_clear_usage_error(tmp_path, capsys, bad):
-    code = main(["run", "gaussian_linear", "--x", "x.csv", "--out", str(tmp_path / "m.pt"),
-                 f"--round-steps={bad}"])
-    assert code == 2
-    assert "'auto', 'none' or a positive integer" in capsys.readouterr().err
-
-
 def test_final_steps_bounds_the_last_round(tmp_path, capsys):
     full = _run(tmp_path, capsys, "--round-steps", "3")
     short = _run(tmp_path, capsys, "--round-steps", "3", "--final-steps", "4")
     assert short[0]["epochs"] == full[0]["epochs"]  # the rounds before the last are untouched
     assert short[1]["epochs"] < full[1]["epochs"]
     assert short[1]["epochs"] <= 4  # one minibatch per epoch at most: 4 steps, 4 epochs
-
-
-@pytest.mark.parametrize("bad", ["0", "x"])
-def test_bad_final_steps_is_a_clear_usage_error(tmp_path, capsys, bad):
-    code = main(["run", "gaussian_linear", "--x", "x.csv", "--out", str(tmp_path / "m.pt"),
-                 f"--final-steps={bad}"])
-    assert code == 2
-    assert "'auto', 'none' or a positive integer" in capsys.readouterr().err
 
 
 def test_region_options_reach_the_rounds(tmp_path, capsys):
@@ -71,9 +55,19 @@ def test_region_options_reach_the_rounds(tmp_path, capsys):
     assert plain[2]["region_union"] is True
 
 
-@pytest.mark.parametrize("bad", ["0.5", "x", "nan"])
-def test_bad_region_temperature_is_a_clear_usage_error(tmp_path, capsys, bad):
+_STEPS = "'auto', 'none' or a positive integer"
+
+
+@pytest.mark.parametrize("flag, bad, message", [
+    ("--round-steps", "0", _STEPS), ("--round-steps", "-2", _STEPS),
+    ("--round-steps", "many", _STEPS), ("--final-steps", "0", _STEPS),
+    ("--final-steps", "x", _STEPS),
+    ("--region-temperature", "0.5", "'auto', 'none' or a number >= 1"),
+    ("--region-temperature", "x", "'auto', 'none' or a number >= 1"),
+    ("--region-temperature", "nan", "'auto', 'none' or a number >= 1"),
+])
+def test_bad_budget_or_region_option_is_a_clear_usage_error(tmp_path, capsys, flag, bad, message):
     code = main(["run", "gaussian_linear", "--x", "x.csv", "--out", str(tmp_path / "m.pt"),
-                 f"--region-temperature={bad}"])
+                 f"{flag}={bad}"])
     assert code == 2
-    assert "'auto', 'none' or a number >= 1" in capsys.readouterr().err
+    assert message in capsys.readouterr().err

@@ -3,33 +3,9 @@ stop_after_epochs epochs without a new best validation loss (or overfit_epochs o
 one, overfit_rise) ends training with the best weights; a still-improving run is not ended."""
 
 import pytest
-import torch
-from torch import nn
+from test_training_schedule import Line, LrRecorder, _data
 
 from sbi_core.training import TrainConfig, train
-
-
-class Line(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(1, 1)
-
-    def loss(self, theta, x):
-        return 0.5 * (theta - self.lin(x)).pow(2).sum(-1)
-
-
-def _data(n=1000):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, 1, generator=g)
-    return 2 * x - 1 + 0.1 * torch.randn(n, 1, generator=g), x
-
-
-class LrRecorder:
-    def __init__(self):
-        self.lrs = []
-
-    def on_epoch_end(self, epoch, train_loss, val_loss, lr, seconds):
-        self.lrs.append(lr)
 
 
 def test_a_stall_ends_a_converged_run_at_once():
