@@ -93,7 +93,7 @@ class TrainConfig:
     ``overfit_rise``: if set (nats, e.g. ``0.05``), ``overfit_epochs`` epochs without a real
     gain already count as a stall when each of the last 5 validation losses is above the best
     by more than ``overfit_rise`` (the model is overfitting: more epochs only make it worse;
-    a flat plateau is not ended early) (:func:`stalled`).
+    a flat plateau is not ended early) (:func:`is_stalled`).
     ``stall_decay``: see ``lr_schedule="cosine"`` (default ``STALL_DECAY_FRACTION`` = 0.1;
     the NPE ``"accurate"`` preset uses 0: in the benchmark the compressed decay never gave a
     new best validation loss, docs/performance.md, "Issue 18: the stall ends training").
@@ -438,8 +438,9 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
 AUTO_SCHEDULE_EPOCHS_10K = 300
 #: ``lr_schedule="cosine"``: when the validation loss stalls for ``stop_after_epochs`` epochs,
 #: the learning rate decays from its current value to 0 over this fraction of the schedule's
-#: epochs (``TrainConfig.stall_decay``'s default), then training ends (a stall at a high rate is minibatch noise that the decay
-#: removes; quickly converging problems end early instead of running the whole budget).
+#: epochs (``TrainConfig.stall_decay``'s default), then training ends (a stall at a high
+#: rate is minibatch noise that the decay removes; quickly converging problems end early
+#: instead of running the whole budget).
 STALL_DECAY_FRACTION = 0.1
 MIN_AUTO_SCHEDULE_EPOCHS = 30
 
