@@ -981,7 +981,7 @@ def _final_options(method: str, fit_options: dict[str, Any], final_epoch_size: A
     if final_epoch_size == "auto":
         final_epoch_size = FINAL_EPOCH_SIZE.get(method)
     if final_epoch_size is not None and (isinstance(final_epoch_size, (str, bool))
-                                         or not final_epoch_size > 0):
+                                         or not 0 < final_epoch_size < math.inf):
         raise ValueError(f"final_epoch_size must be 'auto', None (full passes) or a positive "
                          f"number (rows per epoch as a fraction of sims_per_round), got "
                          f"{final_epoch_size!r}.")

@@ -51,7 +51,7 @@ def test_last_round_epoch_rows_in_an_snle_run_and_bad_values_are_clear_errors(mo
     seen.clear()
     run_sequential(problem, x_o, final_epoch_size=None, **common)
     assert seen == [None, None]
-    for bad in (0, -1.0, "fast", True):
+    for bad in (0, -1.0, float("nan"), float("inf"), "fast", True):
         with pytest.raises(ValueError, match="final_epoch_size"):
             run_sequential(problem, x_o, rounds=2, sims_per_round=100, progress=False,
                            final_epoch_size=bad)
