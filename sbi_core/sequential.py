@@ -574,9 +574,10 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
         raise ValueError(f"warm_lr_factor must be in (0, 1], got {warm_lr_factor}; 1 continues "
                          "at the full learning rate.")
     apt_loss = _resolve_apt_loss(apt_loss, method, problem, fit_options)
-    if round_epoch_size is not None and not (isinstance(round_epoch_size, (int, float))
-                                             and round_epoch_size > 0):
-        raise ValueError(f"round_epoch_size must be a positive number of rounds' worth of rows "
+    if round_epoch_size is not None and not (
+            isinstance(round_epoch_size, (int, float)) and not isinstance(round_epoch_size, bool)
+            and 0 < round_epoch_size < math.inf):
+        raise ValueError(f"round_epoch_size must be a finite positive number of rounds' worth of rows "
                          f"per epoch (default 1) or None for full passes, got "
                          f"{round_epoch_size!r}.")
     if round_patience is not None and (isinstance(round_patience, bool)

@@ -97,6 +97,7 @@ def test_snle_proposals_use_proposal_mcmc_and_bad_values_are_clear_errors(monkey
                    progress=False, mcmc={"num_chains": 10}, proposal_mcmc={"warmup_steps": 7},
                    **TINY)
     assert calls == [{"warmup_steps": 7, "ess_fraction": "-"}]
-    for bad in ({"round_epoch_size": 0}, {"round_patience": 0}, {"round_patience": 2.5}):
+    for bad in ({"round_epoch_size": 0}, {"round_epoch_size": float("inf")}, {"round_epoch_size": True},
+                {"round_patience": 0}, {"round_patience": 2.5}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             run_sequential(problem, x_o, rounds=2, sims_per_round=100, progress=False, **bad)
