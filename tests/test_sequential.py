@@ -140,6 +140,17 @@ def _tiny_run(problem, x_o, store, **kw):
                           chunk_size=50, progress=False, **TINY, **kw)
 
 
+def kill_after_round(run, round_, *args, **kw):
+    """``run(*args, **kw)`` killed (``KeyboardInterrupt``, as Ctrl-C) right after round
+    ``round_`` is saved; the test resumes it from the store."""
+    def stop(rec):
+        if rec.round == round_:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(*args, on_round=stop, **kw)
+
+
 def _same_posterior(a, b, x_o):
     sa, sb = a.estimator.state_dict(), b.estimator.state_dict()
     assert sa.keys() == sb.keys()
@@ -153,13 +164,8 @@ def test_resume_after_kill_between_rounds_and_mid_chunk_gives_identical_posterio
     full, full_hist = _tiny_run(problem, x_o, tmp_path / "full.zarr")
 
     # killed between rounds (after round 1 was saved)
-    def stop(rec):
-        if rec.round == 1:
-            raise KeyboardInterrupt
-
     store = tmp_path / "a.zarr"
-    with pytest.raises(KeyboardInterrupt):
-        _tiny_run(problem, x_o, store, on_round=stop)
+    kill_after_round(_tiny_run, 1, problem, x_o, store)
     with pytest.raises(ValueError, match="resume=True"):
         _tiny_run(problem, x_o, store)
     resumed, hist = _tiny_run(problem, x_o, store, resume=True)

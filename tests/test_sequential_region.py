@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from test_sequential import kill_after_round
 
 import sbi_core.sequential as seq
 import simulators
@@ -96,12 +97,7 @@ def test_resume_after_the_union_member_was_saved_gives_the_identical_posterior(t
     full, full_hist = run_sequential(problem, x_o, store=tmp_path / "full.zarr", **kw)
     assert full_hist[2].region_union is True
 
-    def stop(rec):
-        if rec.round == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run_sequential(problem, x_o, store=tmp_path / "a.zarr", on_round=stop, **kw)
+    kill_after_round(run_sequential, 2, problem, x_o, store=tmp_path / "a.zarr", **kw)
     resumed, hist = run_sequential(problem, x_o, store=tmp_path / "a.zarr", resume=True, **kw)
     assert [h.region_union for h in hist] == [None, False, True]  # the member was reloaded
     assert hist[2].prior_mass == full_hist[2].prior_mass

@@ -3,6 +3,7 @@ the row's own round otherwise), and the comparison with amortized NPE on two_moo
 
 import pytest
 import torch
+from test_sequential import kill_after_round
 
 import simulators
 from estimators.apt import apt_loss, apt_round_loss
@@ -116,12 +117,7 @@ def test_mdn_snpe_c_resumes_to_the_identical_posterior(tmp_path):
     full, hist = run_sequential(problem, x_o, store=tmp_path / "full.zarr", **kw)
     assert full.problem_spec["sequential"]["method"] == "snpe_c"
 
-    def stop(rec):
-        if rec.round == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run_sequential(problem, x_o, store=tmp_path / "a.zarr", on_round=stop, **kw)
+    kill_after_round(run_sequential, 2, problem, x_o, store=tmp_path / "a.zarr", **kw)
     resumed, _ = run_sequential(problem, x_o, store=tmp_path / "a.zarr", resume=True, **kw)
     a, b = full.estimator.state_dict(), resumed.estimator.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

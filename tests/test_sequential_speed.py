@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+from test_sequential import kill_after_round
 
 import sbi_core.sequential as seq
 import simulators
@@ -117,13 +118,8 @@ def test_store_made_before_final_steps_resumes_with_the_default(tmp_path):
     problem, x_o = _problem()
     full, _ = _run(problem, x_o, tmp_path / "full.zarr")
 
-    def stop(rec):
-        if rec.round == 1:
-            raise KeyboardInterrupt
-
     store = tmp_path / "old.zarr"
-    with pytest.raises(KeyboardInterrupt):
-        _run(problem, x_o, store, on_round=stop)
+    kill_after_round(_run, 1, problem, x_o, store)
     state_file = store / "_sequential" / "state.json"
     state = json.loads(state_file.read_text())
     assert state["settings"]["final_steps"] == "auto"
@@ -135,7 +131,6 @@ def test_store_made_before_final_steps_resumes_with_the_default(tmp_path):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
     store = tmp_path / "other.zarr"
-    with pytest.raises(KeyboardInterrupt):
-        _run(problem, x_o, store, on_round=stop, final_steps=7)
+    kill_after_round(_run, 1, problem, x_o, store, final_steps=7)
     with pytest.raises(ValueError, match="final_steps: store has 7"):
         _run(problem, x_o, store, resume=True)
