@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from typing import Any
 
 from sbi_core.cli.common import PROBLEM_HELP, add_force, positive_float, positive_int
 
@@ -74,32 +75,29 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def _round_steps(text: str) -> int | str | None:
-    """``--round-steps`` / ``--final-steps``: ``auto``, ``none`` or a positive integer."""
+def _auto_none_or(text: str, parse: type, valid: Any, what: str) -> Any:
+    """``auto``, ``none`` (-> None) or ``parse(text)`` if ``valid`` of it, else a usage error
+    naming the accepted values (``what``)."""
     if text.lower() in ("auto", "none"):
         return None if text.lower() == "none" else "auto"
     try:
-        value = int(text)
+        value = parse(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not 'auto', 'none' or a positive integer (optimizer steps).")
+        value = None
+    if value is None or not valid(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not 'auto', 'none' or {what}.")
     return value
+
+
+def _round_steps(text: str) -> int | str | None:
+    """``--round-steps`` / ``--final-steps``: ``auto``, ``none`` or a positive integer."""
+    return _auto_none_or(text, int, lambda v: v >= 1, "a positive integer (optimizer steps)")
 
 
 def _region_temperature(text: str) -> float | str | None:
     """``--region-temperature``: ``auto``, ``none`` or a number >= 1."""
-    if text.lower() in ("auto", "none"):
-        return None if text.lower() == "none" else "auto"
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 1):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not 'auto', 'none' or a number >= 1 (1: the plain region).")
-    return value
+    return _auto_none_or(text, float, lambda v: math.isfinite(v) and v >= 1,
+                         "a number >= 1 (1: the plain region)")
 
 
 def run(args: argparse.Namespace) -> int:
