@@ -190,3 +190,18 @@ def test_ctrl_c_to_the_process_group_during_parallel_simulation(tmp_path):
     assert "Traceback" not in err and len(lines) == 1, err
     assert lines[0].startswith("sbi-core simulate: interrupted"), err
     assert not (tmp_path / "s.pt").exists()
+
+
+def test_problem_given_positionally_to_train_names_the_option(capsys, tmp_path):
+    """`sbi-core train my.py:make --sims ...` (the way `simulate` takes it) gets a usage
+    error that names `--problem my.py:make`; a command without --problem (`reference`) gets
+    no such hint."""
+    code = main(["train", "my.py:make", "--sims", str(tmp_path / "s.pt"), "--out",
+                 str(tmp_path / "m.pt")])
+    err = _one_line_error(capsys, code)
+    assert "unrecognized arguments: my.py:make" in err
+    assert "`sbi-core train` takes the problem as an option: --problem my.py:make" in err
+    code = main(["reference", "two_moons", "my.py:make", "--observation", "1", "--out",
+                 str(tmp_path / "o.csv")])
+    err = _one_line_error(capsys, code)
+    assert "unrecognized arguments: my.py:make" in err and "--problem" not in err

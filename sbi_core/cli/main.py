@@ -25,7 +25,30 @@ class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line (exit 2), not usage + message."""
 
     def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        hint = _problem_hint(self, message)
+        self.exit(2, f"{self.prog}: error: {message}{hint} (see {self.prog} --help)\n")
+
+
+def _problem_hint(parser: argparse.ArgumentParser, message: str) -> str:
+    """For ``unrecognized arguments`` that look like a problem (``file.py:make``,
+    ``module:function``, a ``.py`` file) given to a command that takes the problem as the
+    ``--problem`` option (``train``, ``diagnose``, ...): the command line to use instead."""
+    if not message.startswith("unrecognized arguments:"):
+        return ""
+    argv = getattr(parser, "argv", None)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if a in COMMANDS), None)
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    if command is None or sub is None or command not in sub.choices:
+        return ""
+    if "--problem" not in sub.choices[command]._option_string_actions:
+        return ""
+    extras = message.split(":", 1)[1].split()
+    spec = next((e for e in extras if not e.startswith("-") and (":" in e or e.endswith(".py"))),
+                None)
+    if spec is None:
+        return ""
+    return f"; `sbi-core {command}` takes the problem as an option: --problem {spec}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +96,7 @@ def _message(err: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    parser.argv = argv  # type: ignore[attr-defined]  # for the usage-error hints
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
