@@ -58,8 +58,9 @@ from sbi_core.problem import Problem
 from sbi_core.progress import show_progress
 from sbi_core.training import _TensorBatches
 
-__all__ = ["run_sequential", "round_step_budget", "final_step_budget", "SequentialResult", "RoundRecord", "TruncationRegion",
-           "sample_truncated_prior", "check_observation", "SEQUENTIAL_METHODS"]
+__all__ = ["run_sequential", "round_step_budget", "final_step_budget", "SequentialResult",
+           "RoundRecord", "TruncationRegion", "sample_truncated_prior", "check_observation",
+           "far_observation_message", "SEQUENTIAL_METHODS"]
 
 #: sequential method -> the registered method whose estimator it trains.
 SEQUENTIAL_METHODS = {"tsnpe": "npe", "snpe_c": "npe", "snle": "nle", "snre": "nre"}
@@ -284,28 +285,37 @@ def _rejection(n: int, draw: Callable[[int], Tensor], keep: Callable[[Tensor], T
 
 
 # ---------------------------------------------------------------------------- observation check
-def check_observation(record: dict[str, Any], x: Tensor, tolerance: float | None = None) -> None:
-    """Warn when ``x`` (``(B, *x_shape)`` or iid sets) lies far from the observation a
+def far_observation_message(record: dict[str, Any], x: Tensor,
+                            tolerance: float | None = None) -> str | None:
+    """The warning for ``x`` (``(B, *x_shape)`` or iid sets) lying far from the observation a
     sequential posterior was trained for (``record = problem_spec["sequential"]``): more than
     ``tolerance`` (default ``record["x_tolerance"]`` or 4) training-x standard deviations in
-    any dimension."""
+    any dimension; None when every row is near ``x_o``."""
     x_o = torch.as_tensor(record.get("x_o") or [], dtype=torch.float32).reshape(-1)
     scale = torch.as_tensor(record.get("x_scale") or [], dtype=torch.float32).reshape(-1)
     if x_o.numel() == 0 or scale.numel() != x_o.numel() or x.numel() % x_o.numel():
-        return
+        return None
     tol = float(tolerance if tolerance is not None else record.get("x_tolerance", X_TOLERANCE))
-    rows = x.reshape(-1, x_o.numel()).float()
+    rows = x.reshape(-1, x_o.numel()).float().cpu()
     z = ((rows - x_o) / scale.clamp(min=1e-12)).abs().amax(-1)
-    if bool((z > tol).any()):
-        far = (z > tol).nonzero().flatten().tolist()
-        where = "the truncation region of x_o" if record.get("method") == "tsnpe" else "x_o"
-        warnings.warn(
-            f"This posterior was trained by sequential {record.get('method')} for one observation "
-            f"x_o and is valid only near it ({where}); {len(far)} observation row(s) (first: "
-            f"{far[0]}) lie up to {float(z.max()):.1f} training-x standard deviations from x_o "
-            f"(tolerance {tol:g}). Its samples there are not the posterior: train an amortized "
-            "posterior (`sbi-core train`) or rerun `sbi-core run` for this x.",
-            UserWarning, stacklevel=5)
+    if not bool((z > tol).any()):
+        return None
+    far = (z > tol).nonzero().flatten().tolist()
+    where = "the truncation region of x_o" if record.get("method") == "tsnpe" else "x_o"
+    return (f"This posterior was trained by sequential {record.get('method')} for one "
+            f"observation x_o and is valid only near it ({where}); {len(far)} observation "
+            f"row(s) (first: {far[0]}) lie up to {float(z.max()):.1f} training-x standard "
+            f"deviations from x_o (tolerance {tol:g}). Its samples there are not the "
+            "posterior: train an amortized posterior (`sbi-core train`) or rerun "
+            "`sbi-core run` for this x.")
+
+
+def check_observation(record: dict[str, Any], x: Tensor, tolerance: float | None = None) -> None:
+    """Warn (:class:`UserWarning`) with :func:`far_observation_message` when ``x`` lies far
+    from the observation a sequential posterior was trained for."""
+    message = far_observation_message(record, x, tolerance)
+    if message is not None:
+        warnings.warn(message, UserWarning, stacklevel=5)
 
 
 # ---------------------------------------------------------------------------- records

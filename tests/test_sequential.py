@@ -222,6 +222,24 @@ def test_saved_model_records_x_o_and_warns_far_from_it(tmp_path):
     with pytest.warns(UserWarning, match="valid only near it"):
         loaded.sample((10,), x=x_o + 6 * scale)
 
+    # the server says so in its response too (the Python warning only reaches its log)
+    from fastapi.testclient import TestClient
+
+    from sbi_core.server import create_app
+
+    client = TestClient(create_app({"seq": loaded}, max_samples=1000))
+    near = client.post("/api/models/seq/sample", json={"x": x_o.tolist(), "n": 5, "seed": 0})
+    assert near.status_code == 200 and near.json()["warnings"] == []
+    far_x = (x_o + 6 * scale).tolist()
+    with pytest.warns(UserWarning, match="valid only near it"):
+        far = client.post("/api/models/seq/sample", json={"x": far_x, "n": 5, "seed": 0})
+        summary = client.post("/api/models/seq/summary", json={"xs": [x_o.tolist(), far_x],
+                                                               "n": 50, "seed": 0})
+    assert far.status_code == 200 and summary.status_code == 200
+    assert any("valid only near it" in w and "first: 0" in w for w in far.json()["warnings"])
+    assert any("valid only near it" in w and "first: 1" in w
+               for w in summary.json()["warnings"])
+
 
 def test_bad_inputs_are_clear_errors():
     problem = simulators.get_problem("gaussian_linear", dim=2)

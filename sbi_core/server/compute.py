@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
@@ -32,6 +32,7 @@ from sbi_core.budget import SamplingTimeoutError
 from sbi_core.mcmc import MCMCConfig, MCMCResult
 from sbi_core.mcmc_posterior import MCMCPosterior
 from sbi_core.posterior import DirectPosterior, Posterior, SamplingError, seeded
+from sbi_core.sequential import far_observation_message
 from sbi_core.server.limits import Limits, check_count, mcmc_transitions, normalization_draws
 from sbi_core.server.rng_lock import RNGLock
 from sbi_core.server.schemas import InputError, to_tensor
@@ -70,6 +71,9 @@ class Job:
     lock: RNGLock
     deadline: Deadline
     max_values: int
+    #: warnings about the request's observations (e.g. far from a sequential posterior's
+    #: x_o), returned with the samples
+    notes: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------------ inputs
     def observations(self, x: Any, xs: Any) -> tuple[Tensor, bool, int]:
@@ -95,6 +99,11 @@ class Job:
         except ValueError as err:
             raise HTTPException(422, str(err)) from err
         trials = checked.shape[1] if post.is_iid_batch(checked, post.x_shape) else 1
+        record = (post.problem_spec or {}).get("sequential")
+        if record:  # trained for one x_o: say so in the response, not only in the server log
+            message = far_observation_message(record, checked)
+            if message is not None:
+                self.notes.append(message)
         return checked, batched, trials
 
     def misspecification(self, xs: Tensor, batched: bool) -> dict[str, Any] | None:
@@ -197,9 +206,9 @@ class Job:
 
         samples, runs = self.locked(seed is not None, seed, work)
         if cfg is None:
-            return Draws(samples, None, [])
+            return Draws(samples, None, list(self.notes))
         mcmc, warns = mcmc_report(runs, cfg, n)
-        return Draws(samples, mcmc, warns)
+        return Draws(samples, mcmc, self.notes + warns)
 
     def log_prob(self, theta: Tensor, xs: Tensor, trials: int) -> Tensor:
         """Log density ``(N, B)`` of ``theta`` ``(N, B, D)``, in batches of observations (and of
