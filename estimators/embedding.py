@@ -205,6 +205,9 @@ def prepare_embedding(value: Any, x_shape: tuple[int, ...]
                       "and shared with the returned posterior.", stacklevel=3)
     out = _probe(module, x_shape)
     record = {"type": "user", "class": _class_name(module), "output_dim": out}
+    spec = getattr(value, "cli_spec", None)  # set by the CLI's --embedding FILE.py:function
+    if isinstance(spec, str):
+        record["cli_spec"] = spec
     return record, module
 
 
@@ -316,4 +319,7 @@ def _missing_message(record: Mapping[str, Any], source: str = "this model") -> s
             f"weights are in the file but its code is not, and code named in a file is never "
             f"imported. Pass it: load(path, embedding={short}) or "
             f"embedding=lambda: {short}(...), or on the command line --embedding "
-            f"module:function or FILE.py:function (a function returning the module).")
+            f"module:function or FILE.py:function (a function returning the module)."
+            + (f" It was trained with --embedding {record['cli_spec']} (shown, not imported: "
+               f"if you trust that code, pass --embedding {record['cli_spec']})."
+               if isinstance(record.get("cli_spec"), str) else ""))

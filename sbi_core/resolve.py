@@ -182,5 +182,13 @@ def resolve_embedding(ref: str | None) -> Any:
         except json.JSONDecodeError as err:
             raise ValueError(f"--embedding {ref!r} is not valid JSON ({err}).") from err
     if ":" in text:
-        return resolve_callable(text)
+        target = resolve_callable(text)
+
+        def factory() -> Any:
+            return target()
+
+        # recorded in the model file for display only: the error that asks for the embedding
+        # at load time names the option it was trained with (never imported from the file)
+        factory.cli_spec = text  # type: ignore[attr-defined]
+        return factory
     return text

@@ -176,12 +176,15 @@ def test_cli_train_and_sample_with_embedding_from_file(tmp_path, capsys):
                  "--embedding", f"{nets}:make", "--quiet"]) == 0
     assert load(model, embedding=lambda: nn.Sequential(
         nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 3))).estimator.config["embedding"] == \
-        {"type": "user", "class": "torch.nn.modules.container.Sequential", "output_dim": 3}
+        {"type": "user", "class": "torch.nn.modules.container.Sequential", "output_dim": 3,
+         "cli_spec": f"{nets}:make"}  # shown in the error below, never imported from the file
     xfile, out = tmp_path / "x.csv", tmp_path / "s.csv"
     xfile.write_text("x1,x2\n0.1,0.2\n")
     capsys.readouterr()
     assert main(["sample", str(model), "--x", str(xfile), "--num", "5", "--out", str(out)]) == 2
-    assert "--embedding module:function" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--embedding module:function" in err
+    assert f"It was trained with --embedding {nets}:make (shown, not imported" in err
     assert main(["sample", str(model), "--x", str(xfile), "--num", "5", "--out", str(out),
                  "--embedding", f"{nets}:make"]) == 0
     assert len(out.read_text().splitlines()) == 6
