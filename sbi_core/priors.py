@@ -275,9 +275,17 @@ def independent(*components: tuple[str, dict[str, float]] | dict[str, Any]) -> I
             specs.append(comp)
         elif _is_scipy(comp):
             specs.append(as_prior(comp))
-        else:
+        elif (isinstance(comp, (tuple, list)) and len(comp) == 2 and isinstance(comp[0], str)
+              and isinstance(comp[1], dict)):
             name, params = comp
             specs.append({"type": name, **{k: float(v) for k, v in params.items()}})
+        else:
+            hint = (" Pass the components as separate arguments: independent(*components)."
+                    if isinstance(comp, (tuple, list)) else "")
+            raise TypeError(
+                f"independent() got a component {comp!r:.80}; each component is a "
+                "torch.distributions object, a frozen scipy.stats distribution, a dict spec, or "
+                f"a (name, params) pair such as ('uniform', {{'low': 0, 'high': 1}}).{hint}")
     return IndependentPrior(specs)
 
 

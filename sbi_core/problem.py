@@ -95,11 +95,14 @@ class Problem:
     ):
         prior = as_prior(prior)
         if len(prior.event_shape) != 1 or prior.batch_shape != torch.Size():
+            scalar = len(prior.event_shape) == 0 and prior.batch_shape == torch.Size()
             raise ValueError(
                 "The prior must have event shape (D,) and no batch shape; got event shape "
                 f"{tuple(prior.event_shape)} and batch shape {tuple(prior.batch_shape)}. "
-                "Wrap a batch of 1-D distributions with torch.distributions.Independent(dist, 1) or "
-                "list per-parameter distributions in sbi_core.independent(...)."
+                + ("For one parameter use sbi_core.independent(dist) (a prior of dimension 1)."
+                   if scalar else
+                   "Wrap a batch of 1-D distributions with torch.distributions.Independent(dist, "
+                   "1) or list per-parameter distributions in sbi_core.independent(...).")
             )
         if not callable(simulator):
             raise TypeError("simulator must be callable: Tensor[N, D] -> Tensor[N, *x_shape].")

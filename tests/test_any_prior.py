@@ -400,3 +400,21 @@ def test_scipy_prior_gradient_and_refusal_of_discrete_distributions():
         as_prior(stats.poisson(3.0))
     with pytest.raises(TypeError, match="frozen"):
         as_prior([stats.norm(0, 1), "x"])
+
+
+def test_prior_shape_mistakes_name_the_fix():
+    """A scalar torch distribution, a batch without Independent, and a list given to
+    independent() are refused with the call that fixes each."""
+    from torch.distributions import Normal, Uniform
+
+    from sbi_core import Problem, independent
+
+    with pytest.raises(ValueError, match=r"event shape \(\).*sbi_core\.independent\(dist\)"):
+        Problem(Normal(0.0, 1.0), lambda t: t)
+    with pytest.raises(ValueError, match=r"batch shape \(2,\).*Independent\(dist, 1\)"):
+        Problem(Uniform(torch.zeros(2), torch.ones(2)), lambda t: t)
+    with pytest.raises(TypeError, match=r"separate arguments: independent\(\*components\)"):
+        independent([Normal(0.0, 1.0)])
+    with pytest.raises(TypeError, match="got a component 5"):
+        independent(5)
+    assert Problem(independent(Normal(0.0, 1.0)), lambda t: t).dim == 1
