@@ -129,7 +129,9 @@ def main() -> None:
                            for i, xo in enumerate(xos)]
                 t_sample = (time.perf_counter() - t0) / len(xos)
                 scores = [c2st(s, r, seed=0) for s, r in zip(samples, refs)]
+                rec = post.estimator.config.get("variant", {})
                 row["incontext"] = {"variant": post.history.get("variant"),
+                                    "variant_record": rec if isinstance(rec, dict) else {},
                                     "first_posterior_seconds": round(t_fit, 3),
                                     "sample_seconds": round(t_sample, 3),
                                     "c2st": [round(s, 3) for s in scores],
