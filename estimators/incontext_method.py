@@ -17,11 +17,16 @@ Pretrained range (:mod:`estimators.incontext_prior`): at most ``D_MAX = 3`` para
 raises :class:`InContextRangeError` naming the fixes (``context_size=`` subsamples the
 context; method ``"npe"`` or ``"pfn"`` trains on the problem instead).
 
-Variants (:mod:`estimators.incontext_select`, no retraining, still exact): ``variant="auto"``
-(default) chooses by held-out likelihood on the user's simulations between the plain network
-and the *residual* parameterization (the network sees ``theta`` minus a linear regression on
-``x``, then shifts back), and the kernel's neighbour count; ``"plain"`` / ``"residual"`` and
-``num_neighbors=`` fix them.
+Variants (:mod:`estimators.incontext_select`, no retraining, still exact). The candidates
+are the plain network and the *residual* parameterization (the network sees ``theta`` minus a
+linear regression on ``x``, then shifts back), with several kernel neighbour counts. Each is
+scored on held-out pairs of the user's simulations; their *stack* is the mixture of their
+posteriors with the weights that maximize the held-out log score. ``variant="auto"``
+(default) returns the stack when it beats the best single candidate by more than
+``STACK_GAIN_SE`` standard errors on those pairs, else that candidate; ``"stack"`` always
+the mixture (:class:`StackedInContextEstimator`), ``"select"`` always the best single one;
+``"plain"`` / ``"residual"`` and ``num_neighbors=`` fix them; ``candidates=`` (names such as
+``"residual-64"``) sets the pool of ``"auto"`` / ``"stack"`` / ``"select"``.
 
 ``finetune_steps=k`` optionally continues pretraining for ``k`` steps on the user's own
 simulations (random context/query splits of ``sims``), starting from the shipped weights.
@@ -63,7 +68,11 @@ WEIGHTS_PATH = Path(__file__).resolve().parent / "weights" / "incontext_v1.pt"
 WEIGHTS_FORMAT = "sbi-core-incontext-weights"
 ESTIMATOR_OPTIONS = ("context_size", "finetune_steps", "finetune_lr", "weights", "variant",
                      "num_neighbors", "candidates")
-VARIANTS = ("auto", "stack", "plain", "residual")
+VARIANTS = ("auto", "stack", "select", "plain", "residual")
+#: ``variant="auto"`` uses the stacked mixture only when its held-out log score beats the
+#: best single candidate's by more than this many standard errors of the paired difference
+#: (else that candidate alone: a mixture within noise of it only widens the posterior).
+STACK_GAIN_SE = 2.0
 
 
 class InContextRangeError(ValueError):
@@ -124,16 +133,18 @@ class InContextEstimator(nn.Module):
             residuals of a linear regression of theta on x: :mod:`estimators.incontext_select`)
             and ``num_neighbors`` (the kernel's neighbour count at inference). Buffers are
             filled by :func:`build_incontext` or loaded.
+        net: an existing network to use (shared by the components of a stacked posterior)
+            instead of a new one built from ``config["net"]``.
     """
 
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, config: dict[str, Any], net: InContextNet | None = None):
         super().__init__()
         self.config = dict(config)
         d, x_shape, n = int(config["theta_dim"]), tuple(config["x_shape"]), \
             int(config["n_context"])
         x_dim = math.prod(x_shape)
         self.theta_dim, self.x_shape, self.x_dim = d, x_shape, x_dim
-        self.net = InContextNet(config["net"])
+        self.net = InContextNet(config["net"]) if net is None else net
         if config.get("num_neighbors"):
             self.net.config["num_neighbors"] = int(config["num_neighbors"])
         #: this estimator's kernel neighbour count, set on ``net.config`` before each use
@@ -297,10 +308,10 @@ class StackedInContextEstimator(nn.Module):
         if not parts:
             raise ValueError("A stacked in-context estimator needs at least one component.")
         base = {k: v for k, v in config.items() if k not in ("stack", "variant")}
+        net = InContextNet(config["net"])  # one network for all (stored once in a file)
         comps = [InContextEstimator({**base, "residual": bool(p["residual"]),
-                                     "num_neighbors": int(p["num_neighbors"])}) for p in parts]
-        for c in comps[1:]:  # one network for all (its parameters are stored once)
-            c.net = comps[0].net
+                                     "num_neighbors": int(p["num_neighbors"])}, net=net)
+                 for p in parts]
         self.components = nn.ModuleList(comps)
         self.register_buffer("log_weights", torch.full((len(comps),), -math.log(len(comps))))
         first = comps[0]
@@ -395,10 +406,14 @@ def build_incontext(theta: Tensor, x: Tensor, prior: Distribution,
 
     Options: ``context_size`` (subsample that many simulations, seeded by ``seed``),
     ``weights`` (a weights file other than the shipped one), ``seed``, ``variant``
-    (``"auto"``, the default: the candidate of :mod:`estimators.incontext_select` with the
-    lowest held-out NLL on the context; ``"plain"``; ``"residual"``) and ``num_neighbors``
-    (the kernel's neighbour count; with ``"auto"`` it restricts the candidates to it;
-    otherwise the pretrained 16).
+    (``"auto"``, the default: the stacked mixture of the candidates of
+    :mod:`estimators.incontext_select` if its held-out log score beats the best single
+    candidate's by more than ``STACK_GAIN_SE`` standard errors, else that candidate;
+    ``"stack"``: always the mixture; ``"select"``: the candidate with the lowest held-out NLL;
+    ``"plain"``; ``"residual"``), ``num_neighbors`` (the kernel's neighbour count; with
+    ``"auto"`` / ``"stack"`` / ``"select"`` it restricts the candidates to plain and residual
+    with it; otherwise the pretrained 16) and ``candidates`` (names ``"plain-K"`` /
+    ``"residual-K"``: the pool of ``"auto"`` / ``"stack"`` / ``"select"``).
     """
     unknown = set(options) - {"context_size", "weights", "seed", "variant", "num_neighbors",
                               "candidates"}
@@ -419,9 +434,9 @@ def build_incontext(theta: Tensor, x: Tensor, prior: Distribution,
     variant = options.get("variant") or "auto"
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r} is not one of {list(VARIANTS)}; use 'auto' "
-                         "(chosen by held-out likelihood on the simulations), 'stack' (a "
-                         "mixture of the candidates weighted on held-out simulations), "
-                         "'plain' or 'residual'.")
+                         "(chosen by held-out likelihood on the simulations), 'stack' (always "
+                         "the mixture of the candidates weighted on held-out simulations), "
+                         "'select' (the best single candidate), 'plain' or 'residual'.")
     nb = options.get("num_neighbors")
     if nb is not None and int(nb) < 1:
         raise ValueError(f"num_neighbors must be a positive integer, got {nb}.")
@@ -434,24 +449,30 @@ def build_incontext(theta: Tensor, x: Tensor, prior: Distribution,
             "n_context": int(theta.shape[0]), "net": dict(net.config),
             "weights": {"file": Path(options.get("weights") or WEIGHTS_PATH).name,
                         "steps": meta.get("steps"), "seed": meta.get("seed")}}
-    if variant in ("auto", "stack"):
+    if variant in ("auto", "stack", "select"):
         x_flat = x.reshape(x.shape[0], -1)
         st = standardize_context(theta[None], x_flat[None])
         zx = ((x_flat - st["x_mean"][0]) / st["x_std"][0])
         kw = {} if cands is None else {"candidates": cands}
         seed = int(options.get("seed", 0))
-    if variant == "stack":
+    if variant in ("auto", "stack"):
         comps, weights, record = select_stack(net, theta, zx, seed=seed, **kw)
-        record["chosen"] = "stack(" + ", ".join(
-            f"{k} {v:.2f}" for k, v in record["weights"].items()) + ")"
-        est: nn.Module = StackedInContextEstimator(
-            {**base, "stack": [{"residual": r, "num_neighbors": k} for r, k in comps],
-             "variant": {"requested": variant, **record}})
-        est.components[0].net.load_state_dict(net.state_dict())
-        est.set_context(theta, x, weights)
-        est.set_bounds(low, high)
-        return est.eval()
-    if variant == "auto":
+        mixed = len(comps) > 1 and (variant == "stack" or record["gain"] > STACK_GAIN_SE
+                                    * record["gain_se"])
+        if mixed:
+            record["chosen"] = "stack(" + ", ".join(
+                f"{k} {v:.2f}" for k, v in record["weights"].items()) + ")"
+            est: nn.Module = StackedInContextEstimator(
+                {**base, "stack": [{"residual": r, "num_neighbors": k} for r, k in comps],
+                 "variant": {"requested": variant, **record}})
+            est.components[0].net.load_state_dict(net.state_dict())
+            est.set_context(theta, x, weights)
+            est.set_bounds(low, high)
+            return est.eval()
+        (residual, nb_used), = parse_candidates([record.get("best")]) if "best" in record \
+            else (comps[0],)
+        record["chosen"] = variant_name(residual, nb_used)
+    elif variant == "select":
         (residual, nb_used), record = select_variant(net, theta, zx, seed=seed, **kw)
     else:
         residual = variant == "residual"
