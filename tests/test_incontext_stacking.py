@@ -132,3 +132,34 @@ def test_stack_options_get_a_clear_error():
             finetune_steps=2)
     assert math.isfinite(float(fit(problem, sims, method="incontext", detector=False,
                                    variant="stack").estimator.log_weights.exp().sum()))
+
+
+def test_auto_stacks_only_when_the_mixture_clearly_beats_the_best_candidate():
+    """``variant="auto"``: the mixture when its held-out gain over the best single candidate
+    exceeds ``STACK_GAIN_SE`` standard errors (gaussian_mixture: a narrow and a wide
+    component, which plain and residual candidates cover between them), else the best
+    candidate alone (gaussian_linear: the residual-256 candidate is already right), which is
+    also what ``variant="select"`` returns."""
+    from estimators.incontext_method import STACK_GAIN_SE
+    from simulators import get_problem
+
+    mixture = get_problem("gaussian_mixture")
+    post = fit(mixture, simulate(mixture, 300, seed=0, progress=False), method="incontext",
+               detector=False)
+    rec = post.estimator.config["variant"]
+    assert isinstance(post.estimator, StackedInContextEstimator)
+    assert rec["requested"] == "auto" and rec["gain"] > STACK_GAIN_SE * rec["gain_se"] > 0
+    assert len(post.estimator.components) >= 2
+
+    linear = gaussian_linear(dim=2)
+    sims = simulate(linear, 300, seed=0, progress=False)
+    post = fit(linear, sims, method="incontext", detector=False)
+    rec = post.estimator.config["variant"]
+    assert not isinstance(post.estimator, StackedInContextEstimator)
+    assert rec["gain"] <= STACK_GAIN_SE * rec["gain_se"]
+    assert rec["chosen"] == rec["best"] == min(rec["scores"], key=rec["scores"].get)
+    select = fit(linear, sims, method="incontext", detector=False, variant="select")
+    assert select.estimator.config["variant"]["chosen"] == rec["chosen"]
+    x_o = torch.tensor([0.2, -0.1])
+    theta = post.sample((20,), x=x_o, seed=0)
+    assert torch.allclose(select.log_prob(theta, x=x_o), post.log_prob(theta, x=x_o))
