@@ -88,8 +88,10 @@ def main() -> None:
     ap.add_argument("--json", help="write all rows to this JSON file")
     ap.add_argument("--weights", default=None,
                     help="in-context weights file (default: the shipped one)")
-    ap.add_argument("--variant", default=None, choices=["auto", "plain", "residual"],
-                    help="in-context variant (default: the method's default, 'auto')")
+    ap.add_argument("--variant", default=None, choices=["auto", "stack", "select", "plain", "residual"],
+                    help="in-context variant (default: the method's default)")
+    ap.add_argument("--candidates", nargs="+", default=None, metavar="NAME",
+                    help="candidates of 'auto' / 'stack', e.g. plain-16 residual-64")
     ap.add_argument("--baselines-only", action="store_true",
                     help="run only (b) and (c) (they do not depend on the weights)")
     ap.add_argument("--baselines-from", metavar="JSON",
@@ -100,6 +102,8 @@ def main() -> None:
     weights = {"weights": args.weights} if args.weights else {}
     if args.variant:
         weights["variant"] = args.variant
+    if args.candidates:
+        weights["candidates"] = args.candidates
     rows = []
     earlier = {}
     if args.baselines_from:
@@ -125,7 +129,9 @@ def main() -> None:
                            for i, xo in enumerate(xos)]
                 t_sample = (time.perf_counter() - t0) / len(xos)
                 scores = [c2st(s, r, seed=0) for s, r in zip(samples, refs)]
+                rec = post.estimator.config.get("variant", {})
                 row["incontext"] = {"variant": post.history.get("variant"),
+                                    "variant_record": rec if isinstance(rec, dict) else {},
                                     "first_posterior_seconds": round(t_fit, 3),
                                     "sample_seconds": round(t_sample, 3),
                                     "c2st": [round(s, 3) for s in scores],

@@ -17,11 +17,16 @@ Pretrained range (:mod:`estimators.incontext_prior`): at most ``D_MAX = 3`` para
 raises :class:`InContextRangeError` naming the fixes (``context_size=`` subsamples the
 context; method ``"npe"`` or ``"pfn"`` trains on the problem instead).
 
-Variants (:mod:`estimators.incontext_select`, no retraining, still exact): ``variant="auto"``
-(default) chooses by held-out likelihood on the user's simulations between the plain network
-and the *residual* parameterization (the network sees ``theta`` minus a linear regression on
-``x``, then shifts back), and the kernel's neighbour count; ``"plain"`` / ``"residual"`` and
-``num_neighbors=`` fix them.
+Variants (:mod:`estimators.incontext_select`, no retraining, still exact). The candidates
+are the plain network and the *residual* parameterization (the network sees ``theta`` minus a
+linear regression on ``x``, then shifts back), with several kernel neighbour counts. Each is
+scored on held-out pairs of the user's simulations; their *stack* is the mixture of their
+posteriors with the weights that maximize the held-out log score. ``variant="auto"``
+(default) returns the stack when it beats the best single candidate by more than
+``STACK_GAIN_SE`` standard errors on those pairs, else that candidate; ``"stack"`` always
+the mixture (:class:`StackedInContextEstimator`), ``"select"`` always the best single one;
+``"plain"`` / ``"residual"`` and ``num_neighbors=`` fix them; ``candidates=`` (names such as
+``"residual-64"``) sets the pool of ``"auto"`` / ``"stack"`` / ``"select"``.
 
 ``finetune_steps=k`` optionally continues pretraining for ``k`` steps on the user's own
 simulations (random context/query splits of ``sims``), starting from the shipped weights.
@@ -41,7 +46,13 @@ from torch.distributions import Distribution
 
 from estimators.incontext import InContextNet, pretrain_loss, standardize_context
 from estimators.incontext_prior import D_MAX, N_MAX, X_DIM_MAX
-from estimators.incontext_select import design, linear_coef, select_variant, variant_name
+from estimators.incontext_select import (
+    design,
+    linear_coef,
+    select_stack,
+    select_variant,
+    variant_name,
+)
 from sbi_core.budget import Budget
 from sbi_core.methods import Method
 from sbi_core.posterior import Posterior, _device
@@ -50,13 +61,18 @@ from sbi_core.problem import Problem
 from sbi_core.training import split_options
 
 __all__ = ["WEIGHTS_PATH", "InContextRangeError", "InContextEstimator", "InContextPosterior",
+           "StackedInContextEstimator", "estimator_from_config",
            "load_pretrained", "build_incontext", "fit_incontext", "check_range", "METHOD"]
 
 WEIGHTS_PATH = Path(__file__).resolve().parent / "weights" / "incontext_v1.pt"
 WEIGHTS_FORMAT = "sbi-core-incontext-weights"
 ESTIMATOR_OPTIONS = ("context_size", "finetune_steps", "finetune_lr", "weights", "variant",
-                     "num_neighbors")
-VARIANTS = ("auto", "plain", "residual")
+                     "num_neighbors", "candidates")
+VARIANTS = ("auto", "stack", "select", "plain", "residual")
+#: ``variant="auto"`` uses the stacked mixture only when its held-out log score beats the
+#: best single candidate's by more than this many standard errors of the paired difference
+#: (else that candidate alone: a mixture within noise of it only widens the posterior).
+STACK_GAIN_SE = 2.0
 
 
 class InContextRangeError(ValueError):
@@ -117,18 +133,23 @@ class InContextEstimator(nn.Module):
             residuals of a linear regression of theta on x: :mod:`estimators.incontext_select`)
             and ``num_neighbors`` (the kernel's neighbour count at inference). Buffers are
             filled by :func:`build_incontext` or loaded.
+        net: an existing network to use (shared by the components of a stacked posterior)
+            instead of a new one built from ``config["net"]``.
     """
 
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, config: dict[str, Any], net: InContextNet | None = None):
         super().__init__()
         self.config = dict(config)
         d, x_shape, n = int(config["theta_dim"]), tuple(config["x_shape"]), \
             int(config["n_context"])
         x_dim = math.prod(x_shape)
         self.theta_dim, self.x_shape, self.x_dim = d, x_shape, x_dim
-        self.net = InContextNet(config["net"])
+        self.net = InContextNet(config["net"]) if net is None else net
         if config.get("num_neighbors"):
             self.net.config["num_neighbors"] = int(config["num_neighbors"])
+        #: this estimator's kernel neighbour count, set on ``net.config`` before each use
+        #: (the components of a stacked posterior share one network)
+        self.num_neighbors = int(self.net.config["num_neighbors"])
         self.residual = bool(config.get("residual", False))
         if self.residual:  # regression coefficients (d_x + 1, D) on [1, standardized x]
             self.register_buffer("coef", torch.zeros(x_dim + 1, d))
@@ -187,6 +208,11 @@ class InContextEstimator(nn.Module):
                 self._cache = self.net.encode(zt[None], zx[None])
         return self._cache
 
+    def _logits(self, *args: Any, **kwargs: Any) -> Tensor:
+        """``net.logits`` with this estimator's neighbour count."""
+        self.net.config["num_neighbors"] = self.num_neighbors
+        return self.net.logits(*args, **kwargs)
+
     def _zx(self, xs: Tensor) -> Tensor:
         return (xs.reshape(xs.shape[0], -1) - self.x_mean) / self.x_std  # (B, d)
 
@@ -212,7 +238,7 @@ class InContextEstimator(nn.Module):
         shift = self.shift(zx_b)  # (B, D)
         zt = ((theta - shift - self.theta_mean) / self.theta_std).transpose(0, 1)  # (B, S, D)
         zx = zx_b[:, None, :].expand(b, s, -1)
-        logits = self.net.logits(zx.reshape(1, b * s, -1), zt.reshape(1, b * s, d),
+        logits = self._logits(zx.reshape(1, b * s, -1), zt.reshape(1, b * s, d),
                                  self.cache(), self.theta_context.shape[0])[0]
         lp = self.net.log_prob_std(logits, zt.reshape(b * s, d))
         lo, hi = (v[:, None].expand(b, s, d).reshape(b * s, d) for v in self._z_bounds(shift))
@@ -234,7 +260,7 @@ class InContextEstimator(nn.Module):
         cache, n = self.cache(), self.theta_context.shape[0]
         out = torch.empty(num, b, d, device=xs.device)
         # factor 1 does not depend on theta: one pass per observation
-        first = self.net.logits(zx[None, :, :], torch.zeros(1, b, d, device=xs.device), cache, n,
+        first = self._logits(zx[None, :, :], torch.zeros(1, b, d, device=xs.device), cache, n,
                                 dims=[0])[0, :, 0]  # (B, K)
         per = max(1, chunk // max(b, 1))
         for start in range(0, num, per):
@@ -247,7 +273,7 @@ class InContextEstimator(nn.Module):
                 if j == 0:
                     logits = first[:, None, None, :].expand(b, m, 1, -1)
                 else:
-                    logits = self.net.logits(zx[:, None, :].expand(b, m, -1).reshape(1, b * m, -1),
+                    logits = self._logits(zx[:, None, :].expand(b, m, -1).reshape(1, b * m, -1),
                                              zt.reshape(1, b * m, d), cache, n,
                                              dims=[j])[0].reshape(b, m, 1, -1)
                 c_lo, c_hi = self._mass(logits, z_lo[:, None, j:j + 1].expand(b, m, 1),
@@ -259,6 +285,99 @@ class InContextEstimator(nn.Module):
             theta = torch.maximum(torch.minimum(theta, self.high), self.low)
             out[start:start + m] = theta.transpose(0, 1)
         return out
+
+
+class StackedInContextEstimator(nn.Module):
+    r"""A mixture of in-context posteriors (``variant="stack"``):
+    :math:`q(\theta \mid x) = \sum_k w_k q_k(\theta \mid x)`, the components
+    :class:`InContextEstimator` variants (plain / residual, neighbour counts) on the same
+    context, sharing one network, the weights fitted by stacking on held-out context pairs
+    (:func:`estimators.incontext_select.select_stack`). ``log_prob`` is the mixture's
+    log-sum-exp and ``sample`` draws each sample's component first, so both stay exact.
+
+    Args:
+        config: as :class:`InContextEstimator` (without ``residual`` / ``num_neighbors``) plus
+            ``stack``: a list of ``{"residual": bool, "num_neighbors": int}``, one per
+            component. The weights are the buffer ``log_weights`` ``(K,)``.
+    """
+
+    def __init__(self, config: dict[str, Any]):
+        super().__init__()
+        self.config = dict(config)
+        parts = list(config["stack"])
+        if not parts:
+            raise ValueError("A stacked in-context estimator needs at least one component.")
+        base = {k: v for k, v in config.items() if k not in ("stack", "variant")}
+        net = InContextNet(config["net"])  # one network for all (stored once in a file)
+        comps = [InContextEstimator({**base, "residual": bool(p["residual"]),
+                                     "num_neighbors": int(p["num_neighbors"])}, net=net)
+                 for p in parts]
+        self.components = nn.ModuleList(comps)
+        self.register_buffer("log_weights", torch.full((len(comps),), -math.log(len(comps))))
+        first = comps[0]
+        self.theta_dim, self.x_shape, self.x_dim = first.theta_dim, first.x_shape, first.x_dim
+
+    # the context and its range are the same for every component
+    @property
+    def theta_context(self) -> Tensor:
+        return self.components[0].theta_context
+
+    @property
+    def x_context(self) -> Tensor:
+        return self.components[0].x_context
+
+    @property
+    def x_min(self) -> Tensor:
+        return self.components[0].x_min
+
+    @property
+    def x_max(self) -> Tensor:
+        return self.components[0].x_max
+
+    def set_context(self, theta: Tensor, x: Tensor, weights: Tensor) -> None:
+        """Store the context in every component and the mixture ``weights`` ``(K,)``."""
+        for c in self.components:
+            c.set_context(theta, x)
+        with torch.no_grad():
+            self.log_weights.copy_(weights.float().clamp(min=1e-30).log())
+
+    def set_bounds(self, low: Tensor, high: Tensor) -> None:
+        with torch.no_grad():
+            for c in self.components:
+                c.low.copy_(low.float())
+                c.high.copy_(high.float())
+
+    @torch.no_grad()
+    def log_prob(self, theta: Tensor, xs: Tensor) -> Tensor:
+        """``log q(theta_s | x_b)`` ``(S, B)`` of the mixture."""
+        lps = torch.stack([c.log_prob(theta, xs) for c in self.components], -1)  # (S, B, K)
+        return torch.logsumexp(lps + self.log_weights, -1)
+
+    @torch.no_grad()
+    def sample(self, num: int, xs: Tensor, generator: torch.Generator | None = None,
+               chunk: int = 1024, budget: Budget | None = None) -> Tensor:
+        """``num`` exact draws per observation ``xs`` ``(B, *x_shape)`` → ``(num, B, D)``:
+        each draw's component from the weights, then that component's ancestral draw."""
+        b = xs.shape[0]
+        k = torch.multinomial(self.log_weights.softmax(0).cpu(), num * b, replacement=True,
+                              generator=generator).reshape(num, b).to(xs.device)
+        out = torch.empty(num, b, self.theta_dim, device=xs.device)
+        col = torch.arange(b, device=xs.device).expand(num, b)
+        for i, comp in enumerate(self.components):
+            mask = k == i
+            most = int(mask.sum(0).max())
+            if most == 0:
+                continue
+            draws = comp.sample(most, xs, generator=generator, chunk=chunk, budget=budget)
+            rank = mask.long().cumsum(0) - 1  # position of each draw among its component's
+            out[mask] = draws[rank[mask], col[mask]]
+        return out
+
+
+def estimator_from_config(config: dict[str, Any]) -> nn.Module:
+    """The (untrained) estimator a saved config describes: stacked or single."""
+    return StackedInContextEstimator(config) if "stack" in config else \
+        InContextEstimator(config)
 
 
 class InContextPosterior(Posterior):
@@ -287,12 +406,17 @@ def build_incontext(theta: Tensor, x: Tensor, prior: Distribution,
 
     Options: ``context_size`` (subsample that many simulations, seeded by ``seed``),
     ``weights`` (a weights file other than the shipped one), ``seed``, ``variant``
-    (``"auto"``, the default: the candidate of :mod:`estimators.incontext_select` with the
-    lowest held-out NLL on the context; ``"plain"``; ``"residual"``) and ``num_neighbors``
-    (the kernel's neighbour count; with ``"auto"`` it restricts the candidates to it;
-    otherwise the pretrained 16).
+    (``"auto"``, the default: the stacked mixture of the candidates of
+    :mod:`estimators.incontext_select` if its held-out log score beats the best single
+    candidate's by more than ``STACK_GAIN_SE`` standard errors, else that candidate;
+    ``"stack"``: always the mixture; ``"select"``: the candidate with the lowest held-out NLL;
+    ``"plain"``; ``"residual"``), ``num_neighbors`` (the kernel's neighbour count; with
+    ``"auto"`` / ``"stack"`` / ``"select"`` it restricts the candidates to plain and residual
+    with it; otherwise the pretrained 16) and ``candidates`` (names ``"plain-K"`` /
+    ``"residual-K"``: the pool of ``"auto"`` / ``"stack"`` / ``"select"``).
     """
-    unknown = set(options) - {"context_size", "weights", "seed", "variant", "num_neighbors"}
+    unknown = set(options) - {"context_size", "weights", "seed", "variant", "num_neighbors",
+                              "candidates"}
     if unknown:
         raise TypeError(f"Unknown in-context options {sorted(unknown)}; valid: "
                         f"{list(ESTIMATOR_OPTIONS)}.")
@@ -310,8 +434,9 @@ def build_incontext(theta: Tensor, x: Tensor, prior: Distribution,
     variant = options.get("variant") or "auto"
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r} is not one of {list(VARIANTS)}; use 'auto' "
-                         "(chosen by held-out likelihood on the simulations), 'plain' or "
-                         "'residual'.")
+                         "(chosen by held-out likelihood on the simulations), 'stack' (always "
+                         "the mixture of the candidates weighted on held-out simulations), "
+                         "'select' (the best single candidate), 'plain' or 'residual'.")
     nb = options.get("num_neighbors")
     if nb is not None and int(nb) < 1:
         raise ValueError(f"num_neighbors must be a positive integer, got {nb}.")
@@ -319,22 +444,40 @@ def build_incontext(theta: Tensor, x: Tensor, prior: Distribution,
     low, high = support_bounds(prior)
     theta, x = theta.float(), x.float()
     record: dict[str, Any] = {}
-    if variant == "auto":
+    cands = parse_candidates(options.get("candidates"), nb)
+    base = {"theta_dim": int(theta.shape[1]), "x_shape": list(x_shape),
+            "n_context": int(theta.shape[0]), "net": dict(net.config),
+            "weights": {"file": Path(options.get("weights") or WEIGHTS_PATH).name,
+                        "steps": meta.get("steps"), "seed": meta.get("seed")}}
+    if variant in ("auto", "stack", "select"):
         x_flat = x.reshape(x.shape[0], -1)
         st = standardize_context(theta[None], x_flat[None])
         zx = ((x_flat - st["x_mean"][0]) / st["x_std"][0])
-        cands = None if nb is None else ((False, int(nb)), (True, int(nb)))
-        (residual, nb_used), record = select_variant(
-            net, theta, zx, seed=int(options.get("seed", 0)),
-            **({} if cands is None else {"candidates": cands}))
+        kw = {} if cands is None else {"candidates": cands}
+        seed = int(options.get("seed", 0))
+    if variant in ("auto", "stack"):
+        comps, weights, record = select_stack(net, theta, zx, seed=seed, **kw)
+        mixed = len(comps) > 1 and (variant == "stack" or record["gain"] > STACK_GAIN_SE
+                                    * record["gain_se"])
+        if mixed:
+            record["chosen"] = "stack(" + ", ".join(
+                f"{k} {v:.2f}" for k, v in record["weights"].items()) + ")"
+            est: nn.Module = StackedInContextEstimator(
+                {**base, "stack": [{"residual": r, "num_neighbors": k} for r, k in comps],
+                 "variant": {"requested": variant, **record}})
+            est.components[0].net.load_state_dict(net.state_dict())
+            est.set_context(theta, x, weights)
+            est.set_bounds(low, high)
+            return est.eval()
+        (residual, nb_used), = parse_candidates([record.get("best")]) if "best" in record \
+            else (comps[0],)
+        record["chosen"] = variant_name(residual, nb_used)
+    elif variant == "select":
+        (residual, nb_used), record = select_variant(net, theta, zx, seed=seed, **kw)
     else:
         residual = variant == "residual"
         nb_used = int(nb) if nb is not None else int(net.config["num_neighbors"])
-    config = {"theta_dim": int(theta.shape[1]), "x_shape": list(x_shape),
-              "n_context": int(theta.shape[0]), "net": net.config,
-              "weights": {"file": Path(options.get("weights") or WEIGHTS_PATH).name,
-                          "steps": meta.get("steps"), "seed": meta.get("seed")},
-              "residual": residual, "num_neighbors": nb_used,
+    config = {**base, "residual": residual, "num_neighbors": nb_used,
               "variant": {"requested": variant, "chosen": variant_name(residual, nb_used),
                           **record}}
     est = InContextEstimator(config)
@@ -344,6 +487,27 @@ def build_incontext(theta: Tensor, x: Tensor, prior: Distribution,
         est.low.copy_(low.float())
         est.high.copy_(high.float())
     return est.eval()
+
+
+def parse_candidates(names: Any, nb: Any = None) -> tuple[tuple[bool, int], ...] | None:
+    """``(residual, num_neighbors)`` pairs from names like ``["plain-16", "residual-64"]``
+    (``candidates=`` of ``variant="auto"`` / ``"stack"``); ``None`` (the defaults) when not
+    given, or plain and residual with ``nb`` neighbours when only ``num_neighbors`` is."""
+    if names is None:
+        return None if nb is None else ((False, int(nb)), (True, int(nb)))
+    if isinstance(names, str):
+        names = names.split(",")
+    out = []
+    for name in names:
+        kind, _, k = str(name).strip().partition("-")
+        if kind not in ("plain", "residual") or not k.isdigit() or int(k) < 1:
+            raise ValueError(f"candidate {name!r} is not of the form 'plain-K' or 'residual-K' "
+                             "(K a positive neighbour count), e.g. candidates=['plain-16', "
+                             "'residual-64'].")
+        out.append((kind == "residual", int(k)))
+    if not out:
+        raise ValueError("candidates= is empty; give at least one, e.g. ['plain-16'].")
+    return tuple(dict.fromkeys(out))
 
 
 def finetune(est: InContextEstimator, steps: int, lr: float = 1e-4, seed: int = 0,
@@ -384,6 +548,10 @@ def fit_incontext(problem: Problem, sims: tuple[Tensor, Tensor], seed: int = 0,
     train_config, est_options = split_options(options)
     steps = int(est_options.pop("finetune_steps", 0) or 0)
     lr = float(est_options.pop("finetune_lr", 1e-4))
+    if steps > 0 and est_options.get("variant") == "stack":
+        raise ValueError("finetune_steps fine-tunes one network for one variant; it does not "
+                         "apply to variant='stack' (a mixture). Use variant='auto' (or "
+                         "'plain' / 'residual') with finetune_steps, or finetune_steps=0.")
     est = build_incontext(theta, x, problem.prior, seed=seed, **est_options)
     history: dict[str, Any] = {"num_simulations": int(theta.shape[0]),
                                "context_size": int(est.theta_context.shape[0]),
@@ -406,7 +574,7 @@ def _make_posterior(estimator: InContextEstimator, prior: Distribution,
 METHOD = Method(
     name="incontext",
     build=build_incontext,
-    from_config=InContextEstimator,
+    from_config=estimator_from_config,
     make_posterior=_make_posterior,
     fit=fit_incontext,
     description="In-context posterior: a set transformer pretrained on a prior over problems "

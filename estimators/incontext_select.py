@@ -28,13 +28,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from estimators.incontext import InContextNet, standardize_context
 
-__all__ = ["CANDIDATES", "MAX_HELDOUT", "linear_coef", "design", "heldout_nll", "heldout_nlls",
-           "select_variant", "variant_name"]
+__all__ = ["CANDIDATES", "STACK_CANDIDATES", "MAX_HELDOUT", "linear_coef", "design",
+           "heldout_logprobs", "heldout_nll", "heldout_nlls", "select_variant", "select_stack",
+           "stacking_weights", "variant_name"]
 
 #: (residual, num_neighbors) pairs tried by ``variant="auto"``.
 CANDIDATES: tuple[tuple[bool, int], ...] = ((False, 16), (True, 16), (True, 64), (True, 256))
@@ -65,16 +67,17 @@ MAX_HELDOUT = 300
 
 
 @torch.no_grad()
-def heldout_nlls(net: InContextNet, theta: Tensor, zx: Tensor,
-                 candidates: tuple[tuple[bool, int], ...], folds: int = 5, seed: int = 0,
-                 max_heldout: int = MAX_HELDOUT) -> dict[tuple[bool, int], float]:
-    """Mean ``-log q(theta_i | x_i)`` (in the units of ``theta``) of held-out context pairs
-    for each candidate ``(residual, num_neighbors)``: each fold is held out in turn and the
-    other folds are the context (the regression is refitted on them). ``theta`` ``(N, D)``,
-    ``zx`` ``(N, d)`` (standardized x); at most ``max_heldout`` pairs in all are scored. The
-    context of each fold is encoded once per parameterization and shared by the neighbour
-    counts (the encoding does not depend on them). Prior truncation is left out (the same
-    for all variants up to the mass outside the prior, which the network rarely puts there)."""
+def heldout_logprobs(net: InContextNet, theta: Tensor, zx: Tensor,
+                     candidates: tuple[tuple[bool, int], ...], folds: int = 5, seed: int = 0,
+                     max_heldout: int = MAX_HELDOUT) -> dict[tuple[bool, int], Tensor]:
+    """``log q(theta_i | x_i)`` ``(M,)`` (in the units of ``theta``) of the same ``M``
+    held-out context pairs for each candidate ``(residual, num_neighbors)``: each fold is
+    held out in turn and the other folds are the context (the regression is refitted on
+    them). ``theta`` ``(N, D)``, ``zx`` ``(N, d)`` (standardized x); at most ``max_heldout``
+    pairs in all are scored. The context of each fold is encoded once per parameterization
+    and shared by the neighbour counts (the encoding does not depend on them). Prior
+    truncation is left out (the same for all variants up to the mass outside the prior,
+    which the network rarely puts there)."""
     n = theta.shape[0]
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     saved = net.config["num_neighbors"]
@@ -100,7 +103,16 @@ def heldout_nlls(net: InContextNet, theta: Tensor, zx: Tensor,
                     parts[c].append(lp - st["theta_std"][0].log().sum())
     finally:
         net.config["num_neighbors"] = saved
-    return {c: -float(torch.cat(v).mean()) for c, v in parts.items()}
+    return {c: torch.cat(v) for c, v in parts.items()}
+
+
+def heldout_nlls(net: InContextNet, theta: Tensor, zx: Tensor,
+                 candidates: tuple[tuple[bool, int], ...], folds: int = 5, seed: int = 0,
+                 max_heldout: int = MAX_HELDOUT) -> dict[tuple[bool, int], float]:
+    """Mean ``-log q(theta_i | x_i)`` of the held-out pairs of :func:`heldout_logprobs` for
+    each candidate."""
+    lps = heldout_logprobs(net, theta, zx, candidates, folds, seed, max_heldout)
+    return {c: -float(v.mean()) for c, v in lps.items()}
 
 
 def heldout_nll(net: InContextNet, theta: Tensor, zx: Tensor, residual: bool,
@@ -130,3 +142,71 @@ def select_variant(net: InContextNet, theta: Tensor, zx: Tensor, folds: int = 5,
     chosen = next(c for c in usable if variant_name(*c) == best)
     return chosen, {"scores": {k: round(v, 4) for k, v in scores.items()}, "chosen": best,
                     "folds": folds}
+
+
+#: candidates of ``variant="stack"``: the four of ``"auto"`` plus more neighbour counts
+#: (the stacking weights, not a single pick, decide how much each contributes).
+STACK_CANDIDATES: tuple[tuple[bool, int], ...] = CANDIDATES
+#: components whose stacking weight falls below this are dropped (and the rest renormalized).
+MIN_WEIGHT = 0.01
+
+
+def stacking_weights(logp: Tensor, iters: int = 5000, tol: float = 1e-10) -> Tensor:
+    r"""Weights ``w`` ``(K,)`` on the simplex maximizing the held-out log score of the
+    mixture, :math:`\sum_i \log \sum_k w_k q_k(\theta_i \mid x_i)`, for per-pair log
+    densities ``logp`` ``(M, K)`` (Bayesian stacking of predictive distributions, Yao et al.
+    2018). The objective is concave in ``w``; it is maximized by EM (the mixture-weight
+    update :math:`w_k \leftarrow \frac1M \sum_i r_{ik}`, which never decreases it), from
+    uniform weights, so the result is deterministic (float64 numpy: a few ms)."""
+    if logp.ndim != 2 or logp.shape[1] < 1:
+        raise ValueError(f"logp must be (M, K) with K >= 1, got shape {tuple(logp.shape)}.")
+    lp = logp.detach().double().cpu().numpy()
+    lik = np.exp(lp - lp.max(1, keepdims=True))  # (M, K), each row's largest entry 1
+    w = np.full(lp.shape[1], 1.0 / lp.shape[1])
+    for _ in range(iters):
+        r = lik * w
+        r /= r.sum(1, keepdims=True)
+        new = r.mean(0)
+        done = np.abs(new - w).max() < tol
+        w = new
+        if done:
+            break
+    return torch.as_tensor(w / w.sum(), dtype=torch.float32)
+
+
+def select_stack(net: InContextNet, theta: Tensor, zx: Tensor, folds: int = 5, seed: int = 0,
+                 candidates: tuple[tuple[bool, int], ...] = STACK_CANDIDATES,
+                 min_weight: float = MIN_WEIGHT
+                 ) -> tuple[list[tuple[bool, int]], Tensor, dict[str, Any]]:
+    """The candidates and weights of the stacked in-context posterior (a mixture of the
+    candidates' posteriors), chosen on the held-out pairs :func:`select_variant` scores:
+    :func:`stacking_weights` of their per-pair log densities, components below
+    ``min_weight`` dropped and the rest renormalized. Returns ``(components, weights (K,),
+    record)`` with the record ``{"scores": {name: nll}, "weights": {name: w}, "chosen":
+    "stack", "stack_nll": nll, "best": name, "gain": g, "gain_se": se, "folds": folds}``
+    (``stack_nll``: the mixture's held-out NLL with the final weights; ``gain``: its mean
+    held-out log score minus that of the best single candidate ``best``, on the same pairs,
+    and ``gain_se`` the standard error of that paired difference). With too few simulations
+    to score (as in :func:`select_variant`) the first usable candidate gets weight 1."""
+    n, d = zx.shape
+    usable = [c for c in candidates if not c[0] or n >= 5 * (d + 1)]
+    if n < 4 * folds or len(usable) == 1:
+        c = usable[0]
+        return [c], torch.ones(1), {"scores": {}, "weights": {variant_name(*c): 1.0},
+                                    "chosen": "stack", "folds": 0}
+    lps = heldout_logprobs(net, theta, zx, tuple(usable), folds=folds, seed=seed)
+    finite = [c for c in usable if bool(torch.isfinite(lps[c]).all())] or usable[:1]
+    logp = torch.stack([lps[c] for c in finite], 1)  # (M, K)
+    w = stacking_weights(logp)
+    keep = w >= min(min_weight, float(w.max()))
+    comps = [c for c, k in zip(finite, keep.tolist()) if k]
+    w = w[keep] / w[keep].sum()
+    mix = torch.logsumexp(logp[:, keep].double() + w.double().log(), 1)  # (M,)
+    best = int(logp.mean(0).argmax())
+    gain = mix - logp[:, best].double()  # paired: the same held-out pairs
+    record = {"scores": {variant_name(*c): round(-float(lps[c].mean()), 4) for c in usable},
+              "weights": {variant_name(*c): round(float(v), 4) for c, v in zip(comps, w)},
+              "chosen": "stack", "stack_nll": round(-float(mix.mean()), 4),
+              "best": variant_name(*finite[best]), "gain": round(float(gain.mean()), 4),
+              "gain_se": round(float(gain.std() / math.sqrt(len(gain))), 4), "folds": folds}
+    return comps, w, record
