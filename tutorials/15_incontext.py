@@ -30,8 +30,9 @@ problem = gaussian_linear(dim=3)  # theta ~ N(0, 0.1 I), x ~ N(theta, 0.1 I), D 
 # %% [markdown]
 # ## A posterior in about a second
 # `fit` only standardizes the simulations, stores them as the context, and picks the variant
-# of the network (plain, or on the residuals of a linear regression of theta on x) with the
-# best held-out likelihood on them (`variant="plain"` skips that: < 0.1 s).
+# of the network (plain, or on the residuals of a linear regression of theta on x), or a
+# stacked mixture of the variants, with the best held-out likelihood on them
+# (`variant="plain"` skips that: < 0.1 s).
 # `detector=False` skips the misspecification detector (a few seconds of training that
 # `fit` otherwise adds for 500 or more simulations).
 
