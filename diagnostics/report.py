@@ -244,11 +244,14 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
     load_check_modules()
     start = time.perf_counter()
     own_prior = None
+    if isinstance(checks, str):  # "sbc" or "tarp,sbc": names, not a sequence of letters
+        checks = [c.strip() for c in checks.split(",") if c.strip()]
     if checks is not None and list(checks) == ["misspecification"] and sims is None \
             and problem is None:  # only the observations are tested: no test pairs needed
         theta, xs = torch.zeros(0, posterior.dim), torch.zeros(0, *posterior.x_shape)
     else:
         problem = _resolve(posterior, problem, need=sims is None)
+        _check_same_problem(posterior, problem)
         if sims is None:
             sims = own_prior = _pairs_under_posterior_prior(posterior, problem, num, seed)
         theta, xs = calibration_pairs(problem, sims, num=num, seed=seed)
@@ -360,6 +363,29 @@ def _resolve(posterior: Posterior, problem: Problem | str | None, need: bool) ->
         warnings.warn(f"Could not rebuild problem {ref!r} ({err}); checks that simulate are "
                       "skipped.", stacklevel=3)
         return None
+
+
+def _check_same_problem(posterior: Posterior, problem: Problem | None) -> None:
+    """Stop when ``problem`` names other parameters than the posterior's (another problem).
+
+    Test pairs from another problem of the same dimensions give a confident "fail" about a
+    model that may be fine; default names (``theta_1..``) on either side are not compared.
+    """
+    if problem is None:
+        return
+    ours, theirs = list(posterior.param_names), list(problem.param_names)
+    if len(ours) != len(theirs) or ours == theirs:
+        return  # a different dimension is reported by _check_shapes
+    default = [f"theta_{i + 1}" for i in range(len(ours))]
+    if default in (ours, theirs):
+        return
+    trained = (posterior.problem_spec or {}).get("name") or "another problem"
+    source = (posterior.problem_spec or {}).get("source")
+    hint = f" (recorded: {source!r}; pass it if you trust it)" if source else ""
+    raise ValueError(
+        f"The problem given to diagnose ({problem.name!r}) has parameters {theirs}, but the "
+        f"posterior was trained on {trained!r} with parameters {ours}: its test pairs would "
+        f"judge the model on another problem. Pass the problem the model was trained on{hint}.")
 
 
 def _check_shapes(posterior: Posterior, theta: Tensor, xs: Tensor) -> None:

@@ -487,10 +487,10 @@ class Posterior:
         margin = 0.1 * (hi - lo)
         outside = (x < lo - margin) | (x > hi + margin)
         if outside.any():
-            dims = outside.reshape(x.shape[0], -1).any(0).nonzero().flatten().tolist()
             msg = (
-                f"The observation lies outside the range of the training simulations in "
-                f"dimension(s) {dims[:10]} (more than 10% beyond [min, max] of the training x). "
+                f"The observation lies outside the range of the training simulations at "
+                f"{_describe_outside(x, outside, lo, hi)} (more than 10% beyond [min, max] of "
+                "the training x). "
                 "The posterior there is an extrapolation and cannot be trusted. Simulate with a "
                 "wider prior, or pass range_check='warn' (or 'off') to the posterior to proceed "
                 "(CLI: sbi-core sample --range-check warn)."
@@ -500,6 +500,25 @@ class Posterior:
             import warnings
 
             warnings.warn(msg, stacklevel=4)
+
+
+def _describe_outside(x: Tensor, outside: Tensor, lo: Tensor, hi: Tensor, show: int = 5) -> str:
+    """The coordinates of ``x`` ``(B, *x_shape)`` beyond the training range, as a user reads them.
+
+    Coordinates are written as indices of one observation (``x[1, 7]`` for a ``(3, 40)`` x, not
+    a flattened position), with the observed value and the training range; at most ``show``
+    are listed, the rest counted.
+    """
+    coords = outside.any(0).nonzero().tolist()  # (K, x_ndim) indices into x_shape
+    parts = []
+    for idx in coords[:show]:
+        where = (slice(None), *idx)
+        vals = x[where][outside[where]]
+        value = vals[vals.abs().argmax()].item()
+        parts.append(f"x[{', '.join(map(str, idx))}] = {value:.4g} (training "
+                     f"[{lo[tuple(idx)].item():.4g}, {hi[tuple(idx)].item():.4g}])")
+    more = f" and {len(coords) - show} more coordinate(s)" if len(coords) > show else ""
+    return f"{len(coords)} coordinate(s): " + "; ".join(parts) + more
 
 
 def _shape(sample_shape: tuple[int, ...] | int | torch.Size) -> tuple[int, ...]:
