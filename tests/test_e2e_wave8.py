@@ -67,3 +67,30 @@ def test_diagnose_takes_checks_as_a_string(channel_posterior):
     assert list(report.sections) == ["sbc"]
     with pytest.raises(ValueError, match=r"Unknown check\(s\) \['nope'\]"):
         diagnose(post, problem, num=20, num_samples=20, checks="sbc,nope", progress=False)
+
+
+def test_cli_simulate_interrupted_into_a_file_gives_the_cli_fix(tmp_path, capsys, monkeypatch):
+    """Ctrl-C of `sbi-core simulate --out sims.pt` said 'pass store=PATH.zarr, then
+    resume=True' (Python words) and not that the finished chunks are lost; now it says so and
+    gives --out PATH.zarr / --resume."""
+    from sbi_core.cli.main import main
+
+    (tmp_path / "stopper.py").write_text(
+        "import torch\n"
+        "from sbi_core import Problem, box_uniform\n"
+        "calls = [0]\n"
+        "def sim(theta):\n"
+        "    calls[0] += 1\n"
+        "    if calls[0] == 3:\n"
+        "        raise KeyboardInterrupt\n"
+        "    return theta + 0.1\n"
+        "def make():\n"
+        "    return Problem(box_uniform([0.0], [1.0]), sim, x_shape=(1,))\n")
+    monkeypatch.chdir(tmp_path)
+    code = main(["simulate", "stopper.py:make", "--num", "30", "--chunk-size", "10",
+                 "--in-process", "--quiet", "--out", "sims.pt"])
+    err = capsys.readouterr().err
+    assert code == 130
+    assert "1 of 3 chunks were done" in err and "they are lost" in err
+    assert "--out PATH.zarr" in err and "--resume" in err and "store=PATH.zarr" not in err
+    assert not (tmp_path / "sims.pt").exists()

@@ -144,6 +144,11 @@ def run(args: argparse.Namespace) -> int:
         detail = str(err) or "interrupted"
         if not detail.startswith("interrupted"):
             detail = "interrupted: " + detail
+        if not is_store:  # the Python hint (store=, resume=) in command-line words
+            detail = detail.split(" (finished chunks")[0] + (
+                f"; they are lost: {args.out} is written only at the end. To keep finished "
+                "chunks across interruptions, write a store (--out PATH.zarr) and rerun the "
+                "same command with --resume.")
         print(f"sbi-core simulate: {detail}", file=sys.stderr)
         return 130
     print(json.dumps({"out": str(args.out), "num_simulations": prov["num_simulations"],
