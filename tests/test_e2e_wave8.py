@@ -94,3 +94,22 @@ def test_cli_simulate_interrupted_into_a_file_gives_the_cli_fix(tmp_path, capsys
     assert "1 of 3 chunks were done" in err and "they are lost" in err
     assert "--out PATH.zarr" in err and "--resume" in err and "store=PATH.zarr" not in err
     assert not (tmp_path / "sims.pt").exists()
+
+
+def test_server_shape_error_names_the_xs_field(channel_posterior):
+    """POST sample with x = [one observation] wrapped in a list answered 'use sample_batched'
+    (a Python method a client cannot call); now it names the request field 'xs'."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from sbi_core.server import create_app
+
+    _, post = channel_posterior
+    client = TestClient(create_app({"m": post}))
+    one = [[0.0, 0.5, 1.0], [0.5, 0.5, 0.5]]
+    r = client.post("/api/models/m/sample", json={"x": [one], "n": 3, "seed": 0})
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    assert "sample_batched" not in detail and "'xs'" in detail and "(2, 3)" in detail
+    ok = client.post("/api/models/m/sample", json={"xs": [one], "n": 3, "seed": 0})
+    assert ok.status_code == 200 and len(ok.json()["samples"]) == 1

@@ -20,6 +20,7 @@ list of warnings when the chains have not mixed, so that a 200 is never silently
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -97,7 +98,7 @@ class Job:
         try:
             checked = post._check_x(value, batched=batched)
         except ValueError as err:
-            raise HTTPException(422, str(err)) from err
+            raise HTTPException(422, http_words(str(err))) from err
         trials = checked.shape[1] if post.is_iid_batch(checked, post.x_shape) else 1
         record = (post.problem_spec or {}).get("sequential")
         if record:  # trained for one x_o: say so in the response, not only in the server log
@@ -154,7 +155,7 @@ class Job:
         except (TimeoutError, SamplingTimeoutError) as err:
             raise self.deadline.exceeded() from err
         except (ValueError, SamplingError) as err:  # ObservationError is a ValueError
-            raise HTTPException(422, str(err)) from err
+            raise HTTPException(422, http_words(str(err))) from err
 
     def unlocked(self, fn: Callable[[], T]) -> T:
         """``fn()`` without the random-number lock (for work that draws no random numbers);
@@ -164,7 +165,7 @@ class Job:
         except SamplingTimeoutError as err:
             raise self.deadline.exceeded() from err
         except (ValueError, SamplingError) as err:
-            raise HTTPException(422, str(err)) from err
+            raise HTTPException(422, http_words(str(err))) from err
 
     def draw(self, xs: Tensor, trials: int, n: int, seed: int | None,
              mcmc_options: dict[str, Any] | None) -> Draws:
@@ -345,3 +346,14 @@ def mcmc_report(runs: list[MCMCResult], cfg: MCMCConfig, n: int) -> tuple[dict[s
         warns.append(f"{divergent} HMC transitions diverged after warm-up; the samples may be "
                      "biased. Use 'mcmc': {'method': 'slice'} or a model trained longer.")
     return report, warns
+
+
+def http_words(message: str) -> str:
+    """A posterior's error message with its Python fix in the words of this API.
+
+    "use sample_batched with shape (B, *x_shape)" means, in a request, the field ``xs``.
+    """
+    return re.sub(r"For several observations at once use sample_batched with shape "
+                  r"\(B, \*(\(.*?\))\)\.",
+                  r"For several observations at once send them as 'xs' (a list of B "
+                  r"observations of shape \1) instead of 'x'.", message)
