@@ -113,3 +113,22 @@ def test_server_shape_error_names_the_xs_field(channel_posterior):
     assert "sample_batched" not in detail and "'xs'" in detail and "(2, 3)" in detail
     ok = client.post("/api/models/m/sample", json={"xs": [one], "n": 3, "seed": 0})
     assert ok.status_code == 200 and len(ok.json()["samples"]) == 1
+
+
+def test_theta_csv_with_a_typo_in_its_first_row_is_not_called_a_header(tmp_path):
+    """`--theta` CSV whose first data row holds a typo ('2,0.2,abc') was read as a header and
+    reported as 'has columns ['2', '0.2', 'abc']'; a ';'-separated file got no hint either."""
+    from sbi_core.cli.simulate_cmd import read_theta_file
+
+    names = ["omega", "zeta", "x0"]
+    typo = tmp_path / "typo.csv"
+    typo.write_text("2,0.2,abc\n1,0.1,1\n")
+    with pytest.raises(ValueError, match=r"mixes numbers with \['abc'\].*neither a header"):
+        read_theta_file(typo, names)
+    semi = tmp_path / "semi.csv"
+    semi.write_text("2;0.2;1\n")
+    with pytest.raises(ValueError, match="Separate values with commas"):
+        read_theta_file(semi, names)
+    good = tmp_path / "good.csv"
+    good.write_text("omega,zeta,x0\n2,0.2,1\n")
+    assert read_theta_file(good, names).tolist() == [[2.0, 0.2, 1.0]]

@@ -78,14 +78,32 @@ def read_theta_file(path: str | Path, param_names: list[str] | None = None) -> n
                 [float(c) for c in first]
             except ValueError:
                 skip = 1
+                numeric = [c for c in first if _is_number(c)]
+                if numeric and len(first) > 1:  # data with a typo, not a header of names
+                    bad = [c for c in first if not _is_number(c)]
+                    raise ValueError(
+                        f"{path} line 1 {first} mixes numbers with {bad}, which are not numbers; "
+                        "it is neither a header of parameter names nor a row of θ. Fix the value"
+                        + (f" (a header, if any, is {','.join(param_names)})."
+                           if param_names is not None else ".")) from None
                 if param_names is not None and first != list(param_names):
+                    hint = (" Separate values with commas." if len(first) == 1
+                            and any(d in first[0] for d in ";\t ") else "")
                     raise ValueError(f"{path} has columns {first}; the problem's parameters are "
-                                     f"{list(param_names)} (in this order).") from None
+                                     f"{list(param_names)} (in this order).{hint}") from None
         try:
             return np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2, dtype=np.float64)
         except ValueError as err:
             raise ValueError(f"{path} is not a numeric CSV table of θ ({err}).") from err
     raise ValueError(f"--theta takes a .npy or .csv file, got {path}.")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def run(args: argparse.Namespace) -> int:
