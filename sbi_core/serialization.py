@@ -107,6 +107,11 @@ def load(path: str | Path, device: str = "cpu", prior: Any = None,
             saved keys and shapes. Not allowed for built-in embeddings.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(
+            f"{path} is a folder (a simulation store?), not a model file. Pass the .pt file "
+            "written by sbi_core.save / `sbi-core train` (a store is trained on with "
+            f"`sbi-core train --sims {path} --out model.pt`).")
     if not path.is_file():
         raise ModelFileError(f"No model file at {path}.")
     if not zipfile.is_zipfile(path):
@@ -126,6 +131,13 @@ def load(path: str | Path, device: str = "cpu", prior: Any = None,
             f"{path} is not an sbi-core model file: it holds objects that would need code to "
             f"load ({type(err).__name__}). Only files written by sbi_core.save are accepted."
         ) from err
+    from sbi_core.simulation_set import SIMULATIONS_FORMAT
+
+    if isinstance(payload, dict) and payload.get("format") == SIMULATIONS_FORMAT:
+        raise ModelFileError(
+            f"{path} is a simulation file (from simulate), not a model. Train a model on it "
+            f"first: `sbi-core train --sims {path} --out model.pt` (in Python: fit(problem, "
+            "sims)), then pass model.pt.")
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         raise ModelFileError(
             f"{path} is not an sbi-core model file (no '{MODEL_FORMAT}' format tag). Only files "

@@ -132,3 +132,21 @@ def test_theta_csv_with_a_typo_in_its_first_row_is_not_called_a_header(tmp_path)
     good = tmp_path / "good.csv"
     good.write_text("omega,zeta,x0\n2,0.2,1\n")
     assert read_theta_file(good, names).tolist() == [[2.0, 0.2, 1.0]]
+
+
+def test_loading_a_simulation_file_or_store_as_a_model_says_what_it_is(tmp_path):
+    """`sbi-core sample sims.zarr ...` said 'No model file at sims.zarr' (it exists) and a
+    simulation .pt 'is not an sbi-core model file'; now both name what they are and the fix."""
+    from sbi_core import load
+    from sbi_core.serialization import ModelFileError
+
+    problem = _problem(["slope", "level"], "channels")
+    sims = simulate(problem, 20, seed=0, progress=False)
+    sims.save(tmp_path / "sims.pt")
+    with pytest.raises(ModelFileError, match=r"is a simulation file.*sbi-core train --sims"):
+        load(tmp_path / "sims.pt")
+    (tmp_path / "sims.zarr").mkdir()
+    with pytest.raises(ModelFileError, match=r"is a folder \(a simulation store\?\)"):
+        load(tmp_path / "sims.zarr")
+    with pytest.raises(ModelFileError, match="No model file at"):
+        load(tmp_path / "missing.pt")
