@@ -251,7 +251,7 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
         theta, xs = torch.zeros(0, posterior.dim), torch.zeros(0, *posterior.x_shape)
     else:
         problem = _resolve(posterior, problem, need=sims is None)
-        _check_same_problem(posterior, problem)
+        check_problem_matches(posterior, problem, "diagnose")
         if sims is None:
             sims = own_prior = _pairs_under_posterior_prior(posterior, problem, num, seed)
         theta, xs = calibration_pairs(problem, sims, num=num, seed=seed)
@@ -365,7 +365,7 @@ def _resolve(posterior: Posterior, problem: Problem | str | None, need: bool) ->
         return None
 
 
-def _check_same_problem(posterior: Posterior, problem: Problem | None) -> None:
+def check_problem_matches(posterior: Posterior, problem: Problem | None, what: str) -> None:
     """Stop when ``problem`` names other parameters than the posterior's (another problem).
 
     Test pairs from another problem of the same dimensions give a confident "fail" about a
@@ -383,7 +383,7 @@ def _check_same_problem(posterior: Posterior, problem: Problem | None) -> None:
     source = (posterior.problem_spec or {}).get("source")
     hint = f" (recorded: {source!r}; pass it if you trust it)" if source else ""
     raise ValueError(
-        f"The problem given to diagnose ({problem.name!r}) has parameters {theirs}, but the "
+        f"The problem given to {what} ({problem.name!r}) has parameters {theirs}, but the "
         f"posterior was trained on {trained!r} with parameters {ours}: its test pairs would "
         f"judge the model on another problem. Pass the problem the model was trained on{hint}.")
 

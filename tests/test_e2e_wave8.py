@@ -150,3 +150,27 @@ def test_loading_a_simulation_file_or_store_as_a_model_says_what_it_is(tmp_path)
         load(tmp_path / "sims.zarr")
     with pytest.raises(ModelFileError, match="No model file at"):
         load(tmp_path / "missing.pt")
+
+
+def test_cli_robustness_refuses_a_problem_with_other_parameters(channel_posterior, tmp_path,
+                                                                 capsys, monkeypatch):
+    """`sbi-core robustness model.pt --problem other.py:make` ran on another problem of the
+    same shapes and reported 'clean coverage 0.00 ... fail'; now a one-line error."""
+    from sbi_core import save
+    from sbi_core.cli.main import main
+
+    _, post = channel_posterior
+    save(post, tmp_path / "model.pt")
+    (tmp_path / "other.py").write_text(
+        "import torch\n"
+        "from sbi_core import Problem, box_uniform\n"
+        "def make():\n"
+        "    return Problem(box_uniform([0.0, 0.0], [1.0, 1.0]),\n"
+        "                   lambda t: t[:, :, None].expand(-1, 2, 3) + 0.0,\n"
+        "                   param_names=['a', 'b'], name='other', x_shape=(2, 3))\n")
+    monkeypatch.chdir(tmp_path)
+    code = main(["robustness", "model.pt", "--problem", "other.py:make", "--num", "5",
+                 "--eps", "0.1", "--steps", "2", "--no-predictive"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "given to robustness ('other') has parameters ['a', 'b']" in err

@@ -45,6 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def _test_data(args: argparse.Namespace, posterior):
     """Test ``(theta, x, problem or None)`` from --sims, or simulated from the problem."""
+    from diagnostics.report import check_problem_matches
     from sbi_core.resolve import recorded_problem, resolve_problem
     from sbi_core.simulation import simulate
     from sbi_core.simulation_set import SimulationSet
@@ -62,12 +63,14 @@ def _test_data(args: argparse.Namespace, posterior):
                              f"model has {posterior.dim}.")
         if args.problem:
             problem = resolve_problem(args.problem)
+            check_problem_matches(posterior, problem, "robustness")
         else:  # only the predictive check needs it: a recorded code path is shown, not run
             problem = _recorded_or_none(sims.provenance.get("problem_source"), args.sims) \
                 or _recorded_or_none(posterior.problem_spec.get("source"), args.model)
         return theta[:args.num], x[:args.num], problem
     if args.problem:
         problem = resolve_problem(args.problem)
+        check_problem_matches(posterior, problem, "robustness")
     else:
         problem = recorded_problem(posterior.problem_spec.get("source"), args.model)
     if problem is None:
