@@ -29,7 +29,14 @@ def misspecification_section(posterior: Any, xs: torch.Tensor) -> dict[str, Any]
     xs = torch.as_tensor(xs, dtype=torch.float32)
     if tuple(xs.shape) == tuple(posterior.x_shape):
         xs = xs[None]
-    res = det.test(posterior._check_values(xs))
+    saved = posterior.range_check
+    posterior.range_check = "off"  # beyond the range is a finding here, not a bad input
+    try:
+        checked = posterior._check_values(xs)  # NaN/inf, unknown discrete codes: bad input
+    finally:
+        posterior.range_check = saved
+    outside = posterior.outside_training_range(checked)
+    res = det.test(checked)
     b = int(xs.shape[0])
     rows = res.flagged(b)
     metrics: dict[str, Any] = {"density_p": res.density_p.tolist(), "mmd_p": res.mmd_p.tolist(),
@@ -45,11 +52,19 @@ def misspecification_section(posterior: Any, xs: torch.Tensor) -> dict[str, Any]
               + (" ..." if b > 10 else "")
               + (f"; set of {b}: density p = {metrics['set_density_p']:.3g}, MMD p = "
                  f"{metrics['set_mmd_p']:.3g}" if "set_mmd_p" in metrics else ""))
-    if bool(rows.any()) or set_bad:
+    if outside is not None:
+        metrics["outside_training_range"] = outside
+        detail += (f"; beyond the training simulations' range (by more than 10%) at {outside}: "
+                   "the simulator never produced such values under this prior")
+    if bool(rows.any()) or set_bad or outside is not None:
         why = (f"{int(rows.sum())} of {b} observation(s)"
                + (" and the set as a whole" if set_bad else "")
                + f" do not look like the training simulations (level {res.alpha}, Bonferroni); "
                f"{detail}. The posterior there cannot be trusted (docs/trust.md).")
+        if not rows.any() and not set_bad:  # only the range check objects
+            why = (f"the tests do not reject (level {res.alpha}), but the observation(s) lie "
+                   f"outside the training range; {detail}. The posterior there is an "
+                   "extrapolation and cannot be trusted (docs/trust.md).")
         return {"status": "fail", "why": why, "metrics": metrics,
                 "data": res.to_dict()}
     return {"status": "pass", "why": f"the {b} observation(s) look like the training "

@@ -476,21 +476,27 @@ class Posterior:
             self._check_range(x)
         return x
 
-    def _check_range(self, x: Tensor) -> None:
+    def outside_training_range(self, x: Tensor) -> str | None:
+        """Where ``x`` (``x_shape`` or ``(B, *x_shape)``) lies more than 10% beyond the
+        training simulations' [min, max] (e.g. ``"1 coordinate(s): x[0] = 9 (training [0,
+        1])"``), or None when it lies inside (or the estimator records no range)."""
         lo = getattr(self.estimator, "x_min", None)
         hi = getattr(self.estimator, "x_max", None)
         if lo is None or hi is None or tuple(x.shape[-lo.ndim:] if lo.ndim else ()) != \
                 tuple(lo.shape):
-            return
+            return None
         lo, hi = lo.cpu(), hi.cpu()
-        x = x.reshape(-1, *lo.shape)
+        x = x.detach().cpu().reshape(-1, *lo.shape)
         margin = 0.1 * (hi - lo)
         outside = (x < lo - margin) | (x > hi + margin)
-        if outside.any():
+        return _describe_outside(x, outside, lo, hi) if outside.any() else None
+
+    def _check_range(self, x: Tensor) -> None:
+        where = self.outside_training_range(x)
+        if where is not None:
             msg = (
                 f"The observation lies outside the range of the training simulations at "
-                f"{_describe_outside(x, outside, lo, hi)} (more than 10% beyond [min, max] of "
-                "the training x). "
+                f"{where} (more than 10% beyond [min, max] of the training x). "
                 "The posterior there is an extrapolation and cannot be trusted. Simulate with a "
                 "wider prior, or pass range_check='warn' (or 'off') to the posterior to proceed "
                 "(CLI: sbi-core sample --range-check warn)."

@@ -27,8 +27,8 @@ def _problem(names: list[str], name: str) -> Problem:
 def channel_posterior():
     problem = _problem(["slope", "level"], "channels")
     sims = simulate(problem, 600, seed=0, progress=False)
-    post = fit(problem, sims, seed=0, progress=False, max_epochs=2, detector=False,
-               hidden_features=16, num_transforms=1)
+    post = fit(problem, sims, seed=0, progress=False, max_epochs=2, hidden_features=16,
+               num_transforms=1)
     return problem, post
 
 
@@ -174,3 +174,42 @@ def test_cli_robustness_refuses_a_problem_with_other_parameters(channel_posterio
     err = capsys.readouterr().err
     assert code == 2, err
     assert "given to robustness ('other') has parameters ['a', 'b']" in err
+
+
+def test_misspecification_check_reports_an_out_of_range_observation(channel_posterior):
+    """diagnose(..., observations=x) with x beyond the training range: the check 'raised
+    ObservationError' (advising `sbi-core sample --range-check`) instead of reporting it; now
+    a failed section naming the coordinates, with the tests' p-values."""
+    from diagnostics.report import diagnose
+
+    _, post = channel_posterior
+    far = torch.tensor([[0.0, 0.5, 1.0], [9.0, 9.0, 9.0]])
+    report = diagnose(post, checks=["misspecification"], observations=far[None],
+                      progress=False)
+    section = report.sections["misspecification"]
+    assert section["status"] == "fail"
+    assert "raised" not in section["why"] and "--range-check" not in section["why"]
+    assert "x[1, 0] = 9" in section["why"]
+    assert section["metrics"]["outside_training_range"].startswith("3 coordinate(s)")
+    assert post.range_check == "error"  # restored
+    inside = torch.tensor([[0.0, 0.5, 1.0], [0.5, 0.5, 0.5]])
+    assert post.outside_training_range(inside) is None
+
+
+def test_cli_diagnose_x_with_nan_is_a_bad_input(channel_posterior, tmp_path, capsys):
+    """`sbi-core diagnose MODEL --x obs.npy` with NaN printed a FAIL report card ('the check
+    raised ObservationError'); now a one-line error naming the row, exit 2."""
+    import numpy as np
+
+    from sbi_core import save
+    from sbi_core.cli.main import main
+
+    _, post = channel_posterior
+    save(post, tmp_path / "model.pt")
+    obs = np.array([[[0.0, 0.5, 1.0], [0.5, 0.5, 0.5]], [[0.0, 0.5, 1.0], [np.nan, 0.5, 0.5]]])
+    np.save(tmp_path / "obs.npy", obs)
+    code = main(["diagnose", str(tmp_path / "model.pt"), "--x", str(tmp_path / "obs.npy"),
+                 "--checks", "misspecification", "--quiet", "--out", str(tmp_path / "d")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "NaN or inf in 1 row(s) (first: row 1" in err

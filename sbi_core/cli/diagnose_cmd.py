@@ -73,9 +73,17 @@ def run(args: argparse.Namespace) -> int:
     sims = SimulationSet.load(args.sims) if args.sims else None
     observations = None
     if args.x:
+        import torch
+
         from sbi_core.io import read_observations
 
         observations = read_observations(args.x, posterior.x_shape)
+        finite = torch.isfinite(observations.reshape(len(observations), -1)).all(1)
+        if not finite.all():
+            rows = (~finite).nonzero().flatten().tolist()
+            raise ValueError(f"{args.x} has NaN or inf in {len(rows)} row(s) (first: row "
+                             f"{rows[0]}, counting from 0); the tests need finite observations. "
+                             "Remove or impute the missing values.")
     only_x = observations is not None and sims is None and not args.problem
     if only_x:  # only the observations are tested
         problem = None
