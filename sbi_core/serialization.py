@@ -210,17 +210,26 @@ def load_model(path: str | Path, problem: Any = None, device: str = "cpu",
     and its prior used only when the file's prior is a user-written class that cannot be
     rebuilt from data."""
     try:
-        return load(path, device=device, embedding=embedding)
-    except PriorRequiredError:
-        if problem is None:
+        try:
+            return load(path, device=device, embedding=embedding)
+        except PriorRequiredError:
+            if problem is None:
+                raise
+        from sbi_core.problem import Problem
+
+        if not isinstance(problem, Problem):
+            from sbi_core.resolve import resolve_problem
+
+            problem = resolve_problem(problem)
+        return load(path, device=device, prior=problem, embedding=embedding)
+    except ValueError as err:  # the embedding given on the command line: in its words
+        text = str(err)
+        if embedding is None or "load(..., embedding=...)" not in text:
             raise
-    from sbi_core.problem import Problem
-
-    if not isinstance(problem, Problem):
-        from sbi_core.resolve import resolve_problem
-
-        problem = resolve_problem(problem)
-    return load(path, device=device, prior=problem, embedding=embedding)
+        text = (text.replace("load(..., embedding=...) was given", "--embedding was given")
+                .replace("load it without embedding=.", "leave out --embedding.")
+                .replace("load(..., embedding=...)", "--embedding"))
+        raise type(err)(text) from err
 
 
 def _from_config(method: Any, config: dict[str, Any], prior: Distribution,

@@ -213,3 +213,17 @@ def test_cli_diagnose_x_with_nan_is_a_bad_input(channel_posterior, tmp_path, cap
     err = capsys.readouterr().err
     assert code == 2, err
     assert "NaN or inf in 1 row(s) (first: row 1" in err
+
+
+def test_cli_embedding_errors_use_command_line_words(channel_posterior, tmp_path):
+    """`sbi-core sample model.pt --embedding f.py:fn` on a model without a user embedding said
+    'load(..., embedding=...) was given ... load it without embedding=.'; now '--embedding'."""
+    from sbi_core import save
+    from sbi_core.serialization import ModelFileError, load_model
+
+    _, post = channel_posterior
+    save(post, tmp_path / "model.pt")
+    with pytest.raises(ModelFileError) as err:
+        load_model(tmp_path / "model.pt", embedding=lambda: torch.nn.Flatten())
+    assert "--embedding was given" in str(err.value)
+    assert "leave out --embedding" in str(err.value) and "load(" not in str(err.value)
