@@ -98,6 +98,7 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
     if isinstance(sims, (str, os.PathLike)):
         sims = SimulationSet.load(sims)
     if isinstance(sims, SimulationSet):
+        _check_sims_parameters(problem, sims)
         theta, x = sims.training_data()
     else:
         theta, x = (torch.as_tensor(a, dtype=torch.float32) for a in sims)
@@ -199,3 +200,22 @@ def check_theta_in_support(problem: Problem, theta: Tensor) -> None:
         f"support ({where}). The posterior is restricted to the support, so those rows only "
         "distort the estimator (and NPE's theta_transform='unconstrained' refuses them); check "
         f"that the simulations were drawn from problem {problem.name!r}'s prior.", UserWarning, stacklevel=3)
+
+
+def _check_sims_parameters(problem: Problem, sims: SimulationSet) -> None:
+    """Stop when ``sims`` record other parameter names than ``problem``'s: simulations of
+    another problem with the same shapes would train a posterior under the wrong prior.
+    Files that record no names (older files, ``.npz``) and default names are not compared."""
+    recorded = sims.provenance.get("param_names")
+    ours = list(problem.param_names)
+    if not recorded or list(recorded) == ours or len(recorded) != len(ours):
+        return  # a different number of parameters is reported by the shape check
+    default = [f"theta_{i + 1}" for i in range(len(ours))]
+    if default in (list(recorded), ours):
+        return
+    made_by = sims.provenance.get("problem") or "another problem"
+    raise ValueError(
+        f"These simulations were made by problem {made_by!r} with parameters "
+        f"{list(recorded)}, but the problem given to fit is {problem.name!r} with parameters "
+        f"{ours}. Train with the problem that made them (CLI: --problem), or simulate "
+        "this problem.")

@@ -327,6 +327,7 @@ def assemble(problem: Problem, chunks: list[ChunkResult], seed: int, chunk_size:
     provenance = {
         "problem": problem.name,
         "problem_source": problem.source,
+        "param_names": list(problem.param_names),
         "seed": seed,
         "chunk_size": chunk_size,
         "num_simulations": int(theta.shape[0]),

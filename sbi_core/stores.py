@@ -416,6 +416,8 @@ class SimulationStore:
             extra["batch_error"] = batch_errors[0]
         if self.attrs.get("x_names"):
             extra["x_names"] = list(self.attrs["x_names"])
+        if self.attrs.get("param_names"):
+            extra["param_names"] = list(self.attrs["param_names"])
         return {
             "problem": self.attrs.get("problem"),
             "problem_source": self.attrs.get("problem_source"),

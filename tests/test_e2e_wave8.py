@@ -18,7 +18,7 @@ def _channels(theta: torch.Tensor) -> torch.Tensor:
     return torch.stack([c0, c1], 1) + 0.1 * torch.randn(len(theta), 2, 3)
 
 
-def _problem(names: list[str], name: str) -> Problem:
+def _problem(names: list[str] | None, name: str) -> Problem:
     prior = Independent(Uniform(torch.zeros(2), torch.ones(2)), 1)
     return Problem(prior, _channels, param_names=names, name=name, x_shape=(2, 3))
 
@@ -227,3 +227,22 @@ def test_cli_embedding_errors_use_command_line_words(channel_posterior, tmp_path
         load_model(tmp_path / "model.pt", embedding=lambda: torch.nn.Flatten())
     assert "--embedding was given" in str(err.value)
     assert "leave out --embedding" in str(err.value) and "load(" not in str(err.value)
+
+
+def test_fit_refuses_simulations_of_a_problem_with_other_parameters(tmp_path):
+    """`sbi-core train --sims osc.zarr --problem other.py:make` (same shapes, other parameter
+    names) trained a posterior under the wrong prior with at most a support warning; the
+    simulations now record their parameter names (file and store) and fit stops."""
+    problem = _problem(["slope", "level"], "channels")
+    sims = simulate(problem, 30, seed=0, progress=False)
+    assert sims.provenance["param_names"] == ["slope", "level"]
+    other = _problem(["a", "b"], "other")
+    with pytest.raises(ValueError, match=r"made by problem 'channels' with parameters "
+                                         r"\['slope', 'level'\].*'other'"):
+        fit(other, sims, max_epochs=1, progress=False, detector=False)
+    pytest.importorskip("zarr")
+    simulate(problem, 30, seed=0, progress=False, store=str(tmp_path / "s.zarr"), chunk_size=10)
+    with pytest.raises(ValueError, match="made by problem 'channels'"):
+        fit(other, str(tmp_path / "s.zarr"), max_epochs=1, progress=False, detector=False)
+    unnamed = _problem(None, "unnamed")  # default names theta_1.. are not compared
+    fit(unnamed, sims, max_epochs=1, progress=False, detector=False)
