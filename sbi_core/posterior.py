@@ -498,8 +498,10 @@ class Posterior:
                 f"The observation lies outside the range of the training simulations at "
                 f"{where} (more than 10% beyond [min, max] of the training x). "
                 "The posterior there is an extrapolation and cannot be trusted. Simulate with a "
-                "wider prior, or pass range_check='warn' (or 'off') to the posterior to proceed "
-                "(CLI: sbi-core sample --range-check warn)."
+                + ("wider prior, or pass range_check='warn' (or 'off') to the posterior to "
+                   "proceed (CLI: sbi-core sample --range-check warn)."
+                   if self.range_check == "error" else
+                   "wider prior to cover it (range_check='off' silences this warning).")
             )
             if self.range_check == "error":
                 raise ObservationError(msg)

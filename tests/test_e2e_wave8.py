@@ -246,3 +246,17 @@ def test_fit_refuses_simulations_of_a_problem_with_other_parameters(tmp_path):
         fit(other, str(tmp_path / "s.zarr"), max_epochs=1, progress=False, detector=False)
     unnamed = _problem(None, "unnamed")  # default names theta_1.. are not compared
     fit(unnamed, sims, max_epochs=1, progress=False, detector=False)
+
+
+def test_range_warning_does_not_advise_the_mode_already_set(channel_posterior):
+    """With range_check='warn' the warning still said "pass range_check='warn' ... to proceed"."""
+    _, post = channel_posterior
+    x = torch.tensor([[0.0, 0.5, 1.0], [9.0, 9.0, 9.0]])
+    post.range_check = "warn"
+    try:
+        with pytest.warns(UserWarning, match="outside the range") as record:
+            post.sample((5,), x=x, seed=0)
+    finally:
+        post.range_check = "error"
+    text = " ".join(str(w.message) for w in record if "outside the range" in str(w.message))
+    assert "range_check='warn'" not in text and "range_check='off' silences" in text
