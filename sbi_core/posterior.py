@@ -461,9 +461,14 @@ class Posterior:
 
     def _check_values(self, x: Tensor) -> Tensor:
         if not torch.isfinite(x).all():
+            where = ""
+            if x.ndim > len(self.x_shape) and x.shape[0] > 1:  # several observations (or trials)
+                bad = (~torch.isfinite(x)).reshape(x.shape[0], -1).any(1).nonzero().flatten()
+                where = (f" (in {len(bad)} of {x.shape[0]} rows; first: row {int(bad[0])}, "
+                         "counting from 0)")
             raise ObservationError(
-                "The observation contains NaN or inf. Remove or impute the missing values; the "
-                "posterior was trained on finite simulations only."
+                f"The observation contains NaN or inf{where}. Remove or impute the missing "
+                "values; the posterior was trained on finite simulations only."
             )
         check = getattr(self.estimator, "check_observation", None)
         if check is not None:  # estimator-specific checks (e.g. discrete columns) come first

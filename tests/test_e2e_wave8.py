@@ -260,3 +260,19 @@ def test_range_warning_does_not_advise_the_mode_already_set(channel_posterior):
         post.range_check = "error"
     text = " ".join(str(w.message) for w in record if "outside the range" in str(w.message))
     assert "range_check='warn'" not in text and "range_check='off' silences" in text
+
+
+def test_nan_in_one_of_several_observations_names_the_row():
+    """sample_batched with NaN in one row of several says which row (a CSV of many
+    observations would otherwise leave the user searching)."""
+    import simulators
+
+    problem = simulators.get_problem("linear_gaussian")
+    post = fit(problem, simulate(problem, 200, seed=0, progress=False), max_epochs=1,
+               progress=False, detector=False)
+    xs = problem.observation(1).repeat(4, 1)
+    xs[2, 0] = float("nan")
+    with pytest.raises(ObservationError, match=r"NaN or inf \(in 1 of 4 rows; first: row 2"):
+        post.sample_batched((5,), xs)
+    with pytest.raises(ObservationError, match=r"contains NaN or inf\. Remove"):
+        post.sample((5,), x=xs[2])  # one observation: no row to name
