@@ -1,7 +1,9 @@
-"""NLE with the fused MAF (``flow="fmaf"``): the likelihood's gradient in θ (HMC's, through the
+"""NLE with the fused MAF (``flow="fmaf"``) and with ``dequantize=True``: the likelihood's gradient in θ (HMC's, through the
 fused flow's autograd path) matches finite differences of the fused no-grad path, and the
-posterior on a 2-D linear Gaussian matches the analytic one."""
+posterior on a 2-D linear Gaussian matches the analytic one; dequantized integer counts give
+the Poisson posterior (C2ST 0.55; 0.675 without dequantize, same settings)."""
 
+import pytest
 import torch
 
 from diagnostics.c2st import c2st
@@ -46,3 +48,64 @@ def test_fused_nle_matches_the_analytic_posterior_on_a_linear_gaussian():
         reference = linear_gaussian_posterior(trials[:n]).sample((1000,))
         score = c2st(samples, reference, seed=0)
         assert score < 0.65, f"NLE + fmaf, {n} trials: C2ST {score:.3f}"
+
+
+# ---------------------------------------------------------------- dequantize (integer counts)
+def _poisson_problem():
+    """λ ~ U(0.2, 3), x = 5 iid Poisson(λ) counts (many zeros): the posterior is a Gamma
+    ``(1 + Σx, 5)`` truncated to the prior's box."""
+    from sbi_core.priors import box_uniform
+    from sbi_core.problem import Problem
+
+    def simulator(theta):
+        return torch.poisson(theta.expand(-1, 5).contiguous())
+
+    return Problem(box_uniform([0.2], [3.0]), simulator, name="poisson5", x_shape=(5,))
+
+
+def _poisson_reference(x_o, n):
+    gamma = torch.distributions.Gamma(1.0 + x_o.sum(), torch.tensor(5.0))
+    draws = gamma.sample((20 * n,))
+    return draws[(draws > 0.2) & (draws < 3.0)][:n, None]
+
+
+def test_dequantize_loss_noise_in_training_midpoint_otherwise_and_integer_samples():
+    problem = _poisson_problem()
+    torch.manual_seed(0)
+    theta = problem.prior.sample((300,))
+    x = problem.simulator(theta)
+    est = build_nle(theta, x, problem.prior, flow="fmaf", dequantize=True, hidden_features=8,
+                    num_transforms=2)
+    est.train()
+    assert not torch.allclose(est.loss(theta[:20], x[:20]), est.loss(theta[:20], x[:20]))
+    torch.manual_seed(1)  # same weights: the dequantized density is evaluated at x + 1/2
+    a = build_nle(theta, x, problem.prior, flow="fmaf", dequantize=True, hidden_features=8,
+                  num_transforms=2).eval()
+    torch.manual_seed(1)
+    plain = build_nle(theta, x + 0.5, problem.prior, flow="fmaf", hidden_features=8,
+                      num_transforms=2).eval()
+    plain.x_norm.load_state_dict(a.x_norm.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(a.loss(theta[:20], x[:20]), plain.loss(theta[:20], x[:20] + 0.5))
+        draws = a.sample(4, theta[:3])
+    assert draws.shape == (4, 3, 5) and bool((draws == draws.round()).all())
+
+
+def test_dequantize_refuses_non_integer_x_and_non_bool_values():
+    theta, x = torch.rand(50, 1), torch.rand(50, 5)
+    with pytest.raises(ValueError, match="not all integers"):
+        build_nle(theta, x, None, dequantize=True)
+    with pytest.raises(TypeError, match="dequantize must be True or False"):
+        build_nle(theta, x.round(), None, dequantize="yes")
+
+
+def test_dequantized_nle_matches_the_poisson_posterior():
+    problem = _poisson_problem()
+    sims = simulate(problem, 2000, seed=0)
+    x_o = torch.tensor([0.0, 1.0, 0.0, 0.0, 2.0])
+    reference = _poisson_reference(x_o, 1000)
+    post = fit(problem, sims, method="nle", flow="fmaf", dequantize=True, seed=0,
+               hidden_features=32, max_seconds=20, progress=False, detector=False,
+               mcmc={"num_chains": 50, "warmup_steps": 50, "progress": False})
+    score = c2st(post.sample((1000,), x=x_o, seed=0), reference, seed=0)
+    assert score < 0.6, f"dequantized NLE on Poisson counts: C2ST {score:.3f}"
