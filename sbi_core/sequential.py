@@ -136,6 +136,12 @@ SNLE_PROPOSAL_MCMC: dict[str, Any] = {"warmup_steps": 25, "ess_fraction": None}
 #: the proposals then trained the likelihood on those modes only (benchmarks/RESULTS.md,
 #: "Issue 17: slcp at 10,000 over observations and seeds").
 SNLE_MCMC: dict[str, Any] = {"init_strategy": "sir_chains", "init_num_candidates": 100_000}
+#: SNLE's likelihood flow when ``flow=`` is not given: the fused MAF (``estimators.fast_maf``;
+#: amortized NLE keeps the nflows MAF). On slcp 5 x 1,000 and 5 x 2,000 (seed 0, observations
+#: 1-3) it gave mean C2ST 0.721 / 0.685 against the nflows MAF's 0.732 / 0.698 at about 55-60%
+#: of the CPU time (benchmarks/RESULTS.md, "Issue 17: SNLE with the fused MAF"). Recorded in
+#: a store's settings as ``nle_flow``; stores without it were written with ``"maf"``.
+SNLE_FLOW = "fmaf"
 _APT_FIXED_SPLIT = True  # False: the pre-fix random split per round (benchmarks only)
 
 
@@ -388,6 +394,8 @@ class _RunState:
             return
         state = json.loads(state_file.read_text())
         saved = state.get("settings", {})
+        if saved.get("method") == "snle":  # stores from before SNLE_FLOW used the nflows MAF
+            saved.setdefault("nle_flow", "maf")
         diff = {k: (saved.get(k), v) for k, v in self.settings.items()
                 if k != "rounds" and saved.get(k) != v
                 and not (k in _LAST_ROUND_SETTINGS + _REGION_SETTINGS and k not in saved)}
@@ -547,7 +555,10 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
         reference_samples: optional samples ``(M, D)`` of the true posterior at ``x_o``
             (benchmarks, tests): TSNPE records in each round the fraction of them inside the
             truncation region (``reference_inside``; should stay about ``1 - epsilon``).
-        **fit_options: training and estimator options passed to :func:`sbi_core.fit`.
+        **fit_options: training and estimator options passed to :func:`sbi_core.fit`. SNLE
+            without ``flow=`` uses ``SNLE_FLOW`` (the fused MAF ``"fmaf"``; ``flow="maf"``
+            gives the nflows MAF, the default before 2026-12-01 and what stores written
+            before then resume with).
 
     Returns:
         :class:`SequentialResult` ``(posterior, history)``.
@@ -636,8 +647,10 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
                 "fit_options": _plain_options(fit_options)}
     if method == "snpe_c" and apt_loss != "atomic":  # stores of earlier versions: "atomic"
         settings["apt_loss"] = apt_loss
-    if method == "snle":  # a code default like PROPOSAL_MCMC's, not a user setting
+    if method == "snle":  # code defaults like PROPOSAL_MCMC's, not user settings
         fit_options["mcmc"] = {**SNLE_MCMC, **(fit_options.get("mcmc") or {})}
+        fit_options.setdefault("flow", SNLE_FLOW)
+        settings["nle_flow"] = fit_options["flow"]
     state = _RunState(Path(store) if store is not None else None, settings)
     state.load(resume)
     verbose = show_progress(progress)

@@ -95,7 +95,7 @@ def test_dequantize_refuses_non_integer_x_and_non_bool_values():
     theta, x = torch.rand(50, 1), torch.rand(50, 5)
     with pytest.raises(ValueError, match="not all integers"):
         build_nle(theta, x, None, dequantize=True)
-    with pytest.raises(TypeError, match="dequantize must be True or False"):
+    with pytest.raises(TypeError, match="dequantize must be 'auto', True or False"):
         build_nle(theta, x.round(), None, dequantize="yes")
 
 
@@ -109,3 +109,51 @@ def test_dequantized_nle_matches_the_poisson_posterior():
                mcmc={"num_chains": 50, "warmup_steps": 50, "progress": False})
     score = c2st(post.sample((1000,), x=x_o, seed=0), reference, seed=0)
     assert score < 0.6, f"dequantized NLE on Poisson counts: C2ST {score:.3f}"
+
+
+# ---------------------------------------------------------------- SNLE's default flow
+SNLE_TINY = {"method": "snle", "rounds": 2, "sims_per_round": 100, "seed": 0, "progress": False,
+             "max_epochs": 3, "hidden_features": 8, "num_transforms": 2,
+             "mcmc": {"num_chains": 10}, "proposal_mcmc": {"warmup_steps": 5,
+                                                          "ess_fraction": None}}
+
+
+def test_snle_defaults_to_the_fused_maf_and_old_stores_resume_only_with_maf(tmp_path):
+    import json
+
+    import simulators
+    from sbi_core.sequential import run_sequential
+
+    problem = simulators.get_problem("gaussian_linear", dim=2)
+    x_o = problem.observation(1)
+    post, _ = run_sequential(problem, x_o, **SNLE_TINY)
+    assert type(post.estimator.density).__name__ == "FusedMAF"
+    store = tmp_path / "run.zarr"
+    post, _ = run_sequential(problem, x_o, store=store, flow="maf", **SNLE_TINY)
+    assert type(post.estimator.density).__name__ == "Flow"  # nflows
+    # a store written before SNLE_FLOW has no "nle_flow": it was the nflows MAF
+    state = store / "_sequential" / "state.json"
+    saved = json.loads(state.read_text())
+    assert saved["settings"]["nle_flow"] == "maf"
+    del saved["settings"]["nle_flow"]
+    state.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="nle_flow: store has 'maf', this run has 'fmaf'"):
+        run_sequential(problem, x_o, store=store, resume=True, **SNLE_TINY)
+    again, _ = run_sequential(problem, x_o, store=store, resume=True, flow="maf", **SNLE_TINY)
+    assert type(again.estimator.density).__name__ == "Flow"
+
+
+def test_dequantize_auto_follows_the_training_x_and_old_configs_load_without_it():
+    from estimators.nle import NLEEstimator, resolve_dequantize
+
+    counts = torch.tensor([[0.0, 3.0], [float("nan"), 1.0]])
+    assert resolve_dequantize("auto", counts) is True
+    assert resolve_dequantize("auto", counts + 0.25) is False
+    assert resolve_dequantize(False, counts) is False
+    est = build_nle(torch.rand(40, 1), torch.poisson(torch.ones(40, 2)), None, hidden_features=8,
+                    num_transforms=1)
+    assert est.config["dequantize"] is True
+    old = {k: v for k, v in est.config.items() if k != "dequantize"}  # saved before the option
+    assert NLEEstimator(old).config["dequantize"] is False
+    with pytest.raises(ValueError, match="resolved dequantize"):
+        NLEEstimator({**old, "dequantize": "auto"})
