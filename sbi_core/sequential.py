@@ -136,12 +136,14 @@ SNLE_PROPOSAL_MCMC: dict[str, Any] = {"warmup_steps": 25, "ess_fraction": None}
 #: the proposals then trained the likelihood on those modes only (benchmarks/RESULTS.md,
 #: "Issue 17: slcp at 10,000 over observations and seeds").
 SNLE_MCMC: dict[str, Any] = {"init_strategy": "sir_chains", "init_num_candidates": 100_000}
-#: SNLE's likelihood flow when ``flow=`` is not given: the fused MAF (``estimators.fast_maf``;
-#: amortized NLE keeps the nflows MAF). On slcp 5 x 1,000 and 5 x 2,000 (seed 0, observations
-#: 1-3) it gave mean C2ST 0.721 / 0.685 against the nflows MAF's 0.732 / 0.698 at about 55-60%
-#: of the CPU time (benchmarks/RESULTS.md, "Issue 17: SNLE with the fused MAF"). Recorded in
-#: a store's settings as ``nle_flow``; stores without it were written with ``"maf"``.
-SNLE_FLOW = "fmaf"
+#: SNLE's likelihood flow when ``flow=`` is not given, recorded in a store's settings as
+#: ``nle_flow`` (stores without it were written with ``"maf"``). ``flow="fmaf"`` (the fused
+#: MAF, ``estimators.fast_maf``) takes 55-60% of the CPU time: on slcp 5 x 1,000 / 5 x 2,000
+#: (seed 0, observations 1-3) mean C2ST 0.721 / 0.685 against 0.732 / 0.698, x4.8 CPU under
+#: sbi 0.27's TSNPE; but on two_moons 5 x 1,000 it was worse on all three observations (mean
+#: 0.558 vs 0.533), so the nflows MAF stays the default (benchmarks/RESULTS.md, "Issue 17:
+#: SNLE with the fused MAF, and dequantized counts").
+SNLE_FLOW = "maf"
 _APT_FIXED_SPLIT = True  # False: the pre-fix random split per round (benchmarks only)
 
 
@@ -556,9 +558,8 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
             (benchmarks, tests): TSNPE records in each round the fraction of them inside the
             truncation region (``reference_inside``; should stay about ``1 - epsilon``).
         **fit_options: training and estimator options passed to :func:`sbi_core.fit`. SNLE
-            without ``flow=`` uses ``SNLE_FLOW`` (the fused MAF ``"fmaf"``; ``flow="maf"``
-            gives the nflows MAF, the default before 2026-12-01 and what stores written
-            before then resume with).
+            without ``flow=`` uses ``SNLE_FLOW`` (the nflows MAF ``"maf"``; ``flow="fmaf"``,
+            the fused MAF, about 1.7x less CPU per run on slcp, see ``SNLE_FLOW``).
 
     Returns:
         :class:`SequentialResult` ``(posterior, history)``.

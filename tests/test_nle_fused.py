@@ -118,29 +118,29 @@ SNLE_TINY = {"method": "snle", "rounds": 2, "sims_per_round": 100, "seed": 0, "p
                                                           "ess_fraction": None}}
 
 
-def test_snle_defaults_to_the_fused_maf_and_old_stores_resume_only_with_maf(tmp_path):
+def test_snle_flow_default_fused_option_and_the_store_records_the_flow(tmp_path):
     import json
 
     import simulators
-    from sbi_core.sequential import run_sequential
+    from sbi_core.sequential import SNLE_FLOW, run_sequential
 
     problem = simulators.get_problem("gaussian_linear", dim=2)
     x_o = problem.observation(1)
     post, _ = run_sequential(problem, x_o, **SNLE_TINY)
-    assert type(post.estimator.density).__name__ == "FusedMAF"
+    assert post.estimator.config["flow"] == SNLE_FLOW
     store = tmp_path / "run.zarr"
-    post, _ = run_sequential(problem, x_o, store=store, flow="maf", **SNLE_TINY)
-    assert type(post.estimator.density).__name__ == "Flow"  # nflows
-    # a store written before SNLE_FLOW has no "nle_flow": it was the nflows MAF
+    post, _ = run_sequential(problem, x_o, store=store, flow="fmaf", **SNLE_TINY)
+    assert type(post.estimator.density).__name__ == "FusedMAF"
     state = store / "_sequential" / "state.json"
     saved = json.loads(state.read_text())
-    assert saved["settings"]["nle_flow"] == "maf"
+    assert saved["settings"]["nle_flow"] == "fmaf"
+    with pytest.raises(ValueError, match="nle_flow: store has 'fmaf', this run has 'maf'"):
+        run_sequential(problem, x_o, store=store, resume=True, flow="maf", **SNLE_TINY)
+    # a store written before the setting existed has no "nle_flow": it was the nflows MAF
     del saved["settings"]["nle_flow"]
     state.write_text(json.dumps(saved))
     with pytest.raises(ValueError, match="nle_flow: store has 'maf', this run has 'fmaf'"):
-        run_sequential(problem, x_o, store=store, resume=True, **SNLE_TINY)
-    again, _ = run_sequential(problem, x_o, store=store, resume=True, flow="maf", **SNLE_TINY)
-    assert type(again.estimator.density).__name__ == "Flow"
+        run_sequential(problem, x_o, store=store, resume=True, flow="fmaf", **SNLE_TINY)
 
 
 def test_dequantize_auto_follows_the_training_x_and_old_configs_load_without_it():
