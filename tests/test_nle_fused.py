@@ -157,3 +157,16 @@ def test_dequantize_auto_follows_the_training_x_and_old_configs_load_without_it(
     assert NLEEstimator(old).config["dequantize"] is False
     with pytest.raises(ValueError, match="resolved dequantize"):
         NLEEstimator({**old, "dequantize": "auto"})
+
+
+def test_a_dequantized_model_saves_and_loads_with_the_same_likelihood(tmp_path):
+    from sbi_core import load, save
+
+    problem = _poisson_problem()
+    post = fit(problem, simulate(problem, 300, seed=0), method="nle", flow="fmaf", seed=0,
+               max_epochs=2, hidden_features=8, num_transforms=2, progress=False,
+               detector=False)
+    again = load(save(post, tmp_path / "counts.pt"))
+    assert again.estimator.config["dequantize"] is True
+    theta, x_o = torch.tensor([[0.5], [1.5]]), torch.tensor([0.0, 1.0, 0.0, 0.0, 2.0])
+    assert torch.allclose(again.log_prob(theta, x_o), post.log_prob(theta, x_o))
