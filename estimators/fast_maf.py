@@ -68,47 +68,52 @@ def _functorch_active() -> bool:
     return True if check is None else bool(check())
 
 
-def _tanh_(a: Tensor) -> Tensor:
-    """``tanh(a / 2)`` in place on a fresh tensor without autograd: ``a`` holds twice the
-    pre-activation (:func:`torch.addmm` with ``alpha=beta=2``), see :func:`_fast_tanh`."""
-    return a.sigmoid_().mul_(2.0).sub_(1.0)
-
-
 def _fused_forward(num_transforms: int, num_blocks: int, inputs: Tensor, context: Tensor,
                    w_in: Tensor, b_in: Tensor, w_ctx: Tensor, b_ctx: Tensor, w_hid: Tensor,
                    b_hid: Tensor, w_out: Tensor, b_out: Tensor, mask_in: Tensor,
                    mask_hidden: Tensor, mask_out: Tensor) -> tuple[Tensor, Tensor, tuple]:
     """The fused MAF's forward pass without autograd: ``z`` ``(N, D)``, ``log_det`` ``(N,)``
-    and what the backward pass needs: masked weights, the context features ``(N, T * H)``,
-    the hidden activations ``(L, T, N, H)`` (``L = num_blocks + 1`` layers), each
-    transform's input ``(T, N, D)``, pre-softplus scales and scales ``(T, N, D)``."""
+    and what the backward pass needs: masked weights, the context units ``(N, T * H)``, the
+    hidden units ``(L, T, N, H)`` (``L = num_blocks + 1`` layers), each transform's input
+    (a list of ``T`` tensors ``(N, D)``), the output layers ``(T, N, 2D)`` (pre-softplus
+    scales, shifts) and the scales ``(T, N, D)``.
+
+    Every tanh unit is stored as ``s = sigmoid(2 pre)`` (``tanh(pre) = 2 s - 1``, one
+    elementwise op per layer instead of three): the next layer reads ``s`` with its weights
+    doubled (the ``alpha`` of :func:`torch.addmm`) and its bias shifted by ``-W 1``, so
+    ``W tanh(pre) + b = 2 W s + (b - W 1)``; each product computes twice its layer's
+    pre-activation (the argument of the next sigmoid) directly."""
     t_all, k_all = num_transforms, num_blocks
     n, d, h = inputs.shape[0], inputs.shape[1], w_in.shape[1]
     with torch.no_grad():
         wm_in, wm_hid, wm_out = w_in * mask_in, w_hid * mask_hidden[:, None], w_out * mask_out
-        w_in_t, w_out_t = wm_in.transpose(1, 2), wm_out.transpose(1, 2)
-        w_hid_t = wm_hid.transpose(2, 3)
-        feats = _tanh_(torch.addmm(b_ctx, context, w_ctx.t(), beta=2.0, alpha=2.0))
-        ctx_h = feats.view(n, t_all, h) + b_in                             # (N, T, H)
+        w_in_t = wm_in.transpose(1, 2).unbind(0)                              # (D, H) each
+        w_hid_t = [w.unbind(0) for w in wm_hid.transpose(2, 3).unbind(0)]     # (H, H) each
+        w_out_t = wm_out.transpose(1, 2).unbind(0)                            # (H, 2D) each
+        # twice the pre-activations: 2 (W (2 s - 1) + b) = 4 W s + 2 (b - W 1)
+        b_hid2 = [b.unbind(0) for b in (b_hid - wm_hid.sum(-1)).mul_(2.0).unbind(0)]
+        b_out1 = (b_out - wm_out.sum(-1)).unbind(0)                           # (2D,) each
+        feats = torch.addmm(b_ctx, context, w_ctx.t(), beta=2.0, alpha=2.0).sigmoid_()
+        # 2 (tanh(.) + b_in) = 4 s + 2 (b_in - 1), per transform (N, H) (strided views)
+        ctx2 = torch.add((b_in - 1.0).mul_(2.0), feats.view(n, t_all, h), alpha=4.0).unbind(1)
         acts = inputs.new_empty(k_all + 1, t_all, n, h)
-        zs = inputs.new_empty(t_all, n, d)
-        pre = inputs.new_empty(t_all, n, d)
+        acts_l = [a.unbind(0) for a in acts.unbind(0)]
+        outs = inputs.new_empty(t_all, n, 2 * d)       # scale (pre-softplus) and shift
         scales = inputs.new_empty(t_all, n, d)
-        z = inputs
+        outs_l, scales_l = outs.unbind(0), scales.unbind(0)
+        zs = [inputs]                                  # each transform's input
         for t in range(t_all):
-            zs[t] = z
-            hid = _tanh_(torch.addmm(ctx_h[:, t], z, w_in_t[t], beta=2.0, alpha=2.0,
-                                     out=acts[0, t]))
+            z = zs[t]
+            hid = torch.addmm(ctx2[t], z, w_in_t[t], alpha=2.0, out=acts_l[0][t]).sigmoid_()
             for k in range(k_all):
-                hid = _tanh_(torch.addmm(b_hid[t, k], hid, w_hid_t[t, k], beta=2.0, alpha=2.0,
-                                         out=acts[k + 1, t]))
-            out = torch.addmm(b_out[t], hid, w_out_t[t])                   # (N, 2D)
-            a = pre[t]
-            a.copy_(out[:, :d])
-            scale = torch.add(F.softplus(a), 1e-3, out=scales[t])
-            z = torch.addcmul(out[:, d:], z, scale)
+                hid = torch.addmm(b_hid2[t][k], hid, w_hid_t[t][k], alpha=4.0,
+                                  out=acts_l[k + 1][t]).sigmoid_()
+            out = torch.addmm(b_out1[t], hid, w_out_t[t], alpha=2.0, out=outs_l[t])
+            scale = torch.add(F.softplus(out[:, :d]), 1e-3, out=scales_l[t])
+            zs.append(torch.addcmul(out[:, d:], z, scale))
+        z = zs.pop()
         log_det = scales.log().sum((0, 2))
-    return z, log_det, (wm_in, wm_hid, wm_out, feats, acts, zs, pre, scales)
+    return z, log_det, (wm_in, wm_hid, wm_out, feats, acts, zs, outs, scales)
 
 
 class _FusedMAFPass(torch.autograd.Function):
@@ -116,11 +121,12 @@ class _FusedMAFPass(torch.autograd.Function):
 
     A small flow's training step on a CPU is dominated by per-operation overhead: autograd
     records ~90 nodes per step for the MAF. Here the forward runs without autograd and keeps
-    the activations in stacked buffers; the backward runs the chain rule transform by
-    transform (``tanh' = 1 - tanh^2`` from the saved activations) and then computes the
-    weight gradients of all transforms and layers with one batched matrix product per
-    parameter tensor (the masks applied to the gradients once). Only for ``inputs`` and
-    ``context`` that need no gradient (``forward_transform`` checks); once differentiable.
+    the units in stacked buffers (as ``s = sigmoid(2 pre)``, :func:`_fused_forward`); the
+    backward runs the chain rule transform by transform (``tanh'(pre) = 4 s (1 - s)``, the
+    factor 4 folded into the weights) and then computes the weight gradients of all
+    transforms and layers with one batched matrix product per parameter tensor (the masks
+    applied to the gradients once). Only for ``inputs`` and ``context`` that need no
+    gradient (``forward_transform`` checks); once differentiable.
     """
 
     @staticmethod
@@ -137,47 +143,62 @@ class _FusedMAFPass(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_z, g_ld):
         context, mask_in, mask_hidden, mask_out = ctx.saved_tensors
-        wm_in, wm_hid, wm_out, feats, acts, zs, pre, scales = ctx.saved
+        wm_in, wm_hid, wm_out, feats, acts, zs_l, outs, scales = ctx.saved
         ctx.saved = None
         layers, t_all, n, h = acts.shape
-        d = zs.shape[2]
-        g = torch.zeros_like(zs[0]) if g_z is None else g_z
+        d = scales.shape[2]
+        g = torch.zeros_like(zs_l[0]) if g_z is None else g_z
         g_ld = scales.new_zeros(n) if g_ld is None else g_ld
-        g_acts = torch.empty_like(acts)           # gradients of the pre-activations
+        # g_acts holds g_u = g_tanh * s (1 - s) per unit: the gradient of the pre-activation
+        # is 4 g_u, the factor 4 applied to the weights (w4_hid, addmm's alpha) instead
+        g_acts = torch.empty_like(acts)
         g_outs = scales.new_empty(t_all, n, 2 * d)
-        g_ld_col = g_ld[:, None]
-        tanh_bwd = torch.ops.aten.tanh_backward.grad_input
+        g_ld_scale = (g_ld[:, None] / scales).unbind(0)  # d log_det / d scale, (N, D) each
+        sig_bwd = torch.ops.aten.sigmoid_backward.grad_input
+        acts_l = [a.unbind(0) for a in acts.unbind(0)]
+        g_acts_l = [a.unbind(0) for a in g_acts.unbind(0)]
+        w4_hid = [w.unbind(0) for w in (wm_hid * 4.0).unbind(0)]
+        wm_in_l, wm_out_l, outs_l = wm_in.unbind(0), wm_out.unbind(0), outs.unbind(0)
+        scales_l, g_outs_l = scales.unbind(0), g_outs.unbind(0)
         for t in reversed(range(t_all)):
-            scale = scales[t]
+            scale = scales_l[t]
             # z_{t+1} = b + z_t * scale; log_det += sum log scale
-            g_scale = torch.addcmul(g_ld_col / scale, g, zs[t])
-            g_out = g_outs[t]
-            torch.ops.aten.softplus_backward.grad_input(g_scale, pre[t], 1.0, 20.0,
+            g_scale = torch.addcmul(g_ld_scale[t], g, zs_l[t])
+            g_out = g_outs_l[t]
+            torch.ops.aten.softplus_backward.grad_input(g_scale, outs_l[t][:, :d], 1.0, 20.0,
                                                         grad_input=g_out[:, :d])
             g_out[:, d:] = g
-            g_h = g_out.mm(wm_out[t])                                        # (N, H)
+            g_h = g_out.mm(wm_out_l[t])                                      # (N, H)
             for k in reversed(range(1, layers)):
-                g_pre = tanh_bwd(g_h, acts[k, t], grad_input=g_acts[k, t])
-                g_h = g_pre.mm(wm_hid[t, k - 1])
-            g_pre = tanh_bwd(g_h, acts[0, t], grad_input=g_acts[0, t])
-            g = torch.addmm(g * scale, g_pre, wm_in[t])
+                g_u = sig_bwd(g_h, acts_l[k][t], grad_input=g_acts_l[k][t])
+                g_h = g_u.mm(w4_hid[t][k - 1])
+            g_u = sig_bwd(g_h, acts_l[0][t], grad_input=g_acts_l[0][t])
+            g = torch.addmm(g * scale, g_u, wm_in_l[t], alpha=4.0)
         # weight gradients of all transforms at once: (T, 2D, H), (K, T, H, H), (T, H, D)
-        g_w_out = torch.bmm(g_outs.transpose(1, 2), acts[-1]).mul_(mask_out)
-        g_b_out = g_outs.sum(1)
-        g_w_hid = torch.bmm(g_acts[1:].reshape(-1, n, h).transpose(1, 2),
-                            acts[:-1].reshape(-1, n, h)).view(layers - 1, t_all, h, h)
-        g_w_hid = g_w_hid.transpose(0, 1).mul(mask_hidden[:, None])
-        g_b_hid = g_acts[1:].sum(2).transpose(0, 1)
+        # W_out (2 s - 1) + b_out: 2 g^T s - colsum(g)
+        g_b_out = g_outs.sum(1)                                              # (T, 2D)
+        g_w_out = torch.baddbmm(g_b_out[:, :, None], g_outs.transpose(1, 2), acts[-1],
+                                beta=-1.0, alpha=2.0).mul_(mask_out)
+        # W (2 s - 1) + b with the pre-activation's gradient 4 g_u: 8 g_u^T s - 4 colsum(g_u)
+        g_b_hid4 = g_acts[1:].sum(2).mul_(4.0)                               # (K, T, H)
+        g_w_hid = torch.baddbmm(g_b_hid4.reshape(-1, h, 1),
+                                g_acts[1:].reshape(-1, n, h).transpose(1, 2),
+                                acts[:-1].reshape(-1, n, h), beta=-1.0, alpha=8.0)
+        g_w_hid = g_w_hid.view(layers - 1, t_all, h, h).transpose(0, 1).mul(mask_hidden[:, None])
+        g_b_hid = g_b_hid4.transpose(0, 1)
         # (small dimension first: a (D, N) @ (N, H) product is ~5x faster than (H, N) @ (N, D))
-        g_w_in = torch.bmm(zs.transpose(1, 2), g_acts[0]).transpose(1, 2).mul(mask_in)
-        g_b_in = g_acts[0].sum(1)                                            # (T, H)
-        g_pre_c = tanh_bwd(g_acts[0], feats.view(n, t_all, h).transpose(0, 1),
-                           grad_input=torch.empty_like(g_acts[0]))           # (T, N, H)
+        zs = torch.stack(zs_l)                                               # (T, N, D)
+        g_w_in = torch.bmm(zs.transpose(1, 2), g_acts[0]).transpose(1, 2).mul(mask_in * 4.0)
+        g_b_in = g_acts[0].sum(1).mul_(4.0)                                  # (T, H)
+        # context units: 2 s_c - 1 + b_in feeds each first layer (gradient 4 g_u there), and
+        # s_c = sigmoid(2 (W_c c + b_c)): the gradient of W_c c + b_c is 16 g_u s_c (1 - s_c)
+        g_pre_c = sig_bwd(g_acts[0], feats.view(n, t_all, h).transpose(0, 1),
+                          grad_input=torch.empty_like(g_acts[0]))            # (T, N, H)
         g_w_ctx = torch.bmm(context.t().expand(t_all, -1, -1), g_pre_c).transpose(1, 2)
-        g_b_ctx = g_pre_c.sum(1).reshape(-1)
+        g_b_ctx = g_pre_c.sum(1).reshape(-1).mul_(16.0)
         return (None, None, None, None, g_w_in, g_b_in,
-                g_w_ctx.reshape(t_all * h, -1), g_b_ctx, g_w_hid, g_b_hid, g_w_out, g_b_out,
-                None, None, None)
+                g_w_ctx.reshape(t_all * h, -1).mul_(16.0), g_b_ctx, g_w_hid, g_b_hid,
+                g_w_out, g_b_out, None, None, None)
 
 
 class GaussianBaseFlow(nn.Module):
