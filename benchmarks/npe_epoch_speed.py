@@ -80,9 +80,11 @@ def worker(task: str, sims_path: str, epochs: int, seed: int) -> None:
 
 def interleaved(task: str, baseline: str, sims: int, blocks: int, seed: int) -> dict:
     """Epochs of the default NPE's training loop in ONE process, alternating the fused MAF
-    pass of this tree and of ``baseline`` (its ``estimators/fast_maf.py`` loaded as a
-    separate module) epoch by epoch on the same estimator and data: load bursts from other
-    processes hit both sides alike. Returns per-side CPU seconds per epoch (median)."""
+    pass and gradient clipping of this tree and of ``baseline`` (its
+    ``estimators/fast_maf.py`` loaded as a separate module) epoch by epoch on the same
+    estimator and data: load bursts from other processes hit both sides alike. The rest of
+    the loop (minibatches, Adam, EMA, validation) is the same code on both sides. Returns
+    per-side CPU seconds per epoch (median)."""
     import importlib
     import importlib.util
     import types
@@ -102,6 +104,8 @@ def interleaved(task: str, baseline: str, sims: int, blocks: int, seed: int) -> 
     exec(compile(source, "fast_maf_baseline.py", "exec"), base.__dict__)
     sides = {"tree": (fast_maf._FusedMAFPass, fast_maf._fused_forward),
              "baseline": (base._FusedMAFPass, base._fused_forward)}
+    base_training = subprocess.run(["git", "show", f"{baseline}:sbi_core/training.py"],
+                                   cwd=ROOT, capture_output=True, text=True, check=True).stdout
     problem = simulators.get_problem(task)
     theta, x = simulate(problem, sims, seed=seed, progress=False).training_data()
     seen: dict = {}
@@ -120,6 +124,16 @@ def interleaved(task: str, baseline: str, sims: int, blocks: int, seed: int) -> 
     opt = training.make_adam(est.parameters(), 1e-4)  # a small rate: stays near the optimum
     ema = training._WeightAverage(est, 0.99)
     params = list(est.parameters())
+    max_norm = cfg.clip_max_norm or 5.0
+    # the loop's gradient clipping: this tree's (a _GradientClipper where it has one) and
+    # the baseline's (torch's clip_grad_norm_ unless its training.py has the clipper)
+    tree_clip = training._GradientClipper(est, max_norm) \
+        if hasattr(training, "_GradientClipper") else None
+    clips = {"tree": tree_clip or (lambda: torch.nn.utils.clip_grad_norm_(params, max_norm)),
+             "baseline": (training._GradientClipper(est, max_norm)
+                          if "class _GradientClipper" in base_training else
+                          (lambda: torch.nn.utils.clip_grad_norm_(params, max_norm)))}
+    clip = clips["tree"]
 
     def epoch() -> None:
         est.train()
@@ -127,7 +141,7 @@ def interleaved(task: str, baseline: str, sims: int, blocks: int, seed: int) -> 
             loss = loss_fn(est, th, xx).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.clip_max_norm or 5.0)
+            clip()
             opt.step()
             ema.update()
         with ema.swapped():
@@ -137,6 +151,7 @@ def interleaved(task: str, baseline: str, sims: int, blocks: int, seed: int) -> 
     for b in range(blocks):
         for name in (("tree", "baseline") if b % 2 else ("baseline", "tree")):
             fast_maf._FusedMAFPass, fast_maf._fused_forward = sides[name]
+            clip = clips[name]
             t0 = time.process_time()
             epoch()
             times[name].append(time.process_time() - t0)
