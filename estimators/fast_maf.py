@@ -23,7 +23,12 @@ step is dominated by per-operation overhead rather than arithmetic:
   without autograd into stacked activation buffers, and the backward computes the
   weight gradients of all transforms with one batched product per parameter tensor
   (one autograd node per step instead of ~90; ~25% less CPU per NPE epoch,
-  docs/performance.md, "Issue 18: a cheaper training step").
+  docs/performance.md, "Issue 18: a cheaper training step");
+- in that pass each tanh unit is kept as ``s = sigmoid(2 pre)`` (one in-place op; this
+  torch build's ``tanh`` is ~9x slower than ``sigmoid``) and the affine ``tanh = 2 s - 1``
+  is folded into the next layer's weights and bias, the backward's ``tanh' = 4 s (1 - s)``
+  factor into the weights (~22% less CPU for the forward, ~7-8% per epoch;
+  docs/performance.md, "Issue 18: the folded tanh").
 
 ``log_prob(inputs (N, D), context (N, C)) -> (N,)`` is one pass; ``sample(n, context (B, C))
 -> (B, n, D)`` inverts each transform with ``D`` passes. Both match the nflows ``Flow``
