@@ -307,6 +307,8 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = make_adam(estimator.parameters(), cfg.learning_rate)
+    clip = _GradientClipper(estimator, cfg.clip_max_norm) if cfg.clip_max_norm is not None \
+        else None
     cosine = cfg.lr_schedule == "cosine"
     scheduler = (
         torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -348,8 +350,8 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
                 loss = model(theta_b.to(device), x_b.to(device)).mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if cfg.clip_max_norm is not None:
-                    nn.utils.clip_grad_norm_(estimator.parameters(), cfg.clip_max_norm)
+                if clip is not None:
+                    clip()
                 optimizer.step()
                 if ema is not None:
                     ema.update()
@@ -539,6 +541,30 @@ def _nothing() -> Iterator[None]:
     yield
 
 
+class _GradientClipper:
+    """``nn.utils.clip_grad_norm_(module.parameters(), max_norm)`` (2-norm) with the same
+    arithmetic, minus its per-call work: the parameter list and the check that one
+    ``torch._foreach_*`` call covers all gradients (one device and dtype, dense) are done
+    once, not at every step (~40 -> ~20 us per step for the default NPE on a CPU).
+    Anything else falls back to torch's function."""
+
+    def __init__(self, module: nn.Module, max_norm: float):
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.max_norm = float(max_norm)
+        kinds = {(p.device, p.dtype, p.layout) for p in self.params}
+        self.lean = len(kinds) == 1 and next(iter(kinds))[2] == torch.strided and \
+            next(iter(kinds))[0].type in ("cpu", "cuda")
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if not self.lean or not grads or any(g.is_sparse for g in grads):
+            nn.utils.clip_grad_norm_(self.params, self.max_norm)
+            return
+        total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+        torch._foreach_mul_(grads, torch.clamp(self.max_norm / (total + 1e-6), max=1.0))
+
+
 class _WeightAverage:
     """Exponential moving average of a module's trainable weights (Polyak averaging).
 
@@ -551,13 +577,14 @@ class _WeightAverage:
     def __init__(self, module: nn.Module, decay: float):
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.avg = [p.detach().clone() for p in self.params]
+        self.live = [p.detach() for p in self.params]  # views: follow in-place updates
         self.decay, self.steps = decay, 0
 
     @torch.no_grad()
     def update(self) -> None:
         self.steps += 1
         d = min(self.decay, (1 + self.steps) / (10 + self.steps))
-        torch._foreach_lerp_(self.avg, [p.detach() for p in self.params], 1.0 - d)
+        torch._foreach_lerp_(self.avg, self.live, 1.0 - d)
 
     @contextmanager
     def swapped(self) -> Iterator[None]:
