@@ -223,9 +223,11 @@ def grid_table(rows: list[dict], best: dict[str, str], baseline: str = "sbi_tsnp
     ``baseline``'s, over every (observation, seed) run in ``rows``.
 
     ``rows``: benchmark rows (``task``, ``budget``, ``observation``, ``seed``, ``method``,
-    ``c2st``, ``seconds``; optional ``commit``, the code a row was measured on); rows without
-    ``c2st`` (failed runs) are skipped. The wall ratio is the mean over the runs where both
-    methods ran of ``baseline seconds / ours`` (back to back in one process, so same load).
+    ``c2st``, ``seconds``; optional ``commit``, the code a row was measured on, and
+    ``process``, the benchmark process it came from); rows without ``c2st`` (failed runs) are
+    skipped. The wall ratio is the mean over the runs where both methods ran in the same
+    process (same ``process``, or same ``commit`` where a row has no ``process``) of
+    ``baseline seconds / ours`` (back to back, so at the same load); C2ST means use every run.
     Returns one dict per cell: ``task``, ``budget``, ``method``, ``ours`` / ``theirs`` (C2ST
     means, ``None`` without runs), ``n_ours`` / ``n_theirs`` (runs), ``seeds_ours`` /
     ``seeds_theirs`` (sorted seeds), ``ratio`` (``None`` without pairs), ``n_pairs``,
@@ -249,8 +251,12 @@ def grid_table(rows: list[dict], best: dict[str, str], baseline: str = "sbi_tsnp
                 and k[4] == best[task]}
         base = {k[2:4]: r for k, r in runs.items() if k[:2] == (task, budget)
                 and k[4] == baseline}
+        def process(r: dict):
+            return r.get("process", r.get("commit"))
+
         pairs = [base[k]["seconds"] / mine[k]["seconds"] for k in mine.keys() & base.keys()
-                 if mine[k]["seconds"] > 0]
+                 if process(mine[k]) == process(base[k]) and mine[k].get("seconds")
+                 and base[k].get("seconds")]
         out.append({
             "task": task, "budget": budget, "method": best[task],
             "ours": float(np.mean([r["c2st"] for r in mine.values()])) if mine else None,

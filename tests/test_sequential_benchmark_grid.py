@@ -1,6 +1,7 @@
 """benchmarks/sequential_vs_sbi.py ``grid_table``: the consolidated issue-17 grid pairs our
-method's runs with sbi's TSNPE runs of the same observation and seed, averages over every run,
-counts runs and seeds, and refuses two rows for one run. sbi is never imported."""
+method's runs with sbi's TSNPE runs of the same observation, seed and process (wall ratios are
+same-run only), averages C2ST over every run, counts runs and seeds, and refuses two rows for
+one run. sbi is never imported."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ def test_grid_means_pairs_seeds_and_commits() -> None:
         _row("sir", 1000, 2, 1, "tsnpe", 0.6, 4.0, commit="c2"),
         _row("sir", 1000, 2, 1, "sbi_tsnpe", 0.7, 8.0, commit="c2"),
         _row("sir", 1000, 3, 2, "tsnpe", 0.7, 5.0),          # no sbi run: no pair
+        _row("sir", 1000, 3, 0, "tsnpe", 0.7, 1.0, commit="c3"),
+        _row("sir", 1000, 3, 0, "sbi_tsnpe", 0.8, 9.0, commit="c1"),  # other process: no pair
         _row("sir", 1000, 1, 0, "snle", 0.1, 1.0),            # not the best method: ignored
         {"task": "sir", "budget": 1000, "observation": 2, "seed": 2, "method": "sbi_tsnpe",
          "error": "failed"},                                   # failed run: skipped
@@ -37,11 +40,11 @@ def test_grid_means_pairs_seeds_and_commits() -> None:
     assert [(c["task"], c["budget"]) for c in cells] == [("sir", 1000), ("slcp", 2000)]
     sir, slcp = cells
     assert sir["ours"] == pytest.approx(0.7) and sir["theirs"] == pytest.approx(0.8)
-    assert (sir["n_ours"], sir["n_theirs"]) == (3, 2)
+    assert (sir["n_ours"], sir["n_theirs"]) == (4, 3)
     assert sir["seeds_ours"] == [0, 1, 2] and sir["seeds_theirs"] == [0, 1]
     assert sir["n_pairs"] == 2
     assert sir["ratio"] == pytest.approx((4.0 + 2.0) / 2) and sir["min_ratio"] == pytest.approx(2.0)
-    assert sir["commits"] == ["c1", "c2"]
+    assert sir["commits"] == ["c1", "c2", "c3"]
     assert slcp["method"] == "snle" and slcp["ours"] == pytest.approx(0.8)
     assert slcp["theirs"] is None and slcp["ratio"] is None and slcp["n_pairs"] == 0
 
