@@ -231,7 +231,7 @@ def grid_table(rows: list[dict], best: dict[str, str], baseline: str = "sbi_tsnp
     Returns one dict per cell: ``task``, ``budget``, ``method``, ``ours`` / ``theirs`` (C2ST
     means, ``None`` without runs), ``n_ours`` / ``n_theirs`` (runs), ``seeds_ours`` /
     ``seeds_theirs`` (sorted seeds), ``ratio`` (``None`` without pairs), ``n_pairs``,
-    ``min_ratio``, ``commits`` (sorted, of both methods' rows). Raises ``ValueError`` on two
+    ``min_ratio``, ``commits_ours`` / ``commits_theirs`` (sorted, of each method's rows). Raises ``ValueError`` on two
     rows for the same run (task, budget, observation, seed, method): pick one per run first.
     """
     runs: dict[tuple, dict] = {}
@@ -265,7 +265,8 @@ def grid_table(rows: list[dict], best: dict[str, str], baseline: str = "sbi_tsnp
             "seeds_ours": sorted({k[1] for k in mine}), "seeds_theirs": sorted({k[1] for k in base}),
             "ratio": float(np.mean(pairs)) if pairs else None, "n_pairs": len(pairs),
             "min_ratio": float(min(pairs)) if pairs else None,
-            "commits": sorted({str(r.get("commit", "?")) for r in [*mine.values(), *base.values()]}),
+            "commits_ours": sorted({str(r.get("commit", "?")) for r in mine.values()}),
+            "commits_theirs": sorted({str(r.get("commit", "?")) for r in base.values()}),
         })
     return out
 
@@ -273,7 +274,7 @@ def grid_table(rows: list[dict], best: dict[str, str], baseline: str = "sbi_tsnp
 def print_grid(cells: list[dict]) -> None:
     """``grid_table``'s cells as one markdown table."""
     print("| task | budget | ours | C2ST ours (runs; seeds) | C2ST sbi TSNPE (runs; seeds) | "
-          "sbi/ours wall (pairs; lowest) | commits |")
+          "sbi/ours wall (pairs; lowest) | commits ours / sbi |")
     print("|---|---|---|---|---|---|---|")
     for c in cells:
         def fmt(mean, n, seeds):
@@ -282,7 +283,7 @@ def print_grid(cells: list[dict]) -> None:
         print(f"| {c['task']} | {c['budget']:,} | {c['method']} | "
               f"{fmt(c['ours'], c['n_ours'], c['seeds_ours'])} | "
               f"{fmt(c['theirs'], c['n_theirs'], c['seeds_theirs'])} | {ratio} | "
-              f"{', '.join(c['commits'])} |")
+              f"{', '.join(c['commits_ours'])} / {', '.join(c['commits_theirs'])} |")
 
 
 def main() -> None:

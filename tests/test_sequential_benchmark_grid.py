@@ -44,7 +44,7 @@ def test_grid_means_pairs_seeds_and_commits() -> None:
     assert sir["seeds_ours"] == [0, 1, 2] and sir["seeds_theirs"] == [0, 1]
     assert sir["n_pairs"] == 2
     assert sir["ratio"] == pytest.approx((4.0 + 2.0) / 2) and sir["min_ratio"] == pytest.approx(2.0)
-    assert sir["commits"] == ["c1", "c2", "c3"]
+    assert sir["commits_ours"] == ["c1", "c2", "c3"] and sir["commits_theirs"] == ["c1", "c2"]
     assert slcp["method"] == "snle" and slcp["ours"] == pytest.approx(0.8)
     assert slcp["theirs"] is None and slcp["ratio"] is None and slcp["n_pairs"] == 0
 
@@ -66,4 +66,4 @@ def test_grid_cli_prints_one_markdown_table(tmp_path, capsys, monkeypatch) -> No
     sequential_vs_sbi.main()
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("| task | budget |")
-    assert out[2] == "| two_moons | 10,000 | tsnpe | 0.500 (1; 0) | 0.600 (1; 0) | x4.0 (1; x4.0) | c1 |"
+    assert out[2] == "| two_moons | 10,000 | tsnpe | 0.500 (1; 0) | 0.600 (1; 0) | x4.0 (1; x4.0) | c1 / c1 |"
