@@ -39,7 +39,7 @@ Options of ours (a named variant, repeatable): ``--variant NAME=METHOD:JSON`` ad
 ``npe``); ``"rounds"`` overrides ``--rounds`` and ``"sample"`` is a dict of
 ``posterior.sample`` options, e.g. ``--variant 'snpe_c_mdn=snpe_c:{"flow": "mdn"}'``.
 
-Rows runs in separate processes (or on different commits) into one table: ``--grid
+Rows of runs in separate processes (or on different commits) in one table: ``--grid
 ROWS.json [...]`` prints, per task and budget, our method (``--best TASK=METHOD``; default
 TSNPE, SNLE on slcp) against sbi's TSNPE: C2ST means, runs and seeds behind each, the mean
 same-run wall ratio and the ``commit`` of the rows (``grid_table``). ``--json`` is rewritten
@@ -231,8 +231,8 @@ def grid_table(rows: list[dict], best: dict[str, str], baseline: str = "sbi_tsnp
     Returns one dict per cell: ``task``, ``budget``, ``method``, ``ours`` / ``theirs`` (C2ST
     means, ``None`` without runs), ``n_ours`` / ``n_theirs`` (runs), ``seeds_ours`` /
     ``seeds_theirs`` (sorted seeds), ``ratio`` (``None`` without pairs), ``n_pairs``,
-    ``min_ratio``, ``commits_ours`` / ``commits_theirs`` (sorted, of each method's rows). Raises ``ValueError`` on two
-    rows for the same run (task, budget, observation, seed, method): pick one per run first.
+    ``min_ratio``, ``commits_ours`` / ``commits_theirs`` (sorted, of each method's rows).
+    Raises ``ValueError`` on two rows for the same run (task, budget, observation, seed, method): pick one per run first.
     """
     runs: dict[tuple, dict] = {}
     for r in rows:
