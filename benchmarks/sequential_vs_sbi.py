@@ -232,7 +232,8 @@ def grid_table(rows: list[dict], best: dict[str, str], baseline: str = "sbi_tsnp
     means, ``None`` without runs), ``n_ours`` / ``n_theirs`` (runs), ``seeds_ours`` /
     ``seeds_theirs`` (sorted seeds), ``ratio`` (``None`` without pairs), ``n_pairs``,
     ``min_ratio``, ``commits_ours`` / ``commits_theirs`` (sorted, of each method's rows).
-    Raises ``ValueError`` on two rows for the same run (task, budget, observation, seed, method): pick one per run first.
+    Raises ``ValueError`` on two rows for the same run (task, budget, observation, seed,
+    method): pick one per run first.
     """
     runs: dict[tuple, dict] = {}
     for r in rows:
