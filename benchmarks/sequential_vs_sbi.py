@@ -39,6 +39,12 @@ Options of ours (a named variant, repeatable): ``--variant NAME=METHOD:JSON`` ad
 ``npe``); ``"rounds"`` overrides ``--rounds`` and ``"sample"`` is a dict of
 ``posterior.sample`` options, e.g. ``--variant 'snpe_c_mdn=snpe_c:{"flow": "mdn"}'``.
 
+Rows of runs in separate processes (or on different commits) in one table: ``--grid
+ROWS.json [...]`` prints, per task and budget, our method (``--best TASK=METHOD``; default
+TSNPE, SNLE on slcp) against sbi's TSNPE: C2ST means, runs and seeds behind each, the mean
+same-run wall ratio and the ``commit`` of the rows (``grid_table``). ``--json`` is rewritten
+after every row, so a stopped grid keeps what it measured.
+
 Reduced run:
 
     OMP_NUM_THREADS=1 python benchmarks/sequential_vs_sbi.py --sbi-python /work/sbi-venv/bin/python \\
@@ -212,6 +218,75 @@ def parse_variants(specs: list[str]) -> dict[str, tuple[str, dict]]:
     return out
 
 
+def grid_table(rows: list[dict], best: dict[str, str], baseline: str = "sbi_tsnpe") -> list[dict]:
+    """The consolidated grid: per (task, budget), ``best[task]``'s C2ST mean against
+    ``baseline``'s, over every (observation, seed) run in ``rows``.
+
+    ``rows``: benchmark rows (``task``, ``budget``, ``observation``, ``seed``, ``method``,
+    ``c2st``, ``seconds``; optional ``commit``, the code a row was measured on, and
+    ``process``, the benchmark process it came from); rows without ``c2st`` (failed runs) are
+    skipped. The wall ratio is the mean over the runs where both methods ran in the same
+    process (same ``process``, or same ``commit`` where a row has no ``process``) of
+    ``baseline seconds / ours`` (back to back, so at the same load); C2ST means use every run.
+    Returns one dict per cell: ``task``, ``budget``, ``method``, ``ours`` / ``theirs`` (C2ST
+    means, ``None`` without runs), ``n_ours`` / ``n_theirs`` (runs), ``seeds_ours`` /
+    ``seeds_theirs`` (sorted seeds), ``ratio`` (``None`` without pairs), ``n_pairs``,
+    ``min_ratio``, ``commits_ours`` / ``commits_theirs`` (sorted, of each method's rows).
+    Raises ``ValueError`` on two rows for the same run (task, budget, observation, seed,
+    method): pick one per run first.
+    """
+    runs: dict[tuple, dict] = {}
+    for r in rows:
+        if "c2st" not in r:
+            continue
+        key = (r["task"], r["budget"], r["observation"], r["seed"], r["method"])
+        if key in runs:
+            raise ValueError(f"two rows for the same run {key} (commits "
+                             f"{runs[key].get('commit')} and {r.get('commit')}): keep one per "
+                             "run before building the grid.")
+        runs[key] = r
+    cells = sorted({(k[0], k[1]) for k in runs if k[0] in best})
+    out = []
+    for task, budget in cells:
+        mine = {k[2:4]: r for k, r in runs.items() if k[:2] == (task, budget)
+                and k[4] == best[task]}
+        base = {k[2:4]: r for k, r in runs.items() if k[:2] == (task, budget)
+                and k[4] == baseline}
+        def process(r: dict):
+            return r.get("process", r.get("commit"))
+
+        pairs = [base[k]["seconds"] / mine[k]["seconds"] for k in mine.keys() & base.keys()
+                 if process(mine[k]) == process(base[k]) and mine[k].get("seconds")
+                 and base[k].get("seconds")]
+        out.append({
+            "task": task, "budget": budget, "method": best[task],
+            "ours": float(np.mean([r["c2st"] for r in mine.values()])) if mine else None,
+            "theirs": float(np.mean([r["c2st"] for r in base.values()])) if base else None,
+            "n_ours": len(mine), "n_theirs": len(base),
+            "seeds_ours": sorted({k[1] for k in mine}), "seeds_theirs": sorted({k[1] for k in base}),
+            "ratio": float(np.mean(pairs)) if pairs else None, "n_pairs": len(pairs),
+            "min_ratio": float(min(pairs)) if pairs else None,
+            "commits_ours": sorted({str(r.get("commit", "?")) for r in mine.values()}),
+            "commits_theirs": sorted({str(r.get("commit", "?")) for r in base.values()}),
+        })
+    return out
+
+
+def print_grid(cells: list[dict]) -> None:
+    """``grid_table``'s cells as one markdown table."""
+    print("| task | budget | ours | C2ST ours (runs; seeds) | C2ST sbi TSNPE (runs; seeds) | "
+          "sbi/ours wall (pairs; lowest) | commits ours / sbi |")
+    print("|---|---|---|---|---|---|---|")
+    for c in cells:
+        def fmt(mean, n, seeds):
+            return "-" if mean is None else f"{mean:.3f} ({n}; {','.join(map(str, seeds))})"
+        ratio = "-" if c["ratio"] is None else f"x{c['ratio']:.1f} ({c['n_pairs']}; x{c['min_ratio']:.1f})"
+        print(f"| {c['task']} | {c['budget']:,} | {c['method']} | "
+              f"{fmt(c['ours'], c['n_ours'], c['seeds_ours'])} | "
+              f"{fmt(c['theirs'], c['n_theirs'], c['seeds_theirs'])} | {ratio} | "
+              f"{', '.join(c['commits_ours'])} / {', '.join(c['commits_theirs'])} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -226,8 +301,18 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=METHOD:JSON",
                     help="an extra method NAME: our METHOD with JSON options (see above)")
     ap.add_argument("--json", help="also write all rows to this JSON file")
+    ap.add_argument("--grid", nargs="+", metavar="JSON",
+                    help="print the consolidated grid of these row files (one list of rows "
+                         "each, e.g. from --json; a row's 'commit' names its code) and exit")
+    ap.add_argument("--best", nargs="+", default=["two_moons=tsnpe", "slcp=snle",
+                                                  "gaussian_mixture=tsnpe", "sir=tsnpe"],
+                    metavar="TASK=METHOD", help="with --grid: our method per task")
     ap.add_argument("--sbi-worker", nargs=8, metavar="ARG", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.grid:
+        rows = [r for f in args.grid for r in json.loads(Path(f).read_text())]
+        print_grid(grid_table(rows, dict(b.split("=", 1) for b in args.best)))
+        return
     if args.sbi_worker:
         task, k, seed, budget, rounds, method, num, out = args.sbi_worker
         sbi_worker(task, int(k), int(seed), int(budget), int(rounds), method, int(num), out)
@@ -281,6 +366,8 @@ def main() -> None:
                         row["load"] = round(os.getloadavg()[0], 2)
                         rows.append(row)
                         print(json.dumps(row), flush=True)
+                        if args.json:  # after every row: a stopped grid keeps its rows
+                            Path(args.json).write_text(json.dumps(rows, indent=1))
     print(f"\nload average before: {load_before}, after: {os.getloadavg()}")
     print(f"{'task':17s} {'budget':>6s} {'method':15s} {'C2ST mean':>9s} {'seconds':>8s} "
           f"{'min ref in':>10s}  runs")
