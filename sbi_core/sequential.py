@@ -79,13 +79,14 @@ MIN_EPOCH_ROWS = 2000
 #: valid, so the proposal draws skip the ESS-driven extra thinning and use a shorter warm-up
 #: than the final posterior's sampling.
 PROPOSAL_MCMC: dict[str, Any] = {"warmup_steps": 50, "ess_fraction": None}
-#: TSNPE and SNPE-C train every round without the amortized preset's stall rule
+#: TSNPE trains every round without the amortized preset's stall rule
 #: (``overfit_rise`` off, and a stall runs a compressed final decay, ``stall_decay`` 0.1, as
 #: before that rule): in rounds on a few thousand simulations the rule ended training early.
 #: The consolidated grid (benchmarks/RESULTS.md, "Issue 17: the consolidated grid") found
 #: TSNPE's cells 0.01-0.06 C2ST worse after the rule was merged (two_moons 5 x 400, seed 0:
 #: 0.628, 0.568 without it); measured in "Issue 17: TSNPE rounds without the stall rule".
-#: Options given by the user win.
+#: Options given by the user win. Not for SNPE-C: its atomic rounds ran 2.6x longer with it
+#: (two_moons 1,000, observation 1: 27 vs 11 CPU s, C2ST 0.598 vs 0.671; one run).
 ROUND_STALL: dict[str, Any] = {"overfit_rise": None, "stall_decay": 0.1}
 #: TSNPE, ``round_steps="auto"``: each round before the last (round 1 included) trains at most
 #: ``max(ROUND_STEPS, ROUND_STEPS_PER_SIM * sims_per_round)`` optimizer steps. Those rounds
@@ -416,7 +417,7 @@ class _RunState:
         saved = state.get("settings", {})
         if saved.get("method") == "snle":  # stores from before SNLE_FLOW used the nflows MAF
             saved.setdefault("nle_flow", "maf")
-        if saved.get("method") in ("tsnpe", "snpe_c"):  # stores from before ROUND_STALL
+        if saved.get("method") == "tsnpe":  # stores from before ROUND_STALL
             saved.setdefault("round_stall", None)
         diff = {k: (saved.get(k), v) for k, v in self.settings.items()
                 if k != "rounds" and saved.get(k) != v
@@ -668,7 +669,7 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
                 "fit_options": _plain_options(fit_options)}
     if method == "snpe_c" and apt_loss != "atomic":  # stores of earlier versions: "atomic"
         settings["apt_loss"] = apt_loss
-    if method in ("tsnpe", "snpe_c"):  # code defaults, not user settings (recorded for resume)
+    if method == "tsnpe":  # code defaults, not user settings (recorded for resume)
         stall = {k: v for k, v in ROUND_STALL.items() if k not in fit_options}
         fit_options.update(stall)
         settings["round_stall"] = _plain_options(stall)

@@ -1,4 +1,4 @@
-"""TSNPE / SNPE-C rounds train without the amortized preset's stall rule (``ROUND_STALL``):
+"""TSNPE rounds train without the amortized preset's stall rule (``ROUND_STALL``):
 the options reach every round's training, the user's own options win, they are recorded in
 the store, and a store written before them is refused on resume with the difference named
 (benchmarks/RESULTS.md, "Issue 17: TSNPE rounds without the stall rule")."""
@@ -66,3 +66,15 @@ def test_user_options_win_and_old_stores_are_refused(problem_and_obs, monkeypatc
     with pytest.raises(ValueError, match="round_stall"):
         run_sequential(problem, x_o, rounds=2, sims_per_round=200, seed=0, store=store,
                        resume=True, progress=False, overfit_rise=0.05, **TINY)
+
+
+def test_snpe_c_keeps_the_preset(problem_and_obs, monkeypatch, tmp_path):
+    """SNPE-C's rounds keep the NPE preset's stall rule (ROUND_STALL made them ~2.6x longer)."""
+    problem, x_o = problem_and_obs
+    seen = _spy(monkeypatch)
+    store = tmp_path / "run.zarr"
+    run_sequential(problem, x_o, method="snpe_c", rounds=1, sims_per_round=200, seed=0,
+                   store=store, progress=False, **TINY)
+    assert seen and all(c.overfit_rise == 0.05 and c.stall_decay == 0.0 for c in seen)
+    state = json.loads((store / "_sequential" / "state.json").read_text())
+    assert "round_stall" not in state["settings"]
