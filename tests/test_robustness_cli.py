@@ -49,16 +49,18 @@ def test_cli_reports_each_budget(model_file, tmp_path, capsys):
     assert "status:" in capsys.readouterr().out
 
 
-def test_cli_uses_given_simulations_and_norm(model_file, tmp_path):
+def test_cli_uses_given_simulations_and_norm(model_file, tmp_path, capsys):
     model, sims = model_file
     out = tmp_path / "rob.json"
     rc = main(["robustness", str(model), "--sims", str(sims), "--num", "10", "--eps", "1",
                "--norm", "linf", "--attack-loss", "fkl", "--metric", "fkl", "--steps", "3",
-               "--num-samples", "16", "--no-predictive", "--out", str(out)])
+               "--num-samples", "16", "--no-predictive", "--out", str(out), "--quiet"])
     assert rc == 0
     report = json.loads(out.read_text())
     assert report["num_observations"] == 10 and report["norm"] == "linf"
     assert "predictive" not in report["results"][0]
+    printed = capsys.readouterr().out.strip().splitlines()  # --quiet: the status line only
+    assert len(printed) == 1 and printed[0].startswith("status: "), printed
 
 
 def test_cli_trains_with_the_fim_regularizer(model_file, tmp_path, capsys):

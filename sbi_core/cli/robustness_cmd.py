@@ -39,6 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="skip posterior predictive simulations")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write the full report as JSON here")
+    p.add_argument("--quiet", action="store_true",
+                   help="print only the status line (the table is in --out)")
     add_force(p)
     return p
 
@@ -114,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
                                simulator=simulator, seed=args.seed)
     if args.out:
         write_json(args.out, report)
+    if args.quiet:
+        print(f"status: {report['status']} - {report['reason']}")
+        return 0
     print(f"[sbi-core] robustness of {args.model}: {report['num_observations']} observations, "
           f"{args.norm} attack maximizing {args.attack_loss}, metric {args.metric}")
     header = f"{'eps':>6} {'mean':>9} {'q95':>9} {'noise':>9} {'x noise':>8}"
