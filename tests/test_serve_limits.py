@@ -381,3 +381,21 @@ def test_light_lane_holds_at_most_one_batch(post, square):
     sets = [[X] * 30] * 2  # 2 sets of 30 iid trials: 20 chains * 60 rows per step
     assert not light(square, "sample", SampleRequest(xs=sets), 1000)
     assert light(square, "sample", SampleRequest(xs=[[X] * 2]), 1000)
+
+
+def test_serve_notes_an_unused_problem(post, tmp_path, monkeypatch, capsys):
+    """--problem is only for a model with a user-written prior class; given for a model whose
+    prior rebuilds from the file, the server says it is not used (it was silently ignored)."""
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+    model = save(post, tmp_path / "m.pt")
+    other = tmp_path / "other.py"
+    other.write_text("import simulators\n\ndef make():\n"
+                     "    return simulators.get_problem('two_moons')\n")
+    assert main(["serve", str(model), "--port", str(free_port()), "--problem",
+                 f"{other}:make"]) == 0
+    err = capsys.readouterr().err
+    assert f"--problem {other}:make is not used for {model}" in err
+    assert main(["serve", str(model), "--port", str(free_port())]) == 0
+    assert "is not used" not in capsys.readouterr().err

@@ -120,6 +120,11 @@ def run(args: argparse.Namespace) -> int:
     problems = _per_model(args.problem or [], list(paths), "--problem")
     models = {name: load_model(path, problem=problems.get(name), embedding=embeddings.get(name))
               for name, path in paths.items()}
+    for name in sorted(problems):
+        if _prior_rebuilt_from_file(models[name]):
+            print(f"[sbi-core] note: --problem {problems[name]} is not used for {paths[name]}: "
+                  "its prior is rebuilt from the file (--problem is only for a model trained "
+                  "with a user-written prior class).", file=sys.stderr)
     torch.set_num_threads(args.threads)
     app = create_app(models, max_body_bytes=args.max_body_bytes, **limits.to_dict())
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -154,3 +159,14 @@ def _per_model(refs: list[str], names: list[str], flag: str) -> dict[str, str]:
                              f"{', '.join(names)}).")
         out[name] = target
     return out
+
+
+def _prior_rebuilt_from_file(posterior: object) -> bool:
+    """Whether the model's recorded prior spec rebuilds without a given problem."""
+    from sbi_core.priors import UserPriorRequired, prior_from_spec
+
+    try:
+        prior_from_spec((getattr(posterior, "problem_spec", None) or {}).get("prior"))
+    except (UserPriorRequired, ValueError, KeyError, TypeError):
+        return False
+    return True
