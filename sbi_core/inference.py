@@ -206,14 +206,20 @@ def _check_sims_parameters(problem: Problem, sims: SimulationSet) -> None:
     """Stop when ``sims`` record other parameter names than ``problem``'s: simulations of
     another problem with the same shapes would train a posterior under the wrong prior.
     Files that record no names (older files, ``.npz``) and default names are not compared."""
-    recorded = sims.provenance.get("param_names")
+    check_parameter_names(problem, sims.provenance)
+
+
+def check_parameter_names(problem: Problem, provenance: dict[str, Any]) -> None:
+    """:func:`_check_sims_parameters` for the ``provenance`` of a file or store (also used by
+    :func:`sbi_core.streaming.fit_streaming`)."""
+    recorded = provenance.get("param_names")
     ours = list(problem.param_names)
     if not recorded or list(recorded) == ours or len(recorded) != len(ours):
         return  # a different number of parameters is reported by the shape check
     default = [f"theta_{i + 1}" for i in range(len(ours))]
     if default in (list(recorded), ours):
         return
-    made_by = sims.provenance.get("problem") or "another problem"
+    made_by = provenance.get("problem") or "another problem"
     raise ValueError(
         f"These simulations were made by problem {made_by!r} with parameters "
         f"{list(recorded)}, but the problem given to fit is {problem.name!r} with parameters "

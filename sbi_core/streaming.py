@@ -200,6 +200,9 @@ def fit_streaming(problem: Problem, store: str | os.PathLike | SimulationStore,
         {**m.training_defaults(options), **options, "seed": seed})
     batches = StoreBatches(store, train_config.validation_fraction, seed, buffer_chunks,
                            max_validation)
+    from sbi_core.inference import check_parameter_names
+
+    check_parameter_names(problem, batches.store.provenance())
     theta_s, x_s = batches.sample()
     if theta_s.shape[1] != problem.dim:
         raise ValueError(f"The store's theta has {theta_s.shape[1]} columns, but problem "

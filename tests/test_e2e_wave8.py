@@ -244,6 +244,10 @@ def test_fit_refuses_simulations_of_a_problem_with_other_parameters(tmp_path):
     simulate(problem, 30, seed=0, progress=False, store=str(tmp_path / "s.zarr"), chunk_size=10)
     with pytest.raises(ValueError, match="made by problem 'channels'"):
         fit(other, str(tmp_path / "s.zarr"), max_epochs=1, progress=False, detector=False)
+    from sbi_core.streaming import fit_streaming
+
+    with pytest.raises(ValueError, match="made by problem 'channels'"):  # streaming too
+        fit_streaming(other, str(tmp_path / "s.zarr"), max_epochs=1)
     unnamed = _problem(None, "unnamed")  # default names theta_1.. are not compared
     fit(unnamed, sims, max_epochs=1, progress=False, detector=False)
 
