@@ -753,13 +753,16 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
             older = copy.deepcopy(posterior)  # warm-started training changes it in place
         else:
             older = None
-        posterior = _train_round(problem, all_sims, method, base_method, r, posterior,
-                                 _round_seed(seed, r, 1), train_apt, num_atoms, fit_options, fit,
-                                 warm_start, sims_per_round, seed, warm_lr_factor,
-                                 apt_loss, proposals,
-                                 round_opts if r < rounds else final_opts,
-                                 _round_budget(method, r, rounds, steps, last_steps),
-                                 last=r == rounds, cosine_only=final_steps == "auto")
+        with warnings.catch_warnings():
+            if r > 1 and n_invalid == 0:  # said in an earlier round; the count is in progress
+                warnings.filterwarnings("ignore", message="Excluding .* invalid simulations")
+            posterior = _train_round(problem, all_sims, method, base_method, r, posterior,
+                                     _round_seed(seed, r, 1), train_apt, num_atoms, fit_options,
+                                     fit, warm_start, sims_per_round, seed, warm_lr_factor,
+                                     apt_loss, proposals,
+                                     round_opts if r < rounds else final_opts,
+                                     _round_budget(method, r, rounds, steps, last_steps),
+                                     last=r == rounds, cosine_only=final_steps == "auto")
         train_seconds = time.perf_counter() - t1
         if fit_restriction is not None:
             restricted = fit_restriction(problem.prior, all_sims.theta, all_sims.valid,

@@ -280,3 +280,29 @@ def test_nan_in_one_of_several_observations_names_the_row():
         post.sample_batched((5,), xs)
     with pytest.raises(ObservationError, match=r"contains NaN or inf\. Remove"):
         post.sample((5,), x=xs[2])  # one observation: no row to name
+
+
+def test_sequential_run_warns_about_invalid_simulations_once():
+    """A simulator that fails in part of the prior: round 1 warns that the failed rows are
+    excluded; later rounds that add no failures no longer repeat it (the count is in the
+    progress line and the history)."""
+    import warnings
+
+    from sbi_core import run_sequential
+
+    def sim(theta):
+        x = theta + 0.1 * torch.randn_like(theta)
+        x[theta[:, 0] > 2.5] = float("nan")
+        return x
+
+    problem = Problem(Independent(Uniform(-3 * torch.ones(2), 3 * torch.ones(2)), 1), sim,
+                      name="fails_right")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, history = run_sequential(problem, -2 * torch.ones(2), rounds=3,
+                                    sims_per_round=500, seed=0, progress=False, max_epochs=30,
+                                    hidden_features=16, num_transforms=2)
+    failing = [h.round for h in history if h.num_invalid > 0]
+    assert failing[:1] == [1] and len(failing) < len(history)  # some round added none
+    excluded = [w for w in caught if "invalid simulations" in str(w.message)]
+    assert len(excluded) == len(failing) and "Excluding" in str(excluded[0].message)
