@@ -287,6 +287,12 @@ class InContextEstimator(nn.Module):
         return out
 
 
+def _from_first_component(name: str) -> property:
+    """A read-only attribute of :class:`StackedInContextEstimator` taken from its first
+    component (the context tensors and x range, shared by all components)."""
+    return property(lambda self: getattr(self.components[0], name))
+
+
 class StackedInContextEstimator(nn.Module):
     r"""A mixture of in-context posteriors (``variant="stack"``):
     :math:`q(\theta \mid x) = \sum_k w_k q_k(\theta \mid x)`, the components
@@ -318,21 +324,10 @@ class StackedInContextEstimator(nn.Module):
         self.theta_dim, self.x_shape, self.x_dim = first.theta_dim, first.x_shape, first.x_dim
 
     # the context and its range are the same for every component
-    @property
-    def theta_context(self) -> Tensor:
-        return self.components[0].theta_context
-
-    @property
-    def x_context(self) -> Tensor:
-        return self.components[0].x_context
-
-    @property
-    def x_min(self) -> Tensor:
-        return self.components[0].x_min
-
-    @property
-    def x_max(self) -> Tensor:
-        return self.components[0].x_max
+    theta_context = _from_first_component("theta_context")
+    x_context = _from_first_component("x_context")
+    x_min = _from_first_component("x_min")
+    x_max = _from_first_component("x_max")
 
     def set_context(self, theta: Tensor, x: Tensor, weights: Tensor) -> None:
         """Store the context in every component and the mixture ``weights`` ``(K,)``."""
