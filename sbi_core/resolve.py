@@ -182,7 +182,11 @@ def resolve_embedding(ref: str | None) -> Any:
         except json.JSONDecodeError as err:
             raise ValueError(f"--embedding {ref!r} is not valid JSON ({err}).") from err
     if ":" in text:
+        from torch import nn
+
         target = resolve_callable(text)
+        if isinstance(target, nn.Module):  # a module instance: used as it is
+            return target
 
         def factory() -> Any:
             return target()
@@ -190,5 +194,6 @@ def resolve_embedding(ref: str | None) -> Any:
         # recorded in the model file for display only: the error that asks for the embedding
         # at load time names the option it was trained with (never imported from the file)
         factory.cli_spec = text  # type: ignore[attr-defined]
+        factory.__name__ = getattr(target, "__name__", text)  # errors name the user's function
         return factory
     return text

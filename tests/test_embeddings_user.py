@@ -192,3 +192,33 @@ def test_cli_train_and_sample_with_embedding_from_file(tmp_path, capsys):
     assert main(["train", "--sims", str(sims), "--out", str(model), "--max-epochs", "2",
                  "--embedding", '{"type": "mlp", "output_dim": 4}', "--quiet"]) == 0
     assert load(model).estimator.config["embedding"] == {"type": "mlp", "output_dim": 4}
+
+
+def test_cli_embedding_may_name_a_module_instance_or_a_class(tmp_path):
+    """--embedding FILE.py:NAME takes a function, a class or a module instance (an instance
+    is itself callable: it must not be called as a factory)."""
+    from sbi_core.cli.main import main
+    from sbi_core.resolve import resolve_embedding
+
+    nets = tmp_path / "inst_nets.py"
+    nets.write_text("import torch\n\n"
+                    "net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.ReLU(),\n"
+                    "                          torch.nn.Linear(8, 3))\n\n"
+                    "class Net(torch.nn.Module):\n"
+                    "    def __init__(self):\n"
+                    "        super().__init__()\n"
+                    "        self.lin = torch.nn.Linear(2, 3)\n\n"
+                    "    def forward(self, x):\n"
+                    "        return self.lin(x)\n")
+    assert isinstance(resolve_embedding(f"{nets}:net"), nn.Module)
+    factory = resolve_embedding(f"{nets}:Net")
+    assert factory.__name__ == "Net" and factory.cli_spec == f"{nets}:Net"
+    sims = tmp_path / "sims.pt"
+    assert main(["simulate", "linear_gaussian", "--num", "300", "--out", str(sims),
+                 "--quiet"]) == 0
+    for name in ("net", "Net"):
+        model = tmp_path / f"m_{name}.pt"
+        assert main(["train", "--sims", str(sims), "--out", str(model), "--max-epochs", "2",
+                     "--embedding", f"{nets}:{name}", "--quiet"]) == 0
+        assert load(model, embedding=resolve_embedding(f"{nets}:{name}")).estimator.config[
+            "embedding"]["output_dim"] == 3
