@@ -45,6 +45,9 @@ from sbi_core.posterior import Posterior
 
 __all__ = ["LC2ST", "LC2STResult", "local_c2st", "nf_available"]
 
+#: fewest held-out calibration pairs L-C2ST accepts (1,000 or more recommended)
+MIN_PAIRS = 50
+
 Variant = Literal["auto", "nf", "general"]
 
 
@@ -133,8 +136,8 @@ class LC2ST:
         if posterior.x_shape and tuple(xs.shape[1:]) != tuple(posterior.x_shape):
             raise ValueError(f"Calibration x has shape {tuple(xs.shape[1:])}; the posterior "
                              f"expects {tuple(posterior.x_shape)}.")
-        if theta.shape[0] < 50:
-            raise ValueError(f"L-C2ST needs at least 50 held-out calibration pairs (got "
+        if theta.shape[0] < MIN_PAIRS:
+            raise ValueError(f"L-C2ST needs at least {MIN_PAIRS} held-out calibration pairs (got "
                              f"{theta.shape[0]}; 1,000 or more recommended).")
         if num_null < 1 or num_eval < 1:
             raise ValueError("num_null and num_eval must be >= 1.")

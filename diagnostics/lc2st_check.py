@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from diagnostics import plots
-from diagnostics.lc2st import LC2ST
+from diagnostics.lc2st import LC2ST, MIN_PAIRS
 from diagnostics.report import DiagnosisContext, register_check
 
 __all__ = ["lc2st_check", "observation_of"]
@@ -42,6 +42,12 @@ def lc2st_check(ctx: DiagnosisContext) -> dict[str, Any]:
     if tuple(x.shape) == tuple(post.x_shape):
         x = x[None]
     xs_o = post._check_x(x, batched=True)
+    if ctx.theta.shape[0] < MIN_PAIRS:  # too few valid test pairs: say how to get more
+        return {"status": "skip",
+                "why": f"L-C2ST needs at least {MIN_PAIRS} calibration pairs; this run has "
+                       f"{ctx.theta.shape[0]} (invalid test simulations are dropped). Rerun "
+                       "with more test pairs (sbi-core diagnose --num, diagnose(..., num=)); "
+                       "1,000 or more recommended."}
     level = float(opts.get("lc2st_level", 0.05))
     lc = LC2ST(post, ctx.theta, ctx.xs, variant=opts.get("lc2st_variant", "auto"),
                num_null=int(opts.get("lc2st_num_null", 50)),

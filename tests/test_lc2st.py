@@ -147,6 +147,13 @@ def test_report_card_runs_lc2st_when_x_given(tmp_path):
     no_x = diagnose(gaussian_posterior(), problem=problem, num=100, num_samples=20,
                     checks=["lc2st"], progress=False)
     assert no_x.sections["lc2st"]["status"] == "skip"
+    # too few test pairs (e.g. after invalid simulations were dropped): a skip that names the
+    # fix, not a crashed check that fails the whole card
+    few = diagnose(gaussian_posterior(), problem=problem, num=40, num_samples=20,
+                   checks=["lc2st"], x=X_O, progress=False)
+    assert few.sections["lc2st"]["status"] == "skip", few.sections["lc2st"]["why"]
+    assert "this run has 40" in few.sections["lc2st"]["why"]
+    assert "--num" in few.sections["lc2st"]["why"]
 
 
 def test_cli_diagnose_with_x(tmp_path, capsys):
