@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["OutputPathError", "check_output", "file_kind", "atomic_write"]
+__all__ = ["OutputPathError", "check_output", "file_kind", "atomic_write", "damaged_entry"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -27,6 +27,21 @@ KIND_NAMES = {"model": "an sbi-core model file", "simulations": "a simulation fi
 
 class OutputPathError(ValueError):
     """An output path that would destroy an input or a file of another kind."""
+
+
+def damaged_entry(path: str | os.PathLike) -> str | None:
+    """The first entry of the zip archive ``path`` (a torch file) whose bytes fail their CRC-32,
+    or None when every entry is intact.
+
+    ``torch.load`` does not check the checksums torch.save writes, so a file damaged on disk or in
+    transfer (flipped or zeroed bytes inside a tensor) would load silently with wrong weights or
+    simulations; reading the archive once here costs about as much as loading it.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        return f"(the archive itself: {type(err).__name__}: {err})"
 
 
 def file_kind(path: str | os.PathLike) -> str:

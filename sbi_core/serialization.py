@@ -88,6 +88,26 @@ def _problem_spec(posterior: Posterior) -> dict[str, Any]:
     return spec
 
 
+def _refuse_damaged_or_npz(path: Path) -> None:
+    """Refuse a numpy ``.npz`` (simulation arrays) and a torch archive whose bytes fail their
+    checksums (``torch.load`` would read damaged weights without a word)."""
+    from sbi_core.atomic import damaged_entry
+
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    if names and all(n.endswith(".npy") and "/" not in n for n in names):
+        raise ModelFileError(
+            f"{path} is a numpy .npz archive (arrays {[n[:-4] for n in names][:6]}), not a model "
+            f"file. Simulations in an .npz are trained on with `sbi-core train --sims {path} "
+            "--problem ... --out model.pt`; pass the model file that writes.")
+    bad = damaged_entry(path)
+    if bad is not None:
+        raise ModelFileError(
+            f"{path} is damaged: its entry {bad.split('/', 1)[-1]} fails its checksum (bytes changed on disk or in "
+            "a copy), so the weights it would load are wrong. Copy the file again from its "
+            "source, or retrain.")
+
+
 def load(path: str | Path, device: str = "cpu", prior: Any = None,
          embedding: Any = None) -> Posterior:
     """Load a posterior written by :func:`save`; no code in the file is executed.
@@ -119,6 +139,7 @@ def load(path: str | Path, device: str = "cpu", prior: Any = None,
             f"{path} is corrupted or not an sbi-core model file (it is not a torch archive). "
             "Use a file written by sbi_core.save / `sbi-core train`, or retrain."
         )
+    _refuse_damaged_or_npz(path)
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except (zipfile.BadZipFile, RuntimeError, EOFError, OSError) as err:

@@ -9,6 +9,7 @@ which excludes them with a warning.
 from __future__ import annotations
 
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sbi_core.atomic import atomic_write
+from sbi_core.atomic import atomic_write, damaged_entry
 
 __all__ = ["SimulationSet", "SIMULATIONS_FORMAT"]
 
@@ -180,6 +181,12 @@ class SimulationSet:
             from sbi_core.stores import load_store  # optional extra (zarr)
 
             return load_store(path)
+        bad = damaged_entry(path) if zipfile.is_zipfile(path) else None
+        if bad is not None:
+            raise ValueError(
+                f"{path} is damaged: its entry {bad.split('/', 1)[-1]} fails its checksum (bytes changed on disk or "
+                "in a copy), so the simulations it would load are wrong. Copy the file again "
+                "from its source, or simulate again.")
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:

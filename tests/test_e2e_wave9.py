@@ -1,0 +1,77 @@
+"""End-to-end probes of wave 9 (own problems pushed through the whole path, not the built-in
+benchmarks): each test pins a problem met on the way (a silently wrong result or an unclear
+message) and its fix."""
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Independent, Uniform
+
+from sbi_core import Problem, fit, load, save, simulate
+from sbi_core.serialization import ModelFileError
+from sbi_core.simulation_set import SimulationSet
+
+
+def _sim(theta: torch.Tensor) -> torch.Tensor:
+    """theta (N, 2) -> x (N, 3)."""
+    return torch.cat([theta, theta.sum(1, keepdim=True)], 1) + 0.1 * torch.randn(len(theta), 3)
+
+
+@pytest.fixture(scope="module")
+def small():
+    prior = Independent(Uniform(torch.zeros(2), torch.ones(2)), 1)
+    problem = Problem(prior, _sim, param_names=["a", "b"], name="small", x_shape=(3,))
+    sims = simulate(problem, 300, seed=0, progress=False)
+    post = fit(problem, sims, seed=0, progress=False, max_epochs=2, hidden_features=8,
+               num_transforms=1)
+    return problem, sims, post
+
+
+def _zero_bytes_in_largest_entry(src: Path, dst: Path) -> str:
+    """Copy ``src`` to ``dst`` with 16 bytes zeroed in the middle of its largest zip entry."""
+    with zipfile.ZipFile(src) as archive:
+        info = max(archive.infolist(), key=lambda i: i.file_size)
+    raw = bytearray(src.read_bytes())
+    # local header: 30 bytes + name + extra field, then the (stored) data
+    name_len = int.from_bytes(raw[info.header_offset + 26:info.header_offset + 28], "little")
+    extra_len = int.from_bytes(raw[info.header_offset + 28:info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+    raw[start:start + 16] = bytes(16)
+    dst.write_bytes(bytes(raw))
+    return info.filename.split("/", 1)[-1]
+
+
+def test_model_file_with_damaged_weights_is_refused(small, tmp_path):
+    """A model file with zeroed bytes inside a weight tensor loaded silently (torch.load does
+    not check the archive's CRCs) and gave another posterior; now a ModelFileError names the
+    damaged entry and the fix."""
+    _, _, post = small
+    save(post, tmp_path / "m.pt")
+    entry = _zero_bytes_in_largest_entry(tmp_path / "m.pt", tmp_path / "bad.pt")
+    with pytest.raises(ModelFileError, match=rf"bad.pt is damaged: its entry {entry} fails its "
+                                             r"checksum.*Copy the file again"):
+        load(tmp_path / "bad.pt")
+    load(tmp_path / "m.pt")  # the intact file still loads
+
+
+def test_simulation_file_with_damaged_bytes_is_refused(small, tmp_path):
+    """The same for a simulation file: damaged x values were read back silently."""
+    _, sims, _ = small
+    sims.save(tmp_path / "s.pt")
+    _zero_bytes_in_largest_entry(tmp_path / "s.pt", tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=r"bad.pt is damaged.*simulate again"):
+        SimulationSet.load(tmp_path / "bad.pt")
+    assert torch.equal(SimulationSet.load(tmp_path / "s.pt").x, sims.x)
+
+
+def test_loading_an_npz_as_a_model_says_what_it_is(tmp_path):
+    """An .npz of simulations passed as a model got torch's internal 'enforce fail at
+    inline_container.cc' message; now it is named as simulation arrays with the command."""
+    np.savez(tmp_path / "sims.npz", theta=np.zeros((4, 2)), x=np.zeros((4, 3)))
+    with pytest.raises(ModelFileError, match=r"numpy .npz archive \(arrays \['theta', 'x'\]\), "
+                                             r"not a model file.*sbi-core train --sims"):
+        load(tmp_path / "sims.npz")
