@@ -232,17 +232,23 @@ def load_model(path: str | Path, problem: Any = None, device: str = "cpu",
     rebuilt from data."""
     try:
         try:
-            return load(path, device=device, embedding=embedding)
+            posterior = load(path, device=device, embedding=embedding)
         except PriorRequiredError:
             if problem is None:
                 raise
+            posterior = None
+        if problem is None:
+            return posterior
         from sbi_core.problem import Problem
 
         if not isinstance(problem, Problem):
             from sbi_core.resolve import resolve_problem
 
             problem = resolve_problem(problem)
-        return load(path, device=device, prior=problem, embedding=embedding)
+        if posterior is None:
+            posterior = load(path, device=device, prior=problem, embedding=embedding)
+        _check_problem_parameters(posterior, problem, path)
+        return posterior
     except ValueError as err:  # the embedding given on the command line: in its words
         text = str(err)
         if embedding is None or "load(..., embedding=...)" not in text:
@@ -251,6 +257,23 @@ def load_model(path: str | Path, problem: Any = None, device: str = "cpu",
                 .replace("load it without embedding=.", "leave out --embedding.")
                 .replace("load(..., embedding=...)", "--embedding"))
         raise type(err)(text) from err
+
+
+def _check_problem_parameters(posterior: Posterior, problem: Any, path: Path | str) -> None:
+    """Stop when the problem given with a model (``--problem``) has other parameters than the
+    model's: it is another problem (or the model file is the wrong one), and its prior would be
+    used silently, or the mix-up go unnoticed. Default names (``theta_1``, ...) are not compared.
+    """
+    ours, theirs = list(posterior.param_names or []), list(problem.param_names or [])
+    default = [f"theta_{i + 1}" for i in range(len(ours))]
+    if ours == theirs or (len(ours) == len(theirs) and default in (ours, theirs)):
+        return
+    trained = (posterior.problem_spec or {}).get("name") or "its problem"
+    raise ValueError(
+        f"The problem given with {path} ({getattr(problem, 'name', '?')!r}, parameters {theirs}) "
+        f"is not the one the model was trained on ({trained!r}, parameters {ours}). Pass the "
+        "model's own problem (or the model file for this problem); --problem is needed only for "
+        "a model trained with a user-written prior class.")
 
 
 def _from_config(method: Any, config: dict[str, Any], prior: Distribution,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -152,10 +153,13 @@ def run(args: argparse.Namespace) -> int:
                 prov["invalid_columns"] = store.invalid_summary()
             extra = {"repaired_chunks": store.repaired} if args.repair else {}
         else:
-            sims = simulate(problem, None if theta is not None else args.num, seed=args.seed,
-                            workers=args.workers, chunk_size=args.chunk_size,
-                            progress=False if args.quiet else None, executor=args.dask, theta=theta,
-                            timeout=args.timeout, isolate=_isolate(args))
+            with warnings.catch_warnings():  # said once already, when --theta was read
+                warnings.filterwarnings("ignore", message=r".* given theta lie outside the "
+                                        "prior's support")
+                sims = simulate(problem, None if theta is not None else args.num,
+                                seed=args.seed, workers=args.workers, chunk_size=args.chunk_size,
+                                progress=False if args.quiet else None, executor=args.dask,
+                                theta=theta, timeout=args.timeout, isolate=_isolate(args))
             sims.save(args.out)
             prov, extra = sims.provenance, {}
     except KeyboardInterrupt as err:  # one line, whatever the workers were doing
