@@ -160,6 +160,58 @@ class Problem:
         self.x_trials: tuple[int, int] | None = (
             check_trials(x_trials, self.x_shape) if x_trials is not None else None)
 
+    _tried_note = ""
+
+    def _test_rows_that_work(self, err: Exception, n: int, more: int = 16) -> Tensor | None:
+        """The simulator raised on the test batch: find rows of the prior it does simulate.
+
+        A simulator may fail for part of the prior (it raises there, or reports failed rows with
+        ``RowFailures``); that is recorded per row by ``simulate`` and must not reject the
+        problem. The good rows of a ``RowFailures`` report are used; otherwise up to ``more``
+        prior draws (the test batch's first) are simulated one at a time, and the first that
+        works stands for the test batch (an external program gets them as one batch, and is
+        not started again when it reported no failed rows). None when none works (the simulator is broken or
+        called the wrong way): the caller reports the first error.
+        """
+        from sbi_core.failures import RowFailures
+
+        def good_rows(report: Exception, size: int) -> Tensor | None:
+            if not isinstance(report, RowFailures) or not isinstance(report.x, Tensor):
+                return None
+            failed = torch.as_tensor(report.failed, dtype=torch.bool).reshape(-1)
+            if len(failed) != size or bool(failed.all()) or report.x.shape[0] != size:
+                return None
+            return report.x[~failed]
+
+        x = good_rows(err, n)
+        if x is not None:
+            return x
+        try:
+            from simulators.external import ExternalProgram
+
+            program = isinstance(self.simulator, ExternalProgram)
+        except ImportError:
+            program = False
+        if program and not isinstance(err, RowFailures):
+            return None  # a program that reports no failed rows is not started again
+        torch.manual_seed(0)
+        draws = self.prior.sample((more,)).reshape(more, -1)
+        if program:  # batched by construction: one start for all the draws
+            try:
+                return self.simulator(draws)
+            except Exception as again:
+                return good_rows(again, more)
+        for row in draws:
+            try:
+                x = self.simulator(row[None])
+            except Exception:
+                continue
+            if isinstance(x, Tensor) and x.ndim >= 1 and x.shape[0] == 1 \
+                    and bool(torch.isfinite(x).any()):
+                return x
+        self._tried_note = (f" (It also raised for each of {more} more prior draws.)")
+        return None
+
     def _validate(self, n: int = 3) -> None:
         with torch.random.fork_rng():
             torch.manual_seed(0)
@@ -168,16 +220,23 @@ class Problem:
                 raise ValueError(
                     f"prior.sample(({n},)) returned shape {tuple(theta.shape)}, expected ({n}, {self.dim})."
                 )
+            first_err: Exception | None = None
             try:
                 x = self.simulator(theta)
             except Exception as err:
+                first_err = err
+                x = self._test_rows_that_work(err, n)
+                if x is not None:
+                    n, theta = len(x), theta[:len(x)]  # shapes are checked on the working rows
+            if first_err is not None and x is None:
+                err = first_err
                 hint = _adapter_hint(self.simulator, theta) or (
                     " A simulator takes a batch Tensor[N, D]; wrap a per-sample function with "
                     "simulators.per_sample and a numpy one with simulators.from_numpy, or let "
                     "simulators.adapt(fn) detect which it is.")
                 raise ValueError(
                     f"The simulator raised on a test batch of {n} prior samples (shape {tuple(theta.shape)}): "
-                    f"{type(err).__name__}: {err}.{hint}"
+                    f"{type(err).__name__}: {err}.{hint}{self._tried_note}"
                 ) from err
         if isinstance(x, np.ndarray):
             raise TypeError(

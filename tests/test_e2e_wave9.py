@@ -131,3 +131,49 @@ def test_cli_simulate_theta_outside_the_prior_warns_once(tmp_path, capsys):
                      str(tmp_path / "theta.csv"), "--out", str(tmp_path / "s.npz"), "--quiet"])
     assert code == 0, capsys.readouterr().err
     assert sum("lie outside the prior" in str(w.message) for w in record) == 1
+
+
+def _normal_draws(theta: np.ndarray) -> np.ndarray:
+    """Per-sample numpy: theta (2,) = (mu, sd) -> 10 draws; raises for sd < 0."""
+    return np.random.normal(theta[0], theta[1], size=10)
+
+
+def test_problem_accepts_a_simulator_that_fails_in_part_of_the_prior():
+    """A per-sample simulator that raises for part of the prior (documented: those rows are
+    recorded invalid) was rejected by Problem(...) whenever a row of its 3-row test batch fell
+    there, with a wrong adapter hint ('works per-sample (torch tensors) ... instead of
+    per_sample(fn, numpy=True)'); now the problem is built and simulate records those rows."""
+    from sbi_core import box_uniform
+    from simulators import adapt, per_sample
+
+    prior = box_uniform([-1.0, -1.0], [1.0, 1.0])  # sd < 0 in half of it
+    for sim in (adapt(_normal_draws), per_sample(_normal_draws, numpy=True)):
+        problem = Problem(prior, sim, param_names=["mu", "sd"], x_shape=(10,))
+        sims = simulate(problem, 60, seed=0, progress=False)
+        assert torch.equal(sims.valid, sims.theta[:, 1] >= 0)
+        assert "scale < 0" in sims.provenance["first_error"]
+
+
+def test_problem_accepts_an_external_program_reporting_failed_rows(tmp_path):
+    """The documented external program that reports its failed rows in the mask file was
+    rejected by Problem(...) when the test batch hit its failure region ('The simulator raised
+    on a test batch ... RowFailures'); now its good rows set the shapes."""
+    import sys
+
+    from sbi_core import box_uniform
+    from simulators import external_simulator
+
+    prog = tmp_path / "model.py"
+    prog.write_text(
+        "import sys\nimport numpy as np\n"
+        "theta_path, x_path, mask_path = sys.argv[1:4]\n"
+        "theta = np.load(theta_path)\nnp.save(x_path, theta + 0.1)\n"
+        "bad = np.flatnonzero(theta[:, 0] > 0.5)\n"
+        "if len(bad):\n    open(mask_path, 'w').write(' '.join(map(str, bad)))\n"
+        "    sys.exit(3)\n")
+    sim = external_simulator([sys.executable, str(prog), "{theta}", "{x}", "{mask}"],
+                             timeout=60, x_shape=(2,))
+    problem = Problem(box_uniform([0.0, 0.0], [2.0, 2.0]), sim, param_names=["a", "b"],
+                      x_shape=(2,))
+    sims = simulate(problem, 40, seed=0, progress=False)
+    assert torch.equal(sims.valid, sims.theta[:, 0] <= 0.5)
