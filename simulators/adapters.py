@@ -207,8 +207,30 @@ class adapt:  # noqa: N801 - used like a function
             self.batched, self.numpy, _ = probe(self.fn, theta, self.batched, self.numpy)
         if self.batched:
             return _as_tensor(self.fn(_arg(theta, self.numpy)))
-        rows = [_as_tensor(self.fn(_arg(row, self.numpy))) for row in theta]
-        return torch.stack([r.reshape(1) if r.ndim == 0 else r for r in rows])
+        rows: list[Tensor | None] = []
+        first: Exception | None = None
+        for row in theta:
+            try:
+                out = _as_tensor(self.fn(_arg(row, self.numpy)))
+            except Exception as err:  # this row failed; the others still count
+                first = first or err
+                rows.append(None)
+                continue
+            rows.append(out.reshape(1) if out.ndim == 0 else out)
+        if first is None:
+            return torch.stack(rows)  # type: ignore[arg-type]
+        if len(rows) == 1:
+            raise first
+        # each row ran on its own, so the failed ones are known: report them (the engine then
+        # keeps the good rows instead of re-running the batch by bisection)
+        from sbi_core.failures import RowFailures
+
+        failed = torch.tensor([r is None for r in rows])
+        good = [r for r in rows if r is not None]
+        x = None if not good else torch.stack(
+            [torch.full_like(good[0], float("nan")) if r is None else r for r in rows])
+        raise RowFailures(x, failed, f"{type(first).__name__}: {first} ({int(failed.sum())} of "
+                                     f"{len(rows)} rows raised)") from first
 
 
 class from_numpy(adapt):  # noqa: N801 - used like a function

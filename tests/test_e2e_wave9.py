@@ -177,3 +177,25 @@ def test_problem_accepts_an_external_program_reporting_failed_rows(tmp_path):
                       x_shape=(2,))
     sims = simulate(problem, 40, seed=0, progress=False)
     assert torch.equal(sims.valid, sims.theta[:, 0] <= 0.5)
+
+
+def test_per_sample_adapter_reports_failed_rows_without_rerunning_good_ones():
+    """A per-sample simulator that raised on some rows made the engine bisect the batch: good
+    rows were simulated again (3,123 calls for 2,000 rows at 1/6 failures) with other random
+    numbers; the adapter now reports the failed rows itself, so each row runs once."""
+    from sbi_core import box_uniform
+    from simulators import adapt
+
+    calls = []
+
+    def counted(theta: np.ndarray) -> np.ndarray:
+        calls.append(1)
+        return _normal_draws(theta)
+
+    problem = Problem(box_uniform([-1.0, -0.2], [1.0, 1.0]), adapt(counted),
+                      param_names=["mu", "sd"], x_shape=(10,))
+    calls.clear()
+    sims = simulate(problem, 400, seed=0, progress=False, chunk_size=200)
+    assert len(calls) == 400
+    assert torch.equal(sims.valid, sims.theta[:, 1] >= 0) and sims.num_invalid > 20
+    assert "ValueError: scale < 0" in sims.provenance["first_error"]
