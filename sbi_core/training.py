@@ -615,9 +615,13 @@ class _TensorBatches:
             )
         n_val = int(round(cfg.validation_fraction * n)) if cfg.validation_fraction > 0 else 0
         if cfg.validation_fraction > 0 and (n_val < 1 or n - n_val < 2):
+            need = next(m for m in range(3, 10**6)  # 1 validation and 2 training rows
+                        if int(round(cfg.validation_fraction * m)) >= 1
+                        and m - int(round(cfg.validation_fraction * m)) >= 2)
             raise ValueError(
-                f"{n} simulations are too few for validation_fraction={cfg.validation_fraction}; "
-                "simulate more or set validation_fraction=0."
+                f"{n} valid simulations are too few to train: with validation_fraction="
+                f"{cfg.validation_fraction} training needs at least {need} (one held out for "
+                "validation, two to train on); simulate more."
             )
         perm = torch.randperm(n, generator=generator)
         val_idx, train_idx = perm[:n_val], perm[n_val:]

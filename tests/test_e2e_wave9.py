@@ -199,3 +199,15 @@ def test_per_sample_adapter_reports_failed_rows_without_rerunning_good_ones():
     assert len(calls) == 400
     assert torch.equal(sims.valid, sims.theta[:, 1] >= 0) and sims.num_invalid > 20
     assert "ValueError: scale < 0" in sims.provenance["first_error"]
+
+
+def test_too_few_simulations_error_gives_a_fix_that_works(small):
+    """fit on 2 simulations said 'simulate more or set validation_fraction=0', but
+    validation_fraction=0 is refused ('strictly between 0 and 1'); now it says how many
+    simulations are needed."""
+    problem, sims, _ = small
+    with pytest.raises(ValueError, match=r"2 valid simulations are too few to train: with "
+                                         r"validation_fraction=0.1 training needs at least 6"):
+        fit(problem, (sims.theta[:2], sims.x[:2]), progress=False, max_epochs=1)
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        fit(problem, sims, progress=False, max_epochs=1, validation_fraction=0)
