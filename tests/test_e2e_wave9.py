@@ -211,3 +211,29 @@ def test_too_few_simulations_error_gives_a_fix_that_works(small):
         fit(problem, (sims.theta[:2], sims.x[:2]), progress=False, max_epochs=1)
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
         fit(problem, sims, progress=False, max_epochs=1, validation_fraction=0)
+
+
+@pytest.mark.parametrize("store", [True, False])
+def test_cli_run_interrupted_says_what_is_kept(tmp_path, capsys, monkeypatch, store):
+    """Ctrl-C during `sbi-core run` printed only 'sbi-core run: interrupted'; now it says that
+    the store keeps the finished rounds and to rerun with --resume (or, without --store, that
+    nothing is kept and how to make a run resumable)."""
+    import sbi_core.sequential
+    from sbi_core.cli.main import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sbi_core.sequential, "run_sequential", interrupted)
+    (tmp_path / "probs.py").write_text(_PROBLEM_FILE)
+    np.savetxt(tmp_path / "obs.csv", np.array([[0.5, 0.5, 1.0]]), delimiter=",")
+    argv = ["run", f"{tmp_path / 'probs.py'}:make", "--x", str(tmp_path / "obs.csv"),
+            "--out", str(tmp_path / "m.pt"), "--quiet"]
+    if store:
+        argv += ["--store", str(tmp_path / "run.zarr")]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    if store:
+        assert "run.zarr: rerun the same command with --resume" in err
+    else:
+        assert "nothing is kept (no --store)" in err and "--resume" in err

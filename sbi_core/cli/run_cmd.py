@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from typing import Any
 
 from sbi_core.cli.common import PROBLEM_HELP, add_force, positive_float, positive_int
@@ -126,15 +127,25 @@ def run(args: argparse.Namespace) -> int:
     options = {k: v for k, v in {"max_epochs": args.max_epochs, "max_seconds": args.max_seconds,
                                  "device": args.device, "flow": args.flow}.items()
                if v is not None}
-    result = run_sequential(problem, xs[0], method=args.method, rounds=args.rounds,
-                            sims_per_round=args.sims_per_round, seed=args.seed,
-                            store=args.store, resume=args.resume, epsilon=args.epsilon,
-                            restrict=args.restrict, workers=args.workers, timeout=args.timeout,
-                            progress=not args.quiet, round_steps=args.round_steps,
-                            final_steps=args.final_steps,
-                            region_temperature=args.region_temperature,
-                            region_union={"off": False, "on": True,
-                                          "auto": "auto"}[args.region_union], **options)
+    try:
+        result = run_sequential(problem, xs[0], method=args.method, rounds=args.rounds,
+                                sims_per_round=args.sims_per_round, seed=args.seed,
+                                store=args.store, resume=args.resume, epsilon=args.epsilon,
+                                restrict=args.restrict, workers=args.workers,
+                                timeout=args.timeout, progress=not args.quiet,
+                                round_steps=args.round_steps, final_steps=args.final_steps,
+                                region_temperature=args.region_temperature,
+                                region_union={"off": False, "on": True,
+                                              "auto": "auto"}[args.region_union], **options)
+    except KeyboardInterrupt:  # say what is kept and how to go on, in command-line words
+        if args.store is not None:
+            kept = (f"the finished rounds and simulations are kept in {args.store}: rerun the "
+                    "same command with --resume to go on (same result as an uninterrupted run).")
+        else:
+            kept = ("nothing is kept (no --store): to make a run resumable, give --store "
+                    "PATH.zarr and after an interruption rerun the same command with --resume.")
+        print(f"sbi-core run: interrupted; {kept}", file=sys.stderr)
+        return 130
     save(result.posterior, out)
     print(json.dumps({"out": str(args.out), "method": args.method,
                       "total_simulations": result.history[-1].total_simulations,
