@@ -237,3 +237,26 @@ def test_cli_run_interrupted_says_what_is_kept(tmp_path, capsys, monkeypatch, st
         assert "run.zarr: rerun the same command with --resume" in err
     else:
         assert "nothing is kept (no --store)" in err and "--resume" in err
+
+
+def test_cli_problem_file_is_built_once_per_command(small, tmp_path, capsys):
+    """`--problem FILE.py:make` is imported and built once per command (each build runs the
+    simulator's test batch: an external program starts again), also now that sample and
+    diagnose check it against the model."""
+    from sbi_core.cli.main import main
+
+    _, _, post = small
+    save(post, tmp_path / "m.pt")
+    log = tmp_path / "builds.txt"
+    (tmp_path / "probs.py").write_text(
+        _PROBLEM_FILE + f"\n_make = make\n\ndef counted():\n    open({str(log)!r}, 'a').write('x')"
+                        "\n    return _make()\n")
+    np.savetxt(tmp_path / "obs.csv", np.array([[0.5, 0.5, 1.0]]), delimiter=",")
+    problem = f"{tmp_path / 'probs.py'}:counted"
+    assert main(["sample", str(tmp_path / "m.pt"), "--x", str(tmp_path / "obs.csv"), "--num",
+                 "5", "--out", str(tmp_path / "s.csv"), "--problem", problem]) == 0
+    assert log.read_text() == "x"
+    assert main(["diagnose", str(tmp_path / "m.pt"), "--problem", problem, "--num", "20",
+                 "--samples", "20", "--checks", "sbc", "--out", str(tmp_path / "diag"),
+                 "--quiet"]) == 0, capsys.readouterr().err
+    assert log.read_text() == "xx"

@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         Path(args.model).stem + "_diagnostics")
     check_output(out, "directory", inputs=[args.model, args.sims, problem_file(args.problem),
                                            args.x])
-    posterior = load_model(args.model, problem=args.problem,
+    given = resolve_problem(args.problem) if args.problem else None  # built once
+    posterior = load_model(args.model, problem=given,
                            embedding=resolve_callable(args.embedding) if args.embedding else None)
     sims = SimulationSet.load(args.sims) if args.sims else None
     observations = None
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     if only_x:  # only the observations are tested
         problem = None
     elif args.problem:
-        problem = resolve_problem(args.problem)
+        problem = given
     elif sims is None:  # a recorded built-in name is used; a recorded path is only shown
         problem = recorded_problem(posterior.problem_spec.get("source"), args.model)
         if problem is None:

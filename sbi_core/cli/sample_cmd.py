@@ -74,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
         from sbi_core.export_arviz import import_arviz
 
         import_arviz()  # fail before loading anything when the extra is missing
+    if args.problem:  # built once, for load_model's check and the .nc predictive draws
+        from sbi_core.resolve import resolve_problem
+
+        args.problem = resolve_problem(args.problem)
     posterior = load_model(args.model, problem=args.problem,
                            embedding=resolve_callable(args.embedding) if args.embedding else None)
     if args.range_check is not None:
