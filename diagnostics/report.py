@@ -255,6 +255,8 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
         if sims is None:
             sims = own_prior = _pairs_under_posterior_prior(posterior, problem, num, seed)
         theta, xs = calibration_pairs(problem, sims, num=num, seed=seed)
+        if sims is not None and own_prior is None:
+            _warn_if_training_pairs(posterior, theta)
     _check_shapes(posterior, theta, xs)
     has_x = options.get("x") is not None
     names = list(checks) if checks is not None else [
@@ -386,6 +388,23 @@ def check_problem_matches(posterior: Posterior, problem: Problem | None, what: s
         f"The problem given to {what} ({problem.name!r}) has parameters {theirs}, but the "
         f"posterior was trained on {trained!r} with parameters {ours}: its test pairs would "
         f"judge the model on another problem. Pass the problem the model was trained on{hint}.")
+
+
+def _warn_if_training_pairs(posterior: Posterior, theta: Tensor) -> None:
+    """Warn when test pairs given as held-out simulations are the model's training ones."""
+    from sbi_core.training_sketch import SKETCH_ROWS, training_overlap
+
+    sketch = (getattr(posterior, "history", None) or {}).get("training_theta_sketch")
+    if not sketch or theta.shape[1] != posterior.dim:
+        return
+    hits = training_overlap(sketch, theta[:SKETCH_ROWS])
+    if hits:
+        warnings.warn(
+            f"{hits} of the first {min(len(theta), SKETCH_ROWS)} test pairs are simulations this "
+            "model was trained on: calibration measured on training data looks better than it "
+            "is. Pass held-out simulations (simulate again with another seed: "
+            "`sbi-core simulate ... --seed OTHER`), or leave out sims= / --sims to simulate "
+            "fresh test pairs from the problem.", stacklevel=3)
 
 
 def _check_shapes(posterior: Posterior, theta: Tensor, xs: Tensor) -> None:

@@ -135,7 +135,10 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
                 f" ({columns}); first error: {sims.provenance.get('first_error')}. "
                 f"Training on the valid ones failed: {err}") from err
         raise
-    posterior = m.make_posterior(estimator, problem.prior, problem_spec, history.to_dict())
+    from sbi_core.training_sketch import theta_sketch
+
+    record = {**history.to_dict(), "training_theta_sketch": theta_sketch(theta)}
+    posterior = m.make_posterior(estimator, problem.prior, problem_spec, record)
     if not detector or x.shape[0] < MIN_DETECTOR_SIMS:
         return posterior
     # the detector's null comes from the rows the training loop held out for validation

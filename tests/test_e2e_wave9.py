@@ -260,3 +260,27 @@ def test_cli_problem_file_is_built_once_per_command(small, tmp_path, capsys):
                  "--samples", "20", "--checks", "sbc", "--out", str(tmp_path / "diag"),
                  "--quiet"]) == 0, capsys.readouterr().err
     assert log.read_text() == "xx"
+
+
+def test_diagnose_warns_when_test_pairs_are_training_simulations(small, tmp_path):
+    """diagnose(post, problem, sims=TRAINING_SIMS) ran without a word although the docs say
+    'never the training set' (calibration on training data looks better than it is); the model
+    now keeps a fingerprint of its first training rows (also through save/load) and diagnose
+    warns, naming the fix. Fresh simulations of another seed give no warning."""
+    import warnings
+
+    from diagnostics.report import diagnose
+
+    problem, sims, post = small
+    save(post, tmp_path / "m.pt")
+    again = load(tmp_path / "m.pt")
+    with pytest.warns(UserWarning, match=r"100 of the first 100 test pairs are simulations this "
+                                         r"model was trained on.*--seed OTHER"):
+        diagnose(again, problem, sims=sims, num=100, num_samples=10, checks=["sbc"],
+                 progress=False)
+    fresh = simulate(problem, 120, seed=1, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        diagnose(again, problem, sims=fresh, num=100, num_samples=10, checks=["sbc"],
+                 progress=False)
+    assert not [w for w in caught if "trained on" in str(w.message)]
