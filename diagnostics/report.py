@@ -244,6 +244,7 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
     load_check_modules()
     start = time.perf_counter()
     own_prior = None
+    training_hits = 0
     if isinstance(checks, str):  # "sbc" or "tarp,sbc": names, not a sequence of letters
         checks = [c.strip() for c in checks.split(",") if c.strip()]
     if checks is not None and list(checks) == ["misspecification"] and sims is None \
@@ -256,7 +257,7 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
             sims = own_prior = _pairs_under_posterior_prior(posterior, problem, num, seed)
         theta, xs = calibration_pairs(problem, sims, num=num, seed=seed)
         if sims is not None and own_prior is None:
-            _warn_if_training_pairs(posterior, theta)
+            training_hits = _warn_if_training_pairs(posterior, theta)
     _check_shapes(posterior, theta, xs)
     has_x = options.get("x") is not None
     names = list(checks) if checks is not None else [
@@ -295,7 +296,9 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
             "num_samples": num_samples, "seed": seed,
             "test_data": f"simulated from problem {getattr(problem, 'name', '?')!r} with "
             "parameters from the posterior's own prior (with_prior)" if own_prior is not None
-            else "held-out simulations" if sims is not None else
+            else ("held-out simulations" if not training_hits else f"given simulations, "
+                  f"{training_hits} of them the model's training simulations (not held out)")
+            if sims is not None else
             f"simulated from problem {getattr(problem, 'name', '?')!r}",
             "param_names": ctx.param_names,
             "seconds": round(time.perf_counter() - start, 3)}
@@ -390,13 +393,14 @@ def check_problem_matches(posterior: Posterior, problem: Problem | None, what: s
         f"judge the model on another problem. Pass the problem the model was trained on{hint}.")
 
 
-def _warn_if_training_pairs(posterior: Posterior, theta: Tensor) -> None:
-    """Warn when test pairs given as held-out simulations are the model's training ones."""
+def _warn_if_training_pairs(posterior: Posterior, theta: Tensor) -> int:
+    """Warn when test pairs given as held-out simulations are the model's training ones;
+    returns how many of the fingerprinted rows were found."""
     from sbi_core.training_sketch import SKETCH_ROWS, training_overlap
 
     sketch = (getattr(posterior, "history", None) or {}).get("training_theta_sketch")
     if not sketch or theta.shape[1] != posterior.dim:
-        return
+        return 0
     hits = training_overlap(sketch, theta[:SKETCH_ROWS])
     if hits:
         warnings.warn(
@@ -405,6 +409,7 @@ def _warn_if_training_pairs(posterior: Posterior, theta: Tensor) -> None:
             "is. Pass held-out simulations (simulate again with another seed: "
             "`sbi-core simulate ... --seed OTHER`), or leave out sims= / --sims to simulate "
             "fresh test pairs from the problem.", stacklevel=3)
+    return hits
 
 
 def _check_shapes(posterior: Posterior, theta: Tensor, xs: Tensor) -> None:

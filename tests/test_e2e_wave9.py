@@ -276,8 +276,9 @@ def test_diagnose_warns_when_test_pairs_are_training_simulations(small, tmp_path
     again = load(tmp_path / "m.pt")
     with pytest.warns(UserWarning, match=r"100 of the first 100 test pairs are simulations this "
                                          r"model was trained on.*--seed OTHER"):
-        diagnose(again, problem, sims=sims, num=100, num_samples=10, checks=["sbc"],
-                 progress=False)
+        report = diagnose(again, problem, sims=sims, num=100, num_samples=10, checks=["sbc"],
+                          progress=False)
+    assert "100 of them the model's training simulations" in report.meta["test_data"]
     fresh = simulate(problem, 120, seed=1, progress=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
