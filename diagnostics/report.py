@@ -146,6 +146,9 @@ class DiagnosisReport:
         lines = [f"Report card ({self.meta.get('method') or 'posterior'}, "
                  f"{self.meta.get('num_test_pairs')} test pairs x "
                  f"{self.meta.get('num_samples')} samples): {self.status.upper()}"]
+        if "training simulations" in str(self.meta.get("test_data", "")):
+            lines.append(f"  NOTE: test pairs from {self.meta['test_data']}: calibration on "
+                         "training data looks better than it is.")
         for name, sec in self.sections.items():
             title = sec.get("title", name)
             lines.append(f"  [{sec['status'].upper():4s}] {title}: {sec.get('why', '')}")

@@ -279,6 +279,7 @@ def test_diagnose_warns_when_test_pairs_are_training_simulations(small, tmp_path
         report = diagnose(again, problem, sims=sims, num=100, num_samples=10, checks=["sbc"],
                           progress=False)
     assert "100 of them the model's training simulations" in report.meta["test_data"]
+    assert "NOTE: test pairs from given simulations, 100 of them" in report.summary()
     fresh = simulate(problem, 120, seed=1, progress=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
