@@ -175,6 +175,10 @@ def load(path: str | Path, device: str = "cpu", prior: Any = None,
     problem = dict(payload["problem"])
     dim = len(problem.get("param_names") or []) or \
         int(dict(payload.get("estimator_config") or {}).get("theta_dim", 0))
+    from sbi_core.problem import Problem
+
+    if isinstance(prior, Problem):
+        _check_problem_names(problem, prior, path)
     prior = resolve_saved_prior(path, problem.get("prior"), prior, dim)
     try:
         method = get_method(payload["method"])
@@ -264,16 +268,23 @@ def _check_problem_parameters(posterior: Posterior, problem: Any, path: Path | s
     model's: it is another problem (or the model file is the wrong one), and its prior would be
     used silently, or the mix-up go unnoticed. Default names (``theta_1``, ...) are not compared.
     """
-    ours, theirs = list(posterior.param_names or []), list(problem.param_names or [])
+    _check_problem_names(dict(posterior.problem_spec or {},
+                              param_names=list(posterior.param_names or [])), problem, path)
+
+
+def _check_problem_names(spec: dict[str, Any], problem: Any, path: Path | str) -> None:
+    """:func:`_check_problem_parameters` on the model's problem ``spec`` (as saved)."""
+    ours, theirs = list(spec.get("param_names") or []), list(problem.param_names or [])
     default = [f"theta_{i + 1}" for i in range(len(ours))]
-    if ours == theirs or (len(ours) == len(theirs) and default in (ours, theirs)):
+    if not ours or ours == theirs or (len(ours) == len(theirs) and default in (ours, theirs)):
         return
-    trained = (posterior.problem_spec or {}).get("name") or "its problem"
+    trained = spec.get("name") or "its problem"
     raise ValueError(
         f"The problem given with {path} ({getattr(problem, 'name', '?')!r}, parameters {theirs}) "
         f"is not the one the model was trained on ({trained!r}, parameters {ours}). Pass the "
-        "model's own problem (or the model file for this problem); --problem is needed only for "
-        "a model trained with a user-written prior class.")
+        "model's own problem (or the model file for this problem); a problem (--problem, or "
+        "load(..., prior=problem)) is needed only for a model trained with a user-written prior "
+        "class.")
 
 
 def _from_config(method: Any, config: dict[str, Any], prior: Distribution,

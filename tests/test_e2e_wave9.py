@@ -286,3 +286,17 @@ def test_diagnose_warns_when_test_pairs_are_training_simulations(small, tmp_path
         diagnose(again, problem, sims=fresh, num=100, num_samples=10, checks=["sbc"],
                  progress=False)
     assert not [w for w in caught if "trained on" in str(w.message)]
+
+
+def test_load_with_a_problem_of_other_parameters_is_refused(small, tmp_path):
+    """load(path, prior=other_problem) with the same dimension but other parameters only
+    warned that the priors differ and then sampled under the other problem's prior; now the
+    mix-up is an error naming both problems. The model's own problem loads."""
+    problem, _, post = small
+    save(post, tmp_path / "m.pt")
+    other = Problem(Independent(Uniform(torch.zeros(2), 2 * torch.ones(2)), 1), _sim,
+                    param_names=["rate", "scale"], name="other", x_shape=(3,))
+    with pytest.raises(ValueError, match=r"\('other', parameters \['rate', 'scale'\]\) is not "
+                                         r"the one the model was trained on \('small'"):
+        load(tmp_path / "m.pt", prior=other)
+    assert load(tmp_path / "m.pt", prior=problem).param_names == ["a", "b"]
