@@ -102,6 +102,10 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
         theta, x = sims.training_data()
     else:
         theta, x = (torch.as_tensor(a, dtype=torch.float32) for a in sims)
+        if theta.shape[:1] == x.shape[:1] and len(theta) and not (
+                torch.isfinite(theta).all() and torch.isfinite(x).all()):
+            # rows with NaN/inf are left out with a warning, as for a SimulationSet
+            theta, x = SimulationSet.from_arrays(theta, x).training_data()
     if theta.ndim != 2 or theta.shape[1] != problem.dim:
         raise ValueError(
             f"The simulations' theta has shape {tuple(theta.shape)}, but problem {problem.name!r} "

@@ -300,3 +300,16 @@ def test_load_with_a_problem_of_other_parameters_is_refused(small, tmp_path):
                                          r"the one the model was trained on \('small'"):
         load(tmp_path / "m.pt", prior=other)
     assert load(tmp_path / "m.pt", prior=problem).param_names == ["a", "b"]
+
+
+def test_fit_on_arrays_with_nan_rows_leaves_them_out_with_a_warning(small):
+    """fit(problem, (theta, x)) with NaN rows in plain arrays stopped with 'pass
+    SimulationSet.training_data()' (there is no SimulationSet); now the rows are left out with
+    the same warning as for simulations from simulate."""
+    problem, sims, _ = small
+    theta, x = sims.theta.numpy().copy(), sims.x.numpy().copy()
+    x[:10, 0] = np.nan
+    with pytest.warns(UserWarning, match=r"Excluding 10 of 300 invalid simulations"):
+        post = fit(problem, (theta, x), progress=False, max_epochs=1, hidden_features=8,
+                   num_transforms=1)
+    assert post.history["num_train"] + post.history["num_validation"] == 290
