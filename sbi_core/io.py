@@ -20,14 +20,17 @@ __all__ = ["read_observations", "parse_csv_observations", "write_samples_csv",
 MAX_TEXT_BYTES = 512 * 2**20
 
 
-def read_observations(path: str | Path, x_shape: tuple[int, ...]) -> Tensor:
+def read_observations(path: str | Path, x_shape: tuple[int, ...],
+                      x_names: list[str] | None = None) -> Tensor:
     """Read one or several observations from ``.csv``, ``.npy`` or ``.json`` → ``(B, *x_shape)``.
 
     A CSV holds one observation per row (flattened). Its first line is skipped as a header
     only if every cell is a non-numeric name; any other non-numeric value is an error naming
     the line. A ``.npy`` holds ``x_shape`` (one observation) or ``(B, *x_shape)``; a ``.json``
     holds the same as nested lists of numbers. The number of observations is never changed
-    silently: a file either parses completely or raises ``ValueError``.
+    silently: a file either parses completely or raises ``ValueError``. With ``x_names`` (the
+    problem's names of the flattened x columns), a CSV header that names some of them must
+    list exactly them, in that order: columns in another order would be read silently wrong.
     """
     path = Path(path)
     if path.is_dir():
@@ -53,14 +56,15 @@ def read_observations(path: str | Path, x_shape: tuple[int, ...]) -> Tensor:
         if path.suffix == ".json":
             arr = _parse_json(text, str(path))
         else:
-            arr = parse_csv_observations(text, str(path))
+            arr = parse_csv_observations(text, str(path), x_names)
     else:
         raise ValueError(f"Observations must be a .csv, .npy or .json file, got {path.name}.")
     return _to_observations(arr, x_shape, str(path))
 
 
-def parse_csv_observations(text: str, name: str = "CSV") -> np.ndarray:
-    """CSV text → ``(rows, values)`` float32; header rule as in :func:`read_observations`."""
+def parse_csv_observations(text: str, name: str = "CSV",
+                           x_names: list[str] | None = None) -> np.ndarray:
+    """CSV text → ``(rows, values)`` float32; header rules as in :func:`read_observations`."""
     rows: list[list[float]] = []
     first = True
     try:
@@ -74,6 +78,7 @@ def parse_csv_observations(text: str, name: str = "CSV") -> np.ndarray:
         values = [_number(c) for c in row]
         if first and all(v is None and _is_name(c) for v, c in zip(values, row)):
             header_width = len(row)
+            _check_header([c.strip() for c in row], x_names, name)
             first = False
             continue
         first = False
@@ -92,6 +97,19 @@ def parse_csv_observations(text: str, name: str = "CSV") -> np.ndarray:
         raise ValueError(f"{name}: the header has {header_width} columns but the rows have "
                          f"{len(rows[0])} values.")
     return np.asarray(rows, dtype=np.float32)
+
+
+def _check_header(header: list[str], x_names: list[str] | None, name: str) -> None:
+    """A header naming the problem's x columns must list them in the problem's order."""
+    if not x_names or header == list(x_names) or not set(header) & set(x_names):
+        return  # no names to check against, the same names, or generic labels
+    if sorted(header) == sorted(x_names):
+        raise ValueError(f"{name}: the header lists the x columns in another order ({header}) "
+                         f"than the model's ({list(x_names)}); the values would be read into "
+                         "the wrong columns. Write the columns in the model's order.")
+    raise ValueError(f"{name}: the header names columns {header}, but the model's x columns are "
+                     f"{list(x_names)}. Write exactly these columns, in this order (or remove "
+                     "the header line).")
 
 
 def _number(cell: str) -> float | None:

@@ -301,6 +301,7 @@ class Problem:
             "prior": prior_spec(self.prior),
             "x_shape": list(self.x_shape or ()),
             "source": self.source,
+            **({"x_names": list(self.x_names)} if self.x_names is not None else {}),
             **({"x_discrete": list(self.x_discrete)} if self.x_discrete is not None else {}),
             **({"x_trials": list(self.x_trials)} if self.x_trials is not None else {}),
         }

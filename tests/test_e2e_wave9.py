@@ -313,3 +313,33 @@ def test_fit_on_arrays_with_nan_rows_leaves_them_out_with_a_warning(small):
         post = fit(problem, (theta, x), progress=False, max_epochs=1, hidden_features=8,
                    num_transforms=1)
     assert post.history["num_train"] + post.history["num_validation"] == 290
+
+
+def test_cli_sample_refuses_a_csv_header_with_the_x_columns_reordered(tmp_path, capsys):
+    """A CSV observation whose header names the problem's x columns in another order was read
+    silently in file order (the header was just skipped), so the values went into the wrong
+    columns; the model now keeps x_names and the header is checked against them. The right
+    order and generic labels still work."""
+    from sbi_core.cli.main import main
+
+    prior = Independent(Uniform(torch.zeros(2), torch.ones(2)), 1)
+    problem = Problem(prior, _sim, param_names=["a", "b"], name="named", x_shape=(3,),
+                      x_names=["first", "second", "total"])
+    sims = simulate(problem, 300, seed=0, progress=False)
+    post = fit(problem, sims, seed=0, progress=False, max_epochs=2, hidden_features=8,
+               num_transforms=1)
+    save(post, tmp_path / "m.pt")
+    assert load(tmp_path / "m.pt").problem_spec["x_names"] == ["first", "second", "total"]
+
+    def sample(header: str) -> int:
+        (tmp_path / "obs.csv").write_text(f"{header}\n0.5,0.5,1.0\n")
+        return main(["sample", str(tmp_path / "m.pt"), "--x", str(tmp_path / "obs.csv"),
+                     "--num", "5", "--out", str(tmp_path / "s.csv"), "--force"])
+
+    assert sample("second,first,total") == 2
+    assert "lists the x columns in another order (['second', 'first', 'total'])" in \
+        capsys.readouterr().err
+    assert sample("first,second,sum") == 2
+    assert "the model's x columns are ['first', 'second', 'total']" in capsys.readouterr().err
+    assert sample("first,second,total") == 0
+    assert sample("c1,c2,c3") == 0

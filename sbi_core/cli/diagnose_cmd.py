@@ -78,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
 
         from sbi_core.io import read_observations
 
-        observations = read_observations(args.x, posterior.x_shape)
+        observations = read_observations(args.x, posterior.x_shape,
+                                         (posterior.problem_spec or {}).get("x_names"))
         finite = torch.isfinite(observations.reshape(len(observations), -1)).all(1)
         if not finite.all():
             rows = (~finite).nonzero().flatten().tolist()

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if args.num < 1:
         raise ValueError(f"--num must be at least 1, got {args.num}.")
     if args.x is not None:
-        xs = read_observations(args.x, problem.x_shape)
+        xs = read_observations(args.x, problem.x_shape, getattr(problem, "x_names", None))
     else:
         xs = problem.observation(args.observation)[None]
     try:

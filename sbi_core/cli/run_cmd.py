@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.store is None:
         raise ValueError("--resume needs --store PATH.zarr of the interrupted run.")
     problem = resolve_problem(args.problem)
-    xs = read_observations(args.x, tuple(problem.x_shape or ()))
+    xs = read_observations(args.x, tuple(problem.x_shape or ()), problem.x_names)
     if xs.shape[0] != 1:
         raise ValueError(f"{args.x} holds {xs.shape[0]} observations; sequential inference is "
                          "for one observation x_o (one row). For many observations train an "

@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
                            embedding=resolve_callable(args.embedding) if args.embedding else None)
     if args.range_check is not None:
         posterior.range_check = args.range_check
-    xs = read_observations(args.x, posterior.x_shape)
+    xs = read_observations(args.x, posterior.x_shape,
+                           (posterior.problem_spec or {}).get("x_names"))
     mcmc = {k: v for k, v in {"method": args.mcmc_method, "num_chains": args.num_chains,
                               "warmup_steps": args.warmup_steps}.items() if v is not None}
     if mcmc and not hasattr(posterior, "mcmc_config"):

@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
 
         options.update(parse_options(args.option))
         if args.x is not None:
-            obs = read_observations(args.x, tuple(problem.x_shape or ()))
+            obs = read_observations(args.x, tuple(problem.x_shape or ()), problem.x_names)
             options["x_o"] = obs[0] if obs.shape[0] == 1 else obs
     if args.ddp:
         options["distributed"] = True
