@@ -170,8 +170,8 @@ class Problem:
         problem. The good rows of a ``RowFailures`` report are used; otherwise up to ``more``
         prior draws (the test batch's first) are simulated one at a time, and the first that
         works stands for the test batch (an external program gets them as one batch, and is
-        not started again when it reported no failed rows). None when none works (the simulator is broken or
-        called the wrong way): the caller reports the first error.
+        not started again when it reported no failed rows). None when none works (the
+        simulator is broken or called the wrong way): the caller reports the first error.
         """
         from sbi_core.failures import RowFailures
 
@@ -209,7 +209,7 @@ class Problem:
             if isinstance(x, Tensor) and x.ndim >= 1 and x.shape[0] == 1 \
                     and bool(torch.isfinite(x).any()):
                 return x
-        self._tried_note = (f" (It also raised for each of {more} more prior draws.)")
+        self._tried_note = f" (It also raised for each of {more} more prior draws.)"
         return None
 
     def _validate(self, n: int = 3) -> None:
