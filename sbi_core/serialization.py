@@ -103,9 +103,9 @@ def _refuse_damaged_or_npz(path: Path) -> None:
     bad = damaged_entry(path)
     if bad is not None:
         raise ModelFileError(
-            f"{path} is damaged: its entry {bad.split('/', 1)[-1]} fails its checksum (bytes changed on disk or in "
-            "a copy), so the weights it would load are wrong. Copy the file again from its "
-            "source, or retrain.")
+            f"{path} is damaged: its entry {bad.split('/', 1)[-1]} fails its checksum (bytes "
+            "changed on disk or in a copy), so the weights it would load are wrong. Copy the "
+            "file again from its source, or retrain.")
 
 
 def load(path: str | Path, device: str = "cpu", prior: Any = None,

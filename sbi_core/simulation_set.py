@@ -184,9 +184,9 @@ class SimulationSet:
         bad = damaged_entry(path) if zipfile.is_zipfile(path) else None
         if bad is not None:
             raise ValueError(
-                f"{path} is damaged: its entry {bad.split('/', 1)[-1]} fails its checksum (bytes changed on disk or "
-                "in a copy), so the simulations it would load are wrong. Copy the file again "
-                "from its source, or simulate again.")
+                f"{path} is damaged: its entry {bad.split('/', 1)[-1]} fails its checksum (bytes "
+                "changed on disk or in a copy), so the simulations it would load are wrong. "
+                "Copy the file again from its source, or simulate again.")
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
