@@ -47,6 +47,10 @@ Task = tuple  # (index, size, seed) or (index, size, seed, theta (size, D) float
 PARENT_CHECK_SECONDS = 1.0
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _worker_main(conn: Any, problem: Problem, parent_pid: int | None = None,
                  parent_end: Any = None) -> None:
     """Worker loop: receive a task, simulate it, send back plain arrays; ``None`` stops.
@@ -59,6 +63,10 @@ def _worker_main(conn: Any, problem: Problem, parent_pid: int | None = None,
     if parent_end is not None:
         parent_end.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    # the parent stops a worker (Ctrl-C, a chunk timeout) with SIGTERM first: unwinding lets
+    # the simulator clean up, e.g. an external program's process group is killed instead of
+    # being left running (orphaned) after sbi-core has exited
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if hasattr(signal, "pthread_sigmask"):  # blocked by the parent while forking
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     torch.set_num_threads(1)
@@ -115,9 +123,11 @@ def _start_worker(ctx: Any, problem: Problem) -> _Worker:
 
 
 def _stop(worker: _Worker, kill: bool) -> None:
+    """Ask the worker to exit (``kill=False``) or stop it: SIGTERM, so that it can unwind
+    (and stop the programs it started), then SIGKILL if it has not exited within 2 s."""
     if worker.proc.is_alive():
         if kill:
-            worker.proc.kill()
+            worker.proc.terminate()
         else:
             try:
                 worker.conn.send(None)

@@ -343,3 +343,36 @@ def test_cli_sample_refuses_a_csv_header_with_the_x_columns_reordered(tmp_path, 
     assert "the model's x columns are ['first', 'second', 'total']" in capsys.readouterr().err
     assert sample("first,second,total") == 0
     assert sample("c1,c2,c3") == 0
+
+
+def test_a_chunk_timeout_also_stops_the_external_program(tmp_path):
+    """simulate(..., timeout=) killed a hung chunk's worker with SIGKILL, so the external
+    program it ran (in its own process group) was left running, orphaned, after the run (the
+    same on Ctrl-C with --workers); the worker now gets SIGTERM first and kills the program's
+    process group on the way out."""
+    import os
+    import sys
+    import time
+
+    from sbi_core import box_uniform
+    from simulators import external_simulator
+
+    pid_file = tmp_path / "pid.txt"
+    prog = tmp_path / "hang.py"
+    prog.write_text(f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+                    "time.sleep(60)\n")
+    sim = external_simulator([sys.executable, str(prog), "{theta}", "{x}"], x_shape=(2,))
+    problem = Problem(box_uniform([0.0, 0.0], [1.0, 1.0]), sim, param_names=["a", "b"],
+                      x_shape=(2,), validate=False)
+    sims = simulate(problem, 4, seed=0, timeout=2, progress=False)
+    assert not sims.valid.any() and "timed out" in sims.provenance["first_error"]
+    pid = int(pid_file.read_text())
+    for _ in range(50):  # the group is killed as the worker unwinds
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, 9)  # leave nothing running, then fail
+        pytest.fail("the external program was left running after its chunk timed out")
