@@ -24,12 +24,14 @@ observations; see :mod:`estimators.robust_training`. The options are kept in the
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from estimators.conditional_shift import ShiftedDensity, resolve_shift
 from estimators.discrete_x import OneHotX, discrete_config
 from estimators.embedding import build_embedding, is_set_embedding, prepare_embedding
 from estimators.flows import FLOWS, NSF_LAYOUT, build_flow, nsf_layout
@@ -62,9 +64,13 @@ DEFAULTS: dict[str, Any] = {
     "discrete_columns": None,
     "x_trials": None,
     "trial_mode": None,
+    "conditional_shift": None,
 }
 
 THETA_TRANSFORMS = (None, "unconstrained")
+# what conditional_shift="auto" becomes where estimators.conditional_shift.resolve_shift's
+# rule holds
+AUTO_SHIFT = "linear_full"
 
 # flow="auto" (the default): the fused flow family by whether x declares exchangeable trials
 # that NPE uses (Problem(x_trials=...), estimators/trials.py) and by the parameter dimension
@@ -200,6 +206,15 @@ class NPEEstimator(StandardizedEstimator):
         else:
             raise ValueError(f"Unknown flow {cfg['flow']!r}; use one of "
                              f"{FLOWS + ('mdn', 'auto')}.")
+        # the conditional affine pre-standardization (estimators/conditional_shift.py), as
+        # resolved by build_npe; configs saved before it existed have no key: no shift
+        self.shift = config.get("conditional_shift")
+        if self.shift not in (None, "linear", "linear_full"):
+            raise ValueError(f"conditional_shift={self.shift!r} in an estimator config must be "
+                             "resolved (None, 'linear' or 'linear_full'); build_npe resolves "
+                             "'auto'.")
+        if self.shift is not None:
+            self.density = ShiftedDensity(self.density, d, context_dim)
 
     def fit_standardization(self, theta: Tensor, x: Tensor) -> None:
         """Fit the z-scoring of ``theta`` ``(N, D)`` and ``x`` ``(N, *x_shape)``, and the x range.
@@ -273,10 +288,13 @@ class NPEEstimator(StandardizedEstimator):
         """
         z, _ = self._to_z(theta)
         ctx = self.context(x)
-        if hasattr(self.density, "forward_transform"):  # fused MAF
-            return self.density.forward_transform(z, ctx)[0]
-        if hasattr(self.density, "_transform"):  # nflows Flow
-            return self.density._transform(z, context=self.density._embedding_net(ctx))[0]
+        density = self.density
+        if isinstance(density, ShiftedDensity):  # the flow's input is the shifted u
+            z, density = density.to_u(z, ctx), density.flow
+        if hasattr(density, "forward_transform"):  # fused MAF
+            return density.forward_transform(z, ctx)[0]
+        if hasattr(density, "_transform"):  # nflows Flow
+            return density._transform(z, context=density._embedding_net(ctx))[0]
         raise NotImplementedError(f"flow={self.config['flow']!r} has no invertible map to a "
                                   "standard normal base (use L-C2ST's general variant).")
 
@@ -354,12 +372,21 @@ def build_npe(theta: Tensor, x: Tensor, prior: Distribution, **options: Any) -> 
         config.update(regularizer="noise",
                       noise_eps=float(options.get("noise_eps", REGULARIZER_DEFAULTS["noise_eps"])),
                       x_scale=relative_scale(x))
+    ident = spec is None or (isinstance(spec, dict) and spec.get("type") == "identity")
+    config["conditional_shift"] = resolve_shift(
+        config.get("conditional_shift"), flow=config["flow"], identity_embedding=ident,
+        discrete=options.get("discrete_columns") is not None, trial_mode=trial_mode,
+        context_dim=math.prod(x_shape), num_rows=int(theta.shape[0]), auto=AUTO_SHIFT)
     est = NPEEstimator(config, embedding=module)
     if est.theta_transform is not None:
         low, high = support_bounds(prior)
         est.theta_transform.low.copy_(low)
         est.theta_transform.high.copy_(high)
     est.fit_standardization(theta, x)
+    if isinstance(est.density, ShiftedDensity):
+        with torch.no_grad():
+            est.density.fit(est._to_z(theta)[0], est.context(x),
+                            full=config["conditional_shift"] == "linear_full")
     return est
 
 
