@@ -7,6 +7,8 @@ Cholesky factor, estimators/conditional_shift.py), each in a fresh process throu
 compare_sbi.py's worker (one torch thread; the order of the variants rotates per run).
 Printed per run as it finishes (JSON line): epochs, train CPU and wall seconds, C2ST per
 observation against the task's reference posterior (same classifier for all), the load.
+``loop_seconds`` is the training loop alone (``train_seconds`` adds building the estimator,
+the shift's fit included, and the misspecification detector).
 
 Usage:
 
@@ -85,6 +87,7 @@ def main() -> None:
                            "epochs": int(r["epochs"]),
                            "train_cpu_seconds": round(float(r["train_cpu_seconds"]), 2),
                            "train_seconds": round(float(r["train_seconds"]), 2),
+                           "loop_seconds": round(float(r["loop_seconds"]), 2),
                            "c2st_mean": round(float(np.mean(scores)), 3),
                            "c2st": [round(float(s), 3) for s in scores],
                            "load1": [round(load, 2), round(os.getloadavg()[0], 2)]}
