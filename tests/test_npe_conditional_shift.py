@@ -153,3 +153,27 @@ def test_fit_skips_non_finite_rows_and_floors_the_scale() -> None:
         a, b, scale = fit_linear_shift(z, ctx, full=True)
     assert torch.isfinite(a).all() and torch.isfinite(scale).all()
     assert float(scale[0, 0]) >= 1e-6 and float(scale[0, 0]) < 0.01
+
+
+def test_auto_keeps_the_shift_only_where_the_posterior_width_is_steady() -> None:
+    """``"auto"``: the linear-Gaussian toy (constant posterior width) keeps the shift; a toy
+    whose posterior width varies by orders of magnitude with x drops it, and is then exactly the estimator built
+    without the shift (same initial weights, same log_prob)."""
+    theta, x = _toy(2000)
+    est = build_npe(theta, x, _prior(), flow="fmaf", conditional_shift="auto")
+    assert est.config["conditional_shift"] == "linear_full"
+    assert abs(est.config["conditional_shift_kurtosis"] - 3.0) < 0.5  # Gaussian residuals
+    g = torch.Generator().manual_seed(3)  # noise sd from 0.0003 to 20 across the prior
+    x_het = theta + 0.05 * torch.exp(2 * theta) * torch.randn(2000, 2, generator=g)
+    torch.manual_seed(4)
+    auto = build_npe(theta, x_het, _prior(), flow="fmaf", conditional_shift="auto")
+    torch.manual_seed(4)
+    none = build_npe(theta, x_het, _prior(), flow="fmaf", conditional_shift=None)
+    assert auto.config["conditional_shift"] is None
+    assert auto.config["conditional_shift_kurtosis"] > 10
+    assert not isinstance(auto.density, ShiftedDensity)
+    with torch.no_grad():
+        torch.testing.assert_close(auto.log_prob(theta[:20], x_het[:20]),
+                                   none.log_prob(theta[:20], x_het[:20]), rtol=0, atol=0)
+    small = build_npe(theta[:500], x[:500], _prior(), flow="fmaf", conditional_shift="auto")
+    assert small.config["conditional_shift"] is None  # fewer than MIN_ROWS simulations
