@@ -94,15 +94,15 @@ def fit_linear_shift(z: Tensor, ctx: Tensor, full: bool,
     keep = torch.isfinite(z64).all(1) & torch.isfinite(c64).all(1)
     z64, c64 = z64[keep], c64[keep]
     n, c = c64.shape
-    design = torch.cat([c64, torch.ones(n, 1, dtype=c64.dtype)], 1)  # (N, C + 1)
+    design = torch.cat([c64, c64.new_ones(n, 1)], 1)  # (N, C + 1)
     gram = design.T @ design
-    penalty = torch.full((c + 1,), ridge * n, dtype=c64.dtype)
+    penalty = c64.new_full((c + 1,), ridge * n)
     penalty[-1] = 0.0
     coef = torch.linalg.solve(gram + torch.diag(penalty), design.T @ z64)  # (C + 1, D)
     resid = z64 - design @ coef
     cov = resid.T @ resid / max(n - 1, 1)
     if full:
-        jitter = 1e-9 * torch.eye(cov.shape[0], dtype=cov.dtype)
+        jitter = 1e-9 * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
         scale = torch.linalg.cholesky(cov + jitter)
         d = torch.diagonal(scale)
         scale = scale * (d.clamp(min=1e-6) / d).unsqueeze(0)  # floor the diagonal only
