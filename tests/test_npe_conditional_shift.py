@@ -101,20 +101,41 @@ def test_training_with_the_shift_reaches_the_analytic_posterior() -> None:
     torch.testing.assert_close(s.std(0), torch.full((2,), math.sqrt(VAR)), atol=0.04, rtol=0)
 
 
-def test_saved_model_reloads_with_the_same_density(tmp_path) -> None:
+@pytest.mark.parametrize("mode", ["linear", "auto"])
+def test_saved_model_reloads_with_the_same_density(tmp_path, mode: str) -> None:
     from sbi_core import Problem, fit, load, save
 
     theta, x = _toy(1000)
     problem = Problem(_prior(), lambda t: t, x_shape=(2,), validate=False)
-    post = fit(problem, (theta, x), method="npe", conditional_shift="linear", seed=0,
+    post = fit(problem, (theta, x), method="npe", conditional_shift=mode, seed=0,
                progress=False, max_epochs=2, hidden_features=10, num_transforms=1)
     path = save(post, tmp_path / "m.pt")
     raw = torch.load(path, weights_only=True)
-    assert raw["estimator_config"]["conditional_shift"] == "linear"
+    assert raw["estimator_config"]["conditional_shift"] == {"linear": "linear",
+                                                           "auto": "linear_full"}[mode]
     again = load(path)
     xo = torch.tensor([0.2, 0.4])
     th = torch.randn(20, 2)
     torch.testing.assert_close(again.log_prob(th, x=xo), post.log_prob(th, x=xo))
+
+
+def test_model_file_from_before_the_option_loads_with_the_same_results(tmp_path) -> None:
+    """A file without the ``conditional_shift`` key (as saved before the option existed)
+    loads without the shift and gives the saved model's log_prob."""
+    from sbi_core import Problem, fit, load, save
+
+    theta, x = _toy(1000)
+    problem = Problem(_prior(), lambda t: t, x_shape=(2,), validate=False)
+    post = fit(problem, (theta, x), method="npe", conditional_shift=None, seed=0,
+               progress=False, max_epochs=2, hidden_features=10, num_transforms=1)
+    path = save(post, tmp_path / "old.pt")
+    raw = torch.load(path, weights_only=True)
+    del raw["estimator_config"]["conditional_shift"]
+    torch.save(raw, path)
+    old = load(path)
+    assert not isinstance(old.estimator.density, ShiftedDensity)
+    th, xo = torch.randn(20, 2), torch.tensor([0.2, 0.4])
+    torch.testing.assert_close(old.log_prob(th, x=xo), post.log_prob(th, x=xo))
 
 
 def test_config_without_the_key_builds_no_shift() -> None:
