@@ -29,57 +29,34 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SHIFT_MODES", "ShiftedDensity", "fit_linear_shift", "resolve_shift",
-           "residual_kurtosis"]
+__all__ = ["SHIFT_MODES", "ShiftedDensity", "fit_linear_shift", "resolve_shift"]
 
-# None: no shift (the flow sees the prior-standardized theta, as before);
-# "auto": resolve_shift's rule; "linear": diagonal residual scale; "linear_full": Cholesky
-# of the residual covariance.
-SHIFT_MODES = (None, "auto", "linear", "linear_full")
+# None: no shift (the default: the flow sees the prior-standardized theta); "linear":
+# diagonal residual scale; "linear_full": Cholesky factor of the residual covariance.
+# There is no "auto": over six benchmark tasks the shift helped gaussian_mixture and
+# gaussian_linear a lot, left two_moons and slcp unchanged and cost C2ST on sir and
+# bernoulli_glm, and no rule tried (residual kurtosis, heteroscedasticity R^2) told
+# bernoulli_glm apart (benchmarks/RESULTS.md, "Issue 18: a conditional affine
+# pre-standardization of theta").
+SHIFT_MODES = (None, "linear", "linear_full")
 # ridge penalty per row on the standardized context (the bias is not penalized)
 RIDGE = 1e-3
-# "auto" needs at least this many simulations per regression coefficient (C + 1), at least
-# MIN_ROWS simulations (the gain was measured at 10,000) and at most MAX_CONTEXT features
-MIN_ROWS_PER_COEF = 20
-MIN_ROWS = 1000
-MAX_CONTEXT = 200
-# "auto" keeps the fitted shift only where the posterior's width does not vary much with x:
-# the kurtosis E[u^4] / E[u^2]^2 of every whitened residual dimension must be at most this
-# (3 for a Gaussian; for a Gaussian scale mixture 3 E[s^4] / E[s^2]^2, so it grows with the
-# spread of the residual scale s across simulations). Measured at 10,000 simulations, seed 0
-# (benchmarks/RESULTS.md "Issue 18: a conditional affine pre-standardization"): largest
-# dimension gaussian_linear 3.1, two_moons 2.4, slcp 3.6, bernoulli_glm 4.2,
-# gaussian_mixture 5.8 (its noise is itself a scale mixture), sir 38.5 (the one task where
-# the shift cost C2ST: its posterior width varies over orders of magnitude with x).
-MAX_KURTOSIS = 10.0
 
 
 def resolve_shift(mode: Any, *, flow: str, identity_embedding: bool, discrete: bool,
-                  trial_mode: str | None, context_dim: int, num_rows: int,
-                  auto: str | None) -> str | None:
-    """The concrete shift for ``mode``; ``"auto"`` gives ``auto`` where the rule holds, else None.
-
-    The rule's first part (the second, :func:`residual_kurtosis` ``<= MAX_KURTOSIS``, needs the fitted shift
-    and is applied by ``build_npe``): the context is the standardized x itself (identity
-    embedding, no one-hot discrete columns, trials flat or sorted: not permuted per
-    minibatch and not a set embedding), the density is a flow (not ``mdn``),
-    ``C <= MAX_CONTEXT`` and at least ``max(MIN_ROWS, MIN_ROWS_PER_COEF * (C + 1))``
-    simulations.
-    """
+                  trial_mode: str | None) -> str | None:
+    """``mode`` checked against the model: a shift needs the flow's context to be the
+    standardized x itself (identity embedding, no one-hot discrete columns, trials flat or
+    sorted: not permuted per minibatch and not a set embedding) and a flow (not ``mdn``)."""
     if mode not in SHIFT_MODES:
         raise ValueError(f"Unknown conditional_shift {mode!r}; use one of {SHIFT_MODES}.")
-    if mode != "auto":
-        if mode is not None and (not identity_embedding or discrete
-                                 or trial_mode not in (None, "sort") or flow == "mdn"):
-            raise ValueError(f"conditional_shift={mode!r} needs the flow's context to be the "
-                             "standardized x: an identity embedding, no discrete_columns, "
-                             "flat or sorted trials and a flow (not mdn). Use "
-                             "conditional_shift=None (or 'auto') here.")
-        return mode
-    ok = (identity_embedding and not discrete and trial_mode in (None, "sort")
-          and flow != "mdn" and context_dim <= MAX_CONTEXT and num_rows >= MIN_ROWS
-          and num_rows >= MIN_ROWS_PER_COEF * (context_dim + 1))
-    return auto if ok else None
+    if mode is not None and (not identity_embedding or discrete
+                             or trial_mode not in (None, "sort") or flow == "mdn"):
+        raise ValueError(f"conditional_shift={mode!r} needs the flow's context to be the "
+                         "standardized x: an identity embedding, no discrete_columns, "
+                         "flat or sorted trials and a flow (not mdn). Use "
+                         "conditional_shift=None here.")
+    return mode
 
 
 def fit_linear_shift(z: Tensor, ctx: Tensor, full: bool,
@@ -109,16 +86,6 @@ def fit_linear_shift(z: Tensor, ctx: Tensor, full: bool,
     else:
         scale = torch.diag(cov.diagonal().sqrt().clamp(min=1e-6))
     return coef[:-1].T.float(), coef[-1].float(), scale.float()
-
-
-def residual_kurtosis(u: Tensor) -> Tensor:
-    """Kurtosis ``E[u^4] / E[u^2]^2`` per dimension of whitened residuals ``u`` ``(N, D)``
-    → ``(D,)`` (finite rows only): 3 for Gaussian residuals, larger the more the residual
-    scale (the posterior's width) varies across simulations."""
-    u64 = u.double()
-    u64 = u64[torch.isfinite(u64).all(1)]
-    m2 = u64.square().mean(0)
-    return (u64.pow(4).mean(0) / m2.square().clamp(min=1e-300)).float()
 
 
 class ShiftedDensity(nn.Module):

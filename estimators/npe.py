@@ -17,21 +17,20 @@ most 9 parameters, ``fmaf`` otherwise. Both fused flows train with the ``"accura
 preset's warm-up + cosine schedule (``FMAF_ACCURATE_DEFAULTS``); ``preset="fast"`` gives
 ``FMAF_TRAIN_DEFAULTS``.
 
-``conditional_shift`` (default ``"auto"``) gives the flow a head start: before training,
-the standardized theta is regressed (ridge least squares) on the standardized x and the
-flow models the whitened residual ``u = L^{-1}(z - A s(x) - b)`` (``L``: Cholesky factor of
-the residual covariance), fixed once, with the constant log-Jacobian ``-sum log L_ii`` in
-``log_prob`` and the inverse map in sampling (:mod:`estimators.conditional_shift`).
-``"auto"`` uses it only where the flow's context is the standardized x itself (identity
-embedding, no discrete columns, flat or sorted trials, a flow), with at least
-``max(1,000, 20 (C + 1))`` simulations for ``C`` x features (``C <= 200``), and where the
-posterior's width does not vary much with x (kurtosis of every whitened residual dimension
-at most 10; 3 for Gaussian residuals); otherwise no shift. Measured at 10,000 simulations (benchmarks/RESULTS.md,
-"Issue 18: a conditional affine pre-standardization"): gaussian_mixture 70-131 instead of
-188-229 epochs and C2ST 0.545 instead of 0.603 over 3 seeds; on sir (posterior width
-varies with x) it cost C2ST and is off there. ``"linear"`` (diagonal scale) and
-``"linear_full"`` force it, ``None`` turns it off. Model files record the resolved choice;
-files saved before it existed load without a shift.
+``conditional_shift`` (default None: off) gives the flow a head start: with ``"linear_full"``
+(or ``"linear"``, a diagonal scale) the standardized theta is regressed (ridge least
+squares) on the standardized x before training and the flow models the whitened residual
+``u = L^{-1}(z - A s(x) - b)`` (``L``: Cholesky factor of the residual covariance), fixed
+once, with the constant log-Jacobian ``-sum log L_ii`` in ``log_prob`` and the inverse map
+in sampling (:mod:`estimators.conditional_shift`). It needs the flow's context to be the
+standardized x (identity embedding, no discrete columns, flat or sorted trials, a flow).
+Measured at 10,000 simulations (benchmarks/RESULTS.md, "Issue 18: a conditional affine
+pre-standardization of theta"): for posteriors close to linear-Gaussian in x it trains in
+fewer epochs and is more accurate (gaussian_mixture: 92 instead of 211 epochs, C2ST 0.545
+instead of 0.603 over 3 seeds; gaussian_linear 0.512 instead of 0.555), but it cost C2ST
+on sir (+0.030) and bernoulli_glm (+0.03, 2 seeds) and changed nothing on two_moons and
+slcp, so it is not the default. Model files record the choice; files saved before it
+existed load without a shift.
 
 ``regularizer="fim"`` (options ``beta``, ``fim_samples``, ``fim_ema``) adds the FIM-trace
 adversarial defense and ``regularizer="noise"`` (``noise_eps``) trains on noise-augmented
@@ -40,19 +39,13 @@ observations; see :mod:`estimators.robust_training`. The options are kept in the
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from estimators.conditional_shift import (
-    MAX_KURTOSIS,
-    ShiftedDensity,
-    residual_kurtosis,
-    resolve_shift,
-)
+from estimators.conditional_shift import ShiftedDensity, resolve_shift
 from estimators.discrete_x import OneHotX, discrete_config
 from estimators.embedding import build_embedding, is_set_embedding, prepare_embedding
 from estimators.flows import FLOWS, NSF_LAYOUT, build_flow, nsf_layout
@@ -85,13 +78,10 @@ DEFAULTS: dict[str, Any] = {
     "discrete_columns": None,
     "x_trials": None,
     "trial_mode": None,
-    "conditional_shift": "auto",
+    "conditional_shift": None,
 }
 
 THETA_TRANSFORMS = (None, "unconstrained")
-# what conditional_shift="auto" becomes where estimators.conditional_shift.resolve_shift's
-# rule holds
-AUTO_SHIFT = "linear_full"
 
 # flow="auto" (the default): the fused flow family by whether x declares exchangeable trials
 # that NPE uses (Problem(x_trials=...), estimators/trials.py) and by the parameter dimension
@@ -232,8 +222,7 @@ class NPEEstimator(StandardizedEstimator):
         self.shift = config.get("conditional_shift")
         if self.shift not in (None, "linear", "linear_full"):
             raise ValueError(f"conditional_shift={self.shift!r} in an estimator config must be "
-                             "resolved (None, 'linear' or 'linear_full'); build_npe resolves "
-                             "'auto'.")
+                             "None, 'linear' or 'linear_full'.")
         if self.shift is not None:
             self.density = ShiftedDensity(self.density, d, context_dim)
 
@@ -396,8 +385,7 @@ def build_npe(theta: Tensor, x: Tensor, prior: Distribution, **options: Any) -> 
     ident = spec is None or (isinstance(spec, dict) and spec.get("type") == "identity")
     config["conditional_shift"] = resolve_shift(
         config.get("conditional_shift"), flow=config["flow"], identity_embedding=ident,
-        discrete=options.get("discrete_columns") is not None, trial_mode=trial_mode,
-        context_dim=math.prod(x_shape), num_rows=int(theta.shape[0]), auto=AUTO_SHIFT)
+        discrete=options.get("discrete_columns") is not None, trial_mode=trial_mode)
     est = NPEEstimator(config, embedding=module)
     if est.theta_transform is not None:
         low, high = support_bounds(prior)
@@ -408,13 +396,6 @@ def build_npe(theta: Tensor, x: Tensor, prior: Distribution, **options: Any) -> 
         with torch.no_grad():
             z, ctx = est._to_z(theta)[0], est.context(x)
             est.density.fit(z, ctx, full=config["conditional_shift"] == "linear_full")
-            if options.get("conditional_shift", DEFAULTS["conditional_shift"]) == "auto":
-                kurt = float(residual_kurtosis(est.density.to_u(z, ctx)).max())
-                est.config["conditional_shift_kurtosis"] = round(kurt, 3)
-                if kurt > MAX_KURTOSIS:  # the posterior's width varies with x: no shift
-                    # (the flow inside was built exactly as without the shift)
-                    est.density, est.shift = est.density.flow, None
-                    est.config["conditional_shift"] = None
     return est
 
 

@@ -278,9 +278,7 @@ def test_two_moons_second_round_improves_and_reaches_amortized_npe():
     round2 = c2st(ref, post.sample((2000,), x=x_o, seed=0))
     s3 = simulate(problem, 1000, seed=1, progress=False)
     torch.manual_seed(0)
-    # like APT's estimator (built on 500 simulations, below the conditional shift's minimum
-    # of 1,000), without the shift: the loop is compared with the same model
-    base = build_npe(s3.theta, s3.x, problem.prior, conditional_shift=None, **opts)
+    base = build_npe(s3.theta, s3.x, problem.prior, **opts)
     train(base, s3.theta, s3.x, cfg)
     npe = c2st(ref, METHOD.make_posterior(base, problem.prior, problem.spec())
                .sample((2000,), x=x_o, seed=0))

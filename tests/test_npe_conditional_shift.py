@@ -101,7 +101,7 @@ def test_training_with_the_shift_reaches_the_analytic_posterior() -> None:
     torch.testing.assert_close(s.std(0), torch.full((2,), math.sqrt(VAR)), atol=0.04, rtol=0)
 
 
-@pytest.mark.parametrize("mode", ["linear", "auto"])
+@pytest.mark.parametrize("mode", ["linear", "linear_full"])
 def test_saved_model_reloads_with_the_same_density(tmp_path, mode: str) -> None:
     from sbi_core import Problem, fit, load, save
 
@@ -111,8 +111,7 @@ def test_saved_model_reloads_with_the_same_density(tmp_path, mode: str) -> None:
                progress=False, max_epochs=2, hidden_features=10, num_transforms=1)
     path = save(post, tmp_path / "m.pt")
     raw = torch.load(path, weights_only=True)
-    assert raw["estimator_config"]["conditional_shift"] == {"linear": "linear",
-                                                           "auto": "linear_full"}[mode]
+    assert raw["estimator_config"]["conditional_shift"] == mode
     again = load(path)
     xo = torch.tensor([0.2, 0.4])
     th = torch.randn(20, 2)
@@ -149,20 +148,24 @@ def test_config_without_the_key_builds_no_shift() -> None:
     old.load_state_dict(est.state_dict())  # strict: the same keys
 
 
-def test_auto_rule_and_errors() -> None:
-    base = dict(flow="fmaf", identity_embedding=True, discrete=False, trial_mode=None,
-                context_dim=10, num_rows=10_000, auto="linear_full")
-    assert resolve_shift("auto", **base) == "linear_full"
-    assert resolve_shift("auto", **{**base, "num_rows": 200}) is None  # < 20 (C + 1)
-    assert resolve_shift("auto", **{**base, "identity_embedding": False}) is None
-    assert resolve_shift("auto", **{**base, "trial_mode": "permute"}) is None
-    assert resolve_shift("auto", **{**base, "trial_mode": "sort"}) == "linear_full"
-    assert resolve_shift("auto", **{**base, "flow": "mdn"}) is None
-    assert resolve_shift(None, **base) is None
-    with pytest.raises(ValueError, match="identity embedding"):
-        resolve_shift("linear", **{**base, "identity_embedding": False})
+def test_resolve_checks_the_model_and_names_the_fix() -> None:
+    base = dict(flow="fmaf", identity_embedding=True, discrete=False, trial_mode=None)
+    assert resolve_shift("linear_full", **base) == "linear_full"
+    assert resolve_shift("linear", **{**base, "trial_mode": "sort"}) == "linear"
+    assert resolve_shift(None, **{**base, "identity_embedding": False}) is None
+    for bad in ({"identity_embedding": False}, {"discrete": True}, {"trial_mode": "permute"},
+                {"trial_mode": "set"}, {"flow": "mdn"}):
+        with pytest.raises(ValueError, match="conditional_shift=None"):
+            resolve_shift("linear", **{**base, **bad})
     with pytest.raises(ValueError, match="Unknown conditional_shift"):
-        resolve_shift("quadratic", **base)
+        resolve_shift("auto", **base)
+
+
+def test_default_is_no_shift() -> None:
+    theta, x = _toy(2000)
+    est = build_npe(theta, x, _prior())
+    assert est.config["conditional_shift"] is None
+    assert not isinstance(est.density, ShiftedDensity)
 
 
 def test_fit_skips_non_finite_rows_and_floors_the_scale() -> None:
@@ -175,26 +178,3 @@ def test_fit_skips_non_finite_rows_and_floors_the_scale() -> None:
     assert torch.isfinite(a).all() and torch.isfinite(scale).all()
     assert float(scale[0, 0]) >= 1e-6 and float(scale[0, 0]) < 0.01
 
-
-def test_auto_keeps_the_shift_only_where_the_posterior_width_is_steady() -> None:
-    """``"auto"``: the linear-Gaussian toy (constant posterior width) keeps the shift; a toy
-    whose posterior width varies by orders of magnitude with x drops it, and is then exactly the estimator built
-    without the shift (same initial weights, same log_prob)."""
-    theta, x = _toy(2000)
-    est = build_npe(theta, x, _prior(), flow="fmaf", conditional_shift="auto")
-    assert est.config["conditional_shift"] == "linear_full"
-    assert abs(est.config["conditional_shift_kurtosis"] - 3.0) < 0.5  # Gaussian residuals
-    g = torch.Generator().manual_seed(3)  # noise sd from 0.0003 to 20 across the prior
-    x_het = theta + 0.05 * torch.exp(2 * theta) * torch.randn(2000, 2, generator=g)
-    torch.manual_seed(4)
-    auto = build_npe(theta, x_het, _prior(), flow="fmaf", conditional_shift="auto")
-    torch.manual_seed(4)
-    none = build_npe(theta, x_het, _prior(), flow="fmaf", conditional_shift=None)
-    assert auto.config["conditional_shift"] is None
-    assert auto.config["conditional_shift_kurtosis"] > 10
-    assert not isinstance(auto.density, ShiftedDensity)
-    with torch.no_grad():
-        torch.testing.assert_close(auto.log_prob(theta[:20], x_het[:20]),
-                                   none.log_prob(theta[:20], x_het[:20]), rtol=0, atol=0)
-    small = build_npe(theta[:500], x[:500], _prior(), flow="fmaf", conditional_shift="auto")
-    assert small.config["conditional_shift"] is None  # fewer than MIN_ROWS simulations
