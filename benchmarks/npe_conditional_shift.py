@@ -38,7 +38,7 @@ from diagnostics.c2st import c2st  # noqa: E402
 from sbi_core import simulate  # noqa: E402
 from sbi_core.priors import prior_spec  # noqa: E402
 
-VARIANTS = {"none": None, "linear": "linear", "linear_full": "linear_full", "auto": "auto"}
+VARIANTS = {"none": None, "linear": "linear", "linear_full": "linear_full"}
 
 
 def main() -> None:
