@@ -130,13 +130,18 @@ _LAST_ROUND_SETTINGS = ("final_steps", "final_epoch_size")
 #: the new default for its remaining rounds (its finished rounds and drawn proposals stay).
 _REGION_SETTINGS = ("region_temperature", "region_union")
 #: ``final_epoch_size="auto"``: rows per epoch of the last round (as a multiple of
-#: ``sims_per_round``) per method; a method not listed takes full passes. SNLE on slcp 5 x
-#: 2,000 (seed 0, observation 1; benchmarks/RESULTS.md, "Issue 17: SNLE's wall time on slcp at
-#: 10,000"): full passes C2ST 0.669, 37.0 CPU s; 2.0 (4,000 rows): 0.680, 27.6 s; 1.0: 0.702
-#: (observation 2: 0.681 full, 0.730 at 1.0).
-FINAL_EPOCH_SIZE: dict[str, float] = {"snle": 2.0}
+#: ``sims_per_round``) per method other than SNLE; a method not listed takes full passes.
+FINAL_EPOCH_SIZE: dict[str, float] = {}
+#: SNLE's ``final_epoch_size="auto"`` per likelihood flow; flows not listed (the default fused
+#: MAF) take full passes. The nflows MAF: on slcp 5 x 2,000 (seed 0, observation 1;
+#: benchmarks/RESULTS.md, "Issue 17: SNLE's wall time on slcp at 10,000") full passes C2ST
+#: 0.669, 37.0 CPU s; 2.0 (4,000 rows): 0.680, 27.6 s; 1.0: 0.702 (observation 2: 0.681 full,
+#: 0.730 at 1.0). The fused MAF: on slcp 5 x 1,000 (seeds 0-4 x observations 1-3, paired) full
+#: passes gave C2ST ~0.025 lower than 2.0 at ~15% more CPU (benchmarks/RESULTS.md, "Issue 17:
+#: SNLE's default flow, the fused MAF with a full last round").
+SNLE_FINAL_EPOCH_SIZE: dict[str, float] = {"maf": 2.0}
 #: SNLE's proposal MCMC (``proposal_mcmc=None``): the warm-up of :data:`PROPOSAL_MCMC` halved
-#: (with ``FINAL_EPOCH_SIZE``: C2ST 0.671, 24.2 CPU s on the slcp run above).
+#: (with ``SNLE_FINAL_EPOCH_SIZE`` and the nflows MAF: C2ST 0.671, 24.2 CPU s on the slcp run above).
 SNLE_PROPOSAL_MCMC: dict[str, Any] = {"warmup_steps": 25, "ess_fraction": None}
 
 #: MCMC defaults of SNLE's posteriors (every round's proposals and the final posterior, saved
@@ -147,13 +152,16 @@ SNLE_PROPOSAL_MCMC: dict[str, Any] = {"warmup_steps": 25, "ess_fraction": None}
 #: "Issue 17: slcp at 10,000 over observations and seeds").
 SNLE_MCMC: dict[str, Any] = {"init_strategy": "sir_chains", "init_num_candidates": 100_000}
 #: SNLE's likelihood flow when ``flow=`` is not given, recorded in a store's settings as
-#: ``nle_flow`` (stores without it were written with ``"maf"``). ``flow="fmaf"`` (the fused
-#: MAF, ``estimators.fast_maf``) takes 55-60% of the CPU time: on slcp 5 x 1,000 / 5 x 2,000
-#: (seed 0, observations 1-3) mean C2ST 0.721 / 0.685 against 0.732 / 0.698, x4.8 CPU under
-#: sbi 0.27's TSNPE; but on two_moons 5 x 1,000 it was worse on all three observations (mean
-#: 0.558 vs 0.533), so the nflows MAF stays the default (benchmarks/RESULTS.md, "Issue 17:
-#: SNLE with the fused MAF, and dequantized counts").
-SNLE_FLOW = "maf"
+#: ``nle_flow`` (stores without it were written with ``"maf"``, the default until wave 9; they
+#: resume with ``flow="maf"``, and the settings check says so). The fused MAF
+#: (``estimators.fast_maf``) is the nflows MAF's architecture (MADE with tanh units, softplus
+#: scales, a tanh context layer per transform, the same initialization family) with fixed
+#: variable orders instead of random permutation layers, at ~55% of its CPU per run. With a
+#: full last round (:data:`SNLE_FINAL_EPOCH_SIZE`), paired against the nflows MAF with epochs
+#: of 2 x sims_per_round rows (the earlier default) on slcp 5 x 1,000, seeds 0-4 x observations
+#: 1-3, its C2ST was lower on average at ~1.5x less CPU; on two_moons see benchmarks/RESULTS.md,
+#: "Issue 17: SNLE's default flow, the fused MAF with a full last round".
+SNLE_FLOW = "fmaf"
 _APT_FIXED_SPLIT = True  # False: the pre-fix random split per round (benchmarks only)
 
 
@@ -419,12 +427,19 @@ class _RunState:
             saved.setdefault("nle_flow", "maf")
         if saved.get("method") == "tsnpe":  # stores from before ROUND_STALL
             saved.setdefault("round_stall", None)
-        diff = {k: (saved.get(k), v) for k, v in self.settings.items()
+        if saved.get("method") == "snle":  # the flow is compared as nle_flow (given or the
+            # default of its time), so a store of the earlier default resumes with flow="maf"
+            saved = {**saved, "fit_options": _without_flow(saved.get("fit_options"))}
+        mine = self.settings if self.settings.get("method") != "snle" else \
+            {**self.settings, "fit_options": _without_flow(self.settings.get("fit_options"))}
+        diff = {k: (saved.get(k), v) for k, v in mine.items()
                 if k != "rounds" and saved.get(k) != v
                 and not (k in _LAST_ROUND_SETTINGS + _REGION_SETTINGS and k not in saved)}
         if diff:
             detail = "; ".join(f"{k}: store has {a!r}, this run has {b!r}"
                                for k, (a, b) in diff.items())
+            if "nle_flow" in diff:  # SNLE_FLOW changed to "fmaf" in wave 9: name the option
+                detail += f" (SNLE's flow: pass flow={diff['nle_flow'][0]!r} to resume)"
             raise ValueError(f"Cannot resume {self.store}: {detail}. Resume with the original "
                              "settings (more rounds are fine) or use a new store.")
         self.rounds = list(state.get("rounds", []))
@@ -562,9 +577,9 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
             budgets").
         final_epoch_size: tsnpe / snle / snre, the last round (warm-started, more than one
             round): rows per epoch as ``round_epoch_size`` (a float) or full passes
-            (``None``). ``"auto"`` (default): :data:`FINAL_EPOCH_SIZE` (snle: 2.0, i.e.
-            ``2 * sims_per_round`` rows, at least ``MIN_EPOCH_ROWS``), full passes for the
-            other methods. Stores made before this option resume with the default.
+            (``None``). ``"auto"`` (default): full passes, except SNLE with the nflows
+            MAF (``flow="maf"``; :data:`SNLE_FINAL_EPOCH_SIZE`): 2.0, i.e.
+            ``2 * sims_per_round`` rows, at least ``MIN_EPOCH_ROWS``. Stores made before this option resume with the default.
         proposal_mcmc: snle / snre: MCMC options of the proposal draws (default
             ``PROPOSAL_MCMC``: 50 warm-up steps, no ESS-driven thinning; snle:
             ``SNLE_PROPOSAL_MCMC``, 25 warm-up steps); the final
@@ -579,8 +594,8 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
             (benchmarks, tests): TSNPE records in each round the fraction of them inside the
             truncation region (``reference_inside``; should stay about ``1 - epsilon``).
         **fit_options: training and estimator options passed to :func:`sbi_core.fit`. SNLE
-            without ``flow=`` uses ``SNLE_FLOW`` (the nflows MAF ``"maf"``; ``flow="fmaf"``,
-            the fused MAF, about 1.7x less CPU per run on slcp, see ``SNLE_FLOW``).
+            without ``flow=`` uses ``SNLE_FLOW`` (the fused MAF ``"fmaf"``, about 1.5x less CPU
+            per run on slcp than the nflows MAF ``flow="maf"``, see ``SNLE_FLOW``).
 
     Returns:
         :class:`SequentialResult` ``(posterior, history)``.
@@ -651,7 +666,8 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
     round_opts = _round_options(method, fit_options, round_epoch_size, round_patience,
                                 sims_per_round)
     final_opts = _final_options(method, fit_options, final_epoch_size, round_opts,
-                                round_patience, sims_per_round)
+                                round_patience, sims_per_round,
+                                fit_options.get("flow", SNLE_FLOW))
     default_mcmc = SNLE_PROPOSAL_MCMC if method == "snle" else PROPOSAL_MCMC
     mcmc_opts = dict(default_mcmc if proposal_mcmc is None else proposal_mcmc) \
         if method in ("snle", "snre") else {}
@@ -844,6 +860,11 @@ def _check_x_o(problem: Problem, x_o: Any) -> Tensor:
     return x
 
 
+def _without_flow(options: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Recorded ``fit_options`` less ``flow`` (SNLE records its flow as ``nle_flow``)."""
+    return options if options is None else {k: v for k, v in options.items() if k != "flow"}
+
+
 def _plain_options(options: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in sorted(options.items()):
@@ -1018,11 +1039,13 @@ def _round_options(method: str, fit_options: dict[str, Any], epoch_size: float |
 
 def _final_options(method: str, fit_options: dict[str, Any], final_epoch_size: Any,
                    round_opts: dict[str, Any], patience: int | None,
-                   sims_per_round: int) -> dict[str, Any]:
+                   sims_per_round: int, flow: str | None = None) -> dict[str, Any]:
     """Training settings of the last round: ``round_opts`` with the rows per epoch of
-    ``final_epoch_size`` (see :func:`run_sequential`)."""
+    ``final_epoch_size`` (see :func:`run_sequential`; ``flow``: SNLE's likelihood flow, which
+    ``"auto"`` depends on)."""
     if final_epoch_size == "auto":
-        final_epoch_size = FINAL_EPOCH_SIZE.get(method)
+        final_epoch_size = SNLE_FINAL_EPOCH_SIZE.get(flow or SNLE_FLOW) if method == "snle" \
+            else FINAL_EPOCH_SIZE.get(method)
     if final_epoch_size is not None and (isinstance(final_epoch_size, (str, bool))
                                          or not 0 < final_epoch_size < math.inf):
         raise ValueError(f"final_epoch_size must be 'auto', None (full passes) or a positive "

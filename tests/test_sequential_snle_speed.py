@@ -1,6 +1,7 @@
 """The last round's rows per epoch (``final_epoch_size``, issue 17 wall time of SNLE on
-slcp): ``"auto"`` gives SNLE epochs of ``2 * sims_per_round`` rows (``FINAL_EPOCH_SIZE``) and
-the other methods full passes; a number draws that many times ``sims_per_round`` rows."""
+slcp): ``"auto"`` gives SNLE with the nflows MAF epochs of ``2 * sims_per_round`` rows
+(``SNLE_FINAL_EPOCH_SIZE``), SNLE with the fused MAF (the default flow since wave 9) and the
+other methods full passes; a number draws that many times ``sims_per_round`` rows."""
 
 import pytest
 
@@ -13,8 +14,11 @@ TINY = {"max_epochs": 8, "hidden_features": 16, "num_transforms": 2}
 
 def test_final_options_auto_per_method_numbers_and_none():
     opts = _round_options("snle", {}, 1.0, 20, 2000)
-    assert _final_options("snle", {}, "auto", opts, 20, 2000) == {"stop_after_epochs": 20,
-                                                                  "epoch_rows": 4000}
+    assert _final_options("snle", {}, "auto", opts, 20, 2000, "maf") == {
+        "stop_after_epochs": 20, "epoch_rows": 4000}
+    # the fused MAF (SNLE's default flow since wave 9): full passes in the last round
+    assert _final_options("snle", {}, "auto", opts, 20, 2000, "fmaf") == {"stop_after_epochs": 20}
+    assert _final_options("snle", {}, "auto", opts, 20, 2000) == {"stop_after_epochs": 20}
     for method in ("tsnpe", "snre"):
         assert _final_options(method, {}, "auto", _round_options(method, {}, 1.0, 20, 2000),
                               20, 2000) == {"stop_after_epochs": 20}
@@ -23,7 +27,8 @@ def test_final_options_auto_per_method_numbers_and_none():
     assert _final_options("tsnpe", {}, 2.5, opts, 20, 2000)["epoch_rows"] == 5000
     assert _final_options("snpe_c", {}, 2.5, {}, 20, 2000) == {}
     # small rounds: at least MIN_EPOCH_ROWS rows (full passes while the data are fewer)
-    assert _final_options("snle", {}, "auto", {}, 20, 200)["epoch_rows"] == seq.MIN_EPOCH_ROWS
+    assert _final_options("snle", {}, "auto", {}, 20, 200, "maf")["epoch_rows"] == \
+        seq.MIN_EPOCH_ROWS
 
 
 def test_last_round_epoch_rows_in_an_snle_run_and_bad_values_are_clear_errors(monkeypatch):
@@ -40,7 +45,7 @@ def test_last_round_epoch_rows_in_an_snle_run_and_bad_values_are_clear_errors(mo
     monkeypatch.setattr(seq, "MIN_EPOCH_ROWS", 10)
     problem = simulators.get_problem("gaussian_linear", dim=2)
     x_o = problem.observation(1)
-    common = {"method": "snle", "rounds": 2, "sims_per_round": 100, "seed": 0,
+    common = {"method": "snle", "flow": "maf", "rounds": 2, "sims_per_round": 100, "seed": 0,
               "progress": False, "round_epoch_size": 0.5, "mcmc": {"num_chains": 10},
               "proposal_mcmc": {"warmup_steps": 5, "ess_fraction": None}, **TINY}
     run_sequential(problem, x_o, **common)
