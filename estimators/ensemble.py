@@ -246,25 +246,9 @@ def build_ensemble(theta: Tensor, x: Tensor, prior: Distribution, ensemble: Any 
     if options.get("regularizer") == "fim":
         raise ValueError("regularizer='fim' is not supported for ensembles; train without it "
                          "or with regularizer='noise'.")
+    # every member draws its own initial weights from torch's generator (seeded by ``fit``)
     members = [build_npe(theta, x, prior, **options) for _ in range(k)]
-    _diversify(members)
     return EnsembleEstimator({**members[0].config, "ensemble": k}, members=members)
-
-
-def _diversify(members: list[nn.Module]) -> None:
-    """Give members whose builder fixes the initial weights (the nflows flows are built
-    under a fixed seed, the permutations being part of the architecture) their own initial
-    weights: each parameter tensor equal to member 0's gets a random permutation of its
-    entries — another draw of the same i.i.d. initialization (constant tensors, such as an
-    identity-initialized LU diagonal, stay as they are). Uses torch's global generator,
-    seeded by ``fit``."""
-    ref = dict(members[0].named_parameters())
-    with torch.no_grad():
-        for m in members[1:]:
-            for name, p in m.named_parameters():
-                if p.numel() > 1 and torch.equal(p, ref[name]):
-                    flat = p.reshape(-1)
-                    p.copy_(flat[torch.randperm(flat.numel())].reshape(p.shape))
 
 
 def _make_posterior(estimator: EnsembleEstimator, prior: Distribution,

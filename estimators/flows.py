@@ -23,7 +23,7 @@ from nflows.transforms.autoregressive import (
 from nflows.transforms.base import CompositeTransform
 from nflows.transforms.coupling import PiecewiseRationalQuadraticCouplingTransform
 from nflows.transforms.lu import LULinear
-from nflows.transforms.permutations import RandomPermutation, ReversePermutation
+from nflows.transforms.permutations import Permutation, ReversePermutation
 from torch import nn
 
 from estimators.fast_maf import FusedMAF
@@ -59,45 +59,48 @@ def build_flow(kind: str, dim: int, context_dim: int, hidden_features: int = 50,
     if kind == "fnsf":
         return FusedNSF(dim, context_dim, hidden_features, num_transforms, num_blocks, num_bins,
                         tail_bound)
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(permutation_seed)  # permutations are part of the architecture
-    try:
-        layers: list[nn.Module] = []
-        for _ in range(num_transforms):
-            if kind == "maf":
-                layers.append(MaskedAffineAutoregressiveTransform(
-                    features=dim, hidden_features=hidden_features, context_features=context_dim,
-                    num_blocks=num_blocks, use_residual_blocks=False, activation=torch.tanh))
-                layers.append(RandomPermutation(dim) if dim > 1 else ReversePermutation(dim))
-            elif dim == 1:
-                layers.append(MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
-                    features=dim, hidden_features=hidden_features, context_features=context_dim,
-                    num_bins=num_bins, tails="linear", tail_bound=tail_bound,
-                    num_blocks=num_blocks, use_residual_blocks=False, activation=torch.relu))
+    # Permutations are part of the architecture: they come from their own generator seeded by
+    # ``permutation_seed``. The weights come from the caller's random state, so runs with
+    # other seeds (and ensemble members) start from other weights. (Until 2026-12-01 the
+    # whole flow was built under ``torch.manual_seed(permutation_seed)``: every maf / nsf
+    # started from the same weights whatever the run's seed. Saved models keep their
+    # permutations as buffers, so they load unchanged.)
+    perm_gen = torch.Generator().manual_seed(permutation_seed)
+    layers: list[nn.Module] = []
+    for _ in range(num_transforms):
+        if kind == "maf":
+            layers.append(MaskedAffineAutoregressiveTransform(
+                features=dim, hidden_features=hidden_features, context_features=context_dim,
+                num_blocks=num_blocks, use_residual_blocks=False, activation=torch.tanh))
+            layers.append(Permutation(torch.randperm(dim, generator=perm_gen)) if dim > 1
+                          else ReversePermutation(dim))
+        elif dim == 1:
+            layers.append(MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
+                features=dim, hidden_features=hidden_features, context_features=context_dim,
+                num_bins=num_bins, tails="linear", tail_bound=tail_bound,
+                num_blocks=num_blocks, use_residual_blocks=False, activation=torch.relu))
+        else:
+            # Alternate which half is transformed (even / odd features), then mix all
+            # features with an LU-parametrized linear map (identity at init). A fixed
+            # mask with a reverse permutation never transforms the odd features when D
+            # is odd (reversal maps even positions to even positions).
+            mask = torch.zeros(dim)
+            if nsf_layout == 1:
+                mask[::2] = 1
             else:
-                # Alternate which half is transformed (even / odd features), then mix all
-                # features with an LU-parametrized linear map (identity at init). A fixed
-                # mask with a reverse permutation never transforms the odd features when D
-                # is odd (reversal maps even positions to even positions).
-                mask = torch.zeros(dim)
-                if nsf_layout == 1:
-                    mask[::2] = 1
-                else:
-                    mask[len(layers) // 2 % 2::2] = 1
+                mask[len(layers) // 2 % 2::2] = 1
 
-                def net(inp: int, out: int) -> nn.Module:
-                    return ResidualNet(inp, out, hidden_features=hidden_features,
-                                       context_features=context_dim, num_blocks=num_blocks,
-                                       activation=torch.relu)
+            def net(inp: int, out: int) -> nn.Module:
+                return ResidualNet(inp, out, hidden_features=hidden_features,
+                                   context_features=context_dim, num_blocks=num_blocks,
+                                   activation=torch.relu)
 
-                layers.append(PiecewiseRationalQuadraticCouplingTransform(
-                    mask=mask, transform_net_create_fn=net, num_bins=num_bins, tails="linear",
-                    tail_bound=tail_bound, apply_unconditional_transform=False))
-                layers.append(LULinear(dim, identity_init=True) if nsf_layout != 1
-                              else ReversePermutation(dim))
-        return Flow(CompositeTransform(layers), StandardNormal((dim,)))
-    finally:
-        torch.random.set_rng_state(gen_state)
+            layers.append(PiecewiseRationalQuadraticCouplingTransform(
+                mask=mask, transform_net_create_fn=net, num_bins=num_bins, tails="linear",
+                tail_bound=tail_bound, apply_unconditional_transform=False))
+            layers.append(LULinear(dim, identity_init=True) if nsf_layout != 1
+                          else ReversePermutation(dim))
+    return Flow(CompositeTransform(layers), StandardNormal((dim,)))
 
 
 def nsf_layout(config: dict) -> int:
