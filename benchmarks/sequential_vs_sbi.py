@@ -132,13 +132,22 @@ def sbi_worker(task: str, k: int, seed: int, budget: int, rounds: int, method: s
 
 
 def run_sbi(python: str, task: str, k: int, seed: int, budget: int, rounds: int, method: str,
-            num_samples: int) -> dict:
+            num_samples: int, timeout: float | None = None) -> dict:
+    """One sbi run in a subprocess of ``python``; ``timeout`` (seconds, ``None``: no limit)
+    kills a worker that does not finish (e.g. sbi's SNPE-C posterior leaking outside the
+    prior, whose rejection sampling of the C2ST draws can run for many minutes) and returns
+    an ``error`` row instead of stopping the grid."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.npz"
         cmd = [python, str(Path(__file__).resolve()), "--sbi-worker", task, str(k), str(seed),
                str(budget), str(rounds), method, str(num_samples), str(out)]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"error": f"sbi worker killed after --sbi-timeout {timeout:g} s (not "
+                             "finished; raise --sbi-timeout to wait longer)"}
         if proc.returncode != 0:
             return {"error": proc.stderr.strip().splitlines()[-1][:300] if proc.stderr else
                     f"exit {proc.returncode}"}
@@ -307,6 +316,9 @@ def main() -> None:
     ap.add_argument("--best", nargs="+", default=["two_moons=tsnpe", "slcp=snle",
                                                   "gaussian_mixture=tsnpe", "sir=tsnpe"],
                     metavar="TASK=METHOD", help="with --grid: our method per task")
+    ap.add_argument("--sbi-timeout", type=float, default=None, metavar="SECONDS",
+                    help="kill an sbi run after this many seconds and record it as an error "
+                         "row (default: no limit)")
     ap.add_argument("--sbi-worker", nargs=8, metavar="ARG", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.grid:
@@ -343,7 +355,7 @@ def main() -> None:
                                            args.num_samples, ref, opts)
                         else:
                             res = run_sbi(args.sbi_python, task, k, seed, budget, args.rounds,
-                                          method, args.num_samples)
+                                          method, args.num_samples, args.sbi_timeout)
                         row = {"task": task, "observation": k, "seed": seed, "budget": budget,
                                "method": method,
                                "rounds": 1 if method == "npe" else
