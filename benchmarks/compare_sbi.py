@@ -56,6 +56,16 @@ def _worker_cmd(python: str, lib: str, inp: Path, flow: str, seed: int, threads:
     return cmd, env, out
 
 
+def save_task_data(path: Path, problem, theta: torch.Tensor, x: torch.Tensor, xo: torch.Tensor,
+                   num_samples: int) -> None:
+    """The ``.npz`` both libraries' workers read: training ``theta (N, D)`` and ``x (N, ...)``,
+    observations ``xo (K, ...)``, the prior as a plain-value spec, the sample count and the
+    problem's declared trials."""
+    np.savez(path, theta=theta.numpy(), x=x.numpy(), xo=xo.numpy(),
+             prior_spec=json.dumps(prior_spec(problem.prior)), num_samples=num_samples,
+             x_trials=json.dumps(getattr(problem, "x_trials", None)))
+
+
 def run_workers(jobs: list[tuple[str, str]], inp: Path, flow: str, seed: int, threads: int,
                 options: dict, concurrent: bool, run: dict | None = None) -> dict[str, dict]:
     """Train and sample with each ``(lib, python)`` in a fresh process; one after the other,
@@ -131,10 +141,7 @@ def main() -> None:
                 for k in ks]
         with tempfile.TemporaryDirectory() as tmp:
             inp = Path(tmp) / "data.npz"
-            np.savez(inp, theta=theta.numpy(), x=x.numpy(), xo=xo.numpy(),
-                     prior_spec=json.dumps(prior_spec(problem.prior)),
-                     num_samples=args.num_samples,
-                     x_trials=json.dumps(getattr(problem, "x_trials", None)))
+            save_task_data(inp, problem, theta, x, xo, args.num_samples)
             for flow in args.flows:
                 libs = [lib for lib in ("sbi", "sbi_core") if lib in args.libs]
                 if order % 2:

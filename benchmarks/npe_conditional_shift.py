@@ -32,11 +32,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from compare_sbi import run_workers  # noqa: E402
+from compare_sbi import run_workers, save_task_data  # noqa: E402
 
 from diagnostics.c2st import c2st  # noqa: E402
 from sbi_core import simulate  # noqa: E402
-from sbi_core.priors import prior_spec  # noqa: E402
 
 VARIANTS = {"none": None, "linear": "linear", "linear_full": "linear_full"}
 
@@ -70,10 +69,7 @@ def main() -> None:
             turn += 1
             with tempfile.TemporaryDirectory() as tmp:
                 inp = Path(tmp) / "data.npz"
-                np.savez(inp, theta=theta.numpy(), x=x.numpy(), xo=xo.numpy(),
-                         prior_spec=json.dumps(prior_spec(problem.prior)),
-                         num_samples=args.num_samples,
-                         x_trials=json.dumps(getattr(problem, "x_trials", None)))
+                save_task_data(inp, problem, theta, x, xo, args.num_samples)
                 for variant in order:
                     opts = {**json.loads(args.ours_options),
                             "conditional_shift": VARIANTS[variant]}

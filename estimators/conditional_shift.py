@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from estimators.flows import sample_and_log_prob as flow_sample_and_log_prob
+
 __all__ = ["SHIFT_MODES", "ShiftedDensity", "fit_linear_shift", "resolve_shift"]
 
 # None: no shift (the default: the flow sees the prior-standardized theta); "linear":
@@ -145,12 +147,7 @@ class ShiftedDensity(nn.Module):
 
     def sample_and_log_prob(self, num_samples: int, context: Tensor) -> tuple[Tensor, Tensor]:
         """Samples ``(B, n, D)`` and their log densities ``(B, n)``."""
-        if hasattr(self.flow, "sample_and_log_prob"):
-            u, lp = self.flow.sample_and_log_prob(num_samples, context=context)
-        else:
-            u = self.flow.sample(num_samples, context=context)
-            lp = self.flow.log_prob(u.reshape(-1, self.dim),
-                                    context.repeat_interleave(num_samples, 0)).reshape(u.shape[:2])
+        u, lp = flow_sample_and_log_prob(self.flow, num_samples, context)
         return self.from_u(u, context), lp + self.log_abs_det()
 
     def forward_transform(self, inputs: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:

@@ -29,7 +29,7 @@ from torch import nn
 from estimators.fast_maf import FusedMAF
 from estimators.fast_nsf import FusedNSF
 
-__all__ = ["build_flow", "FLOWS"]
+__all__ = ["build_flow", "FLOWS", "sample_and_log_prob"]
 
 FLOWS = ("maf", "nsf", "fmaf", "fnsf")
 
@@ -113,3 +113,16 @@ def nsf_layout(config: dict) -> int:
             "mask; with an odd number of features some were never transformed. It is loaded "
             "as saved; retrain it for the corrected NSF.", stacklevel=3)
     return layout
+
+
+def sample_and_log_prob(flow: torch.nn.Module, num_samples: int,
+                        context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``num_samples`` draws ``(B, n, D)`` per context row ``(B, C)`` and their log densities
+    ``(B, n)``: the flow's own ``sample_and_log_prob`` where it has one, else a sample
+    followed by one batched ``log_prob``."""
+    if hasattr(flow, "sample_and_log_prob"):
+        return flow.sample_and_log_prob(num_samples, context=context)
+    z = flow.sample(num_samples, context=context)
+    lp = flow.log_prob(z.reshape(-1, z.shape[-1]),
+                       context.repeat_interleave(num_samples, 0)).reshape(z.shape[:2])
+    return z, lp

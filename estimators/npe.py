@@ -49,6 +49,7 @@ from estimators.conditional_shift import ShiftedDensity, resolve_shift
 from estimators.discrete_x import OneHotX, discrete_config
 from estimators.embedding import build_embedding, is_set_embedding, prepare_embedding
 from estimators.flows import FLOWS, NSF_LAYOUT, build_flow, nsf_layout
+from estimators.flows import sample_and_log_prob as flow_sample_and_log_prob
 from estimators.mdn import MixtureDensity
 from estimators.robust_training import (
     REGULARIZER_DEFAULTS,
@@ -332,12 +333,7 @@ class NPEEstimator(StandardizedEstimator):
     def sample_and_log_prob(self, n: int, x: Tensor) -> tuple[Tensor, Tensor]:
         """Differentiable samples ``(n, B, D)`` and their log densities ``(n, B)``."""
         ctx = self.context(x)
-        if hasattr(self.density, "sample_and_log_prob"):
-            z, lp = self.density.sample_and_log_prob(n, context=ctx)
-        else:
-            z = self.density.sample(n, context=ctx)
-            lp = self.density.log_prob(z.reshape(-1, self.theta_dim),
-                                       ctx.repeat_interleave(n, 0)).reshape(z.shape[:2])
+        z, lp = flow_sample_and_log_prob(self.density, n, ctx)
         theta = self.from_z(z)
         return theta.transpose(0, 1), (lp + self._to_z(theta)[1]).transpose(0, 1)
 
