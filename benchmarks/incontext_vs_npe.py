@@ -18,6 +18,10 @@ outside the pretrained range; sir's reference needs a DE-MCMC run per observatio
 cached here) and sbi's worker has no log-normal prior, so it is optional (``--tasks ... sir``,
 in-context and sbi-core NPE only).
 
+``--truncate`` adds (d) a two-pass truncated in-context posterior per observation (context
+restricted to the first posterior's quantile box; :func:`truncated_posterior`; an experiment,
+not a package option — it did not help, see RESULTS.md "Issue 21 (wave 10, h10-ic10)").
+
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/incontext_vs_npe.py --sbi-python /work/sbi-venv/bin/python \\
@@ -46,7 +50,7 @@ from compare_sbi import run_workers  # noqa: E402
 
 from diagnostics.c2st import c2st  # noqa: E402
 from sbi_core import fit, simulate  # noqa: E402
-from sbi_core.priors import prior_spec  # noqa: E402
+from sbi_core.priors import prior_spec, support_bounds  # noqa: E402
 
 
 def get_task(name: str):
@@ -72,6 +76,41 @@ def observations(problem, k: int) -> list[torch.Tensor]:
         return out
 
 
+def truncated_posterior(problem, theta: torch.Tensor, x: torch.Tensor, xo: torch.Tensor, post0,
+                        options: dict, seed: int, quantile: float, margin: float,
+                        min_sims: int, draws: int = 4000):
+    """Two in-context passes for one observation ``xo`` (``--truncate``; not in the package,
+    see RESULTS.md "Issue 21 (wave 10, h10-ic10)"): the box ``R`` spanned by the
+    ``quantile`` / ``1 - quantile`` quantiles of ``draws`` samples of the first posterior
+    ``post0``, widened by ``margin`` times its width on each side and intersected with the
+    prior's support; then the in-context posterior of the simulations with ``theta`` in ``R``
+    (draws from the prior truncated to ``R``), restricted to ``R`` and renormalized (the
+    estimator's bounds set to ``R``: ``sample`` / ``log_prob`` stay exact for the model).
+    Falls back to ``post0`` when fewer than ``min_sims`` simulations lie in ``R`` or ``xo``
+    lies outside their x range. Returns ``(posterior, record)``."""
+    s = post0.sample((draws,), x=xo, seed=10_000 + seed)
+    a, b = torch.quantile(s, quantile, 0), torch.quantile(s, 1 - quantile, 0)
+    plo, phi = support_bounds(problem.prior)
+    lo = torch.maximum(a - margin * (b - a), plo.float())
+    hi = torch.minimum(b + margin * (b - a), phi.float())
+    keep = ((theta >= lo) & (theta <= hi)).all(1)
+    rec = {"kept": int(keep.sum()), "low": lo.tolist(), "high": hi.tolist()}
+    if rec["kept"] < min_sims:
+        return post0, {**rec, "fallback": f"fewer than {min_sims} simulations in R"}
+    post = fit(problem, (theta[keep], x[keep]), method="incontext", detector=False, seed=seed,
+               **options)
+    if post.outside_training_range(xo[None]) is not None:
+        return post0, {**rec, "fallback": "x_o outside the truncated context's x range"}
+    est = post.estimator
+    if hasattr(est, "set_bounds"):
+        est.set_bounds(lo, hi)
+    else:
+        with torch.no_grad():
+            est.low.copy_(lo)
+            est.high.copy_(hi)
+    return post, {**rec, "variant": post.history.get("variant")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -92,6 +131,13 @@ def main() -> None:
                     help="in-context variant (default: the method's default)")
     ap.add_argument("--candidates", nargs="+", default=None, metavar="NAME",
                     help="candidates of 'auto' / 'stack', e.g. plain-16 residual-64")
+    ap.add_argument("--truncate", action="store_true",
+                    help="also the two-pass truncated in-context posterior per observation "
+                         "(context restricted to the first posterior's quantile box)")
+    ap.add_argument("--truncate-quantile", type=float, default=0.001)
+    ap.add_argument("--truncate-margin", type=float, default=0.25)
+    ap.add_argument("--truncate-min", type=int, default=100,
+                    help="fall back to one pass when fewer simulations lie in the box")
     ap.add_argument("--baselines-only", action="store_true",
                     help="run only (b) and (c) (they do not depend on the weights)")
     ap.add_argument("--baselines-from", metavar="JSON",
@@ -136,6 +182,27 @@ def main() -> None:
                                     "sample_seconds": round(t_sample, 3),
                                     "c2st": [round(s, 3) for s in scores],
                                     "c2st_mean": round(float(np.mean(scores)), 3)}
+                if args.truncate:
+                    sc, recs, secs = [], [], []
+                    for i, (xo, r) in enumerate(zip(xos, refs)):
+                        t0 = time.perf_counter()
+                        p0 = fit(problem, (theta, x), method="incontext", detector=False,
+                                 seed=args.seed, **weights)
+                        p1, rec = truncated_posterior(
+                            problem, theta, x, xo, p0, weights, args.seed,
+                            args.truncate_quantile, args.truncate_margin, args.truncate_min)
+                        secs.append(time.perf_counter() - t0)
+                        recs.append(rec)
+                        sc.append(c2st(p1.sample((args.num_samples,), x=xo, seed=i), r, seed=0))
+                        lo, hi = torch.tensor(rec["low"]), torch.tensor(rec["high"])
+                        rec["ref_mass_in_R"] = round(float(((r >= lo) & (r <= hi)).all(1)
+                                                           .float().mean()), 4)
+                    row["incontext_trunc"] = {
+                        "first_posterior_seconds": round(float(np.mean(secs)), 3),
+                        "max_first_posterior_seconds": round(float(np.max(secs)), 3),
+                        "truncation": recs,
+                        "c2st": [round(v, 3) for v in sc],
+                        "c2st_mean": round(float(np.mean(sc)), 3)}
                 for steps in args.finetune:
                     t0 = time.perf_counter()
                     tuned = fit(problem, (theta, x), method="incontext", detector=False,
