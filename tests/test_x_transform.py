@@ -187,3 +187,23 @@ def test_context_uses_the_transformed_x_and_helpers_stay_in_raw_units(poisson_fi
     assert torch.equal(est.x_norm.mean, before)
     default = torch.tensor(observation_range(post)["default"])
     assert torch.allclose(default, torch.expm1(before), rtol=1e-4)
+
+
+def test_misspecification_detector_sees_the_transformed_features():
+    """fit's detector takes the estimator's context, so it scores log1p-transformed x: a
+    typical observation passes, counts far above the training range are flagged."""
+    problem = _poisson_problem()
+    sims = simulate(problem, 800, seed=2, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        post = fit(problem, sims, seed=0, progress=False, x_transform="auto", max_epochs=5,
+                   hidden_features=8, num_transforms=1)
+    det = post.detector
+    x = sims.training_data()[1][:50]
+    f, ctx = det.features(x), post.estimator.context(x).detach()
+    for j in range(3):  # the detector's features: its own z-scoring of the context
+        assert float(torch.corrcoef(torch.stack([f[:, j], ctx[:, j]]))[0, 1]) > 0.9999
+    typical = det.test(problem.observation(1)[None])
+    odd = det.test(torch.tensor([[3000.0, 0.0, 9000.0]]))
+    assert float(typical.density_p[0]) > 0.01
+    assert float(odd.density_p[0]) < 0.05
