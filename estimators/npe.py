@@ -32,6 +32,11 @@ on sir (+0.030) and bernoulli_glm (+0.03, 2 seeds) and changed nothing on two_mo
 slcp, so it is not the default. Model files record the choice; files saved before it
 existed load without a shift.
 
+``x_transform`` (default ``"none"``; ``"auto"``, ``"log1p"``, ``"sqrt"``) maps nonnegative,
+right-skewed x columns before z-scoring (:mod:`estimators.x_transform`); the chosen columns
+are stored in the config as ``x_map``. Off by default: on sir it cost C2ST (benchmarks/RESULTS.md,
+"Issue 18: a log1p transform of skewed count x").
+
 ``regularizer="fim"`` (options ``beta``, ``fim_samples``, ``fim_ema``) adds the FIM-trace
 adversarial defense and ``regularizer="noise"`` (``noise_eps``) trains on noise-augmented
 observations; see :mod:`estimators.robust_training`. The options are kept in the config.
