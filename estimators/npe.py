@@ -32,6 +32,11 @@ on sir (+0.030) and bernoulli_glm (+0.03, 2 seeds) and changed nothing on two_mo
 slcp, so it is not the default. Model files record the choice; files saved before it
 existed load without a shift.
 
+``x_transform`` (default ``"none"``; ``"auto"``, ``"log1p"``, ``"sqrt"``) maps nonnegative,
+right-skewed x columns before z-scoring (:mod:`estimators.x_transform`); the chosen columns
+are stored in the config as ``x_map``. Off by default: on sir it cost C2ST (benchmarks/RESULTS.md,
+"Issue 18: a log1p transform of skewed count x").
+
 ``regularizer="fim"`` (options ``beta``, ``fim_samples``, ``fim_ema``) adds the FIM-trace
 adversarial defense and ``regularizer="noise"`` (``noise_eps``) trains on noise-augmented
 observations; see :mod:`estimators.robust_training`. The options are kept in the config.
@@ -60,6 +65,7 @@ from estimators.robust_training import (
 from estimators.standardize import StandardizedEstimator, fit_standardize
 from estimators.theta_transform import UnconstrainedTransform
 from estimators.trials import permute_trials, resolve_trials, sort_trials, trial_statistics
+from estimators.x_transform import XTransform, resolve_x_transform
 from sbi_core.methods import Method
 from sbi_core.posterior import DirectPosterior
 from sbi_core.priors import support_bounds
@@ -80,6 +86,7 @@ DEFAULTS: dict[str, Any] = {
     "x_trials": None,
     "trial_mode": None,
     "conditional_shift": None,
+    "x_transform": "none",
 }
 
 THETA_TRANSFORMS = (None, "unconstrained")
@@ -226,6 +233,9 @@ class NPEEstimator(StandardizedEstimator):
                              "None, 'linear' or 'linear_full'.")
         if self.shift is not None:
             self.density = ShiftedDensity(self.density, d, context_dim)
+        # log1p / sqrt of skewed nonnegative x columns before z-scoring
+        # (estimators/x_transform.py), as resolved by build_npe; no key (older files): none
+        self.x_transform = XTransform(x_shape, config.get("x_map"))
 
     def fit_standardization(self, theta: Tensor, x: Tensor) -> None:
         """Fit the z-scoring of ``theta`` ``(N, D)`` and ``x`` ``(N, *x_shape)``, and the x range.
@@ -245,7 +255,11 @@ class NPEEstimator(StandardizedEstimator):
                     buf.copy_(v.repeat(n).reshape(self.x_shape))
             return
         if not is_set_embedding(self.config.get("embedding")):
-            super().fit_standardization(theta, x)
+            super().fit_standardization(theta, self.x_transform(x))
+            if self.x_transform.active:  # the range check works on the raw x
+                with torch.no_grad():
+                    self.x_min.copy_(x.min(0).values)
+                    self.x_max.copy_(x.max(0).values)
             if self.discrete_x is not None:
                 self.discrete_x.unscale_discrete(self.x_norm)
                 self.discrete_x.discrete.fit(x.reshape(x.shape[0], -1))
@@ -265,7 +279,7 @@ class NPEEstimator(StandardizedEstimator):
             return self.embedding(self.discrete_x(x, self.x_norm))
         if self.trial_mode == "sort":
             x = sort_trials(x, *self.trials)
-        z = self.x_norm(x)
+        z = self.x_norm(self.x_transform(x))
         if self.trial_mode == "set":
             z = z.reshape(z.shape[0], *self.trials)
         return self.embedding(z)
@@ -382,6 +396,10 @@ def build_npe(theta: Tensor, x: Tensor, prior: Distribution, **options: Any) -> 
     config["conditional_shift"] = resolve_shift(
         config.get("conditional_shift"), flow=config["flow"], identity_embedding=ident,
         discrete=options.get("discrete_columns") is not None, trial_mode=trial_mode)
+    config["x_map"] = resolve_x_transform(
+        config.get("x_transform"), x, flat_identity=ident,
+        structured=trials is not None or is_set_embedding(spec)
+        or options.get("discrete_columns") is not None)
     est = NPEEstimator(config, embedding=module)
     if est.theta_transform is not None:
         low, high = support_bounds(prior)

@@ -166,8 +166,10 @@ def _apply_statistics(estimator: torch.nn.Module, stats: dict[str, Tensor]) -> b
     with torch.no_grad():
         # theta statistics are of raw theta; with a theta transform, keep the sample's fit.
         has_transform = getattr(estimator, "theta_transform", None) is not None
+        # x statistics are of raw x; with an x transform (log1p columns), keep the sample's fit
+        x_transformed = getattr(getattr(estimator, "x_transform", None), "active", False)
         for layer, name in ((None if has_transform else theta_norm, "theta"),
-                            (None if is_set else x_norm, "x")):
+                            (None if is_set or x_transformed else x_norm, "x")):
             if layer is None:
                 continue
             std = stats[f"{name}_std"]

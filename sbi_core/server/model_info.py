@@ -25,6 +25,9 @@ def observation_range(posterior: Posterior) -> dict[str, Any] | None:
             tuple(lo.shape) != tuple(posterior.x_shape) or not bool((hi > lo).any()):
         return None
     mean = getattr(getattr(est, "x_norm", None), "mean", None)
+    x_transform = getattr(est, "x_transform", None)
+    if isinstance(mean, torch.Tensor) and callable(getattr(x_transform, "inverse", None)):
+        mean = x_transform.inverse(mean)  # x_norm's mean is of transformed x (log1p columns)
     default = mean if isinstance(mean, torch.Tensor) and mean.shape == lo.shape else (lo + hi) / 2
     default = torch.minimum(torch.maximum(default, lo), hi)
     return {"min": plain(lo), "max": plain(hi), "default": plain(default)}
