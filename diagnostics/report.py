@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diagnostics.testset import calibration_pairs, posterior_samples
+from diagnostics.testset import TooFewPairsError, calibration_pairs, posterior_samples
 from sbi_core.posterior import Posterior, SingleObservationError
 from sbi_core.problem import Problem
 from sbi_core.simulation_set import SimulationSet
@@ -286,6 +286,8 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
         except SingleObservationError as err:
             section = {"status": "skip", "why": "not applicable: this check needs the posterior "
                        f"at many test observations. {err}"}
+        except TooFewPairsError as err:  # the model is not at fault: say so, don't fail it
+            section = {"status": "skip", "why": f"too few test pairs: {err}"}
         except Exception as err:  # a crashing check is reported, never hidden as a pass
             section = {"status": "fail", "why": f"the check raised {type(err).__name__}: {err}"}
         if section.get("status") not in (*STATUSES, "skip"):
