@@ -16,6 +16,20 @@ def _sim1(theta: torch.Tensor) -> torch.Tensor:
     return theta + 0.2 * torch.randn_like(theta)
 
 
+_PROBLEM_FILE = """
+import torch
+from torch.distributions import Independent, Uniform
+from sbi_core import Problem
+
+def sim(theta):
+    return theta + 0.2 * torch.randn_like(theta)
+
+def make():
+    prior = Independent(Uniform(torch.full((1,), -2.0), torch.full((1,), 2.0)), 1)
+    return Problem(prior, sim, param_names=["m"], name="one", x_shape=(1,))
+"""
+
+
 @pytest.fixture(scope="module")
 def one_param():
     prior = Independent(Uniform(torch.full((1,), -2.0), torch.full((1,), 2.0)), 1)
@@ -48,3 +62,28 @@ def test_diagnose_too_few_pairs_for_a_check_skips_it_instead_of_failing(one_para
     assert sec["status"] == "skip" and "at least 4 test pairs" in sec["why"]
     assert report.sections["sbc"]["status"] != "fail"
     assert report.plots(tmp_path / "new" / "dir", formats=("png",))
+
+
+def test_cli_out_inside_a_file_is_refused_before_training(one_param, tmp_path, capsys,
+                                                         monkeypatch):
+    """`sbi-core train ... --out notes.txt/model.pt` trained the whole model, then failed with
+    'notes.txt: File exists' (training lost, the message naming no fix); `diagnose --out`
+    likewise after all checks. Now the output path is refused before any work."""
+    import sbi_core.inference
+    from sbi_core.cli.main import main
+
+    problem, sims, _ = one_param
+    sims.save(tmp_path / "s.pt")
+    (tmp_path / "notes.txt").write_text("not a folder")
+    (tmp_path / "prob.py").write_text(_PROBLEM_FILE)
+
+    def no_fit(*a, **k):
+        raise AssertionError("training ran although the output path cannot be written")
+
+    monkeypatch.setattr(sbi_core.inference, "fit", no_fit)
+    ret = main(["train", "--sims", str(tmp_path / "s.pt"), "--problem", f"{tmp_path / 'prob.py'}:make",
+                "--out", str(tmp_path / "notes.txt" / "model.pt"), "--quiet"])
+    err = capsys.readouterr().err
+    assert ret == 2 and "notes.txt is a file, not a folder" in err
+    ret = main(["diagnose", str(tmp_path / "m.pt"), "--out", str(tmp_path / "notes.txt" / "d")])
+    assert ret == 2 and "notes.txt is a file, not a folder" in capsys.readouterr().err
