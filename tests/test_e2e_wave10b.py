@@ -87,3 +87,21 @@ def test_cli_out_inside_a_file_is_refused_before_training(one_param, tmp_path, c
     assert ret == 2 and "notes.txt is a file, not a folder" in err
     ret = main(["diagnose", str(tmp_path / "m.pt"), "--out", str(tmp_path / "notes.txt" / "d")])
     assert ret == 2 and "notes.txt is a file, not a folder" in capsys.readouterr().err
+
+
+def test_cli_train_ensemble_reports_the_method_it_trained(one_param, tmp_path, capsys):
+    """`sbi-core train --ensemble 3` printed '"method": "npe"' while the model file holds an
+    `npe_ensemble` (what `sample`, `serve` and `load` report): the summary names the model's."""
+    import json
+
+    from sbi_core.cli.main import main
+
+    _, sims, _ = one_param
+    sims.save(tmp_path / "s.pt")
+    (tmp_path / "prob.py").write_text(_PROBLEM_FILE)
+    ret = main(["train", "--sims", str(tmp_path / "s.pt"), "--problem",
+                f"{tmp_path / 'prob.py'}:make", "--ensemble", "2", "--max-epochs", "1",
+                "--option", "hidden_features=8", "--out", str(tmp_path / "m.pt"), "--quiet"])
+    assert ret == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["method"] == "npe_ensemble"
