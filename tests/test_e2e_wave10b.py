@@ -105,3 +105,22 @@ def test_cli_train_ensemble_reports_the_method_it_trained(one_param, tmp_path, c
     assert ret == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["method"] == "npe_ensemble"
+
+
+def test_cli_new_prior_outside_the_support_gives_a_fix_the_cli_has(one_param, tmp_path, capsys):
+    """`sbi-core sample --new-prior p.json` with a prior half outside the training support
+    said 'accept the truncation with max_outside_mass=0.504': an argument the command has no
+    option for. Now the CLI message says the truncation is a Python-only choice, with the call."""
+    from sbi_core import save
+    from sbi_core.cli.main import main
+
+    _, _, post = one_param
+    save(post, tmp_path / "m.pt")
+    (tmp_path / "x.csv").write_text("0.3\n")
+    (tmp_path / "p.json").write_text('{"type": "box_uniform", "low": [1], "high": [3]}')
+    ret = main(["sample", str(tmp_path / "m.pt"), "--x", str(tmp_path / "x.csv"), "--num", "5",
+                "--out", str(tmp_path / "s.csv"), "--new-prior", str(tmp_path / "p.json")])
+    err = capsys.readouterr().err
+    assert ret == 2 and "outside the training prior's support" in err
+    assert "in Python: posterior.with_prior(prior, max_outside_mass=0.5" in err
+    assert "accept the truncation with" not in err and not (tmp_path / "s.csv").exists()
