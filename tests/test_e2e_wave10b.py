@@ -124,3 +124,17 @@ def test_cli_new_prior_outside_the_support_gives_a_fix_the_cli_has(one_param, tm
     assert ret == 2 and "outside the training prior's support" in err
     assert "in Python: posterior.with_prior(prior, max_outside_mass=0.5" in err
     assert "accept the truncation with" not in err and not (tmp_path / "s.csv").exists()
+
+
+def test_cli_unknown_option_of_a_command_points_to_that_commands_help(capsys):
+    """`sbi-core sample MODEL ... -n 5` said 'sbi-core: error: unrecognized arguments: -n 5
+    (see sbi-core --help)': the top-level help does not list `sample`'s options. Now the error
+    names the command and its help."""
+    from sbi_core.cli.main import main
+
+    assert main(["sample", "m.pt", "--x", "x.csv", "--out", "s.csv", "-n", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sbi-core sample: error: unrecognized arguments: -n 5")
+    assert "(see sbi-core sample --help)" in err
+    assert main(["--bogus"]) == 2
+    assert "(see sbi-core --help)" in capsys.readouterr().err
