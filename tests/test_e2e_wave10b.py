@@ -138,3 +138,31 @@ def test_cli_unknown_option_of_a_command_points_to_that_commands_help(capsys):
     assert "(see sbi-core sample --help)" in err
     assert main(["--bogus"]) == 2
     assert "(see sbi-core --help)" in capsys.readouterr().err
+
+
+def test_diagnose_a_sequential_posterior_says_what_the_card_can_tell(one_param):
+    """`sbi-core diagnose` on a model from `sbi-core run` printed a plain PASS/WARN card from
+    test pairs over the whole prior (most of them where the model is not valid), with the
+    far-observation warning repeated by every sampling call. Now the card carries one NOTE
+    (how many test observations are far from x_o, and the check at x_o to use instead) and
+    the per-call warning is not repeated."""
+    import copy
+    import warnings
+
+    problem, _, post = one_param
+    seq = copy.deepcopy(post)
+    seq.problem_spec = {**seq.problem_spec, "sequential": {
+        "method": "tsnpe", "x_o": [0.0], "x_scale": [0.2], "x_tolerance": 4.0}}
+    held = simulate(problem, 40, seed=1, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = diagnose(seq, problem, sims=held, num_samples=50, progress=False,
+                          checks=["sbc", "coverage"])
+    far = [str(w.message) for w in caught if "trained by sequential" in str(w.message)]
+    assert len(far) == 1 and "test pairs cover the whole prior" in far[0]
+    note = report.meta["sequential"]
+    n_far = int(((held.x[:, 0] - 0.0).abs() / 0.2 > 4).sum())
+    assert f"({n_far} of 40 test observations lie more than 4" in note
+    assert "NOTE: This posterior was trained by sequential tsnpe" in report.summary()
+    assert "sequential" not in diagnose(post, problem, sims=held, num_samples=50,
+                                        progress=False, checks=["sbc"]).meta
