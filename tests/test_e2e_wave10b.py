@@ -166,3 +166,20 @@ def test_diagnose_a_sequential_posterior_says_what_the_card_can_tell(one_param):
     assert "NOTE: This posterior was trained by sequential tsnpe" in report.summary()
     assert "sequential" not in diagnose(post, problem, sims=held, num_samples=50,
                                         progress=False, checks=["sbc"]).meta
+
+
+def test_cli_robustness_with_one_test_simulation_names_a_fix_it_has(one_param, tmp_path,
+                                                                   capsys):
+    """`sbi-core robustness MODEL --sims one_row.pt` said 'Cannot derive a data scale from one
+    scalar observation; pass more observations or an absolute scale': the command has no
+    scale option. Now it names the file, the count and the options that fix it."""
+    from sbi_core import save
+    from sbi_core.cli.main import main
+
+    problem, _, post = one_param
+    save(post, tmp_path / "m.pt")
+    simulate(problem, 1, seed=1, progress=False).save(tmp_path / "one.pt")
+    ret = main(["robustness", str(tmp_path / "m.pt"), "--sims", str(tmp_path / "one.pt"),
+                "--quiet"])
+    err = capsys.readouterr().err
+    assert ret == 2 and "one.pt holds 1 valid simulation(s)" in err and "--problem" in err
