@@ -850,7 +850,7 @@ def _check_x_o(problem: Problem, x_o: Any) -> Tensor:
                         else x_o.detach(), dtype=torch.float32)
     shape = tuple(problem.x_shape or ())
     if tuple(x.shape) != shape:
-        if x.numel() == math.prod(shape) and x.shape[0] == 1:
+        if x.numel() == math.prod(shape) and (x.ndim == 0 or x.shape[0] == 1):  # 0.3, [[...]]
             x = x.reshape(shape)
         else:
             raise ValueError(f"x_o has shape {tuple(x.shape)}; problem {problem.name!r} "

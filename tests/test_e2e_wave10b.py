@@ -183,3 +183,19 @@ def test_cli_robustness_with_one_test_simulation_names_a_fix_it_has(one_param, t
                 "--quiet"])
     err = capsys.readouterr().err
     assert ret == 2 and "one.pt holds 1 valid simulation(s)" in err and "--problem" in err
+
+
+def test_run_sequential_takes_a_number_as_the_observation_of_a_one_value_problem():
+    """run_sequential(problem, 0.3) on a problem with x of shape (1,) crashed with
+    'IndexError: tuple index out of range' in the x_o check; a one-value observation given
+    as a number is now that observation (a wrong size still gets the clear error)."""
+    from sbi_core import run_sequential
+
+    prior = Independent(Uniform(torch.full((1,), -2.0), torch.full((1,), 2.0)), 1)
+    problem = Problem(prior, _sim1, param_names=["m"], name="one", x_shape=(1,))
+    post, history = run_sequential(problem, 0.3, method="tsnpe", rounds=1, sims_per_round=60,
+                                   max_epochs=1, hidden_features=8, num_transforms=1,
+                                   progress=False)
+    assert post.problem_spec["sequential"]["x_o"] == pytest.approx([0.3])
+    with pytest.raises(ValueError, match=r"x_o has shape \(2,\).*Pass one observation"):
+        run_sequential(problem, [0.3, 0.1], rounds=1, sims_per_round=60, progress=False)
