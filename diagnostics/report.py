@@ -251,6 +251,10 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
             (``lc2st``, :mod:`diagnostics.lc2st_check`).
     """
     load_check_modules()
+    if int(num_samples) < 2:
+        raise ValueError(f"num_samples (CLI --samples) is {num_samples}; the checks rank the "
+                         "true parameters among posterior samples and need at least 2 per test "
+                         "observation (1000 recommended).")
     start = time.perf_counter()
     own_prior = None
     training_hits = 0

@@ -199,3 +199,12 @@ def test_run_sequential_takes_a_number_as_the_observation_of_a_one_value_problem
     assert post.problem_spec["sequential"]["x_o"] == pytest.approx([0.3])
     with pytest.raises(ValueError, match=r"x_o has shape \(2,\).*Pass one observation"):
         run_sequential(problem, [0.3, 0.1], rounds=1, sims_per_round=60, progress=False)
+
+
+def test_diagnose_one_posterior_sample_is_a_clear_error(one_param, tmp_path):
+    """`sbi-core diagnose MODEL --samples 1` ran every check, then crashed while plotting with
+    "Sample set 'NPE' has fewer than 2 finite samples"; now refused up front."""
+    problem, _, post = one_param
+    held = simulate(problem, 20, seed=1, progress=False)
+    with pytest.raises(ValueError, match=r"num_samples \(CLI --samples\) is 1.*at least 2"):
+        diagnose(post, problem, sims=held, num_samples=1, progress=False)
