@@ -652,7 +652,8 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
     if restrict and method not in ("tsnpe", "snpe_c"):
         raise ValueError(f"restrict=True applies to tsnpe and snpe_c, not {method!r}: "
                          "NLE/NRE need the invalid simulations' factor P(valid | θ) (see "
-                         "docs/sequential.md); drop restrict or use method='tsnpe'.")
+                         "docs/sequential.md); drop restrict or use method='tsnpe' (CLI: "
+                         "drop --restrict or use --method tsnpe).")
     train_apt = _optional("estimators.apt", "train_apt", "method='snpe_c'") \
         if method == "snpe_c" else None
     fit_restriction = _optional("estimators.restriction", "fit_restriction", "restrict=True") \

@@ -208,3 +208,18 @@ def test_diagnose_one_posterior_sample_is_a_clear_error(one_param, tmp_path):
     held = simulate(problem, 20, seed=1, progress=False)
     with pytest.raises(ValueError, match=r"num_samples \(CLI --samples\) is 1.*at least 2"):
         diagnose(post, problem, sims=held, num_samples=1, progress=False)
+
+
+def test_cli_run_restrict_with_snle_names_the_flags(tmp_path, capsys):
+    """`sbi-core run ... --method snle --restrict` said "drop restrict or use method='tsnpe'"
+    (Python words); the message now also names the flags."""
+    from sbi_core.cli.main import main
+
+    (tmp_path / "prob.py").write_text(_PROBLEM_FILE)
+    (tmp_path / "x.csv").write_text("0.3\n")
+    ret = main(["run", f"{tmp_path / 'prob.py'}:make", "--x", str(tmp_path / "x.csv"),
+                "--method", "snle", "--restrict", "--rounds", "1", "--sims-per-round", "50",
+                "--out", str(tmp_path / "m.pt"), "--quiet"])
+    err = capsys.readouterr().err
+    assert ret == 2 and "drop --restrict or use --method tsnpe" in err
+    assert not (tmp_path / "m.pt").exists()
