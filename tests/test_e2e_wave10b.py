@@ -244,3 +244,17 @@ def test_robustness_status_does_not_blame_an_attack_no_stronger_than_noise():
     assert status == "fail" and "consider FIM-regularized training" in why
     status, why = _status([row(3.0, 2.9)], 1.0, 1.0, 10.0, "rkl")
     assert status == "warn" and "about as much" in why
+
+
+def test_report_plots_of_an_abc_posterior_draw_it_at_its_x_o(one_param, tmp_path):
+    """`sbi-core diagnose ABC_MODEL --sims held.pt` wrote report.json, then crashed drawing the
+    pairplot at test pair 1 ('This abc posterior was fitted to one observation x_o ... answers
+    only for it'). The posterior figures are now drawn at the x_o it answers."""
+    problem, sims, _ = one_param
+    post = fit(problem, sims, method="abc", x_o=torch.tensor([0.3]), detector=False)
+    held = simulate(problem, 10, seed=1, progress=False)
+    with pytest.warns(UserWarning, match="little power"):
+        report = diagnose(post, sims=held, num_samples=20, progress=False, checks=["sbc"])
+    assert report.sections["sbc"]["status"] == "skip"
+    paths = report.plots(tmp_path / "d", formats=("png",))
+    assert {p.name for p in paths} == {"pairplot.png", "marginals.png"}
