@@ -41,7 +41,10 @@ def posterior_figures(ctx: Any) -> dict[str, Any]:
     names = ctx.param_names
     n = min(int(ctx.num_samples), MAX_PAIRPLOT_SAMPLES)
     reference = None
-    if problem is not None:
+    single = getattr(posterior, "single_observation", None)  # ABC: answers one x_o only
+    if single is not None:
+        x_o, truth, where = torch.as_tensor(single), None, "its x_o"
+    elif problem is not None:
         x_o, truth, where = problem.observation(1), problem.true_parameters(1), "observation 1"
         if problem.reference_posterior is not None:
             try:

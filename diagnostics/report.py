@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diagnostics.testset import calibration_pairs, posterior_samples
+from diagnostics.testset import TooFewPairsError, calibration_pairs, posterior_samples
 from sbi_core.posterior import Posterior, SingleObservationError
 from sbi_core.problem import Problem
 from sbi_core.simulation_set import SimulationSet
@@ -146,6 +146,8 @@ class DiagnosisReport:
         lines = [f"Report card ({self.meta.get('method') or 'posterior'}, "
                  f"{self.meta.get('num_test_pairs')} test pairs x "
                  f"{self.meta.get('num_samples')} samples): {self.status.upper()}"]
+        if self.meta.get("sequential"):
+            lines.append(f"  NOTE: {self.meta['sequential']}")
         if "training simulations" in str(self.meta.get("test_data", "")):
             lines.append(f"  NOTE: test pairs from {self.meta['test_data']}: calibration on "
                          "training data looks better than it is.")
@@ -192,7 +194,11 @@ class DiagnosisReport:
         if self.posterior is not None and self.context is not None:
             from diagnostics.plots_report import posterior_figures
 
-            figures.update(posterior_figures(self.context))
+            with warnings.catch_warnings():  # the card's NOTE says it for a sequential model
+                if self.meta.get("sequential"):
+                    warnings.filterwarnings("ignore",
+                                            message="This posterior was trained by sequential")
+                figures.update(posterior_figures(self.context))
         paths = []
         for name, fig in figures.items():
             if fig is None:
@@ -245,6 +251,10 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
             (``lc2st``, :mod:`diagnostics.lc2st_check`).
     """
     load_check_modules()
+    if int(num_samples) < 2:
+        raise ValueError(f"num_samples (CLI --samples) is {num_samples}; the checks rank the "
+                         "true parameters among posterior samples and need at least 2 per test "
+                         "observation (1000 recommended).")
     start = time.perf_counter()
     own_prior = None
     training_hits = 0
@@ -274,7 +284,31 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
     sections: dict[str, dict[str, Any]] = {}
     from sbi_core.progress import progress_bar
 
+    sequential_note = _sequential_note(posterior, xs)
+    if sequential_note:
+        warnings.warn(sequential_note, UserWarning, stacklevel=3)
     bar = progress_bar(names, desc="diagnostics", unit="check", progress=progress)
+    with warnings.catch_warnings():  # said once above, not again by every sampling call
+        warnings.filterwarnings("ignore", message="This posterior was trained by sequential")
+        _run_checks(bar, ctx, sections)
+    meta = {"method": posterior.method, "num_test_pairs": int(theta.shape[0]),
+            "num_samples": num_samples, "seed": seed,
+            "test_data": f"simulated from problem {getattr(problem, 'name', '?')!r} with "
+            "parameters from the posterior's own prior (with_prior)" if own_prior is not None
+            else ("held-out simulations" if not training_hits else f"given simulations, "
+                  f"{training_hits} of them the model's training simulations (not held out)")
+            if sims is not None else
+            f"simulated from problem {getattr(problem, 'name', '?')!r}",
+            "param_names": ctx.param_names,
+            "seconds": round(time.perf_counter() - start, 3)}
+    if sequential_note:
+        meta["sequential"] = sequential_note
+    return DiagnosisReport(sections, meta, posterior, context=ctx)
+
+
+def _run_checks(bar: Any, ctx: DiagnosisContext, sections: dict[str, dict[str, Any]]) -> None:
+    """Run each check named by ``bar`` (an iterable of names) on ``ctx`` into ``sections``;
+    a check that crashes is a failed section, one that does not apply is skipped."""
     for name in bar:
         bar.set_postfix_str(name)
         check = CHECKS[name]
@@ -286,6 +320,8 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
         except SingleObservationError as err:
             section = {"status": "skip", "why": "not applicable: this check needs the posterior "
                        f"at many test observations. {err}"}
+        except TooFewPairsError as err:  # the model is not at fault: say so, don't fail it
+            section = {"status": "skip", "why": f"too few test pairs: {err}"}
         except Exception as err:  # a crashing check is reported, never hidden as a pass
             section = {"status": "fail", "why": f"the check raised {type(err).__name__}: {err}"}
         if section.get("status") not in (*STATUSES, "skip"):
@@ -295,17 +331,31 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
         section["title"] = check.title
         section["seconds"] = round(time.perf_counter() - t0, 3)
         sections[name] = section
-    meta = {"method": posterior.method, "num_test_pairs": int(theta.shape[0]),
-            "num_samples": num_samples, "seed": seed,
-            "test_data": f"simulated from problem {getattr(problem, 'name', '?')!r} with "
-            "parameters from the posterior's own prior (with_prior)" if own_prior is not None
-            else ("held-out simulations" if not training_hits else f"given simulations, "
-                  f"{training_hits} of them the model's training simulations (not held out)")
-            if sims is not None else
-            f"simulated from problem {getattr(problem, 'name', '?')!r}",
-            "param_names": ctx.param_names,
-            "seconds": round(time.perf_counter() - start, 3)}
-    return DiagnosisReport(sections, meta, posterior, context=ctx)
+
+
+def _sequential_note(posterior: Posterior, xs: Tensor) -> str | None:
+    """For a posterior from a sequential run (valid near its ``x_o`` only): what the card's
+    test pairs, drawn over the whole prior, can and cannot say about it; None otherwise."""
+    record = (getattr(posterior, "problem_spec", None) or {}).get("sequential")
+    if not record:
+        return None
+    from sbi_core.sequential import X_TOLERANCE
+
+    x_o = torch.as_tensor(record.get("x_o") or [], dtype=torch.float32).reshape(-1)
+    scale = torch.as_tensor(record.get("x_scale") or [], dtype=torch.float32).reshape(-1)
+    far = ""
+    if len(xs) and x_o.numel() and scale.numel() == x_o.numel() \
+            and xs[0].numel() == x_o.numel():
+        z = ((xs.reshape(len(xs), -1).float().cpu() - x_o) / scale.clamp(min=1e-12)).abs()
+        tol = float(record.get("x_tolerance", X_TOLERANCE))
+        far = (f" ({int((z.amax(-1) > tol).sum())} of {len(xs)} test observations lie more "
+               f"than {tol:g} training-x standard deviations from x_o)")
+    return (f"This posterior was trained by sequential {record.get('method')} for one "
+            f"observation x_o and is valid only near it; the test pairs cover the whole "
+            f"prior{far}, so the calibration checks (TARP, SBC, coverage) test it mostly where "
+            "it is not meant to be valid: a FAIL there says little about x_o and a PASS does "
+            "not certify it. Check it at x_o instead: diagnose(..., x=x_o) (CLI: --x "
+            "x_o.csv) adds the local L-C2ST check (docs/local_calibration.md).")
 
 
 def _pairs_under_posterior_prior(posterior: Posterior, problem: Problem | None, num: int,

@@ -157,6 +157,11 @@ def predictive_distance(model: Any, xs: Tensor, xs_adv: Tensor,
             "ratio": attacked / clean if clean > 0 else math.inf}
 
 
+#: attack / noise divergence ratio below which the attack is "like random noise" (the status
+#: text then says the budget, not an adversarial weakness, moves the posterior).
+NOISE_LIKE_RATIO = 1.5
+
+
 def _status(results: list[dict[str, Any]], status_eps: float, kl_warn: float,
             kl_fail: float, metric: str) -> tuple[str, str]:
     row = min(results, key=lambda r: abs(r["eps"] - status_eps))
@@ -164,12 +169,19 @@ def _status(results: list[dict[str, Any]], status_eps: float, kl_warn: float,
     noise = row["noise"]["mean"]
     text = (f"at eps={row['eps']:g} the attack moves the posterior by {metric} mean "
             f"{mean:.3g} (q95 {q95:.3g}) vs {noise:.3g} for random noise of the same norm")
+    like_noise = mean < NOISE_LIKE_RATIO * noise  # the attack finds nothing noise does not
+    advice = (f"; random noise of the same norm moves it about as much (ratio "
+              f"{mean / max(noise, 1e-12):.2f}), so this budget is large for this posterior's "
+              "width rather than an adversarial weakness (FIM regularization targets the "
+              "latter): judge the smaller budgets" if like_noise else "")
     if mean >= kl_fail:
-        return "fail", (f"{text}: tiny targeted perturbations change the posterior drastically "
-                        f"(mean >= {kl_fail:g}); consider FIM-regularized training "
-                        "(fit(..., regularizer='fim')).")
+        fix = advice if like_noise else ("; consider FIM-regularized training "
+                                         "(fit(..., regularizer='fim'))")
+        return "fail", (f"{text}: perturbations of this budget change the posterior "
+                        f"drastically (mean >= {kl_fail:g}){fix}.")
     if mean >= kl_warn or q95 >= kl_fail:
-        return "warn", f"{text}: moderately sensitive (mean >= {kl_warn:g} or q95 >= {kl_fail:g})."
+        return "warn", (f"{text}: moderately sensitive (mean >= {kl_warn:g} or q95 >= "
+                        f"{kl_fail:g}){advice}.")
     return "pass", f"{text}: robust at this budget (mean < {kl_warn:g})."
 
 

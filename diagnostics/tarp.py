@@ -40,7 +40,7 @@ from diagnostics.ecp import (
     uniform_ks_pvalue,
     verdict,
 )
-from diagnostics.testset import posterior_samples
+from diagnostics.testset import TooFewPairsError, posterior_samples
 from sbi_core.posterior import Posterior
 from sbi_core.threads import auto_threads
 
@@ -107,7 +107,8 @@ def regression_references(theta: Tensor, xs: Tensor, width: float = 2.0, ridge: 
     """
     n = theta.shape[0]
     if n < 4:
-        raise ValueError(f"Regression references need at least 4 test pairs, got {n}.")
+        raise TooFewPairsError(f"x-dependent references (a regression of theta on x) need at "
+                               f"least 4 test pairs, got {n}; pass more test pairs.")
     feats = xs.reshape(n, -1).double()
     feats = (feats - feats.mean(0)) / feats.std(0).clamp(min=1e-12)
     design = torch.cat([torch.ones(n, 1, dtype=torch.float64), feats], 1)

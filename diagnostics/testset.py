@@ -19,7 +19,12 @@ from sbi_core.posterior import Posterior
 from sbi_core.problem import Problem
 from sbi_core.simulation_set import SimulationSet
 
-__all__ = ["calibration_pairs", "posterior_samples", "finite_rows"]
+__all__ = ["calibration_pairs", "posterior_samples", "finite_rows", "TooFewPairsError"]
+
+
+class TooFewPairsError(ValueError):
+    """A check needs more test pairs than were given; the report card skips it (the model is
+    not at fault) and says how many it needs."""
 
 
 def finite_rows(theta: Tensor, x: Tensor) -> Tensor:
@@ -64,6 +69,12 @@ def calibration_pairs(problem: Problem | None = None, sims: SimulationSet | tupl
         warnings.warn(f"Dropping {n_bad} of {len(ok)} invalid test simulations (NaN/inf) from the "
                       "calibration checks.", stacklevel=2)
     theta, x = theta[ok][:num].float(), x[ok][:num].float()
+    if len(theta) < 2:
+        raise ValueError(f"Only {len(theta)} valid test pair: calibration compares the true "
+                         "parameters with the posterior over many test pairs, so it needs at "
+                         "least 2 (200 or more recommended). Pass more held-out simulations "
+                         "(sims=, CLI --sims) or simulate them from the problem (problem=, "
+                         "CLI --problem) with num= / --num 200.")
     if len(theta) < 100:
         warnings.warn(f"Only {len(theta)} test pairs: calibration checks have little power below "
                       "100 (200 or more recommended).", stacklevel=2)

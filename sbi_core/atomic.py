@@ -93,6 +93,7 @@ def check_output(path: str | os.PathLike, kind: str,
             raise OutputPathError(f"{flag} {out} is also an input; write to another path "
                                   "(the input would be overwritten).")
     if not out.exists():
+        _check_parent(out, flag)
         return out
     existing = file_kind(out)
     if kind == "directory":
@@ -108,6 +109,21 @@ def check_output(path: str | os.PathLike, kind: str,
                               f"{KIND_NAMES.get(kind, kind)}; choose another path or pass --force "
                               "to overwrite it.")
     return out
+
+
+def _check_parent(out: Path, flag: str) -> None:
+    """Refuse, before any work, an ``out`` that cannot be created: its nearest existing
+    ancestor is a file, or a folder this process cannot write into (found only after the
+    work otherwise, as 'File exists' / 'Permission denied')."""
+    parent = out.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputPathError(f"{flag} {out} cannot be created: {parent} is a file, not a "
+                              "folder; pass a path inside a folder.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{flag} {out} cannot be created: no permission to write in "
+                              f"{parent}; pass a path in a folder you can write to.")
 
 
 def _suffix(kind: str) -> str:

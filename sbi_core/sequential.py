@@ -652,7 +652,8 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
     if restrict and method not in ("tsnpe", "snpe_c"):
         raise ValueError(f"restrict=True applies to tsnpe and snpe_c, not {method!r}: "
                          "NLE/NRE need the invalid simulations' factor P(valid | θ) (see "
-                         "docs/sequential.md); drop restrict or use method='tsnpe'.")
+                         "docs/sequential.md); drop restrict or use method='tsnpe' (CLI: "
+                         "drop --restrict or use --method tsnpe).")
     train_apt = _optional("estimators.apt", "train_apt", "method='snpe_c'") \
         if method == "snpe_c" else None
     fit_restriction = _optional("estimators.restriction", "fit_restriction", "restrict=True") \
@@ -850,7 +851,7 @@ def _check_x_o(problem: Problem, x_o: Any) -> Tensor:
                         else x_o.detach(), dtype=torch.float32)
     shape = tuple(problem.x_shape or ())
     if tuple(x.shape) != shape:
-        if x.numel() == math.prod(shape) and x.shape[0] == 1:
+        if x.numel() == math.prod(shape) and (x.ndim == 0 or x.shape[0] == 1):  # 0.3, [[...]]
             x = x.reshape(shape)
         else:
             raise ValueError(f"x_o has shape {tuple(x.shape)}; problem {problem.name!r} "

@@ -26,7 +26,23 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         hint = _problem_hint(self, message)
-        self.exit(2, f"{self.prog}: error: {message}{hint} (see {self.prog} --help)\n")
+        prog = self.prog
+        command = _command_parser(self) if message.startswith("unrecognized arguments:") else None
+        if command is not None:  # argparse reports a command's extra arguments at the top
+            prog = command.prog
+        self.exit(2, f"{prog}: error: {message}{hint} (see {prog} --help)\n")
+
+
+def _command_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser | None:
+    """The sub-command's parser named on the command line (``sample`` in ``sbi-core sample
+    ...``), or None."""
+    argv = getattr(parser, "argv", None)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if a in COMMANDS), None)
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    if command is None or sub is None or command not in sub.choices:
+        return None
+    return sub.choices[command]
 
 
 def _problem_hint(parser: argparse.ArgumentParser, message: str) -> str:
@@ -35,14 +51,10 @@ def _problem_hint(parser: argparse.ArgumentParser, message: str) -> str:
     ``--problem`` option (``train``, ``diagnose``, ...): the command line to use instead."""
     if not message.startswith("unrecognized arguments:"):
         return ""
-    argv = getattr(parser, "argv", None)
-    argv = sys.argv[1:] if argv is None else argv
-    command = next((a for a in argv if a in COMMANDS), None)
-    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
-    if command is None or sub is None or command not in sub.choices:
+    sub = _command_parser(parser)
+    if sub is None or "--problem" not in sub._option_string_actions:
         return ""
-    if "--problem" not in sub.choices[command]._option_string_actions:
-        return ""
+    command = sub.prog.split()[-1]
     extras = message.split(":", 1)[1].split()
     spec = next((e for e in extras if not e.startswith("-") and (":" in e or e.endswith(".py"))),
                 None)

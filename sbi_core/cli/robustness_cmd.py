@@ -57,6 +57,11 @@ def _test_data(args: argparse.Namespace, posterior):
     if args.sims:
         sims = SimulationSet.load(args.sims)
         theta, x = sims.training_data(warn=False)
+        if len(x) < 2:
+            raise ValueError(f"{args.sims} holds {len(x)} valid simulation(s); the report needs "
+                             "at least 2 (attacks are scaled by the data's spread across "
+                             "observations). Pass a file with more test simulations (200 "
+                             "recommended), or --problem PROBLEM --num N to simulate them.")
         if tuple(x.shape[1:]) != tuple(posterior.x_shape):
             raise ValueError(f"{args.sims} holds x of shape {tuple(x.shape[1:])}, but the model "
                              f"expects {tuple(posterior.x_shape)}.")

@@ -136,7 +136,20 @@ def _with_new_prior(posterior, path: str, min_ess: float | None):
     if posterior.method == "prior_npe" and options:
         raise ValueError("--min-ess applies to reweighting; a prior_npe model conditions on "
                          "the new prior in one forward pass (no ESS).")
-    return posterior.with_prior(new_prior, **options)
+    from sbi_core.prior_change import PriorSupportError
+
+    try:
+        return posterior.with_prior(new_prior, **options)
+    except PriorSupportError as err:  # its fix names a Python argument the CLI does not have
+        msg = str(err)
+        cut = msg.find(", or accept the truncation with max_outside_mass=")
+        if cut < 0:
+            raise
+        head = msg[:cut].replace(", retrain with", " or retrain with")
+        setting = msg[cut + len(", or accept the truncation with "):].rstrip(".")
+        raise PriorSupportError(f"--new-prior {path}: {head}. The command line does not "
+                                "sample a truncated prior; in Python: posterior.with_prior("
+                                f"prior, {setting}).") from None
 
 
 def _prior_change_report(posterior) -> dict:

@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
             logger.log_report(report.to_dict(), step=max(posterior.history.get("epochs", 1) - 1, 0))
         logger.close()
     h = posterior.history
-    print(json.dumps({"out": str(args.out), "method": args.method, "epochs": h.get("epochs"),
+    print(json.dumps({"out": str(args.out), "method": posterior.method, "epochs": h.get("epochs"),
                       "train_seconds": round(h.get("seconds", 0.0), 2),
                       "best_validation_loss": h.get("best_validation_loss"),
                       "stopped": h.get("stopped"),
