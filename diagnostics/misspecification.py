@@ -192,6 +192,10 @@ class MisspecificationDetector:
     # ------------------------------------------------------------------ features
     def features(self, xs: Tensor) -> Tensor:
         """Standardized (and projected) features ``(N, d)`` of observations ``(N, *x_shape)``."""
+        if xs.dim() < 2:
+            raise ValueError(f"The detector tests a batch of observations (B, *x_shape); got one "
+                             f"of shape {tuple(xs.shape)}. Pass x[None] (or call "
+                             f"posterior.misspecification_test(x), which takes one observation).")
         with torch.no_grad():
             raw = xs.flatten(1).float() if self._features is None else self._features(xs)
             raw = raw.reshape(raw.shape[0], -1).float().cpu()

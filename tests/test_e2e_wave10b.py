@@ -258,3 +258,18 @@ def test_report_plots_of_an_abc_posterior_draw_it_at_its_x_o(one_param, tmp_path
     assert report.sections["sbc"]["status"] == "skip"
     paths = report.plots(tmp_path / "d", formats=("png",))
     assert {p.name for p in paths} == {"pairplot.png", "marginals.png"}
+
+
+def test_detector_test_of_one_unbatched_observation_is_a_clear_error():
+    from diagnostics.misspecification import fit_detector
+    from sbi_core import fit, simulate
+    from simulators import get_problem
+
+    problem = get_problem("gaussian_linear")
+    sims = simulate(problem, 600, seed=0)
+    posterior = fit(problem, sims, max_epochs=2, detector=False)
+    detector = fit_detector(posterior, sims.x, seed=0)
+    x_o = sims.x[0]
+    with pytest.raises(ValueError, match=r"x\[None\]"):
+        detector.test(x_o)
+    assert detector.test(x_o[None]).density_p.shape == (1,)
