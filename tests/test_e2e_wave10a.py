@@ -1,0 +1,59 @@
+"""Wave-10 end-to-end sweep (a): bugs found by using the tool on one's own problems.
+
+Each test reproduces one bug that was found by following docs/your_own_problem.md with a
+batched torch simulator, a per-sample scipy ODE, an external program and an own embedding.
+"""
+
+import sys
+
+import pytest
+import torch
+
+from simulators.external import external_simulator
+
+EMPTY_MASK_THEN_CRASH = '''
+import sys
+import numpy as np
+theta = np.load(sys.argv[1])
+open(sys.argv[3], "w").close()              # mask file opened up front, nothing listed
+np.save(sys.argv[2], np.zeros_like(theta))  # placeholder output
+raise SystemExit("solver crashed before writing results")
+'''
+
+SAVETXT_MASK = '''
+import sys
+import numpy as np
+theta = np.load(sys.argv[1])
+np.save(sys.argv[2], theta * 2)
+bad = np.flatnonzero(theta[:, 0] < 0)
+if bad.size:
+    np.savetxt(sys.argv[3], bad)            # numpy's default format: 1.000000000000000000e+00
+    sys.exit(3)
+'''
+
+
+def _program(tmp_path, source):
+    script = tmp_path / "model.py"
+    script.write_text(source)
+    return external_simulator([sys.executable, str(script), "{theta}", "{x}", "{mask}"],
+                              timeout=60, x_shape=(2,))
+
+
+def test_external_program_failing_with_an_empty_mask_file_is_a_failure(tmp_path):
+    # before: the placeholder zeros were returned as valid simulations (exit status 1 ignored)
+    program = _program(tmp_path, EMPTY_MASK_THEN_CRASH)
+    with pytest.raises(RuntimeError, match="exited with status 1.*lists no failed row.*"
+                                           "solver crashed"):
+        program(torch.ones(3, 2))
+
+
+def test_external_mask_file_written_by_np_savetxt_defaults_is_read(tmp_path):
+    # before: "wrote an unreadable mask file (could not convert string '1.0000e+00' to int64)"
+    from sbi_core.failures import RowFailures
+
+    program = _program(tmp_path, SAVETXT_MASK)
+    theta = torch.tensor([[1.0, 1.0], [-1.0, 0.0], [2.0, 0.5], [-3.0, 1.0]])
+    with pytest.raises(RowFailures) as info:
+        program(theta)
+    assert info.value.failed.tolist() == [False, True, False, True]
+    assert torch.equal(info.value.x[[0, 2]], theta[[0, 2]] * 2)
