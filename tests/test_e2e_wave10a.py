@@ -57,3 +57,48 @@ def test_external_mask_file_written_by_np_savetxt_defaults_is_read(tmp_path):
         program(theta)
     assert info.value.failed.tolist() == [False, True, False, True]
     assert torch.equal(info.value.x[[0, 2]], theta[[0, 2]] * 2)
+
+
+@pytest.fixture(scope="module")
+def cnn_model(tmp_path_factory):
+    """An NPE with a user 1-D CNN embedding on a 20-point series, saved to a file."""
+    from sbi_core import Problem, box_uniform, fit, save, simulate
+
+    def series(theta):
+        t = torch.linspace(0, 1, 20)
+        return theta[:, :1] + theta[:, 1:2] * t + 0.05 * torch.randn(len(theta), 20)
+
+    problem = Problem(box_uniform([0.0, 0.0], [1.0, 1.0]), series, param_names=["a", "b"],
+                      name="series", x_shape=(20,))
+    sims = simulate(problem, 300, seed=0, progress=False)
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning):
+        posterior = fit(problem, sims, embedding=_Cnn(), max_epochs=2, progress=False)
+    path = tmp_path_factory.mktemp("cnn") / "cnn.pt"
+    save(posterior, path)
+    return problem, sims, path
+
+
+class _Cnn(torch.nn.Module):
+    def __init__(self, out: int = 3):
+        super().__init__()
+        self.c = torch.nn.Sequential(torch.nn.Conv1d(1, 2, 3), torch.nn.ReLU(),
+                                     torch.nn.AdaptiveAvgPool1d(2), torch.nn.Flatten(),
+                                     torch.nn.Linear(4, out))
+
+    def forward(self, x):
+        return self.c(x.unsqueeze(1))
+
+
+def test_loading_a_user_embedding_model_with_a_builtin_spec_names_the_mismatch(cnn_model):
+    # before: "load(..., embedding=...) got a str; give a built-in spec ('cnn1d', ...)" -
+    # refused the built-in spec while telling the user to pass one
+    from sbi_core import load
+    from sbi_core.serialization import ModelFileError
+
+    _, _, path = cnn_model
+    with pytest.raises(ModelFileError, match="built-in spec 'cnn1d'.*trained with your own "
+                                             "embedding .*_Cnn; pass that nn.Module") as info:
+        load(path, embedding="cnn1d")
+    assert "give a built-in spec" not in str(info.value)
+    assert load(path, embedding=_Cnn).sample((3,), x=torch.zeros(20), seed=0).shape == (3, 2)
