@@ -102,3 +102,20 @@ def test_loading_a_user_embedding_model_with_a_builtin_spec_names_the_mismatch(c
         load(path, embedding="cnn1d")
     assert "give a built-in spec" not in str(info.value)
     assert load(path, embedding=_Cnn).sample((3,), x=torch.zeros(20), seed=0).shape == (3, 2)
+
+
+def test_diagnose_refuses_test_simulations_of_another_problem(cnn_model):
+    # before: ran on them and reported a confident FAIL (SBC KS p = 1e-27) about a model
+    # that may be fine; fit refuses such simulations, diagnose(sims=) did not
+    from diagnostics.report import diagnose
+    from sbi_core import Problem, box_uniform, load, simulate
+
+    _, _, path = cnn_model
+    posterior = load(path, embedding=_Cnn)
+    other = Problem(box_uniform([0.0, 0.0], [1.0, 1.0]),
+                    lambda th: th.sum(1, keepdim=True) + torch.zeros(len(th), 20),
+                    param_names=["c", "d"], name="other", x_shape=(20,))
+    sims = simulate(other, 20, seed=1, progress=False)
+    with pytest.raises(ValueError, match=r"made by problem 'other' with parameters \['c', 'd'\]"
+                                         r".*trained on 'series' with parameters \['a', 'b'\]"):
+        diagnose(posterior, sims=sims, checks="sbc", num=20, num_samples=10, progress=False)
