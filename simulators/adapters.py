@@ -61,6 +61,9 @@ def _kind(batched: bool, numpy: bool) -> str:
 def _as_tensor(out: Any) -> Tensor:
     if isinstance(out, Tensor):
         return out.float()
+    if out is None:  # np.asarray(None, float32) would be NaN: "returned NaN" hides the cause
+        raise TypeError("the simulator returned None (a missing `return` statement?); it must "
+                        "return the simulated x")
     return torch.as_tensor(np.asarray(out, dtype=np.float32))
 
 

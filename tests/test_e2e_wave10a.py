@@ -119,3 +119,29 @@ def test_diagnose_refuses_test_simulations_of_another_problem(cnn_model):
     with pytest.raises(ValueError, match=r"made by problem 'other' with parameters \['c', 'd'\]"
                                          r".*trained on 'series' with parameters \['a', 'b'\]"):
         diagnose(posterior, sims=sims, checks="sbc", num=20, num_samples=10, progress=False)
+
+
+def test_per_sample_simulator_that_returns_none_is_reported_as_such():
+    # before: None became NaN, Problem accepted x_shape (1,) and every row was invalid with
+    # "the simulator returned NaN or inf"
+    import numpy as np
+
+    from sbi_core import Problem, box_uniform
+    from simulators import adapt
+
+    def forgot_return(theta):
+        theta * 2  # noqa: B018 - the missing `return` is the point
+
+    with pytest.raises(ValueError, match=r"returned None \(a missing `return` statement\?\)"):
+        Problem(box_uniform([0.0, 0.0], [1.0, 1.0]), adapt(forgot_return))
+
+    def sometimes(theta):
+        if theta[0] > 0.5:
+            return np.array([theta[0], 1.0])
+
+    sim = adapt(sometimes, batched=False, numpy=True)
+    from sbi_core.failures import RowFailures
+
+    with pytest.raises(RowFailures, match="returned None") as info:
+        sim(torch.tensor([[0.9, 0.1], [0.1, 0.1], [0.7, 0.3]]))
+    assert info.value.failed.tolist() == [False, True, False]
