@@ -145,3 +145,21 @@ def test_per_sample_simulator_that_returns_none_is_reported_as_such():
     with pytest.raises(RowFailures, match="returned None") as info:
         sim(torch.tensor([[0.9, 0.1], [0.1, 0.1], [0.7, 0.3]]))
     assert info.value.failed.tolist() == [False, True, False]
+
+
+@pytest.mark.parametrize("where", ["store", "workers"])
+def test_simulator_output_with_an_autograd_graph_is_stored_as_data(tmp_path, where):
+    # before: store= and workers= crashed with "Can't call numpy() on Tensor that requires
+    # grad"; in memory the simulations kept the graph (x.requires_grad was True)
+    from sbi_core import Problem, box_uniform, simulate
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(2, 3)  # a simulator built from nn layers (e.g. a surrogate)
+    problem = Problem(box_uniform([0.0, 0.0], [1.0, 1.0]), lambda th: layer(th),
+                      param_names=["a", "b"])
+    kwargs = {"store": str(tmp_path / "s.zarr")} if where == "store" else {"workers": 2}
+    sims = simulate(problem, 40, seed=0, progress=False, **kwargs)
+    assert sims.num_invalid == 0 and not sims.x.requires_grad
+    with torch.no_grad():
+        assert torch.allclose(sims.x, layer(sims.theta), atol=1e-6)
+    assert not simulate(problem, 5, seed=0, progress=False).x.requires_grad
