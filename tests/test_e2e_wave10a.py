@@ -163,3 +163,20 @@ def test_simulator_output_with_an_autograd_graph_is_stored_as_data(tmp_path, whe
     with torch.no_grad():
         assert torch.allclose(sims.x, layer(sims.theta), atol=1e-6)
     assert not simulate(problem, 5, seed=0, progress=False).x.requires_grad
+
+
+def test_range_error_for_several_observations_names_the_row(cnn_model):
+    # before: "x[5] = 100 (training [...])" without saying which of the observations it is
+    from sbi_core import load
+    from sbi_core.posterior import ObservationError
+
+    _, sims, path = cnn_model
+    posterior = load(path, embedding=_Cnn)
+    xs = sims.x[:4].clone()
+    xs[2, 5] = 100.0
+    with pytest.raises(ObservationError, match=r"x\[5\] = 100 .*in 1 of 4 observations "
+                                               r"\(row\(s\) 2, counting from 0\)"):
+        posterior.sample_batched((3,), xs)
+    with pytest.raises(ObservationError) as one:
+        posterior.sample((3,), x=xs[2])
+    assert "observations (row" not in str(one.value)  # one observation: no row to name
