@@ -491,10 +491,19 @@ class Posterior:
                 tuple(lo.shape):
             return None
         lo, hi = lo.cpu(), hi.cpu()
+        several = x.ndim == lo.ndim + 1 and x.shape[0] > 1  # (B, *x_shape): name the rows
         x = x.detach().cpu().reshape(-1, *lo.shape)
         margin = 0.1 * (hi - lo)
         outside = (x < lo - margin) | (x > hi + margin)
-        return _describe_outside(x, outside, lo, hi) if outside.any() else None
+        if not outside.any():
+            return None
+        where = _describe_outside(x, outside, lo, hi)
+        if several:
+            rows = outside.reshape(x.shape[0], -1).any(1).nonzero().flatten().tolist()
+            shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+            where += (f", in {len(rows)} of {x.shape[0]} observations (row(s) {shown}, "
+                      "counting from 0)")
+        return where
 
     def _check_range(self, x: Tensor) -> None:
         where = self.outside_training_range(x)
