@@ -180,3 +180,20 @@ def test_range_error_for_several_observations_names_the_row(cnn_model):
     with pytest.raises(ObservationError) as one:
         posterior.sample((3,), x=xs[2])
     assert "observations (row" not in str(one.value)  # one observation: no row to name
+
+
+def test_cli_train_embedding_that_is_not_a_factory_is_named_in_cli_words(tmp_path):
+    # before: "fit(..., embedding=...) got 'simulate', which cannot be called without
+    # arguments ... e.g. embedding=lambda: MyNet(32)" for `sbi-core train --embedding F:simulate`
+    from estimators.embedding import UserEmbeddingError
+    from sbi_core.resolve import resolve_embedding
+
+    nets = tmp_path / "nets_w10a.py"
+    nets.write_text("def simulate(theta):\n    return theta\n\n\ndef problem():\n    return 3\n")
+    with pytest.raises(UserEmbeddingError, match=r"--embedding '.*nets_w10a.py:simulate' cannot "
+                                                 r"be called without arguments") as info:
+        resolve_embedding(f"{nets}:simulate")()
+    assert "fit(" not in str(info.value) and "lambda" not in str(info.value)
+    with pytest.raises(UserEmbeddingError, match=r"nets_w10a.py:problem' returned int, not a "
+                                                 r"torch.nn.Module"):
+        resolve_embedding(f"{nets}:problem")()
