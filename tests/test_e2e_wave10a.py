@@ -197,3 +197,19 @@ def test_cli_train_embedding_that_is_not_a_factory_is_named_in_cli_words(tmp_pat
     with pytest.raises(UserEmbeddingError, match=r"nets_w10a.py:problem' returned int, not a "
                                                  r"torch.nn.Module"):
         resolve_embedding(f"{nets}:problem")()
+
+
+def test_problem_with_a_failing_external_program_gets_advice_about_the_program(tmp_path):
+    # before: "... A simulator takes a batch Tensor[N, D]; wrap a per-sample function with
+    # simulators.per_sample ..." - advice about Python functions for a batched program
+    from sbi_core import Problem, box_uniform
+
+    script = tmp_path / "chatty.py"
+    script.write_text("import sys\nprint('model v1.2 starting')\n"
+                      "for line in sys.stdin:\n    print(line)\n")
+    program = external_simulator([sys.executable, str(script)], io="text", x_shape=(2,),
+                                 timeout=30)
+    with pytest.raises(ValueError, match="printed unparsable output") as info:
+        Problem(box_uniform([0.0, 0.0], [1.0, 1.0]), program)
+    text = str(info.value)
+    assert "per_sample" not in text and "stdout must hold only the rows of x" in text
