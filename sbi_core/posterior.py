@@ -227,12 +227,12 @@ class Posterior:
         return samples.reshape(*shape, xs.shape[0], self.dim)
 
     def log_prob(self, theta: Tensor, x: Tensor | None = None, **kwargs: Any) -> Tensor:
-        """Log density of ``theta`` ``(N, D)`` (or ``(D,)``) given one ``x`` → ``(N,)``."""
+        """Log density of ``theta`` ``(N, D)`` (or ``(D,)``, or ``(*S, D)`` as returned by
+        ``sample(S)``) given one ``x`` → ``(N,)`` (``()``, ``S``)."""
         xs = self._single_x(x)
         theta = self._check_theta(theta)
-        single = theta.ndim == 1
         lp = self.log_prob_batched(theta.reshape(-1, 1, self.dim), xs, _checked=True, **kwargs)[:, 0]
-        return lp[0] if single else lp
+        return lp.reshape(theta.shape[:-1])
 
     def log_prob_batched(self, theta: Tensor, xs: Tensor, _checked: bool = False,
                          **kwargs: Any) -> Tensor:

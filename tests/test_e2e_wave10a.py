@@ -213,3 +213,17 @@ def test_problem_with_a_failing_external_program_gets_advice_about_the_program(t
         Problem(box_uniform([0.0, 0.0], [1.0, 1.0]), program)
     text = str(info.value)
     assert "per_sample" not in text and "stdout must hold only the rows of x" in text
+
+
+def test_log_prob_of_samples_with_a_sample_shape_keeps_that_shape(cnn_model):
+    # before: log_prob(sample((2, 3))) returned shape (6,) - the sample shape was flattened
+    from sbi_core import load
+
+    _, sims, path = cnn_model
+    posterior = load(path, embedding=_Cnn)
+    x = sims.x[0]
+    samples = posterior.sample((2, 3), x=x, seed=0)
+    lp = posterior.log_prob(samples, x=x)
+    assert samples.shape == (2, 3, 2) and lp.shape == (2, 3)
+    assert torch.allclose(lp.reshape(-1), posterior.log_prob(samples.reshape(6, 2), x=x))
+    assert posterior.log_prob(samples[0, 0], x=x).shape == ()
