@@ -139,6 +139,11 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
                 f" ({columns}); first error: {sims.provenance.get('first_error')}. "
                 f"Training on the valid ones failed: {err}") from err
         raise
+    except TypeError as err:  # "Unknown NPE options ['max_epoch']": name the likely option
+        hint = _did_you_mean(str(err), options)
+        if hint:
+            raise TypeError(f"{err} {hint}") from err
+        raise
     from sbi_core.training_sketch import theta_sketch
 
     record = {**history.to_dict(), "training_theta_sketch": theta_sketch(theta)}
@@ -150,6 +155,29 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
     n_val = int(round(train_config.validation_fraction * x.shape[0]))
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
     return _with_detector(posterior, x[perm[n_val:]], x[perm[:n_val]], seed)
+
+
+def _did_you_mean(message: str, options: dict[str, Any]) -> str:
+    """``"Did you mean 'max_epochs'?"`` for options named unknown in ``message`` that are
+    close to a training option or to an option the message lists; ``""`` otherwise."""
+    import difflib
+    import re
+    from dataclasses import fields
+
+    from sbi_core.training import TrainConfig
+
+    if not message.startswith("Unknown"):
+        return ""
+    training = {f.name for f in fields(TrainConfig)}
+    known = training | set(re.findall(r"'(\w+)'", message)) - set(options)
+    pairs = []
+    for key in options:
+        if key in training or f"'{key}'" not in message:
+            continue
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+        if close:
+            pairs.append(f"{close[0]!r} (not {key!r})")
+    return f"Did you mean {', '.join(pairs)}?" if pairs else ""
 
 
 def _with_detector(posterior: Posterior, x: Tensor, x_holdout: Tensor | None,

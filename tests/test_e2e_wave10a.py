@@ -227,3 +227,19 @@ def test_log_prob_of_samples_with_a_sample_shape_keeps_that_shape(cnn_model):
     assert samples.shape == (2, 3, 2) and lp.shape == (2, 3)
     assert torch.allclose(lp.reshape(-1), posterior.log_prob(samples.reshape(6, 2), x=x))
     assert posterior.log_prob(samples[0, 0], x=x).shape == ()
+
+
+@pytest.mark.parametrize("method", ["npe", "nle"])
+def test_misspelled_training_option_gets_a_did_you_mean(method):
+    # before: "Unknown NPE options ['max_epoch']; valid: [...estimator options...]" - the
+    # list of valid names did not include max_epochs, so the typo was hard to see
+    from sbi_core import Problem, box_uniform, fit, simulate
+
+    problem = Problem(box_uniform([0.0, 0.0], [1.0, 1.0]), lambda th: th + 0.1,
+                      param_names=["a", "b"])
+    sims = simulate(problem, 50, seed=0, progress=False)
+    with pytest.raises(TypeError, match=r"Did you mean 'max_epochs' \(not 'max_epoch'\)\?"):
+        fit(problem, sims, method=method, max_epoch=1, progress=False)
+    with pytest.raises(TypeError) as info:
+        fit(problem, sims, method=method, zzz_option=1, progress=False)
+    assert "Did you mean" not in str(info.value)
