@@ -243,3 +243,32 @@ def test_misspelled_training_option_gets_a_did_you_mean(method):
     with pytest.raises(TypeError) as info:
         fit(problem, sims, method=method, zzz_option=1, progress=False)
     assert "Did you mean" not in str(info.value)
+
+
+def test_fit_warns_when_a_few_blown_up_simulations_dominate_the_x_scale():
+    # before: 22 of 2,000 simulations at x = 1e30 (a simulator that blew up instead of failing)
+    # made z-scoring squeeze all others to one point; the posterior at x_o = (0.3, 0.7) came
+    # out as the prior (mean 0.48, std 0.24 instead of about 0.05) without any warning
+    from sbi_core import Problem, box_uniform, fit, simulate
+
+    def blows_up(theta):
+        x = theta + 0.05 * torch.randn_like(theta)
+        x[theta[:, 0] > 0.98] = 1e30
+        return x
+
+    problem = Problem(box_uniform([0.0, 0.0], [1.0, 1.0]), blows_up, param_names=["a", "b"])
+    sims = simulate(problem, 500, seed=0, progress=False)
+    n_blown = int((sims.x[:, 0] > 1e20).sum())
+    assert n_blown > 0
+    with pytest.warns(UserWarning, match=rf"{n_blown} of 500 simulations have x values far "
+                                         r"beyond the bulk .*return NaN for them"):
+        fit(problem, sims, max_epochs=1, progress=False, detector=False)
+    clean = simulate(Problem(box_uniform([0.0, 0.0], [1.0, 1.0]),
+                             lambda th: torch.exp(3 * torch.randn_like(th)) + th,
+                             param_names=["a", "b"]), 500, seed=0, progress=False)
+    import warnings as _w
+
+    with _w.catch_warnings(record=True) as caught:
+        _w.simplefilter("always")
+        fit(problem, clean, max_epochs=1, progress=False, detector=False)
+    assert not [w for w in caught if "far beyond the bulk" in str(w.message)]
