@@ -272,3 +272,26 @@ def test_fit_warns_when_a_few_blown_up_simulations_dominate_the_x_scale():
         _w.simplefilter("always")
         fit(problem, clean, max_epochs=1, progress=False, detector=False)
     assert not [w for w in caught if "far beyond the bulk" in str(w.message)]
+
+
+def test_cli_robustness_refuses_test_simulations_of_another_problem(tmp_path, capsys):
+    # before: `sbi-core robustness model.pt --sims other_sims.pt` ran on the other problem's
+    # simulations (diagnose --sims did the same; both now refuse them)
+    from sbi_core import Problem, box_uniform, fit, save, simulate
+    from sbi_core.cli.main import main
+
+    def sim(theta):
+        return theta + 0.1 * torch.randn_like(theta)
+
+    mine = Problem(box_uniform([0.0, 0.0], [1.0, 1.0]), sim, param_names=["a", "b"], name="mine")
+    other = Problem(box_uniform([0.0, 0.0], [1.0, 1.0]), sim, param_names=["c", "d"],
+                    name="other")
+    post = fit(mine, simulate(mine, 200, seed=0, progress=False), max_epochs=1,
+               progress=False, hidden_features=8, num_transforms=1)
+    save(post, tmp_path / "model.pt")
+    simulate(other, 20, seed=1, progress=False).save(tmp_path / "other.pt")
+    code = main(["robustness", str(tmp_path / "model.pt"), "--sims", str(tmp_path / "other.pt"),
+                 "--num", "5", "--eps", "0.1", "--steps", "2", "--no-predictive"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "made by problem 'other' with parameters ['c', 'd']" in err
