@@ -295,3 +295,27 @@ def test_cli_robustness_refuses_test_simulations_of_another_problem(tmp_path, ca
     err = capsys.readouterr().err
     assert code == 2, err
     assert "made by problem 'other' with parameters ['c', 'd']" in err
+
+
+def test_per_sample_rows_of_another_length_fail_alone_with_the_reason():
+    # before: torch.stack raised "stack expects each tensor to be equal size" for the whole
+    # batch, which was then re-run by bisection; now the odd rows are reported failed at once
+    import numpy as np
+
+    from sbi_core import Problem, box_uniform, simulate
+    from simulators import adapt
+
+    calls = []
+
+    def stops_early(theta):  # like solve_ivp returning fewer time points when it fails
+        calls.append(1)
+        return np.ones(3 if theta[0] > 0.8 else 4) * theta[1]
+
+    problem = Problem(box_uniform([0.0, 0.0], [1.0, 1.0]), adapt(stops_early), x_shape=(4,))
+    calls.clear()
+    sims = simulate(problem, 50, seed=0, progress=False)
+    short = sims.theta[:, 0] > 0.8
+    assert torch.equal(~sims.valid, short) and int(short.sum()) > 0
+    assert "returned x of shape (3,) while the others returned (4,)" in \
+        sims.provenance["first_error"]
+    assert len(calls) == 50  # each row ran once: no bisection re-runs
