@@ -319,3 +319,18 @@ def test_per_sample_rows_of_another_length_fail_alone_with_the_reason():
     assert "returned x of shape (3,) while the others returned (4,)" in \
         sims.provenance["first_error"]
     assert len(calls) == 50  # each row ran once: no bisection re-runs
+
+
+def test_load_on_an_unavailable_device_does_not_call_the_file_corrupted(cnn_model, monkeypatch):
+    # before: "cnn.pt is corrupted or not a model file (RuntimeError: Attempting to deserialize
+    # object on a CUDA device ...). Re-save the model or retrain it." - the file was fine
+    from sbi_core import load
+
+    _, _, path = cnn_model
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"CUDA is not available on this machine \(the model "
+                                         r"file is fine\); load it with device='cpu'") as info:
+        load(path, device="cuda", embedding=_Cnn)
+    assert "corrupted" not in str(info.value)
+    with pytest.raises(ValueError, match=r"device='gpu' is not a torch device"):
+        load(path, device="gpu", embedding=_Cnn)
