@@ -334,3 +334,15 @@ def test_load_on_an_unavailable_device_does_not_call_the_file_corrupted(cnn_mode
     assert "corrupted" not in str(info.value)
     with pytest.raises(ValueError, match=r"device='gpu' is not a torch device"):
         load(path, device="gpu", embedding=_Cnn)
+
+
+def test_fit_on_a_misspelled_device_is_bad_input(capsys, tmp_path):
+    # before: `sbi-core train --device gpu` ended in "internal error (RuntimeError): Expected
+    # one of cpu, cuda, ... (please report it)"; fit raised RuntimeError
+    from sbi_core import Problem, box_uniform, fit, simulate
+
+    problem = Problem(box_uniform([0.0, 0.0], [1.0, 1.0]), lambda th: th + 0.1,
+                      param_names=["a", "b"])
+    sims = simulate(problem, 50, seed=0, progress=False)
+    with pytest.raises(ValueError, match=r"device='gpu' is not a torch device .*use 'cpu'"):
+        fit(problem, sims, device="gpu", max_epochs=1, progress=False)
