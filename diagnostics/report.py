@@ -266,6 +266,7 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
     else:
         problem = _resolve(posterior, problem, need=sims is None)
         check_problem_matches(posterior, problem, "diagnose")
+        check_sims_match(posterior, sims)
         if sims is None:
             sims = own_prior = _pairs_under_posterior_prior(posterior, problem, num, seed)
         theta, xs = calibration_pairs(problem, sims, num=num, seed=seed)
@@ -444,6 +445,27 @@ def check_problem_matches(posterior: Posterior, problem: Problem | None, what: s
         f"The problem given to {what} ({problem.name!r}) has parameters {theirs}, but the "
         f"posterior was trained on {trained!r} with parameters {ours}: its test pairs would "
         f"judge the model on another problem. Pass the problem the model was trained on{hint}.")
+
+
+def check_sims_match(posterior: Posterior, sims: Any) -> None:
+    """Stop when held-out simulations record other parameter names than the posterior's
+    (simulations of another problem with the same shapes). Pairs or files that record no
+    names, and default names (``theta_1..``) on either side, are not compared."""
+    recorded = getattr(sims, "provenance", {}).get("param_names") if sims is not None else None
+    ours = list(posterior.param_names)
+    if not recorded or list(recorded) == ours or len(recorded) != len(ours):
+        return  # a different dimension is reported by _check_shapes
+    default = [f"theta_{i + 1}" for i in range(len(ours))]
+    if default in (list(recorded), ours):
+        return
+    made_by = sims.provenance.get("problem") or "another problem"
+    trained = (posterior.problem_spec or {}).get("name") or "another problem"
+    raise ValueError(
+        f"The test simulations were made by problem {made_by!r} with parameters "
+        f"{list(recorded)}, but the posterior was trained on {trained!r} with parameters "
+        f"{ours}: they would judge the model on another problem. Pass held-out simulations of "
+        "the model's own problem (sims=, CLI: --sims), or leave them out to simulate test "
+        "pairs from its problem.")
 
 
 def _warn_if_training_pairs(posterior: Posterior, theta: Tensor) -> int:

@@ -225,6 +225,12 @@ def user_embedding_module(record: Mapping[str, Any], embedding: Any,
     """
     if embedding is None:
         raise UserEmbeddingError(_missing_message(record, source))
+    if isinstance(embedding, (str, Mapping)):  # a built-in spec cannot hold the user's weights
+        raise UserEmbeddingError(
+            f"load(..., embedding=...) got the built-in spec {embedding!r}, but the model in "
+            f"{source} was trained with your own embedding {record.get('class')}; pass that "
+            "nn.Module's class, an instance or a zero-argument factory (e.g. "
+            "embedding=lambda: MyNet(32)).")
     module = _instantiate(embedding, "load(..., embedding=...)")
     want = {k[len("embedding."):]: tuple(v.shape) for k, v in saved_state.items()
             if k.startswith("embedding.")}

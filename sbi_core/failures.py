@@ -85,7 +85,8 @@ def check_output(x: object, n: int, x_shape: tuple[int, ...]) -> Tensor:
         raise TypeError(f"simulator returned {type(x).__name__}, not a Tensor")
     if tuple(x.shape) != (n, *x_shape):
         raise ValueError(f"simulator returned shape {tuple(x.shape)}, expected {(n, *x_shape)}")
-    return x
+    return x.detach()  # simulations are data: an autograd graph (a simulator with nn layers)
+    # would be kept alive in memory and break stores and worker processes (.numpy())
 
 
 def _rows(x: Tensor) -> Tensor:

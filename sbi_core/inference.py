@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -117,6 +118,7 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
             f"{problem.name!r} simulates x of shape {tuple(problem.x_shape)}."
         )
     check_theta_in_support(problem, theta)
+    warn_extreme_x(x, getattr(problem, "x_names", None))
     options = _discrete_x_options(problem, m, options)
     options = _x_trials_options(problem, m, options)
     try:
@@ -139,6 +141,11 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
                 f" ({columns}); first error: {sims.provenance.get('first_error')}. "
                 f"Training on the valid ones failed: {err}") from err
         raise
+    except TypeError as err:  # "Unknown NPE options ['max_epoch']": name the likely option
+        hint = _did_you_mean(str(err), options)
+        if hint:
+            raise TypeError(f"{err} {hint}") from err
+        raise
     from sbi_core.training_sketch import theta_sketch
 
     record = {**history.to_dict(), "training_theta_sketch": theta_sketch(theta)}
@@ -150,6 +157,29 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
     n_val = int(round(train_config.validation_fraction * x.shape[0]))
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
     return _with_detector(posterior, x[perm[n_val:]], x[perm[:n_val]], seed)
+
+
+def _did_you_mean(message: str, options: dict[str, Any]) -> str:
+    """``"Did you mean 'max_epochs'?"`` for options named unknown in ``message`` that are
+    close to a training option or to an option the message lists; ``""`` otherwise."""
+    import difflib
+    import re
+    from dataclasses import fields
+
+    from sbi_core.training import TrainConfig
+
+    if not message.startswith("Unknown"):
+        return ""
+    training = {f.name for f in fields(TrainConfig)}
+    known = training | set(re.findall(r"'(\w+)'", message)) - set(options)
+    pairs = []
+    for key in options:
+        if key in training or f"'{key}'" not in message:
+            continue
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+        if close:
+            pairs.append(f"{close[0]!r} (not {key!r})")
+    return f"Did you mean {', '.join(pairs)}?" if pairs else ""
 
 
 def _with_detector(posterior: Posterior, x: Tensor, x_holdout: Tensor | None,
@@ -184,6 +214,45 @@ def _with_preset(m: Method, preset: str | None, options: dict[str, Any]) -> dict
         raise ValueError(f"Unknown preset {preset!r}; use one of {sorted(presets)} (or leave "
                          "it out for the default).")
     return {**m.training_defaults({**options, "preset": preset}), **options}
+
+
+EXTREME_SPREAD = 1000.0  # column std beyond this many times its interquartile range
+
+
+def warn_extreme_x(x: Tensor, x_names: Sequence[str] | None = None) -> None:
+    """Warn when a few finite but enormous x values (a simulator that blew up to 1e30 instead
+    of failing) dominate a column's standard deviation: z-scoring then squeezes every other
+    simulation together and the posterior silently ignores x. Flags columns whose std is more
+    than ``EXTREME_SPREAD`` times their interquartile range (quartiles from at most a few
+    thousand rows, std over all, in float64; a column with IQR 0 is not judged)."""
+    n = x.shape[0]
+    if n < 20:
+        return
+    flat = x.reshape(n, -1)
+    width = flat.shape[1]
+    rows = min(n, max(200, 16_000_000 // max(width, 1)))
+    sub = flat[:rows].double()
+    lo, mid, hi = torch.quantile(sub, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64), dim=0)
+    spread = hi - lo
+    std = flat.double().std(0)
+    bad = (spread > 0) & (std > EXTREME_SPREAD * spread)
+    if not bool(bad.any()):
+        return
+    far = ((flat.double() - mid).abs() > EXTREME_SPREAD * spread) & bad
+    n_rows = int(far.any(1).sum())
+    cols = bad.nonzero().flatten().tolist()
+    c = cols[0]
+    name = f" ({x_names[c]})" if x_names is not None and c < len(x_names) else ""
+    shown = ", ".join(map(str, cols[:5])) + (", ..." if len(cols) > 5 else "")
+    warnings.warn(
+        f"{n_rows:,} of {n:,} simulations have x values far beyond the bulk in {len(cols)} "
+        f"column(s) ({shown}; column {c}{name}: values up to "
+        f"{float(flat[:, c].double().abs().max()):.3g} while half lie in [{float(lo[c]):.4g}, "
+        f"{float(hi[c]):.4g}]). z-scoring x with a standard deviation they dominate squeezes the "
+        "other simulations together, so the posterior can ignore x and come out near the "
+        "prior. If they are failed simulations, return NaN for them (they are then left out); "
+        "otherwise clip or transform x (for NPE e.g. x_transform='log1p').",
+        UserWarning, stacklevel=3)
 
 
 def check_theta_in_support(problem: Problem, theta: Tensor) -> None:

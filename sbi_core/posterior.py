@@ -227,12 +227,12 @@ class Posterior:
         return samples.reshape(*shape, xs.shape[0], self.dim)
 
     def log_prob(self, theta: Tensor, x: Tensor | None = None, **kwargs: Any) -> Tensor:
-        """Log density of ``theta`` ``(N, D)`` (or ``(D,)``) given one ``x`` → ``(N,)``."""
+        """Log density of ``theta`` ``(N, D)`` (or ``(D,)``, or ``(*S, D)`` as returned by
+        ``sample(S)``) given one ``x`` → ``(N,)`` (``()``, ``S``)."""
         xs = self._single_x(x)
         theta = self._check_theta(theta)
-        single = theta.ndim == 1
         lp = self.log_prob_batched(theta.reshape(-1, 1, self.dim), xs, _checked=True, **kwargs)[:, 0]
-        return lp[0] if single else lp
+        return lp.reshape(theta.shape[:-1])
 
     def log_prob_batched(self, theta: Tensor, xs: Tensor, _checked: bool = False,
                          **kwargs: Any) -> Tensor:
@@ -491,10 +491,19 @@ class Posterior:
                 tuple(lo.shape):
             return None
         lo, hi = lo.cpu(), hi.cpu()
+        several = x.ndim == lo.ndim + 1 and x.shape[0] > 1  # (B, *x_shape): name the rows
         x = x.detach().cpu().reshape(-1, *lo.shape)
         margin = 0.1 * (hi - lo)
         outside = (x < lo - margin) | (x > hi + margin)
-        return _describe_outside(x, outside, lo, hi) if outside.any() else None
+        if not outside.any():
+            return None
+        where = _describe_outside(x, outside, lo, hi)
+        if several:
+            rows = outside.reshape(x.shape[0], -1).any(1).nonzero().flatten().tolist()
+            shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+            where += (f", in {len(rows)} of {x.shape[0]} observations (row(s) {shown}, "
+                      "counting from 0)")
+        return where
 
     def _check_range(self, x: Tensor) -> None:
         where = self.outside_training_range(x)

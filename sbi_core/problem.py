@@ -230,13 +230,15 @@ class Problem:
                     n, theta = len(x), theta[:len(x)]  # shapes are checked on the working rows
             if first_err is not None and x is None:
                 err = first_err
-                hint = _adapter_hint(self.simulator, theta) or (
-                    " A simulator takes a batch Tensor[N, D]; wrap a per-sample function with "
-                    "simulators.per_sample and a numpy one with simulators.from_numpy, or let "
-                    "simulators.adapt(fn) detect which it is.")
+                hint = _raised_hint(self.simulator)
+                if hint is None:
+                    hint = _adapter_hint(self.simulator, theta) or (
+                        " A simulator takes a batch Tensor[N, D]; wrap a per-sample function "
+                        "with simulators.per_sample and a numpy one with simulators.from_numpy, "
+                        "or let simulators.adapt(fn) detect which it is.")
                 raise ValueError(
                     f"The simulator raised on a test batch of {n} prior samples (shape {tuple(theta.shape)}): "
-                    f"{type(err).__name__}: {err}.{hint}{self._tried_note}"
+                    f"{type(err).__name__}: {str(err).rstrip('.')}.{hint}{self._tried_note}"
                 ) from err
         if isinstance(x, np.ndarray):
             raise TypeError(
@@ -326,6 +328,23 @@ def _noise_inputs(prior: Distribution, simulator: Callable, noise_dim: int | Non
             torch.manual_seed(0)
             check_noise_simulator(g, noise_dim, prior.sample((3,)))
     return int(noise_dim), g
+
+
+def _raised_hint(simulator: Callable) -> str | None:
+    """The hint for a simulator that raised when the adapter advice does not apply: an
+    external program is batched already, and ``adapt`` has named the kinds it tried."""
+    try:
+        from simulators.adapters import adapt
+        from simulators.external import ExternalProgram
+    except ImportError:
+        return None
+    if isinstance(simulator, ExternalProgram):
+        return (" Fix the program (its stderr, if it wrote any, is quoted above); a relative path in the command is "
+                "resolved from the current directory (external_simulator(..., cwd=...) sets "
+                "another), and with io='text' stdout must hold only the rows of x.")
+    if type(simulator) is adapt:  # not from_numpy/per_sample, whose kind is fixed
+        return ""  # its message already says what was tried and how to call it
+    return None
 
 
 def _adapter_hint(simulator: Simulator, theta: Tensor) -> str:

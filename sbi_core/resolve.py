@@ -189,7 +189,21 @@ def resolve_embedding(ref: str | None) -> Any:
             return target
 
         def factory() -> Any:
-            return target()
+            from estimators.embedding import UserEmbeddingError
+
+            try:
+                module = target()
+            except TypeError as err:  # in the words of the command line, not fit(...)'s
+                raise UserEmbeddingError(
+                    f"--embedding {text!r} cannot be called without arguments ({err}); name a "
+                    "function or class that takes none and returns your nn.Module (e.g. "
+                    "def net(): return MyNet(32)).") from err
+            if not isinstance(module, nn.Module):
+                raise UserEmbeddingError(
+                    f"--embedding {text!r} returned {type(module).__name__}, not a "
+                    "torch.nn.Module; name a function or class that returns your embedding "
+                    "network.")
+            return module
 
         # recorded in the model file for display only: the error that asks for the embedding
         # at load time names the option it was trained with (never imported from the file)

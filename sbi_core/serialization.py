@@ -108,6 +108,22 @@ def _refuse_damaged_or_npz(path: Path) -> None:
             "file again from its source, or retrain.")
 
 
+def _check_device(device: Any) -> None:
+    """A device ``load`` can use; otherwise a ValueError about the device (torch.load would
+    fail with a message that made a good file look corrupted)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device={device!r} is not a torch device ({err}); use 'cpu', 'cuda' "
+                         "or 'cuda:0'.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}, but CUDA is not available on this machine (the "
+                         "model file is fine); load it with device='cpu'.")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r}, but MPS is not available on this machine (the "
+                         "model file is fine); load it with device='cpu'.")
+
+
 def load(path: str | Path, device: str = "cpu", prior: Any = None,
          embedding: Any = None) -> Posterior:
     """Load a posterior written by :func:`save`; no code in the file is executed.
@@ -126,6 +142,7 @@ def load(path: str | Path, device: str = "cpu", prior: Any = None,
             (``load(path, embedding=lambda: MyNet(32))``). Its ``state_dict`` must have the
             saved keys and shapes. Not allowed for built-in embeddings.
     """
+    _check_device(device)
     path = Path(path)
     if path.is_dir():
         raise ModelFileError(

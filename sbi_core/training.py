@@ -281,7 +281,11 @@ def train(
 def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
            cfg: TrainConfig, loss_fn: LossFn | None) -> TrainingHistory:
     loss_fn = loss_fn or _default_loss
-    device = torch.device(cfg.device)
+    try:
+        device = torch.device(cfg.device)
+    except (RuntimeError, TypeError) as err:  # e.g. "gpu": bad input, not an internal error
+        raise ValueError(f"device={cfg.device!r} is not a torch device ({err}); use 'cpu', "
+                         "'cuda' or 'cuda:0'.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' was requested but no CUDA GPU is available; use 'cpu'.")
     generator = torch.Generator().manual_seed(cfg.seed)

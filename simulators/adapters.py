@@ -61,6 +61,9 @@ def _kind(batched: bool, numpy: bool) -> str:
 def _as_tensor(out: Any) -> Tensor:
     if isinstance(out, Tensor):
         return out.float()
+    if out is None:  # np.asarray(None, float32) would be NaN: "returned NaN" hides the cause
+        raise TypeError("the simulator returned None (a missing `return` statement?); it must "
+                        "return the simulated x")
     return torch.as_tensor(np.asarray(out, dtype=np.float32))
 
 
@@ -217,6 +220,7 @@ class adapt:  # noqa: N801 - used like a function
                 rows.append(None)
                 continue
             rows.append(out.reshape(1) if out.ndim == 0 else out)
+        first = first or _drop_odd_shapes(rows)
         if first is None:
             return torch.stack(rows)  # type: ignore[arg-type]
         if len(rows) == 1:
@@ -231,6 +235,24 @@ class adapt:  # noqa: N801 - used like a function
             [torch.full_like(good[0], float("nan")) if r is None else r for r in rows])
         raise RowFailures(x, failed, f"{type(first).__name__}: {first} ({int(failed.sum())} of "
                                      f"{len(rows)} rows raised)") from first
+
+
+def _drop_odd_shapes(rows: list[Tensor | None]) -> Exception | None:
+    """Mark rows whose shape differs from the most common one as failed (set to None), e.g.
+    an ODE solver that stopped early and returned fewer time points; returns the error that
+    says so, or None when all rows agree."""
+    shapes = [tuple(r.shape) for r in rows if r is not None]
+    if len(set(shapes)) <= 1:
+        return None
+    common = max(set(shapes), key=shapes.count)
+    odd = [i for i, r in enumerate(rows) if r is not None and tuple(r.shape) != common]
+    shape = tuple(rows[odd[0]].shape)  # type: ignore[union-attr]
+    for i in odd:
+        rows[i] = None
+    return ValueError(
+        f"{len(odd)} row(s) (first: row {odd[0]}) returned x of shape {shape} while "
+        f"the others returned {common}; x must have one fixed shape (a solver that stopped "
+        "early returns fewer points: return NaN of the full shape instead)")
 
 
 class from_numpy(adapt):  # noqa: N801 - used like a function

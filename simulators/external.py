@@ -107,8 +107,11 @@ class ExternalProgram:
                 stdin = "\n".join(" ".join(repr(float(v)) for v in row) for row in values) + "\n"
             proc = self._run(argv, env, stdin)
             failed = self._read_mask(mask_path, n, proc) if os.path.exists(mask_path) else None
-            if proc.returncode != 0 and failed is None:
-                raise RuntimeError(f"{self._name} exited with status {proc.returncode}"
+            if proc.returncode != 0 and (failed is None or not bool(failed.any())):
+                # an empty mask file with a failing exit names no failed row: the whole call
+                # failed (its output is not trusted), as if no mask file had been written
+                empty = "" if failed is None else " (its mask file lists no failed row)"
+                raise RuntimeError(f"{self._name} exited with status {proc.returncode}{empty}"
                                    f"{_stderr_note(proc.stderr)}")
             if failed is not None and bool(failed.all()):
                 raise RowFailures(None, torch.ones(n, dtype=torch.bool), (
@@ -139,7 +142,11 @@ class ExternalProgram:
     def _read_mask(self, path: str, n: int, proc: subprocess.CompletedProcess) -> np.ndarray:
         """Bool ``(n,)`` of the rows listed in the mask file (0-based indices)."""
         try:
-            rows = np.loadtxt(path, dtype=np.int64, ndmin=1)
+            with open(path) as f:  # np.savetxt's default float format ("3.0e+00") counts too
+                values = np.array([float(v) for v in f.read().replace(",", " ").split()])
+            if not np.all(np.isfinite(values) & (values == np.round(values))):
+                raise ValueError(f"not whole numbers: {values[values != np.round(values)][:5]}")
+            rows = values.astype(np.int64)
         except ValueError as err:
             raise RuntimeError(f"{self._name} wrote an unreadable mask file ({err}); it must "
                                f"list 0-based row indices{_stderr_note(proc.stderr)}") from err

@@ -47,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def _test_data(args: argparse.Namespace, posterior):
     """Test ``(theta, x, problem or None)`` from --sims, or simulated from the problem."""
-    from diagnostics.report import check_problem_matches
+    from diagnostics.report import check_problem_matches, check_sims_match
     from sbi_core.resolve import recorded_problem, resolve_problem
     from sbi_core.simulation import simulate
     from sbi_core.simulation_set import SimulationSet
@@ -68,6 +68,7 @@ def _test_data(args: argparse.Namespace, posterior):
         if theta.shape[1] != posterior.dim:
             raise ValueError(f"{args.sims} holds theta with {theta.shape[1]} parameters, but the "
                              f"model has {posterior.dim}.")
+        check_sims_match(posterior, sims)  # simulations of another problem: refused
         if args.problem:
             problem = resolve_problem(args.problem)
             check_problem_matches(posterior, problem, "robustness")
