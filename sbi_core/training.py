@@ -628,7 +628,10 @@ class _GradientClipper:
             nn.utils.clip_grad_norm_(self.params, self.max_norm)
             return
         total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
-        torch._foreach_mul_(grads, torch.clamp(self.max_norm / (total + 1e-6), max=1.0))
+        coef = torch.clamp(self.max_norm / (total + 1e-6), max=1.0)
+        if coef.device.type == "cpu" and float(coef) == 1.0:
+            return  # multiplying by exactly 1 changes no bit: skip it (no device sync on CPU)
+        torch._foreach_mul_(grads, coef)
 
 
 class _WeightAverage:
