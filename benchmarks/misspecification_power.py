@@ -26,6 +26,7 @@ Run: ``PYTHONPATH=. python benchmarks/misspecification_power.py [--train 10000] 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import time
@@ -58,21 +59,28 @@ def main() -> None:
     parser.add_argument("--problems", default=",".join(PROBLEMS))
     parser.add_argument("--npe", type=float, default=None, metavar="SECONDS",
                         help="use the detector trained by fit with an NPE (training capped)")
+    parser.add_argument("--variants", nargs="+", default=["{}"], metavar="JSON",
+                        help="fit_detector options per variant, compared in one run on the "
+                             "same simulations and perturbations, e.g. '{}' "
+                             "'{\"max_fit_rows\": 2048}' (x-space features only)")
     args = parser.parse_args()
+    variants = [json.loads(v) for v in args.variants]
+    if args.npe is not None and variants != [{}]:
+        parser.error("--variants works with x-space features only (without --npe)")
     torch.set_num_threads(1)
     print(f"load average at start: {os.getloadavg()}")
-    for name in args.problems.split(","):
+    for name, options in ((n, v) for n in args.problems.split(",") for v in variants):
         prob = get_problem(name)
         sims = simulate(prob, args.train, seed=0, progress=False)
         x = sims.training_data()[1]
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         if args.npe is None:
-            det = fit_detector(None, x, seed=0)
+            det = fit_detector(None, x, seed=0, **options)
         else:
             from sbi_core import fit
 
             det = fit(prob, sims, seed=0, max_seconds=args.npe, progress=False).detector
-        fit_s = time.perf_counter() - t0
+        fit_s, fit_cpu = time.perf_counter() - t0, time.process_time() - cpu0
         fresh = simulate(prob, args.null + 20 * args.sets + args.power, seed=123,
                          progress=False).training_data()[1]
         null_x, set_pool = fresh[:args.null], fresh[args.null:args.null + 20 * args.sets]
@@ -82,7 +90,9 @@ def main() -> None:
               f"detector {det.config['density']} on {det.config['dim']} "
               f"{det.config['features']} features, "
               f"{det.config['num_holdout']} held-out, fit "
-              f"{fit_s:.1f} s" + (" (NPE + detector)" if args.npe is not None else ""))
+              f"{fit_s:.1f} s ({fit_cpu:.2f} CPU s)"
+              + (" (NPE + detector)" if args.npe is not None else "")
+              + (f", options {json.dumps(options)}" if options else ""))
         res = det.test(null_x)
         print(f"false-alarm rate at 0.05 over {args.null} well-specified observations: "
               f"density {rate(res.density_reject)}, MMD {rate(res.mmd_reject)}, "

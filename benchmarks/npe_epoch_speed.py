@@ -80,10 +80,11 @@ def worker(task: str, sims_path: str, epochs: int, seed: int) -> None:
 
 def interleaved(task: str, baseline: str, sims: int, blocks: int, seed: int) -> dict:
     """Epochs of the default NPE's training loop in ONE process, alternating the fused MAF
-    pass and gradient clipping of this tree and of ``baseline`` (its
-    ``estimators/fast_maf.py`` loaded as a separate module) epoch by epoch on the same
-    estimator and data: load bursts from other processes hit both sides alike. The rest of
-    the loop (minibatches, Adam, EMA, validation) is the same code on both sides. Returns
+    pass, gradient clipping, Adam step and minibatch gathering of this tree and of
+    ``baseline`` (its ``estimators/fast_maf.py`` loaded as a separate module; its clipper,
+    lean Adam step and per-epoch gather where its ``training.py`` has them) epoch by epoch
+    on the same estimator and data: load bursts from other processes hit both sides alike.
+    The rest of the loop (loss, EMA, validation) is the same code on both sides. Returns
     per-side CPU seconds per epoch (median)."""
     import importlib
     import importlib.util
@@ -134,15 +135,38 @@ def interleaved(task: str, baseline: str, sims: int, blocks: int, seed: int) -> 
                           if "class _GradientClipper" in base_training else
                           (lambda: torch.nn.utils.clip_grad_norm_(params, max_norm)))}
     clip = clips["tree"]
+    # the optimizer step and the minibatches: this tree's lean Adam step (`_AdamStep`) and
+    # per-epoch gather where it has them; the baseline's torch `zero_grad` / `step` and one
+    # index per minibatch unless its training.py has them too
+    tree_step = training._AdamStep(opt) if hasattr(training, "_AdamStep") else None
+    base_lean = "class _AdamStep" in base_training
+
+    def batches(lean: bool):
+        if lean:
+            yield from data.epoch(gen, cfg.batch_size)
+            return
+        order = torch.randperm(data.num_train, generator=gen)
+        for b in range(max(data.num_train // cfg.batch_size, 1)):
+            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            yield data.theta_tr[idx], data.x_tr[idx]
+
+    side = {"name": "tree"}
 
     def epoch() -> None:
         est.train()
-        for th, xx in data.epoch(gen, cfg.batch_size):
+        lean = tree_step is not None and (side["name"] == "tree" or base_lean)
+        for th, xx in batches(lean):
             loss = loss_fn(est, th, xx).mean()
-            opt.zero_grad(set_to_none=True)
+            if lean:
+                tree_step.zero_grad()
+            else:
+                opt.zero_grad(set_to_none=True)
             loss.backward()
             clip()
-            opt.step()
+            if lean:
+                tree_step.step()
+            else:
+                opt.step()
             ema.update()
         with ema.swapped():
             training._evaluate_batches(est, loss_fn, data.validation(), torch.device("cpu"))
@@ -152,6 +176,7 @@ def interleaved(task: str, baseline: str, sims: int, blocks: int, seed: int) -> 
         for name in (("tree", "baseline") if b % 2 else ("baseline", "tree")):
             fast_maf._FusedMAFPass, fast_maf._fused_forward = sides[name]
             clip = clips[name]
+            side["name"] = name
             t0 = time.process_time()
             epoch()
             times[name].append(time.process_time() - t0)

@@ -382,7 +382,7 @@ def posterior_features(posterior: Any) -> tuple[str, Callable[[Tensor], Tensor] 
 def fit_detector(source: Any, x_train: Tensor, seed: int = 0, x_holdout: Tensor | None = None,
                  alpha: float = 0.05, density: str = "auto", holdout_fraction: float = 0.2,
                  max_holdout: int = 2000, num_reference: int = 1000, num_sets: int = 1000,
-                 hidden_features: int = 32, num_transforms: int = 3, max_epochs: int = 100,
+                 hidden_features: int = 32, num_transforms: int = 3, max_epochs: int = 40,
                  max_fit_rows: int = 4096,
                  max_seconds: float | None = 60.0) -> MisspecificationDetector:
     """Train a :class:`MisspecificationDetector` on training simulations ``x_train``.
@@ -401,7 +401,10 @@ def fit_detector(source: Any, x_train: Tensor, seed: int = 0, x_holdout: Tensor 
             ``MIN_FLOW_ROWS`` fitting rows on, else Gaussian).
         num_reference: training rows in the MMD reference set.
         num_sets: null sets per set size for :meth:`MisspecificationDetector.test_set`.
-        hidden_features, num_transforms, max_epochs: the density flow.
+        hidden_features, num_transforms, max_epochs: the density flow. ``max_epochs=40``
+            (100 until wave 10): the same power and false-alarm rates in
+            benchmarks/misspecification_power.py at ~half the CPU of ``fit``'s detector
+            (docs/performance.md, "Issue 18: the cost of the whole default fit").
         max_fit_rows: the flow trains on at most this many of the fitting rows (a seeded
             subset), so its cost does not grow with the simulation budget; the null
             distributions come from the held-out rows either way, so the verdicts stay

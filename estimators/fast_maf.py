@@ -68,10 +68,18 @@ def _functorch_active() -> bool:
     return True if check is None else bool(check())
 
 
+#: ``-1`` as a 0-dim tensor (usable with any device and floating dtype) for :func:`_tanh_`.
+_MINUS_ONE = torch.tensor(-1.0)
+
+
 def _tanh_(a: Tensor) -> Tensor:
     """``tanh(a / 2)`` in place on a fresh tensor without autograd: ``a`` holds twice the
-    pre-activation (:func:`torch.addmm` with ``alpha=beta=2``), see :func:`_fast_tanh`."""
-    return a.sigmoid_().mul_(2.0).sub_(1.0)
+    pre-activation (:func:`torch.addmm` with ``alpha=beta=2``), see :func:`_fast_tanh`.
+
+    ``2 s - 1`` is one ``add(-1, s, alpha=2)`` instead of ``mul_(2)`` then ``sub_(1)``: the
+    same value bit for bit (``2 s`` is exact, so both round ``2 s - 1`` once;
+    tests/test_fit_cost.py), one operation less per unit layer."""
+    return torch.add(_MINUS_ONE, a.sigmoid_(), alpha=2.0, out=a)
 
 
 def _fused_forward(num_transforms: int, num_blocks: int, inputs: Tensor, context: Tensor,
@@ -81,31 +89,40 @@ def _fused_forward(num_transforms: int, num_blocks: int, inputs: Tensor, context
     """The fused MAF's forward pass without autograd: ``z`` ``(N, D)``, ``log_det`` ``(N,)``
     and what the backward pass needs: masked weights, the context features ``(N, T * H)``,
     the hidden activations ``(L, T, N, H)`` (``L = num_blocks + 1`` layers), each
-    transform's input ``(T, N, D)``, pre-softplus scales and scales ``(T, N, D)``."""
+    transform's input (a list of ``T`` tensors ``(N, D)``), pre-softplus scales and scales
+    ``(T, N, D)``.
+
+    Stacked tensors are split into per-transform (and per-layer) views with one ``unbind``
+    each before the loop instead of one Python-level index per use: the same views, so the
+    same products and values (bit-identical), at less per-step CPU (docs/performance.md,
+    "Issue 18: the cost of the whole default fit")."""
     t_all, k_all = num_transforms, num_blocks
     n, d, h = inputs.shape[0], inputs.shape[1], w_in.shape[1]
     with torch.no_grad():
         wm_in, wm_hid, wm_out = w_in * mask_in, w_hid * mask_hidden[:, None], w_out * mask_out
-        w_in_t, w_out_t = wm_in.transpose(1, 2), wm_out.transpose(1, 2)
-        w_hid_t = wm_hid.transpose(2, 3)
+        w_in_t, w_out_t = wm_in.transpose(1, 2).unbind(0), wm_out.transpose(1, 2).unbind(0)
+        w_hid_t = wm_hid.transpose(2, 3).flatten(0, 1).unbind(0)           # T*K views
+        b_hid_t, b_out_t = b_hid.flatten(0, 1).unbind(0), b_out.unbind(0)
         feats = _tanh_(torch.addmm(b_ctx, context, w_ctx.t(), beta=2.0, alpha=2.0))
-        ctx_h = feats.view(n, t_all, h) + b_in                             # (N, T, H)
+        ctx_h = (feats.view(n, t_all, h) + b_in).unbind(1)                # T x (N, H)
         acts = inputs.new_empty(k_all + 1, t_all, n, h)
-        zs = inputs.new_empty(t_all, n, d)
         pre = inputs.new_empty(t_all, n, d)
         scales = inputs.new_empty(t_all, n, d)
+        acts_t = acts.flatten(0, 1).unbind(0)                              # [k * T + t]
+        pre_t, scales_t = pre.unbind(0), scales.unbind(0)
+        zs: list[Tensor] = []  # each transform's input (fresh tensors: kept, not copied)
         z = inputs
         for t in range(t_all):
-            zs[t] = z
-            hid = _tanh_(torch.addmm(ctx_h[:, t], z, w_in_t[t], beta=2.0, alpha=2.0,
-                                     out=acts[0, t]))
+            zs.append(z)
+            hid = _tanh_(torch.addmm(ctx_h[t], z, w_in_t[t], beta=2.0, alpha=2.0,
+                                     out=acts_t[t]))
             for k in range(k_all):
-                hid = _tanh_(torch.addmm(b_hid[t, k], hid, w_hid_t[t, k], beta=2.0, alpha=2.0,
-                                         out=acts[k + 1, t]))
-            out = torch.addmm(b_out[t], hid, w_out_t[t])                   # (N, 2D)
-            a = pre[t]
+                hid = _tanh_(torch.addmm(b_hid_t[t * k_all + k], hid, w_hid_t[t * k_all + k],
+                                         beta=2.0, alpha=2.0, out=acts_t[(k + 1) * t_all + t]))
+            out = torch.addmm(b_out_t[t], hid, w_out_t[t])                 # (N, 2D)
+            a = pre_t[t]
             a.copy_(out[:, :d])
-            scale = torch.add(F.softplus(a), 1e-3, out=scales[t])
+            scale = torch.add(F.softplus(a), 1e-3, out=scales_t[t])
             z = torch.addcmul(out[:, d:], z, scale)
         log_det = scales.log().sum((0, 2))
     return z, log_det, (wm_in, wm_hid, wm_out, feats, acts, zs, pre, scales)
@@ -140,27 +157,34 @@ class _FusedMAFPass(torch.autograd.Function):
         wm_in, wm_hid, wm_out, feats, acts, zs, pre, scales = ctx.saved
         ctx.saved = None
         layers, t_all, n, h = acts.shape
-        d = zs.shape[2]
+        d = zs[0].shape[1]
         g = torch.zeros_like(zs[0]) if g_z is None else g_z
         g_ld = scales.new_zeros(n) if g_ld is None else g_ld
         g_acts = torch.empty_like(acts)           # gradients of the pre-activations
         g_outs = scales.new_empty(t_all, n, 2 * d)
         g_ld_col = g_ld[:, None]
         tanh_bwd = torch.ops.aten.tanh_backward.grad_input
+        softplus_bwd = torch.ops.aten.softplus_backward.grad_input
+        # per-transform / per-layer views, split once (the same views as indexing each use)
+        acts_t, g_acts_t = acts.flatten(0, 1).unbind(0), g_acts.flatten(0, 1).unbind(0)
+        scales_t, zs_t, pre_t = scales.unbind(0), zs, pre.unbind(0)
+        g_out_t, g_out_a, g_out_b = (g_outs.unbind(0), g_outs[:, :, :d].unbind(0),
+                                     g_outs[:, :, d:].unbind(0))
+        wm_out_t, wm_in_t = wm_out.unbind(0), wm_in.unbind(0)
+        wm_hid_t = wm_hid.flatten(0, 1).unbind(0)                            # [t * K + k]
+        k_all = layers - 1
         for t in reversed(range(t_all)):
-            scale = scales[t]
+            scale = scales_t[t]
             # z_{t+1} = b + z_t * scale; log_det += sum log scale
-            g_scale = torch.addcmul(g_ld_col / scale, g, zs[t])
-            g_out = g_outs[t]
-            torch.ops.aten.softplus_backward.grad_input(g_scale, pre[t], 1.0, 20.0,
-                                                        grad_input=g_out[:, :d])
-            g_out[:, d:] = g
-            g_h = g_out.mm(wm_out[t])                                        # (N, H)
+            g_scale = torch.addcmul(g_ld_col / scale, g, zs_t[t])
+            softplus_bwd(g_scale, pre_t[t], 1.0, 20.0, grad_input=g_out_a[t])
+            g_out_b[t].copy_(g)
+            g_h = g_out_t[t].mm(wm_out_t[t])                                 # (N, H)
             for k in reversed(range(1, layers)):
-                g_pre = tanh_bwd(g_h, acts[k, t], grad_input=g_acts[k, t])
-                g_h = g_pre.mm(wm_hid[t, k - 1])
-            g_pre = tanh_bwd(g_h, acts[0, t], grad_input=g_acts[0, t])
-            g = torch.addmm(g * scale, g_pre, wm_in[t])
+                g_pre = tanh_bwd(g_h, acts_t[k * t_all + t], grad_input=g_acts_t[k * t_all + t])
+                g_h = g_pre.mm(wm_hid_t[t * k_all + k - 1])
+            g_pre = tanh_bwd(g_h, acts_t[t], grad_input=g_acts_t[t])
+            g = torch.addmm(g * scale, g_pre, wm_in_t[t])
         # weight gradients of all transforms at once: (T, 2D, H), (K, T, H, H), (T, H, D)
         g_w_out = torch.bmm(g_outs.transpose(1, 2), acts[-1]).mul_(mask_out)
         g_b_out = g_outs.sum(1)
@@ -169,7 +193,8 @@ class _FusedMAFPass(torch.autograd.Function):
         g_w_hid = g_w_hid.transpose(0, 1).mul(mask_hidden[:, None])
         g_b_hid = g_acts[1:].sum(2).transpose(0, 1)
         # (small dimension first: a (D, N) @ (N, H) product is ~5x faster than (H, N) @ (N, D))
-        g_w_in = torch.bmm(zs.transpose(1, 2), g_acts[0]).transpose(1, 2).mul(mask_in)
+        g_w_in = torch.bmm(torch.stack(zs).transpose(1, 2), g_acts[0]).transpose(1, 2)
+        g_w_in = g_w_in.mul(mask_in)
         g_b_in = g_acts[0].sum(1)                                            # (T, H)
         g_pre_c = tanh_bwd(g_acts[0], feats.view(n, t_all, h).transpose(0, 1),
                            grad_input=torch.empty_like(g_acts[0]))           # (T, N, H)

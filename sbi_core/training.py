@@ -311,6 +311,7 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = make_adam(estimator.parameters(), cfg.learning_rate)
+    stepper = _AdamStep(optimizer)
     clip = _GradientClipper(estimator, cfg.clip_max_norm) if cfg.clip_max_norm is not None \
         else None
     cosine = cfg.lr_schedule == "cosine"
@@ -352,11 +353,11 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
                         group["lr"] = lr_at(step)
                 step += 1
                 loss = model(theta_b.to(device), x_b.to(device)).mean()
-                optimizer.zero_grad(set_to_none=True)
+                stepper.zero_grad()
                 loss.backward()
                 if clip is not None:
                     clip()
-                optimizer.step()
+                stepper.step()
                 if ema is not None:
                     ema.update()
                 total += loss.detach()
@@ -545,6 +546,71 @@ def _nothing() -> Iterator[None]:
     yield
 
 
+class _AdamStep:
+    """``optimizer.zero_grad(set_to_none=True)`` and ``optimizer.step()`` for the fused Adam
+    of :func:`make_adam`, minus ``torch.optim``'s per-call Python work (hooks, profiler
+    records, regrouping the tensors by device and dtype, rebuilding the state lists): after
+    torch's own first step has created the state, each step is the same two kernel calls
+    that ``torch.optim.Adam(fused=True)`` makes (``_foreach_add_`` on the step counters,
+    then ``_fused_adam_`` with the group's settings), on the same tensors, so the weights
+    are bit-identical (tests/test_fit_cost.py). Anything else (non-fused Adam, several
+    groups, amsgrad, a tensor learning rate, gradient scaling, missing or sparse gradients,
+    a torch without the kernel) goes through ``optimizer.step()`` as before. ~0.1 ms less
+    CPU per step for the default NPE (docs/performance.md, "Issue 18: the cost of the
+    whole default fit")."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.optimizer = optimizer
+        groups = optimizer.param_groups
+        self.params: list[Tensor] = [p for g in groups for p in g["params"]]
+        g = groups[0] if len(groups) == 1 else {}
+        kinds = {(p.device, p.dtype) for p in self.params}
+        self.lean = (isinstance(optimizer, torch.optim.Adam) and hasattr(torch, "_fused_adam_")
+                     and bool(g.get("fused")) and not g.get("amsgrad")
+                     and not g.get("maximize") and not g.get("capturable")
+                     and not g.get("differentiable")
+                     and not g.get("decoupled_weight_decay", False)
+                     and len(kinds) == 1 and next(iter(kinds))[0].type in ("cpu", "cuda")
+                     and getattr(optimizer, "grad_scale", None) is None
+                     and getattr(optimizer, "found_inf", None) is None)
+        self.state: tuple[list[Tensor], list[Tensor], list[Tensor]] | None = None
+
+    def zero_grad(self) -> None:
+        """Gradients to ``None`` (``zero_grad(set_to_none=True)``)."""
+        if not self.lean:
+            self.optimizer.zero_grad(set_to_none=True)
+            return
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:
+        """One Adam update of all parameters."""
+        group = self.optimizer.param_groups[0]
+        grads = [p.grad for p in self.params]
+        if self.state is None or not self.lean or not isinstance(group["lr"], float) or \
+                any(gr is None or gr.is_sparse for gr in grads):
+            self.optimizer.step()
+            self._collect()
+            return
+        steps, exp_avgs, exp_avg_sqs = self.state
+        beta1, beta2 = group["betas"]
+        torch._foreach_add_(steps, 1)
+        torch._fused_adam_(self.params, grads, exp_avgs, exp_avg_sqs, [], steps,
+                           amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
+                           weight_decay=group["weight_decay"], eps=group["eps"],
+                           maximize=False, grad_scale=None, found_inf=None)
+
+    def _collect(self) -> None:
+        """The optimizer's state tensors once every parameter has them (after a step)."""
+        if not self.lean or self.state is not None:
+            return
+        states = [self.optimizer.state.get(p, {}) for p in self.params]
+        if all(isinstance(st.get("step"), Tensor) and "exp_avg" in st and "exp_avg_sq" in st
+               for st in states):
+            self.state = ([st["step"] for st in states], [st["exp_avg"] for st in states],
+                          [st["exp_avg_sq"] for st in states])
+
+
 class _GradientClipper:
     """``nn.utils.clip_grad_norm_(module.parameters(), max_norm)`` (2-norm) with the same
     arithmetic, minus its per-call work: the parameter list and the check that one
@@ -566,7 +632,10 @@ class _GradientClipper:
             nn.utils.clip_grad_norm_(self.params, self.max_norm)
             return
         total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
-        torch._foreach_mul_(grads, torch.clamp(self.max_norm / (total + 1e-6), max=1.0))
+        coef = torch.clamp(self.max_norm / (total + 1e-6), max=1.0)
+        if coef.device.type == "cpu" and float(coef) == 1.0:
+            return  # multiplying by exactly 1 changes no bit: skip it (no device sync on CPU)
+        torch._foreach_mul_(grads, coef)
 
 
 class _WeightAverage:
@@ -604,6 +673,11 @@ class _WeightAverage:
                     p.copy_(c)
 
 
+#: Largest per-epoch copy of the training rows (bytes, float32) that
+#: :meth:`_TensorBatches.epoch` gathers at once; bigger data sets index per minibatch.
+_EPOCH_COPY_BYTES = 256 * 2**20
+
+
 class _TensorBatches:
     """In-memory data: a seeded validation split, minibatches by shuffled index on ``device``."""
 
@@ -637,7 +711,18 @@ class _TensorBatches:
 
     def epoch(self, generator: torch.Generator, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         order = torch.randperm(self.num_train, generator=generator).to(self.device)
-        for b in range(max(self.num_train // batch_size, 1)):
+        n_batches = max(self.num_train // batch_size, 1)
+        used = order[:n_batches * batch_size]
+        if (self.theta_tr[:1].numel() + self.x_tr[:1].numel()) * used.numel() * 4 \
+                <= _EPOCH_COPY_BYTES:
+            # the epoch's rows gathered in two index operations, minibatches as row slices:
+            # the same rows as indexing per minibatch, at less per-step work
+            theta_e, x_e = self.theta_tr[used], self.x_tr[used]
+            for b in range(n_batches):
+                yield theta_e[b * batch_size:(b + 1) * batch_size], \
+                    x_e[b * batch_size:(b + 1) * batch_size]
+            return
+        for b in range(n_batches):
             idx = order[b * batch_size:(b + 1) * batch_size]
             yield self.theta_tr[idx], self.x_tr[idx]
 
