@@ -292,7 +292,7 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
     with warnings.catch_warnings():  # said once above, not again by every sampling call
         warnings.filterwarnings("ignore", message="This posterior was trained by sequential")
         _run_checks(bar, ctx, sections)
-    meta = {"method": posterior.method, "num_test_pairs": int(theta.shape[0]),
+    meta = {"method": getattr(posterior, "method_label", posterior.method), "num_test_pairs": int(theta.shape[0]),
             "num_samples": num_samples, "seed": seed,
             "test_data": f"simulated from problem {getattr(problem, 'name', '?')!r} with "
             "parameters from the posterior's own prior (with_prior)" if own_prior is not None

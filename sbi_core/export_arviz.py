@@ -90,7 +90,8 @@ def to_inference_data(posterior: Posterior, x: Tensor | None = None, num: int = 
         x_pred, invalid = _predictive(posterior, problem, draws, seed)
         groups["posterior_predictive"] = {"x": x_pred}
         pp_attrs = {"num_invalid": int(invalid)}
-    attrs = {"inference_library": "sbi-core", "sbi_core_method": posterior.method,
+    attrs = {"inference_library": "sbi-core", "sbi_core_method": getattr(posterior, "method_label", posterior.method),
+             "sbi_core_estimator": posterior.method,
              "num_chains": int(draws.shape[0]), "param_names": names}
     observed_dims = {"x": obs_dims}
     idata = az.from_dict(posterior=groups["posterior"], prior=groups["prior"],
