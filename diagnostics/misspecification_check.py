@@ -25,7 +25,9 @@ def misspecification_section(posterior: Any, xs: torch.Tensor) -> dict[str, Any]
     det = posterior.detector
     if det is None:
         return {"status": "skip", "why": "the model has no misspecification detector; train "
-                "one with posterior.fit_detector(sims) and save the model."}
+                "one with posterior.fit_detector(sims) and save the model (CLI: `sbi-core "
+                "train` trains one with the model from 500 valid simulations on; models "
+                "from `sbi-core run` and smaller training sets have none)."}
     xs = torch.as_tensor(xs, dtype=torch.float32)
     if tuple(xs.shape) == tuple(posterior.x_shape):
         xs = xs[None]

@@ -50,3 +50,27 @@ def test_sequential_model_is_labelled_by_its_sequential_method(seq_post):
     idata = seq_post.to_inference_data(torch.tensor([0.3]), num=20)
     assert idata.posterior.attrs["sbi_core_method"].startswith("tsnpe (sequential")
     assert idata.posterior.attrs["sbi_core_estimator"] == "npe"
+
+
+def test_invalid_rows_warning_names_what_a_cli_user_can_inspect():
+    """During `sbi-core run` the warning about excluded invalid simulations said only
+    'inspect sims.valid' (a Python name); it now also says where a CLI user finds them."""
+    from sbi_core.simulation_set import SimulationSet
+
+    x = torch.zeros(6, 1)
+    x[2] = float("nan")
+    sims = SimulationSet(torch.zeros(6, 1), x, torch.isfinite(x).all(-1), {})
+    with pytest.warns(UserWarning, match=r"sims\.valid \(CLI: the `valid` array of the "
+                      r"simulation file, or of the zarr store of `sbi-core run --store`\)"):
+        sims.training_data()
+
+
+def test_missing_detector_skip_names_the_cli_way(seq_post):
+    """`sbi-core diagnose MODEL --x obs.csv` on a model without a detector said only 'train one
+    with posterior.fit_detector(sims)'; it now also says what the command line offers."""
+    from diagnostics.misspecification_check import misspecification_section
+
+    sec = misspecification_section(seq_post, torch.tensor([[0.3]]))
+    assert sec["status"] == "skip"
+    assert "posterior.fit_detector(sims)" in sec["why"]
+    assert "(CLI: `sbi-core train` trains one with the model" in sec["why"]
