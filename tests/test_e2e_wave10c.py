@@ -74,3 +74,35 @@ def test_missing_detector_skip_names_the_cli_way(seq_post):
     assert sec["status"] == "skip"
     assert "posterior.fit_detector(sims)" in sec["why"]
     assert "(CLI: `sbi-core train` trains one with the model" in sec["why"]
+
+
+@pytest.fixture(scope="module")
+def client():
+    from fastapi.testclient import TestClient
+    from serve_helpers import tiny_posterior
+
+    from sbi_core.server import create_app
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        post = tiny_posterior()
+    return TestClient(create_app({"m": post}))
+
+
+@pytest.mark.parametrize("endpoint,body,field", [
+    ("sample", {"n": True}, "n"),
+    ("sample", {"n": 2.5}, "n"),
+    ("sample", {"n": 3, "seed": False}, "seed"),
+    ("summary", {"n": 20.0}, "n"),
+    ("map", {"steps": True}, "steps"),
+    ("map", {"num_init": 1.0}, "num_init"),
+    ("sample", {"n": 3, "mcmc": {"num_chains": True}}, "num_chains"),
+])
+def test_server_integer_fields_refuse_booleans_and_floats(client, endpoint, body, field):
+    """The server read `"n": true` as n = 1 (pydantic's lax mode); integer fields are strict
+    now: a boolean or a decimal number is a 422 whose loc names the field."""
+    r = client.post(f"/api/models/m/{endpoint}", json={"x": [0.0, 0.0], **body})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"][-1] == field
+    ok = client.post("/api/models/m/sample", json={"x": [0.0, 0.0], "n": 3, "seed": 1})
+    assert ok.status_code == 200 and len(ok.json()["samples"]) == 3
