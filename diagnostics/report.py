@@ -248,7 +248,8 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
             ``observations`` (``(B, *x_shape)``: the ``misspecification`` check; with
             ``checks=["misspecification"]`` no test pairs are needed);
             ``x``: the user's observation(s) ``x_shape`` or ``(B, *x_shape)`` for the local checks
-            (``lc2st``, :mod:`diagnostics.lc2st_check`).
+            (``lc2st``, :mod:`diagnostics.lc2st_check`) and, unless ``observations`` is given,
+            the ``misspecification`` check too (as the CLI's ``--x``).
     """
     load_check_modules()
     if int(num_samples) < 2:
@@ -260,6 +261,8 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
     training_hits = 0
     if isinstance(checks, str):  # "sbc" or "tarp,sbc": names, not a sequence of letters
         checks = [c.strip() for c in checks.split(",") if c.strip()]
+    if options.get("x") is not None and options.get("observations") is None:
+        options["observations"] = options["x"]  # as the CLI's --x: the misspecification check
     if checks is not None and list(checks) == ["misspecification"] and sims is None \
             and problem is None:  # only the observations are tested: no test pairs needed
         theta, xs = torch.zeros(0, posterior.dim), torch.zeros(0, *posterior.x_shape)

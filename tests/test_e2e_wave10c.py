@@ -106,3 +106,23 @@ def test_server_integer_fields_refuse_booleans_and_floats(client, endpoint, body
     assert r.json()["detail"][0]["loc"][-1] == field
     ok = client.post("/api/models/m/sample", json={"x": [0.0, 0.0], "n": 3, "seed": 1})
     assert ok.status_code == 200 and len(ok.json()["samples"]) == 3
+
+
+def test_diagnose_x_feeds_the_misspecification_check():
+    """`sbi-core diagnose MODEL --x obs.csv` tests the observation for misspecification, but
+    `diagnose(posterior, x=x_o)` in Python skipped it ('no observation was given ...
+    observations=x_o'); x= now feeds it as the CLI's --x does."""
+    from sbi_core import fit, simulate
+
+    problem = _problem()
+    sims = simulate(problem, 500, seed=0, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        post = fit(problem, sims, seed=0, progress=False, max_epochs=2, hidden_features=8,
+                   num_transforms=1)
+    assert post.detector is not None
+    far = torch.tensor([[9.0]])  # far beyond x's training range (about -2.5 .. 2.5)
+    report = diagnose(post, x=far, checks=["misspecification"], progress=False)
+    sec = report.sections["misspecification"]
+    assert sec["status"] == "fail", sec["why"]
+    assert sec["metrics"]["num_observations"] == 1
