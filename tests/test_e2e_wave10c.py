@@ -85,7 +85,7 @@ def client():
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        post = tiny_posterior()
+        post = tiny_posterior(num=300, epochs=2)  # under 500: no detector to train
     return TestClient(create_app({"m": post}))
 
 
@@ -126,3 +126,28 @@ def test_diagnose_x_feeds_the_misspecification_check():
     sec = report.sections["misspecification"]
     assert sec["status"] == "fail", sec["why"]
     assert sec["metrics"]["num_observations"] == 1
+
+
+def test_mcmc_export_has_no_more_chains_than_draws():
+    """`sbi-core sample NLE_MODEL --num 100 --out s.nc` wrote 100 chains x 10 draws and ArviZ
+    warned 'More chains (100) than draws (10)'. Without num_chains the export now runs
+    max(4, isqrt(num)) chains (10 x 10 here, real chains, never joined); an explicit
+    num_chains is kept as asked, without the misleading warning."""
+    pytest.importorskip("arviz")
+    from sbi_core import fit, simulate
+
+    problem = _problem()
+    sims = simulate(problem, 200, seed=0, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        nle = fit(problem, sims, method="nle", seed=0, progress=False, max_epochs=2,
+                  detector=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        idata = nle.to_inference_data(torch.tensor([0.3]), num=100, warmup_steps=5)
+        asked = nle.to_inference_data(torch.tensor([0.3]), num=40, num_chains=20,
+                                      warmup_steps=5)
+    assert dict(idata.posterior.sizes) == {"chain": 10, "draw": 10}
+    assert idata.posterior.attrs["num_chains"] == 10
+    assert dict(asked.posterior.sizes) == {"chain": 20, "draw": 10}
+    assert not [w for w in caught if "More chains" in str(w.message)]
