@@ -341,7 +341,7 @@ def _sequential_note(posterior: Posterior, xs: Tensor) -> str | None:
     """For a posterior from a sequential run (valid near its ``x_o`` only): what the card's
     test pairs, drawn over the whole prior, can and cannot say about it; None otherwise."""
     record = (getattr(posterior, "problem_spec", None) or {}).get("sequential")
-    if not record:
+    if not record or len(xs) == 0:  # no test pairs (only --x tested): nothing to qualify
         return None
     from sbi_core.sequential import X_TOLERANCE
 

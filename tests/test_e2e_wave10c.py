@@ -151,3 +151,17 @@ def test_mcmc_export_has_no_more_chains_than_draws():
     assert idata.posterior.attrs["num_chains"] == 10
     assert dict(asked.posterior.sizes) == {"chain": 20, "draw": 10}
     assert not [w for w in caught if "More chains" in str(w.message)]
+
+
+def test_sequential_note_left_out_when_only_the_observation_is_tested(seq_post):
+    """`sbi-core diagnose RUN_MODEL --x x_o.csv` (no --sims/--problem: 0 test pairs, only the
+    observation tested) printed the sequential NOTE 'the test pairs cover the whole prior ...
+    Check it at x_o instead: ... --x x_o.csv' although there were no test pairs and --x was
+    given; the note (and its warning) now only comes with test pairs."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = diagnose(seq_post, x=torch.tensor([[0.3]]), checks=["misspecification"],
+                          progress=False)
+    assert report.meta["num_test_pairs"] == 0 and "sequential" not in report.meta
+    assert "NOTE" not in report.summary()
+    assert not [w for w in caught if "trained by sequential" in str(w.message)]
