@@ -165,3 +165,22 @@ def test_sequential_note_left_out_when_only_the_observation_is_tested(seq_post):
     assert report.meta["num_test_pairs"] == 0 and "sequential" not in report.meta
     assert "NOTE" not in report.summary()
     assert not [w for w in caught if "trained by sequential" in str(w.message)]
+
+
+def test_detector_messages_name_the_cli_way(seq_post, monkeypatch):
+    """Two more detector messages that reach CLI users (`sbi-core train` when the detector
+    cannot be trained; loading a model whose saved detector is damaged) named only
+    posterior.fit_detector(sims); they now also say what to do on the command line."""
+    import diagnostics.misspecification as mis
+    from sbi_core.inference import _with_detector
+    from sbi_core.serialization import _load_detector
+
+    def broken(*args, **kwargs):
+        raise ValueError("too few rows")
+
+    monkeypatch.setattr(mis, "fit_detector", broken)
+    with pytest.warns(UserWarning, match=r"\(CLI: rerun `sbi-core train` with more simulations"):
+        _with_detector(seq_post, torch.zeros(10, 1), None, 0)
+    with pytest.warns(UserWarning, match=r"\(CLI: retrain the model with `sbi-core train`\)"):
+        _load_detector(seq_post, "not a dict", __import__("pathlib").Path("m.pt"))
+    assert seq_post.detector is None
