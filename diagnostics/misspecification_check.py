@@ -1,8 +1,8 @@
 """The report card's ``misspecification`` section: are the given observations like the
 training simulations? Runs (added to the default checks) when ``diagnose(...,
-observations=xs)`` (CLI: ``sbi-core diagnose MODEL --x obs.csv``) gives observations
-``(B, *x_shape)`` and the posterior has a detector (:mod:`diagnostics.misspecification`);
-skipped otherwise.
+observations=xs)`` or ``diagnose(..., x=xs)`` (CLI: ``sbi-core diagnose MODEL --x obs.csv``)
+gives observations ``(B, *x_shape)`` and the posterior has a detector
+(:mod:`diagnostics.misspecification`); skipped otherwise.
 
 Each observation gets both tests' p-values; with ``B > 1`` rows the set is also tested as a
 whole (MMD between the set and the training features). The section fails when any row is
@@ -25,7 +25,9 @@ def misspecification_section(posterior: Any, xs: torch.Tensor) -> dict[str, Any]
     det = posterior.detector
     if det is None:
         return {"status": "skip", "why": "the model has no misspecification detector; train "
-                "one with posterior.fit_detector(sims) and save the model."}
+                "one with posterior.fit_detector(sims) and save the model (CLI: `sbi-core "
+                "train` trains one with the model from 500 valid simulations on; models "
+                "from `sbi-core run` and smaller training sets have none)."}
     xs = torch.as_tensor(xs, dtype=torch.float32)
     if tuple(xs.shape) == tuple(posterior.x_shape):
         xs = xs[None]
@@ -75,8 +77,8 @@ def misspecification_section(posterior: Any, xs: torch.Tensor) -> dict[str, Any]
 def misspecification_check(ctx: DiagnosisContext) -> dict[str, Any]:
     xs = ctx.options.get("observations")
     if xs is None:
-        return {"status": "skip", "why": "no observation was given (diagnose(..., "
-                "observations=x_o) or `sbi-core diagnose --x obs.csv`)."}
+        return {"status": "skip", "why": "no observation was given (diagnose(..., x=x_o) or "
+                "observations=xs; CLI: `sbi-core diagnose --x obs.csv`)."}
     return misspecification_section(ctx.posterior, xs)
 
 

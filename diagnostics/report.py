@@ -248,7 +248,8 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
             ``observations`` (``(B, *x_shape)``: the ``misspecification`` check; with
             ``checks=["misspecification"]`` no test pairs are needed);
             ``x``: the user's observation(s) ``x_shape`` or ``(B, *x_shape)`` for the local checks
-            (``lc2st``, :mod:`diagnostics.lc2st_check`).
+            (``lc2st``, :mod:`diagnostics.lc2st_check`) and, unless ``observations`` is given,
+            the ``misspecification`` check too (as the CLI's ``--x``).
     """
     load_check_modules()
     if int(num_samples) < 2:
@@ -260,6 +261,8 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
     training_hits = 0
     if isinstance(checks, str):  # "sbc" or "tarp,sbc": names, not a sequence of letters
         checks = [c.strip() for c in checks.split(",") if c.strip()]
+    if options.get("x") is not None and options.get("observations") is None:
+        options["observations"] = options["x"]  # as the CLI's --x: the misspecification check
     if checks is not None and list(checks) == ["misspecification"] and sims is None \
             and problem is None:  # only the observations are tested: no test pairs needed
         theta, xs = torch.zeros(0, posterior.dim), torch.zeros(0, *posterior.x_shape)
@@ -292,7 +295,7 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
     with warnings.catch_warnings():  # said once above, not again by every sampling call
         warnings.filterwarnings("ignore", message="This posterior was trained by sequential")
         _run_checks(bar, ctx, sections)
-    meta = {"method": posterior.method, "num_test_pairs": int(theta.shape[0]),
+    meta = {"method": getattr(posterior, "method_label", posterior.method), "num_test_pairs": int(theta.shape[0]),
             "num_samples": num_samples, "seed": seed,
             "test_data": f"simulated from problem {getattr(problem, 'name', '?')!r} with "
             "parameters from the posterior's own prior (with_prior)" if own_prior is not None
@@ -338,7 +341,7 @@ def _sequential_note(posterior: Posterior, xs: Tensor) -> str | None:
     """For a posterior from a sequential run (valid near its ``x_o`` only): what the card's
     test pairs, drawn over the whole prior, can and cannot say about it; None otherwise."""
     record = (getattr(posterior, "problem_spec", None) or {}).get("sequential")
-    if not record:
+    if not record or len(xs) == 0:  # no test pairs (only --x tested): nothing to qualify
         return None
     from sbi_core.sequential import X_TOLERANCE
 

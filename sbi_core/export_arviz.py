@@ -5,7 +5,14 @@ The :class:`arviz.InferenceData` has these groups:
 - ``posterior``: one variable per named parameter, dims ``(chain, draw)``. MCMC-based
   posteriors (NLE, NRE, ...) keep their chains (``C`` chains of ``S`` draws each, all kept
   draws), so ``az.summary`` reports R-hat and ESS over real chains; direct samplers (NPE,
-  score methods, PFN) give one chain of ``num`` independent draws.
+  score methods, PFN) give one chain of ``num`` independent draws. Unless ``num_chains`` is
+  given (here or in the model's MCMC settings), the export runs ``C = max(4, isqrt(num))``
+  chains instead of the sampler's default 100, so that each chain carries at least ``C``
+  draws (the default would give 100 chains of 10 draws for ``num <= 1000``: R-hat and ESS
+  from 10 draws per chain are noisy, and ArviZ warns "more chains than draws"). Draws of
+  different chains are never joined into one "chain": that would hide the between-chain
+  differences R-hat measures. An explicit ``num_chains`` larger than the draws per chain is
+  kept as asked, without ArviZ's warning (the layout is right, only the chains are short).
 - ``prior``: ``num`` prior draws in one chain, same variables.
 - ``observed_data``: ``x`` with dims ``x_dim_0, ...`` (``trial, x_dim_0, ...`` for a set of
   iid observations).
@@ -19,7 +26,9 @@ Optional extra: ``pip install 'sbi-core[arviz]'``.
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,8 +46,6 @@ __all__ = ["to_inference_data", "write_netcdf", "import_arviz"]
 def import_arviz() -> Any:
     """Import arviz, or raise an ImportError saying how to install it."""
     try:
-        import warnings
-
         with warnings.catch_warnings():  # arviz 0.2x announces its refactor on import
             warnings.simplefilter("ignore", FutureWarning)
             import arviz
@@ -62,7 +69,8 @@ def to_inference_data(posterior: Posterior, x: Tensor | None = None, num: int = 
             once per posterior draw). Without it, that group is left out.
         seed: seeds sampling, prior draws and predictive simulations (``None``: unseeded).
         num_prior: prior draws (default ``num``).
-        **sample_options: passed to ``posterior.sample`` (e.g. MCMC ``num_chains``).
+        **sample_options: passed to ``posterior.sample`` (e.g. MCMC ``num_chains``; its
+            default here: ``max(4, isqrt(num))``, module docstring).
     """
     az = import_arviz()
     if not isinstance(num, int) or isinstance(num, bool) or num < 1:
@@ -70,6 +78,7 @@ def to_inference_data(posterior: Posterior, x: Tensor | None = None, num: int = 
     from sbi_core.posterior import seeded
 
     xs = posterior._single_x(x)  # checked (1, ...) batch, or the default observation
+    sample_options = _export_chains(posterior, num, sample_options)
     samples = posterior.sample((num,), x=xs[0], seed=seed, **sample_options)
     draws = _chains(posterior, samples)  # (C, S, D)
     names = _names(posterior)
@@ -90,12 +99,15 @@ def to_inference_data(posterior: Posterior, x: Tensor | None = None, num: int = 
         x_pred, invalid = _predictive(posterior, problem, draws, seed)
         groups["posterior_predictive"] = {"x": x_pred}
         pp_attrs = {"num_invalid": int(invalid)}
-    attrs = {"inference_library": "sbi-core", "sbi_core_method": posterior.method,
+    attrs = {"inference_library": "sbi-core", "sbi_core_method": getattr(posterior, "method_label", posterior.method),
+             "sbi_core_estimator": posterior.method,
              "num_chains": int(draws.shape[0]), "param_names": names}
     observed_dims = {"x": obs_dims}
-    idata = az.from_dict(posterior=groups["posterior"], prior=groups["prior"],
-                         posterior_predictive=groups.get("posterior_predictive"),
-                         dims=dims)
+    with warnings.catch_warnings():  # (chain, draw) is the layout given, even if chains are
+        warnings.filterwarnings("ignore", message="More chains", category=UserWarning)  # short
+        idata = az.from_dict(posterior=groups["posterior"], prior=groups["prior"],
+                             posterior_predictive=groups.get("posterior_predictive"),
+                             dims=dims)
     obs = az.from_dict(observed_data=groups["observed_data"], dims=observed_dims)
     idata.extend(obs)
     for group in idata.groups():  # from_dict puts attrs on one group only: set them on all
@@ -123,6 +135,23 @@ def write_netcdf(idata: Any, path: str | os.PathLike) -> Path:
     with atomic_write(path) as tmp:
         idata.to_netcdf(str(tmp), engine=engine)
     return path
+
+
+def _export_chains(posterior: Posterior, num: int,
+                   options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` for the export's ``sample`` call: for an MCMC posterior whose chain count
+    is the sampler's default (not given here nor changed in the model's settings),
+    ``num_chains = max(4, isqrt(num))`` (at most that default) so each chain keeps at least
+    as many draws as there are chains (``S = max(ceil(num / C), min_draws_per_chain)``)."""
+    cfg = getattr(posterior, "mcmc_config", None)
+    if cfg is None or "num_chains" in options:
+        return options
+    from sbi_core.mcmc import MCMCConfig
+
+    default = MCMCConfig().num_chains
+    if cfg.num_chains != default:
+        return options
+    return {**options, "num_chains": min(default, max(4, math.isqrt(num)))}
 
 
 def _chains(posterior: Posterior, samples: Tensor) -> np.ndarray:

@@ -194,7 +194,8 @@ def _with_detector(posterior: Posterior, x: Tensor, x_holdout: Tensor | None,
         warnings.warn(f"The misspecification detector was not trained ({err}); the posterior "
                       "is fine, but sample cannot warn about observations unlike the training "
                       "simulations. Train it with posterior.fit_detector(sims) using more "
-                      "simulations, or pass detector=False to fit to skip it.", UserWarning,
+                      "simulations, or pass detector=False to fit to skip it (CLI: rerun "
+                      "`sbi-core train` with more simulations).", UserWarning,
                       stacklevel=3)
     return posterior
 

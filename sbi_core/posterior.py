@@ -118,6 +118,17 @@ class Posterior:
         self.detector: Any = None
         self.misspecification: MisspecificationCheck = "warn"
 
+    @property
+    def method_label(self) -> str:
+        """The method that made this posterior, for report cards and exports: ``method``
+        (``"npe"``, ...), or for a sequential run (``run_sequential`` / ``sbi-core run``) the
+        sequential method and that it was trained for one observation, e.g.
+        ``"tsnpe (sequential, for one x_o; estimator npe)"``."""
+        record = (self.problem_spec or {}).get("sequential")
+        if isinstance(record, dict) and record.get("method"):
+            return f"{record['method']} (sequential, for one x_o; estimator {self.method})"
+        return self.method
+
     # ------------------------------------------------------------------ default observation
     def set_default_x(self, x: Tensor | None) -> Posterior:
         """Fix the observation used when ``x`` is left out of ``sample`` / ``log_prob`` / ``map``.

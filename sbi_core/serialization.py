@@ -241,7 +241,8 @@ def _load_detector(posterior: Posterior, state: Any, path: Path) -> None:
     except (ModelFileError, KeyError, RuntimeError, TypeError, ValueError) as err:
         warnings.warn(f"{path}: its misspecification detector could not be rebuilt ({err}); "
                       "the posterior loads without it. Retrain it with "
-                      "posterior.fit_detector(sims) and save the model again.", UserWarning,
+                      "posterior.fit_detector(sims) and save the model again (CLI: retrain "
+                      "the model with `sbi-core train`).", UserWarning,
                       stacklevel=3)
 
 

@@ -112,8 +112,9 @@ class SimulationSet:
             warnings.warn(
                 f"Excluding {n_bad} of {len(self)} invalid simulations (NaN/inf or errors) from "
                 "training" + (f"; first error: {err}" if err else "") + self._invalid_note()
-                + ". Excluding them biases the posterior where the simulator fails; inspect "
-                "sims.valid.",
+                + ". Excluding them biases the posterior where the simulator fails; see which "
+                "rows failed in sims.valid (CLI: the `valid` array of the simulation file, or "
+                "of the zarr store of `sbi-core run --store`).",
                 stacklevel=2,
             )
         return self.theta[self.valid], self.x[self.valid]

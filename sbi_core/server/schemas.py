@@ -14,7 +14,7 @@ import math
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from torch import Tensor
 
 __all__ = [
@@ -40,6 +40,9 @@ _XS_DOC = "Several observations, shape (B, *x_shape). Give either x or xs."
 
 
 _MAX_SEED = 2**63 - 1
+# Integer fields (n, seed, steps, num_init, MCMC counts) are StrictInt: pydantic's lax mode
+# would read `true` as 1 and `2.0` as 2; a JSON boolean or a number with a decimal point is
+# refused with a 422 whose "loc" names the field.
 
 
 class InputError(ValueError):
@@ -59,10 +62,10 @@ class MCMCOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     method: Literal["auto", "slice", "hmc"] | None = Field(None, description="sampler")
-    num_chains: int | None = Field(None, ge=1, le=1_000_000, description="parallel chains")
-    warmup_steps: int | None = Field(None, ge=0, le=1_000_000,
+    num_chains: StrictInt | None = Field(None, ge=1, le=1_000_000, description="parallel chains")
+    warmup_steps: StrictInt | None = Field(None, ge=0, le=1_000_000,
                                      description="transitions per chain discarded for tuning")
-    thin: int | None = Field(None, ge=1, le=10_000, description="keep every thin-th transition")
+    thin: StrictInt | None = Field(None, ge=1, le=10_000, description="keep every thin-th transition")
 
     def options(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
@@ -73,9 +76,9 @@ _MCMC_DOC = ("MCMC settings for this request (MCMC posteriors only), e.g. {\"war
 
 
 class SampleRequest(_Observations):
-    n: int | None = Field(None, description="samples per observation; default 1000 (or the "
+    n: StrictInt | None = Field(None, description="samples per observation; default 1000 (or the "
                                            "server's max_samples if smaller)")
-    seed: int | None = Field(None, ge=0, le=_MAX_SEED,
+    seed: StrictInt | None = Field(None, ge=0, le=_MAX_SEED,
                              description="fix the random numbers (same seed, same draws)")
     mcmc: MCMCOptions | None = Field(None, description=_MCMC_DOC)
 
@@ -85,18 +88,18 @@ class LogProbRequest(_Observations):
 
 
 class MapRequest(_Observations):
-    num_init: int | None = Field(None, ge=1, description="posterior samples used to initialize "
+    num_init: StrictInt | None = Field(None, ge=1, description="posterior samples used to initialize "
                                  "the search; default 1000 (or max_samples if smaller)")
-    steps: int = Field(100, ge=0, description="gradient refinement steps (0 to skip)")
-    seed: int | None = Field(0, ge=0, le=_MAX_SEED, description="seed of the initial samples")
+    steps: StrictInt = Field(100, ge=0, description="gradient refinement steps (0 to skip)")
+    seed: StrictInt | None = Field(0, ge=0, le=_MAX_SEED, description="seed of the initial samples")
 
 
 class SummaryRequest(_Observations):
-    n: int | None = Field(None, description="samples used to estimate the summaries; default "
+    n: StrictInt | None = Field(None, description="samples used to estimate the summaries; default "
                                            "10000 (or max_samples if smaller)")
     quantiles: list[float] = Field([0.05, 0.25, 0.5, 0.75, 0.95],
                                    description="levels in [0, 1]")
-    seed: int | None = Field(0, ge=0, le=_MAX_SEED, description="fix the random numbers")
+    seed: StrictInt | None = Field(0, ge=0, le=_MAX_SEED, description="fix the random numbers")
     mcmc: MCMCOptions | None = Field(None, description=_MCMC_DOC)
 
 
