@@ -58,8 +58,9 @@ class FMPEEstimator(VectorFieldEstimator):
 
     def _loss(self, theta: Tensor, x: Tensor) -> Tensor:
         z = self.to_z(theta)
-        t = self.sample_times(z.shape[0], z.device, 0.0, 1.0)
-        noise = self.sample_noise(z)
+        gen = self.draw_generator(z.device)
+        t = self.sample_times(z.shape[0], z.device, 0.0, 1.0, gen)
+        noise = self.sample_noise(z, gen)
         zt = (1.0 - t)[:, None] * z + t[:, None] * noise
         return ((self.raw(zt, self.context(x), t) - (noise - z)) ** 2).sum(-1)
 

@@ -67,8 +67,9 @@ class NPSEEstimator(VectorFieldEstimator):
     def _loss(self, theta: Tensor, x: Tensor) -> Tensor:
         z = self.to_z(theta)
         s = self.schedule
-        t = self.sample_times(z.shape[0], z.device, s.t_min, s.t_max)
-        noise = self.sample_noise(z)
+        gen = self.draw_generator(z.device)
+        t = self.sample_times(z.shape[0], z.device, s.t_min, s.t_max, gen)
+        noise = self.sample_noise(z, gen)
         zt = s.mean_scale(t)[:, None] * z + s.std(t)[:, None] * noise
         return ((self.eps(zt, self.context(x), t) - noise) ** 2).sum(-1)
 
