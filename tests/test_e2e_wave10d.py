@@ -42,3 +42,32 @@ def test_problem_reference_to_a_non_function_says_what_it_is(tmp_path):
         resolve_problem(f"{path}:torch")
     with pytest.raises(ValueError, match="no such name"):
         resolve_problem(f"{path}:nope")
+
+
+def test_file_problem_pickles_for_dask_workers_by_value(tmp_path):
+    """docs/scale_out.md: `sbi-core simulate my_model.py:problem --dask local:N` ("a
+    file.py:function problem is pickled by value") failed on the workers with "No module
+    named '_sbi_core_user_my_model'": cloudpickle pickled the file's functions by reference
+    to a module only the client had imported. The bytes sent to workers now carry them."""
+    import sys
+
+    import cloudpickle
+    import torch
+
+    pytest.importorskip("distributed")
+    from sbi_core.dask_executor import pickle_problem
+
+    path = tmp_path / "my_model_dask.py"
+    path.write_text(_MODEL)
+    problem = resolve_problem(f"{path}:problem")
+    blob = pickle_problem(problem)
+    names = [n for n in sys.modules if n.endswith("my_model_dask")]
+    assert names, "the problem file was imported as a module"
+    saved = {n: sys.modules.pop(n) for n in names}  # a worker has never imported it
+    try:
+        clone = cloudpickle.loads(blob)
+        torch.manual_seed(0)
+        x = clone.simulator(torch.zeros(3, 2))
+    finally:
+        sys.modules.update(saved)
+    assert x.shape == (3, 2)
