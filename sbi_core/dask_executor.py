@@ -24,11 +24,13 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import sys
 import uuid
 from collections.abc import Iterator
 
 from sbi_core.problem import Problem
 from sbi_core.simulation import ChunkResult, run_chunk
+from sbi_core.user_code import FILE_MODULE_PREFIX
 
 try:
     import cloudpickle
@@ -39,7 +41,7 @@ except ImportError as _err:  # pragma: no cover - exercised only without the ext
         "Dask execution needs dask.distributed: pip install 'sbi-core[scale]'."
     ) from _err
 
-__all__ = ["dask_chunks", "parse_address"]
+__all__ = ["dask_chunks", "parse_address", "pickle_problem"]
 
 # Worker-side cache: problem bytes digest -> Problem (unpickled once per worker process).
 _PROBLEMS: dict[str, Problem] = {}
@@ -60,6 +62,29 @@ def parse_address(address: str) -> tuple[str, int | None]:
         raise ValueError(f"Bad Dask address {address!r}; use tcp://HOST:PORT of a running "
                          "scheduler, or local:N for a local cluster of N worker processes.")
     return "remote", None
+
+
+def pickle_problem(problem: Problem) -> bytes:
+    """``problem`` as cloudpickle bytes that unpickle on a worker.
+
+    A problem from ``--problem file.py:NAME`` lives in a module imported from that file
+    (``_sbi_core_user_<stem>``) that workers cannot import by name: cloudpickle would pickle
+    its functions by reference. Such modules are pickled by value instead (their code
+    travels with the task); installed modules stay by reference (they must be installed on
+    the workers)."""
+    added = []
+    for name, module in list(sys.modules.items()):
+        if name.startswith(FILE_MODULE_PREFIX) and module is not None:
+            try:
+                cloudpickle.register_pickle_by_value(module)
+            except ValueError:  # already registered
+                continue
+            added.append(module)
+    try:
+        return cloudpickle.dumps(problem)
+    finally:
+        for module in added:
+            cloudpickle.unregister_pickle_by_value(module)
 
 
 def _run_pickled(blob: bytes, digest: str, index: int, size: int, seed: int,
@@ -91,7 +116,7 @@ def dask_chunks(problem: Problem, tasks: list[tuple], address: str,
     from sbi_core.chunk_processes import supervised_chunks
 
     kind, n_workers = parse_address(address)
-    blob = cloudpickle.dumps(problem)
+    blob = pickle_problem(problem)
     digest = hashlib.sha1(blob).hexdigest()
     cluster = None
     if kind == "local":

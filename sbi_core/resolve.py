@@ -70,8 +70,9 @@ def recorded_problem_hint(ref: str, where: str) -> str:
 def resolve_problem(ref: str) -> Problem:
     """Build the problem named by ``ref`` (typed by the user) and record ``ref`` as its ``source``.
 
-    A ``.py`` file is imported with its folder on ``sys.path`` (so it may import sibling
-    modules). Import errors and exceptions of the factory become one :class:`ProblemFileError`
+    ``file.py:name`` or ``module:name`` names a function returning a :class:`Problem`, or a
+    ``Problem`` object defined at the top level. A ``.py`` file is imported with its folder
+    on ``sys.path`` (so it may import sibling modules). Import errors and exceptions of the factory become one :class:`ProblemFileError`
     naming the file.
     """
     if not isinstance(ref, str) or not ref.strip():
@@ -97,14 +98,21 @@ def resolve_problem(ref: str) -> Problem:
                     f"{type(err).__name__}: {err}. Check the module name and that it is on the "
                     "Python path.") from err
         factory = getattr(module, func_name, None)
-        if factory is None or not callable(factory):
-            raise ValueError(f"{target} has no function {func_name!r} (from PROBLEM {ref!r}).")
-        try:
-            problem = factory()
-        except (Exception, SystemExit) as err:
-            raise ProblemFileError(
-                f"{func_name}() in {target} raised {type(err).__name__}: {err} (from PROBLEM "
-                f"{ref!r}). Fix the problem function.") from err
+        if isinstance(factory, Problem):  # `problem = Problem(...)` at module level
+            problem = factory
+        elif factory is None or not callable(factory):
+            found = ("no such name" if factory is None
+                     else f"{func_name!r} is a {type(factory).__name__}")
+            raise ValueError(f"{target} has no function {func_name!r} (from PROBLEM {ref!r}; "
+                             f"{found}). Name a function that returns an sbi_core.Problem, or "
+                             "a Problem object defined at the top level of the file.")
+        else:
+            try:
+                problem = factory()
+            except (Exception, SystemExit) as err:
+                raise ProblemFileError(
+                    f"{func_name}() in {target} raised {type(err).__name__}: {err} (from "
+                    f"PROBLEM {ref!r}). Fix the problem function.") from err
         if not isinstance(problem, Problem):
             raise TypeError(f"{ref} returned {type(problem).__name__}, not an sbi_core.Problem.")
     problem.source = ref
