@@ -19,7 +19,7 @@ from torch import Tensor
 
 from sbi_core.methods import Method, get_method
 from sbi_core.posterior import Posterior
-from sbi_core.priors import support_bounds, within_support
+from sbi_core.priors import simplex_parameters, support_bounds, within_support
 from sbi_core.problem import Problem
 from sbi_core.simulation_set import SimulationSet
 from sbi_core.training import split_options, train
@@ -89,6 +89,15 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
         method = ensemble_method_name(method, options["ensemble"])
     m = get_method(method)
     options = _with_preset(m, preset, options)
+    if not method.endswith("abc") and simplex_parameters(problem.prior):
+        raise ValueError(
+            f"The prior of problem {problem.name!r} puts parameters on a simplex (e.g. a "
+            "Dirichlet: they sum to 1), a set of one dimension fewer than the parameters; "
+            f"method {method!r} learns a density over all {problem.dim} parameters and cannot "
+            "be trained on it (sampling would then reject almost every draw). Fix: give the "
+            "problem D-1 free parameters (e.g. stick-breaking fractions in (0, 1) with Beta "
+            "priors, or the first D-1 weights) and build the last weight in the simulator, or "
+            "use method='abc' / 'smc_abc'.")
     if streaming:
         if not isinstance(sims, (str, os.PathLike)):
             raise ValueError("streaming=True needs the path of a zarr store as sims "
