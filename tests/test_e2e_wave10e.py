@@ -42,3 +42,27 @@ def test_fit_refuses_a_dirichlet_prior_with_a_reparametrization_fix():
                 progress=False, theta_transform=tt)
     with pytest.raises(ValueError, match="simplex"):
         fit(problem, sims, method="nle", max_epochs=1, progress=False)
+
+
+def test_a_sample_larger_than_memory_is_refused_with_the_size(post):
+    """post.sample(10**12) failed in the allocator ('DefaultCPUAllocator: can't allocate
+    memory') for NPE, and an MCMC posterior started an endless run; now a clear error."""
+    with pytest.raises(ValueError, match=r"need 8,000\.0 GB for the result alone.*Draw fewer"):
+        post.sample(10**12, x=torch.tensor([0.5, 0.5]))
+    assert post.sample(1, x=torch.tensor([0.5, 0.5])).shape == (1, 2)
+
+
+def test_map_with_no_starting_samples_is_a_clear_error(post):
+    """post.map(x, num_init=0) raised torch's 'cannot reshape tensor of 0 elements'."""
+    x = torch.tensor([0.5, 0.5])
+    with pytest.raises(ValueError, match=r"num_init=0.*whole number >= 1"):
+        post.map(x=x, num_init=0)
+    with pytest.raises(ValueError, match=r"steps=-1"):
+        post.map_batched(x[None], steps=-1)
+    assert post.map(x=x, num_init=1, steps=0).shape == (2,)
+
+
+def test_log_prob_of_no_parameter_sets_is_empty(post):
+    """post.log_prob(theta of shape (0, D), x) raised torch's reshape error; it is (0,)."""
+    lp = post.log_prob(torch.zeros(0, 2), x=torch.tensor([0.5, 0.5]))
+    assert lp.shape == (0,)
