@@ -66,3 +66,28 @@ def test_log_prob_of_no_parameter_sets_is_empty(post):
     """post.log_prob(theta of shape (0, D), x) raised torch's reshape error; it is (0,)."""
     lp = post.log_prob(torch.zeros(0, 2), x=torch.tensor([0.5, 0.5]))
     assert lp.shape == (0,)
+
+
+@pytest.fixture(scope="module")
+def box2():
+    prior = Independent(Uniform(torch.zeros(2), torch.ones(2)), 1)
+    problem = Problem(prior, _sim2, param_names=["a", "b"], name="box2", x_shape=(2,))
+    return problem, simulate(problem, 300, seed=0, progress=False)
+
+
+@pytest.mark.parametrize("device,match", [
+    ("mps", r"device='mps' was requested but this PyTorch has no Apple GPU"),
+    ("meta", r"device='meta' cannot train a model.*use 'cpu'"),
+])
+def test_fit_on_a_device_without_data_or_hardware_is_bad_input(box2, device, match):
+    """fit(..., device='mps') on a machine without an Apple GPU raised torch's RuntimeError
+    ('PyTorch is not linked with support for mps devices'), device='meta' a cross-device copy
+    error; both are now ValueErrors with the fix."""
+    import torch.backends.mps
+
+    if device == "mps" and torch.backends.mps.is_available():  # pragma: no cover - Apple GPU
+        device, match = "meta", r"device='meta' cannot train"
+    problem, sims = box2
+    with pytest.raises(ValueError, match=match):
+        fit(problem, sims, device=device, max_epochs=1, hidden_features=8, num_transforms=1,
+            progress=False, detector=False)
