@@ -111,6 +111,13 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
         _check_sims_parameters(problem, sims)
         theta, x = sims.training_data()
     else:
+        if not isinstance(sims, (tuple, list)) or len(sims) != 2:
+            what = f"a {type(sims).__name__}" + (f" of {len(sims)} items"
+                                                 if isinstance(sims, (tuple, list)) else "")
+            raise ValueError(
+                f"sims must be a SimulationSet, a (theta, x) pair of arrays or the path of a "
+                f"simulation file or zarr store; got {what}. E.g. fit(problem, (theta, x)) with "
+                "theta (N, D) and x (N, *x_shape), or fit(problem, simulate(problem, N)).")
         theta, x = (torch.as_tensor(a, dtype=torch.float32) for a in sims)
         if theta.shape[:1] == x.shape[:1] and len(theta) and not (
                 torch.isfinite(theta).all() and torch.isfinite(x).all()):

@@ -91,3 +91,15 @@ def test_fit_on_a_device_without_data_or_hardware_is_bad_input(box2, device, mat
     with pytest.raises(ValueError, match=match):
         fit(problem, sims, device=device, max_epochs=1, hidden_features=8, num_transforms=1,
             progress=False, detector=False)
+
+
+@pytest.mark.parametrize("sims_of", [
+    lambda s: (s.theta, s.x, s.x),
+    lambda s: {"theta": s.theta, "x": s.x},
+])
+def test_fit_on_something_other_than_a_theta_x_pair_names_the_accepted_forms(box2, sims_of):
+    """fit(problem, (theta, x, extra)) said 'too many values to unpack (expected 2)' and
+    fit(problem, {'theta': ..., 'x': ...}) 'new(): invalid data type 'str''."""
+    problem, sims = box2
+    with pytest.raises(ValueError, match=r"sims must be a SimulationSet, a \(theta, x\) pair"):
+        fit(problem, sims_of(sims), max_epochs=1, progress=False, detector=False)
