@@ -89,15 +89,7 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
         method = ensemble_method_name(method, options["ensemble"])
     m = get_method(method)
     options = _with_preset(m, preset, options)
-    if not method.endswith("abc") and simplex_parameters(problem.prior):
-        raise ValueError(
-            f"The prior of problem {problem.name!r} puts parameters on a simplex (e.g. a "
-            "Dirichlet: they sum to 1), a set of one dimension fewer than the parameters; "
-            f"method {method!r} learns a density over all {problem.dim} parameters and cannot "
-            "be trained on it (sampling would then reject almost every draw). Fix: give the "
-            "problem D-1 free parameters (e.g. stick-breaking fractions in (0, 1) with Beta "
-            "priors, or the first D-1 weights) and build the last weight in the simulator, or "
-            "use method='abc' / 'smc_abc'.")
+    check_parameters_have_a_density(problem, method)
     if streaming:
         if not isinstance(sims, (str, os.PathLike)):
             raise ValueError("streaming=True needs the path of a zarr store as sims "
@@ -173,6 +165,20 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
     n_val = int(round(train_config.validation_fraction * x.shape[0]))
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
     return _with_detector(posterior, x[perm[n_val:]], x[perm[:n_val]], seed)
+
+
+def check_parameters_have_a_density(problem: Problem, method: str) -> None:
+    """Refuse a prior on a simplex (e.g. Dirichlet) for a method that learns a density over
+    all parameters, before anything is simulated or trained (:func:`fit`, sequential runs)."""
+    if not method.endswith("abc") and simplex_parameters(problem.prior):
+        raise ValueError(
+            f"The prior of problem {problem.name!r} puts parameters on a simplex (e.g. a "
+            "Dirichlet: they sum to 1), a set of one dimension fewer than the parameters; "
+            f"method {method!r} learns a density over all {problem.dim} parameters and cannot "
+            "be trained on it (sampling would then reject almost every draw). Fix: give the "
+            "problem D-1 free parameters (e.g. stick-breaking fractions in (0, 1) with Beta "
+            "priors, or the first D-1 weights) and build the last weight in the simulator, or "
+            "use method='abc' / 'smc_abc'.")
 
 
 def _did_you_mean(message: str, options: dict[str, Any]) -> str:

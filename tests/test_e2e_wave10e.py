@@ -44,6 +44,26 @@ def test_fit_refuses_a_dirichlet_prior_with_a_reparametrization_fix():
         fit(problem, sims, method="nle", max_epochs=1, progress=False)
 
 
+def test_sequential_run_refuses_a_dirichlet_prior_before_simulating():
+    """run_sequential (CLI `sbi-core run`) simulated the first round and only then failed in
+    fit on a simplex prior: that work was lost. It now refuses before the first simulation."""
+    from sbi_core.sequential import run_sequential
+
+    calls = []
+
+    def sim(theta: torch.Tensor) -> torch.Tensor:
+        calls.append(len(theta))
+        return theta + 0.01 * torch.randn_like(theta)
+
+    problem = Problem(Dirichlet(torch.ones(3)), sim, param_names=["w1", "w2", "w3"],
+                      name="weights", x_shape=(3,))
+    calls.clear()  # Problem may test the simulator once on creation
+    with pytest.raises(ValueError, match=r"simplex.*method 'snle'"):
+        run_sequential(problem, torch.tensor([0.2, 0.3, 0.5]), method="snle", rounds=2,
+                       sims_per_round=50, progress=False, max_epochs=1)
+    assert calls == []
+
+
 def test_a_sample_larger_than_memory_is_refused_with_the_size(post):
     """post.sample(10**12) failed in the allocator ('DefaultCPUAllocator: can't allocate
     memory') for NPE, and an MCMC posterior started an endless run; now a clear error."""
