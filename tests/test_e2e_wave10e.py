@@ -123,3 +123,24 @@ def test_fit_on_something_other_than_a_theta_x_pair_names_the_accepted_forms(box
     problem, sims = box2
     with pytest.raises(ValueError, match=r"sims must be a SimulationSet, a \(theta, x\) pair"):
         fit(problem, sims_of(sims), max_epochs=1, progress=False, detector=False)
+
+
+def test_streaming_fit_warns_about_invalid_simulations_it_leaves_out(tmp_path):
+    """fit(problem, 'sims.zarr', streaming=True) left out the store's failed rows silently,
+    while the same store trained in memory warned 'Excluding N of M invalid simulations';
+    streaming now warns the same way (with the store's path)."""
+    pytest.importorskip("zarr")
+
+    def sim(theta: torch.Tensor) -> torch.Tensor:
+        x = theta + 0.1 * torch.randn_like(theta)
+        x[theta[:, 0] > 0.8] = float("nan")
+        return x
+
+    prior = Independent(Uniform(torch.zeros(2), torch.ones(2)), 1)
+    problem = Problem(prior, sim, param_names=["a", "b"], name="fails", x_shape=(2,))
+    store = tmp_path / "sims.zarr"
+    sims = simulate(problem, 200, seed=0, progress=False, store=store, chunk_size=50)
+    with pytest.warns(UserWarning, match=rf"Excluding {sims.num_invalid} of 200 invalid "
+                      r"simulations .*sims\.zarr from training"):
+        fit(problem, store, streaming=True, max_epochs=1, hidden_features=8,
+            num_transforms=1, progress=False, detector=False)
