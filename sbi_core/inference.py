@@ -110,7 +110,7 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
                 f"sims must be a SimulationSet, a (theta, x) pair of arrays or the path of a "
                 f"simulation file or zarr store; got {what}. E.g. fit(problem, (theta, x)) with "
                 "theta (N, D) and x (N, *x_shape), or fit(problem, simulate(problem, N)).")
-        theta, x = (torch.as_tensor(a, dtype=torch.float32) for a in sims)
+        theta, x = (_as_float32(a, name) for a, name in zip(sims, ("theta", "x")))
         if theta.shape[:1] == x.shape[:1] and len(theta) and not (
                 torch.isfinite(theta).all() and torch.isfinite(x).all()):
             # rows with NaN/inf are left out with a warning, as for a SimulationSet
@@ -165,6 +165,32 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
     n_val = int(round(train_config.validation_fraction * x.shape[0]))
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
     return _with_detector(posterior, x[perm[n_val:]], x[perm[:n_val]], seed)
+
+
+def _as_float32(values: Any, name: str) -> Tensor:
+    """``values`` as float32, refusing finite numbers beyond float32's range (they would turn
+    into inf and be taken for failed simulations)."""
+    out = torch.as_tensor(values, dtype=torch.float32)
+    if not bool(torch.isfinite(out).all()):
+        raw = torch.as_tensor(values)
+        if raw.is_floating_point() and raw.dtype != torch.float32:
+            big = torch.isfinite(raw) & ~torch.isfinite(out)
+            if bool(big.any()):
+                flat = big.reshape(big.shape[0], -1) if big.ndim > 1 else big.reshape(-1, 1)
+                cols = flat.any(0).nonzero().flatten().tolist()
+                rows = int(flat.any(1).sum())
+                top = float(raw[big].abs().max())
+                what = (f"{rows} of {flat.shape[0]} rows of {name} have finite values beyond "
+                        f"float32's range (|value| up to {top:.3g} > 3.4e38, flattened "
+                        f"column(s) {cols[:10]}); sbi-core trains in float32, where they become "
+                        "inf")
+                fix = ("Rescale those columns (e.g. divide by a typical value, or take log10) "
+                       "if they are real values")
+                if 2 * rows >= flat.shape[0]:
+                    raise ValueError(f"{what} and could not be trained on. {fix}.")
+                warnings.warn(f"{what} and are left out as invalid simulations. {fix}; if they "
+                              "are blown-up simulations, return NaN for them.", stacklevel=3)
+    return out
 
 
 def check_parameters_have_a_density(problem: Problem, method: str) -> None:

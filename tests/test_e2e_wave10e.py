@@ -144,3 +144,24 @@ def test_streaming_fit_warns_about_invalid_simulations_it_leaves_out(tmp_path):
                       r"simulations .*sims\.zarr from training"):
         fit(problem, store, streaming=True, max_epochs=1, hidden_features=8,
             num_transforms=1, progress=False, detector=False)
+
+
+def test_fit_on_float64_values_beyond_float32_says_so(box2):
+    """fit(problem, (theta, x)) with a float64 x column of real values ~1e40 turned them into
+    inf in float32 and reported 'invalid simulations ... column 1 is inf', then 'Training
+    produced no finite validation loss'; now the overflow is named with the fix (an error when
+    most rows overflow, a warning when a few blown-up rows do)."""
+    import numpy as np
+
+    problem, sims = box2
+    theta, x = sims.theta.numpy(), sims.x.double().numpy()
+    big = x.copy()
+    big[:, 1] = 1e40 + big[:, 1] * 1e39
+    with pytest.raises(ValueError, match=r"300 of 300 rows of x have finite values beyond "
+                       r"float32's range .*column\(s\) \[1\].*Rescale"):
+        fit(problem, (theta, big), max_epochs=1, progress=False, detector=False)
+    few = x.copy()
+    few[:3, 1] = np.float64(1e40)
+    with pytest.warns(UserWarning, match=r"3 of 300 rows of x have finite values beyond float32"):
+        fit(problem, (theta, few), max_epochs=1, hidden_features=8, num_transforms=1,
+            progress=False, detector=False)
