@@ -165,3 +165,15 @@ def test_fit_on_float64_values_beyond_float32_says_so(box2):
     with pytest.warns(UserWarning, match=r"3 of 300 rows of x have finite values beyond float32"):
         fit(problem, (theta, few), max_epochs=1, hidden_features=8, num_transforms=1,
             progress=False, detector=False)
+
+
+def test_a_float64_simulator_beyond_float32_is_not_said_to_return_nan():
+    """A float64 simulator returning finite values ~1e40 had every row marked invalid with
+    'the simulator returned NaN or inf'; the first error now names the float32 overflow."""
+    prior = Independent(Uniform(torch.zeros(2), torch.ones(2)), 1)
+    problem = Problem(prior, lambda th: th.double() * 1e40, param_names=["a", "b"],
+                      name="big", x_shape=(2,))
+    sims = simulate(problem, 20, seed=0, progress=False)
+    assert sims.num_invalid == 20
+    assert "beyond float32's range" in sims.provenance["first_error"]
+    assert "NaN or inf" not in sims.provenance["first_error"]
