@@ -126,7 +126,15 @@ def isolate_failures(simulator: Callable[[Tensor], Tensor], theta: Tensor,
             seed_everything(_sub_seed(seed, lo, hi))
         state["calls"] += 1
         try:
-            x[lo:hi] = check_output(simulator(theta[lo:hi]), hi - lo, x_shape).float()
+            out = check_output(simulator(theta[lo:hi]), hi - lo, x_shape)
+            x[lo:hi] = out.float()
+            if out.dtype != torch.float32 and out.is_floating_point():
+                big = torch.isfinite(out) & ~torch.isfinite(x[lo:hi])
+                if bool(big.any()):  # float64 numbers that float32 cannot hold
+                    note(f"the simulator returned finite values beyond float32's range (|x| "
+                         f"up to {float(out[big].abs().max()):.3g} > 3.4e38), stored as inf; "
+                         "rescale them in the simulator (e.g. log10) if they are real values, "
+                         "or return NaN for blown-up rows")
             state["resolved"] += hi - lo
             return 0
         except RowFailures as err:  # the simulator reported its failed rows: no rerun

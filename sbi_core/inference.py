@@ -19,7 +19,7 @@ from torch import Tensor
 
 from sbi_core.methods import Method, get_method
 from sbi_core.posterior import Posterior
-from sbi_core.priors import support_bounds, within_support
+from sbi_core.priors import simplex_parameters, support_bounds, within_support
 from sbi_core.problem import Problem
 from sbi_core.simulation_set import SimulationSet
 from sbi_core.training import split_options, train
@@ -89,6 +89,7 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
         method = ensemble_method_name(method, options["ensemble"])
     m = get_method(method)
     options = _with_preset(m, preset, options)
+    check_parameters_have_a_density(problem, method)
     if streaming:
         if not isinstance(sims, (str, os.PathLike)):
             raise ValueError("streaming=True needs the path of a zarr store as sims "
@@ -102,7 +103,14 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
         _check_sims_parameters(problem, sims)
         theta, x = sims.training_data()
     else:
-        theta, x = (torch.as_tensor(a, dtype=torch.float32) for a in sims)
+        if not isinstance(sims, (tuple, list)) or len(sims) != 2:
+            what = f"a {type(sims).__name__}" + (f" of {len(sims)} items"
+                                                 if isinstance(sims, (tuple, list)) else "")
+            raise ValueError(
+                f"sims must be a SimulationSet, a (theta, x) pair of arrays or the path of a "
+                f"simulation file or zarr store; got {what}. E.g. fit(problem, (theta, x)) with "
+                "theta (N, D) and x (N, *x_shape), or fit(problem, simulate(problem, N)).")
+        theta, x = (_as_float32(a, name) for a, name in zip(sims, ("theta", "x")))
         if theta.shape[:1] == x.shape[:1] and len(theta) and not (
                 torch.isfinite(theta).all() and torch.isfinite(x).all()):
             # rows with NaN/inf are left out with a warning, as for a SimulationSet
@@ -157,6 +165,46 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
     n_val = int(round(train_config.validation_fraction * x.shape[0]))
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
     return _with_detector(posterior, x[perm[n_val:]], x[perm[:n_val]], seed)
+
+
+def _as_float32(values: Any, name: str) -> Tensor:
+    """``values`` as float32, refusing finite numbers beyond float32's range (they would turn
+    into inf and be taken for failed simulations)."""
+    out = torch.as_tensor(values, dtype=torch.float32)
+    if not bool(torch.isfinite(out).all()):
+        raw = torch.as_tensor(values)
+        if raw.is_floating_point() and raw.dtype != torch.float32:
+            big = torch.isfinite(raw) & ~torch.isfinite(out)
+            if bool(big.any()):
+                flat = big.reshape(big.shape[0], -1) if big.ndim > 1 else big.reshape(-1, 1)
+                cols = flat.any(0).nonzero().flatten().tolist()
+                rows = int(flat.any(1).sum())
+                top = float(raw[big].abs().max())
+                what = (f"{rows} of {flat.shape[0]} rows of {name} have finite values beyond "
+                        f"float32's range (|value| up to {top:.3g} > 3.4e38, flattened "
+                        f"column(s) {cols[:10]}); sbi-core trains in float32, where they become "
+                        "inf")
+                fix = ("Rescale those columns (e.g. divide by a typical value, or take log10) "
+                       "if they are real values")
+                if 2 * rows >= flat.shape[0]:
+                    raise ValueError(f"{what} and could not be trained on. {fix}.")
+                warnings.warn(f"{what} and are left out as invalid simulations. {fix}; if they "
+                              "are blown-up simulations, return NaN for them.", stacklevel=3)
+    return out
+
+
+def check_parameters_have_a_density(problem: Problem, method: str) -> None:
+    """Refuse a prior on a simplex (e.g. Dirichlet) for a method that learns a density over
+    all parameters, before anything is simulated or trained (:func:`fit`, sequential runs)."""
+    if not method.endswith("abc") and simplex_parameters(problem.prior):
+        raise ValueError(
+            f"The prior of problem {problem.name!r} puts parameters on a simplex (e.g. a "
+            "Dirichlet: they sum to 1), a set of one dimension fewer than the parameters; "
+            f"method {method!r} learns a density over all {problem.dim} parameters and cannot "
+            "be trained on it (sampling would then reject almost every draw). Fix: give the "
+            "problem D-1 free parameters (e.g. stick-breaking fractions in (0, 1) with Beta "
+            "priors, or the first D-1 weights) and build the last weight in the simulator, or "
+            "use method='abc' / 'smc_abc'.")
 
 
 def _did_you_mean(message: str, options: dict[str, Any]) -> str:

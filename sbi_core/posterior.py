@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 import operator
+import os
 import time
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -232,6 +233,7 @@ class Posterior:
         n = math.prod(shape)
         if n == 0:
             return torch.empty(*shape, xs.shape[0], self.dim)
+        _check_fits_in_memory(n, xs.shape[0], self.dim)
         budget = self._budget(max_seconds)
         with seeded(seed), torch.no_grad(), thread_scope("auto"):
             samples = self._sample_batched(n, xs, budget=budget, **kwargs)
@@ -254,6 +256,8 @@ class Posterior:
             raise ValueError(
                 f"theta must have shape (N, B={xs.shape[0]}, D={self.dim}), got {tuple(theta.shape)}."
             )
+        if theta.shape[0] == 0:  # no parameter sets: nothing to evaluate
+            return torch.empty(0, xs.shape[0])
         with torch.no_grad(), thread_scope("auto"):
             return self._log_prob_batched(theta, xs, **kwargs)
 
@@ -262,12 +266,14 @@ class Posterior:
             seed: int | None = 0, max_seconds: MaxSeconds = "default") -> Tensor:
         """Maximum a posteriori estimate ``(D,)`` for one observation."""
         xs = self._single_x(x)
+        _check_map_options(num_init, steps)
         return self._map_batched(xs, num_init, steps, seed, self._budget(max_seconds, "MAP"))[0]
 
     @auto_threads
     def map_batched(self, xs: Tensor, num_init: int = 1000, steps: int = 100,
                     seed: int | None = 0, max_seconds: MaxSeconds = "default") -> Tensor:
         """MAP estimates ``(B, D)`` for ``B`` observations."""
+        _check_map_options(num_init, steps)
         return self._map_batched(self._check_x(xs, batched=True), num_init, steps, seed,
                                  self._budget(max_seconds, "MAP"))
 
@@ -578,6 +584,38 @@ def _shape(sample_shape: tuple[int, ...] | int | torch.Size) -> tuple[int, ...]:
                              f"numbers of samples and must be >= 0. {fix}")
         out.append(d)
     return tuple(out)
+
+
+def _check_map_options(num_init: Any, steps: Any) -> None:
+    """``num_init`` (>= 1 starting samples) and ``steps`` (>= 0 ascent steps) of ``map``."""
+    for name, value, least in (("num_init", num_init, 1), ("steps", steps, 0)):
+        try:
+            ok = not isinstance(value, bool) and operator.index(value) >= least
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"map(..., {name}={value!r}): {name} must be a whole number >= "
+                             f"{least} (the default is {1000 if name == 'num_init' else 100}).")
+
+
+def _memory_bytes() -> int | None:
+    """This machine's physical memory in bytes (None where the OS does not tell)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_fits_in_memory(n: int, b: int, d: int) -> None:
+    """Refuse a draw whose result alone, ``(n, b, d)`` float32, exceeds the physical memory
+    (it would fail in the allocator, or swap for hours, with no word of the cause)."""
+    need, have = 4 * n * b * d, _memory_bytes()
+    if have is not None and need > have:
+        raise ValueError(
+            f"{n:,} samples x {b} observation(s) x {d} parameters need {need / 1e9:,.1f} GB for "
+            f"the result alone, more than this machine's {have / 1e9:,.1f} GB of memory. Draw "
+            "fewer samples (a few thousand describe a posterior well), or draw in chunks and "
+            "keep only the summaries you need.")
 
 
 def _as_numbers(value: Any, name: str, shape: str, error: type[Exception]) -> Tensor:

@@ -464,6 +464,21 @@ def _fit_bound(value: Any, size: int, reduce: Any) -> Tensor:
     return t.expand(size).clone() if t.ndim == 0 else t.reshape(-1).expand(size).clone()
 
 
+def simplex_parameters(prior: Distribution) -> bool:
+    """Whether (part of) the prior's support is a simplex (e.g. ``Dirichlet``): parameters
+    that sum to 1 fill a ``(D-1)``-dimensional set that a density in ``D`` dimensions cannot
+    describe."""
+    support = _support(prior)
+    parts = [c.support for c in prior.components] if isinstance(prior, IndependentPrior) else \
+        (support.supports if isinstance(support, _ProductSupport) else [support])
+    for c in parts:
+        while isinstance(c, constraints.independent):
+            c = c.base_constraint
+        if c is constraints.simplex:
+            return True
+    return False
+
+
 def support_bounds(prior: Distribution) -> tuple[Tensor, Tensor]:
     """Lower and upper bounds ``(D,)`` of the prior's support (``±inf`` if unbounded).
 

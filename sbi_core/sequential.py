@@ -600,13 +600,14 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
     Returns:
         :class:`SequentialResult` ``(posterior, history)``.
     """
-    from sbi_core.inference import fit
+    from sbi_core.inference import check_parameters_have_a_density, fit
     from sbi_core.simulation import simulate
 
     method = method.lower()
     if method not in SEQUENTIAL_METHODS:
         raise ValueError(f"Unknown sequential method {method!r}; choose one of "
                          f"{', '.join(SEQUENTIAL_METHODS)} (docs/sequential.md compares them).")
+    check_parameters_have_a_density(problem, method)
     for name, v in (("rounds", rounds), ("sims_per_round", sims_per_round)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}.")

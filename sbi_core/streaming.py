@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -69,6 +70,15 @@ class StoreBatches:
         self.train_chunks = sorted(chunks[i] for i in perm[n_val_chunks:])
         self.buffer_chunks = buffer_chunks
         marks = self.store.marks()
+        n_bad, n_all = (sum(marks[i][k] for i in chunks) for k in ("num_invalid", "size"))
+        if 0 < n_bad < n_all:  # as SimulationSet.training_data warns for in-memory training
+            err = self.store.provenance().get("first_error")
+            warnings.warn(
+                f"Excluding {n_bad} of {n_all} invalid simulations (NaN/inf or errors) of "
+                f"{self.store.path} from training" + (f"; first error: {err}" if err else "")
+                + ". Excluding them biases the posterior where the simulator fails; see which "
+                "rows failed in the `valid` array of the store (SimulationSet.load(path).valid).",
+                stacklevel=3)
         self.num_train = sum(marks[i]["size"] - marks[i]["num_invalid"] for i in self.train_chunks)
         if self.num_train < 2:
             raise ValueError(f"{self.store.path} has fewer than 2 valid training simulations.")

@@ -287,7 +287,16 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
         raise ValueError(f"device={cfg.device!r} is not a torch device ({err}); use 'cpu', "
                          "'cuda' or 'cuda:0'.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was requested but no CUDA GPU is available; use 'cpu'.")
+        raise ValueError(f"device={cfg.device!r} was requested but no CUDA GPU is available; "
+                         "use 'cpu'.")
+    mps = getattr(torch.backends, "mps", None)
+    if device.type == "mps" and not (mps is not None and mps.is_available()):
+        raise ValueError(f"device={cfg.device!r} was requested but this PyTorch has no Apple "
+                         "GPU (MPS) available; use 'cpu'.")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device={cfg.device!r} cannot train a model (it holds no data or is "
+                         "not a compute device sbi-core supports); use 'cpu', 'cuda' or "
+                         "'cuda:0'.")
     generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     rank, world = _distributed_setup(cfg)
