@@ -38,6 +38,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -324,10 +325,14 @@ class SimulationStore:
         a = self.attrs
         theta = " --theta THETA_FILE" if self.theta_source == "given" else ""
         py_theta = ", theta=THETA" if self.theta_source == "given" else ""
-        problem = a.get("problem_source") or "PROBLEM"  # shown, never imported
+        # shown, never imported; quoted (it comes from the store and the command may be pasted
+        # into a shell)
+        problem = shlex.quote(str(a.get("problem_source"))) if a.get("problem_source") \
+            else "PROBLEM"
         return (f"Re-simulate the damaged chunks with their original seeds: `sbi-core simulate "
                 f"{problem} --num {self.num_simulations} --seed {self.seed} --chunk-size "
-                f"{self.chunk_size}{theta} --out {self.path} --resume --repair` (Python: "
+                f"{self.chunk_size}{theta} --out {shlex.quote(str(self.path))} --resume --repair` "
+                "(Python: "
                 f"simulate(problem, {self.num_simulations}, seed={self.seed}, chunk_size="
                 f"{self.chunk_size}{py_theta}, store={str(self.path)!r}, resume=True, "
                 "repair=True)).")
