@@ -120,7 +120,13 @@ class SimulationStore:
         self.path = Path(path)
         if not (self.path / "zarr.json").exists():
             raise FileNotFoundError(f"No simulation store at {self.path} (no zarr.json inside).")
-        self.group = zarr.open_group(str(self.path), mode=mode)
+        try:
+            self.group = zarr.open_group(str(self.path), mode=mode)
+        except (ValueError, KeyError, TypeError) as err:  # e.g. metadata naming a pickle codec
+            raise ValueError(
+                f"{self.path} is not a readable sbi-core simulation store: zarr refuses its "
+                f"metadata ({type(err).__name__}: {err}). Nothing in it was run; simulate again "
+                "into a new store (sbi-core simulate PROBLEM --out new.zarr).") from err
         attrs = dict(self.group.attrs)
         if attrs.get("format") != STORE_FORMAT:
             raise ValueError(f"{self.path} is a zarr group but not an sbi-core simulation store.")

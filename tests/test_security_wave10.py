@@ -66,3 +66,42 @@ def test_user_embedding_message_quotes_the_recorded_option():
                             "cli_spec": "nets.py:make && touch PWNED"}, "m.pt")
     suggested = msg.split("pass --embedding ", 1)[1].rsplit(").", 1)[0]
     assert shlex.split(suggested) == ["nets.py:make && touch PWNED"]
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PWNED",))
+
+
+def test_store_whose_metadata_names_a_pickle_codec_is_refused_clearly(tmp_path, linear_problem,
+                                                                      monkeypatch):
+    """A doctored zarr store declares its arrays as zarr v2 arrays decoded by numcodecs' pickle
+    codec (inline consolidated metadata of the root zarr.json), with pickled payloads that would
+    run ``touch PWNED``: it is refused with a message naming the store, and nothing runs."""
+    import json
+    import pickle
+
+    import pytest
+
+    from sbi_core.stores import load_store
+
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "s.zarr"
+    simulate(linear_problem, 100, seed=0, chunk_size=100, progress=False, store=store)
+    root = json.loads((store / "zarr.json").read_text())
+    meta = {"zarr_format": 2, "shape": [100, 2], "chunks": [100, 2], "dtype": "<f4",
+            "compressor": {"id": "pickle"}, "fill_value": None, "order": "C", "filters": None,
+            "dimension_separator": ".", "attributes": {}}
+    root["consolidated_metadata"] = {"kind": "inline", "must_understand": False, "metadata": {
+        "theta": meta, "x": meta, "valid": dict(meta, dtype="|b1")}}
+    (store / "zarr.json").write_text(json.dumps(root))
+    for name in ("theta", "x", "valid"):
+        (store / name / "0.0").write_bytes(pickle.dumps(_Evil()))
+    with pytest.raises(ValueError, match="not a readable sbi-core simulation store.*Nothing in "
+                                         "it was run"):
+        load_store(store)
+    assert main(["train", "--sims", str(store), "--problem", "linear_gaussian", "--out",
+                 str(tmp_path / "m.pt"), "--quiet"]) == 2
+    assert not (tmp_path / "PWNED").exists()
