@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import math
+import shlex
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -327,5 +328,5 @@ def _missing_message(record: Mapping[str, Any], source: str = "this model") -> s
             f"embedding=lambda: {short}(...), or on the command line --embedding "
             f"module:function or FILE.py:function (a function returning the module)."
             + (f" It was trained with --embedding {record['cli_spec']} (shown, not imported: "
-               f"if you trust that code, pass --embedding {record['cli_spec']})."
+               f"if you trust that code, pass --embedding {shlex.quote(record['cli_spec'])})."
                if isinstance(record.get("cli_spec"), str) else ""))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -62,8 +63,10 @@ def recorded_problem(ref: str | None, where: str) -> Problem | None:
 
 def recorded_problem_hint(ref: str, where: str) -> str:
     """The message shown for a recorded, non-built-in problem reference."""
+    # quoted: the reference comes from the file, and the suggested option may be pasted into a
+    # shell (``x.py:p; rm -rf ~`` must stay one argument, never a second command)
     return (f"{where} was made with problem {ref!r}; a problem recorded in a file is never "
-            f"imported (it could run code). If you trust it, pass --problem {ref} "
+            f"imported (it could run code). If you trust it, pass --problem {shlex.quote(ref)} "
             "(in Python: problem=...).")
 
 

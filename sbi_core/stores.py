@@ -38,6 +38,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -119,7 +120,13 @@ class SimulationStore:
         self.path = Path(path)
         if not (self.path / "zarr.json").exists():
             raise FileNotFoundError(f"No simulation store at {self.path} (no zarr.json inside).")
-        self.group = zarr.open_group(str(self.path), mode=mode)
+        try:
+            self.group = zarr.open_group(str(self.path), mode=mode)
+        except (ValueError, KeyError, TypeError) as err:  # e.g. metadata naming a pickle codec
+            raise ValueError(
+                f"{self.path} is not a readable sbi-core simulation store: zarr refuses its "
+                f"metadata ({type(err).__name__}: {err}). Nothing in it was run; simulate again "
+                "into a new store (sbi-core simulate PROBLEM --out new.zarr).") from err
         attrs = dict(self.group.attrs)
         if attrs.get("format") != STORE_FORMAT:
             raise ValueError(f"{self.path} is a zarr group but not an sbi-core simulation store.")
@@ -324,10 +331,14 @@ class SimulationStore:
         a = self.attrs
         theta = " --theta THETA_FILE" if self.theta_source == "given" else ""
         py_theta = ", theta=THETA" if self.theta_source == "given" else ""
-        problem = a.get("problem_source") or "PROBLEM"  # shown, never imported
+        # shown, never imported; quoted (it comes from the store and the command may be pasted
+        # into a shell)
+        problem = shlex.quote(str(a.get("problem_source"))) if a.get("problem_source") \
+            else "PROBLEM"
         return (f"Re-simulate the damaged chunks with their original seeds: `sbi-core simulate "
                 f"{problem} --num {self.num_simulations} --seed {self.seed} --chunk-size "
-                f"{self.chunk_size}{theta} --out {self.path} --resume --repair` (Python: "
+                f"{self.chunk_size}{theta} --out {shlex.quote(str(self.path))} --resume --repair` "
+                "(Python: "
                 f"simulate(problem, {self.num_simulations}, seed={self.seed}, chunk_size="
                 f"{self.chunk_size}{py_theta}, store={str(self.path)!r}, resume=True, "
                 "repair=True)).")
