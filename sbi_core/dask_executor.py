@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import multiprocessing as mp
 import sys
 import uuid
 from collections.abc import Iterator
@@ -120,8 +121,15 @@ def dask_chunks(problem: Problem, tasks: list[tuple], address: str,
     digest = hashlib.sha1(blob).hexdigest()
     cluster = None
     if kind == "local":
-        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                               host="127.0.0.1", dashboard_address=None)
+        import dask
+
+        # fork, as the local workers do (chunk_processes): "spawn" (Dask's default) reruns
+        # the user's script in every worker, which fails in a script without a
+        # `if __name__ == "__main__":` guard ("Nanny failed to start").
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        with dask.config.set({"distributed.worker.multiprocessing-method": method}):
+            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                                   host="127.0.0.1", dashboard_address=None)
         client = Client(cluster)
     else:
         try:

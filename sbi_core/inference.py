@@ -126,7 +126,9 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
             f"{problem.name!r} simulates x of shape {tuple(problem.x_shape)}."
         )
     check_theta_in_support(problem, theta)
-    warn_extreme_x(x, getattr(problem, "x_names", None))
+    if not (method in ("abc", "smc_abc") and options.get("distance") == "mmd"):
+        # the MMD compares raw data sets (no z-scoring): the warning's advice does not apply
+        warn_extreme_x(x, getattr(problem, "x_names", None))
     options = _discrete_x_options(problem, m, options)
     options = _x_trials_options(problem, m, options)
     try:
