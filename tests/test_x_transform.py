@@ -31,15 +31,20 @@ def _posterior(x: torch.Tensor) -> Gamma:
     return Gamma(torch.tensor(A) + x.sum(), torch.tensor(B) + EXPOSURE.sum())
 
 
+def _fit_quietly(problem: Problem, sims, **options):
+    """``fit`` with ``x_transform="auto"``, its training warnings silenced (short test runs)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fit(problem, sims, seed=0, progress=False, x_transform="auto", **options)
+
+
 @pytest.fixture(scope="module")
 def poisson_fit():
     torch.manual_seed(0)
     problem = _poisson_problem()
     sims = simulate(problem, 3000, seed=0, progress=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        post = fit(problem, sims, seed=0, progress=False, x_transform="auto", max_epochs=80,
-                   schedule_epochs=80, hidden_features=32, num_transforms=2, detector=False)
+    post = _fit_quietly(problem, sims, max_epochs=80, schedule_epochs=80, hidden_features=32,
+                        num_transforms=2, detector=False)
     return problem, sims, post
 
 
@@ -157,10 +162,8 @@ def test_file_without_the_field_still_loads(poisson_fit, tmp_path):
 def test_ensemble_members_share_the_transform():
     problem = _poisson_problem()
     sims = simulate(problem, 600, seed=1, progress=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        post = fit(problem, sims, seed=0, progress=False, x_transform="auto", ensemble=2,
-                   max_epochs=2, hidden_features=8, num_transforms=1, detector=False)
+    post = _fit_quietly(problem, sims, ensemble=2, max_epochs=2, hidden_features=8,
+                        num_transforms=1, detector=False)
     maps = [m.config["x_map"] for m in post.estimator.members]
     assert maps[0] == maps[1] == {"kind": "log1p", "columns": [0, 1, 2]}
     x_o = problem.observation(1)
@@ -194,10 +197,7 @@ def test_misspecification_detector_sees_the_transformed_features():
     typical observation passes, counts far above the training range are flagged."""
     problem = _poisson_problem()
     sims = simulate(problem, 800, seed=2, progress=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        post = fit(problem, sims, seed=0, progress=False, x_transform="auto", max_epochs=5,
-                   hidden_features=8, num_transforms=1)
+    post = _fit_quietly(problem, sims, max_epochs=5, hidden_features=8, num_transforms=1)
     det = post.detector
     x = sims.training_data()[1][:50]
     f, ctx = det.features(x), post.estimator.context(x).detach()
