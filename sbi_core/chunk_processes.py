@@ -47,6 +47,12 @@ Task = tuple  # (index, size, seed) or (index, size, seed, theta (size, D) float
 PARENT_CHECK_SECONDS = 1.0
 
 
+
+def worker_start_method() -> str:
+    """How local simulation workers start: ``"fork"`` where the platform has it (the problem
+    is inherited, lambdas work, and a script needs no ``__main__`` guard), else ``"spawn"``."""
+    return "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
@@ -201,8 +207,7 @@ def supervised_chunks(problem: Problem, tasks: list[Task], workers: int,
 
     if timeout is not None and not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout}.")
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    ctx = mp.get_context(method)
+    ctx = mp.get_context(worker_start_method())
     pending: deque[tuple[Task, int]] = deque((t, 0) for t in tasks)
     slots: list[_Worker | None] = [None] * max(1, min(workers, len(tasks)))
     clean = False

@@ -24,7 +24,6 @@ Example::
 from __future__ import annotations
 
 import hashlib
-import multiprocessing as mp
 import sys
 import uuid
 from collections.abc import Iterator
@@ -123,11 +122,13 @@ def dask_chunks(problem: Problem, tasks: list[tuple], address: str,
     if kind == "local":
         import dask
 
-        # fork, as the local workers do (chunk_processes): "spawn" (Dask's default) reruns
-        # the user's script in every worker, which fails in a script without a
-        # `if __name__ == "__main__":` guard ("Nanny failed to start").
-        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        with dask.config.set({"distributed.worker.multiprocessing-method": method}):
+        from sbi_core.chunk_processes import worker_start_method
+
+        # fork, as the local workers do: "spawn" (Dask's default) reruns the user's script
+        # in every worker, which fails in a script without a `if __name__ == "__main__":`
+        # guard ("Nanny failed to start").
+        with dask.config.set({"distributed.worker.multiprocessing-method":
+                              worker_start_method()}):
             cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                                    host="127.0.0.1", dashboard_address=None)
         client = Client(cluster)
