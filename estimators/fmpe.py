@@ -19,7 +19,12 @@ from typing import Any
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from estimators.vector_field import FIELD_DEFAULTS, VectorFieldEstimator, build_config
+from estimators.vector_field import (
+    FIELD_DEFAULTS,
+    VectorFieldEstimator,
+    build_config,
+    make_vector_field_posterior,
+)
 from sbi_core.methods import Method
 
 __all__ = ["FMPEEstimator", "METHOD", "build_fmpe", "FMPE_DEFAULTS"]
@@ -73,18 +78,12 @@ def build_fmpe(theta: Tensor, x: Tensor, prior: Distribution, **options: Any) ->
     return est
 
 
-def _make_posterior(estimator: FMPEEstimator, prior: Distribution, problem_spec: dict[str, Any],
-                    history: dict[str, Any] | None = None, **kwargs: Any):
-    from estimators.vector_field_posterior import VectorFieldPosterior
-
-    return VectorFieldPosterior(estimator, prior, problem_spec, history, **kwargs)
-
 
 METHOD = Method(
     name="fmpe",
     build=build_fmpe,
     from_config=FMPEEstimator,
-    make_posterior=_make_posterior,
+    make_posterior=make_vector_field_posterior,
     description="Flow-matching posterior estimation (ODE sampling and log_prob); iid sets by "
                 "composition of its scores.",
 )

@@ -23,7 +23,12 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from estimators.vector_field import FIELD_DEFAULTS, VectorFieldEstimator, build_config
+from estimators.vector_field import (
+    FIELD_DEFAULTS,
+    VectorFieldEstimator,
+    build_config,
+    make_vector_field_posterior,
+)
 from sbi_core.methods import Method
 
 __all__ = ["NPSEEstimator", "METHOD", "build_npse", "NPSE_DEFAULTS"]
@@ -82,18 +87,12 @@ def build_npse(theta: Tensor, x: Tensor, prior: Distribution, **options: Any) ->
     return est
 
 
-def _make_posterior(estimator: NPSEEstimator, prior: Distribution, problem_spec: dict[str, Any],
-                    history: dict[str, Any] | None = None, **kwargs: Any):
-    from estimators.vector_field_posterior import VectorFieldPosterior
-
-    return VectorFieldPosterior(estimator, prior, problem_spec, history, **kwargs)
-
 
 METHOD = Method(
     name="npse",
     build=build_npse,
     from_config=NPSEEstimator,
-    make_posterior=_make_posterior,
+    make_posterior=make_vector_field_posterior,
     description="Neural posterior score estimation (VE/VP/sub-VP diffusion); iid sets by "
                 "composition (GAUSS, JAC, F-NPSE).",
 )

@@ -30,7 +30,7 @@ from estimators.sde import Schedule, build_schedule
 from estimators.standardize import Standardize, fit_standardize
 from sbi_core.priors import prior_from_spec, prior_spec, support_bounds, unconstrained_transform
 
-__all__ = ["VectorFieldEstimator", "FIELD_DEFAULTS"]
+__all__ = ["VectorFieldEstimator", "FIELD_DEFAULTS", "make_vector_field_posterior"]
 
 FIELD_DEFAULTS: dict[str, Any] = {
     "net": "ada_mlp",
@@ -203,6 +203,16 @@ def build_config(kind: str, defaults: dict[str, Any], theta: Tensor, x: Tensor,
     config = {**defaults, **options, "theta_dim": int(theta.shape[1]),
               "x_shape": list(x.shape[1:]), "prior": spec, "embedding": emb_spec}
     return config, spec is not None, module
+
+
+def make_vector_field_posterior(estimator: VectorFieldEstimator, prior: Distribution,
+                                problem_spec: dict[str, Any],
+                                history: dict[str, Any] | None = None, **kwargs: Any):
+    """The :class:`~estimators.vector_field_posterior.VectorFieldPosterior` of a trained
+    NPSE or FMPE estimator (the ``make_posterior`` of both methods)."""
+    from estimators.vector_field_posterior import VectorFieldPosterior  # imports this module
+
+    return VectorFieldPosterior(estimator, prior, problem_spec, history, **kwargs)
 
 
 def _prior_moments(prior: Distribution) -> tuple[Tensor | None, Tensor | None]:
