@@ -20,6 +20,11 @@ Built for speed the way :mod:`estimators.fast_maf` is:
 - the spline is evaluated without data-dependent control flow or host synchronisation
   (inputs are clamped into ``[-B, B]`` and the tails selected with ``where``), so the same
   code runs unchanged on a GPU;
+- in training (gradients for the weights only) ``forward_transform`` is one
+  :class:`torch.autograd.Function` with a hand-written backward
+  (:mod:`estimators.fast_nsf_pass`): one autograd node per call instead of ~500, the
+  weight gradients of all transforms one batched product per parameter tensor (~30% less
+  CPU per slcp epoch; docs/performance.md, "a hand-written backward for the fused NSF");
 - sampling inverts each coupling in one pass (no per-variable loop as in an autoregressive
   flow) and the LU layer with a precomputed inverse; the context features are computed once
   per context row and broadcast over its draws.
