@@ -80,7 +80,7 @@ def worker(task: str, sims_path: str, epochs: int, seed: int) -> None:
 
 def interleaved(task: str, baseline: str, sims: int, blocks: int, seed: int) -> dict:
     """Epochs of the default NPE's training loop in ONE process, alternating the fused MAF
-    pass, gradient clipping, Adam step and minibatch gathering of this tree and of
+    pass, the fused NSF's training pass (hand-written or autograd graph), gradient clipping, Adam step and minibatch gathering of this tree and of
     ``baseline`` (its ``estimators/fast_maf.py`` loaded as a separate module; its clipper,
     lean Adam step and per-epoch gather where its ``training.py`` has them) epoch by epoch
     on the same estimator and data: load bursts from other processes hit both sides alike.
@@ -105,6 +105,13 @@ def interleaved(task: str, baseline: str, sims: int, blocks: int, seed: int) -> 
     exec(compile(source, "fast_maf_baseline.py", "exec"), base.__dict__)
     sides = {"tree": (fast_maf._FusedMAFPass, fast_maf._fused_forward),
              "baseline": (base._FusedMAFPass, base._fused_forward)}
+    # the fused NSF (slcp's default): its hand-written training pass where a side has one,
+    # else its autograd graph (``_forward_autograd`` is the earlier ``forward_transform``)
+    fast_nsf = importlib.import_module("estimators.fast_nsf")
+    base_nsf = subprocess.run(["git", "show", f"{baseline}:estimators/fast_nsf.py"], cwd=ROOT,
+                              capture_output=True, text=True, check=True).stdout
+    nsf_hand = {"tree": getattr(fast_nsf.FusedNSF, "hand_backward", False),
+                "baseline": "FusedNSFPass" in base_nsf}
     base_training = subprocess.run(["git", "show", f"{baseline}:sbi_core/training.py"],
                                    cwd=ROOT, capture_output=True, text=True, check=True).stdout
     problem = simulators.get_problem(task)
@@ -175,12 +182,16 @@ def interleaved(task: str, baseline: str, sims: int, blocks: int, seed: int) -> 
     for b in range(blocks):
         for name in (("tree", "baseline") if b % 2 else ("baseline", "tree")):
             fast_maf._FusedMAFPass, fast_maf._fused_forward = sides[name]
+            if hasattr(fast_nsf.FusedNSF, "hand_backward"):
+                fast_nsf.FusedNSF.hand_backward = nsf_hand[name]
             clip = clips[name]
             side["name"] = name
             t0 = time.process_time()
             epoch()
             times[name].append(time.process_time() - t0)
     fast_maf._FusedMAFPass, fast_maf._fused_forward = sides["tree"]
+    if hasattr(fast_nsf.FusedNSF, "hand_backward"):
+        fast_nsf.FusedNSF.hand_backward = nsf_hand["tree"]
     med = {k: statistics.median(v) for k, v in times.items()}
     paired = [b / t for b, t in zip(times["baseline"], times["tree"])]
     return {"task": task, "epochs_each": blocks, "median_epoch_cpu_baseline": med["baseline"],
