@@ -21,6 +21,7 @@ from torch.distributions import Distribution
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from sbi_core.atomic import atomic_write
+from sbi_core.display import shown
 from sbi_core.methods import get_method
 from sbi_core.posterior import Posterior
 from sbi_core.priors import (
@@ -184,9 +185,9 @@ def load(path: str | Path, device: str = "cpu", prior: Any = None,
     version = payload.get("format_version")
     if version != MODEL_FORMAT_VERSION:
         raise ModelFileError(
-            f"{path} has model format version {version}, but this sbi-core "
+            f"{path} has model format version {shown(version)}, but this sbi-core "
             f"({_version()}) reads version {MODEL_FORMAT_VERSION}. Load it with the sbi-core "
-            f"version that wrote it ({payload.get('sbi_core_version')}) or retrain."
+            f"version that wrote it ({shown(payload.get('sbi_core_version'))}) or retrain."
         )
     check_payload(payload, path)
     problem = dict(payload["problem"])

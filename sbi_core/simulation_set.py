@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from sbi_core.atomic import atomic_write, damaged_entry
+from sbi_core.display import shown
 
 __all__ = ["SimulationSet", "SIMULATIONS_FORMAT"]
 
@@ -101,14 +102,14 @@ class SimulationSet:
             raise ValueError("The simulation set has 0 rows; simulate (or load) at least a few "
                              "hundred simulations before training.")
         if n_bad == len(self):
-            err = self.provenance.get("first_error")
+            err = self.first_error
             raise ValueError(
                 f"All {len(self)} simulations are invalid (NaN/inf or the simulator raised)"
                 + (f"; first error: {err}" if err else "") + self._invalid_note()
                 + ". Fix the simulator or the prior range before training."
             )
         if n_bad and warn:
-            err = self.provenance.get("first_error")
+            err = self.first_error
             warnings.warn(
                 f"Excluding {n_bad} of {len(self)} invalid simulations (NaN/inf or errors) from "
                 "training" + (f"; first error: {err}" if err else "") + self._invalid_note()
@@ -118,6 +119,13 @@ class SimulationSet:
                 stacklevel=2,
             )
         return self.theta[self.valid], self.x[self.valid]
+
+    @property
+    def first_error(self) -> str | None:
+        """The recorded first simulation error, escaped and bounded for display (it may hold
+        a program's output, or come from a file someone else wrote)."""
+        err = self.provenance.get("first_error")
+        return shown(err, 1000) if err else None
 
     def invalid_summary(self, x_names: list[str] | None = None) -> str:
         """Which x columns are NaN/inf and how often, e.g. ``"column 7 (ratio_mean) is NaN

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sbi_core.display import shown
 from sbi_core.failures import describe_invalid
 from sbi_core.problem import Problem
 from sbi_core.progress import progress_bar
@@ -131,7 +132,8 @@ class SimulationStore:
         if attrs.get("format") != STORE_FORMAT:
             raise ValueError(f"{self.path} is a zarr group but not an sbi-core simulation store.")
         if attrs.get("format_version") != _FORMAT_VERSION:
-            raise ValueError(f"{self.path} has store format version {attrs.get('format_version')}; "
+            raise ValueError(f"{self.path} has store format version "
+                             f"{shown(attrs.get('format_version'))}; "
                              f"this sbi-core reads version {_FORMAT_VERSION}.")
         self.attrs = attrs
         self.chunk_size = int(attrs["chunk_size"])
@@ -203,7 +205,8 @@ class SimulationStore:
                   "x_shape": list(problem.x_shape or ())}
         diff = {k: (stored[k], wanted[k]) for k in stored if stored[k] != wanted[k]}
         if diff:
-            detail = ", ".join(f"{k}: store has {a!r}, run has {b!r}" for k, (a, b) in diff.items())
+            detail = ", ".join(f"{k}: store has {shown(repr(a))}, run has {shown(repr(b))}"
+                               for k, (a, b) in diff.items())
             raise ValueError(f"Cannot resume {self.path}: {detail}. Resume with the original "
                              "settings or write to a new path.")
         if num < self.num_simulations:
@@ -333,7 +336,7 @@ class SimulationStore:
         py_theta = ", theta=THETA" if self.theta_source == "given" else ""
         # shown, never imported; quoted (it comes from the store and the command may be pasted
         # into a shell)
-        problem = shlex.quote(str(a.get("problem_source"))) if a.get("problem_source") \
+        problem = shlex.quote(shown(a.get("problem_source"))) if a.get("problem_source") \
             else "PROBLEM"
         return (f"Re-simulate the damaged chunks with their original seeds: `sbi-core simulate "
                 f"{problem} --num {self.num_simulations} --seed {self.seed} --chunk-size "
@@ -347,7 +350,7 @@ class SimulationStore:
         parts = []
         for i, why in sorted(damaged.items()):
             a, b = self.chunk_rows(i)
-            parts.append(f"chunk {i} (rows {a}-{b - 1}): {why}")
+            parts.append(f"chunk {i} (rows {a}-{b - 1}): {shown(why)}")
         return StoreDamagedError(f"{self.path} is damaged: " + "; ".join(parts) + ". "
                                  + self.repair_hint())
 
@@ -493,7 +496,7 @@ def simulate_into_store(problem: Problem, plan: Plan | None, source: ChunkSource
             st.uncommit(i)
         if repaired:
             warnings.warn(f"Re-simulating {len(repaired)} damaged chunk(s) of {st.path}: "
-                          + "; ".join(f"chunk {i}: {why}" for i, why in repaired.items()),
+                          + "; ".join(f"chunk {i}: {shown(why)}" for i, why in repaired.items()),
                           stacklevel=2)
     if theta is not None:
         st.check_theta(theta)
