@@ -90,7 +90,8 @@ async function update() {
   const controller = new AbortController();
   state.controller = controller;
   const seedText = $("seed").value.trim();
-  const body = { x: currentX(), n: Math.max(1, Math.round(Number($("num").value) || 1000)),
+  const wanted = Math.max(1, Math.round(Number($("num").value) || 1000));
+  const body = { x: currentX(), n: Math.min(wanted, state.info.max_samples || wanted),
                  seed: seedText === "" ? null : Number(seedText) };
   setStatus("sampling…", "loading");
   try {
@@ -248,7 +249,8 @@ async function loadModel(name) {
   try {
     state.info = await api(`api/models/${encodeURIComponent(name)}`);
   } catch (err) { setStatus(err.message, "error"); return; }
-  $("num").max = state.info.max_samples;
+  $("num").max = state.info.max_samples;  // a server started with a smaller --max-samples:
+  if (Number($("num").value) > state.info.max_samples) $("num").value = state.info.max_samples;
   buildInputs(state.info);
   renderCards(state.info);
   state.samples = null;
@@ -284,9 +286,16 @@ function setObservation(values) {
   update();
 }
 
+/* One CSV header cell: quoted when it holds a separator, quote or line break (RFC 4180), so a
+   parameter name from the model file cannot add columns or rows. */
+function csvCell(text) {
+  const s = String(text);
+  return /[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+}
+
 function downloadCSV() {
   const names = state.info.param_names;
-  const lines = [names.join(",")].concat(state.samples.map(r => r.join(",")));
+  const lines = [names.map(csvCell).join(",")].concat(state.samples.map(r => r.join(",")));
   const url = URL.createObjectURL(new Blob([lines.join("\n") + "\n"], { type: "text/csv" }));
   const a = document.createElement("a");
   a.href = url;
