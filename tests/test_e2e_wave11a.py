@@ -103,3 +103,23 @@ def test_explorer_on_a_server_with_small_max_samples_opens_with_samples(moons):
         assert page.locator("#pairplot").get_attribute("data-sample-count") == "200"
         assert page.locator("#num").input_value() == "200"
         browser.close()
+
+
+def test_server_labels_a_sequential_model_by_its_sequential_method(moons):
+    """`sbi-core serve` listed a `sbi-core run` model as method 'npe' (an amortized posterior)
+    in the explorer's model selector and card; it now also gives the label of the report card."""
+    import copy
+
+    from fastapi.testclient import TestClient
+
+    from sbi_core.server import create_app
+
+    seq = copy.copy(moons)
+    seq.problem_spec = {**moons.problem_spec,
+                        "sequential": {"method": "tsnpe", "x_o": [0.1, 0.2]}}
+    client = TestClient(create_app({"seq": seq}))
+    listed = client.get("/api/models").json()["models"][0]
+    info = client.get("/api/models/seq").json()
+    label = "tsnpe (sequential, for one x_o; estimator npe)"
+    assert listed["method_label"] == info["method_label"] == label
+    assert listed["method"] == "npe"  # the registry name is unchanged

@@ -206,6 +206,7 @@ def create_app(models: dict[str, Posterior], max_samples: int = 100_000,
     def list_models() -> dict[str, Any]:
         return {"models": [{"name": n, "problem": shown_label(p.problem_spec.get("name")),
                             "method": shown(p.method),
+                            "method_label": shown(getattr(p, "method_label", p.method)),
                             "dim": p.dim, "x_shape": list(p.x_shape)}
                            for n, p in models.items()],
                 "max_samples": max_samples, "limits": limits.to_dict()}

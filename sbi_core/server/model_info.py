@@ -87,6 +87,8 @@ def model_info(name: str, posterior: Posterior, max_samples: int) -> dict[str, A
         "name": name,  # the key of this model in the URLs (from the command line, not a file)
         "problem": shown_label(spec.get("name")),
         "method": shown(posterior.method),
+        # "tsnpe (sequential, for one x_o; estimator npe)": what the explorer shows
+        "method_label": shown(getattr(posterior, "method_label", posterior.method)),
         "param_names": shown_names(posterior.param_names),
         "dim": posterior.dim,
         "x_shape": list(posterior.x_shape),

@@ -231,7 +231,7 @@ function table(obj) {
 
 function renderCards(info) {
   $("model-card").replaceChildren(table({
-    problem: info.problem, method: info.method, parameters: info.param_names.join(", "),
+    problem: info.problem, method: info.method_label || info.method, parameters: info.param_names.join(", "),
     "prior low": info.prior.low, "prior high": info.prior.high, "x shape": info.x_shape,
     training: info.history }));
   const diag = info.diagnostics || {};
@@ -326,7 +326,8 @@ async function init() {
   for (const m of listing.models) {
     const opt = document.createElement("option");
     opt.value = m.name;
-    opt.textContent = m.problem ? `${m.name} (${m.problem}, ${m.method})` : m.name;
+    const method = m.method_label || m.method;
+    opt.textContent = m.problem ? `${m.name} (${m.problem}, ${method})` : m.name;
     select.append(opt);
   }
   const wanted = new URLSearchParams(location.search).get("model");
