@@ -83,7 +83,7 @@ def test_server_observation_beyond_float32_is_not_called_nan(moons):
     assert "beyond float32's range" in r.json()["detail"]
 
 
-def test_explorer_on_a_server_with_small_max_samples_opens_with_samples(moons):
+def test_explorer_with_small_max_samples_and_an_unbounded_prior(moons):
     """The sample count field starts at 1000; a server started with --max-samples 200 answered
     the explorer's first request with 413 and showed no posterior."""
     from playwright.sync_api import sync_playwright
@@ -92,7 +92,10 @@ def test_explorer_on_a_server_with_small_max_samples_opens_with_samples(moons):
 
     args = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
             "--disable-background-networking", "--disable-component-update"]
-    with BackgroundServer(create_app({"m": moons}, max_samples=200)) as srv, \
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gaussian = tiny_posterior("linear_gaussian")
+    with BackgroundServer(create_app({"m": moons, "g": gaussian}, max_samples=200)) as srv, \
             sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=args,
                                      headless=True)
@@ -102,6 +105,12 @@ def test_explorer_on_a_server_with_small_max_samples_opens_with_samples(moons):
                                timeout=20_000)
         assert page.locator("#pairplot").get_attribute("data-sample-count") == "200"
         assert page.locator("#num").input_value() == "200"
+        # an unbounded prior's bounds read as infinite, not as empty "[, ]"
+        page.goto(srv.url + "/?model=g")
+        page.wait_for_function("document.querySelector('#pairplot').dataset.updates === '1'",
+                               timeout=20_000)
+        card = page.locator("#model-card").inner_text()
+        assert "[-∞, -∞]" in card and "[∞, ∞]" in card and "[, ]" not in card
         browser.close()
 
 

@@ -210,7 +210,8 @@ function renderSummary(names, samples) {
 function valueNode(v) {
   if (v === null) return document.createTextNode("—");
   if (Array.isArray(v)) {
-    const flat = flatten(v), shown = flat.slice(0, 8).map(x => typeof x === "number" ? +x.toPrecision(4) : x);
+    const flat = flatten(v), shown = flat.slice(0, 8).map(x => typeof x === "number" ? +x.toPrecision(4)
+      : x === null ? "—" : x);
     return document.createTextNode(`[${shown.join(", ")}${flat.length > 8 ? `, … (${flat.length})` : ""}]`);
   }
   if (typeof v === "object") return table(v);
@@ -230,9 +231,12 @@ function table(obj) {
 }
 
 function renderCards(info) {
+  // the server sends an unbounded side of the prior as null
+  const bound = (values, inf) => values.map(v => v === null ? inf : v);
   $("model-card").replaceChildren(table({
     problem: info.problem, method: info.method_label || info.method, parameters: info.param_names.join(", "),
-    "prior low": info.prior.low, "prior high": info.prior.high, "x shape": info.x_shape,
+    "prior low": bound(info.prior.low, "-∞"), "prior high": bound(info.prior.high, "∞"),
+    "x shape": info.x_shape,
     training: info.history }));
   const diag = info.diagnostics || {};
   if (Object.keys(diag).length) $("diagnostics").replaceChildren(table(diag));
