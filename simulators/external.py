@@ -132,10 +132,16 @@ class ExternalProgram:
             else:
                 try:
                     out = np.loadtxt(proc.stdout.splitlines(), dtype=np.float64, ndmin=2)
-                    out = out.reshape(n, *self.x_shape)  # type: ignore[misc]
                 except ValueError as err:
                     raise RuntimeError(f"{self._name} printed unparsable output ({err})"
                                        f"{_stderr_note(proc.stderr)}") from err
+                size = int(np.prod(self.x_shape))  # type: ignore[arg-type]
+                if out.size != n * size:  # e.g. it stopped early: say so, not "unparsable"
+                    raise RuntimeError(
+                        f"{self._name} printed {out.size} numbers in {out.shape[0]} line(s) for "
+                        f"{n} parameter rows; expected {n} lines of {size} numbers (one per "
+                        f"row of theta){_stderr_note(proc.stderr)}")
+                out = out.reshape(n, *self.x_shape)  # type: ignore[misc]
         if out.shape[0] != n or (self.x_shape is not None and out.shape[1:] != self.x_shape):
             expected = (n, *self.x_shape) if self.x_shape is not None else (n, "...")
             raise RuntimeError(f"{self._name} returned shape {out.shape}, expected {expected}.")

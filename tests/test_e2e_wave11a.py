@@ -132,3 +132,13 @@ def test_server_labels_a_sequential_model_by_its_sequential_method(moons):
     label = "tsnpe (sequential, for one x_o; estimator npe)"
     assert listed["method_label"] == info["method_label"] == label
     assert listed["method"] == "npe"  # the registry name is unchanged
+
+
+def test_text_program_that_stops_early_is_told_how_many_lines_it_printed(tmp_path):
+    path = tmp_path / "text.py"
+    path.write_text("import sys\nrows = [l.split() for l in sys.stdin if l.strip()]\n"
+                    "for r in rows[:-1]:\n    print(r[0], r[1])\n")
+    sim = external_simulator([sys.executable, str(path)], io="text", timeout=60, x_shape=(2,))
+    with pytest.raises(RuntimeError, match=r"printed 4 numbers in 2 line\(s\) for 3 parameter "
+                                           r"rows; expected 3 lines of 2 numbers"):
+        sim(torch.rand(3, 2))
