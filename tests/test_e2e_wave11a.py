@@ -142,3 +142,39 @@ def test_text_program_that_stops_early_is_told_how_many_lines_it_printed(tmp_pat
     with pytest.raises(RuntimeError, match=r"printed 4 numbers in 2 line\(s\) for 3 parameter "
                                            r"rows; expected 3 lines of 2 numbers"):
         sim(torch.rand(3, 2))
+
+
+def test_simulator_that_hangs_in_the_problem_test_run_gets_a_clear_error():
+    """Problem(...) runs the simulator on 3 prior draws with no time limit: a simulator that
+    hangs for some parameters hung there forever, before simulate(..., timeout=) could
+    supervise anything. Now the test run is limited and the error names validate=False."""
+    import time
+
+    from sbi_core import Problem, box_uniform
+
+    def hangs(theta):
+        time.sleep(100)
+        return theta
+
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"did not finish its test run .* validate=False"):
+        Problem(box_uniform([0.0], [1.0]), hangs, validate_timeout=0.5)
+    assert time.perf_counter() - start < 10
+    problem = Problem(box_uniform([0.0], [1.0]), hangs, validate=False, x_shape=(1,))
+    assert problem.x_shape == (1,)
+
+
+def test_time_limit_leaves_a_sigalrm_handler_of_the_caller_alone():
+    import signal
+
+    from sbi_core.time_limit import time_limit
+
+    calls = []
+    previous = signal.signal(signal.SIGALRM, lambda *a: calls.append(a))
+    try:
+        with time_limit(0.01):  # someone else owns SIGALRM: no limit, nothing replaced
+            assert signal.getsignal(signal.SIGALRM) is not signal.SIG_DFL
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    assert not calls
