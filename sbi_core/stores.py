@@ -136,11 +136,42 @@ class SimulationStore:
                              f"{shown(attrs.get('format_version'))}; "
                              f"this sbi-core reads version {_FORMAT_VERSION}.")
         self.attrs = attrs
+        self._check_attrs(attrs)
         self.chunk_size = int(attrs["chunk_size"])
         self.num_simulations = int(attrs["num_simulations"])
         self.seed = int(attrs["seed"])
         self.theta_source = str(attrs.get("theta_source", "prior"))
         self.repaired: list[int] = []  # chunks re-simulated by the last repair
+
+    def _check_attrs(self, attrs: dict[str, Any]) -> None:
+        """Refuse attributes no sbi-core run writes (a damaged or doctored store) with one
+        message, instead of a division by zero, ``int('abc')`` or a count of billions of
+        missing chunks later."""
+        def damaged(key: str, what: str) -> ValueError:
+            return ValueError(
+                f"{self.path} is damaged: its attribute {key!r} is "
+                f"{shown(repr(attrs.get(key)))}, {what}; sbi-core never writes that, so the "
+                "store was damaged or edited. Simulate again into a new store (sbi-core "
+                "simulate PROBLEM --out new.zarr).")
+
+        for key, low in (("chunk_size", 1), ("num_simulations", 0), ("seed", None)):
+            value = attrs.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or \
+                    (low is not None and value < low):
+                raise damaged(key, "not an integer" + (f" >= {low}" if low is not None else ""))
+        if "theta" in self.group:  # the arrays were created with these numbers
+            theta = self.group["theta"]
+            if attrs["num_simulations"] > theta.shape[0]:  # fewer: a crash while growing
+                raise damaged("num_simulations",
+                              f"more than the {theta.shape[0]:,} rows its arrays hold")
+            if attrs["chunk_size"] != theta.chunks[0]:
+                raise damaged("chunk_size", f"but its arrays are stored in chunks of "
+                                            f"{theta.chunks[0]:,} rows")
+        for key in ("param_names", "x_names"):
+            value = attrs.get(key)
+            if value is not None and (not isinstance(value, list)
+                                      or not all(isinstance(v, str) for v in value)):
+                raise damaged(key, "not a list of names")
 
     # ------------------------------------------------------------------ creation
     @classmethod
