@@ -63,3 +63,47 @@ def test_store_grown_by_a_crashed_resume_still_loads(store, tmp_path):
     for name in ("theta", "x", "valid"):
         group[name].resize((150, *group[name].shape[1:]))
     assert len(load_store(copy)) == 100
+
+
+@pytest.fixture(scope="module")
+def sims_file(tmp_path_factory, linear_problem):
+    path = tmp_path_factory.mktemp("w11b_sims") / "s.pt"
+    simulate(linear_problem, 100, seed=0, progress=False).save(path)
+    return path
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda d: d.__setitem__("provenance", [1, 2]), "'provenance' entry is a list, not a dict"),
+    (lambda d: d.__setitem__("theta", d["theta"].tolist()), "'theta' entry is a list"),
+    (lambda d: d.__setitem__("valid", d["valid"].float()), "'valid' entry is of dtype"),
+    (lambda d: d["provenance"].__setitem__("param_names", 7), "'provenance.param_names' entry is not a list"),
+])
+def test_simulation_file_with_damaged_entries_is_refused_naming_the_entry(sims_file, tmp_path,
+                                                                          edit, match):
+    """Was: 'cannot convert dictionary update sequence', an internal AttributeError, '~ is
+    only implemented on integer and Boolean-type tensors', "'int' object is not iterable"."""
+    import torch
+
+    from sbi_core import SimulationSet
+
+    payload = torch.load(sims_file, weights_only=True)
+    edit(payload)
+    torch.save(payload, tmp_path / "d.pt")
+    with pytest.raises(ValueError, match=f"is damaged: its {match}"):
+        SimulationSet.load(tmp_path / "d.pt")
+
+
+def test_simulation_file_rows_of_nan_are_invalid_whatever_its_valid_flags_say(sims_file,
+                                                                               tmp_path):
+    import torch
+
+    from sbi_core import SimulationSet
+
+    payload = torch.load(sims_file, weights_only=True)
+    payload["x"][:10] = float("nan")  # flags still say valid
+    torch.save(payload, tmp_path / "d.pt")
+    sims = SimulationSet.load(tmp_path / "d.pt")
+    assert sims.num_invalid == 10
+    with pytest.warns(UserWarning, match="Excluding 10 of 100"):
+        theta, x = sims.training_data()
+    assert torch.isfinite(x).all() and len(theta) == 90
