@@ -55,3 +55,16 @@ def test_model_with_an_unknown_method_says_so(model, tmp_path):
 
 def test_saved_model_still_loads(model):
     assert load(model).param_names == ["theta_1", "theta_2"]
+
+
+def test_notebook_explorer_url_quotes_the_model_name():
+    """explore({"run 1 & 2": post}) opened the page on ?model=run 1 & 2, which the page reads
+    as 'run 1 ' and so fell back to the first model."""
+    from types import SimpleNamespace
+    from urllib.parse import parse_qs, urlparse
+
+    from sbi_core.server.notebook import Explorer
+
+    view = Explorer(SimpleNamespace(url="http://127.0.0.1:1", running=True), "run 1 & 2#x", 500)
+    assert parse_qs(urlparse(view.url).query)["model"] == ["run 1 & 2#x"]
+    assert "&amp;" not in view.url and "&" not in view._repr_html_().replace("&amp;", "")
