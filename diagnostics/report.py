@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from diagnostics.testset import TooFewPairsError, calibration_pairs, posterior_samples
+from sbi_core.display import MESSAGE_LIMIT, shown, shown_names, shown_text
 from sbi_core.posterior import Posterior, SingleObservationError
 from sbi_core.problem import Problem
 from sbi_core.simulation_set import SimulationSet
@@ -83,7 +84,10 @@ class DiagnosisContext:
 
     @property
     def param_names(self) -> list[str]:
-        return self.posterior.param_names or [f"theta_{i + 1}" for i in range(self.theta.shape[1])]
+        """The posterior's parameter names as shown in verdicts and figures (a name read from
+        a model file is escaped and bounded: ``sbi_core.display``)."""
+        return shown_names(self.posterior.param_names
+                           or [f"theta_{i + 1}" for i in range(self.theta.shape[1])])
 
 
 @dataclass
@@ -154,7 +158,8 @@ class DiagnosisReport:
         for name, sec in self.sections.items():
             title = sec.get("title", name)
             lines.append(f"  [{sec['status'].upper():4s}] {title}: {sec.get('why', '')}")
-        return "\n".join(lines)
+        # a card may come from a file (a model's saved report card): shown escaped
+        return shown_text("\n".join(lines))
 
     def __str__(self) -> str:
         return self.summary()
@@ -464,8 +469,8 @@ def check_sims_match(posterior: Posterior, sims: Any) -> None:
     made_by = sims.provenance.get("problem") or "another problem"
     trained = (posterior.problem_spec or {}).get("name") or "another problem"
     raise ValueError(
-        f"The test simulations were made by problem {made_by!r} with parameters "
-        f"{list(recorded)}, but the posterior was trained on {trained!r} with parameters "
+        f"The test simulations were made by problem {shown(repr(made_by))} with parameters "
+        f"{shown(list(recorded), MESSAGE_LIMIT)}, but the posterior was trained on {trained!r} with parameters "
         f"{ours}: they would judge the model on another problem. Pass held-out simulations of "
         "the model's own problem (sims=, CLI: --sims), or leave them out to simulate test "
         "pairs from its problem.")

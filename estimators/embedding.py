@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from estimators.embedding_conv import CNN1dEmbedding, CNN2dEmbedding, TCNEmbedding, mlp
 from estimators.embedding_sequence import RNNEmbedding, TransformerEmbedding
+from sbi_core.display import MESSAGE_LIMIT, shown
 from sbi_core.user_code import class_label
 
 __all__ = ["build_embedding", "prepare_embedding", "is_set_embedding", "is_user_embedding",
@@ -229,7 +230,7 @@ def user_embedding_module(record: Mapping[str, Any], embedding: Any,
     if isinstance(embedding, (str, Mapping)):  # a built-in spec cannot hold the user's weights
         raise UserEmbeddingError(
             f"load(..., embedding=...) got the built-in spec {embedding!r}, but the model in "
-            f"{source} was trained with your own embedding {record.get('class')}; pass that "
+            f"{source} was trained with your own embedding {shown(record.get('class'))}; pass that "
             "nn.Module's class, an instance or a zero-argument factory (e.g. "
             "embedding=lambda: MyNet(32)).")
     module = _instantiate(embedding, "load(..., embedding=...)")
@@ -241,11 +242,11 @@ def user_embedding_module(record: Mapping[str, Any], embedding: Any,
     problems += [f"{k}: file {want[k]} vs your module {have[k]}"
                  for k in sorted(set(want) & set(have)) if want[k] != have[k]]
     if problems:
-        shown = "; ".join(problems[:6]) + (f"; ... ({len(problems)} in all)"
-                                           if len(problems) > 6 else "")
+        listed = "; ".join(problems[:6]) + (f"; ... ({len(problems)} in all)"
+                                            if len(problems) > 6 else "")
         raise UserEmbeddingError(
             f"The embedding you passed does not match the weights saved in {source} (saved "
-            f"from {record.get('class')}): {shown}. Pass a module built with the same "
+            f"from {shown(record.get('class'))}): {shown(listed, MESSAGE_LIMIT)}. Pass a module built with the same "
             "architecture and options as the one you trained.")
     out = _probe(module, x_shape)
     if out != int(record.get("output_dim", out)):
@@ -320,13 +321,14 @@ def _probe(module: nn.Module, x_shape: tuple[int, ...]) -> int:
 
 
 def _missing_message(record: Mapping[str, Any], source: str = "this model") -> str:
-    cls = record.get("class", "?")
-    short = str(cls).replace(":", ".").rsplit(".", 1)[-1]
+    cls = shown(record.get("class", "?"))  # names from the file: escaped, bounded
+    short = cls.replace(":", ".").rsplit(".", 1)[-1]
     return (f"{source} has a user embedding {cls} (output_dim {record.get('output_dim')}); its "
             f"weights are in the file but its code is not, and code named in a file is never "
             f"imported. Pass it: load(path, embedding={short}) or "
             f"embedding=lambda: {short}(...), or on the command line --embedding "
             f"module:function or FILE.py:function (a function returning the module)."
-            + (f" It was trained with --embedding {record['cli_spec']} (shown, not imported: "
-               f"if you trust that code, pass --embedding {shlex.quote(record['cli_spec'])})."
+            + (f" It was trained with --embedding {shown(record['cli_spec'])} (shown, not "
+               f"imported: if you trust that code, pass --embedding "
+               f"{shlex.quote(shown(record['cli_spec']))})."
                if isinstance(record.get("cli_spec"), str) else ""))

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sbi_core.display import shown
+
 __all__ = ["RowFailures", "Isolation", "isolate_failures", "check_output", "seed_everything",
            "invalid_columns", "describe_invalid"]
 
@@ -241,7 +243,7 @@ def describe_invalid(x: Tensor, names: Sequence[str] | None = None, max_columns:
     use_names = names is not None and len(names) == _rows(x).shape[1]
     parts = []
     for c in cols[:max_columns]:
-        label = f"column {c['column']}" + (f" ({names[c['column']]})" if use_names else "")
+        label = f"column {c['column']}" + (f" ({shown(names[c['column']])})" if use_names else "")
         kinds = [f"NaN in {c['nan']:,}" if c["nan"] else "",
                  f"inf in {c['inf']:,}" if c["inf"] else ""]
         parts.append(f"{label} is {' and '.join(k for k in kinds if k)} of {n:,} rows")

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sbi_core.display import MESSAGE_LIMIT, shown
 from sbi_core.methods import Method, get_method
 from sbi_core.posterior import Posterior
 from sbi_core.priors import simplex_parameters, support_bounds, within_support
@@ -148,7 +149,7 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
             columns = sims.invalid_summary(getattr(problem, "x_names", None))
             raise ValueError(
                 f"Only {len(sims) - sims.num_invalid} of {len(sims)} simulations are valid"
-                f" ({columns}); first error: {sims.provenance.get('first_error')}. "
+                f" ({columns}); first error: {sims.first_error}. "
                 f"Training on the valid ones failed: {err}") from err
         raise
     except TypeError as err:  # "Unknown NPE options ['max_epoch']": name the likely option
@@ -348,7 +349,7 @@ def check_parameter_names(problem: Problem, provenance: dict[str, Any]) -> None:
         return
     made_by = provenance.get("problem") or "another problem"
     raise ValueError(
-        f"These simulations were made by problem {made_by!r} with parameters "
-        f"{list(recorded)}, but the problem given to fit is {problem.name!r} with parameters "
+        f"These simulations were made by problem {shown(repr(made_by))} with parameters "
+        f"{shown(list(recorded), MESSAGE_LIMIT)}, but the problem given to fit is {problem.name!r} with parameters "
         f"{ours}. Train with the problem that made them (CLI: --problem), or simulate "
         "this problem.")

@@ -15,6 +15,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from sbi_core.display import shown
+
 __all__ = ["Method", "get_method", "available_methods", "register_method"]
 
 
@@ -99,7 +101,8 @@ def get_method(name: str) -> Method:
     if key in _LOADED:
         return _LOADED[key]
     if key not in _REGISTRY:
-        raise ValueError(f"Unknown method {name!r}; available: {', '.join(available_methods())}.")
+        raise ValueError(f"Unknown method {shown(repr(name))}; available: "
+                         f"{', '.join(available_methods())}.")
     module_name, attr = _REGISTRY[key].split(":")
     method = getattr(importlib.import_module(module_name), attr)
     _LOADED[key] = method

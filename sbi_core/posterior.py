@@ -629,13 +629,21 @@ def _as_numbers(value: Any, name: str, shape: str, error: type[Exception]) -> Te
             f"numpy array or a list such as [0.1, 0.2]. To read text like '0.1,0.2' use "
             "[float(v) for v in text.split(',')]."
         )
-    if isinstance(value, Tensor):
-        return value.to(torch.float32)
     try:
-        return torch.as_tensor(value, dtype=torch.float32)
+        out = value.to(torch.float32) if isinstance(value, Tensor) else \
+            torch.as_tensor(value, dtype=torch.float32)
     except (TypeError, ValueError, RuntimeError) as err:
         raise error(f"{name} could not be read as numbers ({err}); pass a tensor, a numpy "
                     f"array or a (nested) list of numbers of shape {shape}.") from None
+    if not bool(torch.isfinite(out).all()):  # finite numbers beyond float32 are not "inf"
+        raw = torch.as_tensor(value, dtype=torch.float64)
+        big = torch.isfinite(raw) & ~torch.isfinite(out)
+        if bool(big.any()):
+            raise error(f"{name} holds finite values beyond float32's range (|value| up to "
+                        f"{float(raw[big].abs().max()):.3g} > 3.4e38); the posterior computes "
+                        "in float32, where they would be inf. Rescale the data the way the "
+                        "training simulations were scaled.")
+    return out
 
 
 class DirectPosterior(Posterior):

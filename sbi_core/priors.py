@@ -51,6 +51,7 @@ from torch.distributions import (
 )
 from torch.distributions.transforms import identity_transform
 
+from sbi_core.display import shown
 from sbi_core.user_code import class_label
 
 __all__ = [
@@ -335,6 +336,7 @@ def prior_from_spec(spec: dict[str, Any]) -> Distribution:
 
 def user_prior_message(cls: str, part: str | None = None) -> str:
     """The message shown when a saved prior is (or contains) a user-written class."""
+    cls, part = shown(cls), (None if part is None else shown(part))  # names read from a file
     what = f"user-written prior {cls}" if not part or part == cls else \
         f"prior {cls} containing the user-written {part}"
     short = cls.replace(":", ".").rsplit(".", 1)[-1]

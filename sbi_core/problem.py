@@ -53,6 +53,9 @@ class Problem:
         source: how to rebuild this problem (a built-in name or ``file.py:function``);
             set by :func:`sbi_core.resolve_problem`.
         validate: run the simulator on a small batch to check shapes and dtype.
+        validate_timeout: seconds that test run may take (POSIX, main thread); a simulator
+            that hangs for some parameters then gets a clear error naming ``validate=False``
+            instead of hanging here. ``None``: no limit.
         observation_seeds: the 10 seeds of :meth:`observation` ``1..10`` (default
             ``OBSERVATION_SEED_BASE + k``); benchmark problems list theirs to skip degenerate
             draws, as the SBI benchmark does.
@@ -92,6 +95,7 @@ class Problem:
         noise_dim: int | None = None,
         noise_simulator: Callable[[Tensor, Tensor], Tensor] | None = None,
         x_trials: Sequence[int] | None = None,
+        validate_timeout: float | None = 300.0,
     ):
         prior = as_prior(prior)
         if len(prior.event_shape) != 1 or prior.batch_shape != torch.Size():
@@ -146,7 +150,7 @@ class Problem:
                 "TransformedDistribution, MixtureSameFamily, ...), scipy.stats or "
                 "sbi_core.independent(...) are stored in full.", UserWarning, stacklevel=2)
         if validate:
-            self._validate()
+            self._validate_in_time(validate_timeout)
         elif self.x_shape is None:
             raise ValueError("x_shape is required when validate=False.")
         self.x_names = list(x_names) if x_names is not None else None
@@ -211,6 +215,25 @@ class Problem:
                 return x
         self._tried_note = f" (It also raised for each of {more} more prior draws.)"
         return None
+
+    def _validate_in_time(self, seconds: float | None) -> None:
+        """:meth:`_validate`, stopped with a clear error after ``seconds`` (a simulator that
+        hangs for some parameters would otherwise hang ``Problem(...)`` forever)."""
+        from sbi_core.time_limit import TimeLimitExceeded, time_limit
+
+        if seconds is not None and not seconds > 0:
+            raise ValueError(f"validate_timeout must be positive seconds or None, got {seconds}.")
+        try:
+            with time_limit(seconds):
+                self._validate()
+        except TimeLimitExceeded:
+            raise ValueError(
+                f"The simulator did not finish its test run on 3 prior draws within {seconds:g} "
+                "s (Problem runs it once to check shapes); it may hang for some parameters. "
+                "Build the problem with Problem(..., validate=False, x_shape=...) to skip the "
+                "test run (simulate(..., timeout=SECONDS), CLI --timeout, then records chunks "
+                "that hang as invalid), or give a slow simulator more time with "
+                "validate_timeout=SECONDS (None: no limit).") from None
 
     def _validate(self, n: int = 3) -> None:
         with torch.random.fork_rng():

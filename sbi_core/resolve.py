@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sbi_core.display import shown
 from sbi_core.problem import Problem
 from sbi_core.user_code import FILE_MODULE_PREFIX
 
@@ -65,9 +66,10 @@ def recorded_problem_hint(ref: str, where: str) -> str:
     """The message shown for a recorded, non-built-in problem reference."""
     # quoted: the reference comes from the file, and the suggested option may be pasted into a
     # shell (``x.py:p; rm -rf ~`` must stay one argument, never a second command)
-    return (f"{where} was made with problem {ref!r}; a problem recorded in a file is never "
-            f"imported (it could run code). If you trust it, pass --problem {shlex.quote(ref)} "
-            "(in Python: problem=...).")
+    # shown escaped and bounded: a control character in the file must not reach the terminal
+    return (f"{where} was made with problem {shown(repr(ref))}; a problem recorded in a file is "
+            f"never imported (it could run code). If you trust it, pass --problem "
+            f"{shlex.quote(shown(ref))} (in Python: problem=...).")
 
 
 def resolve_problem(ref: str) -> Problem:

@@ -21,6 +21,7 @@ from torch.distributions import Distribution
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from sbi_core.atomic import atomic_write
+from sbi_core.display import shown
 from sbi_core.methods import get_method
 from sbi_core.posterior import Posterior
 from sbi_core.priors import (
@@ -184,9 +185,9 @@ def load(path: str | Path, device: str = "cpu", prior: Any = None,
     version = payload.get("format_version")
     if version != MODEL_FORMAT_VERSION:
         raise ModelFileError(
-            f"{path} has model format version {version}, but this sbi-core "
+            f"{path} has model format version {shown(version)}, but this sbi-core "
             f"({_version()}) reads version {MODEL_FORMAT_VERSION}. Load it with the sbi-core "
-            f"version that wrote it ({payload.get('sbi_core_version')}) or retrain."
+            f"version that wrote it ({shown(payload.get('sbi_core_version'))}) or retrain."
         )
     check_payload(payload, path)
     problem = dict(payload["problem"])
@@ -199,6 +200,11 @@ def load(path: str | Path, device: str = "cpu", prior: Any = None,
     prior = resolve_saved_prior(path, problem.get("prior"), prior, dim)
     try:
         method = get_method(payload["method"])
+    except ValueError as err:  # not "weights do not match": the method itself is unknown
+        raise ModelFileError(f"{path} records a method this sbi-core ({_version()}) does not "
+                             f"have: {err} It was written by sbi-core "
+                             f"{shown(payload.get('sbi_core_version'))}.") from err
+    try:
         module = _user_embedding(dict(payload["estimator_config"]), payload["state_dict"],
                                  embedding, path)
         estimator = build_checked(lambda cfg: _from_config(method, cfg, prior, module),
@@ -404,6 +410,43 @@ def check_payload(payload: dict, path: str | Path) -> None:
     _check_numbers(payload["estimator_config"], path, "estimator_config")
     if not isinstance(payload.get("posterior_config") or {}, dict):
         raise ModelFileError(f"{path} is damaged: its 'posterior_config' is not a dict.")
+    for key in ("history", "diagnostics"):
+        if not isinstance(payload.get(key) or {}, dict):
+            raise ModelFileError(f"{path} is damaged: its {key!r} entry is a "
+                                 f"{type(payload[key]).__name__}, not a dict.")
+    _check_problem_spec(problem, payload["estimator_config"], path)
+
+
+def _check_problem_spec(problem: dict[str, Any], config: dict[str, Any], path: str | Path
+                        ) -> None:
+    """The names and shapes of a model file's problem spec are what ``save`` writes and agree
+    with the estimator's config (a string is not taken for a list of one-letter names, three
+    names do not label two parameters)."""
+    def damaged(what: str) -> ModelFileError:
+        return ModelFileError(f"{path} is damaged: its problem spec's {what}. Re-save the model "
+                              "with sbi_core.save or retrain it.")
+
+    def names(value: Any) -> bool:
+        return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+
+    if not names(problem["param_names"]):
+        raise damaged(f"param_names {shown(repr(problem['param_names']))} is not a list of "
+                      "names")
+    dim = config.get("theta_dim")
+    if isinstance(dim, int) and problem["param_names"] and len(problem["param_names"]) != dim:
+        raise damaged(f"param_names has {len(problem['param_names'])} names for the "
+                      f"estimator's {dim} parameters")
+    x_shape = problem["x_shape"]
+    if not isinstance(x_shape, (list, tuple)) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in x_shape):
+        raise damaged(f"x_shape {shown(repr(x_shape))} is not a list of positive integers")
+    if isinstance(config.get("x_shape"), (list, tuple)) and \
+            list(config["x_shape"]) != list(x_shape):
+        raise damaged(f"x_shape {x_shape} differs from the estimator's {config['x_shape']}")
+    if problem.get("name") is not None and not isinstance(problem["name"], str):
+        raise damaged(f"name {shown(repr(problem['name']))} is not a string")
+    if problem.get("x_names") is not None and not names(problem["x_names"]):
+        raise damaged(f"x_names {shown(repr(problem['x_names']))} is not a list of names")
 
 
 def _check_numbers(value: Any, path: str | Path, where: str) -> None:

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from sbi_core.atomic import atomic_write, damaged_entry
+from sbi_core.display import shown
 
 __all__ = ["SimulationSet", "SIMULATIONS_FORMAT"]
 
@@ -101,14 +102,14 @@ class SimulationSet:
             raise ValueError("The simulation set has 0 rows; simulate (or load) at least a few "
                              "hundred simulations before training.")
         if n_bad == len(self):
-            err = self.provenance.get("first_error")
+            err = self.first_error
             raise ValueError(
                 f"All {len(self)} simulations are invalid (NaN/inf or the simulator raised)"
                 + (f"; first error: {err}" if err else "") + self._invalid_note()
                 + ". Fix the simulator or the prior range before training."
             )
         if n_bad and warn:
-            err = self.provenance.get("first_error")
+            err = self.first_error
             warnings.warn(
                 f"Excluding {n_bad} of {len(self)} invalid simulations (NaN/inf or errors) from "
                 "training" + (f"; first error: {err}" if err else "") + self._invalid_note()
@@ -118,6 +119,13 @@ class SimulationSet:
                 stacklevel=2,
             )
         return self.theta[self.valid], self.x[self.valid]
+
+    @property
+    def first_error(self) -> str | None:
+        """The recorded first simulation error, escaped and bounded for display (it may hold
+        a program's output, or come from a file someone else wrote)."""
+        err = self.provenance.get("first_error")
+        return shown(err, 1000) if err else None
 
     def invalid_summary(self, x_names: list[str] | None = None) -> str:
         """Which x columns are NaN/inf and how often, e.g. ``"column 7 (ratio_mean) is NaN
@@ -202,10 +210,42 @@ class SimulationSet:
             )
         if payload.get("format_version") != _FORMAT_VERSION:
             raise ValueError(
-                f"{path} has simulation format version {payload.get('format_version')}; this "
+                f"{path} has simulation format version {shown(payload.get('format_version'))}; this "
                 f"sbi-core reads version {_FORMAT_VERSION}."
             )
-        return cls(payload["theta"], payload["x"], payload["valid"], dict(payload["provenance"]))
+        return cls(*_checked_payload(payload, path))
+
+
+def _checked_payload(payload: dict[str, Any], path: Path
+                     ) -> tuple[Tensor, Tensor, Tensor, dict[str, Any]]:
+    """``(theta, x, valid, provenance)`` of a simulation file, with every entry of the type
+    ``save`` writes (a damaged or edited file gets one message naming the entry). A row
+    whose ``x`` is not finite is invalid whatever the file's ``valid`` says."""
+    def damaged(key: str, what: str) -> ValueError:
+        return ValueError(f"{path} is damaged: its {key!r} entry is {what}; sbi-core never "
+                          "writes that. Simulate again (or copy the file again from its source).")
+
+    for key in ("theta", "x", "valid"):
+        if not isinstance(payload.get(key), Tensor):
+            raise damaged(key, f"a {type(payload.get(key)).__name__}, not a tensor")
+    if not payload["theta"].is_floating_point() or not payload["x"].is_floating_point():
+        raise damaged("theta" if not payload["theta"].is_floating_point() else "x",
+                      "not floating point")
+    if payload["valid"].dtype != torch.bool:
+        raise damaged("valid", f"of dtype {payload['valid'].dtype}, not bool")
+    provenance = payload.get("provenance")
+    if not isinstance(provenance, dict):
+        raise damaged("provenance", f"a {type(provenance).__name__}, not a dict")
+    for key in ("param_names", "x_names"):
+        value = provenance.get(key)
+        if value is not None and (not isinstance(value, list)
+                                  or not all(isinstance(v, str) for v in value)):
+            raise damaged(f"provenance.{key}", "not a list of names")
+    theta, x, valid = payload["theta"], payload["x"], payload["valid"]
+    if theta.ndim == 2 and x.ndim >= 1 and x.shape[0] == theta.shape[0] == valid.shape[0]:
+        valid = valid & torch.isfinite(x.reshape(x.shape[0], -1)).all(1) \
+            & torch.isfinite(theta).all(1)
+    return theta, x, valid, dict(provenance)
 
 
 def _plain(value: Any) -> Any:

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sbi_core.display import shown
 from sbi_core.failures import describe_invalid
 from sbi_core.problem import Problem
 from sbi_core.progress import progress_bar
@@ -131,14 +132,46 @@ class SimulationStore:
         if attrs.get("format") != STORE_FORMAT:
             raise ValueError(f"{self.path} is a zarr group but not an sbi-core simulation store.")
         if attrs.get("format_version") != _FORMAT_VERSION:
-            raise ValueError(f"{self.path} has store format version {attrs.get('format_version')}; "
+            raise ValueError(f"{self.path} has store format version "
+                             f"{shown(attrs.get('format_version'))}; "
                              f"this sbi-core reads version {_FORMAT_VERSION}.")
         self.attrs = attrs
+        self._check_attrs(attrs)
         self.chunk_size = int(attrs["chunk_size"])
         self.num_simulations = int(attrs["num_simulations"])
         self.seed = int(attrs["seed"])
         self.theta_source = str(attrs.get("theta_source", "prior"))
         self.repaired: list[int] = []  # chunks re-simulated by the last repair
+
+    def _check_attrs(self, attrs: dict[str, Any]) -> None:
+        """Refuse attributes no sbi-core run writes (a damaged or doctored store) with one
+        message, instead of a division by zero, ``int('abc')`` or a count of billions of
+        missing chunks later."""
+        def damaged(key: str, what: str) -> ValueError:
+            return ValueError(
+                f"{self.path} is damaged: its attribute {key!r} is "
+                f"{shown(repr(attrs.get(key)))}, {what}; sbi-core never writes that, so the "
+                "store was damaged or edited. Simulate again into a new store (sbi-core "
+                "simulate PROBLEM --out new.zarr).")
+
+        for key, low in (("chunk_size", 1), ("num_simulations", 0), ("seed", None)):
+            value = attrs.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or \
+                    (low is not None and value < low):
+                raise damaged(key, "not an integer" + (f" >= {low}" if low is not None else ""))
+        if "theta" in self.group:  # the arrays were created with these numbers
+            theta = self.group["theta"]
+            if attrs["num_simulations"] > theta.shape[0]:  # fewer: a crash while growing
+                raise damaged("num_simulations",
+                              f"more than the {theta.shape[0]:,} rows its arrays hold")
+            if attrs["chunk_size"] != theta.chunks[0]:
+                raise damaged("chunk_size", f"but its arrays are stored in chunks of "
+                                            f"{theta.chunks[0]:,} rows")
+        for key in ("param_names", "x_names"):
+            value = attrs.get(key)
+            if value is not None and (not isinstance(value, list)
+                                      or not all(isinstance(v, str) for v in value)):
+                raise damaged(key, "not a list of names")
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -203,7 +236,8 @@ class SimulationStore:
                   "x_shape": list(problem.x_shape or ())}
         diff = {k: (stored[k], wanted[k]) for k in stored if stored[k] != wanted[k]}
         if diff:
-            detail = ", ".join(f"{k}: store has {a!r}, run has {b!r}" for k, (a, b) in diff.items())
+            detail = ", ".join(f"{k}: store has {shown(repr(a))}, run has {shown(repr(b))}"
+                               for k, (a, b) in diff.items())
             raise ValueError(f"Cannot resume {self.path}: {detail}. Resume with the original "
                              "settings or write to a new path.")
         if num < self.num_simulations:
@@ -333,7 +367,7 @@ class SimulationStore:
         py_theta = ", theta=THETA" if self.theta_source == "given" else ""
         # shown, never imported; quoted (it comes from the store and the command may be pasted
         # into a shell)
-        problem = shlex.quote(str(a.get("problem_source"))) if a.get("problem_source") \
+        problem = shlex.quote(shown(a.get("problem_source"))) if a.get("problem_source") \
             else "PROBLEM"
         return (f"Re-simulate the damaged chunks with their original seeds: `sbi-core simulate "
                 f"{problem} --num {self.num_simulations} --seed {self.seed} --chunk-size "
@@ -347,7 +381,7 @@ class SimulationStore:
         parts = []
         for i, why in sorted(damaged.items()):
             a, b = self.chunk_rows(i)
-            parts.append(f"chunk {i} (rows {a}-{b - 1}): {why}")
+            parts.append(f"chunk {i} (rows {a}-{b - 1}): {shown(why)}")
         return StoreDamagedError(f"{self.path} is damaged: " + "; ".join(parts) + ". "
                                  + self.repair_hint())
 
@@ -493,7 +527,7 @@ def simulate_into_store(problem: Problem, plan: Plan | None, source: ChunkSource
             st.uncommit(i)
         if repaired:
             warnings.warn(f"Re-simulating {len(repaired)} damaged chunk(s) of {st.path}: "
-                          + "; ".join(f"chunk {i}: {why}" for i, why in repaired.items()),
+                          + "; ".join(f"chunk {i}: {shown(why)}" for i, why in repaired.items()),
                           stacklevel=2)
     if theta is not None:
         st.check_theta(theta)

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sbi_core.display import shown_text
 from sbi_core.failures import RowFailures
 
 __all__ = ["ExternalProgram", "external_simulator"]
@@ -121,14 +122,26 @@ class ExternalProgram:
                 if not os.path.exists(x_path):
                     raise RuntimeError(f"{self._name} exited {proc.returncode} but wrote no "
                                        f"{x_path}{_stderr_note(proc.stderr)}")
-                out = np.load(x_path, allow_pickle=False)
+                try:
+                    out = np.load(x_path, allow_pickle=False)
+                except (ValueError, OSError, EOFError) as err:  # numpy calls any non-.npy file
+                    raise RuntimeError(                      # "pickled data": say what it is
+                        f"{self._name} wrote {x_path}, but it is not a numeric .npy array "
+                        f"(write it with numpy.save(path, x) of a float array; numpy says: "
+                        f"{err}){_stderr_note(proc.stderr)}") from err
             else:
                 try:
                     out = np.loadtxt(proc.stdout.splitlines(), dtype=np.float64, ndmin=2)
-                    out = out.reshape(n, *self.x_shape)  # type: ignore[misc]
                 except ValueError as err:
                     raise RuntimeError(f"{self._name} printed unparsable output ({err})"
                                        f"{_stderr_note(proc.stderr)}") from err
+                size = int(np.prod(self.x_shape))  # type: ignore[arg-type]
+                if out.size != n * size:  # e.g. it stopped early: say so, not "unparsable"
+                    raise RuntimeError(
+                        f"{self._name} printed {out.size} numbers in {out.shape[0]} line(s) for "
+                        f"{n} parameter rows; expected {n} lines of {size} numbers (one per "
+                        f"row of theta){_stderr_note(proc.stderr)}")
+                out = out.reshape(n, *self.x_shape)  # type: ignore[misc]
         if out.shape[0] != n or (self.x_shape is not None and out.shape[1:] != self.x_shape):
             expected = (n, *self.x_shape) if self.x_shape is not None else (n, "...")
             raise RuntimeError(f"{self._name} returned shape {out.shape}, expected {expected}.")
@@ -169,6 +182,9 @@ class ExternalProgram:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin is not None else
                                     subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True, env=env, cwd=self.cwd,
+                                    # bytes that are not text (a Latin-1 message, binary noise)
+                                    # are shown escaped instead of failing the whole call
+                                    encoding="utf-8", errors="backslashreplace",
                                     start_new_session=posix)
         except FileNotFoundError as err:
             raise RuntimeError(f"{self._name} could not be started: {err}") from None
@@ -217,7 +233,7 @@ def _stderr_note(stderr: str | None) -> str:
         return ""
     if len(text) > _STDERR_TAIL:
         text = "..." + text[-_STDERR_TAIL:]
-    return f"; stderr: {text}"
+    return f"; stderr: {shown_text(text)}"  # escaped: a colour code or \r cannot reach a terminal
 
 
 def external_simulator(command: str | Sequence[str], io: str = "npy",

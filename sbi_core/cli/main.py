@@ -16,6 +16,11 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
+
+from sbi_core.display import MESSAGE_LIMIT, shown, shown_text
+
+_plain_formatwarning = warnings.formatwarning
 
 COMMANDS = ["demo", "simulate", "train", "sample", "diagnose", "robustness", "reference",
             "benchmark", "serve", "run", "completion"]
@@ -102,8 +107,16 @@ def _message(err: BaseException) -> str:
     text = str(err) if not isinstance(err, KeyError) else f"missing entry {err}"
     if isinstance(err, OSError) and err.filename is not None and err.strerror:
         text = f"{err.filename}: {err.strerror}"
-    text = " ".join(text.split()) or type(err).__name__
-    return text
+    # a message may quote strings read from files (names, recorded references, a program's
+    # output): shown escaped and bounded, so they cannot drive the terminal
+    return shown(" ".join(text.split()) or type(err).__name__, MESSAGE_LIMIT)
+
+
+def _shown_warning(message, category, filename, lineno, line=None) -> str:
+    """``warnings.formatwarning`` with the message escaped and bounded (a warning may quote
+    a name or a program's output read from a file)."""
+    return _plain_formatwarning(shown_text(message, MESSAGE_LIMIT), category, filename, lineno,
+                                line)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     debug = args.debug or args.debug_top or os.environ.get("SBI_CORE_DEBUG") == "1"
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _shown_warning
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
@@ -132,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         hint = "" if user else " (rerun with --debug for the traceback and please report it)"
         print(f"sbi-core {args.command}: {kind}: {_message(err)}{hint}", file=sys.stderr)
         return 2 if user else 1
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 if __name__ == "__main__":

@@ -43,13 +43,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
+from sbi_core.display import MESSAGE_LIMIT, shown, shown_names
 from sbi_core.posterior import Posterior
 from sbi_core.server.body_limit import BodySizeLimit
 from sbi_core.server.compute import Draws, Job, is_light
 from sbi_core.server.limits import Limits
-from sbi_core.server.model_info import model_info
+from sbi_core.server.model_info import model_info, shown_label
 from sbi_core.server.rng_lock import RNGLock
 from sbi_core.server.schemas import (
     InputError,
@@ -183,9 +185,16 @@ def create_app(models: dict[str, Posterior], max_samples: int = 100_000,
     async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": invalid_request_detail(request, err.errors())}, 422)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        # a message may quote names or references read from a model file: escaped, bounded
+        detail = shown(err.detail, MESSAGE_LIMIT) if isinstance(err.detail, str) else err.detail
+        return JSONResponse({"detail": detail}, err.status_code, headers=err.headers)
+
     @app.exception_handler(Exception)
     async def _internal(request: Request, err: Exception) -> JSONResponse:
-        return JSONResponse({"detail": f"Internal error ({type(err).__name__}): {err}"}, 500)
+        return JSONResponse({"detail": shown(f"Internal error ({type(err).__name__}): {err}",
+                                             MESSAGE_LIMIT)}, 500)
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -195,7 +204,9 @@ def create_app(models: dict[str, Posterior], max_samples: int = 100_000,
 
     @app.get("/api/models", summary="List the served models")
     def list_models() -> dict[str, Any]:
-        return {"models": [{"name": n, "problem": p.problem_spec.get("name"), "method": p.method,
+        return {"models": [{"name": n, "problem": shown_label(p.problem_spec.get("name")),
+                            "method": shown(p.method),
+                            "method_label": shown(getattr(p, "method_label", p.method)),
                             "dim": p.dim, "x_shape": list(p.x_shape)}
                            for n, p in models.items()],
                 "max_samples": max_samples, "limits": limits.to_dict()}
@@ -260,7 +271,7 @@ def create_app(models: dict[str, Posterior], max_samples: int = 100_000,
             xs, batched, trials = j.observations(req.x, req.xs)
             num_init = min(1000, limits.max_batch) if req.num_init is None else req.num_init
             est = j.map(xs, trials, num_init, req.steps, req.seed)
-            return JSONResponse({"param_names": post.param_names,
+            return JSONResponse({"param_names": shown_names(post.param_names),
                                  "map": plain(est if batched else est[0])})
 
         return await lane(post, "map", req).run(work)
@@ -282,11 +293,12 @@ def create_app(models: dict[str, Posterior], max_samples: int = 100_000,
             draws = result.samples if batched else result.samples[:, 0]  # (n, B, D) / (n, D)
             qs = torch.quantile(draws, torch.tensor(levels, dtype=draws.dtype), dim=0)
             return JSONResponse({
-                "param_names": post.param_names, "n": n,
+                "param_names": shown_names(post.param_names), "n": n,
                 "mean": plain(draws.mean(0)), "std": plain(draws.std(0)) if n > 1 else
                 plain(torch.zeros_like(draws[0])),
                 "quantiles": {f"{q:g}": plain(v) for q, v in zip(levels, qs)},
-                "mcmc": _mcmc_plain(result, batched), "warnings": result.warnings,
+                "mcmc": _mcmc_plain(result, batched),
+                "warnings": [shown(w, MESSAGE_LIMIT) for w in result.warnings],
                 "misspecification": j.misspecification(xs, batched),
             })
 
@@ -322,9 +334,10 @@ def _samples_response(param_names: list[str], samples: torch.Tensor, seconds: fl
                       misspecification: dict[str, Any] | None = None) -> Response:
     """JSON of ``samples`` (``(n, D)`` or ``(B, n, D)``) written by orjson straight from the
     float32 array: each value in its shortest round-trip form, ~10x faster than ``json``."""
-    body = orjson.dumps({"param_names": param_names,
+    body = orjson.dumps({"param_names": shown_names(param_names),
                          "samples": samples.detach().cpu().float().contiguous().numpy(),
-                         "seconds": seconds, "mcmc": mcmc, "warnings": warnings,
+                         "seconds": seconds, "mcmc": mcmc,
+                         "warnings": [shown(w, MESSAGE_LIMIT) for w in warnings],
                          "misspecification": misspecification},
                         option=orjson.OPT_SERIALIZE_NUMPY)
     return Response(body, media_type="application/json")

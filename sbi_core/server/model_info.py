@@ -6,11 +6,30 @@ from typing import Any
 
 import torch
 
+from sbi_core.display import MESSAGE_LIMIT, shown, shown_names
 from sbi_core.posterior import Posterior
 from sbi_core.priors import support_bounds
 from sbi_core.server.schemas import plain
 
-__all__ = ["model_info", "history_summary", "observation_range"]
+__all__ = ["model_info", "history_summary", "observation_range", "shown_label", "shown_values"]
+
+
+def shown_label(value: Any) -> Any:
+    """A name read from a model file as the API shows it: escaped and bounded
+    (``sbi_core.display.shown``); ``None`` stays ``None``."""
+    return None if value is None else shown(value)
+
+
+def shown_values(value: Any) -> Any:
+    """``value`` (plain JSON values, e.g. a saved report card) with every string escaped and
+    bounded for display; keys too."""
+    if isinstance(value, str):
+        return shown(value, MESSAGE_LIMIT)
+    if isinstance(value, dict):
+        return {shown(k): shown_values(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [shown_values(v) for v in value]
+    return value
 
 
 def observation_range(posterior: Posterior) -> dict[str, Any] | None:
@@ -51,7 +70,7 @@ def focus(posterior: Posterior) -> dict[str, Any] | None:
     refused) or a sequential run's ``x_o`` (other x warn); ``None`` for amortized ones."""
     seq = (posterior.problem_spec or {}).get("sequential")
     if isinstance(seq, dict) and seq.get("x_o") is not None:
-        return plain({"kind": "sequential", "method": seq.get("method"), "x_o": seq["x_o"],
+        return plain({"kind": "sequential", "method": shown_label(seq.get("method")), "x_o": seq["x_o"],
                       "others": "answered with a warning when far from x_o"})
     x_o = getattr(posterior, "single_observation", None)
     if x_o is not None:
@@ -65,18 +84,20 @@ def model_info(name: str, posterior: Posterior, max_samples: int) -> dict[str, A
     low, high = support_bounds(posterior.prior)
     spec = posterior.problem_spec
     return {
-        "name": name,
-        "problem": spec.get("name"),
-        "method": posterior.method,
-        "param_names": list(posterior.param_names),
+        "name": name,  # the key of this model in the URLs (from the command line, not a file)
+        "problem": shown_label(spec.get("name")),
+        "method": shown(posterior.method),
+        # "tsnpe (sequential, for one x_o; estimator npe)": what the explorer shows
+        "method_label": shown(getattr(posterior, "method_label", posterior.method)),
+        "param_names": shown_names(posterior.param_names),
         "dim": posterior.dim,
         "x_shape": list(posterior.x_shape),
         "prior": {"spec": plain(getattr(posterior.prior, "spec", None)),
                   "low": plain(low), "high": plain(high)},
         "x_range": observation_range(posterior),
         "focus": focus(posterior),
-        "history": history_summary(posterior.history),
-        "diagnostics": plain(posterior.diagnostics),
+        "history": shown_values(history_summary(posterior.history)),
+        "diagnostics": shown_values(plain(posterior.diagnostics)),
         "supports_iid": bool(posterior.supports_iid),
         "normalized_log_prob": bool(posterior.normalized_log_prob),
         "max_samples": int(max_samples),

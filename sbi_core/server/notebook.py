@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 from typing import Any
+from urllib.parse import quote
 
 from sbi_core.posterior import Posterior
 from sbi_core.server.app import create_app
@@ -35,7 +36,7 @@ class Explorer:
     @property
     def url(self) -> str:
         """Address of the explorer page, with the first model preselected."""
-        return f"{self.server.url}/?model={self.model}"
+        return f"{self.server.url}/?model={quote(self.model, safe='')}"  # "a&b", "x#1" too
 
     def _repr_html_(self) -> str:
         src = html.escape(self.url, quote=True)

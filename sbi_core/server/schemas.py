@@ -203,7 +203,17 @@ def to_tensor(value: Any, name: str, max_values: int) -> Tensor:
         return ()
 
     shape = walk(value, "", 0)
+    big = [v for v in flat if math.isfinite(v) and abs(v) > _FLOAT32_MAX]
+    if big:  # would become inf in float32 and be reported as "NaN or inf"
+        raise InputError(f"{name} holds finite values beyond float32's range (|value| up to "
+                         f"{max(abs(v) for v in big):.3g} > 3.4e38); the model computes in "
+                         "float32. Rescale the data the way the training simulations were "
+                         "scaled.")
     return torch.tensor(flat, dtype=torch.float32).reshape(shape)
+
+
+#: Largest finite float32.
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 def plain(value: Any) -> Any:

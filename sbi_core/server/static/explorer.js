@@ -90,7 +90,8 @@ async function update() {
   const controller = new AbortController();
   state.controller = controller;
   const seedText = $("seed").value.trim();
-  const body = { x: currentX(), n: Math.max(1, Math.round(Number($("num").value) || 1000)),
+  const wanted = Math.max(1, Math.round(Number($("num").value) || 1000));
+  const body = { x: currentX(), n: Math.min(wanted, state.info.max_samples || wanted),
                  seed: seedText === "" ? null : Number(seedText) };
   setStatus("sampling…", "loading");
   try {
@@ -209,7 +210,8 @@ function renderSummary(names, samples) {
 function valueNode(v) {
   if (v === null) return document.createTextNode("—");
   if (Array.isArray(v)) {
-    const flat = flatten(v), shown = flat.slice(0, 8).map(x => typeof x === "number" ? +x.toPrecision(4) : x);
+    const flat = flatten(v), shown = flat.slice(0, 8).map(x => typeof x === "number" ? +x.toPrecision(4)
+      : x === null ? "—" : x);
     return document.createTextNode(`[${shown.join(", ")}${flat.length > 8 ? `, … (${flat.length})` : ""}]`);
   }
   if (typeof v === "object") return table(v);
@@ -229,9 +231,12 @@ function table(obj) {
 }
 
 function renderCards(info) {
+  // the server sends an unbounded side of the prior as null
+  const bound = (values, inf) => values.map(v => v === null ? inf : v);
   $("model-card").replaceChildren(table({
-    problem: info.problem, method: info.method, parameters: info.param_names.join(", "),
-    "prior low": info.prior.low, "prior high": info.prior.high, "x shape": info.x_shape,
+    problem: info.problem, method: info.method_label || info.method, parameters: info.param_names.join(", "),
+    "prior low": bound(info.prior.low, "-∞"), "prior high": bound(info.prior.high, "∞"),
+    "x shape": info.x_shape,
     training: info.history }));
   const diag = info.diagnostics || {};
   if (Object.keys(diag).length) $("diagnostics").replaceChildren(table(diag));
@@ -248,7 +253,8 @@ async function loadModel(name) {
   try {
     state.info = await api(`api/models/${encodeURIComponent(name)}`);
   } catch (err) { setStatus(err.message, "error"); return; }
-  $("num").max = state.info.max_samples;
+  $("num").max = state.info.max_samples;  // a server started with a smaller --max-samples:
+  if (Number($("num").value) > state.info.max_samples) $("num").value = state.info.max_samples;
   buildInputs(state.info);
   renderCards(state.info);
   state.samples = null;
@@ -284,9 +290,16 @@ function setObservation(values) {
   update();
 }
 
+/* One CSV header cell: quoted when it holds a separator, quote or line break (RFC 4180), so a
+   parameter name from the model file cannot add columns or rows. */
+function csvCell(text) {
+  const s = String(text);
+  return /[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+}
+
 function downloadCSV() {
   const names = state.info.param_names;
-  const lines = [names.join(",")].concat(state.samples.map(r => r.join(",")));
+  const lines = [names.map(csvCell).join(",")].concat(state.samples.map(r => r.join(",")));
   const url = URL.createObjectURL(new Blob([lines.join("\n") + "\n"], { type: "text/csv" }));
   const a = document.createElement("a");
   a.href = url;
@@ -317,7 +330,8 @@ async function init() {
   for (const m of listing.models) {
     const opt = document.createElement("option");
     opt.value = m.name;
-    opt.textContent = m.problem ? `${m.name} (${m.problem}, ${m.method})` : m.name;
+    const method = m.method_label || m.method;
+    opt.textContent = m.problem ? `${m.name} (${m.problem}, ${method})` : m.name;
     select.append(opt);
   }
   const wanted = new URLSearchParams(location.search).get("model");
