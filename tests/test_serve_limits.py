@@ -176,7 +176,7 @@ def test_busy_server_answers_503_quickly_instead_of_queueing(post, square, monke
     """Concurrency 1 and a slow heavy request in flight: another heavy request gets 503 within
     the queue wait; a small request (light lane) and the model listing are still answered;
     after the slow one the next heavy request is served."""
-    _slow(post, monkeypatch, 0.7)  # two batches of one observation: 1.4 s
+    _slow(post, monkeypatch, 1.5)  # two batches of one observation: 3 s (room for a loaded CI)
     app = create_app({"m": post, "square": square}, max_concurrency=1, queue_wait=0.3)
     with BackgroundServer(app) as srv:
         slow: list[httpx.Response] = []
@@ -196,11 +196,11 @@ def test_busy_server_answers_503_quickly_instead_of_queueing(post, square, monke
         assert app.state.workers.busy() == 1  # answered while the slow request still ran
         start = time.perf_counter()
         assert httpx.get(srv.url + "/api/models", timeout=30).status_code == 200
-        assert time.perf_counter() - start < 0.5  # the event loop is free
+        assert time.perf_counter() - start < 1.0  # the event loop is free
         start = time.perf_counter()
         r = httpx.post(srv.url + "/api/models/square/sample", json={"x": X, "n": 100},
                        timeout=30)
-        assert r.status_code == 200 and time.perf_counter() - start < 0.8
+        assert r.status_code == 200 and time.perf_counter() - start < 2.0
         assert app.state.workers.busy() == 1  # beside the slow one, in the light lane
         worker.join()
         assert slow[0].status_code == 200
