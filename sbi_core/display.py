@@ -12,6 +12,13 @@ that shows such a string passes it through one of these functions:
   at most ``limit`` characters (the rest is counted, not shown);
 - :func:`shown_text` for a whole message or report: the same, but line breaks stay.
 
+A name written into a CSV file is a cell that a spreadsheet may evaluate: ``=HYPERLINK(...)``
+as a parameter name would run as a formula when the CSV is opened. Every CSV writer passes
+its text cells (never its numbers) through :func:`spreadsheet_safe`, which prefixes ``'`` to
+a cell starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return (and to one
+starting with ``'``, so that :func:`from_spreadsheet_safe` gives every name back exactly).
+The explorer's CSV download applies the same rule (``csvText`` in ``explorer.js``).
+
 HTML needs no extra step here: the explorer inserts every string with ``textContent``
 (never ``innerHTML``) and the server answers JSON.
 
@@ -26,7 +33,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["shown", "shown_text", "shown_names", "LABEL_LIMIT", "MESSAGE_LIMIT"]
+__all__ = ["shown", "shown_text", "shown_names", "spreadsheet_safe", "from_spreadsheet_safe",
+           "LABEL_LIMIT", "MESSAGE_LIMIT"]
 
 #: Longest name / reference shown inside a message (characters, after escaping).
 LABEL_LIMIT = 200
@@ -66,3 +74,24 @@ def shown_text(value: Any, limit: int = MESSAGE_LIMIT) -> str:
 def shown_names(names: Iterable[Any], limit: int = LABEL_LIMIT) -> list[str]:
     """:func:`shown` of each name (parameter or column names read from a file)."""
     return [shown(n, limit) for n in names]
+
+
+#: First characters that make a spreadsheet read a cell as a formula (OWASP's list), plus the
+#: quote that :func:`spreadsheet_safe` adds, so that the rule can be undone exactly.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """A text cell for a CSV file that a spreadsheet shows as text, never runs as a formula:
+    ``'`` prefixed when it starts with one of :data:`FORMULA_START`, unchanged otherwise.
+    Only for text (names); numbers are written as they are (``-1.5`` stays ``-1.5``).
+
+    >>> spreadsheet_safe("=HYPERLINK(\"http://x\")")
+    '\'=HYPERLINK("http://x")'
+    """
+    return "'" + cell if cell.startswith(FORMULA_START) else cell
+
+
+def from_spreadsheet_safe(cell: str) -> str:
+    """The text :func:`spreadsheet_safe` was given (one leading ``'`` removed)."""
+    return cell[1:] if cell.startswith("'") else cell

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from sbi_core.atomic import atomic_write
+from sbi_core.display import from_spreadsheet_safe, spreadsheet_safe
 
 __all__ = ["read_observations", "parse_csv_observations", "write_samples_csv",
            "read_samples_csv", "write_json"]
@@ -165,12 +166,15 @@ def write_samples_csv(path: str | Path, samples: Tensor, param_names: list[str],
                       observation_index: bool = True) -> Path:
     """Write samples ``(n, B, D)`` to CSV with an ``observation`` column and parameter names.
 
-    Written atomically: a crash leaves the previous file or none, never a partial CSV.
+    Written atomically: a crash leaves the previous file or none, never a partial CSV. Names
+    pass through :func:`sbi_core.display.spreadsheet_safe` (a name such as ``=HYPERLINK(..)``
+    from a model file is not run as a formula by a spreadsheet); numbers are written as is.
     """
     path = Path(path)
     n, b, d = samples.shape
     flat = samples.detach().cpu().permute(1, 0, 2).reshape(b * n, d).numpy()
-    header = (["observation"] if observation_index else []) + list(param_names)
+    header = ((["observation"] if observation_index else [])
+              + [spreadsheet_safe(str(name)) for name in param_names])
     with atomic_write(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(header)
@@ -195,7 +199,7 @@ def read_samples_csv(path: str | Path) -> tuple[list[str], Tensor]:
     """Read a CSV written by :func:`write_samples_csv` → (parameter names, ``(N, D)`` samples)."""
     with open(path, newline="") as fh:
         reader = csv.reader(fh)
-        header = next(reader)
+        header = [from_spreadsheet_safe(cell) for cell in next(reader)]
         rows = [[float(c) for c in r] for r in reader if r]
     data = torch.tensor(rows, dtype=torch.float32).reshape(len(rows), len(header))
     if header and header[0] == "observation":

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from sbi_core.cli.common import PROBLEM_HELP, add_force, positive_int
+from sbi_core.display import from_spreadsheet_safe
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -87,7 +88,8 @@ def read_theta_file(path: str | Path, param_names: list[str] | None = None) -> n
                         "it is neither a header of parameter names nor a row of θ. Fix the value"
                         + (f" (a header, if any, is {','.join(param_names)})."
                            if param_names is not None else ".")) from None
-                if param_names is not None and first != list(param_names):
+                if param_names is not None and [from_spreadsheet_safe(c) for c in first] != list(
+                        param_names):  # a header sbi-core wrote has names made spreadsheet-safe
                     hint = (" Separate values with commas." if len(first) == 1
                             and any(d in first[0] for d in ";\t ") else "")
                     raise ValueError(f"{path} has columns {first}; the problem's parameters are "

@@ -291,9 +291,17 @@ function setObservation(values) {
 }
 
 /* One CSV header cell: quoted when it holds a separator, quote or line break (RFC 4180), so a
-   parameter name from the model file cannot add columns or rows. */
-function csvCell(text) {
+   parameter name from the model file cannot add columns or rows; and, as every CSV writer of
+   sbi-core does (sbi_core/display.py spreadsheet_safe), prefixed with ' when it starts with
+   = + - @ tab, carriage return or ', so a spreadsheet shows it as text, never runs it as a
+   formula. Only names pass here; numbers are written as they are. */
+function csvText(text) {
   const s = String(text);
+  return /^[=+\-@\t\r']/.test(s) ? `'${s}` : s;
+}
+
+function csvCell(text) {
+  const s = csvText(text);
   return /[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
 }
 
