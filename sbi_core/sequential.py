@@ -720,7 +720,8 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
             from sbi_core.serialization import load
 
             older = posterior
-            posterior = load(model_file, prior=problem.prior)
+            posterior = load(model_file, prior=problem.prior,
+                             embedding=_user_embedding(fit_options.get("embedding")))
             thetas.append(_stored_theta(state.store, r, sims_per_round))
             history.append(RoundRecord(**done))
             _report(history[-1], rounds, verbose, resumed=True)
@@ -868,12 +869,30 @@ def _without_flow(options: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _plain_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``fit_options`` as recorded in a store's settings (compared on resume): plain values as
+    they are, others by a text that is the same in every process (a function by its name,
+    an ``--embedding`` factory by the option given, never a repr holding a memory address)."""
     out = {}
     for k, v in sorted(options.items()):
         if k == "progress":
             continue
-        out[k] = v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)
+        out[k] = v if isinstance(v, (int, float, str, bool, type(None))) else _plain_value(v)
     return out
+
+
+def _user_embedding(embedding: Any) -> Any:
+    """The ``embedding`` option when it is the user's own network (module, class or factory,
+    which :func:`~sbi_core.serialization.load` needs again), None for a built-in (name/spec)."""
+    return None if embedding is None or isinstance(embedding, (str, dict)) else embedding
+
+
+def _plain_value(value: Any) -> str:
+    spec = getattr(value, "cli_spec", None)  # resolve_embedding's factory for --embedding
+    if isinstance(spec, str):
+        return f"--embedding {spec}"
+    if callable(value) and not isinstance(value, torch.nn.Module) and hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', '?')}.{value.__qualname__}"
+    return repr(value)
 
 
 def _propose(problem: Problem, posterior: Posterior | None, x_o: Tensor, method: str, n: int,

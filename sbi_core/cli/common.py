@@ -99,6 +99,18 @@ def add_force(p: argparse.ArgumentParser) -> None:
                    help="overwrite an existing output file of another kind")
 
 
+def add_embedding(p: argparse.ArgumentParser, methods: str) -> None:
+    """The ``--embedding SPEC`` option of the commands that train (``train``, ``run``): one
+    parser and help, resolved by :func:`sbi_core.resolve.resolve_embedding` (same values,
+    same errors). ``methods`` names the methods of that command that take one."""
+    p.add_argument("--embedding", metavar="SPEC",
+                   help=f"embedding network for x ({methods}): a built-in type "
+                        "(mlp, set, cnn1d, tcn, gru, lstm, transformer, cnn2d), a JSON spec "
+                        "('{\"type\": \"cnn1d\", \"channels\": [8, 16]}'), or "
+                        "module:function / file.py:function returning your own nn.Module "
+                        "(pass the same to sample/diagnose/serve; docs/embeddings.md)")
+
+
 def problem_file(ref: str | None) -> str | None:
     """The ``.py`` file named by a PROBLEM argument (an input no output may overwrite)."""
     if ref and ":" in ref and ref.rsplit(":", 1)[0].endswith(".py"):

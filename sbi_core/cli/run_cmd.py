@@ -15,7 +15,13 @@ import math
 import sys
 from typing import Any
 
-from sbi_core.cli.common import PROBLEM_HELP, add_force, positive_float, positive_int
+from sbi_core.cli.common import (
+    PROBLEM_HELP,
+    add_embedding,
+    add_force,
+    positive_float,
+    positive_int,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -50,6 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--flow", help="density estimator of tsnpe/snpe_c (fmaf, nsf, mdn, ...); "
                    "snpe_c with mdn trains with the exact non-atomic loss, the strong choice at "
                    "small budgets (docs/sequential.md)")
+    add_embedding(p, "tsnpe, snpe_c, snre")
     p.add_argument("--round-steps", type=_round_steps, default="auto",
                    help="tsnpe: optimizer steps of each round before the last ('auto': "
                         "max(300, 0.5 x sims per round); 'none': train those rounds to "
@@ -105,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     from sbi_core.atomic import check_output
     from sbi_core.cli.common import problem_file
     from sbi_core.io import read_observations
-    from sbi_core.resolve import resolve_problem
+    from sbi_core.resolve import resolve_embedding, resolve_problem
     from sbi_core.sequential import run_sequential
     from sbi_core.serialization import save
 
@@ -125,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
                          "for one observation x_o (one row). For many observations train an "
                          "amortized posterior with `sbi-core simulate` + `sbi-core train`.")
     options = {k: v for k, v in {"max_epochs": args.max_epochs, "max_seconds": args.max_seconds,
-                                 "device": args.device, "flow": args.flow}.items()
+                                 "device": args.device, "flow": args.flow,
+                                 "embedding": resolve_embedding(args.embedding)}.items()
                if v is not None}
     try:
         result = run_sequential(problem, xs[0], method=args.method, rounds=args.rounds,

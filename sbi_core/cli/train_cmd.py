@@ -15,6 +15,7 @@ import json
 
 from sbi_core.cli.common import (
     PROBLEM_HELP,
+    add_embedding,
     add_force,
     nonnegative_float,
     positive_float,
@@ -44,12 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--theta-transform", choices=["unconstrained"],
                    help="NPE: learn the posterior in the prior's unconstrained space (samples "
                         "always inside a bounded prior: no rejection, no leakage)")
-    p.add_argument("--embedding", metavar="SPEC",
-                   help="embedding network for x (npe, nre, fmpe, npse, pfn): a built-in type "
-                        "(mlp, set, cnn1d, tcn, gru, lstm, transformer, cnn2d), a JSON spec "
-                        "('{\"type\": \"cnn1d\", \"channels\": [8, 16]}'), or "
-                        "module:function / file.py:function returning your own nn.Module "
-                        "(pass the same to sample/diagnose/serve; docs/embeddings.md)")
+    add_embedding(p, "npe, nre, fmpe, npse, pfn")
     p.add_argument("--ensemble", type=positive_int, metavar="K",
                    help="npe: train K members as one batched model; the posterior is their "
                         "mixture (docs/ensembles.md)")
