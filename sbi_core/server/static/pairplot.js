@@ -3,13 +3,28 @@
  * histograms on the diagonal, scatter plots below it and 2-D histograms above it. */
 "use strict";
 
+/* Axis range of parameter j: the samples' range with a 5% margin, clipped to the prior's
+   support [low, high] (null/±inf: unbounded). The whole prior box is shown only when it is
+   finite on both sides and at most WIDE_PRIOR times the samples' range; otherwise (a prior
+   unbounded on a side, e.g. LogNormal's [0, inf), or a posterior much narrower than the prior)
+   a posterior far from the prior's edge would be squeezed into a corner. */
+const WIDE_PRIOR = 3;
+
 function pairRange(samples, j, low, high) {
-  if (Number.isFinite(low) && Number.isFinite(high)) return [low, high];
+  const bounded = Number.isFinite(low) && Number.isFinite(high);
   let lo = Infinity, hi = -Infinity;
-  for (const s of samples) { if (s[j] < lo) lo = s[j]; if (s[j] > hi) hi = s[j]; }
-  if (!Number.isFinite(lo)) return [0, 1];
-  const pad = (hi - lo) * 0.05 || 1;
-  return [Number.isFinite(low) ? low : lo - pad, Number.isFinite(high) ? high : hi + pad];
+  for (const s of samples) {
+    const v = s[j];
+    if (Number.isFinite(v)) { if (v < lo) lo = v; if (v > hi) hi = v; }
+  }
+  if (!Number.isFinite(lo)) return bounded ? [low, high] : [0, 1];
+  const pad = (hi - lo) * 0.05 || Math.abs(hi) * 0.05 || 1;
+  let a = lo - pad, b = hi + pad;
+  if (Number.isFinite(low)) a = Math.max(a, low);
+  if (Number.isFinite(high)) b = Math.min(b, high);
+  if (!(b > a)) { a = lo - pad; b = hi + pad; }  // samples outside the support: show them
+  if (bounded && high - low <= WIDE_PRIOR * (b - a)) return [low, high];
+  return [a, b];
 }
 
 function formatTick(v) {
@@ -31,6 +46,7 @@ function drawPairplot(canvas, samples, names, bounds, maxDims) {
   const cell = (css - margin - gap * (D - 1) - 4) / D;
   const ranges = [];
   for (let j = 0; j < D; j++) ranges.push(pairRange(samples, j, bounds.low[j], bounds.high[j]));
+  canvas.dataset.ranges = JSON.stringify(ranges);  // what the axes show (read by the tests)
   const bins = 30, bins2 = 24;
   ctx.font = "11px system-ui, sans-serif";
   for (let r = 0; r < D; r++) {
