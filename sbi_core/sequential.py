@@ -40,6 +40,7 @@ import math
 import os
 import sys
 import time
+import types
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -890,9 +891,10 @@ def _plain_value(value: Any) -> str:
     spec = getattr(value, "cli_spec", None)  # resolve_embedding's factory for --embedding
     if isinstance(spec, str):
         return f"--embedding {spec}"
-    if callable(value) and not isinstance(value, torch.nn.Module) and hasattr(value, "__qualname__"):
-        return f"{getattr(value, '__module__', '?')}.{value.__qualname__}"
-    return repr(value)
+    name = getattr(value, "__qualname__", "<")
+    if isinstance(value, types.FunctionType) and "<" not in name:  # a top-level function; a
+        return f"{value.__module__}.{name}"  # lambda or local one keeps its repr (not resumable)
+    return repr(value)  # classes, modules, dicts: as recorded before
 
 
 def _propose(problem: Problem, posterior: Posterior | None, x_o: Tensor, method: str, n: int,

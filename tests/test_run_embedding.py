@@ -89,3 +89,19 @@ def test_run_and_train_share_the_embedding_option():
              for name in ("run", "train")}
     assert helps["run"].metavar == helps["train"].metavar == "SPEC"
     assert helps["run"].help.split(":", 1)[1] == helps["train"].help.split(":", 1)[1]
+
+
+def _top_level_factory() -> torch.nn.Module:
+    return torch.nn.Linear(2, 3)
+
+
+def test_store_records_options_as_text_the_same_in_every_process(files):
+    from sbi_core.sequential import _plain_options
+
+    factory = resolve_embedding("emb.py:net")  # a new function object in every process
+    recorded = _plain_options({"embedding": factory, "flow": "nsf", "progress": False})
+    assert recorded == {"embedding": "--embedding emb.py:net", "flow": "nsf"}
+    assert _plain_options({"embedding": _top_level_factory})["embedding"] == \
+        f"{__name__}._top_level_factory"
+    assert _plain_options({"embedding": torch.nn.Linear})["embedding"] == repr(torch.nn.Linear)
+    assert _plain_options({"mcmc": {"num_chains": 4}})["mcmc"] == repr({"num_chains": 4})
