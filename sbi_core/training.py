@@ -583,6 +583,7 @@ class _AdamStep:
                      and getattr(optimizer, "grad_scale", None) is None
                      and getattr(optimizer, "found_inf", None) is None)
         self.state: tuple[list[Tensor], list[Tensor], list[Tensor]] | None = None
+        self.step_counts: Tensor | None = None  # the step counters' shared storage
 
     def zero_grad(self) -> None:
         """Gradients to ``None`` (``zero_grad(set_to_none=True)``)."""
@@ -603,7 +604,10 @@ class _AdamStep:
             return
         steps, exp_avgs, exp_avg_sqs = self.state
         beta1, beta2 = group["betas"]
-        torch._foreach_add_(steps, 1)
+        if self.step_counts is not None:
+            self.step_counts.add_(1)  # all counters at once: they are views of this tensor
+        else:
+            torch._foreach_add_(steps, 1)
         torch._fused_adam_(self.params, grads, exp_avgs, exp_avg_sqs, [], steps,
                            amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
                            weight_decay=group["weight_decay"], eps=group["eps"],
@@ -616,7 +620,17 @@ class _AdamStep:
         states = [self.optimizer.state.get(p, {}) for p in self.params]
         if all(isinstance(st.get("step"), Tensor) and "exp_avg" in st and "exp_avg_sq" in st
                for st in states):
-            self.state = ([st["step"] for st in states], [st["exp_avg"] for st in states],
+            steps = [st["step"] for st in states]
+            if len({(s.device, s.dtype, s.shape) for s in steps}) == 1 and steps[0].ndim == 0:
+                # the per-parameter step counters (equal 0-dim tensors) become views of one
+                # tensor, so one `add_` counts a step for all of them (torch's `_foreach_add_`
+                # adds 1 to each: the same values); torch's own step, if it runs again,
+                # updates the views in place as before
+                self.step_counts = torch.stack(steps)
+                for i, st in enumerate(states):
+                    st["step"] = self.step_counts[i]
+                steps = [st["step"] for st in states]
+            self.state = (steps, [st["exp_avg"] for st in states],
                           [st["exp_avg_sq"] for st in states])
 
 
