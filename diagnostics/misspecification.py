@@ -162,6 +162,16 @@ class _DensityFlow(nn.Module):
     def loss(self, theta: Tensor, x: Tensor) -> Tensor:  # the shared training loop's API
         return -self.log_prob(theta)
 
+    def fused_training_step(self, loss_fn: Any = None,
+                            ) -> Callable[[Tensor, Tensor], Tensor] | None:
+        """The training loop's autograd-free step (the same bits as ``loss(...).mean()
+        .backward()``, :func:`estimators.fast_maf.fused_nll_step`), for the default loss."""
+        if loss_fn is not None:
+            return None
+        from estimators.fast_maf import fused_nll_step
+
+        return lambda z, x: fused_nll_step(self.flow, z, z.new_zeros(z.shape[0], 1))
+
 
 class MisspecificationDetector:
     """Density and MMD tests of observations against the training simulations.

@@ -280,6 +280,7 @@ def train(
 
 def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
            cfg: TrainConfig, loss_fn: LossFn | None) -> TrainingHistory:
+    fused = _fused_step(estimator, loss_fn)
     loss_fn = loss_fn or _default_loss
     try:
         device = torch.device(cfg.device)
@@ -300,6 +301,8 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
     generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     rank, world = _distributed_setup(cfg)
+    if world > 1:
+        fused = None
 
     if isinstance(theta, Tensor):
         if x is None:
@@ -361,9 +364,13 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
                     for group in optimizer.param_groups:
                         group["lr"] = lr_at(step)
                 step += 1
-                loss = model(theta_b.to(device), x_b.to(device)).mean()
-                stepper.zero_grad()
-                loss.backward()
+                if fused is not None:  # loss and gradients without autograd, the same bits
+                    stepper.zero_grad()
+                    loss = fused(theta_b.to(device), x_b.to(device))
+                else:
+                    loss = model(theta_b.to(device), x_b.to(device)).mean()
+                    stepper.zero_grad()
+                    loss.backward()
                 if clip is not None:
                     clip()
                 stepper.step()
@@ -553,6 +560,17 @@ class _Notifier:
 @contextmanager
 def _nothing() -> Iterator[None]:
     yield
+
+
+def _fused_step(estimator: nn.Module,
+                loss_fn: LossFn | None) -> Callable[[Tensor, Tensor], Tensor] | None:
+    """The estimator's autograd-free training step, where it offers one for this loss
+    (``estimator.fused_training_step(loss_fn)``: a function ``(theta, x) -> mean loss`` that
+    also sets the parameters' gradients, the same values as ``loss.backward()``; e.g. NPE
+    with the fused MAF, docs/performance.md, "Issue 18: sir and the per-step overhead"),
+    else ``None`` (autograd)."""
+    offer = getattr(estimator, "fused_training_step", None)
+    return offer(loss_fn) if callable(offer) else None
 
 
 class _AdamStep:
