@@ -165,12 +165,13 @@ class _DensityFlow(nn.Module):
     def fused_training_step(self, loss_fn: Any = None,
                             ) -> Callable[[Tensor, Tensor], Tensor] | None:
         """The training loop's autograd-free step (the same bits as ``loss(...).mean()
-        .backward()``, :func:`estimators.fast_maf.fused_nll_step`), for the default loss."""
+        .backward()``, :class:`estimators.fast_maf.FusedNLLStep`), for the default loss."""
         if loss_fn is not None:
             return None
-        from estimators.fast_maf import fused_nll_step
+        from estimators.fast_maf import FusedNLLStep
 
-        return lambda z, x: fused_nll_step(self.flow, z, z.new_zeros(z.shape[0], 1))
+        nll = FusedNLLStep(self.flow)
+        return lambda z, x: nll(z, z.new_zeros(z.shape[0], 1))
 
 
 class MisspecificationDetector:

@@ -260,41 +260,55 @@ def _fused_backward(saved: tuple, context: Tensor, mask_in: Tensor, mask_hidden:
             None, None, None)
 
 
-def fused_nll_step(flow: FusedMAF, inputs: Tensor, context: Tensor,
-                   offset: Tensor | None = None) -> Tensor:
-    """One training step's loss and gradients without autograd: the mean over rows of
-    ``-(flow.log_prob(inputs, context) + offset)`` (``inputs`` ``(N, D)``, ``context``
-    ``(N, C)``, ``offset`` a 0-dim tensor or ``None``), with each parameter's ``.grad`` set
-    to its gradient (the flow's parameters must have no gradient yet).
+class FusedNLLStep:
+    """One training step's loss and gradients without autograd for ``flow``:
+    ``step(inputs (N, D), context (N, C), offset)`` returns the mean over rows of
+    ``-(flow.log_prob(inputs, context) + offset)`` (``offset``: a 0-dim tensor or ``None``)
+    and sets each parameter's ``.grad`` to its gradient (they must have none yet).
 
     The same operations and the same bits as ``loss.backward()`` on that loss through
     :class:`_FusedMAFPassLogProb`: the mean's gradient ``1 / N`` (float, as autograd's
     ``MeanBackward``), negated, into :func:`_fused_backward`; the gradients are stored in the
     parameter's layout, as autograd's gradient accumulation does. What it saves per step:
-    the autograd engine, the graph's nodes and the eight gradient accumulations
-    (docs/performance.md, "Issue 18: sir and the per-step overhead";
-    tests/test_fit_cost.py). Returns the loss (0-dim, no graph).
+    the autograd engine, the graph's nodes and the eight gradient accumulations; built once
+    per training run, it also keeps the parameter list and the row gradient ``-1 / N`` per
+    batch size (docs/performance.md, "Issue 18: sir and the per-step overhead";
+    tests/test_fused_step.py). The loss returned is 0-dim, without a graph.
     """
-    params = (flow.w_in, flow.b_in, flow.w_ctx, flow.b_ctx, flow.w_hid, flow.b_hid, flow.w_out,
-              flow.b_out)
-    with torch.no_grad():
-        z, log_det, saved = _fused_forward(flow.num_transforms, flow.num_blocks, inputs,
-                                           context, *params, flow.mask_in, flow.mask_hidden,
-                                           flow.mask_out)
-        lp = log_det - 0.5 * (z.square().sum(-1) + flow.dim * _LOG_2PI)
-        loss = -(lp if offset is None else lp + offset)
-        mean = loss.mean()
-        # autograd: MeanBackward (1 expanded, / N), NegBackward, AddBackward (passes it on)
-        g_lp = torch.ones((), dtype=mean.dtype, device=mean.device).expand(loss.shape[0]) \
-            .div(loss.shape[0]).neg()
-        g_z = torch.mul(z, g_lp[:, None]).neg_()
-        grads = _fused_backward(saved, context, flow.mask_in, flow.mask_hidden, flow.mask_out,
-                                g_z, g_lp)[4:12]
-        for p, g in zip(params, grads):
-            if p.requires_grad:  # autograd's accumulation: a fresh gradient in p's layout
-                p.grad = g if g.stride() == p.stride() else \
-                    g.new_empty_strided(p.shape, p.stride()).copy_(g)
-    return mean
+
+    def __init__(self, flow: FusedMAF):
+        self.flow = flow
+        self.params = (flow.w_in, flow.b_in, flow.w_ctx, flow.b_ctx, flow.w_hid, flow.b_hid,
+                       flow.w_out, flow.b_out)
+        self._g_lp: dict[tuple, Tensor] = {}
+
+    def _row_gradient(self, n: int, like: Tensor) -> Tensor:
+        """``d mean(-(lp + c)) / d lp`` ``(n,)``: autograd's ``1`` expanded, ``/ n``, negated
+        (read only: kept per batch size)."""
+        key = (n, like.dtype, like.device)
+        g = self._g_lp.get(key)
+        if g is None:
+            g = torch.ones((), dtype=like.dtype, device=like.device).expand(n).div(n).neg()
+            self._g_lp = {key: g}  # one batch size at a time (the last batch may differ)
+        return g
+
+    def __call__(self, inputs: Tensor, context: Tensor, offset: Tensor | None = None) -> Tensor:
+        flow, params = self.flow, self.params
+        masks = (flow.mask_in, flow.mask_hidden, flow.mask_out)
+        with torch.no_grad():
+            z, log_det, saved = _fused_forward(flow.num_transforms, flow.num_blocks, inputs,
+                                               context, *params, *masks)
+            lp = log_det - 0.5 * (z.square().sum(-1) + flow.dim * _LOG_2PI)
+            loss = -(lp if offset is None else lp + offset)
+            mean = loss.mean()
+            g_lp = self._row_gradient(loss.shape[0], mean)
+            g_z = torch.mul(z, g_lp[:, None]).neg_()
+            grads = _fused_backward(saved, context, *masks, g_z, g_lp)[4:12]
+            for p, g in zip(params, grads):
+                if p.requires_grad:  # autograd's accumulation: a fresh gradient in p's layout
+                    p.grad = g if g.stride() == p.stride() else \
+                        g.new_empty_strided(p.shape, p.stride()).copy_(g)
+        return mean
 
 
 class GaussianBaseFlow(nn.Module):

@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -665,6 +666,8 @@ class _GradientClipper:
         kinds = {(p.device, p.dtype, p.layout) for p in self.params}
         self.lean = len(kinds) == 1 and next(iter(kinds))[2] == torch.strided and \
             next(iter(kinds))[0].type in ("cpu", "cuda")
+        # float32 on a CPU: the clip factor from the norm in float32 scalars (below)
+        self.scalar = self.lean and next(iter(kinds))[:2] == (torch.device("cpu"), torch.float32)
 
     @torch.no_grad()
     def __call__(self) -> None:
@@ -673,6 +676,17 @@ class _GradientClipper:
             nn.utils.clip_grad_norm_(self.params, self.max_norm)
             return
         total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+        if self.scalar and total.dtype == torch.float32:
+            # torch's `clamp(max_norm / (total + 1e-6), max=1)` is four float32 operations on
+            # 0-dim tensors (add, reciprocal, multiply, clamp): the same IEEE roundings in
+            # numpy float32 scalars, at one read of the norm instead of four tensor ops
+            one = np.float32(1.0)
+            factor = min(one / (np.float32(float(total)) + np.float32(1e-6))
+                         * np.float32(self.max_norm), one)
+            if factor == one:
+                return  # multiplying by exactly 1 changes no bit: skip it
+            torch._foreach_mul_(grads, float(factor))
+            return
         coef = torch.clamp(self.max_norm / (total + 1e-6), max=1.0)
         if coef.device.type == "cpu" and float(coef) == 1.0:
             return  # multiplying by exactly 1 changes no bit: skip it (no device sync on CPU)

@@ -281,3 +281,20 @@ def test_training_is_bit_identical_to_the_wave10_pass(monkeypatch) -> None:
     old_w, old_v = run()
     assert new_v == old_v
     assert all(torch.equal(a, b) for a, b in zip(new_w, old_w))
+
+
+def test_clip_factor_in_float32_scalars_equals_torch_clip_bit_for_bit() -> None:
+    """The clipper's float32 scalar factor against ``nn.utils.clip_grad_norm_`` on the same
+    gradients: norms below, near and far above ``max_norm`` (with and without clipping)."""
+    flows = [_toy_flow(), _toy_flow()]
+    clip = training._GradientClipper(flows[1], 5.0)
+    assert clip.scalar
+    gen = torch.Generator().manual_seed(0)
+    for scale in (1e-4, 0.05, 0.3, 0.31, 1.0, 7.0, 300.0):
+        for a, b in zip(flows[0].parameters(), flows[1].parameters()):
+            g = torch.randn(a.shape, generator=gen) * scale
+            a.grad, b.grad = g.clone(), g.clone()
+        torch.nn.utils.clip_grad_norm_(list(flows[0].parameters()), 5.0)
+        clip()
+        for a, b in zip(flows[0].parameters(), flows[1].parameters()):
+            assert torch.equal(a.grad, b.grad)
