@@ -346,8 +346,10 @@ class NPEEstimator(StandardizedEstimator):
         if loss_fn is not None and not (loss_fn is npe_training_loss
                                         and self.config.get("regularizer") is None):
             return None
-        if type(self.density) is not FusedMAF or self.trial_mode == "permute":
-            return None
+        if type(self.density) is not FusedMAF or self.trial_mode == "permute" or any(
+                getattr(type(self), name) is not getattr(NPEEstimator, name)
+                for name in ("loss", "log_prob", "_to_z", "context")):
+            return None  # (a subclass's own loss: autograd)
         flow = {id(p) for p in self.density.parameters()}
         if any(p.requires_grad and id(p) not in flow for p in self.parameters()):
             return None  # e.g. a trainable embedding: its gradients need autograd

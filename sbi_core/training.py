@@ -281,7 +281,7 @@ def train(
 
 def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
            cfg: TrainConfig, loss_fn: LossFn | None) -> TrainingHistory:
-    fused = _fused_step(estimator, loss_fn)
+    custom_loss = loss_fn
     loss_fn = loss_fn or _default_loss
     try:
         device = torch.device(cfg.device)
@@ -302,8 +302,6 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
     generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     rank, world = _distributed_setup(cfg)
-    if world > 1:
-        fused = None
 
     if isinstance(theta, Tensor):
         if x is None:
@@ -319,6 +317,8 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
         raise ValueError(f"batch_size={batch_size} is smaller than the {world} processes.")
 
     estimator.to(device)
+    # after `to`: the step keeps the parameters and buffers it works on
+    fused = _fused_step(estimator, custom_loss) if world == 1 else None
     model: nn.Module = _LossModule(estimator, loss_fn)
     if world > 1:
         model = nn.parallel.DistributedDataParallel(

@@ -75,6 +75,13 @@ def test_fused_step_is_declined_where_autograd_is_needed() -> None:
     assert _npe(conditional_shift="linear_full").fused_training_step(None) is None
     assert _npe(flow="fnsf").fused_training_step(None) is None
 
+    class OwnLoss(NPEEstimator):  # a subclass's own loss is trained with autograd
+        def loss(self, theta, x):
+            return 2 * super().loss(theta, x)
+
+    est.__class__ = OwnLoss
+    assert est.fused_training_step(None) is None
+
 
 def test_npe_training_with_the_fused_step_is_bit_identical(monkeypatch) -> None:
     """The whole loop: same weights, validation curve and training losses."""
