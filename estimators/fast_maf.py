@@ -23,7 +23,10 @@ step is dominated by per-operation overhead rather than arithmetic:
   without autograd into stacked activation buffers, and the backward computes the
   weight gradients of all transforms with one batched product per parameter tensor
   (one autograd node per step instead of ~90; ~25% less CPU per NPE epoch,
-  docs/performance.md, "Issue 18: a cheaper training step").
+  docs/performance.md, "Issue 18: a cheaper training step");
+- NPE's training loop skips autograd altogether (:class:`FusedNLLStep`: the same pass and
+  backward fed with the gradients autograd would pass, the same bits; ~15% less CPU per
+  epoch, docs/performance.md, "Issue 18: sir and the per-step overhead").
 
 ``log_prob(inputs (N, D), context (N, C)) -> (N,)`` is one pass; ``sample(n, context (B, C))
 -> (B, n, D)`` inverts each transform with ``D`` passes. Both match the nflows ``Flow``

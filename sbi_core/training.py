@@ -581,7 +581,8 @@ class _AdamStep:
     torch's own first step has created the state, each step is the same two kernel calls
     that ``torch.optim.Adam(fused=True)`` makes (``_foreach_add_`` on the step counters,
     then ``_fused_adam_`` with the group's settings), on the same tensors, so the weights
-    are bit-identical (tests/test_fit_cost.py). Anything else (non-fused Adam, several
+    are bit-identical (tests/test_fit_cost.py); the step counters are made views of one
+    tensor, so the first call is one ``add_`` (the same values). Anything else (non-fused Adam, several
     groups, amsgrad, a tensor learning rate, gradient scaling, missing or sparse gradients,
     a torch without the kernel) goes through ``optimizer.step()`` as before. ~0.1 ms less
     CPU per step for the default NPE (docs/performance.md, "Issue 18: the cost of the
