@@ -103,8 +103,10 @@ def interleaved(task: str, baseline: str, sims: int, blocks: int, seed: int) -> 
                             capture_output=True, text=True, check=True).stdout
     base = types.ModuleType("fast_maf_baseline")
     exec(compile(source, "fast_maf_baseline.py", "exec"), base.__dict__)
-    sides = {"tree": (fast_maf._FusedMAFPass, fast_maf._fused_forward),
-             "baseline": (base._FusedMAFPass, base._fused_forward)}
+    # the fused MAF's training pass per side: its `log_prob` and `forward_transform`
+    # (the baseline's run on its own module's pass and backward)
+    sides = {"tree": (fast_maf.FusedMAF.log_prob, fast_maf.FusedMAF.forward_transform),
+             "baseline": (base.FusedMAF.log_prob, base.FusedMAF.forward_transform)}
     # the fused NSF (slcp's default): its hand-written training pass where a side has one,
     # else its autograd graph (``_forward_autograd`` is the earlier ``forward_transform``)
     fast_nsf = importlib.import_module("estimators.fast_nsf")
@@ -146,6 +148,9 @@ def interleaved(task: str, baseline: str, sims: int, blocks: int, seed: int) -> 
     # per-epoch gather where it has them; the baseline's torch `zero_grad` / `step` and one
     # index per minibatch unless its training.py has them too
     tree_step = training._AdamStep(opt) if hasattr(training, "_AdamStep") else None
+    # this tree's autograd-free training step, where it has one (wave 11)
+    tree_fused = training._fused_step(est, seen["loss_fn"]) \
+        if hasattr(training, "_fused_step") else None
     base_lean = "class _AdamStep" in base_training
 
     def batches(lean: bool):
@@ -163,12 +168,16 @@ def interleaved(task: str, baseline: str, sims: int, blocks: int, seed: int) -> 
         est.train()
         lean = tree_step is not None and (side["name"] == "tree" or base_lean)
         for th, xx in batches(lean):
-            loss = loss_fn(est, th, xx).mean()
-            if lean:
+            if side["name"] == "tree" and tree_fused is not None:
                 tree_step.zero_grad()
+                tree_fused(th, xx)
             else:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
+                loss = loss_fn(est, th, xx).mean()
+                if lean:
+                    tree_step.zero_grad()
+                else:
+                    opt.zero_grad(set_to_none=True)
+                loss.backward()
             clip()
             if lean:
                 tree_step.step()
@@ -181,7 +190,7 @@ def interleaved(task: str, baseline: str, sims: int, blocks: int, seed: int) -> 
     times: dict[str, list[float]] = {"tree": [], "baseline": []}
     for b in range(blocks):
         for name in (("tree", "baseline") if b % 2 else ("baseline", "tree")):
-            fast_maf._FusedMAFPass, fast_maf._fused_forward = sides[name]
+            fast_maf.FusedMAF.log_prob, fast_maf.FusedMAF.forward_transform = sides[name]
             if hasattr(fast_nsf.FusedNSF, "hand_backward"):
                 fast_nsf.FusedNSF.hand_backward = nsf_hand[name]
             clip = clips[name]
@@ -189,7 +198,7 @@ def interleaved(task: str, baseline: str, sims: int, blocks: int, seed: int) -> 
             t0 = time.process_time()
             epoch()
             times[name].append(time.process_time() - t0)
-    fast_maf._FusedMAFPass, fast_maf._fused_forward = sides["tree"]
+    fast_maf.FusedMAF.log_prob, fast_maf.FusedMAF.forward_transform = sides["tree"]
     if hasattr(fast_nsf.FusedNSF, "hand_backward"):
         fast_nsf.FusedNSF.hand_backward = nsf_hand["tree"]
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -220,7 +229,8 @@ def main() -> None:
     ap.add_argument("--json", help="write all rows here (rewritten after each row)")
     ap.add_argument("--interleaved", type=int, metavar="EPOCHS",
                     help="instead: EPOCHS epochs per side in one process, alternating the "
-                    "baseline's and this tree's fused MAF pass epoch by epoch")
+                    "baseline's and this tree's fused MAF pass epoch by epoch (this tree's "
+                    "autograd-free training step where it has one)")
     ap.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:

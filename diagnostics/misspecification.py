@@ -162,6 +162,17 @@ class _DensityFlow(nn.Module):
     def loss(self, theta: Tensor, x: Tensor) -> Tensor:  # the shared training loop's API
         return -self.log_prob(theta)
 
+    def fused_training_step(self, loss_fn: Any = None,
+                            ) -> Callable[[Tensor, Tensor], Tensor] | None:
+        """The training loop's autograd-free step (the same bits as ``loss(...).mean()
+        .backward()``, :class:`estimators.fast_maf.FusedNLLStep`), for the default loss."""
+        if loss_fn is not None:
+            return None
+        from estimators.fast_maf import FusedNLLStep
+
+        nll = FusedNLLStep(self.flow)
+        return lambda z, x: nll(z, z.new_zeros(z.shape[0], 1))
+
 
 class MisspecificationDetector:
     """Density and MMD tests of observations against the training simulations.

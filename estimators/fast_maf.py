@@ -23,7 +23,10 @@ step is dominated by per-operation overhead rather than arithmetic:
   without autograd into stacked activation buffers, and the backward computes the
   weight gradients of all transforms with one batched product per parameter tensor
   (one autograd node per step instead of ~90; ~25% less CPU per NPE epoch,
-  docs/performance.md, "Issue 18: a cheaper training step").
+  docs/performance.md, "Issue 18: a cheaper training step");
+- NPE's training loop skips autograd altogether (:class:`FusedNLLStep`: the same pass and
+  backward fed with the gradients autograd would pass, the same bits; ~15% less CPU per
+  epoch, docs/performance.md, "Issue 18: sir and the per-step overhead").
 
 ``log_prob(inputs (N, D), context (N, C)) -> (N,)`` is one pass; ``sample(n, context (B, C))
 -> (B, n, D)`` inverts each transform with ``D`` passes. Both match the nflows ``Flow``
@@ -85,17 +88,25 @@ def _tanh_(a: Tensor) -> Tensor:
 def _fused_forward(num_transforms: int, num_blocks: int, inputs: Tensor, context: Tensor,
                    w_in: Tensor, b_in: Tensor, w_ctx: Tensor, b_ctx: Tensor, w_hid: Tensor,
                    b_hid: Tensor, w_out: Tensor, b_out: Tensor, mask_in: Tensor,
-                   mask_hidden: Tensor, mask_out: Tensor) -> tuple[Tensor, Tensor, tuple]:
+                   mask_hidden: Tensor, mask_out: Tensor, keep: bool = True,
+                   ) -> tuple[Tensor, Tensor, tuple]:
     """The fused MAF's forward pass without autograd: ``z`` ``(N, D)``, ``log_det`` ``(N,)``
     and what the backward pass needs: masked weights, the context features ``(N, T * H)``,
     the hidden activations ``(L, T, N, H)`` (``L = num_blocks + 1`` layers), each
     transform's input (a list of ``T`` tensors ``(N, D)``), pre-softplus scales and scales
-    ``(T, N, D)``.
+    ``(T, N, D)``, and the per-layer views of the last three (for the backward pass, so it
+    does not split them again).
 
     Stacked tensors are split into per-transform (and per-layer) views with one ``unbind``
     each before the loop instead of one Python-level index per use: the same views, so the
     same products and values (bit-identical), at less per-step CPU (docs/performance.md,
-    "Issue 18: the cost of the whole default fit")."""
+    "Issue 18: the cost of the whole default fit").
+
+    ``keep=False`` (no backward pass follows: validation, ``log_prob`` without gradients):
+    the hidden layers are written alternately into two ``(N, H)`` buffers instead of the
+    stacked ``(L, T, N, H)`` activations, the same products into a working set that stays in
+    the cache; ``z`` and ``log_det`` are the same bits (tests/test_fit_cost.py), the
+    returned activations are not all kept."""
     t_all, k_all = num_transforms, num_blocks
     n, d, h = inputs.shape[0], inputs.shape[1], w_in.shape[1]
     with torch.no_grad():
@@ -105,10 +116,13 @@ def _fused_forward(num_transforms: int, num_blocks: int, inputs: Tensor, context
         b_hid_t, b_out_t = b_hid.flatten(0, 1).unbind(0), b_out.unbind(0)
         feats = _tanh_(torch.addmm(b_ctx, context, w_ctx.t(), beta=2.0, alpha=2.0))
         ctx_h = (feats.view(n, t_all, h) + b_in).unbind(1)                # T x (N, H)
-        acts = inputs.new_empty(k_all + 1, t_all, n, h)
+        acts = inputs.new_empty(k_all + 1 if keep else min(k_all + 1, 2), t_all if keep else 1,
+                                n, h)
         pre = inputs.new_empty(t_all, n, d)
         scales = inputs.new_empty(t_all, n, d)
         acts_t = acts.flatten(0, 1).unbind(0)                              # [k * T + t]
+        if not keep:  # layer k of every transform into buffer k % 2
+            acts_t = tuple(acts_t[(i // t_all) % 2] for i in range((k_all + 1) * t_all))
         pre_t, scales_t = pre.unbind(0), scales.unbind(0)
         zs: list[Tensor] = []  # each transform's input (fresh tensors: kept, not copied)
         z = inputs
@@ -125,7 +139,8 @@ def _fused_forward(num_transforms: int, num_blocks: int, inputs: Tensor, context
             scale = torch.add(F.softplus(a), 1e-3, out=scales_t[t])
             z = torch.addcmul(out[:, d:], z, scale)
         log_det = scales.log().sum((0, 2))
-    return z, log_det, (wm_in, wm_hid, wm_out, feats, acts, zs, pre, scales)
+    return z, log_det, (wm_in, wm_hid, wm_out, feats, acts, zs, pre, scales,
+                        (acts_t, pre_t, scales_t))
 
 
 class _FusedMAFPass(torch.autograd.Function):
@@ -154,55 +169,149 @@ class _FusedMAFPass(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_z, g_ld):
         context, mask_in, mask_hidden, mask_out = ctx.saved_tensors
-        wm_in, wm_hid, wm_out, feats, acts, zs, pre, scales = ctx.saved
-        ctx.saved = None
-        layers, t_all, n, h = acts.shape
-        d = zs[0].shape[1]
-        g = torch.zeros_like(zs[0]) if g_z is None else g_z
-        g_ld = scales.new_zeros(n) if g_ld is None else g_ld
-        g_acts = torch.empty_like(acts)           # gradients of the pre-activations
-        g_outs = scales.new_empty(t_all, n, 2 * d)
-        g_ld_col = g_ld[:, None]
-        tanh_bwd = torch.ops.aten.tanh_backward.grad_input
-        softplus_bwd = torch.ops.aten.softplus_backward.grad_input
-        # per-transform / per-layer views, split once (the same views as indexing each use)
-        acts_t, g_acts_t = acts.flatten(0, 1).unbind(0), g_acts.flatten(0, 1).unbind(0)
-        scales_t, zs_t, pre_t = scales.unbind(0), zs, pre.unbind(0)
-        g_out_t, g_out_a, g_out_b = (g_outs.unbind(0), g_outs[:, :, :d].unbind(0),
-                                     g_outs[:, :, d:].unbind(0))
-        wm_out_t, wm_in_t = wm_out.unbind(0), wm_in.unbind(0)
-        wm_hid_t = wm_hid.flatten(0, 1).unbind(0)                            # [t * K + k]
-        k_all = layers - 1
-        for t in reversed(range(t_all)):
-            scale = scales_t[t]
-            # z_{t+1} = b + z_t * scale; log_det += sum log scale
-            g_scale = torch.addcmul(g_ld_col / scale, g, zs_t[t])
-            softplus_bwd(g_scale, pre_t[t], 1.0, 20.0, grad_input=g_out_a[t])
-            g_out_b[t].copy_(g)
-            g_h = g_out_t[t].mm(wm_out_t[t])                                 # (N, H)
-            for k in reversed(range(1, layers)):
-                g_pre = tanh_bwd(g_h, acts_t[k * t_all + t], grad_input=g_acts_t[k * t_all + t])
-                g_h = g_pre.mm(wm_hid_t[t * k_all + k - 1])
-            g_pre = tanh_bwd(g_h, acts_t[t], grad_input=g_acts_t[t])
-            g = torch.addmm(g * scale, g_pre, wm_in_t[t])
-        # weight gradients of all transforms at once: (T, 2D, H), (K, T, H, H), (T, H, D)
-        g_w_out = torch.bmm(g_outs.transpose(1, 2), acts[-1]).mul_(mask_out)
-        g_b_out = g_outs.sum(1)
-        g_w_hid = torch.bmm(g_acts[1:].reshape(-1, n, h).transpose(1, 2),
-                            acts[:-1].reshape(-1, n, h)).view(layers - 1, t_all, h, h)
-        g_w_hid = g_w_hid.transpose(0, 1).mul(mask_hidden[:, None])
-        g_b_hid = g_acts[1:].sum(2).transpose(0, 1)
-        # (small dimension first: a (D, N) @ (N, H) product is ~5x faster than (H, N) @ (N, D))
-        g_w_in = torch.bmm(torch.stack(zs).transpose(1, 2), g_acts[0]).transpose(1, 2)
-        g_w_in = g_w_in.mul(mask_in)
-        g_b_in = g_acts[0].sum(1)                                            # (T, H)
-        g_pre_c = tanh_bwd(g_acts[0], feats.view(n, t_all, h).transpose(0, 1),
-                           grad_input=torch.empty_like(g_acts[0]))           # (T, N, H)
-        g_w_ctx = torch.bmm(context.t().expand(t_all, -1, -1), g_pre_c).transpose(1, 2)
-        g_b_ctx = g_pre_c.sum(1).reshape(-1)
-        return (None, None, None, None, g_w_in, g_b_in,
-                g_w_ctx.reshape(t_all * h, -1), g_b_ctx, g_w_hid, g_b_hid, g_w_out, g_b_out,
-                None, None, None)
+        saved, ctx.saved = ctx.saved, None
+        return _fused_backward(saved, context, mask_in, mask_hidden, mask_out, g_z, g_ld)
+
+
+class _FusedMAFPassLogProb(torch.autograd.Function):
+    """:meth:`FusedMAF.log_prob` in training: the pass of :class:`_FusedMAFPass` and the
+    standard-normal base density ``log_det - (|z|^2 + D log 2 pi) / 2`` as one node.
+
+    The forward computes the log density with the same operations as
+    :meth:`GaussianBaseFlow.log_prob` (without autograd), so the same values. The backward
+    gives the pass the gradients the autograd graph of those operations would: ``g`` for
+    ``log_det`` and ``-g z`` for ``z`` (autograd computes ``(-g / 2) (2 z)``; halving and
+    doubling are exact in floating point, so the same bits; tests/test_fit_cost.py). Five
+    autograd nodes and their operations less per step (docs/performance.md, "Issue 18:
+    sir and the per-step overhead").
+    """
+
+    @staticmethod
+    def forward(ctx, dim, num_transforms, num_blocks, inputs, context, w_in, b_in, w_ctx, b_ctx,
+                w_hid, b_hid, w_out, b_out, mask_in, mask_hidden, mask_out):
+        z, log_det, saved = _fused_forward(num_transforms, num_blocks, inputs, context, w_in,
+                                           b_in, w_ctx, b_ctx, w_hid, b_hid, w_out, b_out,
+                                           mask_in, mask_hidden, mask_out)
+        ctx.saved = (saved, z)
+        ctx.save_for_backward(context, mask_in, mask_hidden, mask_out)
+        return log_det - 0.5 * (z.square().sum(-1) + dim * _LOG_2PI)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_lp):
+        context, mask_in, mask_hidden, mask_out = ctx.saved_tensors
+        (saved, z), ctx.saved = ctx.saved, None
+        g_z = torch.mul(z, g_lp[:, None]).neg_()
+        grads = _fused_backward(saved, context, mask_in, mask_hidden, mask_out, g_z, g_lp)
+        return (None,) + grads
+
+
+def _fused_backward(saved: tuple, context: Tensor, mask_in: Tensor, mask_hidden: Tensor,
+                    mask_out: Tensor, g_z: Tensor | None, g_ld: Tensor | None) -> tuple:
+    """The chain rule through the fused MAF pass: from the gradients of ``z`` ``(N, D)`` and
+    ``log_det`` ``(N,)`` (``None``: zero) and what :func:`_fused_forward` saved, the
+    gradients of :class:`_FusedMAFPass`'s inputs (``None`` for the non-tensors, ``inputs``,
+    ``context`` and the masks)."""
+    wm_in, wm_hid, wm_out, feats, acts, zs, pre, scales, views = saved
+    layers, t_all, n, h = acts.shape
+    d = zs[0].shape[1]
+    g = torch.zeros_like(zs[0]) if g_z is None else g_z
+    g_ld = scales.new_zeros(n) if g_ld is None else g_ld
+    g_acts = torch.empty_like(acts)           # gradients of the pre-activations
+    g_outs = scales.new_empty(t_all, n, 2 * d)
+    g_ld_col = g_ld[:, None]
+    tanh_bwd = torch.ops.aten.tanh_backward.grad_input
+    softplus_bwd = torch.ops.aten.softplus_backward.grad_input
+    # per-transform / per-layer views: the forward's, and the gradient buffers' split once
+    # (the same views as indexing each use)
+    acts_t, pre_t, scales_t = views
+    zs_t, g_acts_t = zs, g_acts.flatten(0, 1).unbind(0)
+    g_out_t, g_out_a, g_out_b = (g_outs.unbind(0), g_outs[:, :, :d].unbind(0),
+                                 g_outs[:, :, d:].unbind(0))
+    wm_out_t, wm_in_t = wm_out.unbind(0), wm_in.unbind(0)
+    wm_hid_t = wm_hid.flatten(0, 1).unbind(0)                            # [t * K + k]
+    k_all = layers - 1
+    for t in reversed(range(t_all)):
+        scale = scales_t[t]
+        # z_{t+1} = b + z_t * scale; log_det += sum log scale
+        g_scale = torch.addcmul(g_ld_col / scale, g, zs_t[t])
+        softplus_bwd(g_scale, pre_t[t], 1.0, 20.0, grad_input=g_out_a[t])
+        g_out_b[t].copy_(g)
+        g_h = g_out_t[t].mm(wm_out_t[t])                                 # (N, H)
+        for k in reversed(range(1, layers)):
+            g_pre = tanh_bwd(g_h, acts_t[k * t_all + t], grad_input=g_acts_t[k * t_all + t])
+            g_h = g_pre.mm(wm_hid_t[t * k_all + k - 1])
+        g_pre = tanh_bwd(g_h, acts_t[t], grad_input=g_acts_t[t])
+        g = torch.addmm(g * scale, g_pre, wm_in_t[t])
+    # weight gradients of all transforms at once: (T, 2D, H), (K, T, H, H), (T, H, D)
+    g_w_out = torch.bmm(g_outs.transpose(1, 2), acts[-1]).mul_(mask_out)
+    g_b_out = g_outs.sum(1)
+    g_w_hid = torch.bmm(g_acts[1:].reshape(-1, n, h).transpose(1, 2),
+                        acts[:-1].reshape(-1, n, h)).view(layers - 1, t_all, h, h)
+    g_w_hid = g_w_hid.transpose(0, 1).mul(mask_hidden[:, None])
+    g_b_hid = g_acts[1:].sum(2).transpose(0, 1)
+    # (small dimension first: a (D, N) @ (N, H) product is ~5x faster than (H, N) @ (N, D))
+    g_w_in = torch.bmm(torch.stack(zs).transpose(1, 2), g_acts[0]).transpose(1, 2)
+    g_w_in = g_w_in.mul(mask_in)
+    g_b_in = g_acts[0].sum(1)                                            # (T, H)
+    g_pre_c = tanh_bwd(g_acts[0], feats.view(n, t_all, h).transpose(0, 1),
+                       grad_input=torch.empty_like(g_acts[0]))           # (T, N, H)
+    g_w_ctx = torch.bmm(context.t().expand(t_all, -1, -1), g_pre_c).transpose(1, 2)
+    g_b_ctx = g_pre_c.sum(1).reshape(-1)
+    return (None, None, None, None, g_w_in, g_b_in,
+            g_w_ctx.reshape(t_all * h, -1), g_b_ctx, g_w_hid, g_b_hid, g_w_out, g_b_out,
+            None, None, None)
+
+
+class FusedNLLStep:
+    """One training step's loss and gradients without autograd for ``flow``:
+    ``step(inputs (N, D), context (N, C), offset)`` returns the mean over rows of
+    ``-(flow.log_prob(inputs, context) + offset)`` (``offset``: a 0-dim tensor or ``None``)
+    and sets each parameter's ``.grad`` to its gradient (they must have none yet).
+
+    The same operations and the same bits as ``loss.backward()`` on that loss through
+    :class:`_FusedMAFPassLogProb`: the mean's gradient ``1 / N`` (float, as autograd's
+    ``MeanBackward``), negated, into :func:`_fused_backward`; the gradients are stored in the
+    parameter's layout, as autograd's gradient accumulation does. What it saves per step:
+    the autograd engine, the graph's nodes and the eight gradient accumulations; built once
+    per training run, it also keeps the parameter list and the row gradient ``-1 / N`` per
+    batch size (docs/performance.md, "Issue 18: sir and the per-step overhead";
+    tests/test_fused_step.py). The loss returned is 0-dim, without a graph.
+    """
+
+    def __init__(self, flow: FusedMAF):
+        self.flow = flow
+        self.params = (flow.w_in, flow.b_in, flow.w_ctx, flow.b_ctx, flow.w_hid, flow.b_hid,
+                       flow.w_out, flow.b_out)
+        self._g_lp: dict[tuple, Tensor] = {}
+
+    def _row_gradient(self, n: int, like: Tensor) -> Tensor:
+        """``d mean(-(lp + c)) / d lp`` ``(n,)``: autograd's ``1`` expanded, ``/ n``, negated
+        (read only: kept per batch size)."""
+        key = (n, like.dtype, like.device)
+        g = self._g_lp.get(key)
+        if g is None:
+            g = torch.ones((), dtype=like.dtype, device=like.device).expand(n).div(n).neg()
+            self._g_lp = {key: g}  # one batch size at a time (the last batch may differ)
+        return g
+
+    def __call__(self, inputs: Tensor, context: Tensor, offset: Tensor | None = None) -> Tensor:
+        flow, params = self.flow, self.params
+        masks = (flow.mask_in, flow.mask_hidden, flow.mask_out)
+        with torch.no_grad():
+            z, log_det, saved = _fused_forward(flow.num_transforms, flow.num_blocks, inputs,
+                                               context, *params, *masks)
+            lp = log_det - 0.5 * (z.square().sum(-1) + flow.dim * _LOG_2PI)
+            loss = -(lp if offset is None else lp + offset)
+            mean = loss.mean()
+            g_lp = self._row_gradient(loss.shape[0], mean)
+            g_z = torch.mul(z, g_lp[:, None]).neg_()
+            grads = _fused_backward(saved, context, *masks, g_z, g_lp)[4:12]
+            for p, g in zip(params, grads):
+                if p.requires_grad:  # autograd's accumulation: a fresh gradient in p's layout
+                    p.grad = g if g.stride() == p.stride() else \
+                        g.new_empty_strided(p.shape, p.stride()).copy_(g)
+        return mean
 
 
 class GaussianBaseFlow(nn.Module):
@@ -301,6 +410,21 @@ class FusedMAF(GaussianBaseFlow):
         ctx = ctx.reshape(context.shape[0], self.num_transforms, -1) + self.b_in
         return ctx.transpose(0, 1)
 
+    def log_prob(self, inputs: Tensor, context: Tensor) -> Tensor:
+        """``log q(inputs | context)``: ``inputs`` ``(N, D)``, ``context`` ``(N, C)`` → ``(N,)``.
+
+        In training (gradients for the weights only) the pass and the base density are one
+        node (:class:`_FusedMAFPassLogProb`: the same values and gradients as
+        :meth:`forward_transform` followed by the base density); otherwise as
+        :meth:`GaussianBaseFlow.log_prob`."""
+        if not torch.is_grad_enabled() or inputs.requires_grad or context.requires_grad or \
+                _functorch_active():
+            return super().log_prob(inputs, context)
+        return _FusedMAFPassLogProb.apply(
+            self.dim, self.num_transforms, self.num_blocks, inputs, context, self.w_in,
+            self.b_in, self.w_ctx, self.b_ctx, self.w_hid, self.b_hid, self.w_out, self.b_out,
+            self.mask_in, self.mask_hidden, self.mask_out)
+
     def forward_transform(self, inputs: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
         """Data → base: ``z`` ``(N, D)`` and ``log |det dz/dinputs|`` ``(N,)``.
 
@@ -318,7 +442,7 @@ class FusedMAF(GaussianBaseFlow):
                 self.w_ctx, self.b_ctx, self.w_hid, self.b_hid, self.w_out, self.b_out,
                 self.mask_in, self.mask_hidden, self.mask_out)
         if not torch.is_grad_enabled():
-            return _fused_forward(*args)[:2]
+            return _fused_forward(*args, keep=False)[:2]
         return _FusedMAFPass.apply(*args)
 
     def _forward_autograd(self, inputs: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:

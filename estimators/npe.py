@@ -44,6 +44,7 @@ observations; see :mod:`estimators.robust_training`. The options are kept in the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -53,6 +54,7 @@ from torch.distributions import Distribution
 from estimators.conditional_shift import ShiftedDensity, resolve_shift
 from estimators.discrete_x import OneHotX, discrete_config
 from estimators.embedding import build_embedding, is_set_embedding, prepare_embedding
+from estimators.fast_maf import FusedMAF, FusedNLLStep
 from estimators.flows import FLOWS, NSF_LAYOUT, build_flow, nsf_layout
 from estimators.flows import sample_and_log_prob as flow_sample_and_log_prob
 from estimators.mdn import MixtureDensity
@@ -333,6 +335,37 @@ class NPEEstimator(StandardizedEstimator):
         """``log q(theta | x)`` for paired rows: ``theta`` ``(N, D)``, ``x`` ``(N, *x_shape)`` → ``(N,)``."""
         z, lad = self._to_z(theta)
         return self.density.log_prob(z, context=self.context(x)) + lad
+
+    def fused_training_step(self, loss_fn: Any = None,
+                            ) -> Callable[[Tensor, Tensor], Tensor] | None:
+        """For :func:`sbi_core.training.train`: with the fused MAF as the density (no shift,
+        no permuted trials, no regularizer, no trainable parameters outside the flow) a
+        function ``(theta (N, D), x (N, *x_shape)) -> mean loss`` that also sets the flow's
+        gradients, without autograd (:class:`estimators.fast_maf.FusedNLLStep`: the same
+        bits as ``loss(theta, x).mean().backward()``); ``None`` otherwise."""
+        if loss_fn is not None and not (loss_fn is npe_training_loss
+                                        and self.config.get("regularizer") is None):
+            return None
+        if type(self.density) is not FusedMAF or self.trial_mode == "permute" or any(
+                getattr(type(self), name) is not getattr(NPEEstimator, name)
+                for name in ("loss", "log_prob", "_to_z", "context")):
+            return None  # (a subclass's own loss: autograd)
+        flow = {id(p) for p in self.density.parameters()}
+        if any(p.requires_grad and id(p) not in flow for p in self.parameters()):
+            return None  # e.g. a trainable embedding: its gradients need autograd
+
+        nll = FusedNLLStep(self.density)
+        if self.theta_transform is not None:
+            def step(theta: Tensor, x: Tensor) -> Tensor:
+                z, lad = self._to_z(theta)
+                return nll(z, self.context(x), lad)
+
+            return step
+        # z-scoring's log-Jacobian is a constant of the run: computed once (the same value)
+        with torch.no_grad():
+            lad = self._to_z(self.theta_norm.mean[None])[1]
+        norm = self.theta_norm
+        return lambda theta, x: nll(norm(theta), self.context(x), lad)
 
     def loss(self, theta: Tensor, x: Tensor) -> Tensor:
         if self.trial_mode == "permute" and self.training:

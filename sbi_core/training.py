@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -280,6 +281,7 @@ def train(
 
 def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
            cfg: TrainConfig, loss_fn: LossFn | None) -> TrainingHistory:
+    custom_loss = loss_fn
     loss_fn = loss_fn or _default_loss
     try:
         device = torch.device(cfg.device)
@@ -315,6 +317,8 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
         raise ValueError(f"batch_size={batch_size} is smaller than the {world} processes.")
 
     estimator.to(device)
+    # after `to`: the step keeps the parameters and buffers it works on
+    fused = _fused_step(estimator, custom_loss) if world == 1 else None
     model: nn.Module = _LossModule(estimator, loss_fn)
     if world > 1:
         model = nn.parallel.DistributedDataParallel(
@@ -361,9 +365,13 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
                     for group in optimizer.param_groups:
                         group["lr"] = lr_at(step)
                 step += 1
-                loss = model(theta_b.to(device), x_b.to(device)).mean()
-                stepper.zero_grad()
-                loss.backward()
+                if fused is not None:  # loss and gradients without autograd, the same bits
+                    stepper.zero_grad()
+                    loss = fused(theta_b.to(device), x_b.to(device))
+                else:
+                    loss = model(theta_b.to(device), x_b.to(device)).mean()
+                    stepper.zero_grad()
+                    loss.backward()
                 if clip is not None:
                     clip()
                 stepper.step()
@@ -555,6 +563,17 @@ def _nothing() -> Iterator[None]:
     yield
 
 
+def _fused_step(estimator: nn.Module,
+                loss_fn: LossFn | None) -> Callable[[Tensor, Tensor], Tensor] | None:
+    """The estimator's autograd-free training step, where it offers one for this loss
+    (``estimator.fused_training_step(loss_fn)``: a function ``(theta, x) -> mean loss`` that
+    also sets the parameters' gradients, the same values as ``loss.backward()``; e.g. NPE
+    with the fused MAF, docs/performance.md, "Issue 18: sir and the per-step overhead"),
+    else ``None`` (autograd)."""
+    offer = getattr(estimator, "fused_training_step", None)
+    return offer(loss_fn) if callable(offer) else None
+
+
 class _AdamStep:
     """``optimizer.zero_grad(set_to_none=True)`` and ``optimizer.step()`` for the fused Adam
     of :func:`make_adam`, minus ``torch.optim``'s per-call Python work (hooks, profiler
@@ -562,7 +581,8 @@ class _AdamStep:
     torch's own first step has created the state, each step is the same two kernel calls
     that ``torch.optim.Adam(fused=True)`` makes (``_foreach_add_`` on the step counters,
     then ``_fused_adam_`` with the group's settings), on the same tensors, so the weights
-    are bit-identical (tests/test_fit_cost.py). Anything else (non-fused Adam, several
+    are bit-identical (tests/test_fit_cost.py); the step counters are made views of one
+    tensor, so the first call is one ``add_`` (the same values). Anything else (non-fused Adam, several
     groups, amsgrad, a tensor learning rate, gradient scaling, missing or sparse gradients,
     a torch without the kernel) goes through ``optimizer.step()`` as before. ~0.1 ms less
     CPU per step for the default NPE (docs/performance.md, "Issue 18: the cost of the
@@ -583,6 +603,7 @@ class _AdamStep:
                      and getattr(optimizer, "grad_scale", None) is None
                      and getattr(optimizer, "found_inf", None) is None)
         self.state: tuple[list[Tensor], list[Tensor], list[Tensor]] | None = None
+        self.step_counts: Tensor | None = None  # the step counters' shared storage
 
     def zero_grad(self) -> None:
         """Gradients to ``None`` (``zero_grad(set_to_none=True)``)."""
@@ -603,7 +624,10 @@ class _AdamStep:
             return
         steps, exp_avgs, exp_avg_sqs = self.state
         beta1, beta2 = group["betas"]
-        torch._foreach_add_(steps, 1)
+        if self.step_counts is not None:
+            self.step_counts.add_(1)  # all counters at once: they are views of this tensor
+        else:
+            torch._foreach_add_(steps, 1)
         torch._fused_adam_(self.params, grads, exp_avgs, exp_avg_sqs, [], steps,
                            amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
                            weight_decay=group["weight_decay"], eps=group["eps"],
@@ -616,7 +640,17 @@ class _AdamStep:
         states = [self.optimizer.state.get(p, {}) for p in self.params]
         if all(isinstance(st.get("step"), Tensor) and "exp_avg" in st and "exp_avg_sq" in st
                for st in states):
-            self.state = ([st["step"] for st in states], [st["exp_avg"] for st in states],
+            steps = [st["step"] for st in states]
+            if len({(s.device, s.dtype, s.shape) for s in steps}) == 1 and steps[0].ndim == 0:
+                # the per-parameter step counters (equal 0-dim tensors) become views of one
+                # tensor, so one `add_` counts a step for all of them (torch's `_foreach_add_`
+                # adds 1 to each: the same values); torch's own step, if it runs again,
+                # updates the views in place as before
+                self.step_counts = torch.stack(steps)
+                for i, st in enumerate(states):
+                    st["step"] = self.step_counts[i]
+                steps = [st["step"] for st in states]
+            self.state = (steps, [st["exp_avg"] for st in states],
                           [st["exp_avg_sq"] for st in states])
 
 
@@ -633,6 +667,8 @@ class _GradientClipper:
         kinds = {(p.device, p.dtype, p.layout) for p in self.params}
         self.lean = len(kinds) == 1 and next(iter(kinds))[2] == torch.strided and \
             next(iter(kinds))[0].type in ("cpu", "cuda")
+        # float32 on a CPU: the clip factor from the norm in float32 scalars (below)
+        self.scalar = self.lean and next(iter(kinds))[:2] == (torch.device("cpu"), torch.float32)
 
     @torch.no_grad()
     def __call__(self) -> None:
@@ -641,6 +677,17 @@ class _GradientClipper:
             nn.utils.clip_grad_norm_(self.params, self.max_norm)
             return
         total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+        if self.scalar and total.dtype == torch.float32:
+            # torch's `clamp(max_norm / (total + 1e-6), max=1)` is four float32 operations on
+            # 0-dim tensors (add, reciprocal, multiply, clamp): the same IEEE roundings in
+            # numpy float32 scalars, at one read of the norm instead of four tensor ops
+            one = np.float32(1.0)
+            factor = min(one / (np.float32(float(total)) + np.float32(1e-6))
+                         * np.float32(self.max_norm), one)
+            if factor == one:
+                return  # multiplying by exactly 1 changes no bit: skip it
+            torch._foreach_mul_(grads, float(factor))
+            return
         coef = torch.clamp(self.max_norm / (total + 1e-6), max=1.0)
         if coef.device.type == "cpu" and float(coef) == 1.0:
             return  # multiplying by exactly 1 changes no bit: skip it (no device sync on CPU)

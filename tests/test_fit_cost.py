@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from estimators.fast_maf import FusedMAF, _fused_forward, _tanh_
+from estimators import fast_maf
+from estimators.fast_maf import FusedMAF, GaussianBaseFlow, _fused_forward, _tanh_
 from sbi_core import training
 from sbi_core.training import TrainConfig, _AdamStep, _TensorBatches, make_adam, train
 
@@ -48,6 +49,7 @@ def test_adam_step_equals_torch_fused_adam_bit_for_bit() -> None:
                 loss.backward()
                 lean.step()
     assert lean.lean and lean.state is not None  # the lean path ran after the first step
+    assert lean.step_counts is not None  # the step counters as views of one tensor
     for a, b in zip(flows[0].parameters(), flows[1].parameters()):
         assert torch.equal(a, b)
     for p, q in zip(flows[0].parameters(), flows[1].parameters()):  # optimizer state too
@@ -195,3 +197,104 @@ def test_detector_with_the_40_epoch_flow_keeps_its_power_and_level() -> None:
     assert null_rate <= 0.08
     shifted = det.test(fresh[:200] + 3 * x.std(0))
     assert float(shifted.flagged().float().mean()) >= 0.9
+
+
+# --- wave 11 (h11-sirfit): the base density inside the fused pass, the no-grad pass's
+# two-buffer activations, the shared Adam step counters (docs/performance.md, "Issue 18: sir
+# and the per-step overhead")
+
+
+def _old_log_prob(flow: FusedMAF, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The wave-10 training ``log_prob``: ``_FusedMAFPass`` then the base density as an
+    autograd graph (``GaussianBaseFlow.log_prob``)."""
+    return GaussianBaseFlow.log_prob(flow, theta, x)
+
+
+def test_log_prob_node_equals_pass_plus_autograd_base_bit_for_bit() -> None:
+    """Values and weight gradients of the one-node training ``log_prob`` equal the pass +
+    autograd base density's, bit for bit: a batch of 256 with the mean (as in training) and
+    an odd batch with unequal row weights (any upstream gradient)."""
+    flow = _toy_flow()
+    for n, weighted in ((256, False), (97, True)):
+        theta, x = _data(n)
+        theta = theta * 3  # larger z: the -g z gradient matters
+        w = torch.rand(n, generator=torch.Generator().manual_seed(n)) if weighted else None
+        new, old = flow.log_prob(theta, x), _old_log_prob(flow, theta, x)
+        assert any("LogProb" in type(f).__name__ for f in [new.grad_fn])
+        assert torch.equal(new, old)
+        grads = []
+        for lp in (new, old):
+            loss = -(lp * w).sum() if weighted else -lp.mean()
+            grads.append(torch.autograd.grad(loss, list(flow.parameters())))
+        for a, b in zip(*grads):
+            assert torch.equal(a, b)
+
+
+def test_no_grad_pass_with_two_buffers_equals_the_kept_activations() -> None:
+    flow = _toy_flow()
+    theta, x = _data(1000)
+    args = (flow.num_transforms, flow.num_blocks, theta, x, flow.w_in, flow.b_in, flow.w_ctx,
+            flow.b_ctx, flow.w_hid, flow.b_hid, flow.w_out, flow.b_out, flow.mask_in,
+            flow.mask_hidden, flow.mask_out)
+    z, ld, saved = _fused_forward(*args)
+    z2, ld2, saved2 = _fused_forward(*args, keep=False)
+    assert torch.equal(z, z2) and torch.equal(ld, ld2)
+    assert saved2[4].shape[:2] == (2, 1)  # two (N, H) buffers, not (L, T, N, H)
+    with torch.no_grad():
+        assert torch.equal(flow.log_prob(theta, x), _old_log_prob(flow, theta, x))
+
+
+def test_training_is_bit_identical_to_the_wave10_pass(monkeypatch) -> None:
+    """The whole loop with the one-node log_prob, the two-buffer validation pass and the
+    shared step counters against the wave-10 code paths: same weights, same validation
+    curve."""
+    theta, x = _data(900)
+    cfg = TrainConfig(max_epochs=5, batch_size=64, learning_rate=3e-3, lr_schedule="cosine",
+                      schedule_epochs=5, ema_decay=0.99, progress=False, seed=2)
+
+    def run() -> tuple[list[torch.Tensor], list[float]]:
+        flow = _toy_flow(5)
+
+        class Est(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.flow = flow
+
+            def loss(self, th, xx):
+                return -self.flow.log_prob(th, xx)
+
+        hist = train(Est(), theta, x, cfg)
+        return [p.detach().clone() for p in flow.parameters()], hist.validation_loss
+
+    new_w, new_v = run()
+    monkeypatch.setattr(FusedMAF, "log_prob", GaussianBaseFlow.log_prob)
+    forward = fast_maf._fused_forward
+    monkeypatch.setattr(fast_maf, "_fused_forward",
+                        lambda *a, keep=True: forward(*a, keep=True))
+    collect = training._AdamStep._collect
+
+    def separate_counters(self) -> None:  # torch's per-parameter step tensors
+        collect(self)
+        self.step_counts = None
+
+    monkeypatch.setattr(training._AdamStep, "_collect", separate_counters)
+    old_w, old_v = run()
+    assert new_v == old_v
+    assert all(torch.equal(a, b) for a, b in zip(new_w, old_w))
+
+
+def test_clip_factor_in_float32_scalars_equals_torch_clip_bit_for_bit() -> None:
+    """The clipper's float32 scalar factor against ``nn.utils.clip_grad_norm_`` on the same
+    gradients: norms below, near and far above ``max_norm`` (with and without clipping)."""
+    flows = [_toy_flow(), _toy_flow()]
+    clip = training._GradientClipper(flows[1], 5.0)
+    assert clip.scalar
+    gen = torch.Generator().manual_seed(0)
+    for scale in (1e-4, 0.05, 0.3, 0.31, 1.0, 7.0, 300.0):
+        for a, b in zip(flows[0].parameters(), flows[1].parameters()):
+            g = torch.randn(a.shape, generator=gen) * scale
+            a.grad, b.grad = g.clone(), g.clone()
+        torch.nn.utils.clip_grad_norm_(list(flows[0].parameters()), 5.0)
+        clip()
+        for a, b in zip(flows[0].parameters(), flows[1].parameters()):
+            assert torch.equal(a.grad, b.grad)
