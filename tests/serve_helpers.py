@@ -65,3 +65,31 @@ def square_posterior(**mcmc) -> Posterior:
                          mcmc={**SQUARE_MCMC, **mcmc})
     post.method = "nle"
     return post
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's Chromium (README step 1), never a downloaded one
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+
+
+@contextlib.contextmanager
+def explorer_page(app, **page_options) -> Iterator[tuple]:
+    """Serve ``app`` on localhost and open a headless Chromium page: ``(server, page, errors)``.
+
+    ``errors`` collects the page's uncaught JavaScript errors; ``page_options`` go to
+    ``browser.new_page`` (e.g. ``viewport=``).
+    """
+    from playwright.sync_api import sync_playwright
+
+    from sbi_core.server import BackgroundServer
+
+    with BackgroundServer(app) as srv, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(**page_options)
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        try:
+            yield srv, page, errors
+        finally:
+            browser.close()

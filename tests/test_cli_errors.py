@@ -171,8 +171,9 @@ def _sigint_as_in_a_terminal() -> None:
 
 def test_ctrl_c_to_the_process_group_during_parallel_simulation(tmp_path):
     (tmp_path / "slow.py").write_text(
-        "import time\nfrom sbi_core import Problem, box_uniform\n"
-        "def sim(t):\n    time.sleep(0.3)\n    return t + 0.1\n"
+        "import pathlib, time\nfrom sbi_core import Problem, box_uniform\n"
+        "def sim(t):\n    pathlib.Path('started').touch()\n    time.sleep(0.3)\n"
+        "    return t + 0.1\n"
         "def problem():\n    return Problem(box_uniform([0.0], [1.0]), sim, name='slow',"
         " validate=False, x_shape=(1,))\n")
     proc = subprocess.Popen(
@@ -181,7 +182,14 @@ def test_ctrl_c_to_the_process_group_during_parallel_simulation(tmp_path):
          str(tmp_path / "s.pt"), "--quiet"],
         cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True, preexec_fn=_sigint_as_in_a_terminal)
-    time.sleep(6)  # imports, fork, a few chunks
+    # Wait until the workers simulate (imports and forks take seconds on a loaded runner;
+    # a Ctrl-C during torch's import is not what this test is about), then a few chunks more.
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "started").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the simulation never started"
+        time.sleep(0.1)
+    time.sleep(1.5)
     assert proc.poll() is None, proc.communicate()
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)

@@ -73,20 +73,13 @@ def test_sample_cli_csv_header_of_formula_names_is_text(formula_model, tmp_path)
 
 
 def test_explorer_csv_download_neutralizes_formula_names(formula_model):
-    from playwright.sync_api import sync_playwright
+    from serve_helpers import explorer_page
 
     from sbi_core import load
-    from sbi_core.server import BackgroundServer, create_app
+    from sbi_core.server import create_app
 
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update"]
-    with BackgroundServer(create_app({"m": load(formula_model)}, max_samples=200)) as srv, \
-            sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=args,
-                                     headless=True)
-        page = browser.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
+    app = create_app({"m": load(formula_model)}, max_samples=200)
+    with explorer_page(app) as (srv, page, errors):
         page.goto(srv.url + "/")
         page.wait_for_function("document.querySelector('#pairplot').dataset.updates === '1'")
         page.locator("#num").fill("20")
@@ -94,7 +87,6 @@ def test_explorer_csv_download_neutralizes_formula_names(formula_model):
         with page.expect_download() as dl:
             page.locator("#download").click()
         rows = list(csv.reader(io.StringIO(open(dl.value.path()).read())))
-        browser.close()
     assert not errors, errors
     assert rows[0] == ["'" + shown(n) for n in NAMES]
     values = [c for r in rows[1:] for c in r]

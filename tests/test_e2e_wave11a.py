@@ -86,20 +86,15 @@ def test_server_observation_beyond_float32_is_not_called_nan(moons):
 def test_explorer_with_small_max_samples_and_an_unbounded_prior(moons):
     """The sample count field starts at 1000; a server started with --max-samples 200 answered
     the explorer's first request with 413 and showed no posterior."""
-    from playwright.sync_api import sync_playwright
+    from serve_helpers import explorer_page
 
-    from sbi_core.server import BackgroundServer, create_app
+    from sbi_core.server import create_app
 
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         gaussian = tiny_posterior("linear_gaussian")
-    with BackgroundServer(create_app({"m": moons, "g": gaussian}, max_samples=200)) as srv, \
-            sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=args,
-                                     headless=True)
-        page = browser.new_page()
+    app = create_app({"m": moons, "g": gaussian}, max_samples=200)
+    with explorer_page(app) as (srv, page, _):
         page.goto(srv.url + "/")
         page.wait_for_function("document.querySelector('#pairplot').dataset.updates === '1'",
                                timeout=20_000)
@@ -111,7 +106,6 @@ def test_explorer_with_small_max_samples_and_an_unbounded_prior(moons):
                                timeout=20_000)
         card = page.locator("#model-card").inner_text()
         assert "[-∞, -∞]" in card and "[∞, ∞]" in card and "[, ]" not in card
-        browser.close()
 
 
 def test_server_labels_a_sequential_model_by_its_sequential_method(moons):

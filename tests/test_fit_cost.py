@@ -81,6 +81,24 @@ def test_epoch_gather_yields_the_rows_of_per_batch_indexing(monkeypatch) -> None
         assert torch.equal(ta, tb) and torch.equal(xa, xb)
 
 
+class _FlowNLL(torch.nn.Module):
+    """A toy estimator: the negative log-likelihood of one flow."""
+
+    def __init__(self, flow):
+        super().__init__()
+        self.flow = flow
+
+    def loss(self, th, xx):
+        return -self.flow.log_prob(th, xx)
+
+
+def _train_toy_flow(seed: int, theta, x, cfg) -> tuple[list[torch.Tensor], list[float]]:
+    """Train ``_toy_flow(seed)`` with ``cfg``: its final weights and validation curve."""
+    flow = _toy_flow(seed)
+    hist = train(_FlowNLL(flow), theta, x, cfg)
+    return [p.detach().clone() for p in flow.parameters()], hist.validation_loss
+
+
 def test_training_is_bit_identical_with_and_without_the_lean_loop(monkeypatch) -> None:
     """The whole loop (cosine schedule, EMA, clipping, validation, best-weight restore)."""
     theta, x = _data(900)
@@ -88,18 +106,7 @@ def test_training_is_bit_identical_with_and_without_the_lean_loop(monkeypatch) -
                       schedule_epochs=6, ema_decay=0.9, progress=False, seed=4)
 
     def run() -> tuple[list[torch.Tensor], list[float]]:
-        flow = _toy_flow(7)
-
-        class Est(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.flow = flow
-
-            def loss(self, th, xx):
-                return -self.flow.log_prob(th, xx)
-
-        hist = train(Est(), theta, x, cfg)
-        return [p.detach().clone() for p in flow.parameters()], hist.validation_loss
+        return _train_toy_flow(7, theta, x, cfg)
 
     lean_w, lean_v = run()
     monkeypatch.setattr(training, "_EPOCH_COPY_BYTES", 0)
@@ -253,18 +260,7 @@ def test_training_is_bit_identical_to_the_wave10_pass(monkeypatch) -> None:
                       schedule_epochs=5, ema_decay=0.99, progress=False, seed=2)
 
     def run() -> tuple[list[torch.Tensor], list[float]]:
-        flow = _toy_flow(5)
-
-        class Est(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.flow = flow
-
-            def loss(self, th, xx):
-                return -self.flow.log_prob(th, xx)
-
-        hist = train(Est(), theta, x, cfg)
-        return [p.detach().clone() for p in flow.parameters()], hist.validation_loss
+        return _train_toy_flow(5, theta, x, cfg)
 
     new_w, new_v = run()
     monkeypatch.setattr(FusedMAF, "log_prob", GaussianBaseFlow.log_prob)

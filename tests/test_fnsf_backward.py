@@ -14,6 +14,7 @@ import math
 
 import pytest
 import torch
+from autograd_helpers import autograd_nodes
 from torch.func import functional_call, vmap
 
 from estimators.fast_nsf import FusedNSF
@@ -31,15 +32,7 @@ def _flow(dim: int, blocks: int, transforms: int, bins: int, context_dim: int,
     return flow
 
 
-def _graph(t: torch.Tensor) -> list:
-    """The autograd nodes behind ``t``."""
-    seen, stack = [], [t.grad_fn]
-    while stack:
-        fn = stack.pop()
-        if fn is not None and fn not in seen:
-            seen.append(fn)
-            stack.extend(f for f, _ in fn.next_functions)
-    return seen
+_graph = autograd_nodes
 
 
 def _uses_pass(t: torch.Tensor) -> bool:

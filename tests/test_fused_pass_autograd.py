@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+from autograd_helpers import autograd_nodes
 
 from estimators.fast_maf import FusedMAF
 
@@ -33,15 +34,7 @@ def _log_prob_ref(flow: FusedMAF, x: torch.Tensor, c: torch.Tensor) -> torch.Ten
     return log_det - 0.5 * (z.square().sum(-1) + flow.dim * math.log(2 * math.pi))
 
 
-def _graph(t: torch.Tensor) -> list:
-    """The autograd nodes behind ``t``."""
-    seen, stack = [], [t.grad_fn]
-    while stack:
-        fn = stack.pop()
-        if fn is not None and fn not in seen:
-            seen.append(fn)
-            stack.extend(f for f, _ in fn.next_functions)
-    return seen
+_graph = autograd_nodes
 
 
 def _grads(loss: torch.Tensor, flow: FusedMAF) -> list[torch.Tensor]:

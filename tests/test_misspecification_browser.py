@@ -8,13 +8,12 @@ import warnings
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
+from serve_helpers import CHROMIUM, CHROMIUM_ARGS
 from test_misspecification import NOISE_SD, _posterior, _x_o
 
 from sbi_core.server import BackgroundServer, create_app
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = CHROMIUM_ARGS
 
 
 def test_explorer_shows_misspecification_badge(tmp_path: Path):

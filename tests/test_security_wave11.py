@@ -150,21 +150,13 @@ def test_server_json_shows_names_of_a_crafted_model_escaped(model):
 def test_explorer_shows_html_in_names_as_text_and_quotes_csv_header(model, tmp_path):
     """HTML in a model file's names is shown as text (never run) and the CSV download quotes a
     name holding a comma or quote, so it cannot add columns."""
-    from playwright.sync_api import sync_playwright
+    from serve_helpers import explorer_page
 
     from sbi_core import load
-    from sbi_core.server import BackgroundServer, create_app
+    from sbi_core.server import create_app
 
     _, _, evil, _ = model
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update"]
-    with BackgroundServer(create_app({"m": load(evil)}, max_samples=200)) as srv, \
-            sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=args,
-                                     headless=True)
-        page = browser.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
+    with explorer_page(create_app({"m": load(evil)}, max_samples=200)) as (srv, page, errors):
         page.goto(srv.url + "/")
         page.wait_for_function("document.querySelector('#pairplot').dataset.updates === '1'")
         assert page.evaluate("window.__pwned") is None
@@ -176,7 +168,6 @@ def test_explorer_shows_html_in_names_as_text_and_quotes_csv_header(model, tmp_p
         with page.expect_download() as dl:
             page.locator("#download").click()
         rows = list(csv.reader(io.StringIO(open(dl.value.path()).read())))
-        browser.close()
     assert not errors, errors
     assert rows[0] == info_names(evil) and len(rows) == 4
     assert all(len(r) == 2 for r in rows)

@@ -9,13 +9,11 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import sync_playwright
-from serve_helpers import square_posterior, tiny_posterior
+from serve_helpers import CHROMIUM, CHROMIUM_ARGS, square_posterior, tiny_posterior
 
 from sbi_core.server import BackgroundServer, create_app
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = CHROMIUM_ARGS
 
 
 @pytest.fixture(scope="module")
