@@ -18,15 +18,18 @@ raises :class:`InContextRangeError` naming the fixes (``context_size=`` subsampl
 context; method ``"npe"`` or ``"pfn"`` trains on the problem instead).
 
 Variants (:mod:`estimators.incontext_select`, no retraining, still exact). The candidates
-are the plain network and the *residual* parameterization (the network sees ``theta`` minus a
-linear regression on ``x``, then shifts back), with several kernel neighbour counts. Each is
+are the plain network, the *residual* parameterization (the network sees ``theta`` minus a
+linear regression on ``x``, then shifts back), with several kernel neighbour counts, and the
+*nonlinear* one (the standardized residuals of a closed-form kernel ridge regression of
+``theta`` on ``x`` and of a scale regression, :mod:`estimators.incontext_adjust`; mapped
+back by ``theta = m(x_o) + s(x_o) r``). Each is
 scored on held-out pairs of the user's simulations; their *stack* is the mixture of their
 posteriors with the weights that maximize the held-out log score. ``variant="auto"``
 (default) returns the stack when it beats the best single candidate by more than
 ``STACK_GAIN_SE`` standard errors on those pairs, else that candidate; ``"stack"`` always
 the mixture (:class:`StackedInContextEstimator`), ``"select"`` always the best single one;
-``"plain"`` / ``"residual"`` and ``num_neighbors=`` fix them; ``candidates=`` (names such as
-``"residual-64"``) sets the pool of ``"auto"`` / ``"stack"`` / ``"select"``.
+``"plain"`` / ``"residual"`` / ``"nonlinear"`` and ``num_neighbors=`` fix them;
+``candidates=`` (names such as ``"residual-64"`` or ``"nonlinear-16"``) sets the pool of ``"auto"`` / ``"stack"`` / ``"select"``.
 
 ``finetune_steps=k`` optionally continues pretraining for ``k`` steps on the user's own
 simulations (random context/query splits of ``sims``), starting from the shipped weights.
@@ -135,7 +138,10 @@ class InContextEstimator(nn.Module):
     Args:
         config: ``theta_dim``, ``x_shape``, ``n_context``, ``net`` (network config), the
             provenance of the weights, and optionally ``residual`` (the network sees the
-            residuals of a linear regression of theta on x: :mod:`estimators.incontext_select`)
+            residuals of a linear regression of theta on x: :mod:`estimators.incontext_select`),
+            ``adjust`` (``"plain"`` / ``"residual"`` / ``"nonlinear"``: the latter the
+            regression adjustment of :mod:`estimators.incontext_adjust`; files from before it
+            have only ``residual``), ``adjust_seed`` (its kernel centres' seed)
             and ``num_neighbors`` (the kernel's neighbour count at inference). Buffers are
             filled by :func:`build_incontext` or loaded.
         net: an existing network to use (shared by the components of a stacked posterior)
@@ -337,8 +343,8 @@ class StackedInContextEstimator(nn.Module):
 
     Args:
         config: as :class:`InContextEstimator` (without ``residual`` / ``num_neighbors``) plus
-            ``stack``: a list of ``{"residual": bool, "num_neighbors": int}``, one per
-            component. The weights are the buffer ``log_weights`` ``(K,)``.
+            ``stack``: a list of ``{"residual": bool, "num_neighbors": int}`` (and
+            ``"adjust"``: the parameterization's name, since wave 12), one per component. The weights are the buffer ``log_weights`` ``(K,)``.
     """
 
     def __init__(self, config: dict[str, Any]):
@@ -446,10 +452,12 @@ def build_incontext(theta: Tensor, x: Tensor, prior: Distribution,
     :mod:`estimators.incontext_select` if its held-out log score beats the best single
     candidate's by more than ``STACK_GAIN_SE`` standard errors, else that candidate;
     ``"stack"``: always the mixture; ``"select"``: the candidate with the lowest held-out NLL;
-    ``"plain"``; ``"residual"``), ``num_neighbors`` (the kernel's neighbour count; with
+    ``"plain"``; ``"residual"``; ``"nonlinear"``), ``num_neighbors`` (the kernel's neighbour
+    count; with
     ``"auto"`` / ``"stack"`` / ``"select"`` it restricts the candidates to plain and residual
     with it; otherwise the pretrained 16) and ``candidates`` (names ``"plain-K"`` /
-    ``"residual-K"``: the pool of ``"auto"`` / ``"stack"`` / ``"select"``).
+    ``"residual-K"`` / ``"nonlinear-K"``: the pool of ``"auto"`` / ``"stack"`` /
+    ``"select"``).
     """
     unknown = set(options) - {"context_size", "weights", "seed", "variant", "num_neighbors",
                               "candidates"}
@@ -472,7 +480,8 @@ def build_incontext(theta: Tensor, x: Tensor, prior: Distribution,
         raise ValueError(f"variant={variant!r} is not one of {list(VARIANTS)}; use 'auto' "
                          "(chosen by held-out likelihood on the simulations), 'stack' (always "
                          "the mixture of the candidates weighted on held-out simulations), "
-                         "'select' (the best single candidate), 'plain' or 'residual'.")
+                         "'select' (the best single candidate), 'plain', 'residual' or "
+                         "'nonlinear'.")
     nb = options.get("num_neighbors")
     if nb is not None and int(nb) < 1:
         raise ValueError(f"num_neighbors must be a positive integer, got {nb}.")

@@ -14,6 +14,14 @@ Two choices change the in-context posterior without retraining, and both keep ``
   narrower than the prior, so the per-data-set standardization zooms in on the posterior's
   scale and the network's task becomes easy (the classic regression adjustment of ABC,
   Beaumont et al. 2002, as a reparameterization instead of an approximation).
+- **Nonlinear, heteroscedastic regression adjustment** (``"nonlinear"``,
+  :mod:`estimators.incontext_adjust`, wave 12): the network is given
+  :math:`r_i = (\theta_i - m(x_i)) / s(x_i)` with a kernel ridge regression :math:`m` and a
+  scale regression :math:`s` (closed form; leave-one-out residuals as the targets) and
+  :math:`\theta = m(x_o) + s(x_o) r` (Blum & François 2010): an affine bijection per
+  :math:`x_o`, log-Jacobian :math:`-\sum_j \log s_j(x_o)`. Where :math:`E[\theta \mid x]` is
+  nonlinear or the posterior's width varies with :math:`x`, the residuals are closer to
+  independent of :math:`x` than the linear ones.
 - **Neighbour count** of the network's kernel term (``num_neighbors``; pretrained with 16):
   more neighbours give a smoother first guess when the residuals no longer depend on ``x``.
 
