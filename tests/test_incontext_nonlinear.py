@@ -2,8 +2,9 @@
 (``estimators/incontext_adjust.py``, candidate ``"nonlinear-16"``): the closed-form fit
 recovers a nonlinear mean and a varying scale, the variant keeps ``log_prob`` normalized and
 consistent with ``sample`` (the prior bounds move and scale with x), survives save/load
-(alone and in a stack), the held-out selection picks it where it helps, and it is accurate
-against an exact posterior there.
+(alone and in a stack), the held-out selection picks it where it helps (it is opt-in:
+``candidates=[..., "nonlinear-16"]`` or ``variant="nonlinear"``), and it is accurate against
+an exact posterior there.
 
 The test problem ``cubic_1d``: ``theta ~ U(-2, 2)``, ``x = theta^3 + 0.3 eps``. Its posterior
 mean ``E[theta | x]`` is nonlinear in ``x`` (about ``cbrt(x)``) and its width varies by an
@@ -77,7 +78,9 @@ def test_nonlinear_variant_is_normalized_and_matches_its_samples():
 
 def test_auto_picks_nonlinear_where_it_helps_and_round_trips(tmp_path):
     problem, sims = cubic_1d(), cubic_sims()
-    post = fit(problem, sims, method="incontext", detector=False)
+    post = fit(problem, sims, method="incontext", detector=False,  # the pool + nonlinear-16
+               candidates=["plain-16", "residual-16", "residual-64", "residual-256",
+                           "nonlinear-16"])
     record = post.estimator.config["variant"]
     scores = record["scores"]
     # held-out NLL (measured: nonlinear-16 -0.486, plain-16 -0.370, residual-16 -0.263)
