@@ -52,8 +52,8 @@ __all__ = ["CANDIDATES", "KINDS", "kind_of", "min_simulations", "STACK_CANDIDATE
 Candidate = tuple[bool | str, int]
 #: (parameterization, num_neighbors) pairs tried by ``variant="auto"``. ``("nonlinear", 16)``
 #: is opt-in (``candidates=``): in the pool it won one more benchmark cell against NPE on
-#: one seed of two, but raised the other seed's mean C2ST and cost 1.3-1.7x the time to the
-#: first posterior (benchmarks/RESULTS.md, "Issue 21 (wave 12, h12-incontext12)").
+#: one seed of two, but raised the other seed's mean C2ST and cost a median 1.57x the time
+#: to the first posterior (benchmarks/RESULTS.md, "Issue 21 (wave 12, h12-incontext12)").
 CANDIDATES: tuple[Candidate, ...] = ((False, 16), (True, 16), (True, 64), (True, 256))
 #: ridge penalty of the regression (on standardized x; the intercept is not penalized).
 RIDGE = 1e-3
