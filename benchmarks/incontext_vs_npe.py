@@ -127,7 +127,8 @@ def main() -> None:
     ap.add_argument("--json", help="write all rows to this JSON file")
     ap.add_argument("--weights", default=None,
                     help="in-context weights file (default: the shipped one)")
-    ap.add_argument("--variant", default=None, choices=["auto", "stack", "select", "plain", "residual"],
+    ap.add_argument("--variant", default=None, choices=["auto", "stack", "select", "plain", "residual",
+                                                          "nonlinear"],
                     help="in-context variant (default: the method's default)")
     ap.add_argument("--candidates", nargs="+", default=None, metavar="NAME",
                     help="candidates of 'auto' / 'stack', e.g. plain-16 residual-64")

@@ -531,6 +531,12 @@ def build_incontext(theta: Tensor, x: Tensor, prior: Distribution,
         (residual, nb_used), record = select_variant(net, theta, zx, seed=seed, x=x_flat, **kw)
     else:
         residual = variant if variant == "nonlinear" else variant == "residual"
+        need = min_simulations(residual, math.prod(x_shape))
+        if theta.shape[0] < need:
+            raise ValueError(
+                f"variant={variant!r} fits a regression of theta on x and needs at least "
+                f"{need} simulations, got {theta.shape[0]}. Simulate more, or use "
+                "variant='plain' (or 'auto', which skips it with too few simulations).")
         nb_used = int(nb) if nb is not None else int(net.config["num_neighbors"])
     config = {**base, "residual": kind_of(residual) == "residual",
               "adjust": kind_of(residual), "num_neighbors": nb_used,

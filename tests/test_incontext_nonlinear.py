@@ -11,6 +11,7 @@ mean ``E[theta | x]`` is nonlinear in ``x`` (about ``cbrt(x)``) and its width va
 order of magnitude with ``x`` (about ``0.3 / (3 theta^2)``), which a linear regression
 adjustment cannot follow; the exact posterior is computed on a grid."""
 
+import pytest
 import torch
 from test_incontext import check_1d_normalized, linear_1d
 
@@ -114,3 +115,12 @@ def test_nonlinear_is_accurate_against_the_exact_posterior():
                    cubic_posterior_samples(x_o, 1000, i), seed=0)
               for i, x_o in enumerate((0.0, 1.0, -3.0))]
     assert max(scores) <= 0.65 and sum(scores) / 3 <= 0.60, scores
+
+
+def test_too_few_simulations_for_the_regression_get_a_clear_error():
+    sims = simulate(cubic_1d(), 30, seed=0, progress=False)
+    with pytest.raises(ValueError, match="at least 50 simulations.*variant='plain'"):
+        fit(cubic_1d(), sims, method="incontext", detector=False, variant="nonlinear")
+    post = fit(cubic_1d(), sims, method="incontext", detector=False,  # auto skips it
+               candidates=["plain-16", "nonlinear-16"])
+    assert post.history["variant"] == "plain-16"
