@@ -158,6 +158,7 @@ def run_ours(theta, x, xo, spec, flow, seed, num_samples, options, run, x_trials
     _sync(device)
     train_s = time.perf_counter() - t0
     EXTRA["train_cpu_seconds"] = time.process_time() - cpu0
+    posterior.range_check = run.get("range_check", "error")
     samples, sample_s = [], []
     for k in range(xo.shape[0]):
         t0 = time.perf_counter()

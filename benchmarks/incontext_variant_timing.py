@@ -40,7 +40,10 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=["two_moons", "gaussian_linear",
                                                    "gaussian_mixture", "sir"])
     ap.add_argument("--sims", type=int, nargs="+", default=[200, 500, 1000])
-    ap.add_argument("--variants", nargs="+", default=["select", "auto", "stack"])
+    ap.add_argument("--variants", nargs="+", default=["select", "auto", "stack"],
+                    help="variant names; 'VARIANT:CAND1,CAND2' fixes the candidate pool, e.g. "
+                         "auto:plain-16,residual-16,residual-64,residual-256 (the pool before "
+                         "wave 12)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--num-samples", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
@@ -61,8 +64,10 @@ def main() -> None:
             for _ in range(args.repeats):
                 for v in args.variants:
                     t0 = time.perf_counter()
+                    name, _, pool = v.partition(":")
+                    extra = {"candidates": pool.split(",")} if pool else {}
                     post = fit(problem, (theta, x), method="incontext", detector=False,
-                               seed=args.seed, variant=v)
+                               seed=args.seed, variant=name, **extra)
                     fit_s[v].append(time.perf_counter() - t0)
                     t0 = time.perf_counter()
                     post.sample((args.num_samples,), x=x_o, seed=0)

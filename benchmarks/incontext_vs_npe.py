@@ -127,7 +127,8 @@ def main() -> None:
     ap.add_argument("--json", help="write all rows to this JSON file")
     ap.add_argument("--weights", default=None,
                     help="in-context weights file (default: the shipped one)")
-    ap.add_argument("--variant", default=None, choices=["auto", "stack", "select", "plain", "residual"],
+    ap.add_argument("--variant", default=None, choices=["auto", "stack", "select", "plain", "residual",
+                                                          "nonlinear"],
                     help="in-context variant (default: the method's default)")
     ap.add_argument("--candidates", nargs="+", default=None, metavar="NAME",
                     help="candidates of 'auto' / 'stack', e.g. plain-16 residual-64")
@@ -138,6 +139,9 @@ def main() -> None:
     ap.add_argument("--truncate-margin", type=float, default=0.25)
     ap.add_argument("--truncate-min", type=int, default=100,
                     help="fall back to one pass when fewer simulations lie in the box")
+    ap.add_argument("--range-check", default="error", choices=["error", "warn"],
+                    help="'warn': sample observations outside the simulations' x range "
+                         "anyway (sir, seed 1, 200 simulations), for every method")
     ap.add_argument("--baselines-only", action="store_true",
                     help="run only (b) and (c) (they do not depend on the weights)")
     ap.add_argument("--baselines-from", metavar="JSON",
@@ -170,6 +174,7 @@ def main() -> None:
                 post = fit(problem, (theta, x), method="incontext", detector=False,
                            seed=args.seed, **weights)
                 t_fit = time.perf_counter() - t0
+                post.range_check = args.range_check
                 t0 = time.perf_counter()
                 samples = [post.sample((args.num_samples,), x=xo, seed=i)
                            for i, xo in enumerate(xos)]
@@ -231,7 +236,8 @@ def main() -> None:
                              prior_spec=json.dumps(prior_spec(problem.prior)),
                              num_samples=args.num_samples)
                     res = run_workers(jobs, inp, "fmaf", args.seed, 1, {"detector": False},
-                                      concurrent=False)
+                                      concurrent=False,
+                                      run={"range_check": args.range_check})
                 for lib, _ in jobs:
                     smp = torch.from_numpy(res[lib]["samples"])
                     sc = [c2st(smp[i], refs[i], seed=0) for i in range(len(xos))]

@@ -18,15 +18,18 @@ raises :class:`InContextRangeError` naming the fixes (``context_size=`` subsampl
 context; method ``"npe"`` or ``"pfn"`` trains on the problem instead).
 
 Variants (:mod:`estimators.incontext_select`, no retraining, still exact). The candidates
-are the plain network and the *residual* parameterization (the network sees ``theta`` minus a
-linear regression on ``x``, then shifts back), with several kernel neighbour counts. Each is
+are the plain network, the *residual* parameterization (the network sees ``theta`` minus a
+linear regression on ``x``, then shifts back), with several kernel neighbour counts, and the
+*nonlinear* one (the standardized residuals of a closed-form kernel ridge regression of
+``theta`` on ``x`` and of a scale regression, :mod:`estimators.incontext_adjust`; mapped
+back by ``theta = m(x_o) + s(x_o) r``). Each is
 scored on held-out pairs of the user's simulations; their *stack* is the mixture of their
 posteriors with the weights that maximize the held-out log score. ``variant="auto"``
 (default) returns the stack when it beats the best single candidate by more than
 ``STACK_GAIN_SE`` standard errors on those pairs, else that candidate; ``"stack"`` always
 the mixture (:class:`StackedInContextEstimator`), ``"select"`` always the best single one;
-``"plain"`` / ``"residual"`` and ``num_neighbors=`` fix them; ``candidates=`` (names such as
-``"residual-64"``) sets the pool of ``"auto"`` / ``"stack"`` / ``"select"``.
+``"plain"`` / ``"residual"`` / ``"nonlinear"`` and ``num_neighbors=`` fix them;
+``candidates=`` (names such as ``"residual-64"`` or ``"nonlinear-16"``) sets the pool of ``"auto"`` / ``"stack"`` / ``"select"``.
 
 ``finetune_steps=k`` optionally continues pretraining for ``k`` steps on the user's own
 simulations (random context/query splits of ``sims``), starting from the shipped weights.
@@ -45,10 +48,15 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from estimators.incontext import InContextNet, pretrain_loss, standardize_context
+from estimators.incontext_adjust import PARAM_KEYS, apply_adjustment, fit_adjustment, param_shapes
 from estimators.incontext_prior import D_MAX, N_MAX, X_DIM_MAX
 from estimators.incontext_select import (
+    CANDIDATES,
+    STACK_CANDIDATES,
     design,
+    kind_of,
     linear_coef,
+    min_simulations,
     select_stack,
     select_variant,
     variant_name,
@@ -68,7 +76,7 @@ WEIGHTS_PATH = Path(__file__).resolve().parent / "weights" / "incontext_v1.pt"
 WEIGHTS_FORMAT = "sbi-core-incontext-weights"
 ESTIMATOR_OPTIONS = ("context_size", "finetune_steps", "finetune_lr", "weights", "variant",
                      "num_neighbors", "candidates")
-VARIANTS = ("auto", "stack", "select", "plain", "residual")
+VARIANTS = ("auto", "stack", "select", "plain", "residual", "nonlinear")
 #: ``variant="auto"`` uses the stacked mixture only when its held-out log score beats the
 #: best single candidate's by more than this many standard errors of the paired difference
 #: (else that candidate alone: a mixture within noise of it only widens the posterior).
@@ -130,7 +138,10 @@ class InContextEstimator(nn.Module):
     Args:
         config: ``theta_dim``, ``x_shape``, ``n_context``, ``net`` (network config), the
             provenance of the weights, and optionally ``residual`` (the network sees the
-            residuals of a linear regression of theta on x: :mod:`estimators.incontext_select`)
+            residuals of a linear regression of theta on x: :mod:`estimators.incontext_select`),
+            ``adjust`` (``"plain"`` / ``"residual"`` / ``"nonlinear"``: the latter the
+            regression adjustment of :mod:`estimators.incontext_adjust`; files from before it
+            have only ``residual``), ``adjust_seed`` (its kernel centres' seed)
             and ``num_neighbors`` (the kernel's neighbour count at inference). Buffers are
             filled by :func:`build_incontext` or loaded.
         net: an existing network to use (shared by the components of a stacked posterior)
@@ -150,9 +161,16 @@ class InContextEstimator(nn.Module):
         #: this estimator's kernel neighbour count, set on ``net.config`` before each use
         #: (the components of a stacked posterior share one network)
         self.num_neighbors = int(self.net.config["num_neighbors"])
-        self.residual = bool(config.get("residual", False))
+        #: the parameterization: "plain", "residual" or "nonlinear" (config ``adjust``;
+        #: files from before it have only ``residual``)
+        self.kind = kind_of(config.get("adjust", bool(config.get("residual", False))))
+        self.residual = self.kind == "residual"
         if self.residual:  # regression coefficients (d_x + 1, D) on [1, standardized x]
             self.register_buffer("coef", torch.zeros(x_dim + 1, d))
+        if self.kind == "nonlinear":  # estimators.incontext_adjust's fit, and the targets
+            shapes = {**param_shapes(n, x_dim, d), "targets": (n, d)}
+            for name, shape in shapes.items():
+                self.register_buffer(f"adj_{name}", torch.zeros(shape))
         self.register_buffer("theta_context", torch.zeros(n, d))
         self.register_buffer("x_context", torch.zeros(n, x_dim))
         for name, k in (("theta_mean", d), ("theta_std", d), ("x_mean", x_dim),
@@ -164,8 +182,11 @@ class InContextEstimator(nn.Module):
         self.register_buffer("high", torch.full((d,), math.inf))
         self._cache: dict[str, Any] | None = None
 
-    def set_context(self, theta: Tensor, x: Tensor) -> None:
-        """Store ``theta`` ``(N, D)`` and ``x`` ``(N, *x_shape)`` and their statistics."""
+    def set_context(self, theta: Tensor, x: Tensor,
+                    adjustment: tuple[dict[str, Tensor], Tensor] | None = None) -> None:
+        """Store ``theta`` ``(N, D)`` and ``x`` ``(N, *x_shape)`` and their statistics;
+        ``adjustment``: the nonlinear variant's :func:`fit_adjustment` of these pairs, if
+        already computed (else it is fitted here)."""
         x = x.reshape(x.shape[0], -1).float()
         theta = theta.float()
         with torch.no_grad():
@@ -176,6 +197,11 @@ class InContextEstimator(nn.Module):
                 getattr(self, k).copy_(x_stats[k].reshape(-1))
             if self.residual:
                 self.coef.copy_(linear_coef(theta, self._zx(x)))
+            if self.kind == "nonlinear":
+                params, targets = adjustment or fit_adjustment(
+                    theta, x, seed=int(self.config.get("adjust_seed", 0)))
+                for k, v in {**params, "targets": targets}.items():
+                    getattr(self, f"adj_{k}").copy_(v)
             stats = standardize_context(self.context_targets()[None], x[None])
             for k in ("theta_mean", "theta_std"):
                 getattr(self, k).copy_(stats[k].reshape(-1))
@@ -187,17 +213,27 @@ class InContextEstimator(nn.Module):
         self._cache = None
         super()._load_from_state_dict(*args, **kwargs)
 
-    def shift(self, zx: Tensor) -> Tensor:
-        """``a + B zx`` ``(B, D)`` for standardized ``zx`` ``(B, d)`` (zeros unless residual):
-        ``theta = r + shift``."""
+    def affine(self, zx: Tensor) -> tuple[Tensor, Tensor]:
+        """``(shift, scale)``, each ``(B, D)``, for standardized ``zx`` ``(B, d)``:
+        ``theta = shift + scale * r`` with ``r`` what the network models (plain: 0 and 1;
+        residual: ``a + B zx`` and 1; nonlinear: ``m(zx)`` and ``s(zx)``)."""
+        if self.kind == "nonlinear":  # on the data itself (its inputs may be log1p(x))
+            return apply_adjustment(self._adj_params(), zx * self.x_std + self.x_mean)
+        ones = torch.ones(zx.shape[0], self.theta_dim, device=zx.device)
         if not self.residual:
-            return torch.zeros(zx.shape[0], self.theta_dim, device=zx.device)
-        return design(zx) @ self.coef
+            return torch.zeros_like(ones), ones
+        return design(zx) @ self.coef, ones
+
+    def _adj_params(self) -> dict[str, Tensor]:
+        return {k: getattr(self, f"adj_{k}") for k in PARAM_KEYS}
 
     def context_targets(self) -> Tensor:
-        """What the network sees as the context's parameters ``(N, D)``: ``theta``, or its
-        regression residuals ``r`` in the residual variant."""
-        return self.theta_context - self.shift(self._zx(self.x_context))
+        """What the network sees as the context's parameters ``(N, D)``: ``theta``, its
+        linear regression residuals (residual), or the leave-one-out residuals of the
+        nonlinear regression divided by the scale regression (nonlinear)."""
+        if self.kind == "nonlinear":
+            return self.adj_targets
+        return self.theta_context - self.affine(self._zx(self.x_context))[0]
 
     def cache(self) -> dict[str, Any]:
         """The context's keys/values for the query layers (computed once)."""
@@ -216,10 +252,11 @@ class InContextEstimator(nn.Module):
     def _zx(self, xs: Tensor) -> Tensor:
         return (xs.reshape(xs.shape[0], -1) - self.x_mean) / self.x_std  # (B, d)
 
-    def _z_bounds(self, shift: Tensor) -> tuple[Tensor, Tensor]:
-        """The prior bounds in the network's standardized units ``(B, D)`` per observation."""
-        return (self.low - shift - self.theta_mean) / self.theta_std, \
-            (self.high - shift - self.theta_mean) / self.theta_std
+    def _z_bounds(self, shift: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+        """The prior bounds in the network's standardized units ``(B, D)`` per observation
+        (``scale > 0``, so the order is kept)."""
+        return ((self.low - shift) / scale - self.theta_mean) / self.theta_std, \
+            ((self.high - shift) / scale - self.theta_mean) / self.theta_std
 
     def _mass(self, logits: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
         """CDF of each factor at the standardized bounds ``lo``, ``hi`` (shape
@@ -235,16 +272,18 @@ class InContextEstimator(nn.Module):
         """``log q(theta_s | x_b)`` ``(S, B)`` for ``theta`` ``(S, B, D)``, ``xs`` ``(B, *x_shape)``."""
         s, b, d = theta.shape
         zx_b = self._zx(xs)
-        shift = self.shift(zx_b)  # (B, D)
-        zt = ((theta - shift - self.theta_mean) / self.theta_std).transpose(0, 1)  # (B, S, D)
+        shift, scale = self.affine(zx_b)  # (B, D)
+        zt = (((theta - shift) / scale - self.theta_mean) / self.theta_std).transpose(0, 1)
         zx = zx_b[:, None, :].expand(b, s, -1)
         logits = self._logits(zx.reshape(1, b * s, -1), zt.reshape(1, b * s, d),
                                  self.cache(), self.theta_context.shape[0])[0]
         lp = self.net.log_prob_std(logits, zt.reshape(b * s, d))
-        lo, hi = (v[:, None].expand(b, s, d).reshape(b * s, d) for v in self._z_bounds(shift))
+        lo, hi = (v[:, None].expand(b, s, d).reshape(b * s, d)
+                  for v in self._z_bounds(shift, scale))
         c_lo, c_hi = self._mass(logits, lo, hi)
         lp = lp - (c_hi - c_lo).clamp(min=1e-12).log()
-        out = (lp.sum(-1) - self.theta_std.log().sum()).reshape(b, s).T
+        out = (lp.sum(-1) - self.theta_std.log().sum()).reshape(b, s).T \
+            - scale.log().sum(-1)  # (S, B): the Jacobian of theta = shift + scale * r
         th = theta
         inside = ((th >= self.low) & (th <= self.high)).all(-1)
         return out.masked_fill(~inside, -math.inf)
@@ -255,8 +294,8 @@ class InContextEstimator(nn.Module):
         """``num`` exact ancestral draws per observation ``xs`` ``(B, *x_shape)`` → ``(num, B, D)``."""
         b, d = xs.shape[0], self.theta_dim
         zx = self._zx(xs)
-        shift = self.shift(zx)  # (B, D)
-        z_lo, z_hi = self._z_bounds(shift)
+        shift, scale = self.affine(zx)  # (B, D)
+        z_lo, z_hi = self._z_bounds(shift, scale)
         cache, n = self.cache(), self.theta_context.shape[0]
         out = torch.empty(num, b, d, device=xs.device)
         # factor 1 does not depend on theta: one pass per observation
@@ -281,7 +320,8 @@ class InContextEstimator(nn.Module):
                 u = torch.rand(b, m, 1, generator=generator, device=xs.device)
                 u = c_lo + (c_hi - c_lo) * u
                 zt[..., j] = self.net.icdf_std(logits, u)[..., 0]
-            theta = zt * self.theta_std + self.theta_mean + shift[:, None, :]
+            theta = (zt * self.theta_std + self.theta_mean) * scale[:, None, :] \
+                + shift[:, None, :]
             theta = torch.maximum(torch.minimum(theta, self.high), self.low)
             out[start:start + m] = theta.transpose(0, 1)
         return out
@@ -303,8 +343,8 @@ class StackedInContextEstimator(nn.Module):
 
     Args:
         config: as :class:`InContextEstimator` (without ``residual`` / ``num_neighbors``) plus
-            ``stack``: a list of ``{"residual": bool, "num_neighbors": int}``, one per
-            component. The weights are the buffer ``log_weights`` ``(K,)``.
+            ``stack``: a list of ``{"residual": bool, "num_neighbors": int}`` (and
+            ``"adjust"``: the parameterization's name, since wave 12), one per component. The weights are the buffer ``log_weights`` ``(K,)``.
     """
 
     def __init__(self, config: dict[str, Any]):
@@ -316,6 +356,7 @@ class StackedInContextEstimator(nn.Module):
         base = {k: v for k, v in config.items() if k not in ("stack", "variant")}
         net = InContextNet(config["net"])  # one network for all (stored once in a file)
         comps = [InContextEstimator({**base, "residual": bool(p["residual"]),
+                                     "adjust": p.get("adjust", bool(p["residual"])),
                                      "num_neighbors": int(p["num_neighbors"])}, net=net)
                  for p in parts]
         self.components = nn.ModuleList(comps)
@@ -329,10 +370,16 @@ class StackedInContextEstimator(nn.Module):
     x_min = _from_first_component("x_min")
     x_max = _from_first_component("x_max")
 
-    def set_context(self, theta: Tensor, x: Tensor, weights: Tensor) -> None:
-        """Store the context in every component and the mixture ``weights`` ``(K,)``."""
+    def set_context(self, theta: Tensor, x: Tensor, weights: Tensor,
+                    adjustment: tuple[dict[str, Tensor], Tensor] | None = None) -> None:
+        """Store the context in every component and the mixture ``weights`` ``(K,)``
+        (``adjustment``: as :meth:`InContextEstimator.set_context`, fitted once here for all
+        nonlinear components when not given)."""
+        if adjustment is None and any(c.kind == "nonlinear" for c in self.components):
+            adjustment = fit_adjustment(theta.float(), x.reshape(x.shape[0], -1).float(),
+                                        seed=int(self.config.get("adjust_seed", 0)))
         for c in self.components:
-            c.set_context(theta, x)
+            c.set_context(theta, x, adjustment)
         with torch.no_grad():
             self.log_weights.copy_(weights.float().clamp(min=1e-30).log())
 
@@ -405,10 +452,12 @@ def build_incontext(theta: Tensor, x: Tensor, prior: Distribution,
     :mod:`estimators.incontext_select` if its held-out log score beats the best single
     candidate's by more than ``STACK_GAIN_SE`` standard errors, else that candidate;
     ``"stack"``: always the mixture; ``"select"``: the candidate with the lowest held-out NLL;
-    ``"plain"``; ``"residual"``), ``num_neighbors`` (the kernel's neighbour count; with
+    ``"plain"``; ``"residual"``; ``"nonlinear"``), ``num_neighbors`` (the kernel's neighbour
+    count; with
     ``"auto"`` / ``"stack"`` / ``"select"`` it restricts the candidates to plain and residual
     with it; otherwise the pretrained 16) and ``candidates`` (names ``"plain-K"`` /
-    ``"residual-K"``: the pool of ``"auto"`` / ``"stack"`` / ``"select"``).
+    ``"residual-K"`` / ``"nonlinear-K"``: the pool of ``"auto"`` / ``"stack"`` /
+    ``"select"``).
     """
     unknown = set(options) - {"context_size", "weights", "seed", "variant", "num_neighbors",
                               "candidates"}
@@ -431,7 +480,8 @@ def build_incontext(theta: Tensor, x: Tensor, prior: Distribution,
         raise ValueError(f"variant={variant!r} is not one of {list(VARIANTS)}; use 'auto' "
                          "(chosen by held-out likelihood on the simulations), 'stack' (always "
                          "the mixture of the candidates weighted on held-out simulations), "
-                         "'select' (the best single candidate), 'plain' or 'residual'.")
+                         "'select' (the best single candidate), 'plain', 'residual' or "
+                         "'nonlinear'.")
     nb = options.get("num_neighbors")
     if nb is not None and int(nb) < 1:
         raise ValueError(f"num_neighbors must be a positive integer, got {nb}.")
@@ -439,45 +489,62 @@ def build_incontext(theta: Tensor, x: Tensor, prior: Distribution,
     low, high = support_bounds(prior)
     theta, x = theta.float(), x.float()
     record: dict[str, Any] = {}
+    adjustment = None  # the nonlinear candidates' regression fit, shared
     cands = parse_candidates(options.get("candidates"), nb)
     base = {"theta_dim": int(theta.shape[1]), "x_shape": list(x_shape),
             "n_context": int(theta.shape[0]), "net": dict(net.config),
+            "adjust_seed": int(options.get("seed", 0)),
             "weights": {"file": Path(options.get("weights") or WEIGHTS_PATH).name,
                         "steps": meta.get("steps"), "seed": meta.get("seed")}}
     if variant in ("auto", "stack", "select"):
         x_flat = x.reshape(x.shape[0], -1)
         st = standardize_context(theta[None], x_flat[None])
         zx = ((x_flat - st["x_mean"][0]) / st["x_std"][0])
-        kw = {} if cands is None else {"candidates": cands}
+        kw: dict[str, Any] = {} if cands is None else {"candidates": cands}
         seed = int(options.get("seed", 0))
+        pool = cands if cands is not None else \
+            (STACK_CANDIDATES if variant != "select" else CANDIDATES)
+        if any(kind_of(c[0]) == "nonlinear" for c in pool) and \
+                theta.shape[0] >= min_simulations("nonlinear", zx.shape[1]):
+            adjustment = fit_adjustment(theta, x_flat, seed=seed)
+            kw["adjustment"] = adjustment[0]
     if variant in ("auto", "stack"):
-        comps, weights, record = select_stack(net, theta, zx, seed=seed, **kw)
+        comps, weights, record = select_stack(net, theta, zx, seed=seed, x=x_flat, **kw)
         mixed = len(comps) > 1 and (variant == "stack" or record["gain"] > STACK_GAIN_SE
                                     * record["gain_se"])
         if mixed:
             record["chosen"] = "stack(" + ", ".join(
                 f"{k} {v:.2f}" for k, v in record["weights"].items()) + ")"
             est: nn.Module = StackedInContextEstimator(
-                {**base, "stack": [{"residual": r, "num_neighbors": k} for r, k in comps],
+                {**base, "stack": [{"residual": kind_of(r) == "residual",
+                                    "adjust": kind_of(r), "num_neighbors": k}
+                                   for r, k in comps],
                  "variant": {"requested": variant, **record}})
             est.components[0].net.load_state_dict(net.state_dict())
-            est.set_context(theta, x, weights)
+            est.set_context(theta, x, weights, adjustment)
             est.set_bounds(low, high)
             return est.eval()
         (residual, nb_used), = parse_candidates([record.get("best")]) if "best" in record \
             else (comps[0],)
         record["chosen"] = variant_name(residual, nb_used)
     elif variant == "select":
-        (residual, nb_used), record = select_variant(net, theta, zx, seed=seed, **kw)
+        (residual, nb_used), record = select_variant(net, theta, zx, seed=seed, x=x_flat, **kw)
     else:
-        residual = variant == "residual"
+        residual = variant if variant == "nonlinear" else variant == "residual"
+        need = min_simulations(residual, math.prod(x_shape))
+        if theta.shape[0] < need:
+            raise ValueError(
+                f"variant={variant!r} fits a regression of theta on x and needs at least "
+                f"{need} simulations, got {theta.shape[0]}. Simulate more, or use "
+                "variant='plain' (or 'auto', which skips it with too few simulations).")
         nb_used = int(nb) if nb is not None else int(net.config["num_neighbors"])
-    config = {**base, "residual": residual, "num_neighbors": nb_used,
+    config = {**base, "residual": kind_of(residual) == "residual",
+              "adjust": kind_of(residual), "num_neighbors": nb_used,
               "variant": {"requested": variant, "chosen": variant_name(residual, nb_used),
                           **record}}
     est = InContextEstimator(config)
     est.net.load_state_dict(net.state_dict())
-    est.set_context(theta, x)
+    est.set_context(theta, x, adjustment)
     with torch.no_grad():
         est.low.copy_(low.float())
         est.high.copy_(high.float())
@@ -495,11 +562,11 @@ def parse_candidates(names: Any, nb: Any = None) -> tuple[tuple[bool, int], ...]
     out = []
     for name in names:
         kind, _, k = str(name).strip().partition("-")
-        if kind not in ("plain", "residual") or not k.isdigit() or int(k) < 1:
+        if kind not in ("plain", "residual", "nonlinear") or not k.isdigit() or int(k) < 1:
             raise ValueError(f"candidate {name!r} is not of the form 'plain-K' or 'residual-K' "
-                             "(K a positive neighbour count), e.g. candidates=['plain-16', "
-                             "'residual-64'].")
-        out.append((kind == "residual", int(k)))
+                             "(or 'nonlinear-K'; K a positive neighbour count), e.g. "
+                             "candidates=['plain-16', 'residual-64', 'nonlinear-16'].")
+        out.append((kind if kind == "nonlinear" else kind == "residual", int(k)))
     if not out:
         raise ValueError("candidates= is empty; give at least one, e.g. ['plain-16'].")
     return tuple(dict.fromkeys(out))

@@ -14,6 +14,14 @@ Two choices change the in-context posterior without retraining, and both keep ``
   narrower than the prior, so the per-data-set standardization zooms in on the posterior's
   scale and the network's task becomes easy (the classic regression adjustment of ABC,
   Beaumont et al. 2002, as a reparameterization instead of an approximation).
+- **Nonlinear, heteroscedastic regression adjustment** (``"nonlinear"``,
+  :mod:`estimators.incontext_adjust`, wave 12): the network is given
+  :math:`r_i = (\theta_i - m(x_i)) / s(x_i)` with a kernel ridge regression :math:`m` and a
+  scale regression :math:`s` (closed form; leave-one-out residuals as the targets) and
+  :math:`\theta = m(x_o) + s(x_o) r` (Blum & François 2010): an affine bijection per
+  :math:`x_o`, log-Jacobian :math:`-\sum_j \log s_j(x_o)`. Where :math:`E[\theta \mid x]` is
+  nonlinear or the posterior's width varies with :math:`x`, the residuals are closer to
+  independent of :math:`x` than the linear ones.
 - **Neighbour count** of the network's kernel term (``num_neighbors``; pretrained with 16):
   more neighbours give a smoother first guess when the residuals no longer depend on ``x``.
 
@@ -33,19 +41,49 @@ import torch
 from torch import Tensor
 
 from estimators.incontext import InContextNet, standardize_context
+from estimators.incontext_adjust import apply_adjustment, fit_adjustment
 
-__all__ = ["CANDIDATES", "STACK_CANDIDATES", "MAX_HELDOUT", "linear_coef", "design",
+__all__ = ["CANDIDATES", "KINDS", "kind_of", "min_simulations", "STACK_CANDIDATES", "MAX_HELDOUT", "linear_coef", "design",
            "heldout_logprobs", "heldout_nll", "heldout_nlls", "select_variant", "select_stack",
            "stacking_weights", "variant_name"]
 
-#: (residual, num_neighbors) pairs tried by ``variant="auto"``.
-CANDIDATES: tuple[tuple[bool, int], ...] = ((False, 16), (True, 16), (True, 64), (True, 256))
+#: a candidate: (parameterization, num_neighbors); the parameterization a name of
+#: :data:`KINDS`, or ``False`` / ``True`` for ``"plain"`` / ``"residual"``.
+Candidate = tuple[bool | str, int]
+#: (parameterization, num_neighbors) pairs tried by ``variant="auto"``. ``("nonlinear", 16)``
+#: is opt-in (``candidates=``): in the pool it won one more benchmark cell against NPE on
+#: one seed of two, but raised the other seed's mean C2ST and cost a median 1.57x the time
+#: to the first posterior (benchmarks/RESULTS.md, "Issue 21 (wave 12, h12-incontext12)").
+CANDIDATES: tuple[Candidate, ...] = ((False, 16), (True, 16), (True, 64), (True, 256))
 #: ridge penalty of the regression (on standardized x; the intercept is not penalized).
 RIDGE = 1e-3
 
 
-def variant_name(residual: bool, num_neighbors: int) -> str:
-    return f"{'residual' if residual else 'plain'}-{num_neighbors}"
+#: the parameterizations: ``"plain"`` (theta), ``"residual"`` (linear regression residuals),
+#: ``"nonlinear"`` (standardized residuals of the nonlinear, heteroscedastic regression of
+#: :mod:`estimators.incontext_adjust`). A candidate is ``(kind, num_neighbors)``; ``False`` /
+#: ``True`` as the kind mean ``"plain"`` / ``"residual"`` (the form before ``"nonlinear"``).
+KINDS = ("plain", "residual", "nonlinear")
+
+
+def kind_of(kind: bool | str) -> str:
+    """The parameterization's name for a candidate's first entry (``bool`` or a name)."""
+    if isinstance(kind, str):
+        if kind not in KINDS:
+            raise ValueError(f"unknown in-context parameterization {kind!r}; one of {KINDS}.")
+        return kind
+    return "residual" if kind else "plain"
+
+
+def min_simulations(kind: bool | str, d: int) -> int:
+    """Fewest context simulations a parameterization is tried with (``d`` data values): a
+    regression needs several simulations per coefficient, else it overfits."""
+    k = kind_of(kind)
+    return 0 if k == "plain" else 5 * (d + 1) if k == "residual" else max(50, 5 * (d + 1))
+
+
+def variant_name(kind: bool | str, num_neighbors: int) -> str:
+    return f"{kind_of(kind)}-{num_neighbors}"
 
 
 def design(zx: Tensor) -> Tensor:
@@ -68,8 +106,9 @@ MAX_HELDOUT = 300
 
 @torch.no_grad()
 def heldout_logprobs(net: InContextNet, theta: Tensor, zx: Tensor,
-                     candidates: tuple[tuple[bool, int], ...], folds: int = 5, seed: int = 0,
-                     max_heldout: int = MAX_HELDOUT) -> dict[tuple[bool, int], Tensor]:
+                     candidates: tuple[Candidate, ...], folds: int = 5, seed: int = 0,
+                     max_heldout: int = MAX_HELDOUT, x: Tensor | None = None,
+                     adjustment: dict[str, Tensor] | None = None) -> dict[Candidate, Tensor]:
     """``log q(theta_i | x_i)`` ``(M,)`` (in the units of ``theta``) of the same ``M``
     held-out context pairs for each candidate ``(residual, num_neighbors)``: each fold is
     held out in turn and the other folds are the context (the regression is refitted on
@@ -81,37 +120,50 @@ def heldout_logprobs(net: InContextNet, theta: Tensor, zx: Tensor,
     n = theta.shape[0]
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     saved = net.config["num_neighbors"]
-    parts: dict[tuple[bool, int], list[Tensor]] = {c: [] for c in candidates}
+    parts: dict[Candidate, list[Tensor]] = {c: [] for c in candidates}
+    kinds = sorted({kind_of(c[0]) for c in candidates})
+    x = zx if x is None else x.reshape(n, -1)
+    full = adjustment
+    if full is None and "nonlinear" in kinds:
+        full = fit_adjustment(theta, x, seed=seed)[0]
     try:
         for f in range(folds):
             test = perm[f::folds][:max(1, max_heldout // folds)]
             train = torch.cat([perm[g::folds] for g in range(folds) if g != f])
-            for residual in sorted({c[0] for c in candidates}):
-                t = theta
-                if residual:
+            for kind in kinds:
+                t, log_jac = theta, torch.zeros(len(test))
+                if kind == "residual":
                     t = theta - design(zx) @ linear_coef(theta[train], zx[train])
+                elif kind == "nonlinear":  # bandwidths of the full fit, weights refitted
+                    params, targets = fit_adjustment(theta[train], x[train], fixed=full)
+                    mean, scale = apply_adjustment(params, x[test])
+                    t = theta.clone()
+                    t[train] = targets
+                    t[test] = (theta[test] - mean) / scale
+                    log_jac = scale.log().sum(-1)
                 st = standardize_context(t[train][None], zx[train][None])
                 zt = (t - st["theta_mean"][0]) / st["theta_std"][0]
                 zxs = (zx - st["x_mean"][0]) / st["x_std"][0]
                 cache = net.encode(zt[train][None], zxs[train][None])
                 for c in candidates:
-                    if c[0] != residual:
+                    if kind_of(c[0]) != kind:
                         continue
                     net.config["num_neighbors"] = int(c[1])
                     logits = net.logits(zxs[test][None], zt[test][None], cache, len(train))
                     lp = net.log_prob_std(logits, zt[test][None]).sum(-1)[0]
-                    parts[c].append(lp - st["theta_std"][0].log().sum())
+                    parts[c].append(lp - st["theta_std"][0].log().sum() - log_jac)
     finally:
         net.config["num_neighbors"] = saved
     return {c: torch.cat(v) for c, v in parts.items()}
 
 
 def heldout_nlls(net: InContextNet, theta: Tensor, zx: Tensor,
-                 candidates: tuple[tuple[bool, int], ...], folds: int = 5, seed: int = 0,
-                 max_heldout: int = MAX_HELDOUT) -> dict[tuple[bool, int], float]:
+                 candidates: tuple[Candidate, ...], folds: int = 5, seed: int = 0,
+                 max_heldout: int = MAX_HELDOUT, x: Tensor | None = None
+                 ) -> dict[Candidate, float]:
     """Mean ``-log q(theta_i | x_i)`` of the held-out pairs of :func:`heldout_logprobs` for
     each candidate."""
-    lps = heldout_logprobs(net, theta, zx, candidates, folds, seed, max_heldout)
+    lps = heldout_logprobs(net, theta, zx, candidates, folds, seed, max_heldout, x=x)
     return {c: -float(v.mean()) for c, v in lps.items()}
 
 
@@ -124,18 +176,21 @@ def heldout_nll(net: InContextNet, theta: Tensor, zx: Tensor, residual: bool,
 
 
 def select_variant(net: InContextNet, theta: Tensor, zx: Tensor, folds: int = 5,
-                   seed: int = 0, candidates: tuple[tuple[bool, int], ...] = CANDIDATES
-                   ) -> tuple[tuple[bool, int], dict[str, Any]]:
+                   seed: int = 0, candidates: tuple[Candidate, ...] = CANDIDATES,
+                   x: Tensor | None = None, adjustment: dict[str, Tensor] | None = None
+                   ) -> tuple[Candidate, dict[str, Any]]:
     """The candidate ``(residual, num_neighbors)`` with the lowest held-out NLL, and a record
     ``{"scores": {name: nll}, "chosen": name, "folds": folds}``. Residual candidates need at
     least ``5 (d + 1)`` simulations (else the regression overfits); with fewer than
     ``4 folds`` simulations per fold, or one candidate left, the first candidate is taken."""
     n, d = zx.shape
-    usable = [c for c in candidates if not c[0] or n >= 5 * (d + 1)]
+    usable = [c for c in candidates if n >= min_simulations(c[0], d)] or [(False, 16)]
     if n < 4 * folds or len(usable) == 1:
         chosen = usable[0]
         return chosen, {"scores": {}, "chosen": variant_name(*chosen), "folds": 0}
-    nlls = heldout_nlls(net, theta, zx, tuple(usable), folds=folds, seed=seed)
+    lps = heldout_logprobs(net, theta, zx, tuple(usable), folds=folds, seed=seed, x=x,
+                           adjustment=adjustment)
+    nlls = {c: -float(v.mean()) for c, v in lps.items()}
     scores = {variant_name(*c): nlls[c] for c in usable}
     finite = {k: v for k, v in scores.items() if math.isfinite(v)}
     best = min(finite, key=finite.get) if finite else variant_name(*usable[0])
@@ -146,7 +201,7 @@ def select_variant(net: InContextNet, theta: Tensor, zx: Tensor, folds: int = 5,
 
 #: candidates of ``variant="stack"``: the four of ``"auto"`` plus more neighbour counts
 #: (the stacking weights, not a single pick, decide how much each contributes).
-STACK_CANDIDATES: tuple[tuple[bool, int], ...] = CANDIDATES
+STACK_CANDIDATES: tuple[Candidate, ...] = CANDIDATES
 #: components whose stacking weight falls below this are dropped (and the rest renormalized).
 MIN_WEIGHT = 0.01
 
@@ -175,9 +230,10 @@ def stacking_weights(logp: Tensor, iters: int = 5000, tol: float = 1e-10) -> Ten
 
 
 def select_stack(net: InContextNet, theta: Tensor, zx: Tensor, folds: int = 5, seed: int = 0,
-                 candidates: tuple[tuple[bool, int], ...] = STACK_CANDIDATES,
-                 min_weight: float = MIN_WEIGHT
-                 ) -> tuple[list[tuple[bool, int]], Tensor, dict[str, Any]]:
+                 candidates: tuple[Candidate, ...] = STACK_CANDIDATES,
+                 min_weight: float = MIN_WEIGHT, x: Tensor | None = None,
+                 adjustment: dict[str, Tensor] | None = None
+                 ) -> tuple[list[Candidate], Tensor, dict[str, Any]]:
     """The candidates and weights of the stacked in-context posterior (a mixture of the
     candidates' posteriors), chosen on the held-out pairs :func:`select_variant` scores:
     :func:`stacking_weights` of their per-pair log densities, components below
@@ -189,12 +245,13 @@ def select_stack(net: InContextNet, theta: Tensor, zx: Tensor, folds: int = 5, s
     and ``gain_se`` the standard error of that paired difference). With too few simulations
     to score (as in :func:`select_variant`) the first usable candidate gets weight 1."""
     n, d = zx.shape
-    usable = [c for c in candidates if not c[0] or n >= 5 * (d + 1)]
+    usable = [c for c in candidates if n >= min_simulations(c[0], d)] or [(False, 16)]
     if n < 4 * folds or len(usable) == 1:
         c = usable[0]
         return [c], torch.ones(1), {"scores": {}, "weights": {variant_name(*c): 1.0},
                                     "chosen": "stack", "folds": 0}
-    lps = heldout_logprobs(net, theta, zx, tuple(usable), folds=folds, seed=seed)
+    lps = heldout_logprobs(net, theta, zx, tuple(usable), folds=folds, seed=seed, x=x,
+                           adjustment=adjustment)
     finite = [c for c in usable if bool(torch.isfinite(lps[c]).all())] or usable[:1]
     logp = torch.stack([lps[c] for c in finite], 1)  # (M, K)
     w = stacking_weights(logp)
