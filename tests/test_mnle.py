@@ -70,7 +70,7 @@ def trials():
 def mnle(problem, sims):
     # MAF on the 1-D log reaction time: the true conditional is Gaussian there.
     return fit(problem, sims, method="mnle", flow="maf", log_columns=[1], seed=0,
-               max_seconds=25, mcmc=MCMC, **SMALL)
+               max_epochs=300, mcmc=MCMC, **SMALL)
 
 
 def test_c2st_against_grid_reference_for_20_iid_trials(mnle, trials):

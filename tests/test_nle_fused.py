@@ -39,7 +39,7 @@ def test_fused_nle_matches_the_analytic_posterior_on_a_linear_gaussian():
     torch.manual_seed(1)
     trials = problem.simulator(torch.tensor([0.5, -0.3]).expand(10, 2))
     post = fit(problem, sims, method="nle", flow="fmaf", seed=0, hidden_features=32,
-               max_seconds=20, progress=False, detector=False,
+               max_epochs=300, progress=False, detector=False,
                mcmc={"num_chains": 50, "warmup_steps": 50, "progress": False})
     assert type(post.estimator.density).__name__ == "FusedMAF"
     for n in (1, 10):
@@ -105,7 +105,7 @@ def test_dequantized_nle_matches_the_poisson_posterior():
     x_o = torch.tensor([0.0, 1.0, 0.0, 0.0, 2.0])
     reference = _poisson_reference(x_o, 1000)
     post = fit(problem, sims, method="nle", flow="fmaf", dequantize=True, seed=0,
-               hidden_features=32, max_seconds=20, progress=False, detector=False,
+               hidden_features=32, max_epochs=300, progress=False, detector=False,
                mcmc={"num_chains": 50, "warmup_steps": 50, "progress": False})
     score = c2st(post.sample((1000,), x=x_o, seed=0), reference, seed=0)
     assert score < 0.6, f"dequantized NLE on Poisson counts: C2ST {score:.3f}"

@@ -34,13 +34,13 @@ def observations(problem):
 
 @pytest.fixture(scope="module")
 def nle(problem, sims):
-    return fit(problem, sims, method="nle", seed=0, hidden_features=32, max_seconds=20,
+    return fit(problem, sims, method="nle", seed=0, hidden_features=32, max_epochs=300,
                progress=False, mcmc=MCMC)
 
 
 @pytest.fixture(scope="module")
 def nre(problem, sims):
-    return fit(problem, sims, method="nre", seed=0, hidden_features=32, max_seconds=15,
+    return fit(problem, sims, method="nre", seed=0, hidden_features=32, max_epochs=300,
                progress=False, mcmc=MCMC)
 
 

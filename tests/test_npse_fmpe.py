@@ -34,13 +34,13 @@ def problem():
 @pytest.fixture(scope="module")
 def npse(problem):
     sims = simulate(problem, 4000, seed=0)
-    return fit(problem, sims, method="npse", seed=0, max_seconds=30, progress=False)
+    return fit(problem, sims, method="npse", seed=0, max_epochs=300, progress=False)
 
 
 @pytest.fixture(scope="module")
 def fmpe(problem):
     sims = simulate(problem, 4000, seed=0)
-    return fit(problem, sims, method="fmpe", seed=0, max_seconds=20, progress=False)
+    return fit(problem, sims, method="fmpe", seed=0, max_epochs=300, progress=False)
 
 
 def test_npse_single_observation(npse):
@@ -103,7 +103,7 @@ def test_bounded_prior_samples_inside_support():
 
     prob = Problem(prior, simulator, param_names=["a", "b"], name="box", x_shape=(2,))
     sims = simulate(prob, 2000, seed=0)
-    post = fit(prob, sims, method="npse", seed=0, max_seconds=8, progress=False,
+    post = fit(prob, sims, method="npse", seed=0, max_epochs=300, progress=False,
                hidden_features=32)
     x = torch.tensor([0.95, 0.05])  # posterior mass piles up at the boundary
     samples = post.sample((500,), x, seed=0, steps=50)
