@@ -284,6 +284,7 @@ class FusedNLLStep:
         self.params = (flow.w_in, flow.b_in, flow.w_ctx, flow.b_ctx, flow.w_hid, flow.b_hid,
                        flow.w_out, flow.b_out)
         self._g_lp: dict[tuple, Tensor] = {}
+        self._buffers = None  # estimators.fast_maf_step.StepBuffers of the last batch size
 
     def _row_gradient(self, n: int, like: Tensor) -> Tensor:
         """``d mean(-(lp + c)) / d lp`` ``(n,)``: autograd's ``1`` expanded, ``/ n``, negated
@@ -296,21 +297,25 @@ class FusedNLLStep:
         return g
 
     def __call__(self, inputs: Tensor, context: Tensor, offset: Tensor | None = None) -> Tensor:
+        from estimators.fast_maf_step import StepBuffers, step_backward, step_forward
+
         flow, params = self.flow, self.params
-        masks = (flow.mask_in, flow.mask_hidden, flow.mask_out)
+        n = inputs.shape[0]
+        buf = self._buffers
+        if buf is None or buf.n != n or buf.key != StepBuffers.key_of(flow, n):
+            # the pass's buffers, views and gradient tensors, made once per batch size
+            buf = self._buffers = StepBuffers(flow, n)
         with torch.no_grad():
-            z, log_det, saved = _fused_forward(flow.num_transforms, flow.num_blocks, inputs,
-                                               context, *params, *masks)
+            z, log_det = step_forward(buf, flow, inputs, context)
             lp = log_det - 0.5 * (z.square().sum(-1) + flow.dim * _LOG_2PI)
             loss = -(lp if offset is None else lp + offset)
             mean = loss.mean()
             g_lp = self._row_gradient(loss.shape[0], mean)
             g_z = torch.mul(z, g_lp[:, None]).neg_()
-            grads = _fused_backward(saved, context, *masks, g_z, g_lp)[4:12]
+            grads = step_backward(buf, flow, context, g_z, g_lp)
             for p, g in zip(params, grads):
-                if p.requires_grad:  # autograd's accumulation: a fresh gradient in p's layout
-                    p.grad = g if g.stride() == p.stride() else \
-                        g.new_empty_strided(p.shape, p.stride()).copy_(g)
+                if p.requires_grad:  # in p's layout, as autograd's accumulation
+                    p.grad = g
         return mean
 
 
