@@ -317,11 +317,13 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
         raise ValueError(f"batch_size={batch_size} is smaller than the {world} processes.")
 
     estimator.to(device)
-    # the trainable weights as slices of one tensor for this run (EMA and the clip
-    # multiply: one operation each instead of one per tensor; the same values)
-    flat = _one_storage(estimator) if world == 1 else None
-    # after `to` and the move: the step keeps the parameters and buffers it works on
+    # after `to`: the step keeps the parameters and buffers it works on
     fused = _fused_step(estimator, custom_loss) if world == 1 else None
+    # with the autograd-free step (whose gradients are slices of one tensor): the trainable
+    # weights as slices of one tensor for this run, so the EMA and the clip multiply are one
+    # operation each instead of one per tensor (the same values); elsewhere (autograd,
+    # modules this loop does not know) the weights keep their storage
+    flat = _one_storage(estimator) if fused is not None else None
     if fused is not None and isinstance(data, _TensorBatches) and \
             callable(getattr(fused, "prepare", None)):
         # the step's per-row input transform (e.g. NPE's z-scoring) once for all training
