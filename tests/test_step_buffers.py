@@ -176,3 +176,14 @@ def test_train_equals_the_wave11_loop_and_prepares_rows_once(monkeypatch) -> Non
     old = run()
     assert new[1] == old[1] and new[2] == old[2]
     assert all(torch.equal(new[0][k], old[0][k]) for k in old[0])
+
+
+def test_autograd_training_keeps_each_weights_storage() -> None:
+    """Only with the autograd-free step are the weights moved into one tensor; a loss that
+    needs autograd trains the weights in their own storage, untouched."""
+    theta, x = _data()
+    est = _npe()
+    ptrs = [p.data_ptr() for p in est.parameters()]
+    cfg = TrainConfig(max_epochs=2, batch_size=64, ema_decay=0.99, progress=False, seed=1)
+    train(est, theta, x, cfg, loss_fn=lambda e, t, xx: e.loss(t, xx))  # a custom loss
+    assert [p.data_ptr() for p in est.parameters()] == ptrs
