@@ -17,6 +17,7 @@ Usage (repository root, one torch thread):
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -84,7 +85,9 @@ def interleaved(task: str, baseline: str, sims: int, blocks: int, seed: int) -> 
     ``baseline`` (its ``estimators/fast_maf.py`` loaded as a separate module; its clipper,
     lean Adam step and per-epoch gather where its ``training.py`` has them) epoch by epoch
     on the same estimator and data: load bursts from other processes hit both sides alike.
-    The rest of the loop (loss, EMA, validation) is the same code on both sides. Returns
+    Where both trees have the autograd-free training step (``FusedNLLStep``, wave 11 on),
+    each side runs its own.
+    The rest of the loop (loss, validation) is the same code on both sides. Returns
     per-side CPU seconds per epoch (median)."""
     import importlib
     import importlib.util
@@ -132,7 +135,13 @@ def interleaved(task: str, baseline: str, sims: int, blocks: int, seed: int) -> 
     gen = torch.Generator().manual_seed(seed)
     data = training._TensorBatches(theta, x, cfg, gen, torch.device("cpu"))
     opt = training.make_adam(est.parameters(), 1e-4)  # a small rate: stays near the optimum
-    ema = training._WeightAverage(est, 0.99)
+    # the weight average per side: where this tree keeps the weights as slices of one
+    # tensor during training (`_one_storage`, wave 12), its one-operation update on this
+    # side and the per-tensor update on the baseline's (the same weights either way)
+    flat = training._one_storage(est) if hasattr(training, "_one_storage") else None
+    emas = {"tree": training._WeightAverage(est, 0.99, flat) if flat is not None
+            else training._WeightAverage(est, 0.99),
+            "baseline": training._WeightAverage(est, 0.99)}
     params = list(est.parameters())
     max_norm = cfg.clip_max_norm or 5.0
     # the loop's gradient clipping: this tree's (a _GradientClipper where it has one) and
@@ -152,10 +161,33 @@ def interleaved(task: str, baseline: str, sims: int, blocks: int, seed: int) -> 
     tree_fused = training._fused_step(est, seen["loss_fn"]) \
         if hasattr(training, "_fused_step") else None
     base_lean = "class _AdamStep" in base_training
+    # the baseline's autograd-free step where its fast_maf.py has one (wave 11 on): the
+    # estimator's step built around the baseline's FusedNLLStep class
+    base_fused = None
+    npe_mod = importlib.import_module("estimators.npe")
+    if tree_fused is not None and hasattr(base, "FusedNLLStep") and \
+            hasattr(npe_mod, "FusedNLLStep"):
+        own = npe_mod.FusedNLLStep
+        npe_mod.FusedNLLStep = base.FusedNLLStep
+        try:
+            base_fused = training._fused_step(est, seen["loss_fn"])
+        finally:
+            npe_mod.FusedNLLStep = own
+        # the steps differ; validation runs this tree's no-gradient pass on both sides
+        sides["baseline"] = sides["tree"]
+
+    # this tree's step on rows transformed once per run, where it offers that (`prepare`)
+    tree_data = data
+    if tree_fused is not None and callable(getattr(tree_fused, "prepare", None)):
+        tree_data = copy.copy(data)
+        with torch.no_grad():
+            tree_data.theta_tr, tree_data.x_tr = tree_fused.prepare(data.theta_tr, data.x_tr)
+        tree_fused = tree_fused.prepared
 
     def batches(lean: bool):
         if lean:
-            yield from data.epoch(gen, cfg.batch_size)
+            rows = tree_data if side["name"] == "tree" else data
+            yield from rows.epoch(gen, cfg.batch_size)
             return
         order = torch.randperm(data.num_train, generator=gen)
         for b in range(max(data.num_train // cfg.batch_size, 1)):
@@ -166,11 +198,13 @@ def interleaved(task: str, baseline: str, sims: int, blocks: int, seed: int) -> 
 
     def epoch() -> None:
         est.train()
+        ema = emas[side["name"]]
         lean = tree_step is not None and (side["name"] == "tree" or base_lean)
         for th, xx in batches(lean):
-            if side["name"] == "tree" and tree_fused is not None:
+            step = tree_fused if side["name"] == "tree" else base_fused
+            if step is not None:
                 tree_step.zero_grad()
-                tree_fused(th, xx)
+                step(th, xx)
             else:
                 loss = loss_fn(est, th, xx).mean()
                 if lean:

@@ -26,7 +26,9 @@ step is dominated by per-operation overhead rather than arithmetic:
   docs/performance.md, "Issue 18: a cheaper training step");
 - NPE's training loop skips autograd altogether (:class:`FusedNLLStep`: the same pass and
   backward fed with the gradients autograd would pass, the same bits; ~15% less CPU per
-  epoch, docs/performance.md, "Issue 18: sir and the per-step overhead").
+  epoch, docs/performance.md, "Issue 18: sir and the per-step overhead"), on buffers and
+  views made once per run (:mod:`estimators.fast_maf_step`; ~10% less again, "Issue 18:
+  sir's margin").
 
 ``log_prob(inputs (N, D), context (N, C)) -> (N,)`` is one pass; ``sample(n, context (B, C))
 -> (B, n, D)`` inverts each transform with ``D`` passes. Both match the nflows ``Flow``
@@ -36,6 +38,7 @@ interface used by :mod:`estimators.npe`.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -274,9 +277,13 @@ class FusedNLLStep:
     ``MeanBackward``), negated, into :func:`_fused_backward`; the gradients are stored in the
     parameter's layout, as autograd's gradient accumulation does. What it saves per step:
     the autograd engine, the graph's nodes and the eight gradient accumulations; built once
-    per training run, it also keeps the parameter list and the row gradient ``-1 / N`` per
+    per training run, it also keeps the parameter list, the row gradient ``-1 / N`` per
     batch size (docs/performance.md, "Issue 18: sir and the per-step overhead";
-    tests/test_fused_step.py). The loss returned is 0-dim, without a graph.
+    tests/test_fused_step.py) and the pass's buffers, views and gradient tensors
+    (:class:`estimators.fast_maf_step.StepBuffers`: the same kernels with ``out=``; the
+    gradients it sets are the same tensors at every step, slices of one tensor;
+    docs/performance.md, "Issue 18: sir's margin"; tests/test_step_buffers.py). The loss
+    returned is 0-dim, without a graph.
     """
 
     def __init__(self, flow: FusedMAF):
@@ -284,6 +291,7 @@ class FusedNLLStep:
         self.params = (flow.w_in, flow.b_in, flow.w_ctx, flow.b_ctx, flow.w_hid, flow.b_hid,
                        flow.w_out, flow.b_out)
         self._g_lp: dict[tuple, Tensor] = {}
+        self._buffers: Any = None  # estimators.fast_maf_step.StepBuffers, last batch size
 
     def _row_gradient(self, n: int, like: Tensor) -> Tensor:
         """``d mean(-(lp + c)) / d lp`` ``(n,)``: autograd's ``1`` expanded, ``/ n``, negated
@@ -296,21 +304,25 @@ class FusedNLLStep:
         return g
 
     def __call__(self, inputs: Tensor, context: Tensor, offset: Tensor | None = None) -> Tensor:
+        from estimators.fast_maf_step import StepBuffers, step_backward, step_forward
+
         flow, params = self.flow, self.params
-        masks = (flow.mask_in, flow.mask_hidden, flow.mask_out)
+        n = inputs.shape[0]
+        buf = self._buffers
+        if buf is None or buf.n != n or buf.key != StepBuffers.key_of(flow, n):
+            # the pass's buffers, views and gradient tensors, made once per batch size
+            buf = self._buffers = StepBuffers(flow, n)
         with torch.no_grad():
-            z, log_det, saved = _fused_forward(flow.num_transforms, flow.num_blocks, inputs,
-                                               context, *params, *masks)
+            z, log_det = step_forward(buf, flow, inputs, context)
             lp = log_det - 0.5 * (z.square().sum(-1) + flow.dim * _LOG_2PI)
             loss = -(lp if offset is None else lp + offset)
             mean = loss.mean()
             g_lp = self._row_gradient(loss.shape[0], mean)
             g_z = torch.mul(z, g_lp[:, None]).neg_()
-            grads = _fused_backward(saved, context, *masks, g_z, g_lp)[4:12]
+            grads = step_backward(buf, flow, context, g_z, g_lp)
             for p, g in zip(params, grads):
-                if p.requires_grad:  # autograd's accumulation: a fresh gradient in p's layout
-                    p.grad = g if g.stride() == p.stride() else \
-                        g.new_empty_strided(p.shape, p.stride()).copy_(g)
+                if p.requires_grad:  # in p's layout, as autograd's accumulation
+                    p.grad = g
         return mean
 
 

@@ -319,6 +319,18 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
     estimator.to(device)
     # after `to`: the step keeps the parameters and buffers it works on
     fused = _fused_step(estimator, custom_loss) if world == 1 else None
+    # with the autograd-free step (whose gradients are slices of one tensor): the trainable
+    # weights as slices of one tensor for this run, so the EMA and the clip multiply are one
+    # operation each instead of one per tensor (the same values); elsewhere (autograd,
+    # modules this loop does not know) the weights keep their storage
+    flat = _one_storage(estimator) if fused is not None else None
+    if fused is not None and isinstance(data, _TensorBatches) and \
+            callable(getattr(fused, "prepare", None)):
+        # the step's per-row input transform (e.g. NPE's z-scoring) once for all training
+        # rows; the minibatches are then rows of the result (the same values)
+        with torch.no_grad():
+            data.theta_tr, data.x_tr = fused.prepare(data.theta_tr, data.x_tr)
+        fused = fused.prepared
     model: nn.Module = _LossModule(estimator, loss_fn)
     if world > 1:
         model = nn.parallel.DistributedDataParallel(
@@ -344,7 +356,7 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
     history = TrainingHistory(num_train=n_train, num_validation=n_val,
                               config=plain_config(cfg))
     notify = _Notifier(cfg.callbacks if rank == 0 else ())
-    ema = _WeightAverage(estimator, cfg.ema_decay) if cfg.ema_decay is not None else None
+    ema = _WeightAverage(estimator, cfg.ema_decay, flat) if cfg.ema_decay is not None else None
     best_state = _state_copy(estimator)
     since_best = 0
     start = time.perf_counter()
@@ -449,6 +461,8 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
         raise RuntimeError("Training produced no finite validation loss; check the data scale "
                            "and lower the learning_rate.")
     estimator.load_state_dict(best_state)
+    if flat is not None:  # each weight back in its own storage (the same values)
+        _own_storage(estimator)
     estimator.eval()
     history.seconds = time.perf_counter() - start
     notify("on_stop", history.stopped, history)
@@ -569,7 +583,9 @@ def _fused_step(estimator: nn.Module,
     (``estimator.fused_training_step(loss_fn)``: a function ``(theta, x) -> mean loss`` that
     also sets the parameters' gradients, the same values as ``loss.backward()``; e.g. NPE
     with the fused MAF, docs/performance.md, "Issue 18: sir and the per-step overhead"),
-    else ``None`` (autograd)."""
+    else ``None`` (autograd). The function may carry ``prepare(theta, x) -> (a, b)``, a
+    row-by-row transform of the training rows, and ``prepared(a, b) -> mean loss``, the
+    same step on transformed rows: in-memory data are then transformed once per run."""
     offer = getattr(estimator, "fused_training_step", None)
     return offer(loss_fn) if callable(offer) else None
 
@@ -669,6 +685,8 @@ class _GradientClipper:
             next(iter(kinds))[0].type in ("cpu", "cuda")
         # float32 on a CPU: the clip factor from the norm in float32 scalars (below)
         self.scalar = self.lean and next(iter(kinds))[:2] == (torch.device("cpu"), torch.float32)
+        self._seen: list[Tensor] = []  # the gradients last checked by `_one_buffer`
+        self._buffer: Tensor | None = None  # the one tensor they are slices of, if any
 
     @torch.no_grad()
     def __call__(self) -> None:
@@ -686,12 +704,81 @@ class _GradientClipper:
                          * np.float32(self.max_norm), one)
             if factor == one:
                 return  # multiplying by exactly 1 changes no bit: skip it
-            torch._foreach_mul_(grads, float(factor))
+            whole = self._whole(grads)
+            if whole is not None:  # the gradients are slices of one tensor: one multiply
+                whole.mul_(float(factor))
+            else:
+                torch._foreach_mul_(grads, float(factor))
             return
         coef = torch.clamp(self.max_norm / (total + 1e-6), max=1.0)
+        # (elsewhere than float32 on a CPU: per tensor, as torch's clip_grad_norm_)
         if coef.device.type == "cpu" and float(coef) == 1.0:
             return  # multiplying by exactly 1 changes no bit: skip it (no device sync on CPU)
         torch._foreach_mul_(grads, coef)
+
+
+    def _whole(self, grads: list[Tensor]) -> Tensor | None:
+        """The one flat tensor of which ``grads`` are the consecutive slices (e.g. the
+        autograd-free step's gradient buffer, :mod:`estimators.fast_maf_step`), else
+        ``None``; checked again only when the gradient tensors change. Multiplying it
+        by the factor multiplies each element as ``torch._foreach_mul_`` does: the same
+        bits."""
+        if len(grads) == len(self._seen) and all(a is b for a, b in zip(grads, self._seen)):
+            return self._buffer
+        self._seen, self._buffer = list(grads), _one_buffer(grads)
+        return self._buffer
+
+
+def _one_buffer(tensors: list[Tensor]) -> Tensor | None:
+    """The 1-D contiguous tensor (the views' ``_base``) that ``tensors`` are consecutive
+    contiguous slices of, covering all of it, else ``None``."""
+    base = tensors[0]._base if tensors else None
+    if base is None or any(t._base is not base for t in tensors):
+        return None
+    return base if _slices_of(tensors, base) else None
+
+
+def _slices_of(tensors: list[Tensor], whole: Tensor) -> bool:
+    """True when ``tensors`` are contiguous and lie one after the other in ``whole`` (1-D,
+    contiguous, same dtype and device), covering all of it."""
+    if whole.dim() != 1 or not whole.is_contiguous():
+        return False
+    ptr, size = whole.data_ptr(), whole.element_size()
+    for t in tensors:
+        if t.dtype != whole.dtype or t.device != whole.device or not t.is_contiguous() or \
+                t.data_ptr() != ptr:
+            return False
+        ptr += t.numel() * size
+    return ptr == whole.data_ptr() + whole.numel() * size
+
+
+def _one_storage(module: nn.Module) -> Tensor | None:
+    """Moves the trainable parameters of ``module`` into consecutive slices of one new
+    flat tensor (the same values, shapes and contiguous layout; ``.data`` is replaced, so
+    the parameter objects, the optimizer's references and hooks stay) and returns that
+    tensor, so that the weight average updates all weights with one operation
+    (:class:`_WeightAverage`). ``None`` (nothing moved) unless all are dense, contiguous,
+    of one device and dtype. :func:`_own_storage` undoes it after training."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params or len({(p.device, p.dtype) for p in params}) != 1 or any(
+            p.layout != torch.strided or not p.is_contiguous() for p in params):
+        return None
+    with torch.no_grad():
+        flat = torch.cat([p.detach().reshape(-1) for p in params])
+        offset = 0
+        for p in params:
+            p.data = flat[offset:offset + p.numel()].view(p.shape)
+            offset += p.numel()
+    return flat
+
+
+def _own_storage(module: nn.Module) -> None:
+    """Each trainable parameter of ``module`` into a storage of its own (the same values):
+    undoes :func:`_one_storage`."""
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad:
+                p.data = p.data.clone()
 
 
 class _WeightAverage:
@@ -703,17 +790,30 @@ class _WeightAverage:
     initialization. ``swapped()`` puts the averages into the module for a block.
     """
 
-    def __init__(self, module: nn.Module, decay: float):
+    def __init__(self, module: nn.Module, decay: float, flat: Tensor | None = None):
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.avg = [p.detach().clone() for p in self.params]
         self.live = [p.detach() for p in self.params]  # views: follow in-place updates
         self.decay, self.steps = decay, 0
+        # `flat`: the weights are its consecutive slices (:func:`_one_storage`); then the
+        # averages are slices of one tensor too and an update is one `lerp_` on the whole
+        # (elementwise: the same bits as `_foreach_lerp_` per tensor, tests/test_fit_cost.py)
+        self.flat = self.flat_avg = None
+        if flat is not None and _slices_of(self.live, flat):
+            self.flat, self.flat_avg = flat, flat.detach().clone()
+            offset = 0
+            for i, p in enumerate(self.params):
+                self.avg[i] = self.flat_avg[offset:offset + p.numel()].view(p.shape)
+                offset += p.numel()
 
     @torch.no_grad()
     def update(self) -> None:
         self.steps += 1
         d = min(self.decay, (1 + self.steps) / (10 + self.steps))
-        torch._foreach_lerp_(self.avg, self.live, 1.0 - d)
+        if self.flat is not None:
+            self.flat_avg.lerp_(self.flat, 1.0 - d)
+        else:
+            torch._foreach_lerp_(self.avg, self.live, 1.0 - d)
 
     @contextmanager
     def swapped(self) -> Iterator[None]:
