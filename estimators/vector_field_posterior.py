@@ -153,8 +153,10 @@ class VectorFieldPosterior(Posterior):
             inner_lo = torch.nextafter(low, high)
             inner_hi = torch.nextafter(high, low)
             flat = torch.where(ok[:, None], flat, flat.clamp(min=inner_lo, max=inner_hi))
-            if not bool(within_support(self.prior, flat).all()):
-                raise SamplingError("Samples fell outside the prior support.")
+            # a support the unconstrained map does not cover (a prior with no or a non-box
+            # support: identity map): such draws are marked NaN and rejected by the caller
+            flat = torch.where(within_support(self.prior, flat)[:, None], flat,
+                               torch.full_like(flat, torch.nan))
         return flat.reshape(theta.shape)
 
     # ------------------------------------------------------------------ sampling
@@ -167,12 +169,35 @@ class VectorFieldPosterior(Posterior):
                         progress: bool | None = None) -> Tensor:
         """Samples ``(n, B, D)``; ``progress`` shows a bar of score evaluations."""
         budget = Budget.of(budget, "Sampling", self.budget_advice)
+        b = xs.shape[0]
+        out = torch.full((n, b, self.dim), torch.nan)
+        filled = torch.zeros(b, dtype=torch.long)
+        proposed = accepted = 0
         with progress_bar(progress=progress, desc=f"{self.method} sampling",
                           unit="eval") as bar:
-            return self._sample_monitored(n, xs, sampler, steps, iid_method, eta,
-                                          corrector_steps, snr, levels, steps_per_level, tau,
-                                          precision_samples, precision_steps, nugget, budget,
-                                          bar)
+            while bool((filled < n).any()):
+                rate = max(accepted / proposed, 1e-3) if proposed else 1.0
+                m = n if not proposed else min(int(1.2 * int((n - filled).max()) / rate) + 1,
+                                               100 * n)
+                draws = self._sample_monitored(m, xs, sampler, steps, iid_method, eta,
+                                               corrector_steps, snr, levels, steps_per_level,
+                                               tau, precision_samples, precision_steps, nugget,
+                                               budget, bar)
+                ok = ~torch.isnan(draws).any(-1)  # (m, B): inside the prior's support
+                proposed, accepted = proposed + m * b, accepted + int(ok.sum())
+                for j in range(b):
+                    keep = draws[ok[:, j], j][: n - int(filled[j])]
+                    out[int(filled[j]):int(filled[j]) + len(keep), j] = keep
+                    filled[j] += len(keep)
+                if bool((filled < n).any()) and proposed >= 1000 and accepted < 1e-3 * proposed:
+                    raise SamplingError(
+                        f"Only {accepted:,} of {proposed:,} samples fell inside the prior's "
+                        "support. The prior's class defines no support that maps onto R^D "
+                        "(no `support`, or one that is not a box), so samples outside it are "
+                        "rejected; check the observation, train longer, or give the prior "
+                        "class a `support` (e.g. constraints.independent(constraints."
+                        "interval(low, high), 1)).")
+        return out
 
     def _sample_monitored(self, n: int, xs: Tensor, sampler: str | None, steps: int | None,
                           iid_method: str | None, eta: float, corrector_steps: int,

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from sbi_core.budget import Budget, SamplingError, SamplingTimeoutError
-from sbi_core.priors import support_bounds, within_support
+from sbi_core.priors import support_bounds, support_is_real, within_support
 from sbi_core.threads import auto_threads, thread_scope
 
 __all__ = ["Posterior", "DirectPosterior", "ObservationError", "SingleObservationError", "SamplingError",
@@ -674,8 +674,9 @@ class DirectPosterior(Posterior):
         self.min_acceptance = min_acceptance
         self.max_batch = max_batch
         self.last_acceptance_rate: float | None = None
-        self._bounded = bool(torch.isfinite(self._bounds[0]).any() or
-                             torch.isfinite(self._bounds[1]).any())
+        # anything but R^D (a box, a half-line, a user prior with no or a non-box support)
+        # may be left by the estimator's draws: those are rejected and log_prob renormalized
+        self._bounded = not support_is_real(self.prior)
 
     @property
     def _samples_in_support(self) -> bool:

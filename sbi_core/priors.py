@@ -70,7 +70,9 @@ __all__ = [
     "prior_from_spec",
     "prior_log_prob",
     "prior_spec",
+    "prior_support",
     "support_bounds",
+    "support_is_real",
     "within_support",
     "unconstrained_transform",
 ]
@@ -500,6 +502,47 @@ def support_bounds(prior: Distribution) -> tuple[Tensor, Tensor]:
             highs.append(hi.reshape(size))
         return torch.cat(lows), torch.cat(highs)
     return _constraint_bounds(_support(prior), d)
+
+
+class _FiniteLogProbSupport(constraints.Constraint):
+    """Support of a prior whose class defines none: the points with a finite ``log_prob``."""
+
+    event_dim = 1
+
+    def __init__(self, prior: Distribution):
+        self.prior = prior
+        super().__init__()
+
+    def check(self, value: Tensor) -> Tensor:
+        flat = value.reshape(-1, value.shape[-1])
+        return within_support(self.prior, flat).reshape(value.shape[:-1])
+
+
+def prior_support(prior: Distribution) -> constraints.Constraint:
+    """The prior's ``support``, or :class:`_FiniteLogProbSupport` when its class defines none."""
+    support = _support(prior)
+    return _FiniteLogProbSupport(prior) if support is None else support
+
+
+def support_is_real(prior: Distribution) -> bool:
+    """Whether the prior's support is known to be all of ``R^D`` (every finite point inside).
+
+    False for a bounded support, for a support that is no box (e.g. a user constraint such
+    as ``b < a``) and for a prior whose class defines no ``support``: samples of an estimator
+    may then leave the support, so they must be checked (``within_support``).
+    """
+    if isinstance(prior, IndependentPrior):
+        return all(support_is_real(c) if c.event_shape else _all_real(_support(c))
+                   for c in prior.components)
+    return _all_real(_support(prior))
+
+
+def _all_real(c: constraints.Constraint | None) -> bool:
+    if isinstance(c, _ProductSupport):
+        return all(_all_real(p) for p in c.supports)
+    while isinstance(c, constraints.independent):
+        c = c.base_constraint
+    return type(c) is type(constraints.real)
 
 
 def within_support(prior: Distribution, theta: Tensor) -> Tensor:

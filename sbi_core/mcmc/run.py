@@ -34,7 +34,7 @@ from sbi_core.mcmc.diagnostics import effective_sample_size, split_rhat
 from sbi_core.mcmc.hmc import HMCState, adaptation_windows, hmc_log_density_and_grad, hmc_step
 from sbi_core.mcmc.init import INIT_STRATEGIES, initial_chains
 from sbi_core.mcmc.slice import SliceState, slice_step
-from sbi_core.priors import unconstrained_transform
+from sbi_core.priors import _support, unconstrained_transform
 from sbi_core.progress import progress_bar
 
 __all__ = ["MCMCConfig", "MCMCResult", "run_mcmc", "MCMC_METHODS"]
@@ -314,7 +314,7 @@ def _resolve_method(method: str, prior: Distribution, log_density: Callable[[Ten
     gradients at the starting points, else ``"slice"``; also returns those gradients."""
     if method == "slice":
         return method, None
-    support = getattr(prior, "support", None)
+    support = _support(prior)  # None when the prior's class defines no support
     if method == "auto" and support is not None and getattr(support, "is_discrete", False):
         return "slice", None
     try:
