@@ -476,8 +476,18 @@ class Posterior:
         """True when ``xs`` is a batch of iid sets ``(B, n, *x_shape)``."""
         return xs.ndim == len(x_shape) + 2
 
+    def _pads_sets(self, x: Tensor) -> bool:
+        """Whether ``x`` is (a batch of) sets padded with all-NaN trials that this posterior's
+        set embedding ignores (docs/embeddings.md: a varying number of trials)."""
+        from estimators.embedding import is_set_embedding, padded_sets
+
+        spec = (getattr(self.estimator, "config", None) or {}).get("embedding")
+        if not is_set_embedding(spec) or len(self.x_shape) != 2:
+            return False
+        return bool(padded_sets(x.reshape(-1, *self.x_shape)).all())
+
     def _check_values(self, x: Tensor) -> Tensor:
-        if not torch.isfinite(x).all():
+        if not torch.isfinite(x).all() and not self._pads_sets(x):
             where = ""
             if x.ndim > len(self.x_shape) and x.shape[0] > 1:  # several observations (or trials)
                 bad = (~torch.isfinite(x)).reshape(x.shape[0], -1).any(1).nonzero().flatten()

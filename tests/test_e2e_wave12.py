@@ -26,7 +26,7 @@ class Triangle(Distribution):
     def __init__(self):
         super().__init__(event_shape=torch.Size([2]), validate_args=False)
 
-    def sample(self, sample_shape=torch.Size()):
+    def sample(self, sample_shape=()):
         a = torch.rand(*sample_shape, 1)
         return torch.cat([a, a * torch.rand(*sample_shape, 1)], -1)
 
@@ -92,3 +92,42 @@ def test_npse_rejects_draws_outside_a_support_the_prior_class_does_not_declare(t
     samples = post.sample((300,), x=X_O, seed=0, steps=10)
     # was: SamplingError "Samples fell outside the prior support."
     assert samples.shape == (300, 2) and _outside(samples) == 0
+
+
+# ---------------------------------------------------------------- a varying number of trials
+def trials_3_to_10(theta: torch.Tensor) -> torch.Tensor:
+    """theta (N, 1) -> x (N, 10, 1): 3 to 10 trials x_i ~ N(theta, 1), then all-NaN padding."""
+    x = theta[:, None, :] + torch.randn(len(theta), 10, 1)
+    k = torch.randint(3, 11, (len(theta),))
+    x[torch.arange(10)[None, :] >= k[:, None]] = float("nan")
+    return x
+
+
+@pytest.fixture(scope="module")
+def padded():
+    from sbi_core import gaussian
+
+    problem = Problem(gaussian([0.0], std=[1.0]), trials_3_to_10, param_names=["mu"],
+                      x_shape=(10, 1))
+    return problem, simulate(problem, 1000, seed=0, progress=False)
+
+
+def test_set_embedding_trains_on_and_samples_sets_padded_with_nan_trials(padded):
+    problem, sims = padded
+    assert sims.num_invalid > 800  # simulate does not know the embedding: NaN = invalid there
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # was: "Excluding 880 of 1000 invalid ..."
+        warnings.filterwarnings("ignore", "Reached max_epochs")
+        post = fit(problem, sims, embedding="set", max_epochs=30, progress=False)
+    assert post.history["num_train"] + post.history["num_validation"] == 1000
+    x_o = torch.full((10, 1), float("nan"))
+    x_o[:5, 0] = torch.tensor([0.8, 1.2, 0.5, 1.5, 1.0])  # 5 trials: N(5/6, 1/6) exactly
+    samples = post.sample((2000,), x=x_o, seed=0)  # was: "The observation contains NaN"
+    assert abs(float(samples.mean()) - 5 / 6) < 0.15 and abs(float(samples.std()) - 6**-0.5) < 0.1
+    # the tuple form takes them too; NaN in part of a trial is still an error, not padding
+    post2 = fit(problem, (sims.theta[:600], sims.x[:600]), embedding="set", max_epochs=2,
+                progress=False)
+    assert post2.history["num_train"] + post2.history["num_validation"] == 600
+    x_o[5, 0] = float("inf")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        post.sample((10,), x=x_o)
