@@ -414,7 +414,12 @@ class Posterior:
     def prior_scale(self) -> Tensor:
         low, high = self._bounds
         finite = torch.isfinite(low) & torch.isfinite(high)
-        std = self.prior.variance.sqrt() if hasattr(self.prior, "variance") else torch.ones(self.dim)
+        try:
+            std = self.prior.variance.sqrt().reshape(self.dim).float()
+        except (NotImplementedError, AttributeError):  # your own prior class without variance
+            with seeded(0), torch.no_grad():
+                std = self.prior.sample((1000,)).float().std(0)
+        std = torch.where(torch.isfinite(std) & (std > 0), std, torch.ones_like(std))
         return torch.where(finite, (high - low) / math.sqrt(12.0), std)
 
     def _check_theta(self, theta: Tensor) -> Tensor:

@@ -63,8 +63,13 @@ def _outside(samples: torch.Tensor) -> int:
     return int((~torch.isfinite(Triangle().log_prob(samples))).sum())
 
 
-def test_npe_samples_stay_inside_a_support_the_prior_class_does_not_declare(tri):
-    post = _fit(tri, max_epochs=15, hidden_features=16, num_transforms=2)
+@pytest.fixture(scope="module")
+def tri_npe(tri):
+    return _fit(tri, max_epochs=15, hidden_features=16, num_transforms=2)
+
+
+def test_npe_samples_stay_inside_a_support_the_prior_class_does_not_declare(tri_npe):
+    post = tri_npe
     samples = post.sample((1000,), x=X_O, seed=0)
     assert _outside(samples) == 0  # was: 30 of 1000 outside (no rejection)
     assert post.last_acceptance_rate < 0.999
@@ -79,6 +84,11 @@ def test_npe_samples_stay_inside_a_support_the_prior_class_does_not_declare(tri)
     assert not bool(q.support.check(torch.tensor([0.5, 0.7])))
     with pytest.raises(ValueError, match="support"):  # validate_args: as for any support
         q.log_prob(torch.tensor([[0.5, 0.7]]))
+
+
+def test_map_with_a_prior_class_without_variance(tri_npe):
+    theta_map = tri_npe.map(X_O, num_init=200, steps=20)  # was: NotImplementedError (variance)
+    assert theta_map.shape == (2,) and _outside(theta_map[None]) == 0
 
 
 def test_nle_mcmc_runs_with_a_prior_class_without_support(tri):
