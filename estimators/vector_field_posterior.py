@@ -292,8 +292,8 @@ class VectorFieldPosterior(Posterior):
         est = self.estimator
         n, b, d = theta.shape
         inside = within_support(self.prior, theta.reshape(-1, d)).reshape(n, b)
-        safe = torch.where(inside[..., None], theta, self.prior.mean.expand_as(theta)
-                           if _has_finite_mean(self.prior) else self.prior.sample((n, b)))
+        safe = torch.where(inside[..., None], theta, self.prior.mean.to(theta).expand_as(theta)
+                           if _has_finite_mean(self.prior) else self.prior.sample((n, b)).to(theta))
         z = est.to_z(safe.to(self._device))
         vel_ctx = est.context(xs.to(self._device))
         t_lo, t_hi = est.ode_time_range()

@@ -141,3 +141,25 @@ def test_set_embedding_trains_on_and_samples_sets_padded_with_nan_trials(padded)
     x_o[5, 0] = float("inf")
     with pytest.raises(ValueError, match="NaN or inf"):
         post.sample((10,), x=x_o)
+
+
+# ---------------------------------------------------------------- a prior built in float64
+@pytest.mark.parametrize("method", ["nle", "fmpe"])
+def test_prior_built_from_float64_tensors_works_beyond_npe(method):
+    from torch.distributions import Independent, Normal
+
+    f64 = dict(dtype=torch.float64)
+    prior = Independent(Normal(torch.zeros(2, **f64), torch.ones(2, **f64)), 1)
+    problem = Problem(prior, noisy, param_names=["a", "b"], x_shape=(2,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        post = fit(problem, simulate(problem, 500, seed=0, progress=False), method=method,
+                   max_epochs=3, detector=False, progress=False)
+        x_o = torch.tensor([0.3, -0.2])
+        # was: RuntimeError "mat1 and mat2 must have the same dtype, but got Double and Float"
+        samples = post.sample((20,), x=x_o, seed=0, **({"num_chains": 4, "warmup_steps": 10}
+                                                       if method == "nle" else {"steps": 10}))
+        lp = post.log_prob(samples[:3], x=x_o, **({} if method == "nle" else {"steps": 5}))
+        theta_map = post.map(x_o, num_init=20, steps=3)
+    assert samples.dtype == lp.dtype == theta_map.dtype == torch.float32
+    assert samples.shape == (20, 2) and bool(torch.isfinite(lp).all())

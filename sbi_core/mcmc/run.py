@@ -218,13 +218,14 @@ def run_mcmc(potential: Potential, prior: Distribution, num_samples: int, num_ba
         raise ValueError(f"num_samples must be at least 1, got {num_samples}.")
     start = time.perf_counter()
     budget = Budget.of(max_seconds, "MCMC", MCMC_BUDGET_ADVICE)
+    prior = _float32_prior(prior)
     transform = unconstrained_transform(prior)
     c, b = cfg.num_chains, num_batches
 
     def log_density(z: Tensor, rows: Tensor) -> Tensor:
         theta = transform(z)
         lp = potential(theta, rows // c) + transform.log_abs_det_jacobian(z, theta)
-        return lp
+        return lp.to(z.dtype)  # a float64 prior's log_prob must not turn the chains float64
 
     with torch.no_grad():
         theta0 = initial_chains(potential, prior, b, c, cfg.init_strategy,
@@ -306,6 +307,34 @@ def run_mcmc(potential: Potential, prior: Distribution, num_samples: int, num_ba
         thin=cfg.thin * rounds, num_chains=c)
     _warn(result, cfg)
     return result
+
+
+class _Float32Prior(Distribution):
+    """A prior whose draws are float64 (built from float64 tensors, or your own class
+    returning numpy's float64), seen in float32 like everything else MCMC computes."""
+
+    arg_constraints: dict = {}
+
+    def __init__(self, prior: Distribution):
+        self.prior = prior
+        super().__init__(prior.batch_shape, prior.event_shape, validate_args=False)
+
+    @property
+    def support(self) -> Any:
+        return self.prior.support
+
+    def sample(self, sample_shape: torch.Size | tuple = ()) -> Tensor:
+        return self.prior.sample(sample_shape).float()
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return self.prior.log_prob(value).float()
+
+
+def _float32_prior(prior: Distribution) -> Distribution:
+    """``prior``, or a float32 view of it when its draws are another dtype."""
+    if prior.sample((1,)).dtype == torch.float32:
+        return prior
+    return _Float32Prior(prior)
 
 
 def _resolve_method(method: str, prior: Distribution, log_density: Callable[[Tensor, Tensor], Tensor],
