@@ -331,8 +331,15 @@ class _Float32Prior(Distribution):
 
 
 def _float32_prior(prior: Distribution) -> Distribution:
-    """``prior``, or a float32 view of it when its draws are another dtype."""
-    if prior.sample((1,)).dtype == torch.float32:
+    """``prior``, or a float32 view of it when its draws are another dtype (the probe draw
+    leaves torch's and numpy's global random state as they were)."""
+    import numpy as np
+
+    state = np.random.get_state()
+    with torch.random.fork_rng():
+        dtype = prior.sample((1,)).dtype
+    np.random.set_state(state)
+    if dtype == torch.float32:
         return prior
     return _Float32Prior(prior)
 
