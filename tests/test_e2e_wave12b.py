@@ -1,0 +1,46 @@
+"""Wave 12 hardening follow-ups (h12-e2e12b): ``sbi-core sample --quiet``, bool observations,
+padded sets in the streaming fit, score-based log_prob on a non-box support."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sbi_core.cli.main import main
+
+
+@pytest.fixture(scope="module")
+def nle_model(tmp_path_factory):
+    """A small NLE model file (its sampling runs MCMC, which has a progress bar)."""
+    d = tmp_path_factory.mktemp("nle")
+    sims, model = d / "sims.pt", d / "m.pt"
+    assert main(["simulate", "linear_gaussian", "--num", "300", "--seed", "0", "--out",
+                 str(sims), "--quiet"]) == 0
+    assert main(["train", "--sims", str(sims), "--out", str(model), "--method", "nle",
+                 "--max-epochs", "2", "--quiet"]) == 0
+    xfile = d / "x.csv"
+    xfile.write_text("x1,x2\n0.1,0.2\n")
+    return model, xfile
+
+
+def test_sample_quiet_hides_mcmc_bar(nle_model, tmp_path, capsys, monkeypatch):
+    model, xfile = nle_model
+    monkeypatch.setenv("SBI_CORE_PROGRESS", "1")  # a bar even off a terminal ...
+    args = ["sample", str(model), "--x", str(xfile), "--num", "20", "--out",
+            str(tmp_path / "s.csv"), "--num-chains", "2", "--warmup-steps", "5"]
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "step" in capsys.readouterr().err  # ... shown without --quiet
+    assert main(args + ["--force", "--quiet"]) == 0  # ... hidden with it
+    captured = capsys.readouterr()
+    assert "step" not in captured.err and "%|" not in captured.err
+    assert json.loads(captured.out.strip().splitlines()[-1])["observations"] == 1
+    import os
+    assert os.environ["SBI_CORE_PROGRESS"] == "1"  # restored afterwards
+
+
+def test_sample_help_lists_quiet(capsys):
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    assert "--quiet" in capsys.readouterr().out
