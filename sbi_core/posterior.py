@@ -638,6 +638,14 @@ def _as_numbers(value: Any, name: str, shape: str, error: type[Exception]) -> Te
 
     Strings and non-numeric values raise ``error`` naming the fix.
     """
+    dtype = _bool_dtype(value)
+    if dtype is not None:
+        raise error(
+            f"{name} holds booleans (dtype {dtype}); a posterior takes numbers of shape "
+            f"{shape}, and True/False would silently be read as 1/0. Simulators must return "
+            f"floating-point values, so cast the way the training simulations were made, e.g. "
+            f"{name}.float() (torch) or {name}.astype('float32') (numpy) if 1/0 is meant."
+        )
     if isinstance(value, (str, bytes)):
         raise error(
             f"{name} is a string ({value!r:.60}); pass numbers of shape {shape}: a tensor, a "
@@ -659,6 +667,24 @@ def _as_numbers(value: Any, name: str, shape: str, error: type[Exception]) -> Te
                         "in float32, where they would be inf. Rescale the data the way the "
                         "training simulations were scaled.")
     return out
+
+
+def _bool_dtype(value: Any) -> str | None:
+    """The boolean dtype's name when ``value`` holds booleans (a bool tensor or array, or a
+    Python/numpy bool anywhere in a nested list), else ``None``."""
+    if isinstance(value, Tensor):
+        return str(value.dtype) if value.dtype == torch.bool else None
+    dtype = getattr(value, "dtype", None)  # numpy arrays and scalars
+    if dtype is not None:
+        return f"numpy {dtype}" if getattr(dtype, "kind", "") == "b" else None
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            found = _bool_dtype(item)
+            if found is not None:
+                return found
+    return None
 
 
 class DirectPosterior(Posterior):

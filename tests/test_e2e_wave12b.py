@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import torch
 
 from sbi_core.cli.main import main
 
@@ -44,3 +46,45 @@ def test_sample_help_lists_quiet(capsys):
     with pytest.raises(SystemExit):
         main(["sample", "--help"])
     assert "--quiet" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ bool observations
+@pytest.mark.parametrize("make", [
+    lambda: torch.tensor([True, False]),
+    lambda: np.array([True, False]),
+    lambda: [True, False],
+    lambda: [[0.1, 0.2], [True, 0.3]],
+])
+def test_bool_observation_is_refused(trained_npe, make):
+    from sbi_core.posterior import ObservationError
+
+    x = make()
+    for call in (lambda: trained_npe.sample((5,), x=x),
+                 lambda: trained_npe.log_prob(torch.zeros(1, 2), x=x)):
+        with pytest.raises(ObservationError, match=r"booleans \(dtype .*bool.*\.float\(\)"):
+            call()
+    # the same values as numbers are accepted
+    assert trained_npe.sample((5,), x=torch.tensor([1.0, 0.0])).shape == (5, 2)
+
+
+def test_bool_observation_files_are_refused(tmp_path):
+    from sbi_core.io import read_observations
+
+    np.save(tmp_path / "x.npy", np.array([True, False]))
+    with pytest.raises(ValueError, match=r"booleans \(dtype bool\).*astype"):
+        read_observations(tmp_path / "x.npy", (2,))
+    (tmp_path / "x.json").write_text('{"x": [true, 0.5]}')
+    with pytest.raises(ValueError, match="JSON booleans"):
+        read_observations(tmp_path / "x.json", (2,))
+    (tmp_path / "x.csv").write_text("x1,x2\nTrue,False\n")
+    with pytest.raises(ValueError, match="non-numeric value 'True'"):
+        read_observations(tmp_path / "x.csv", (2,))
+    (tmp_path / "ok.json").write_text('{"x": [1, 0.5]}')
+    assert read_observations(tmp_path / "ok.json", (2,)).tolist() == [[1.0, 0.5]]
+
+
+def test_server_refuses_json_booleans():
+    from sbi_core.server.schemas import InputError, to_tensor
+
+    with pytest.raises(InputError, match=r"x\[1\] is a boolean"):
+        to_tensor([0.1, True], "x", 100)
