@@ -4,6 +4,7 @@ padded sets in the streaming fit, score-based log_prob on a non-box support."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -88,3 +89,35 @@ def test_server_refuses_json_booleans():
 
     with pytest.raises(InputError, match=r"x\[1\] is a boolean"):
         to_tensor([0.1, True], "x", 100)
+
+
+# ------------------------------------------------------------------ padded sets, streaming
+def trials_3_to_10(theta: torch.Tensor) -> torch.Tensor:
+    """theta (N, 1) -> x (N, 10, 1): 3 to 10 trials x_i ~ N(theta, 1), then all-NaN padding."""
+    x = theta[:, None, :] + torch.randn(len(theta), 10, 1)
+    k = torch.randint(3, 11, (len(theta),))
+    x[torch.arange(10)[None, :] >= k[:, None]] = float("nan")
+    return x
+
+
+def test_streaming_fit_trains_on_padded_sets_as_fit_in_memory(tmp_path):
+    pytest.importorskip("zarr")
+    from sbi_core import Problem, fit, gaussian, simulate
+    from sbi_core.streaming import StoreBatches
+
+    problem = Problem(gaussian([0.0], std=[1.0]), trials_3_to_10, param_names=["mu"],
+                      x_shape=(10, 1))
+    store = tmp_path / "sims.zarr"
+    simulate(problem, 1000, seed=0, progress=False, store=store, chunk_size=100)
+    with pytest.warns(UserWarning, match="Excluding 8"):  # without the embedding: invalid
+        assert StoreBatches(store).num_train < 200
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # was: "Excluding 880 of 1000 invalid ..."
+        warnings.filterwarnings("ignore", "Reached max_epochs")
+        post = fit(problem, str(store), streaming=True, embedding="set", max_epochs=30,
+                   progress=False, detector=False)
+    assert post.history["num_train"] + post.history["num_validation"] == 1000
+    x_o = torch.full((10, 1), float("nan"))
+    x_o[:5, 0] = torch.tensor([0.8, 1.2, 0.5, 1.5, 1.0])  # 5 trials: N(5/6, 1/6) exactly
+    samples = post.sample((2000,), x=x_o, seed=0)
+    assert abs(float(samples.mean()) - 5 / 6) < 0.15 and abs(float(samples.std()) - 6**-0.5) < 0.1
