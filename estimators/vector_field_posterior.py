@@ -33,7 +33,7 @@ from estimators import score_sampling as ss
 from estimators.vector_field import VectorFieldEstimator
 from sbi_core.budget import Budget
 from sbi_core.posterior import Posterior, SamplingError
-from sbi_core.priors import within_support
+from sbi_core.priors import support_is_mapped, within_support
 from sbi_core.progress import progress_bar
 
 __all__ = ["VectorFieldPosterior", "SAMPLERS", "DEFAULT_STEPS"]
@@ -310,7 +310,43 @@ class VectorFieldPosterior(Posterior):
                                steps or self.config["log_prob_steps"],
                                exact_trace=d <= self.config["exact_trace_max_dim"])
         lp = (lp_z - est.log_abs_det_from_z(z)).cpu()
-        return torch.where(inside, lp, torch.full_like(lp, -torch.inf))
+        lp = torch.where(inside, lp, torch.full_like(lp, -torch.inf))
+        if normalize and not support_is_mapped(self.prior):  # draws outside are rejected
+            lp = lp - self.acceptance_rate(xs).log()[None, :]
+        return lp
+
+    def acceptance_rate(self, xs: Tensor, num: int = 2000, seed: int = 0) -> Tensor:
+        """Fraction ``(B,)`` of probability-flow (ODE) draws for ``xs`` ``(B, *x_shape)``
+        inside a support the unconstrained map does not cover (a prior class with no or a
+        non-box ``support``): ``sample`` rejects the others, so ``log_prob`` divides by it.
+
+        Estimated from ``num`` seeded draws (``1 / sqrt(num · rate)`` relative error) and
+        cached per observation. Raises :class:`SamplingError` below 0.1%.
+        """
+        from sbi_core.posterior import seeded
+
+        cache = self.__dict__.setdefault("_acceptance_cache", {})
+        out = []
+        for x in xs:
+            key = (tuple(x.shape), x.detach().cpu().numpy().tobytes(), num, seed)
+            if key not in cache:
+                with seeded(seed), torch.no_grad(), progress_bar(progress=False) as bar:
+                    draws = self._sample_monitored(
+                        num, x[None], "ode", None, None, 1.0, 1, 0.1, 400, 5, 0.5, None, 20,
+                        0.01, Budget.of(None, "log_prob normalization", self.budget_advice),
+                        bar)
+                if len(cache) > 256:
+                    cache.clear()
+                cache[key] = float((~torch.isnan(draws).any(-1)).float().mean())
+            out.append(cache[key])
+        rate = torch.tensor(out)
+        if bool((rate < 1e-3).any()):
+            raise SamplingError(
+                f"Only {float(rate.min()):.2%} of the posterior's draws fall inside the prior's "
+                "support, so log_prob cannot be normalized by that fraction (and sampling "
+                "would fail too). Check the observation or train longer; "
+                "log_prob(..., normalize=False) gives the unnormalized density.")
+        return rate
 
 
 def _has_finite_mean(prior: Distribution) -> bool:

@@ -592,6 +592,21 @@ def unconstrained_transform(prior: Distribution) -> Transform:
     return _as_event_transform(_biject(support))
 
 
+def support_is_mapped(prior: Distribution) -> bool:
+    """Whether :func:`unconstrained_transform` maps ``R^D`` onto the whole support (a box, a
+    half-line, ...): False for a prior class without ``support`` or with a constraint
+    ``biject_to`` does not know, whose estimators' draws may leave the support."""
+    if isinstance(prior, IndependentPrior):
+        return all(support_is_mapped(c) for c in prior.components)
+    support = _support(prior)
+    if support is None:
+        return False
+    if isinstance(support, _ProductSupport):
+        return all(_biject(c) is not identity_transform or _all_real(c)
+                   for c in support.supports)
+    return _biject(support) is not identity_transform or _all_real(support)
+
+
 def _biject(support: constraints.Constraint | None) -> Transform:
     if support is None:
         return identity_transform

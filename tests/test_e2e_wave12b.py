@@ -121,3 +121,44 @@ def test_streaming_fit_trains_on_padded_sets_as_fit_in_memory(tmp_path):
     x_o[:5, 0] = torch.tensor([0.8, 1.2, 0.5, 1.5, 1.0])  # 5 trials: N(5/6, 1/6) exactly
     samples = post.sample((2000,), x=x_o, seed=0)
     assert abs(float(samples.mean()) - 5 / 6) < 0.15 and abs(float(samples.std()) - 6**-0.5) < 0.1
+
+
+# ------------------------------------------------------------------ score log_prob, non-box
+@pytest.mark.parametrize("method", ["fmpe"])
+def test_score_log_prob_is_renormalized_on_a_non_box_support(method):
+    from torch.distributions import Distribution
+
+    from sbi_core import Problem, fit, simulate
+
+    class Triangle(Distribution):
+        """a ~ U(0, 1), b | a ~ U(0, a): density 1/a on 0 < b < a < 1 (no ``support``)."""
+
+        arg_constraints: dict = {}
+
+        def __init__(self):
+            super().__init__(event_shape=torch.Size([2]), validate_args=False)
+
+        def sample(self, sample_shape=()):
+            a = torch.rand(*sample_shape, 1)
+            return torch.cat([a, a * torch.rand(*sample_shape, 1)], -1)
+
+        def log_prob(self, value):
+            a, b = value[..., 0], value[..., 1]
+            inside = (a > 0) & (a < 1) & (b > 0) & (b < a)
+            return torch.where(inside, -a.clamp_min(1e-30).log(), torch.tensor(float("-inf")))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        problem = Problem(Triangle(), lambda t: t + 0.2 * torch.randn_like(t),
+                          param_names=["a", "b"], x_shape=(2,))
+        post = fit(problem, simulate(problem, 1000, seed=0, progress=False), method=method,
+                   max_epochs=30, detector=False, progress=False)
+    x_o = torch.tensor([0.5, 0.6])  # b > a: much of the likelihood lies outside the support
+    g = (torch.arange(30) + 0.5) / 30  # midpoint grid of the unit square (holds the support)
+    grid = torch.stack(torch.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+    raw = post.log_prob(grid, x=x_o, normalize=False).exp().sum() / 30**2
+    rate = float(post.acceptance_rate(x_o[None])[0])
+    integral = float(post.log_prob(grid, x=x_o).exp().sum() / 30**2)
+    assert float(raw) < 0.95 and rate < 0.95  # the raw density leaks (was log_prob: 0.87)
+    assert abs(float(raw) / rate - integral) < 1e-3 * integral  # log_prob = raw / rate
+    assert abs(integral - 1.0) < 0.05, integral
