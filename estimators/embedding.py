@@ -44,6 +44,7 @@ from sbi_core.display import MESSAGE_LIMIT, shown
 from sbi_core.user_code import class_label
 
 __all__ = ["build_embedding", "prepare_embedding", "is_set_embedding", "is_user_embedding",
+           "padded_sets",
            "user_embedding_module", "UserEmbeddingError", "SetEmbedding", "MLPEmbedding",
            "CNN1dEmbedding", "CNN2dEmbedding", "TCNEmbedding", "RNNEmbedding",
            "TransformerEmbedding", "BUILTIN_EMBEDDINGS"]
@@ -137,6 +138,16 @@ def is_set_embedding(spec: Any) -> bool:
         return False
     return spec.get("type") == "set" or (spec.get("type") == "transformer"
                                          and spec.get("mode") == "set")
+
+
+def padded_sets(x: Tensor) -> Tensor:
+    """Rows ``(N,)`` of ``x`` ``(N, n, d)`` that are sets padded with all-NaN trials: every
+    trial is all finite or all NaN, and at least one trial is finite (a failed simulation,
+    all NaN, or a trial with NaN/inf in only some values is not a padded set)."""
+    if x.ndim != 3:
+        return torch.zeros(x.shape[0], dtype=torch.bool)
+    finite, pad = torch.isfinite(x).all(-1), torch.isnan(x).all(-1)
+    return (finite | pad).all(-1) & finite.any(-1)
 
 
 def build_embedding(spec: Mapping[str, Any] | str | None, x_shape: tuple[int, ...],

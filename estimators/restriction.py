@@ -54,7 +54,7 @@ from torch.distributions import Distribution
 
 from estimators.standardize import Standardize
 from sbi_core.budget import Budget, SamplingError
-from sbi_core.priors import prior_log_prob, within_support
+from sbi_core.priors import prior_log_prob, prior_support, within_support
 from sbi_core.training import TrainConfig, TrainingHistory, train
 
 __all__ = ["fit_restriction", "RestrictedPrior", "ValidityClassifier", "RESTRICTION_FORMAT"]
@@ -267,7 +267,7 @@ class RestrictedPrior(Distribution):
     @property
     def support(self) -> Any:
         """The prior's support (the kept region is a subset of it)."""
-        return self.prior.support
+        return prior_support(self.prior)
 
     @property
     def dim(self) -> int:

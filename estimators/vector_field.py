@@ -118,7 +118,7 @@ class VectorFieldEstimator(nn.Module):
             else:
                 with torch.random.fork_rng():
                     torch.manual_seed(0)
-                    z = self.to_z(self.prior.sample((num_prior,)))
+                    z = self.to_z(self.prior.sample((num_prior,)).float())  # float64 priors too
                 self.prior_mean_z.copy_(z.mean(0))
                 self.prior_cov_z.copy_(torch.cov(z.T).reshape(self.theta_dim, self.theta_dim))
 

@@ -33,7 +33,7 @@ from estimators import score_sampling as ss
 from estimators.vector_field import VectorFieldEstimator
 from sbi_core.budget import Budget
 from sbi_core.posterior import Posterior, SamplingError
-from sbi_core.priors import within_support
+from sbi_core.priors import support_is_mapped, within_support
 from sbi_core.progress import progress_bar
 
 __all__ = ["VectorFieldPosterior", "SAMPLERS", "DEFAULT_STEPS"]
@@ -153,8 +153,10 @@ class VectorFieldPosterior(Posterior):
             inner_lo = torch.nextafter(low, high)
             inner_hi = torch.nextafter(high, low)
             flat = torch.where(ok[:, None], flat, flat.clamp(min=inner_lo, max=inner_hi))
-            if not bool(within_support(self.prior, flat).all()):
-                raise SamplingError("Samples fell outside the prior support.")
+            # a support the unconstrained map does not cover (a prior with no or a non-box
+            # support: identity map): such draws are marked NaN and rejected by the caller
+            flat = torch.where(within_support(self.prior, flat)[:, None], flat,
+                               torch.full_like(flat, torch.nan))
         return flat.reshape(theta.shape)
 
     # ------------------------------------------------------------------ sampling
@@ -167,12 +169,35 @@ class VectorFieldPosterior(Posterior):
                         progress: bool | None = None) -> Tensor:
         """Samples ``(n, B, D)``; ``progress`` shows a bar of score evaluations."""
         budget = Budget.of(budget, "Sampling", self.budget_advice)
+        b = xs.shape[0]
+        out = torch.full((n, b, self.dim), torch.nan)
+        filled = torch.zeros(b, dtype=torch.long)
+        proposed = accepted = 0
         with progress_bar(progress=progress, desc=f"{self.method} sampling",
                           unit="eval") as bar:
-            return self._sample_monitored(n, xs, sampler, steps, iid_method, eta,
-                                          corrector_steps, snr, levels, steps_per_level, tau,
-                                          precision_samples, precision_steps, nugget, budget,
-                                          bar)
+            while bool((filled < n).any()):
+                rate = max(accepted / proposed, 1e-3) if proposed else 1.0
+                m = n if not proposed else min(int(1.2 * int((n - filled).max()) / rate) + 1,
+                                               100 * n)
+                draws = self._sample_monitored(m, xs, sampler, steps, iid_method, eta,
+                                               corrector_steps, snr, levels, steps_per_level,
+                                               tau, precision_samples, precision_steps, nugget,
+                                               budget, bar)
+                ok = ~torch.isnan(draws).any(-1)  # (m, B): inside the prior's support
+                proposed, accepted = proposed + m * b, accepted + int(ok.sum())
+                for j in range(b):
+                    keep = draws[ok[:, j], j][: n - int(filled[j])]
+                    out[int(filled[j]):int(filled[j]) + len(keep), j] = keep
+                    filled[j] += len(keep)
+                if bool((filled < n).any()) and proposed >= 1000 and accepted < 1e-3 * proposed:
+                    raise SamplingError(
+                        f"Only {accepted:,} of {proposed:,} samples fell inside the prior's "
+                        "support. The prior's class defines no support that maps onto R^D "
+                        "(no `support`, or one that is not a box), so samples outside it are "
+                        "rejected; check the observation, train longer, or give the prior "
+                        "class a `support` (e.g. constraints.independent(constraints."
+                        "interval(low, high), 1)).")
+        return out
 
     def _sample_monitored(self, n: int, xs: Tensor, sampler: str | None, steps: int | None,
                           iid_method: str | None, eta: float, corrector_steps: int,
@@ -267,8 +292,8 @@ class VectorFieldPosterior(Posterior):
         est = self.estimator
         n, b, d = theta.shape
         inside = within_support(self.prior, theta.reshape(-1, d)).reshape(n, b)
-        safe = torch.where(inside[..., None], theta, self.prior.mean.expand_as(theta)
-                           if _has_finite_mean(self.prior) else self.prior.sample((n, b)))
+        safe = torch.where(inside[..., None], theta, self.prior.mean.to(theta).expand_as(theta)
+                           if _has_finite_mean(self.prior) else self.prior.sample((n, b)).to(theta))
         z = est.to_z(safe.to(self._device))
         vel_ctx = est.context(xs.to(self._device))
         t_lo, t_hi = est.ode_time_range()
@@ -285,7 +310,43 @@ class VectorFieldPosterior(Posterior):
                                steps or self.config["log_prob_steps"],
                                exact_trace=d <= self.config["exact_trace_max_dim"])
         lp = (lp_z - est.log_abs_det_from_z(z)).cpu()
-        return torch.where(inside, lp, torch.full_like(lp, -torch.inf))
+        lp = torch.where(inside, lp, torch.full_like(lp, -torch.inf))
+        if normalize and not support_is_mapped(self.prior):  # draws outside are rejected
+            lp = lp - self.acceptance_rate(xs).log()[None, :]
+        return lp
+
+    def acceptance_rate(self, xs: Tensor, num: int = 2000, seed: int = 0) -> Tensor:
+        """Fraction ``(B,)`` of probability-flow (ODE) draws for ``xs`` ``(B, *x_shape)``
+        inside a support the unconstrained map does not cover (a prior class with no or a
+        non-box ``support``): ``sample`` rejects the others, so ``log_prob`` divides by it.
+
+        Estimated from ``num`` seeded draws (``1 / sqrt(num · rate)`` relative error) and
+        cached per observation. Raises :class:`SamplingError` below 0.1%.
+        """
+        from sbi_core.posterior import seeded
+
+        cache = self.__dict__.setdefault("_acceptance_cache", {})
+        out = []
+        for x in xs:
+            key = (tuple(x.shape), x.detach().cpu().numpy().tobytes(), num, seed)
+            if key not in cache:
+                with seeded(seed), torch.no_grad(), progress_bar(progress=False) as bar:
+                    draws = self._sample_monitored(
+                        num, x[None], "ode", None, None, 1.0, 1, 0.1, 400, 5, 0.5, None, 20,
+                        0.01, Budget.of(None, "log_prob normalization", self.budget_advice),
+                        bar)
+                if len(cache) > 256:
+                    cache.clear()
+                cache[key] = float((~torch.isnan(draws).any(-1)).float().mean())
+            out.append(cache[key])
+        rate = torch.tensor(out)
+        if bool((rate < 1e-3).any()):
+            raise SamplingError(
+                f"Only {float(rate.min()):.2%} of the posterior's draws fall inside the prior's "
+                "support, so log_prob cannot be normalized by that fraction (and sampling "
+                "would fail too). Check the observation or train longer; "
+                "log_prob(..., normalize=False) gives the unnormalized density.")
+        return rate
 
 
 def _has_finite_mean(prior: Distribution) -> bool:

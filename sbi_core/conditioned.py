@@ -24,6 +24,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, constraints
 
+from sbi_core.priors import prior_support
+
 __all__ = ["ConditionedPosterior"]
 
 
@@ -49,7 +51,7 @@ class ConditionedPosterior(Distribution):
 
     @property
     def support(self) -> constraints.Constraint:  # type: ignore[override]
-        return self.posterior.prior.support
+        return prior_support(self.posterior.prior)  # also for a prior class with none
 
     def sample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> Tensor:  # noqa: B008
         """``(*sample_shape, D)`` posterior draws (torch's global RNG)."""

@@ -100,8 +100,11 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
         return fit_streaming(problem, sims, method=method, seed=seed, **options)
     if isinstance(sims, (str, os.PathLike)):
         sims = SimulationSet.load(sims)
+    padded = _embeds_padded_sets(method, options)
     if isinstance(sims, SimulationSet):
         _check_sims_parameters(problem, sims)
+        if padded:  # sets padded with all-NaN trials are data, not failed simulations
+            sims = _padded_sets_valid(sims)
         theta, x = sims.training_data()
     else:
         if not isinstance(sims, (tuple, list)) or len(sims) != 2:
@@ -115,7 +118,8 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
         if theta.shape[:1] == x.shape[:1] and len(theta) and not (
                 torch.isfinite(theta).all() and torch.isfinite(x).all()):
             # rows with NaN/inf are left out with a warning, as for a SimulationSet
-            theta, x = SimulationSet.from_arrays(theta, x).training_data()
+            arrays = SimulationSet.from_arrays(theta, x)
+            theta, x = (_padded_sets_valid(arrays) if padded else arrays).training_data()
     if theta.ndim != 2 or theta.shape[1] != problem.dim:
         raise ValueError(
             f"The simulations' theta has shape {tuple(theta.shape)}, but problem {problem.name!r} "
@@ -127,7 +131,9 @@ def fit(problem: Problem, sims: SimulationSet | tuple[Tensor, Tensor] | str | os
             f"{problem.name!r} simulates x of shape {tuple(problem.x_shape)}."
         )
     check_theta_in_support(problem, theta)
-    if not (method in ("abc", "smc_abc") and options.get("distance") == "mmd"):
+    if padded and not bool(torch.isfinite(x).all()):
+        detector = False  # the detector's networks take finite x only (no padding)
+    elif not (method in ("abc", "smc_abc") and options.get("distance") == "mmd"):
         # the MMD compares raw data sets (no z-scoring): the warning's advice does not apply
         warn_extreme_x(x, getattr(problem, "x_names", None))
     options = _discrete_x_options(problem, m, options)
@@ -231,6 +237,26 @@ def _did_you_mean(message: str, options: dict[str, Any]) -> str:
         if close:
             pairs.append(f"{close[0]!r} (not {key!r})")
     return f"Did you mean {', '.join(pairs)}?" if pairs else ""
+
+
+def _embeds_padded_sets(method: str, options: dict[str, Any]) -> bool:
+    """NPE (or its ensemble) with a set embedding: all-NaN trials of ``x`` ``(N, n, d)`` are
+    padding (a varying number of trials, docs/embeddings.md), not failed simulations."""
+    from estimators.embedding import is_set_embedding
+
+    spec = options.get("embedding")
+    spec = {"type": spec} if isinstance(spec, str) else spec
+    return method in ("npe", "npe_ensemble") and is_set_embedding(spec)
+
+
+def _padded_sets_valid(sims: SimulationSet) -> SimulationSet:
+    """``sims`` with rows that are padded sets (``padded_sets``) counted as valid."""
+    from estimators.embedding import padded_sets
+
+    ok = sims.valid | (padded_sets(sims.x) & torch.isfinite(sims.theta).all(-1))
+    if bool((ok == sims.valid).all()):
+        return sims
+    return SimulationSet(sims.theta, sims.x, ok, dict(sims.provenance))
 
 
 def _with_detector(posterior: Posterior, x: Tensor, x_holdout: Tensor | None,

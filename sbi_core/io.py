@@ -43,7 +43,12 @@ def read_observations(path: str | Path, x_shape: tuple[int, ...],
             arr = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as err:
             raise ValueError(f"{path} is not a plain numeric .npy file: {err}") from err
-        if arr.dtype.kind not in "biuf":
+        if arr.dtype.kind == "b":
+            raise ValueError(f"{path} holds booleans (dtype {arr.dtype}); observations are "
+                             "numbers and True/False would silently be read as 1/0. Save it "
+                             "as numbers, e.g. np.save(path, x.astype('float32')), if 1/0 is "
+                             "meant.")
+        if arr.dtype.kind not in "iuf":
             raise ValueError(f"{path} holds {arr.dtype} values; observations must be numbers.")
     elif path.suffix in (".csv", ".txt", ".json"):
         if path.stat().st_size > MAX_TEXT_BYTES:
@@ -137,12 +142,23 @@ def _parse_json(text: str, name: str) -> np.ndarray:
             raise ValueError(f"{name}: a JSON object must hold exactly one of 'x' (one "
                              "observation) or 'xs' (several).")
         value = value[keys[0]]
+    if _holds_bool(value):
+        raise ValueError(f"{name} holds JSON booleans (true/false); observations are numbers "
+                         "and true/false would silently be read as 1/0. Write 1 and 0 (or the "
+                         "values the simulator returns) instead.")
     try:
         arr = np.asarray(value, dtype=np.float32)
     except (ValueError, TypeError) as err:
         raise ValueError(f"{name}: observations must be a (nested) list of numbers of equal "
                          f"lengths ({err}).") from err
     return arr
+
+
+def _holds_bool(value: object) -> bool:
+    """Whether a parsed JSON value has ``true`` / ``false`` anywhere in it."""
+    if isinstance(value, bool):
+        return True
+    return isinstance(value, list) and any(_holds_bool(v) for v in value)
 
 
 def _to_observations(arr: np.ndarray, x_shape: tuple[int, ...], name: str) -> Tensor:

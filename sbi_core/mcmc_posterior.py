@@ -110,7 +110,7 @@ class MCMCPosterior(Posterior):
     def potential(self, theta: Tensor, index: Tensor, x_sets: Tensor) -> Tensor:
         """``log p(θ) + Σ_i ℓ(θ, x_i)`` for rows ``theta`` ``(M, D)`` of observation ``index``
         ``(M,)`` in ``x_sets`` ``(B, n, *x_shape)`` → ``(M,)``; ``-inf`` outside the support."""
-        lp_prior = prior_log_prob(self.prior, theta)
+        lp_prior = prior_log_prob(self.prior, theta).to(theta.dtype)  # float64 priors too
         inside = torch.isfinite(lp_prior)
         safe = torch.where(inside[:, None], theta, self._center.expand_as(theta))
         lp = lp_prior + self.iid_log_likelihood(safe, x_sets[index])
@@ -192,7 +192,7 @@ class MCMCPosterior(Posterior):
         z = transform.inv(start).detach().clone().requires_grad_(True)
         index = torch.arange(b)
         with seeded(seed), torch.no_grad():
-            z_scale = transform.inv(self.prior.sample((1000,))).std(0).nan_to_num(1.0)
+            z_scale = transform.inv(self.prior.sample((1000,)).float()).std(0).nan_to_num(1.0)
         opt = torch.optim.Adam([z], lr=0.02 * float(z_scale.clamp(1e-3, 1e3).mean()))
         best = start.clone()
         with torch.no_grad():

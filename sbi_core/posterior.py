@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from sbi_core.budget import Budget, SamplingError, SamplingTimeoutError
-from sbi_core.priors import support_bounds, within_support
+from sbi_core.priors import support_bounds, support_is_real, within_support
 from sbi_core.threads import auto_threads, thread_scope
 
 __all__ = ["Posterior", "DirectPosterior", "ObservationError", "SingleObservationError", "SamplingError",
@@ -414,7 +414,12 @@ class Posterior:
     def prior_scale(self) -> Tensor:
         low, high = self._bounds
         finite = torch.isfinite(low) & torch.isfinite(high)
-        std = self.prior.variance.sqrt() if hasattr(self.prior, "variance") else torch.ones(self.dim)
+        try:
+            std = self.prior.variance.sqrt().reshape(self.dim).float()
+        except (NotImplementedError, AttributeError):  # your own prior class without variance
+            with seeded(0), torch.no_grad():
+                std = self.prior.sample((1000,)).float().std(0)
+        std = torch.where(torch.isfinite(std) & (std > 0), std, torch.ones_like(std))
         return torch.where(finite, (high - low) / math.sqrt(12.0), std)
 
     def _check_theta(self, theta: Tensor) -> Tensor:
@@ -476,8 +481,18 @@ class Posterior:
         """True when ``xs`` is a batch of iid sets ``(B, n, *x_shape)``."""
         return xs.ndim == len(x_shape) + 2
 
+    def _pads_sets(self, x: Tensor) -> bool:
+        """Whether ``x`` is (a batch of) sets padded with all-NaN trials that this posterior's
+        set embedding ignores (docs/embeddings.md: a varying number of trials)."""
+        from estimators.embedding import is_set_embedding, padded_sets
+
+        spec = (getattr(self.estimator, "config", None) or {}).get("embedding")
+        if not is_set_embedding(spec) or len(self.x_shape) != 2:
+            return False
+        return bool(padded_sets(x.reshape(-1, *self.x_shape)).all())
+
     def _check_values(self, x: Tensor) -> Tensor:
-        if not torch.isfinite(x).all():
+        if not torch.isfinite(x).all() and not self._pads_sets(x):
             where = ""
             if x.ndim > len(self.x_shape) and x.shape[0] > 1:  # several observations (or trials)
                 bad = (~torch.isfinite(x)).reshape(x.shape[0], -1).any(1).nonzero().flatten()
@@ -623,6 +638,14 @@ def _as_numbers(value: Any, name: str, shape: str, error: type[Exception]) -> Te
 
     Strings and non-numeric values raise ``error`` naming the fix.
     """
+    dtype = _bool_dtype(value)
+    if dtype is not None:
+        raise error(
+            f"{name} holds booleans (dtype {dtype}); a posterior takes numbers of shape "
+            f"{shape}, and True/False would silently be read as 1/0. Simulators must return "
+            f"floating-point values, so cast the way the training simulations were made, e.g. "
+            f"{name}.float() (torch) or {name}.astype('float32') (numpy) if 1/0 is meant."
+        )
     if isinstance(value, (str, bytes)):
         raise error(
             f"{name} is a string ({value!r:.60}); pass numbers of shape {shape}: a tensor, a "
@@ -644,6 +667,24 @@ def _as_numbers(value: Any, name: str, shape: str, error: type[Exception]) -> Te
                         "in float32, where they would be inf. Rescale the data the way the "
                         "training simulations were scaled.")
     return out
+
+
+def _bool_dtype(value: Any) -> str | None:
+    """The boolean dtype's name when ``value`` holds booleans (a bool tensor or array, or a
+    Python/numpy bool anywhere in a nested list), else ``None``."""
+    if isinstance(value, Tensor):
+        return str(value.dtype) if value.dtype == torch.bool else None
+    dtype = getattr(value, "dtype", None)  # numpy arrays and scalars
+    if dtype is not None:
+        return f"numpy {dtype}" if getattr(dtype, "kind", "") == "b" else None
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            found = _bool_dtype(item)
+            if found is not None:
+                return found
+    return None
 
 
 class DirectPosterior(Posterior):
@@ -674,8 +715,9 @@ class DirectPosterior(Posterior):
         self.min_acceptance = min_acceptance
         self.max_batch = max_batch
         self.last_acceptance_rate: float | None = None
-        self._bounded = bool(torch.isfinite(self._bounds[0]).any() or
-                             torch.isfinite(self._bounds[1]).any())
+        # anything but R^D (a box, a half-line, a user prior with no or a non-box support)
+        # may be left by the estimator's draws: those are rejected and log_prob renormalized
+        self._bounded = not support_is_real(self.prior)
 
     @property
     def _samples_in_support(self) -> bool:

@@ -70,7 +70,9 @@ __all__ = [
     "prior_from_spec",
     "prior_log_prob",
     "prior_spec",
+    "prior_support",
     "support_bounds",
+    "support_is_real",
     "within_support",
     "unconstrained_transform",
 ]
@@ -502,6 +504,47 @@ def support_bounds(prior: Distribution) -> tuple[Tensor, Tensor]:
     return _constraint_bounds(_support(prior), d)
 
 
+class _FiniteLogProbSupport(constraints.Constraint):
+    """Support of a prior whose class defines none: the points with a finite ``log_prob``."""
+
+    event_dim = 1
+
+    def __init__(self, prior: Distribution):
+        self.prior = prior
+        super().__init__()
+
+    def check(self, value: Tensor) -> Tensor:
+        flat = value.reshape(-1, value.shape[-1])
+        return within_support(self.prior, flat).reshape(value.shape[:-1])
+
+
+def prior_support(prior: Distribution) -> constraints.Constraint:
+    """The prior's ``support``, or :class:`_FiniteLogProbSupport` when its class defines none."""
+    support = _support(prior)
+    return _FiniteLogProbSupport(prior) if support is None else support
+
+
+def support_is_real(prior: Distribution) -> bool:
+    """Whether the prior's support is known to be all of ``R^D`` (every finite point inside).
+
+    False for a bounded support, for a support that is no box (e.g. a user constraint such
+    as ``b < a``) and for a prior whose class defines no ``support``: samples of an estimator
+    may then leave the support, so they must be checked (``within_support``).
+    """
+    if isinstance(prior, IndependentPrior):
+        return all(support_is_real(c) if c.event_shape else _all_real(_support(c))
+                   for c in prior.components)
+    return _all_real(_support(prior))
+
+
+def _all_real(c: constraints.Constraint | None) -> bool:
+    if isinstance(c, _ProductSupport):
+        return all(_all_real(p) for p in c.supports)
+    while isinstance(c, constraints.independent):
+        c = c.base_constraint
+    return type(c) is type(constraints.real)
+
+
 def within_support(prior: Distribution, theta: Tensor) -> Tensor:
     """Boolean mask ``(N,)`` of rows of ``theta`` ``(N, D)`` inside the prior's support.
 
@@ -547,6 +590,21 @@ def unconstrained_transform(prior: Distribution) -> Transform:
         return CatTransform([_as_event_transform(_biject(c)) for c in support.supports],
                             dim=-1, lengths=support.sizes)
     return _as_event_transform(_biject(support))
+
+
+def support_is_mapped(prior: Distribution) -> bool:
+    """Whether :func:`unconstrained_transform` maps ``R^D`` onto the whole support (a box, a
+    half-line, ...): False for a prior class without ``support`` or with a constraint
+    ``biject_to`` does not know, whose estimators' draws may leave the support."""
+    if isinstance(prior, IndependentPrior):
+        return all(support_is_mapped(c) for c in prior.components)
+    support = _support(prior)
+    if support is None:
+        return False
+    if isinstance(support, _ProductSupport):
+        return all(_biject(c) is not identity_transform or _all_real(c)
+                   for c in support.supports)
+    return _biject(support) is not identity_transform or _all_real(support)
 
 
 def _biject(support: constraints.Constraint | None) -> Transform:

@@ -45,12 +45,16 @@ class StoreBatches:
         seed: fixes the held-out chunks.
         buffer_chunks: chunks read and shuffled together (memory vs. mixing).
         max_validation: cap on held-out rows kept in memory.
+        padded_sets: rows whose ``x`` ``(n, d)`` is a set padded with all-NaN trials
+            (:func:`estimators.embedding.padded_sets`) are training data, not failed
+            simulations (NPE with a set embedding, as :func:`sbi_core.fit` in memory).
     """
 
     def __init__(self, store: SimulationStore | str | os.PathLike,
                  validation_fraction: float = 0.1, seed: int = 0, buffer_chunks: int = 4,
-                 max_validation: int = 20_000):
+                 max_validation: int = 20_000, padded_sets: bool = False):
         self.store = store if isinstance(store, SimulationStore) else SimulationStore(store)
+        self.padded_sets = padded_sets
         chunks = sorted(self.store.committed())
         if len(chunks) < self.store.num_chunks:
             raise ValueError(
@@ -70,6 +74,9 @@ class StoreBatches:
         self.train_chunks = sorted(chunks[i] for i in perm[n_val_chunks:])
         self.buffer_chunks = buffer_chunks
         marks = self.store.marks()
+        if padded_sets:  # padded rows were marked invalid by simulate: count them as valid
+            marks = {i: dict(marks[i], num_invalid=self._num_invalid(i))
+                     if marks[i]["num_invalid"] else marks[i] for i in chunks}
         n_bad, n_all = (sum(marks[i][k] for i in chunks) for k in ("num_invalid", "size"))
         if 0 < n_bad < n_all:  # as SimulationSet.training_data warns for in-memory training
             err = self.store.provenance().get("first_error")
@@ -85,9 +92,22 @@ class StoreBatches:
         self._val = self._load(self.val_chunks, max_validation) if self.val_chunks else None
         self.num_validation = 0 if self._val is None else int(self._val[0].shape[0])
 
+    def _chunk_rows(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
+        """All rows of chunk ``index``: theta, x and the training mask ``(n,)``."""
+        theta, x, valid = (torch.from_numpy(a) for a in
+                           self.store.read_rows(*self.store.chunk_rows(index)))
+        if self.padded_sets:
+            from estimators.embedding import padded_sets
+
+            valid = valid | (padded_sets(x) & torch.isfinite(theta).all(-1))
+        return theta, x, valid
+
+    def _num_invalid(self, index: int) -> int:
+        return int((~self._chunk_rows(index)[2]).sum())
+
     def _chunk(self, index: int) -> tuple[Tensor, Tensor]:
-        theta, x, valid = self.store.read_rows(*self.store.chunk_rows(index))
-        return torch.from_numpy(theta[valid]), torch.from_numpy(x[valid])
+        theta, x, valid = self._chunk_rows(index)
+        return theta[valid], x[valid]
 
     def _load(self, chunks: list[int], limit: int) -> tuple[Tensor, Tensor]:
         thetas, xs, count = [], [], 0
@@ -180,13 +200,13 @@ def _apply_statistics(estimator: torch.nn.Module, stats: dict[str, Tensor]) -> b
         x_transformed = getattr(getattr(estimator, "x_transform", None), "active", False)
         for layer, name in ((None if has_transform else theta_norm, "theta"),
                             (None if is_set or x_transformed else x_norm, "x")):
-            if layer is None:
-                continue
+            if layer is None or not bool(torch.isfinite(stats[f"{name}_mean"]).all()):
+                continue  # NaN-padded sets: keep the fit of the sample, as in memory
             std = stats[f"{name}_std"]
             layer.mean.copy_(stats[f"{name}_mean"].reshape(layer.mean.shape))
             layer.std.copy_(torch.where(std > 1e-12, std, torch.ones_like(std))
                             .reshape(layer.std.shape))
-        if not is_set and hasattr(estimator, "x_min") and hasattr(estimator, "x_max"):
+        if not is_set and hasattr(estimator, "x_min") and bool(torch.isfinite(stats["x_min"]).all()) and hasattr(estimator, "x_max"):
             estimator.x_min.copy_(stats["x_min"].reshape(estimator.x_min.shape))
             estimator.x_max.copy_(stats["x_max"].reshape(estimator.x_max.shape))
     return True
@@ -210,9 +230,10 @@ def fit_streaming(problem: Problem, store: str | os.PathLike | SimulationStore,
                          "store; load the store into memory (streaming=False).")
     train_config, estimator_options = split_options(
         {**m.training_defaults(options), **options, "seed": seed})
+    from sbi_core.inference import _embeds_padded_sets, check_parameter_names
+
     batches = StoreBatches(store, train_config.validation_fraction, seed, buffer_chunks,
-                           max_validation)
-    from sbi_core.inference import check_parameter_names
+                           max_validation, padded_sets=_embeds_padded_sets(method, options))
 
     check_parameter_names(problem, batches.store.provenance())
     theta_s, x_s = batches.sample()

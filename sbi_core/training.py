@@ -842,7 +842,12 @@ class _TensorBatches:
         n = theta.shape[0]
         if x.shape[0] != n:
             raise ValueError(f"theta has {n} rows but x has {x.shape[0]}.")
-        if not (torch.isfinite(theta).all() and torch.isfinite(x).all()):
+        from estimators.embedding import padded_sets
+
+        if not (torch.isfinite(theta).all() and (torch.isfinite(x).all()
+                                                  or bool(padded_sets(x).all()))):
+            # (sets padded with all-NaN trials are data for a set embedding: fit lets them in
+            # only for one)
             raise ValueError(
                 "Training data contain NaN or inf; pass SimulationSet.training_data() to drop "
                 "invalid simulations."

@@ -1,4 +1,4 @@
-"""``sbi-core sample MODEL --x FILE --num N --out FILE.csv|FILE.nc [--seed S] [--iid]``.
+"""``sbi-core sample MODEL --x FILE --num N --out FILE.csv|FILE.nc [--seed S] [--iid] [--quiet]``.
 
 ``--out FILE.nc`` writes an ArviZ ``InferenceData`` (netCDF) for one observation: named
 parameters, MCMC chains kept, prior draws, the observation, and posterior-predictive
@@ -53,6 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="an observation more than 10%% beyond the training simulations' range: "
                         "'error' (the default of a model), 'warn' (sample the extrapolation "
                         "anyway, with a warning) or 'off'")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars (MCMC chains, score-based sampling), whatever "
+                        "SBI_CORE_PROGRESS says")
     p.add_argument("--strict", action="store_true",
                    help="fail (exit 1) when an observation does not look like the training "
                         "simulations (misspecification tests, docs/trust.md) instead of warning")
@@ -61,6 +64,24 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not getattr(args, "quiet", False):
+        return _run(args)
+    import os
+
+    from sbi_core.progress import ENV_VAR
+
+    old = os.environ.get(ENV_VAR)
+    os.environ[ENV_VAR] = "0"  # every progress=None bar (MCMC, score sampling) stays hidden
+    try:
+        return _run(args)
+    finally:
+        if old is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = old
+
+
+def _run(args: argparse.Namespace) -> int:
     from sbi_core.atomic import check_output
     from sbi_core.cli.common import problem_file
     from sbi_core.io import read_observations, write_samples_csv

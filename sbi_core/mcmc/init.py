@@ -64,7 +64,7 @@ def initial_chains(potential: Callable[[Tensor, Tensor], Tensor], prior: Distrib
         cand_b, log_q = proposal(k)
         cand = cand_b.reshape(num_batches * k, -1)
     else:
-        cand = prior.sample((num_batches * k,))  # (B*k, D)
+        cand = prior.sample((num_batches * k,)).float()  # (B*k, D); a float64 prior too
         log_q = None
     index = torch.arange(num_batches).repeat_interleave(k)
     pot = torch.cat([potential(cand[i:i + chunk], index[i:i + chunk])

@@ -34,7 +34,7 @@ from sbi_core.mcmc.diagnostics import effective_sample_size, split_rhat
 from sbi_core.mcmc.hmc import HMCState, adaptation_windows, hmc_log_density_and_grad, hmc_step
 from sbi_core.mcmc.init import INIT_STRATEGIES, initial_chains
 from sbi_core.mcmc.slice import SliceState, slice_step
-from sbi_core.priors import unconstrained_transform
+from sbi_core.priors import _support, unconstrained_transform
 from sbi_core.progress import progress_bar
 
 __all__ = ["MCMCConfig", "MCMCResult", "run_mcmc", "MCMC_METHODS"]
@@ -218,13 +218,14 @@ def run_mcmc(potential: Potential, prior: Distribution, num_samples: int, num_ba
         raise ValueError(f"num_samples must be at least 1, got {num_samples}.")
     start = time.perf_counter()
     budget = Budget.of(max_seconds, "MCMC", MCMC_BUDGET_ADVICE)
+    prior = _float32_prior(prior)
     transform = unconstrained_transform(prior)
     c, b = cfg.num_chains, num_batches
 
     def log_density(z: Tensor, rows: Tensor) -> Tensor:
         theta = transform(z)
         lp = potential(theta, rows // c) + transform.log_abs_det_jacobian(z, theta)
-        return lp
+        return lp.to(z.dtype)  # a float64 prior's log_prob must not turn the chains float64
 
     with torch.no_grad():
         theta0 = initial_chains(potential, prior, b, c, cfg.init_strategy,
@@ -308,13 +309,48 @@ def run_mcmc(potential: Potential, prior: Distribution, num_samples: int, num_ba
     return result
 
 
+class _Float32Prior(Distribution):
+    """A prior whose draws are float64 (built from float64 tensors, or your own class
+    returning numpy's float64), seen in float32 like everything else MCMC computes."""
+
+    arg_constraints: dict = {}
+
+    def __init__(self, prior: Distribution):
+        self.prior = prior
+        super().__init__(prior.batch_shape, prior.event_shape, validate_args=False)
+
+    @property
+    def support(self) -> Any:
+        return self.prior.support
+
+    def sample(self, sample_shape: torch.Size | tuple = ()) -> Tensor:
+        return self.prior.sample(sample_shape).float()
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return self.prior.log_prob(value).float()
+
+
+def _float32_prior(prior: Distribution) -> Distribution:
+    """``prior``, or a float32 view of it when its draws are another dtype (the probe draw
+    leaves torch's and numpy's global random state as they were)."""
+    import numpy as np
+
+    state = np.random.get_state()
+    with torch.random.fork_rng():
+        dtype = prior.sample((1,)).dtype
+    np.random.set_state(state)
+    if dtype == torch.float32:
+        return prior
+    return _Float32Prior(prior)
+
+
 def _resolve_method(method: str, prior: Distribution, log_density: Callable[[Tensor, Tensor], Tensor],
                     z: Tensor, rows: Tensor) -> tuple[str, tuple[Tensor, Tensor] | None]:
     """``"auto"`` → ``"hmc"`` when theta is continuous and the log density has finite
     gradients at the starting points, else ``"slice"``; also returns those gradients."""
     if method == "slice":
         return method, None
-    support = getattr(prior, "support", None)
+    support = _support(prior)  # None when the prior's class defines no support
     if method == "auto" and support is not None and getattr(support, "is_discrete", False):
         return "slice", None
     try:
