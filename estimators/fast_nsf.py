@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from estimators.fast_maf import GaussianBaseFlow, _fast_tanh, _functorch_active
+from estimators.fast_nsf_inverse import rq_spline_inverse_fm
 from estimators.fast_nsf_pass import FusedNSFPass
 
 __all__ = ["FusedNSF", "rq_spline"]
@@ -278,19 +279,27 @@ class FusedNSF(GaussianBaseFlow):
         reverse, each mixing layer through its inverse matrix and each coupling in one pass
         (its conditioner only reads the features the coupling keeps fixed)."""
         b, n, d = z.shape
-        w_in, w_hid, b_hid, w_out, b_out = self._weights()
+        w_in, w_hid, b_hid, _, _ = self._weights()
         ctx_h = self._context(context)                                   # (T, B, H)
         if self.mixing:
             mix, _ = self._mixing()
             inv_t = torch.linalg.inv(mix).transpose(1, 2)                # (T, D, D)
         x = z.reshape(b * n, d)
+        dt, p = self.dim_transformed, self.num_params
         for t in reversed(range(self.num_transforms)):
             if self.mixing:
                 x = (x - self.lu_bias[t]) @ inv_t[t]
             ctx = ctx_h[t][:, None, :].expand(b, n, -1).reshape(b * n, -1) if b > 1 \
                 else ctx_h[t]
-            params = self._params(x, ctx, w_in[t], w_hid[t], b_hid[t], w_out[t], b_out[t])
+            hid = torch.addmm(ctx, x, w_in[t]).relu_() if b == 1 \
+                else (x @ w_in[t]).add_(ctx).relu_()
+            for w, bias in zip(w_hid[t], b_hid[t]):
+                hid = torch.addmm(bias, hid, w).relu_()
+            # the output layer feature-major: (D_t * (3K - 1), N), draws contiguous
+            params = torch.addmm(self.b_out[t][:, None], self.w_out[t], hid.t())
             idx = self.tr_index[t]
-            out, _ = rq_spline(x.index_select(1, idx), params, self.tail_bound, inverse=True)
-            x = x.index_copy(1, idx, out)
+            out = rq_spline_inverse_fm(x.index_select(1, idx).t(),
+                                       params.reshape(dt, p, b * n), self.tail_bound,
+                                       MIN_BIN, MIN_DERIVATIVE, _DERIV_SHIFT)
+            x = x.index_copy(1, idx, out.t())
         return x.reshape(b, n, d)

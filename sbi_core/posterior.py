@@ -36,6 +36,9 @@ from torch.distributions import Distribution
 
 from sbi_core.budget import Budget, SamplingError, SamplingTimeoutError
 from sbi_core.priors import support_bounds, support_is_real, within_support
+
+from sbi_core.priors import support_bounds, within_support
+from sbi_core.rejection import proposal_count
 from sbi_core.threads import auto_threads, thread_scope
 
 __all__ = ["Posterior", "DirectPosterior", "ObservationError", "SingleObservationError", "SamplingError",
@@ -752,13 +755,17 @@ class DirectPosterior(Posterior):
         # An estimator that maps into the support (theta_transform) needs no oversampling;
         # the loop then only replaces the rare non-finite draw.
         in_support = self._samples_in_support
-        margin, floor = (1.0, 1) if in_support else (1.2, 64)
+        floor = 1 if in_support else 64
         seconds_per_draw = 0.0
         while bool((filled < n).any()):
             need = (n - filled).clamp(min=0)
             active = (need > 0).nonzero().flatten()
-            m = int(min(self.max_batch,
-                        max(floor, math.ceil(float((need[active] / rate[active]).max()) * margin))))
+            if in_support:
+                m = int(min(self.max_batch, max(floor, math.ceil(
+                    float((need[active] / rate[active]).max())))))
+            else:  # exactly what is needed first, then binomial headroom (sbi_core.rejection)
+                m = min(self.max_batch, proposal_count(need[active], accepted[active],
+                                                       proposed[active]))
             if seconds_per_draw > 0:  # a batch should not overrun the budget by much
                 fit_in = budget.remaining / (seconds_per_draw * len(active))
                 m = int(min(m, max(floor, fit_in)))
