@@ -36,8 +36,6 @@ from torch.distributions import Distribution
 
 from sbi_core.budget import Budget, SamplingError, SamplingTimeoutError
 from sbi_core.priors import support_bounds, support_is_real, within_support
-
-from sbi_core.priors import support_bounds, within_support
 from sbi_core.rejection import proposal_count
 from sbi_core.threads import auto_threads, thread_scope
 
