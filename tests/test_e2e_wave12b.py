@@ -126,26 +126,9 @@ def test_streaming_fit_trains_on_padded_sets_as_fit_in_memory(tmp_path):
 # ------------------------------------------------------------------ score log_prob, non-box
 @pytest.mark.parametrize("method", ["fmpe"])
 def test_score_log_prob_is_renormalized_on_a_non_box_support(method):
-    from torch.distributions import Distribution
+    from test_e2e_wave12 import Triangle  # a ~ U(0, 1), b | a ~ U(0, a); no support
 
     from sbi_core import Problem, fit, simulate
-
-    class Triangle(Distribution):
-        """a ~ U(0, 1), b | a ~ U(0, a): density 1/a on 0 < b < a < 1 (no ``support``)."""
-
-        arg_constraints: dict = {}
-
-        def __init__(self):
-            super().__init__(event_shape=torch.Size([2]), validate_args=False)
-
-        def sample(self, sample_shape=()):
-            a = torch.rand(*sample_shape, 1)
-            return torch.cat([a, a * torch.rand(*sample_shape, 1)], -1)
-
-        def log_prob(self, value):
-            a, b = value[..., 0], value[..., 1]
-            inside = (a > 0) & (a < 1) & (b > 0) & (b < a)
-            return torch.where(inside, -a.clamp_min(1e-30).log(), torch.tensor(float("-inf")))
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
