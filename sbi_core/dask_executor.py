@@ -11,7 +11,11 @@ whose task keeps killing its workers (Dask gives up after
 run once more in a supervised local process on the client: a chunk that was only caught
 on a dying worker succeeds there (same seed, same result); one that kills that process
 too is recorded with all rows invalid and the reason, like a dead local worker. The run
-goes on either way.
+goes on either way. The same local rerun covers a result the client itself fails to fetch
+(distributed can raise ``RuntimeError: ... bound to a different event loop`` from
+``Future.result()`` while a killed worker's tasks are rescheduled and a second client shares
+the process). A :class:`~distributed.Client` the user already has open on the same scheduler
+is reused rather than a second one opened, and left open.
 Chunks are deterministic in ``(index, size, seed[, theta])``, so the result equals a
 local run.
 
@@ -113,8 +117,6 @@ def dask_chunks(problem: Problem, tasks: list[tuple], address: str,
         retries: reruns of a chunk whose task raised (lost workers are rescheduled anyway).
         chunk_size: only to name the rows of a chunk recorded as failed.
     """
-    from sbi_core.chunk_processes import supervised_chunks
-
     kind, n_workers = parse_address(address)
     blob = pickle_problem(problem)
     digest = hashlib.sha1(blob).hexdigest()
@@ -132,13 +134,18 @@ def dask_chunks(problem: Problem, tasks: list[tuple], address: str,
             cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                                    host="127.0.0.1", dashboard_address=None)
         client = Client(cluster)
+        own_client = True
     else:
+        client = _open_client_for(address)
+        own_client = client is None
+    if client is None:
         try:
             client = Client(address, timeout=30)
         except OSError as err:
             raise ValueError(f"Cannot reach the Dask scheduler at {address}: {err}. Start one "
                              "(dask scheduler / dask-jobqueue) or use local:N.") from err
     run_id = uuid.uuid4().hex[:8]
+    futures: dict = {}
     try:
         futures = {client.submit(_run_pickled, blob, digest, *task, retries=retries,
                                  pure=False, key=f"sbi-core-chunk-{run_id}-{task[0]}"): task
@@ -150,15 +157,52 @@ def dask_chunks(problem: Problem, tasks: list[tuple], address: str,
                 # Dask gave up on this task after worker deaths; tasks that merely shared the
                 # dying worker are caught here too. Decide in one supervised local process:
                 # an innocent chunk succeeds (same seed, same result), a guilty one is recorded.
-                result = next(iter(supervised_chunks(problem, [futures[future]], 1, retries=0,
-                                                     chunk_size=chunk_size)))
-                if result.first_error and result.first_error.startswith("worker process died"):
-                    result.first_error = ("Dask worker processes died running this chunk "
-                                          "(KilledWorker); rerun in a local process: "
-                                          + result.first_error)
+                result = _rerun_locally(problem, futures[future], chunk_size, "KilledWorker")
+            except RuntimeError as err:
+                if not _is_client_loop_error(err):
+                    raise
+                # the client failed to fetch a result (not the task): same seed, same result
+                result = _rerun_locally(problem, futures[future], chunk_size,
+                                        "the Dask client could not fetch it")
             future.release()
             yield result
     finally:
-        client.close()
+        if own_client:
+            client.close()
+        elif futures:  # the user's client stays open; drop this run's unfinished tasks
+            client.cancel(list(futures), force=True)
         if cluster is not None:
             cluster.close()
+
+
+def _open_client_for(address: str):
+    """The user's already-open :class:`~distributed.Client` on ``address``, or ``None``."""
+    from distributed.client import default_client
+
+    try:
+        client = default_client()
+    except ValueError:  # no client in this process
+        return None
+    try:
+        same = client.scheduler is not None and client.scheduler.address == address
+    except AttributeError:
+        return None
+    return client if same and client.status == "running" else None
+
+
+def _is_client_loop_error(err: RuntimeError) -> bool:
+    """Whether ``err`` is distributed's client-side event-loop failure, not the task's."""
+    return "event loop" in str(err) or "attached to a different loop" in str(err)
+
+
+def _rerun_locally(problem: Problem, task: tuple, chunk_size: int | None,
+                   why: str) -> ChunkResult:
+    """Run one chunk in a supervised local process (deterministic: the same rows)."""
+    from sbi_core.chunk_processes import supervised_chunks
+
+    result = next(iter(supervised_chunks(problem, [task], 1, retries=0,
+                                         chunk_size=chunk_size)))
+    if result.first_error and result.first_error.startswith("worker process died"):
+        result.first_error = (f"Dask worker processes died running this chunk ({why}); "
+                              "rerun in a local process: " + result.first_error)
+    return result

@@ -56,3 +56,71 @@ def test_local_cluster_address_matches_local_processes():
     a = simulate(problem, 60, seed=2, chunk_size=20, progress=False, executor="local:1")
     b = simulate(problem, 60, seed=2, chunk_size=20, progress=False, workers=2)
     assert torch.equal(a.theta, b.theta) and torch.equal(a.x, b.x)
+
+
+def _fast_problem() -> Problem:
+    return Problem(box_uniform([-1.0, -1.0], [1.0, 1.0]),
+                   lambda t: t * 2 + 0.1 * torch.randn_like(t), name="fast_lambda")
+
+
+def test_users_open_client_is_reused_and_left_open(monkeypatch):
+    """A Client the user already has on the scheduler is used, not a second one (two clients
+    in one process is where distributed's cross-event-loop failures come from)."""
+    import sbi_core.dask_executor as de
+
+    problem = _fast_problem()
+    plan = chunk_plan(60, seed=3, chunk_size=20)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        def no_second_client(*args, **kwargs):
+            raise AssertionError("dask_chunks opened a second Client")
+
+        monkeypatch.setattr(de, "Client", no_second_client)
+        results = {r.index: r for r in dask_chunks(problem, plan, cluster.scheduler_address)}
+        assert client.status == "running"  # the user's client stays open
+        assert client.submit(lambda: 41 + 1).result() == 42
+    for i, size, seed in plan:
+        ref = run_chunk(problem, i, size, seed)
+        assert torch.equal(results[i].theta, ref.theta) and torch.equal(results[i].x, ref.x)
+
+
+def test_client_side_event_loop_failure_reruns_chunk_locally(monkeypatch):
+    """``Future.result()`` raising distributed's 'bound to a different event loop' error (seen
+    while a killed worker's tasks were rescheduled) reruns that chunk locally: same rows."""
+    import sbi_core.dask_executor as de
+
+    real_as_completed = de.as_completed
+    failed = []
+
+    def flaky_as_completed(futures):
+        for future in real_as_completed(futures):
+            if not failed:
+                failed.append(future)
+                real_result = future.result
+
+                def result(*args, **kwargs):
+                    raise RuntimeError("<asyncio.locks.Event object> is bound to a different "
+                                       "event loop")
+                future.result = result
+                yield future
+                future.result = real_result
+            else:
+                yield future
+
+    monkeypatch.setattr(de, "as_completed", flaky_as_completed)
+    problem = _fast_problem()
+    plan = chunk_plan(60, seed=5, chunk_size=20)
+    results = {r.index: r for r in dask_chunks(problem, plan, "local:1")}
+    assert len(failed) == 1 and sorted(results) == [0, 1, 2]
+    for i, size, seed in plan:
+        ref = run_chunk(problem, i, size, seed)
+        assert results[i].first_error is None
+        assert torch.equal(results[i].theta, ref.theta) and torch.equal(results[i].x, ref.x)
+
+
+def test_task_runtime_errors_are_not_mistaken_for_client_failures():
+    from sbi_core.dask_executor import _is_client_loop_error
+
+    assert _is_client_loop_error(RuntimeError("<Event> is bound to a different event loop"))
+    assert not _is_client_loop_error(RuntimeError("CUDA out of memory"))
