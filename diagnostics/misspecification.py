@@ -125,8 +125,9 @@ class MisspecificationResult:
                 "verdict": ["misspecified" if f else "ok" for f in flags.tolist()],
                 "alpha": self.alpha, "set_size": self.set_size}
 
-    def message(self, family: int = 1) -> str:
-        """One sentence naming the tests, the worst observation and its p-values."""
+    def message(self, family: int = 1, error: bool = False) -> str:
+        """One sentence naming the tests, the worst observation and its p-values, and how to
+        change what happens (``error``: the text of the ``MisspecificationError``)."""
         b = int(self.density_p.shape[0])
         worst = int((self.mmd_p if self.set_size > 1 and not self.both else
                      torch.minimum(self.density_p, self.mmd_p)).argmin())
@@ -143,8 +144,11 @@ class MisspecificationResult:
                 + (f" x {family}" + (" sets" if self.set_size > 1 else " observations")
                    if family > 1 else "") + f"). The {what} may "
                 "come from a process the simulator lacks (misspecification), and the posterior "
-                "there cannot be trusted; see docs/trust.md. Pass strict=True (--strict) to "
-                "make this an error, or set posterior.misspecification = 'off' to skip it.")
+                "there cannot be trusted; see docs/trust.md. "
+                + ("To sample anyway (with this warning), drop strict=True (--strict) and "
+                   "posterior.misspecification = 'error'." if error else
+                   "Pass strict=True (--strict) to make this an error, or set "
+                   "posterior.misspecification = 'off' to skip it."))
 
 
 class _DensityFlow(nn.Module):

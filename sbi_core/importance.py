@@ -92,7 +92,7 @@ def likelihood_function(log_likelihood: Any) -> LogLikelihood:
     equals the log-likelihood up to a constant in θ: ``trial_log_likelihood``), or an
     estimator with ``log_likelihood(theta, x)``."""
     if hasattr(log_likelihood, "trial_log_likelihood"):
-        return log_likelihood.trial_log_likelihood
+        return _posterior_likelihood(log_likelihood)
     if hasattr(log_likelihood, "log_likelihood") and callable(log_likelihood.log_likelihood):
         est = log_likelihood
 
@@ -107,6 +107,42 @@ def likelihood_function(log_likelihood: Any) -> LogLikelihood:
     raise TypeError(
         f"log_likelihood must be a function log_likelihood(theta (N, D), x (N, *x_shape)) -> "
         f"(N,), a trained NLE/NRE posterior or estimator, got {type(log_likelihood).__name__}.")
+
+
+def _posterior_likelihood(post: Any) -> LogLikelihood:
+    """``f(theta (N, D), x (N, *obs))`` of a likelihood-based posterior: its trials'
+    log-likelihood when ``obs`` is its ``x_shape``, their sum over a set of iid trials when
+    ``obs`` is ``(n, *x_shape)`` (an NPE trained on sets of trials, corrected by an NLE trained
+    on single trials)."""
+    trial = tuple(getattr(post, "x_shape", ()) or ())
+
+    def fn(theta: Tensor, x: Tensor) -> Tensor:
+        if not trial or tuple(x.shape[1:]) == trial:
+            return post.trial_log_likelihood(theta, x)
+        return post.iid_log_likelihood(theta, x)
+
+    return fn
+
+
+def _check_likelihood_x(log_likelihood: Any, x: Tensor) -> None:
+    """A likelihood-based posterior given as ``log_likelihood=`` must take the observation:
+    one of its ``x_shape`` or a set ``(n, *x_shape)`` of iid trials, inside its training range
+    (its own checks, with the error saying whose they are)."""
+    check = getattr(log_likelihood, "_check_x", None)
+    if check is None or not hasattr(log_likelihood, "trial_log_likelihood"):
+        return
+    from sbi_core.posterior import ObservationError
+
+    try:
+        check(x, batched=False)
+    except ObservationError as err:
+        shape = tuple(log_likelihood.x_shape)
+        raise ValueError(
+            f"log_likelihood= is a {type(log_likelihood).__name__} "
+            f"({getattr(log_likelihood, 'method', 'likelihood')}) of x_shape {shape}, which "
+            f"cannot score the observation of shape {tuple(x.shape)}: {err} Pass a likelihood "
+            f"model trained on this observation's x (one of x_shape {shape}, or sets "
+            f"(n, *{shape}) of iid trials), or a function log_likelihood(theta, x).") from None
 
 
 def importance_sample(posterior: Any, n: int, x: Tensor, log_likelihood: Any,
@@ -143,6 +179,12 @@ def importance_sample(posterior: Any, n: int, x: Tensor, log_likelihood: Any,
         raise ValueError(f"oversampling must be an integer >= 1 (proposals per draw), got "
                          f"{oversampling!r}.")
     fn = likelihood_function(log_likelihood)
+    _check_likelihood_x(log_likelihood, torch.as_tensor(x))
+    if not getattr(posterior, "iid_log_prob", True) and \
+            torch.as_tensor(x).ndim > len(posterior.x_shape) and len(x) > 1:  # before sampling
+        from estimators.vector_field_posterior import iid_density_message
+
+        raise ValueError(iid_density_message("correct='is'"))
     m = n * oversampling
     with seeded(seed):
         theta = posterior.sample((m,), x=x, max_seconds=max_seconds, strict=strict)        # (M, D)

@@ -291,6 +291,11 @@ def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={cfg.device!r} was requested but no CUDA GPU is available; "
                          "use 'cpu'.")
+    if device.type == "cuda" and device.index is not None \
+            and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device={cfg.device!r} was requested but this machine has "
+                         f"{torch.cuda.device_count()} CUDA GPU(s) (cuda:0 to "
+                         f"cuda:{torch.cuda.device_count() - 1}); use 'cuda' or 'cpu'.")
     mps = getattr(torch.backends, "mps", None)
     if device.type == "mps" and not (mps is not None and mps.is_available()):
         raise ValueError(f"device={cfg.device!r} was requested but this PyTorch has no Apple "
