@@ -63,6 +63,13 @@ def misspecification_section(posterior: Any, xs: torch.Tensor) -> dict[str, Any]
                + (" and the set as a whole" if set_bad else "")
                + f" do not look like the training simulations (level {res.alpha}, Bonferroni); "
                f"{detail}. The posterior there cannot be trusted (docs/trust.md).")
+        if set_bad and not rows.any():  # each row typical, together not
+            why = (f"the set of {b} observations as a whole does not look like the training "
+                   f"simulations (MMD test p = {metrics['set_mmd_p']:.3g} < {res.alpha}), "
+                   "although no single observation is rejected: together they are shifted, "
+                   f"too narrow or too wide; {detail}. The posterior there cannot be trusted "
+                   "(docs/trust.md). Rows that are iid trials of one parameter set are not "
+                   "such a set: test them with posterior.detector.test_iid_set(xs).")
         if not rows.any() and not set_bad:  # only the range check objects
             why = (f"the tests do not reject (level {res.alpha}), but the observation(s) lie "
                    f"outside the training range; {detail}. The posterior there is an "

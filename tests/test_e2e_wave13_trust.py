@@ -218,3 +218,17 @@ def test_score_map_and_correction_of_one_observation_still_work(small_fmpe):
                               oversampling=3)
     ess = small_fmpe.last_importance.ess  # IS and resampling error of the mean
     assert (fixed.mean(0) - mean).abs().max() < 4 * sd * math.sqrt(1 / ess + 1 / 200)
+
+
+def test_report_names_a_rejected_set_whose_rows_all_pass(trained_npe):
+    """Observations each typical but together too narrow: before, the card said "0 of 20
+    observation(s) and the set as a whole do not look like the training simulations"."""
+    from diagnostics.misspecification_check import misspecification_section
+
+    theta = torch.randn(20, 2)
+    xs = (theta + NOISE * torch.randn(20, 2)) * 0.4 + 0.5  # shrunk and shifted
+    sec = misspecification_section(trained_npe, xs)
+    assert sec["status"] == "fail" and sec["metrics"]["num_flagged"] == 0
+    assert sec["why"].startswith("the set of 20 observations as a whole does not look like "
+                                 "the training simulations (MMD test p = ")
+    assert "no single observation is rejected" in sec["why"] and "0 of 20" not in sec["why"]
