@@ -273,3 +273,56 @@ def test_ensemble_with_one_embedding_instance_warns_that_members_share_its_start
         assert "embedding=Net" in shared[0]
     first = [m.embedding.phi.weight for m in post.estimator.members]
     assert first[0].shape == first[1].shape
+
+
+# ------------------------------------------------------------------ report card, iid sets
+@pytest.fixture(scope="module")
+def nle_with_detector():
+    """The exact single-trial likelihood as an MCMC posterior, with a misspecification
+    detector trained on 2,000 simulations (400 held out: p-values down to 1/401, enough for
+    Simes over 5 trials)."""
+    torch.manual_seed(1)
+    theta = torch.randn(2000, 2)
+    post = _trial_nle()
+    post.fit_detector((theta, theta + NOISE * torch.randn(2000, 2)))
+    return post
+
+
+def test_report_card_tests_an_iid_set_of_trials_as_one_set(nle_with_detector):
+    """``x`` of shape ``(1, n, *x_shape)`` (one set of n iid trials, as ``sample_batched``
+    takes it). Before: "[FAIL] ... the check raised RuntimeError: The size of tensor a (10)
+    must match the size of tensor b (2)"."""
+    from diagnostics.report import diagnose
+
+    torch.manual_seed(2)
+    typical = (torch.tensor([0.3, -0.4]) + NOISE * torch.randn(N_TRIALS, 2))[None]
+    rep = diagnose(nle_with_detector, checks=["misspecification"], x=typical, progress=False)
+    sec = rep.sections["misspecification"]
+    assert sec["status"] == "pass", sec["why"]
+    assert sec["why"].startswith("the 1 set(s) of 5 iid trials look like the training")
+    assert sec["metrics"]["iid_set_size"] == N_TRIALS
+    odd = typical.clone()
+    odd[0, 0] = torch.tensor([3.0, -3.0])  # one trial far off, inside the range
+    sec = diagnose(nle_with_detector, checks=["misspecification"], x=odd,
+                   progress=False).sections["misspecification"]
+    assert sec["status"] == "fail" and sec["why"].startswith("1 of 1 set(s) of iid trials")
+
+
+def test_report_card_skips_lc2st_for_an_iid_set_before_training_classifiers(
+        nle_with_detector, monkeypatch):
+    """Before: the L-C2ST classifiers were trained (one MCMC run per calibration pair) and
+    the section then failed with "L-C2ST tests one observation x_shape at a time"."""
+    import diagnostics.lc2st as lc2st
+    from diagnostics.report import diagnose
+
+    def no_fit(self):
+        raise AssertionError("trained L-C2ST classifiers for an iid set")
+
+    monkeypatch.setattr(lc2st.LC2ST, "fit", no_fit)
+    torch.manual_seed(3)
+    theta = torch.randn(60, 2)
+    sims = (theta, theta + NOISE * torch.randn(60, 2))
+    x = (torch.tensor([0.3, -0.4]) + NOISE * torch.randn(N_TRIALS, 2))[None]
+    sec = diagnose(nle_with_detector, sims=sims, checks=["lc2st"], x=x,
+                   progress=False).sections["lc2st"]
+    assert sec["status"] == "skip" and "set(s) of 5 iid trials" in sec["why"]
