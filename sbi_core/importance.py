@@ -124,6 +124,21 @@ def _posterior_likelihood(post: Any) -> LogLikelihood:
     return fn
 
 
+def _real_trials(log_likelihood: Any, x: Tensor) -> Tensor:
+    """The observation for a likelihood-based posterior of single trials: a set ``(n,
+    *x_shape)`` padded with all-NaN trials (a varying number of trials, docs/embeddings.md)
+    loses its padding, since the set's likelihood is that of its real trials."""
+    trial = tuple(getattr(log_likelihood, "x_shape", ()) or ())
+    if not hasattr(log_likelihood, "trial_log_likelihood") or not trial \
+            or x.ndim != len(trial) + 1 or tuple(x.shape[1:]) != trial:
+        return x
+    flat = x.reshape(x.shape[0], -1)
+    pad = torch.isnan(flat).all(1)
+    if bool(pad.any()) and not bool(pad.all()) and bool(torch.isfinite(flat[~pad]).all()):
+        return x[~pad]
+    return x
+
+
 def _check_likelihood_x(log_likelihood: Any, x: Tensor) -> None:
     """A likelihood-based posterior given as ``log_likelihood=`` must take the observation:
     one of its ``x_shape`` or a set ``(n, *x_shape)`` of iid trials, inside its training range
@@ -137,9 +152,10 @@ def _check_likelihood_x(log_likelihood: Any, x: Tensor) -> None:
         check(x, batched=False)
     except ObservationError as err:
         shape = tuple(log_likelihood.x_shape)
+        method = getattr(log_likelihood, "method", "")
         raise ValueError(
-            f"log_likelihood= is a {type(log_likelihood).__name__} "
-            f"({getattr(log_likelihood, 'method', 'likelihood')}) of x_shape {shape}, which "
+            f"log_likelihood= is a {type(log_likelihood).__name__}"
+            f"{f' ({method})' if method else ''} of x_shape {shape}, which "
             f"cannot score the observation of shape {tuple(x.shape)}: {err} Pass a likelihood "
             f"model trained on this observation's x (one of x_shape {shape}, or sets "
             f"(n, *{shape}) of iid trials), or a function log_likelihood(theta, x).") from None
@@ -179,7 +195,8 @@ def importance_sample(posterior: Any, n: int, x: Tensor, log_likelihood: Any,
         raise ValueError(f"oversampling must be an integer >= 1 (proposals per draw), got "
                          f"{oversampling!r}.")
     fn = likelihood_function(log_likelihood)
-    _check_likelihood_x(log_likelihood, torch.as_tensor(x))
+    x_lik = _real_trials(log_likelihood, torch.as_tensor(x))
+    _check_likelihood_x(log_likelihood, x_lik)
     if not getattr(posterior, "iid_log_prob", True) and \
             torch.as_tensor(x).ndim > len(posterior.x_shape) and len(x) > 1:  # before sampling
         from estimators.vector_field_posterior import iid_density_message
@@ -189,7 +206,7 @@ def importance_sample(posterior: Any, n: int, x: Tensor, log_likelihood: Any,
     with seeded(seed):
         theta = posterior.sample((m,), x=x, max_seconds=max_seconds, strict=strict)        # (M, D)
         log_q = posterior.log_prob(theta, x=x)                              # (M,)
-        xs = torch.as_tensor(x, dtype=torch.float32)
+        xs = torch.as_tensor(x_lik, dtype=torch.float32)
         with torch.no_grad():
             log_l = torch.cat([
                 torch.as_tensor(fn(theta[i:i + chunk], xs.expand(len(theta[i:i + chunk]),

@@ -326,3 +326,30 @@ def test_report_card_skips_lc2st_for_an_iid_set_before_training_classifiers(
     sec = diagnose(nle_with_detector, sims=sims, checks=["lc2st"], x=x,
                    progress=False).sections["lc2st"]
     assert sec["status"] == "skip" and "set(s) of 5 iid trials" in sec["why"]
+
+
+class _PaddedSetPosterior(_SetPosterior):
+    """As ``_SetPosterior`` for sets padded with all-NaN trials (a varying number of trials,
+    a set embedding: docs/embeddings.md)."""
+
+    config = {"embedding": {"type": "set"}}
+
+    def _mean_std(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        real = torch.isfinite(x).all(-1)  # (B, n)
+        prec = 1.0 + real.sum(1, keepdim=True) / NOISE ** 2
+        total = torch.where(real[..., None], x, torch.zeros_like(x)).sum(1)
+        return total / NOISE ** 2 / prec + 0.3, (1.5 * prec ** -0.5).expand_as(total)
+
+
+def test_importance_correction_of_a_padded_set_scores_only_its_real_trials():
+    """A set of 3 real trials padded with 2 all-NaN ones: the NPE takes it, and the trial
+    likelihood must score the 3 real trials. Before the fix for item 1 it crashed; with that
+    fix alone the NLE refused the padding as NaN."""
+    torch.manual_seed(4)
+    real = torch.tensor([-0.5, 0.2]) + NOISE * torch.randn(3, 2)
+    padded = torch.cat([real, torch.full((2, 2), float("nan"))])
+    mean, sd = _exact(real)
+    npe = DirectPosterior(_PaddedSetPosterior(), _prior(), _spec([N_TRIALS, 2]))
+    fixed = npe.sample((4000,), x=padded, seed=0, correct="is", log_likelihood=_trial_nle())
+    assert (fixed.mean(0) - mean).abs().max() < 0.03
+    assert (fixed.std(0) / sd - 1).abs().max() < 0.08
