@@ -353,3 +353,20 @@ def test_importance_correction_of_a_padded_set_scores_only_its_real_trials():
     fixed = npe.sample((4000,), x=padded, seed=0, correct="is", log_likelihood=_trial_nle())
     assert (fixed.mean(0) - mean).abs().max() < 0.03
     assert (fixed.std(0) / sd - 1).abs().max() < 0.08
+
+
+# ------------------------------------------------------------------ detector on failed rows
+def test_detector_fitted_on_pairs_with_failed_rows_leaves_them_out():
+    """``posterior.fit_detector((theta, x))`` with the NaN rows of failed simulations. Before:
+    "Every feature of the training x is constant; there is nothing to test observations
+    against" (the NaN made every feature's spread NaN); a SimulationSet already worked."""
+    torch.manual_seed(5)
+    theta = torch.randn(800, 2)
+    x = theta + NOISE * torch.randn(800, 2)
+    x[theta[:, 0] > 1.0] = float("nan")  # the simulator failed there
+    failed = int(torch.isnan(x[:, 0]).sum())
+    post = _trial_nle()
+    with pytest.warns(UserWarning, match=rf"leaving out {failed} of 800 rows of x_train"):
+        det = post.fit_detector((theta, x))
+    assert det.test(torch.tensor([[0.0, 0.0]])).verdict(0) == "ok"
+    assert det.test(torch.tensor([[0.0, 4.5]])).verdict(0) == "misspecified"
