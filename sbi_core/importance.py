@@ -161,6 +161,23 @@ def _check_likelihood_x(log_likelihood: Any, x: Tensor) -> None:
             f"(n, *{shape}) of iid trials), or a function log_likelihood(theta, x).") from None
 
 
+def _refuse_infinite_weights(log_l: Tensor, log_p: Tensor, log_q: Tensor, theta: Tensor) -> None:
+    """An infinite weight (log-likelihood or prior density ``+inf``, or a proposal density
+    ``-inf`` at its own draw) cannot be resampled from: name the term and a parameter set
+    where it happens (before: ``RuntimeError: invalid multinomial distribution``)."""
+    for bad, what in ((log_l == torch.inf, "log_likelihood returned +inf"),
+                      (log_p == torch.inf, "the prior's log_prob is +inf"),
+                      ((log_q == -torch.inf) & (log_l > -torch.inf) & (log_p > -torch.inf),
+                       "the proposal's log_prob is -inf at its own draw")):
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            raise ImportanceSamplingError(
+                f"Importance weights are infinite at {int(bad.sum()):,} of {len(bad):,} "
+                f"proposals: {what} (first at theta = {theta[i].tolist()}). An infinite weight "
+                "cannot be resampled from; make log_likelihood finite (e.g. a positive noise "
+                "scale), or check the prior and the proposal.")
+
+
 def importance_sample(posterior: Any, n: int, x: Tensor, log_likelihood: Any,
                       oversampling: int = DEFAULT_OVERSAMPLING,
                       min_ess: float = DEFAULT_MIN_ESS, seed: int | None = None,
@@ -216,7 +233,9 @@ def importance_sample(posterior: Any, n: int, x: Tensor, log_likelihood: Any,
         if log_l.shape != (m,):
             raise ValueError(f"log_likelihood returned shape {tuple(log_l.shape)} for {m} "
                              f"parameter rows; it must return one value per row, ({m},).")
-        log_w = log_l + prior_log_prob(posterior.prior, theta) - log_q
+        log_p = prior_log_prob(posterior.prior, theta).to(log_l)
+        _refuse_infinite_weights(log_l, log_p, log_q.to(log_l), theta)
+        log_w = log_l + log_p - log_q
         log_w = torch.where(torch.isnan(log_w), torch.full_like(log_w, -torch.inf), log_w)
         if not bool(torch.isfinite(log_w).any()):
             raise ImportanceSamplingError(

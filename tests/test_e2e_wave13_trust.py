@@ -370,3 +370,19 @@ def test_detector_fitted_on_pairs_with_failed_rows_leaves_them_out():
         det = post.fit_detector((theta, x))
     assert det.test(torch.tensor([[0.0, 0.0]])).verdict(0) == "ok"
     assert det.test(torch.tensor([[0.0, 4.5]])).verdict(0) == "misspecified"
+
+
+def test_importance_likelihood_that_is_infinite_somewhere_is_named():
+    """A user log-likelihood returning +inf at some proposals. Before: ``RuntimeError:
+    invalid multinomial distribution (encountering probability entry < 0)``."""
+    from sbi_core.importance import ImportanceSamplingError
+
+    def singular(theta: Tensor, x: Tensor) -> Tensor:
+        out = -(theta ** 2).sum(-1)
+        out[theta[:, 0] > 0.2] = float("inf")  # e.g. a noise scale that reaches 0
+        return out
+
+    with pytest.raises(ImportanceSamplingError, match=r"infinite at [\d,]+ of 3,200 proposals: "
+                                                      r"log_likelihood returned \+inf"):
+        _set_npe().sample((100,), x=torch.zeros(N_TRIALS, 2), correct="is",
+                          log_likelihood=singular, seed=0)
