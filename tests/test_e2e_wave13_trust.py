@@ -386,3 +386,23 @@ def test_importance_likelihood_that_is_infinite_somewhere_is_named():
                                                       r"log_likelihood returned \+inf"):
         _set_npe().sample((100,), x=torch.zeros(N_TRIALS, 2), correct="is",
                           log_likelihood=singular, seed=0)
+
+
+def test_sequential_run_on_a_missing_gpu_fails_before_simulating():
+    """Before: round 1's simulations ran (and, without a store, were lost) before training
+    found that ``device='cuda'`` has no GPU here."""
+    from sbi_core import Problem, run_sequential
+
+    calls = []
+
+    def simulator(theta: Tensor) -> Tensor:
+        calls.append(len(theta))
+        return theta + NOISE * torch.randn_like(theta)
+
+    problem = Problem(_prior(), simulator, param_names=["a", "b"], x_shape=(2,))
+    calls.clear()  # the Problem's test run
+    for device in ["gpu", "meta"]:
+        with pytest.raises(ValueError, match=rf"device='{device}'"):
+            run_sequential(problem, torch.zeros(2), rounds=2, sims_per_round=100,
+                           progress=False, device=device)
+    assert calls == []
