@@ -124,6 +124,23 @@ def _posterior_likelihood(post: Any) -> LogLikelihood:
     return fn
 
 
+def _check_likelihood_parameters(posterior: Any, log_likelihood: Any) -> None:
+    """A likelihood-based posterior given as ``log_likelihood=`` must be of the proposal's
+    parameters, in the same order (another order would weigh each θ by the likelihood of a
+    permuted θ: silently wrong)."""
+    if not hasattr(log_likelihood, "trial_log_likelihood"):
+        return
+    dim, names = getattr(log_likelihood, "dim", None), list(getattr(log_likelihood,
+                                                                      "param_names", []) or [])
+    mine = list(getattr(posterior, "param_names", []) or [])
+    if (dim is not None and dim != posterior.dim) or (names and mine and names != mine):
+        raise ValueError(
+            f"log_likelihood= is a model of the parameters {names or dim}, but this posterior's "
+            f"are {mine or posterior.dim}: the likelihood must take the same parameters in the "
+            "same order. Train it on this problem's simulations, or pass a function "
+            "log_likelihood(theta, x) that maps the parameters itself.")
+
+
 def _real_trials(log_likelihood: Any, x: Tensor) -> Tensor:
     """The observation for a likelihood-based posterior of single trials: a set ``(n,
     *x_shape)`` padded with all-NaN trials (a varying number of trials, docs/embeddings.md)
@@ -212,6 +229,7 @@ def importance_sample(posterior: Any, n: int, x: Tensor, log_likelihood: Any,
         raise ValueError(f"oversampling must be an integer >= 1 (proposals per draw), got "
                          f"{oversampling!r}.")
     fn = likelihood_function(log_likelihood)
+    _check_likelihood_parameters(posterior, log_likelihood)
     x_lik = _real_trials(log_likelihood, torch.as_tensor(x))
     _check_likelihood_x(log_likelihood, x_lik)
     if not getattr(posterior, "iid_log_prob", True) and \

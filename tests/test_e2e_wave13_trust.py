@@ -5,6 +5,7 @@ strings at load, the misspecification error's wording, iid sets of score-based p
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -406,3 +407,18 @@ def test_sequential_run_on_a_missing_gpu_fails_before_simulating():
             run_sequential(problem, torch.zeros(2), rounds=2, sims_per_round=100,
                            progress=False, device=device)
     assert calls == []
+
+
+@pytest.mark.parametrize("names", [["a", "b", "c"], ["b", "a"]])
+def test_importance_likelihood_of_other_parameters_is_refused(names):
+    """A likelihood model of 3 parameters: before, a ``RuntimeError`` about expanded sizes;
+    of the same 2 in another order: before, silently weighted by the wrong parameters."""
+    prior = gaussian(torch.zeros(len(names)), std=torch.ones(len(names)))
+    other = MCMCPosterior(_TrialLikelihood(), prior,
+                          {"param_names": names, "x_shape": [2], "prior": prior.spec},
+                          mcmc={"progress": False})
+    with pytest.raises(ValueError, match=re.escape(f"log_likelihood= is a model of the "
+                                                   f"parameters {names}, but this posterior's "
+                                                   "are ['a', 'b']")):
+        _set_npe().sample((10,), x=torch.zeros(N_TRIALS, 2), correct="is",
+                          log_likelihood=other)
