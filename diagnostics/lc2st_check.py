@@ -42,6 +42,13 @@ def lc2st_check(ctx: DiagnosisContext) -> dict[str, Any]:
     if tuple(x.shape) == tuple(post.x_shape):
         x = x[None]
     xs_o = post._check_x(x, batched=True)
+    if post.is_iid_batch(xs_o, tuple(post.x_shape)):  # before training any classifier
+        return {"status": "skip",
+                "why": f"the observation is {xs_o.shape[0]} set(s) of {xs_o.shape[1]} iid "
+                       "trials; L-C2ST tests the posterior at single observations (its "
+                       "classifiers see one x per parameter set), so it has nothing to say "
+                       "about a set. Give single observations (x_shape rows) to run it; the "
+                       "misspecification check tests the set."}
     if ctx.theta.shape[0] < MIN_PAIRS:  # too few valid test pairs: say how to get more
         return {"status": "skip",
                 "why": f"L-C2ST needs at least {MIN_PAIRS} calibration pairs; this run has "

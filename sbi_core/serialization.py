@@ -109,9 +109,10 @@ def _refuse_damaged_or_npz(path: Path) -> None:
             "file again from its source, or retrain.")
 
 
-def _check_device(device: Any) -> None:
-    """A device ``load`` can use; otherwise a ValueError about the device (torch.load would
-    fail with a message that made a good file look corrupted)."""
+def _check_device(device: Any) -> torch.device:
+    """The device ``load`` puts the model on (``cpu:N`` is the CPU); otherwise a ValueError
+    about the device (torch.load would fail with a message that made a good file look
+    corrupted or damaged)."""
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as err:
@@ -120,12 +121,21 @@ def _check_device(device: Any) -> None:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r}, but CUDA is not available on this machine (the "
                          "model file is fine); load it with device='cpu'.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device={device!r}, but this machine has {torch.cuda.device_count()} "
+                         f"CUDA GPU(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1}; the "
+                         "model file is fine); load it with device='cuda' or 'cpu'.")
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device={device!r}, but MPS is not available on this machine (the "
                          "model file is fine); load it with device='cpu'.")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device={device!r} cannot hold a model sbi-core can run (it holds no "
+                         "data or is not a compute device sbi-core supports; the model file is "
+                         "fine); use 'cpu', 'cuda' or 'cuda:0'.")
+    return torch.device("cpu") if dev.type == "cpu" else dev
 
 
-def load(path: str | Path, device: str = "cpu", prior: Any = None,
+def load(path: str | Path, device: str | torch.device = "cpu", prior: Any = None,
          embedding: Any = None) -> Posterior:
     """Load a posterior written by :func:`save`; no code in the file is executed.
 
@@ -143,7 +153,7 @@ def load(path: str | Path, device: str = "cpu", prior: Any = None,
             (``load(path, embedding=lambda: MyNet(32))``). Its ``state_dict`` must have the
             saved keys and shapes. Not allowed for built-in embeddings.
     """
-    _check_device(device)
+    device = _check_device(device)
     path = Path(path)
     if path.is_dir():
         raise ModelFileError(

@@ -279,26 +279,39 @@ def train(
         return _train(estimator, theta, x, cfg, loss_fn)
 
 
+def training_device(device: Any) -> torch.device:
+    """The torch device ``device`` names, checked as a place to train on (bad input is a
+    ``ValueError`` naming the device and the fix). ``run_sequential`` calls it before its
+    first simulation, so a wrong device does not cost a round of simulations."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:  # e.g. "gpu": bad input, not an internal error
+        raise ValueError(f"device={device!r} is not a torch device ({err}); use 'cpu', "
+                         "'cuda' or 'cuda:0'.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was requested but no CUDA GPU is available; "
+                         "use 'cpu'.")
+    if dev.type == "cuda" and dev.index is not None \
+            and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device={device!r} was requested but this machine has "
+                         f"{torch.cuda.device_count()} CUDA GPU(s) (cuda:0 to "
+                         f"cuda:{torch.cuda.device_count() - 1}); use 'cuda' or 'cpu'.")
+    mps = getattr(torch.backends, "mps", None)
+    if dev.type == "mps" and not (mps is not None and mps.is_available()):
+        raise ValueError(f"device={device!r} was requested but this PyTorch has no Apple "
+                         "GPU (MPS) available; use 'cpu'.")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device={device!r} cannot train a model (it holds no data or is "
+                         "not a compute device sbi-core supports); use 'cpu', 'cuda' or "
+                         "'cuda:0'.")
+    return dev
+
+
 def _train(estimator: nn.Module, theta: Tensor | BatchSource, x: Tensor | None,
            cfg: TrainConfig, loss_fn: LossFn | None) -> TrainingHistory:
     custom_loss = loss_fn
     loss_fn = loss_fn or _default_loss
-    try:
-        device = torch.device(cfg.device)
-    except (RuntimeError, TypeError) as err:  # e.g. "gpu": bad input, not an internal error
-        raise ValueError(f"device={cfg.device!r} is not a torch device ({err}); use 'cpu', "
-                         "'cuda' or 'cuda:0'.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={cfg.device!r} was requested but no CUDA GPU is available; "
-                         "use 'cpu'.")
-    mps = getattr(torch.backends, "mps", None)
-    if device.type == "mps" and not (mps is not None and mps.is_available()):
-        raise ValueError(f"device={cfg.device!r} was requested but this PyTorch has no Apple "
-                         "GPU (MPS) available; use 'cpu'.")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device={cfg.device!r} cannot train a model (it holds no data or is "
-                         "not a compute device sbi-core supports); use 'cpu', 'cuda' or "
-                         "'cuda:0'.")
+    device = training_device(cfg.device)
     generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     rank, world = _distributed_setup(cfg)
