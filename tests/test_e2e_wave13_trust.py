@@ -422,3 +422,38 @@ def test_importance_likelihood_of_other_parameters_is_refused(names):
                                                    "are ['a', 'b']")):
         _set_npe().sample((10,), x=torch.zeros(N_TRIALS, 2), correct="is",
                           log_likelihood=other)
+
+
+# ------------------------------------------------------------------ CLI: diagnose --iid
+def test_cli_diagnose_iid_tests_the_rows_as_one_set(tmp_path, capsys):
+    """`sbi-core diagnose MODEL --x trials.csv --iid` tests the rows as one set of iid trials
+    (before: the CLI could only test each row as its own observation)."""
+    import json
+
+    import numpy as np
+
+    from sbi_core import Problem, fit, save, simulate
+    from sbi_core.cli.main import main
+
+    prob = Problem(_prior(), lambda th: th + NOISE * torch.randn_like(th), name="g2")
+    sims = simulate(prob, 1000, seed=0, progress=False)
+    with pytest.warns(UserWarning, match="max_epochs"):
+        nle = fit(prob, sims, method="nle", max_epochs=5, seed=0, progress=False)
+    save(nle, tmp_path / "nle.pt")
+    torch.manual_seed(4)
+    trials = torch.tensor([0.3, -0.4]) + NOISE * torch.randn(N_TRIALS, 2)
+    np.savetxt(tmp_path / "trials.csv", trials.numpy(), delimiter=",")
+    out = tmp_path / "d"
+    assert main(["diagnose", str(tmp_path / "nle.pt"), "--x", str(tmp_path / "trials.csv"),
+                 "--iid", "--quiet", "--out", str(out)]) == 0
+    sec = json.loads((out / "report.json").read_text())["sections"]["misspecification"]
+    assert sec["why"].startswith(f"the 1 set(s) of {N_TRIALS} iid trials"), sec["why"]
+    capsys.readouterr()
+    # --iid without --x, and --iid for a model that cannot take sets: one-line errors
+    assert main(["diagnose", str(tmp_path / "nle.pt"), "--iid", "--out", str(tmp_path / "e")]) == 2
+    assert "--iid applies to --x FILE" in capsys.readouterr().err
+    npe = fit(prob, sims, method="npe", max_epochs=2, seed=0, progress=False)
+    save(npe, tmp_path / "npe.pt")
+    assert main(["diagnose", str(tmp_path / "npe.pt"), "--x", str(tmp_path / "trials.csv"),
+                 "--iid", "--out", str(tmp_path / "f")]) == 2
+    assert "cannot condition on a set of iid observations" in capsys.readouterr().err

@@ -116,3 +116,13 @@ def problem_file(ref: str | None) -> str | None:
     if ref and ":" in ref and ref.rsplit(":", 1)[0].endswith(".py"):
         return ref.rsplit(":", 1)[0]
     return None
+
+
+def check_iid(posterior) -> None:
+    """Refuse ``--iid`` for a posterior that cannot condition on a set of iid trials."""
+    if not posterior.supports_iid:
+        raise ValueError(
+            f"Method {posterior.method!r} cannot condition on a set of iid observations. "
+            "Use an NPE with a set embedding trained on sets, or NLE/NRE/score methods "
+            "(--method nle|nre|npse|fmpe|pfn)."
+        )

@@ -1,7 +1,8 @@
 """``sbi-core diagnose MODEL [--sims FILE | --problem PROBLEM --num N] [--x OBS] [--out DIR] [--save]``.
 
 ``--x obs.csv`` tests those observations for misspecification (alone when neither
-``--sims`` nor ``--problem`` is given).
+``--sims`` nor ``--problem`` is given); with ``--iid`` its rows are one set of iid trials,
+tested as one set.
 
 Runs the report card (TARP, SBC, HPD coverage, reference comparison, predictive checks)
 on a trained model, writes ``DIR/report.json`` and every figure (one per check, the
@@ -17,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sbi_core.cli.common import PROBLEM_HELP, positive_int
+from sbi_core.cli.common import PROBLEM_HELP, check_iid, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -48,6 +49,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "that observation: misspecification against the training simulations "
                         "and L-C2ST local calibration (docs/trust.md); without --sims/--problem "
                         "only the misspecification check runs")
+    p.add_argument("--iid", action="store_true",
+                   help="with --x: the rows are one set of iid trials of the same parameters, "
+                        "tested as one set (methods that take iid sets: nle, nre, npse, fmpe, "
+                        "pfn, NPE with a set embedding)")
     p.add_argument("--save", action="store_true",
                    help="also store the report card inside MODEL")
     p.add_argument("--strict", action="store_true", help="exit with status 1 if a check fails")
@@ -86,6 +91,11 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.x} has NaN or inf in {len(rows)} row(s) (first: row "
                              f"{rows[0]}, counting from 0); the tests need finite observations. "
                              "Remove or impute the missing values.")
+    if args.iid:
+        if observations is None:
+            raise ValueError("--iid applies to --x FILE (the rows of one set of iid trials).")
+        check_iid(posterior)
+        observations = observations[None]  # (1, n, *x_shape): one set
     only_x = observations is not None and sims is None and not args.problem
     if only_x:  # only the observations are tested
         problem = None

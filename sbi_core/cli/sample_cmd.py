@@ -10,7 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from sbi_core.cli.common import add_force, nonnegative_int, positive_float, positive_int
+from sbi_core.cli.common import (
+    add_force,
+    check_iid,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -117,7 +123,7 @@ def _run(args: argparse.Namespace) -> int:
     if netcdf:
         return _write_netcdf(args, out, posterior, xs, mcmc)
     if args.iid:
-        _check_iid(posterior)
+        check_iid(posterior)
         samples = posterior.sample((args.num,), x=xs, seed=args.seed, strict=args.strict,
                                    **mcmc)[:, None, :]
     else:
@@ -184,21 +190,12 @@ def _prior_change_report(posterior) -> dict:
             "outside_mass": float(info.get("outside_mass", 0.0))}
 
 
-def _check_iid(posterior) -> None:
-    if not posterior.supports_iid:
-        raise ValueError(
-            f"Method {posterior.method!r} cannot condition on a set of iid observations. "
-            "Use an NPE with a set embedding trained on sets, or NLE/NRE/score methods "
-            "(--method nle|nre|npse|fmpe|pfn)."
-        )
-
-
 def _write_netcdf(args: argparse.Namespace, out, posterior, xs, mcmc: dict) -> int:
     """One observation (or one --iid set) → ArviZ InferenceData written to ``out``."""
     from sbi_core.export_arviz import to_inference_data, write_netcdf
 
     if args.iid:
-        _check_iid(posterior)
+        check_iid(posterior)
         x = xs
     elif xs.shape[0] != 1:
         raise ValueError(f"--out {args.out}: a .nc file holds one observation, but {args.x} has "
