@@ -19,7 +19,9 @@ chunks and the finished store equals an uninterrupted run bit for bit.
 Several processes may write one store at once (each chunk is its own file and each mark
 its own file); give them disjoint chunks with ``only_chunks`` (e.g. ``range(k, n, K)``).
 The group attributes hold the provenance: problem, seed, chunk size, budget, versions,
-and ``theta_source`` (``"prior"`` draws or ``"given"`` parameters, ``simulate(theta=...)``).
+the prior's spec (``prior``; a resume with another prior or other parameters is refused, so
+a store never mixes draws from two priors), and ``theta_source`` (``"prior"`` draws or
+``"given"`` parameters, ``simulate(theta=...)``).
 
 A chunk file damaged on disk is detected when read (:class:`StoreDamagedError` names the
 store, array, chunk and rows) or by :meth:`SimulationStore.damaged_chunks`, which also
@@ -224,10 +226,36 @@ class SimulationStore:
                 "theta_source": "given" if theta_given else "prior",
                 "x_names": None if getattr(problem, "x_names", None) is None
                 else [str(n) for n in problem.x_names],
+                "prior": _prior_attr(problem),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             })
             (path / _MARKS).mkdir(exist_ok=True)
         return cls(path, mode="r+")
+
+    def check_problem(self, problem: Problem) -> None:
+        """Refuse to add rows of a problem with other parameters or another prior: resuming
+        or extending would mix them with the stored ones (θ of another dimension written into
+        the store's columns, or draws from two priors that no posterior is trained for)."""
+        stored_names = self.attrs.get("param_names")
+        dim = int(self.group["theta"].shape[1]) if "theta" in self.group else None
+        if (dim is not None and dim != problem.dim) or (
+                stored_names is not None and list(stored_names) != list(problem.param_names)):
+            raise ValueError(
+                f"Cannot resume {self.path}: its rows have parameters "
+                f"{shown(repr(stored_names))} ({dim} columns), the problem has "
+                f"{list(problem.param_names)}; the rows would be mixed. Write to a new path.")
+        stored_prior = self.attrs.get("prior")
+        if isinstance(stored_prior, dict):  # stores written before wave 13 have none
+            from sbi_core.priors import same_prior_spec
+
+            now = _prior_attr(problem)
+            if now is not None and not same_prior_spec(stored_prior, now):
+                raise ValueError(
+                    f"Cannot resume {self.path}: its θ were drawn from another prior "
+                    f"({_prior_text(stored_prior)}) than the problem's "
+                    f"({_prior_text(now)}); the store would mix draws from two priors and a "
+                    "posterior trained on it would be wrong. Resume with the original prior, "
+                    "or simulate into a new path.")
 
     def _check_matches(self, problem: Problem, seed: int, chunk_size: int, num: int) -> None:
         stored = {"seed": self.seed, "chunk_size": self.chunk_size,
@@ -235,6 +263,8 @@ class SimulationStore:
         wanted = {"seed": int(seed), "chunk_size": int(chunk_size), "problem": problem.name,
                   "x_shape": list(problem.x_shape or ())}
         diff = {k: (stored[k], wanted[k]) for k in stored if stored[k] != wanted[k]}
+        if not diff:
+            self.check_problem(problem)
         if diff:
             detail = ", ".join(f"{k}: store has {shown(repr(a))}, run has {shown(repr(b))}"
                                for k, (a, b) in diff.items())
@@ -482,6 +512,24 @@ def _mark_name(index: int) -> str:
     return f"chunk-{index:06d}.json"
 
 
+def _prior_attr(problem: Problem) -> dict[str, Any] | None:
+    """The problem's prior spec as a JSON-safe store attribute (None if it has none)."""
+    from sbi_core.priors import prior_spec
+
+    try:
+        spec = prior_spec(problem.prior)
+        json.dumps(spec, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    return spec
+
+
+def _prior_text(spec: dict[str, Any]) -> str:
+    """A short description of a prior spec for messages (values from a file: escaped)."""
+    text = json.dumps({k: v for k, v in spec.items() if k != "repr"}, sort_keys=True)
+    return shown(text if len(text) <= 200 else text[:197] + "...")
+
+
 def simulate_into_store(problem: Problem, plan: Plan | None, source: ChunkSource,
                         store: str | os.PathLike, seed: int, chunk_size: int,
                         resume: bool = False, progress: bool | None = None,
@@ -508,7 +556,9 @@ def simulate_into_store(problem: Problem, plan: Plan | None, source: ChunkSource
     """
     path = Path(store)
     if append and theta is not None and (path / "zarr.json").exists():
-        theta = np.concatenate([SimulationStore(path).read_theta(), theta])
+        existing = SimulationStore(path)
+        existing.check_problem(problem)
+        theta = np.concatenate([existing.read_theta(), theta])
     if plan is None:
         if theta is not None:
             num_simulations = len(theta)

@@ -1,0 +1,82 @@
+"""Wave 13 hardening (h13-e2e13): a scientist's own problem through simulate, stores, the CLI
+and the observation files: resumed stores of another prior, whole-number budgets written as
+floats, output files named for another format, observation files from ``np.savetxt``."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from torch.distributions import Independent, Normal
+
+from sbi_core import Problem, box_uniform, simulate
+from sbi_core.cli.main import main
+
+
+def _shift(theta: torch.Tensor) -> torch.Tensor:
+    """theta (N, D) -> x (N, 1): the first parameter plus noise."""
+    return theta[:, :1] + 0.1 * torch.randn(len(theta), 1)
+
+
+# ------------------------------------------------------------------ stores of another prior
+@pytest.mark.parametrize("other", [
+    lambda: box_uniform([0.0], [5.0]),                                   # bounds widened
+    lambda: Independent(Normal(torch.zeros(1), torch.ones(1)), 1),       # another family
+])
+def test_resuming_a_store_with_another_prior_is_refused(tmp_path, other):
+    path = tmp_path / "s.zarr"
+    first = Problem(box_uniform([0.0], [1.0]), _shift, name="mine")
+    simulate(first, 100, seed=0, store=path, chunk_size=50)
+    changed = Problem(other(), _shift, name="mine")
+    with pytest.raises(ValueError, match="another prior.*new path"):
+        simulate(changed, 200, seed=0, store=path, chunk_size=50, resume=True)
+    assert simulate(first, 100, seed=0, store=path, chunk_size=50, resume=True).theta.max() <= 1
+
+
+@pytest.mark.parametrize("prior", [
+    lambda: box_uniform([0.0], [1.0]),
+    lambda: Independent(Normal(torch.zeros(1), torch.ones(1)), 1),
+    lambda: [stats.uniform(0, 1)],
+])
+def test_resuming_a_store_with_the_same_prior_still_works(tmp_path, prior):
+    path = tmp_path / "s.zarr"
+    problem = Problem(prior(), _shift, name="mine")
+    simulate(problem, 100, seed=0, store=path, chunk_size=50)
+    again = Problem(prior(), _shift, name="mine")  # rebuilt, as a new session would
+    whole = simulate(again, 200, seed=0, store=path, chunk_size=50, resume=True)
+    assert whole.theta.shape == (200, 1) and whole.num_invalid == 0
+    ref = simulate(again, 200, seed=0, store=tmp_path / "ref.zarr", chunk_size=50)
+    assert torch.equal(whole.theta, ref.theta) and torch.equal(whole.x, ref.x)
+
+
+def test_resuming_or_appending_to_a_store_with_other_parameters_is_refused(tmp_path):
+    path = tmp_path / "s.zarr"
+    one = Problem(box_uniform([0.0], [1.0]), _shift, name="mine")
+    two = Problem(box_uniform([0.0, 0.0], [1.0, 1.0]), _shift, name="mine")
+    simulate(one, 100, seed=0, store=path, chunk_size=50)
+    shutil.copytree(path, tmp_path / "copy.zarr")
+    with pytest.raises(ValueError, match="parameters.*mixed"):
+        simulate(two, 200, seed=0, store=path, chunk_size=50, resume=True)
+    with pytest.raises(ValueError, match="parameters.*mixed"):
+        simulate(two, theta=torch.rand(10, 2), seed=0, store=path, chunk_size=50, append=True)
+    kept = simulate(one, 100, seed=0, store=path, chunk_size=50, resume=True)
+    assert torch.equal(kept.theta, simulate(one, 100, seed=0, store=tmp_path / "copy.zarr",
+                                            chunk_size=50, resume=True).theta)
+
+
+def test_cli_resume_with_another_prior_is_one_line(tmp_path, capsys):
+    (tmp_path / "p.py").write_text(
+        "import torch\nfrom sbi_core import Problem, box_uniform\n"
+        "def sim(t):\n    return t + 0.1 * torch.randn_like(t)\n"
+        "def narrow():\n    return Problem(box_uniform([0.0], [1.0]), sim, name='p')\n"
+        "def wide():\n    return Problem(box_uniform([0.0], [9.0]), sim, name='p')\n")
+    out = str(tmp_path / "s.zarr")
+    assert main(["simulate", f"{tmp_path / 'p.py'}:narrow", "--num", "40", "--out", out,
+                 "--quiet", "--in-process"]) == 0
+    assert main(["simulate", f"{tmp_path / 'p.py'}:wide", "--num", "80", "--out", out,
+                 "--resume", "--quiet", "--in-process"]) == 2
+    err = capsys.readouterr().err
+    assert "another prior" in err and "Traceback" not in err
