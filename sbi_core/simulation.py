@@ -25,6 +25,7 @@ seeds, failure records, stores and resume.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 import warnings
@@ -58,6 +59,20 @@ class ChunkResult:
     seconds: float
     batch_error: str | None = None  # a batch raised though all its rows worked alone
     calls: int = 1  # simulator calls made (more than 1 when failures were isolated)
+
+
+def whole_number(value: object, name: str) -> int:
+    """``value`` as an ``int``: ints, numpy integers and whole floats (``1e4``) pass; a bool,
+    a fraction or text is a ``TypeError`` naming ``name`` (not a failure deep in seeding)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a whole number, got {value!r}.")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) \
+            and float(value).is_integer():
+        return int(value)  # 1e4 written for ten thousand
+    raise TypeError(f"{name} must be a whole number, got {value!r} "
+                    f"({type(value).__name__}); e.g. {name}=10_000.")
 
 
 def chunk_plan(num_simulations: int, seed: int, chunk_size: int,
@@ -266,6 +281,11 @@ def simulate(
         A chunk whose worker died twice or timed out has all its rows invalid, with the
         reason in ``provenance["first_error"]`` (and, in a store, in the chunk's mark).
     """
+    num_simulations = None if num_simulations is None else whole_number(
+        num_simulations, "num_simulations")
+    seed = seed if seed is None else whole_number(seed, "seed")
+    chunk_size = whole_number(chunk_size, "chunk_size")
+    workers = whole_number(workers, "workers")
     if workers == -1:
         workers = os.cpu_count() or 1
     given = None if theta is None else validate_theta(problem, theta)

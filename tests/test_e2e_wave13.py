@@ -80,3 +80,17 @@ def test_cli_resume_with_another_prior_is_one_line(tmp_path, capsys):
                  "--resume", "--quiet", "--in-process"]) == 2
     err = capsys.readouterr().err
     assert "another prior" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ budgets written as 1e4
+def test_simulate_takes_a_whole_number_written_as_a_float():
+    problem = Problem(box_uniform([0.0], [1.0]), _shift, name="mine")
+    sims = simulate(problem, 1e2, seed=0, chunk_size=5e1)
+    assert sims.theta.shape == (100, 1)
+    assert torch.equal(sims.x, simulate(problem, 100, seed=0, chunk_size=50).x)
+    assert simulate(problem, np.int64(10), seed=np.int64(0)).theta.shape == (10, 1)
+    for bad, name in ((2.5, "num_simulations"), ("10", "num_simulations"), (True, "num_simulations")):
+        with pytest.raises(TypeError, match=f"{name} must be a whole number"):
+            simulate(problem, bad, seed=0)
+    with pytest.raises(TypeError, match="workers must be a whole number"):
+        simulate(problem, 10, seed=0, workers="2")
