@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sbi_core.atomic import atomic_write, damaged_entry
+from sbi_core.atomic import atomic_write, check_suffix, damaged_entry
 from sbi_core.display import shown
 
 __all__ = ["SimulationSet", "SIMULATIONS_FORMAT"]
@@ -150,6 +150,7 @@ class SimulationSet:
     def save(self, path: str | Path) -> Path:
         """Write to ``.pt`` (loadable without code execution) or ``.npz``."""
         path = Path(path)
+        check_suffix(path, "simulations", "path")  # sims.csv would be a torch archive
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".npz":
             with atomic_write(path) as tmp:  # tmp ends in .npz, so numpy adds no suffix

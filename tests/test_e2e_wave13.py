@@ -94,3 +94,60 @@ def test_simulate_takes_a_whole_number_written_as_a_float():
             simulate(problem, bad, seed=0)
     with pytest.raises(TypeError, match="workers must be a whole number"):
         simulate(problem, 10, seed=0, workers="2")
+
+
+# ------------------------------------------------------------------ outputs named for another format
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A linear_gaussian NPE model file and one observation (CSV)."""
+    d = tmp_path_factory.mktemp("tiny")
+    sims, model = d / "sims.pt", d / "m.pt"
+    assert main(["simulate", "linear_gaussian", "--num", "300", "--seed", "0", "--out",
+                 str(sims), "--quiet", "--in-process"]) == 0
+    assert main(["train", "--sims", str(sims), "--out", str(model), "--max-epochs", "2",
+                 "--quiet"]) == 0
+    xfile = d / "x.csv"
+    xfile.write_text("0.1,0.2\n")
+    return d, sims, model, xfile
+
+
+@pytest.mark.parametrize("command, out", [
+    (lambda d, sims, model, x, out: ["sample", str(model), "--x", str(x), "--num", "5",
+                                     "--out", out], "s.npy"),
+    (lambda d, sims, model, x, out: ["sample", str(model), "--x", str(x), "--num", "5",
+                                     "--out", out], "s.json"),
+    (lambda d, sims, model, x, out: ["simulate", "linear_gaussian", "--num", "5", "--out", out,
+                                     "--in-process"], "s.csv"),
+    (lambda d, sims, model, x, out: ["train", "--sims", str(sims), "--out", out,
+                                     "--max-epochs", "1"], "m.npz"),
+])
+def test_cli_output_named_for_another_format_is_refused(tiny_model, tmp_path, capsys, command,
+                                                        out):
+    path = tmp_path / out
+    assert main(command(*tiny_model, str(path)) + ["--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "names" in err and "Use " in err and "Traceback" not in err
+    assert not path.exists()  # nothing written under the misleading name
+
+
+def test_outputs_with_their_own_endings_are_still_written(tiny_model, tmp_path):
+    d, sims, model, xfile = tiny_model
+    assert main(["sample", str(model), "--x", str(xfile), "--num", "5", "--out",
+                 str(tmp_path / "s.csv"), "--quiet"]) == 0
+    assert main(["sample", str(model), "--x", str(xfile), "--num", "5", "--out",
+                 str(tmp_path / "samples"), "--quiet"]) == 0  # no ending: left to the user
+    assert main(["simulate", "linear_gaussian", "--num", "5", "--out", str(tmp_path / "s.npz"),
+                 "--quiet", "--in-process"]) == 0
+    assert (tmp_path / "s.csv").read_text().startswith("observation")
+
+
+def test_python_save_refuses_a_name_of_another_format(tiny_model, tmp_path):
+    from sbi_core import load, save
+    from sbi_core.simulation_set import SimulationSet
+
+    d, sims, model, xfile = tiny_model
+    with pytest.raises(ValueError, match=r"names CSV \(\.csv\).*sims\.pt"):
+        SimulationSet.load(sims).save(tmp_path / "sims.csv")
+    with pytest.raises(ValueError, match=r"names a NumPy array .*model\.pt"):
+        save(load(model), tmp_path / "model.npy")
+    assert not list(tmp_path.iterdir())
