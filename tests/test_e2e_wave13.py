@@ -151,3 +151,35 @@ def test_python_save_refuses_a_name_of_another_format(tiny_model, tmp_path):
     with pytest.raises(ValueError, match=r"names a NumPy array .*model\.pt"):
         save(load(model), tmp_path / "model.npy")
     assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------ observation files from np.savetxt
+def test_observations_written_by_np_savetxt_defaults_are_read(tmp_path):
+    from sbi_core.io import read_observations
+
+    x = np.array([[12.0, 15.0, 9.0], [3.0, 4.5, -5.0]])
+    np.savetxt(tmp_path / "spaces.csv", x)                          # delimiter ' '
+    np.savetxt(tmp_path / "tabs.txt", x, delimiter="\t")
+    np.savetxt(tmp_path / "header.txt", x, header="a b c")          # '# a b c' first
+    np.savetxt(tmp_path / "commas.csv", x, delimiter=",")
+    for name in ("spaces.csv", "tabs.txt", "header.txt", "commas.csv"):
+        got = read_observations(tmp_path / name, (3,))
+        assert torch.equal(got, torch.tensor(x, dtype=torch.float32)), name
+    (tmp_path / "one_name.csv").write_text("observed count\n4\n5\n")  # a header cell with a space
+    assert read_observations(tmp_path / "one_name.csv", (1,)).tolist() == [[4.0], [5.0]]
+
+
+def test_observations_separated_by_semicolons_get_the_fix(tmp_path):
+    from sbi_core.io import read_observations
+
+    (tmp_path / "eu.csv").write_text("12,5;15,0;9,1\n")
+    with pytest.raises(ValueError, match="not semicolons; a decimal comma must be a point"):
+        read_observations(tmp_path / "eu.csv", (3,))
+
+
+def test_cli_sample_reads_an_observation_saved_with_np_savetxt(tiny_model, tmp_path, capsys):
+    d, sims, model, _ = tiny_model
+    np.savetxt(tmp_path / "x.csv", np.array([[0.1, 0.2], [0.3, -0.1]]))
+    assert main(["sample", str(model), "--x", str(tmp_path / "x.csv"), "--num", "4", "--out",
+                 str(tmp_path / "s.csv"), "--quiet"]) == 0
+    assert '"observations": 2' in capsys.readouterr().out
