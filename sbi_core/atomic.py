@@ -102,14 +102,16 @@ def check_output(path: str | os.PathLike, kind: str,
     """Check that writing ``kind`` to ``path`` destroys nothing; returns ``Path(path)``.
 
     Refuses an output that is one of ``inputs`` (always), a folder where a file is written (or
-    a file where a folder is written), and an existing file of another kind unless ``force``.
+    a file where a folder is written), and, unless ``force``, an existing file of another kind
+    or a name whose ending names another format (:func:`check_suffix`).
     """
     out = Path(path)
-    check_suffix(out, kind, flag)
     for inp in inputs:
         if inp is not None and _same(out, Path(inp)):
             raise OutputPathError(f"{flag} {out} is also an input; write to another path "
                                   "(the input would be overwritten).")
+    if not force:
+        check_suffix(out, kind, flag)
     if not out.exists():
         _check_parent(out, flag)
         return out
@@ -141,7 +143,9 @@ def check_suffix(out: Path, kind: str, flag: str = "--out") -> None:
         return
     raise OutputPathError(f"{flag} {out} names {FORMAT_SUFFIXES[suffix]} ({suffix}), but it "
                           f"would be written as {written}: not what its name says. Use "
-                          f"{out.with_suffix(allowed[0])} instead.")
+                          f"{out.with_suffix(allowed[0])} instead"
+                          + (" (or pass --force to keep this name)." if flag.startswith("--")
+                             else "."))
 
 
 def _check_parent(out: Path, flag: str) -> None:

@@ -49,10 +49,15 @@ class PriorRequiredError(ModelFileError):
     """The model's prior is a user-written class: pass it with ``load(path, prior=...)``."""
 
 
-def save(posterior: Posterior, path: str | Path) -> Path:
-    """Write ``posterior`` to ``path`` (one file; written atomically)."""
+def save(posterior: Posterior, path: str | Path, *, any_name: bool = False) -> Path:
+    """Write ``posterior`` to ``path`` (one file; written atomically).
+
+    A ``path`` whose ending names another format (``model.csv``, ``.npy``, ...) is refused
+    unless ``any_name`` (the CLI's ``--force``).
+    """
     path = Path(path)
-    check_suffix(path, "model", "path")  # model.csv would be a torch archive
+    if not any_name:
+        check_suffix(path, "model", "path")  # model.csv would be a torch archive
     if getattr(posterior, "not_savable", None):  # e.g. a reweighted posterior (with_prior)
         raise ModelFileError(posterior.not_savable)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -183,3 +183,18 @@ def test_cli_sample_reads_an_observation_saved_with_np_savetxt(tiny_model, tmp_p
     assert main(["sample", str(model), "--x", str(tmp_path / "x.csv"), "--num", "4", "--out",
                  str(tmp_path / "s.csv"), "--quiet"]) == 0
     assert '"observations": 2' in capsys.readouterr().out
+
+
+def test_cli_force_keeps_a_name_of_another_format_and_loses_nothing(tiny_model, tmp_path):
+    from sbi_core.simulation_set import SimulationSet
+
+    d, sims, model, xfile = tiny_model
+    out = tmp_path / "sims.csv"
+    assert main(["simulate", "linear_gaussian", "--num", "5", "--out", str(out), "--quiet",
+                 "--in-process", "--force"]) == 0
+    assert SimulationSet.load(out).theta.shape == (5, 2)
+    assert main(["train", "--sims", str(sims), "--out", str(tmp_path / "m.npy"), "--max-epochs",
+                 "1", "--quiet", "--force"]) == 0
+    assert main(["diagnose", str(tmp_path / "m.npy"), "--problem", "linear_gaussian", "--num",
+                 "20", "--samples", "20", "--checks", "sbc", "--save", "--quiet", "--out",
+                 str(tmp_path / "diag")]) == 0

@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
                                 seed=args.seed, workers=args.workers, chunk_size=args.chunk_size,
                                 progress=False if args.quiet else None, executor=args.dask,
                                 theta=theta, timeout=args.timeout, isolate=_isolate(args))
-            sims.save(args.out)
+            sims.save(args.out, any_name=args.force)
             prov, extra = sims.provenance, {}
     except KeyboardInterrupt as err:  # one line, whatever the workers were doing
         detail = str(err) or "interrupted"
