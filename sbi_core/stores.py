@@ -195,7 +195,7 @@ class SimulationStore:
                         f"{path} already exists. Pass resume=True (CLI: --resume) to complete or "
                         "extend it, or choose a new path.")
                 store = cls(path, mode="r+")
-                store._check_matches(problem, seed, chunk_size, num_simulations)
+                store._check_matches(problem, seed, chunk_size, num_simulations, theta_given)
                 if store.theta_source == "given" and not theta_given:
                     raise ValueError(
                         f"{path} was simulated at given parameters (theta=...); resume it with "
@@ -257,7 +257,8 @@ class SimulationStore:
                     "posterior trained on it would be wrong. Resume with the original prior, "
                     "or simulate into a new path.")
 
-    def _check_matches(self, problem: Problem, seed: int, chunk_size: int, num: int) -> None:
+    def _check_matches(self, problem: Problem, seed: int, chunk_size: int, num: int,
+                       theta_given: bool = False) -> None:
         stored = {"seed": self.seed, "chunk_size": self.chunk_size,
                   "problem": self.attrs.get("problem"), "x_shape": self.attrs.get("x_shape")}
         wanted = {"seed": int(seed), "chunk_size": int(chunk_size), "problem": problem.name,
@@ -271,8 +272,10 @@ class SimulationStore:
             raise ValueError(f"Cannot resume {self.path}: {detail}. Resume with the original "
                              "settings or write to a new path.")
         if num < self.num_simulations:
+            hint = (" To add these given θ after the rows it holds, pass append=True (CLI: "
+                    "--append)." if theta_given else "")
             raise ValueError(f"{self.path} holds a budget of {self.num_simulations} simulations; "
-                             f"cannot resume with fewer ({num}).")
+                             f"cannot resume with fewer ({num}).{hint}")
 
     def _grow(self, num: int) -> None:
         old = self.num_simulations

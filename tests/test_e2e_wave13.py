@@ -198,3 +198,14 @@ def test_cli_force_keeps_a_name_of_another_format_and_loses_nothing(tiny_model, 
     assert main(["diagnose", str(tmp_path / "m.npy"), "--problem", "linear_gaussian", "--num",
                  "20", "--samples", "20", "--checks", "sbc", "--save", "--quiet", "--out",
                  str(tmp_path / "diag")]) == 0
+
+
+def test_resuming_a_store_with_fewer_given_theta_points_to_append(tmp_path):
+    problem = Problem(box_uniform([0.0], [1.0]), _shift, name="mine")
+    path = tmp_path / "s.zarr"
+    simulate(problem, 100, seed=0, store=path, chunk_size=50)
+    more = torch.rand(7, 1)
+    with pytest.raises(ValueError, match="append=True"):
+        simulate(problem, theta=more, seed=0, store=path, chunk_size=50, resume=True)
+    grown = simulate(problem, theta=more, seed=0, store=path, chunk_size=50, append=True)
+    assert grown.theta.shape == (107, 1) and torch.equal(grown.theta[100:], more)
