@@ -188,6 +188,11 @@ class ExternalProgram:
                                     start_new_session=posix)
         except FileNotFoundError as err:
             raise RuntimeError(f"{self._name} could not be started: {err}") from None
+        except PermissionError as err:  # a script without the executable bit, or a folder
+            raise RuntimeError(
+                f"{self._name} could not be started: {err}. Make it executable (chmod +x "
+                f"{shlex.quote(argv[0])}), or name its interpreter first, e.g. "
+                f"[sys.executable, {argv[0]!r}, ...] for a Python script.") from None
         try:
             stdout, stderr = proc.communicate(stdin, timeout=self.timeout)
         except subprocess.TimeoutExpired:

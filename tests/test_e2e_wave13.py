@@ -209,3 +209,15 @@ def test_resuming_a_store_with_fewer_given_theta_points_to_append(tmp_path):
         simulate(problem, theta=more, seed=0, store=path, chunk_size=50, resume=True)
     grown = simulate(problem, theta=more, seed=0, store=path, chunk_size=50, append=True)
     assert grown.theta.shape == (107, 1) and torch.equal(grown.theta[100:], more)
+
+
+# ------------------------------------------------------------------ external programs
+def test_external_script_without_executable_bit_names_the_fix(tmp_path):
+    from simulators import external_simulator
+
+    script = tmp_path / "model.py"
+    script.write_text("import sys, numpy as np\nnp.save(sys.argv[2], np.load(sys.argv[1]))\n")
+    script.chmod(0o644)
+    program = external_simulator([str(script), "{theta}", "{x}"], timeout=30, x_shape=(1,))
+    with pytest.raises(ValueError, match=r"chmod \+x .*sys\.executable"):
+        Problem(box_uniform([0.0], [1.0]), program, x_shape=(1,))
