@@ -128,7 +128,9 @@ def isolate_failures(simulator: Callable[[Tensor], Tensor], theta: Tensor,
             seed_everything(_sub_seed(seed, lo, hi))
         state["calls"] += 1
         try:
-            out = check_output(simulator(theta[lo:hi]), hi - lo, x_shape)
+            # a copy: a simulator that writes into its input (theta[:, 0] *= 2) must not
+            # change the parameters that are stored with its output
+            out = check_output(simulator(theta[lo:hi].clone()), hi - lo, x_shape)
             x[lo:hi] = out.float()
             if out.dtype != torch.float32 and out.is_floating_point():
                 big = torch.isfinite(out) & ~torch.isfinite(x[lo:hi])

@@ -221,3 +221,21 @@ def test_external_script_without_executable_bit_names_the_fix(tmp_path):
     program = external_simulator([str(script), "{theta}", "{x}"], timeout=30, x_shape=(1,))
     with pytest.raises(ValueError, match=r"chmod \+x .*sys\.executable"):
         Problem(box_uniform([0.0], [1.0]), program, x_shape=(1,))
+
+
+# ------------------------------------------------------------------ simulators that write into theta
+def _scales_its_input(theta: torch.Tensor) -> torch.Tensor:
+    """A batched simulator that rescales its input in place (as model code often does)."""
+    theta[:, 0] *= 100.0
+    return theta + 0.01 * torch.randn_like(theta)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_simulator_writing_into_its_input_does_not_change_the_stored_theta(workers):
+    problem = Problem(box_uniform([0.0, 0.0], [1.0, 1.0]), _scales_its_input, x_shape=(2,))
+    sims = simulate(problem, 200, seed=0, workers=workers, chunk_size=50)
+    assert float(sims.theta.max()) <= 1.0  # prior draws, not the simulator's rescaled copy
+    assert torch.allclose(sims.x[:, 0], 100 * sims.theta[:, 0], atol=0.1)
+    design = torch.full((4, 2), 0.5)
+    at = simulate(problem, theta=design, seed=0)
+    assert torch.equal(at.theta, design) and torch.equal(design, torch.full((4, 2), 0.5))
