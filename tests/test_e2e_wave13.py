@@ -239,3 +239,71 @@ def test_simulator_writing_into_its_input_does_not_change_the_stored_theta(worke
     design = torch.full((4, 2), 0.5)
     at = simulate(problem, theta=design, seed=0)
     assert torch.equal(at.theta, design) and torch.equal(design, torch.full((4, 2), 0.5))
+
+
+# ------------------------------------------------------------------ robustness of your own model
+_OWN_MODEL = '''
+import torch
+from torch import nn
+from torch.distributions import Distribution, constraints
+
+from sbi_core import Problem
+
+
+class Rates(Distribution):
+    """Two positive rates (a prior class of your own)."""
+    arg_constraints = {}
+    support = constraints.independent(constraints.positive, 1)
+
+    def __init__(self):
+        super().__init__(event_shape=torch.Size([2]), validate_args=False)
+
+    def sample(self, sample_shape=torch.Size()):
+        return torch.rand(*sample_shape, 2) + 0.1
+
+    def log_prob(self, value):
+        inside = ((value > 0.1) & (value < 1.1)).all(-1)
+        return torch.where(inside, torch.tensor(0.0), torch.tensor(float("-inf")))
+
+
+def sim(theta):
+    return theta + 0.05 * torch.randn_like(theta)
+
+
+def make():
+    return Problem(Rates(), sim, name="rates", x_shape=(2,))
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 3)
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+def net():
+    return Net()
+'''
+
+
+def test_cli_robustness_takes_the_embedding_and_prior_of_your_own_model(tmp_path, capsys):
+    (tmp_path / "own.py").write_text(_OWN_MODEL)
+    prob, net = f"{tmp_path / 'own.py'}:make", f"{tmp_path / 'own.py'}:net"
+    sims, held, model = tmp_path / "s.pt", tmp_path / "held.pt", tmp_path / "m.pt"
+    with pytest.warns(UserWarning, match="prior"):
+        assert main(["simulate", prob, "--num", "300", "--out", str(sims), "--quiet",
+                     "--in-process"]) == 0
+    assert main(["simulate", prob, "--num", "20", "--seed", "1", "--out", str(held), "--quiet",
+                 "--in-process"]) == 0
+    assert main(["train", "--sims", str(sims), "--problem", prob, "--embedding", net, "--out",
+                 str(model), "--max-epochs", "2", "--quiet"]) == 0
+    capsys.readouterr()
+    common = ["robustness", str(model), "--sims", str(held), "--num", "8", "--steps", "3",
+              "--num-samples", "16", "--eps", "0.5", "--no-predictive", "--quiet"]
+    assert main(common) == 2  # the error names both things to pass ...
+    assert main(common + ["--embedding", net]) == 2
+    assert "--problem" in capsys.readouterr().err
+    assert main(common + ["--embedding", net, "--problem", prob]) == 0  # ... and both work
+    assert capsys.readouterr().out.startswith("status:")
