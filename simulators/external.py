@@ -49,6 +49,7 @@ from torch import Tensor
 
 from sbi_core.display import shown_text
 from sbi_core.failures import RowFailures
+from sbi_core.problem import as_shape
 
 __all__ = ["ExternalProgram", "external_simulator"]
 
@@ -82,7 +83,7 @@ class ExternalProgram:
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be positive seconds or None, got {timeout}.")
         self.io, self.timeout, self.cwd = io, timeout, cwd
-        self.x_shape = tuple(x_shape) if x_shape is not None else None
+        self.x_shape = as_shape(x_shape) if x_shape is not None else None
         self.env = dict(env or {})
 
     def __repr__(self) -> str:

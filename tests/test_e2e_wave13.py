@@ -307,3 +307,16 @@ def test_cli_robustness_takes_the_embedding_and_prior_of_your_own_model(tmp_path
     assert "--problem" in capsys.readouterr().err
     assert main(common + ["--embedding", net, "--problem", prob]) == 0  # ... and both work
     assert capsys.readouterr().out.startswith("status:")
+
+
+# ------------------------------------------------------------------ x_shape=100
+def test_x_shape_may_be_one_number_and_a_bad_one_is_named():
+    from simulators import external_simulator
+
+    problem = Problem(box_uniform([0.0], [1.0]), _shift, x_shape=1)
+    assert problem.x_shape == (1,) and simulate(problem, 5, seed=0).x.shape == (5, 1)
+    assert Problem(box_uniform([0.0], [1.0]), _shift, x_shape=np.int64(1)).x_shape == (1,)
+    assert external_simulator(["prog"], io="text", x_shape=3).x_shape == (3,)
+    for bad in ("3", 2.5, (0,), (-1, 2), True):
+        with pytest.raises(TypeError, match="x_shape must be a shape"):
+            Problem(box_uniform([0.0], [1.0]), _shift, x_shape=bad)
