@@ -57,7 +57,7 @@ def read_observations(path: str | Path, x_shape: tuple[int, ...],
             raise ValueError(f"{path} is larger than {MAX_TEXT_BYTES // 2**20} MiB; store many "
                              "observations as a .npy file.")
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8-sig")  # Excel's "CSV UTF-8" starts with a BOM
         except UnicodeDecodeError as err:
             raise ValueError(f"{path} is not a text file ({err.reason}); observations must be "
                              "a .csv, .npy or .json file.") from err

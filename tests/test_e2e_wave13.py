@@ -320,3 +320,24 @@ def test_x_shape_may_be_one_number_and_a_bad_one_is_named():
     for bad in ("3", 2.5, (0,), (-1, 2), True):
         with pytest.raises(TypeError, match="x_shape must be a shape"):
             Problem(box_uniform([0.0], [1.0]), _shift, x_shape=bad)
+
+
+# ------------------------------------------------------------------ files saved by Excel (BOM)
+def test_files_starting_with_a_byte_order_mark_are_read(tmp_path, capsys):
+    from sbi_core.io import read_observations
+    from sbi_core.simulation_set import SimulationSet
+
+    bom = "\ufeff"
+    (tmp_path / "x.csv").write_text(bom + "12,15,9\r\n", encoding="utf-8")
+    (tmp_path / "xh.csv").write_text(bom + "a,b,c\r\n12,15,9\r\n", encoding="utf-8")
+    (tmp_path / "x.json").write_text(bom + "[12, 15, 9]", encoding="utf-8")
+    for name in ("x.csv", "xh.csv", "x.json"):
+        assert read_observations(tmp_path / name, (3,), ["a", "b", "c"]).tolist() == \
+            [[12.0, 15.0, 9.0]], name
+    theta = tmp_path / "theta.csv"
+    theta.write_text(bom + "theta_1,theta_2\r\n0.5,0.1\r\n0.2,0.3\r\n", encoding="utf-8")
+    out = tmp_path / "s.pt"
+    assert main(["simulate", "linear_gaussian", "--theta", str(theta), "--out", str(out),
+                 "--quiet", "--in-process"]) == 0, capsys.readouterr().err
+    assert SimulationSet.load(out).theta.tolist() == [[0.5, 0.10000000149011612],
+                                                      [0.20000000298023224, 0.30000001192092896]]
