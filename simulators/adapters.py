@@ -214,7 +214,9 @@ class adapt:  # noqa: N801 - used like a function
         first: Exception | None = None
         for row in theta:
             try:
-                out = _as_tensor(self.fn(_arg(row, self.numpy)))
+                # a copy: a function that returns the same buffer each call (out[:] = ...;
+                # return out) would otherwise leave every row equal to the last one
+                out = _as_tensor(self.fn(_arg(row, self.numpy))).clone()
             except Exception as err:  # this row failed; the others still count
                 first = first or err
                 rows.append(None)

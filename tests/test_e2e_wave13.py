@@ -341,3 +341,20 @@ def test_files_starting_with_a_byte_order_mark_are_read(tmp_path, capsys):
                  "--quiet", "--in-process"]) == 0, capsys.readouterr().err
     assert SimulationSet.load(out).theta.tolist() == [[0.5, 0.10000000149011612],
                                                       [0.20000000298023224, 0.30000001192092896]]
+
+
+# ------------------------------------------------------------------ per-sample functions reusing a buffer
+@pytest.mark.parametrize("make_buffer", [lambda: torch.zeros(2), lambda: np.zeros(2, np.float32)])
+def test_per_sample_simulator_returning_one_buffer_keeps_every_row(make_buffer):
+    from simulators import adapt
+
+    buffer = make_buffer()
+
+    def model(theta):
+        """Writes each result into one preallocated buffer and returns it."""
+        buffer[0], buffer[1] = float(theta[0]), 2 * float(theta[0])
+        return buffer
+
+    sims = simulate(Problem(box_uniform([0.0], [1.0]), adapt(model), x_shape=(2,)), 20, seed=0)
+    assert torch.allclose(sims.x[:, 0], sims.theta[:, 0])
+    assert torch.allclose(sims.x[:, 1], 2 * sims.theta[:, 0])
