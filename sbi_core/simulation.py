@@ -108,6 +108,7 @@ def validate_theta(problem: Problem, theta: Tensor | np.ndarray) -> np.ndarray:
     support (the simulator may fail there, and a posterior trained on them is not the
     posterior under the prior).
     """
+    theta = _by_parameter_name(problem, theta)
     if isinstance(theta, Tensor):
         arr = theta.detach().cpu().numpy()
     else:
@@ -115,6 +116,14 @@ def validate_theta(problem: Problem, theta: Tensor | np.ndarray) -> np.ndarray:
             arr = np.asarray(theta, dtype=np.float64)
         except (TypeError, ValueError) as err:
             raise ValueError(f"theta must be a numeric (N, D) tensor or array: {err}") from err
+    if arr.dtype == np.float64:  # 1e300 is finite: say so, not "NaN/inf" after the cast
+        big = np.isfinite(arr) & (np.abs(arr) > np.finfo(np.float32).max)
+        if big.any():
+            row = int(np.flatnonzero(big.any(axis=-1) if arr.ndim > 1 else big)[0])
+            raise ValueError(f"theta holds finite values beyond float32's range (|value| up to "
+                             f"{float(np.abs(arr[big]).max()):.3g} > 3.4e38; first: row {row}); "
+                             "parameters are stored in float32. Rescale them (e.g. log10) in "
+                             "the prior and the simulator.")
     if arr.ndim == 1 and problem.dim == 1:
         arr = arr[:, None]
     if arr.ndim != 2 or arr.shape[1] != problem.dim or arr.shape[0] == 0:
@@ -142,6 +151,26 @@ def validate_theta(problem: Problem, theta: Tensor | np.ndarray) -> np.ndarray:
             "there and a posterior trained on them is not the posterior under this prior.",
             stacklevel=3)
     return arr
+
+
+def _by_parameter_name(problem: Problem, theta: object) -> object:
+    """A table with named columns (a pandas DataFrame) in the problem's parameter order.
+
+    Its columns are matched by name when they are the problem's parameter names in any
+    order (read by position they would be silently swapped); a table naming some but not
+    all of them is an error; columns without parameter names are read by position."""
+    columns = getattr(theta, "columns", None)
+    if columns is None or isinstance(theta, (Tensor, np.ndarray)):
+        return theta
+    names = [str(c) for c in columns]
+    wanted = [str(n) for n in problem.param_names]
+    if names == wanted or not set(names) & set(wanted):
+        return theta
+    if sorted(names) == sorted(wanted):
+        return theta[[list(columns)[names.index(n)] for n in wanted]]  # type: ignore[index]
+    raise ValueError(f"theta's columns {names} are not the problem's parameters {wanted}; name "
+                     "the columns exactly so (any order), or pass a plain (N, D) array in "
+                     "the problem's order.")
 
 
 def chunk_theta(problem: Problem, size: int, seed: int,

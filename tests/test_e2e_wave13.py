@@ -358,3 +358,36 @@ def test_per_sample_simulator_returning_one_buffer_keeps_every_row(make_buffer):
     sims = simulate(Problem(box_uniform([0.0], [1.0]), adapt(model), x_shape=(2,)), 20, seed=0)
     assert torch.allclose(sims.x[:, 0], sims.theta[:, 0])
     assert torch.allclose(sims.x[:, 1], 2 * sims.theta[:, 0])
+
+
+# ------------------------------------------------------------------ given theta: tables and float64
+class _Table:
+    """The part of a pandas DataFrame that ``simulate(theta=...)`` uses (pandas is optional)."""
+
+    def __init__(self, data: dict[str, list[float]]):
+        self.data = data
+        self.columns = list(data)
+
+    def __getitem__(self, names: list[str]) -> _Table:
+        return _Table({n: self.data[n] for n in names})
+
+    def __array__(self, dtype=None, copy=None):
+        return np.array([self.data[c] for c in self.columns], dtype=dtype).T
+
+
+def test_given_theta_table_is_read_by_parameter_name():
+    problem = Problem(box_uniform([0.0, 0.0], [1.0, 1.0]), _shift, param_names=["a", "b"])
+    swapped = _Table({"b": [0.3, 0.4], "a": [0.1, 0.2]})
+    sims = simulate(problem, theta=swapped, seed=0)
+    assert torch.allclose(sims.theta, torch.tensor([[0.1, 0.3], [0.2, 0.4]]))
+    assert torch.allclose(simulate(problem, theta=_Table({"x": [0.5], "y": [0.6]}), seed=0).theta,
+                          torch.tensor([[0.5, 0.6]]))  # no parameter names: by position
+    with pytest.raises(ValueError, match=r"columns \['b', 'c'\] are not the problem's"):
+        simulate(problem, theta=_Table({"b": [0.3], "c": [0.1]}), seed=0)
+
+
+def test_given_theta_beyond_float32_is_not_called_nan():
+    problem = Problem(box_uniform([0.0, 0.0], [1.0, 1.0]), _shift)
+    with pytest.raises(ValueError, match="beyond float32's range") as err:
+        simulate(problem, theta=np.array([[0.5, 0.5], [1e300, 0.1]]), seed=0)
+    assert "NaN" not in str(err.value) and "row 1" in str(err.value)
