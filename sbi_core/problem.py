@@ -270,6 +270,10 @@ class Problem:
             )
         if not isinstance(x, Tensor):
             raise TypeError(f"The simulator must return a torch.Tensor, got {type(x).__name__}.")
+        if x.is_complex():
+            from sbi_core.failures import COMPLEX_ADVICE
+
+            raise TypeError("T" + COMPLEX_ADVICE.format(dtype=x.dtype)[1:] + ".")
         if not torch.is_floating_point(x):
             raise TypeError(
                 f"The simulator must return floating-point values, got dtype {x.dtype}; cast with .float()."

@@ -59,6 +59,10 @@ def _kind(batched: bool, numpy: bool) -> str:
 
 
 def _as_tensor(out: Any) -> Tensor:
+    if (out.is_complex() if isinstance(out, Tensor) else np.iscomplexobj(out)):
+        from sbi_core.failures import COMPLEX_ADVICE  # float32 would drop the imaginary parts
+
+        raise TypeError(COMPLEX_ADVICE.format(dtype=getattr(out, "dtype", type(out).__name__)))
     if isinstance(out, Tensor):
         return out.float()
     if out is None:  # np.asarray(None, float32) would be NaN: "returned NaN" hides the cause

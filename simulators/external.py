@@ -146,6 +146,11 @@ class ExternalProgram:
         if out.shape[0] != n or (self.x_shape is not None and out.shape[1:] != self.x_shape):
             expected = (n, *self.x_shape) if self.x_shape is not None else (n, "...")
             raise RuntimeError(f"{self._name} returned shape {out.shape}, expected {expected}.")
+        if np.iscomplexobj(out):  # float32 would drop the imaginary parts
+            from sbi_core.failures import COMPLEX_ADVICE
+
+            raise RuntimeError(f"{self._name}: " + COMPLEX_ADVICE.format(dtype=out.dtype)
+                               .replace("the simulator returned", "wrote"))
         x = torch.as_tensor(np.asarray(out, dtype=np.float32))
         if failed is not None and bool(failed.any()):
             raise RowFailures(x, torch.as_tensor(failed), (

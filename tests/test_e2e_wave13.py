@@ -391,3 +391,30 @@ def test_given_theta_beyond_float32_is_not_called_nan():
     with pytest.raises(ValueError, match="beyond float32's range") as err:
         simulate(problem, theta=np.array([[0.5, 0.5], [1e300, 0.1]]), seed=0)
     assert "NaN" not in str(err.value) and "row 1" in str(err.value)
+
+
+# ------------------------------------------------------------------ complex output (an FFT)
+def _spectrum(theta: np.ndarray) -> np.ndarray:
+    """One parameter set -> the first 4 complex FFT coefficients of a noisy sine."""
+    return np.fft.fft(np.sin(np.arange(8) * theta[0] * 3) + 0.1 * np.random.normal(size=8))[:4]
+
+
+def test_complex_simulator_output_is_refused_not_cut_to_its_real_part(tmp_path):
+    from simulators import adapt, external_simulator
+
+    prior = box_uniform([0.0], [1.0])
+    with pytest.raises(ValueError, match="complex values.*imaginary parts"):
+        Problem(prior, adapt(_spectrum, batched=False, numpy=True))
+    with pytest.raises(TypeError, match="complex values.*x.real, x.imag"):
+        Problem(prior, lambda t: torch.fft.fft(torch.sin(t * torch.arange(8)))[:, :4])
+    sims = simulate(Problem(prior, adapt(_spectrum, batched=False, numpy=True), validate=False,
+                            x_shape=(4,)), 5, seed=0)  # no test run: every row is a failure
+    assert sims.num_invalid == 5 and "complex" in sims.provenance["first_error"]
+    script = tmp_path / "fft.py"
+    script.write_text("import sys, numpy as np\n"
+                      "np.save(sys.argv[2], np.fft.fft(np.load(sys.argv[1]), axis=1))\n")
+    import sys
+    program = external_simulator([sys.executable, str(script), "{theta}", "{x}"], timeout=60,
+                                 x_shape=(1,))
+    with pytest.raises(RuntimeError, match="complex values"):
+        program(torch.rand(3, 1))
