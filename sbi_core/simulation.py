@@ -25,17 +25,20 @@ seeds, failure records, stores and resume.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from sbi_core.display import shown
 from sbi_core.failures import describe_invalid, isolate_failures, seed_everything
 from sbi_core.problem import Problem
 from sbi_core.progress import progress_bar
@@ -171,6 +174,26 @@ def _by_parameter_name(problem: Problem, theta: object) -> object:
     raise ValueError(f"theta's columns {names} are not the problem's parameters {wanted}; name "
                      "the columns exactly so (any order), or pass a plain (N, D) array in "
                      "the problem's order.")
+
+
+def recorded_prior(problem: Problem) -> dict[str, Any] | None:
+    """The problem's prior spec as plain JSON-safe values, recorded with simulations (a
+    store attribute, a file's provenance) so that a resume or a fit with another prior is
+    caught; None if it cannot be written as JSON."""
+    from sbi_core.priors import prior_spec
+
+    try:
+        spec = prior_spec(problem.prior)
+        json.dumps(spec, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    return spec
+
+
+def prior_text(spec: dict[str, Any]) -> str:
+    """A short description of a prior spec for messages (values from a file: escaped)."""
+    text = json.dumps({k: v for k, v in spec.items() if k != "repr"}, sort_keys=True)
+    return shown(text if len(text) <= 200 else text[:197] + "...")
 
 
 def chunk_theta(problem: Problem, size: int, seed: int,
@@ -377,6 +400,7 @@ def assemble(problem: Problem, chunks: list[ChunkResult], seed: int, chunk_size:
         "problem": problem.name,
         "problem_source": problem.source,
         "param_names": list(problem.param_names),
+        "prior": recorded_prior(problem),
         "seed": seed,
         "chunk_size": chunk_size,
         "num_simulations": int(theta.shape[0]),

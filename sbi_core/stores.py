@@ -54,7 +54,7 @@ from sbi_core.display import shown
 from sbi_core.failures import describe_invalid
 from sbi_core.problem import Problem
 from sbi_core.progress import progress_bar
-from sbi_core.simulation import ChunkResult, chunk_plan, closing_chunks
+from sbi_core.simulation import ChunkResult, chunk_plan, closing_chunks, prior_text, recorded_prior
 from sbi_core.simulation_set import SimulationSet
 
 try:
@@ -226,7 +226,7 @@ class SimulationStore:
                 "theta_source": "given" if theta_given else "prior",
                 "x_names": None if getattr(problem, "x_names", None) is None
                 else [str(n) for n in problem.x_names],
-                "prior": _prior_attr(problem),
+                "prior": recorded_prior(problem),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             })
             (path / _MARKS).mkdir(exist_ok=True)
@@ -248,12 +248,12 @@ class SimulationStore:
         if isinstance(stored_prior, dict):  # stores written before wave 13 have none
             from sbi_core.priors import same_prior_spec
 
-            now = _prior_attr(problem)
+            now = recorded_prior(problem)
             if now is not None and not same_prior_spec(stored_prior, now):
                 raise ValueError(
                     f"Cannot resume {self.path}: its θ were drawn from another prior "
-                    f"({_prior_text(stored_prior)}) than the problem's "
-                    f"({_prior_text(now)}); the store would mix draws from two priors and a "
+                    f"({prior_text(stored_prior)}) than the problem's "
+                    f"({prior_text(now)}); the store would mix draws from two priors and a "
                     "posterior trained on it would be wrong. Resume with the original prior, "
                     "or simulate into a new path.")
 
@@ -496,6 +496,8 @@ class SimulationStore:
             extra["x_names"] = list(self.attrs["x_names"])
         if self.attrs.get("param_names"):
             extra["param_names"] = list(self.attrs["param_names"])
+        if isinstance(self.attrs.get("prior"), dict):
+            extra["prior"] = self.attrs["prior"]
         return {
             "problem": self.attrs.get("problem"),
             "problem_source": self.attrs.get("problem_source"),
@@ -513,24 +515,6 @@ class SimulationStore:
 
 def _mark_name(index: int) -> str:
     return f"chunk-{index:06d}.json"
-
-
-def _prior_attr(problem: Problem) -> dict[str, Any] | None:
-    """The problem's prior spec as a JSON-safe store attribute (None if it has none)."""
-    from sbi_core.priors import prior_spec
-
-    try:
-        spec = prior_spec(problem.prior)
-        json.dumps(spec, allow_nan=False)
-    except (TypeError, ValueError):
-        return None
-    return spec
-
-
-def _prior_text(spec: dict[str, Any]) -> str:
-    """A short description of a prior spec for messages (values from a file: escaped)."""
-    text = json.dumps({k: v for k, v in spec.items() if k != "repr"}, sort_keys=True)
-    return shown(text if len(text) <= 200 else text[:197] + "...")
 
 
 def simulate_into_store(problem: Problem, plan: Plan | None, source: ChunkSource,

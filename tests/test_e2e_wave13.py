@@ -5,6 +5,7 @@ floats, output files named for another format, observation files from ``np.savet
 from __future__ import annotations
 
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -418,3 +419,22 @@ def test_complex_simulator_output_is_refused_not_cut_to_its_real_part(tmp_path):
                                  x_shape=(1,))
     with pytest.raises(RuntimeError, match="complex values"):
         program(torch.rand(3, 1))
+
+
+# ------------------------------------------------------------------ fit on simulations of another prior
+def test_fit_warns_when_the_simulations_were_drawn_from_another_prior(tmp_path):
+    from sbi_core import fit
+    from sbi_core.simulation_set import SimulationSet
+
+    narrow = Problem(box_uniform([0.0], [1.0]), _shift, name="mine")
+    wide = Problem(box_uniform([0.0], [5.0]), _shift, name="mine")  # the file edited later
+    sims = simulate(narrow, 200, seed=0)
+    sims.save(tmp_path / "s.pt")
+    store = simulate(narrow, 200, seed=0, store=tmp_path / "s.zarr", chunk_size=100)
+    for data in (sims, SimulationSet.load(tmp_path / "s.pt"), store, str(tmp_path / "s.zarr")):
+        with pytest.warns(UserWarning, match="drawn from another prior"):
+            fit(wide, data, max_epochs=1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*another prior")
+        fit(narrow, SimulationSet.load(tmp_path / "s.pt"), max_epochs=1)  # same prior: silent
+        fit(wide, simulate(wide, theta=torch.rand(200, 1), seed=0), max_epochs=1)  # given θ
