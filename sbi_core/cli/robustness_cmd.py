@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     from sbi_core.atomic import check_output
     from sbi_core.cli.common import problem_file
     from sbi_core.io import write_json
-    from sbi_core.serialization import load_model
+    from sbi_core.serialization import PriorRequiredError, load_model
 
     if args.out:
         check_output(args.out, "json", inputs=[args.model, args.sims, problem_file(args.problem)],
@@ -122,9 +122,13 @@ def run(args: argparse.Namespace) -> int:
     from sbi_core.resolve import resolve_callable, resolve_problem
 
     given = resolve_problem(args.problem) if args.problem else None  # built once
-    # --problem also gives the prior of a model trained with a prior class of your own
-    posterior = load_model(args.model, problem=given,
-                           embedding=resolve_callable(args.embedding) if args.embedding else None)
+    embedding = resolve_callable(args.embedding) if args.embedding else None
+    try:
+        posterior = load_model(args.model, embedding=embedding)
+    except PriorRequiredError:  # a prior class of your own: --problem gives it
+        if given is None:
+            raise
+        posterior = load_model(args.model, problem=given, embedding=embedding)
     theta, x, problem = _test_data(args, posterior, given)
     simulator = None if (args.no_predictive or problem is None) else problem.simulator
     report = robustness_report(posterior, x, theta, eps=args.eps, norm=args.norm,
