@@ -264,13 +264,12 @@ class SimulationStore:
         wanted = {"seed": int(seed), "chunk_size": int(chunk_size), "problem": problem.name,
                   "x_shape": list(problem.x_shape or ())}
         diff = {k: (stored[k], wanted[k]) for k in stored if stored[k] != wanted[k]}
-        if not diff:
-            self.check_problem(problem)
         if diff:
             detail = ", ".join(f"{k}: store has {shown(repr(a))}, run has {shown(repr(b))}"
                                for k, (a, b) in diff.items())
             raise ValueError(f"Cannot resume {self.path}: {detail}. Resume with the original "
                              "settings or write to a new path.")
+        self.check_problem(problem)
         if num < self.num_simulations:
             hint = (" To add these given θ after the rows it holds, pass append=True (CLI: "
                     "--append)." if theta_given else "")
