@@ -226,7 +226,8 @@ class DiagnosisReport:
             return None
         from sbi_core.serialization import save
 
-        return save(self.posterior, path)
+        # the card goes back into an existing model file under whatever name it has
+        return save(self.posterior, path, any_name=Path(path).is_file())
 
 
 @auto_threads

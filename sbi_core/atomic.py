@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["OutputPathError", "check_output", "file_kind", "atomic_write", "damaged_entry"]
+__all__ = ["OutputPathError", "check_output", "check_suffix", "file_kind", "atomic_write", "damaged_entry"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -23,6 +23,23 @@ os.umask(_UMASK)
 KIND_NAMES = {"model": "an sbi-core model file", "simulations": "a simulation file",
               "csv": "a CSV file", "json": "a JSON file", "directory": "a folder",
               "zarr": "a zarr simulation store", "png": "an image", "other": "a file"}
+
+
+#: File name endings that name a format, and what they name (for :func:`check_output`).
+FORMAT_SUFFIXES = {".csv": "CSV", ".tsv": "tab-separated text", ".txt": "text", ".json": "JSON",
+                   ".npy": "a NumPy array", ".npz": "NumPy arrays", ".pt": "a torch file",
+                   ".pth": "a torch file", ".nc": "netCDF", ".h5": "HDF5", ".hdf5": "HDF5",
+                   ".parquet": "Parquet", ".xlsx": "an Excel workbook", ".pkl": "a pickle",
+                   ".pickle": "a pickle", ".zarr": "a zarr store", ".png": "an image",
+                   ".pdf": "a PDF"}
+
+#: The endings each kind of output may have, and what it is written as.
+KIND_SUFFIXES = {"model": ((".pt", ".pth"), "a torch file (.pt)"),
+                 "simulations": ((".pt", ".pth", ".npz"), "a torch file (.pt) or NumPy arrays "
+                                 "(.npz), or a zarr store (PATH.zarr)"),
+                 "csv": ((".csv", ".txt"), "CSV (.csv; `sbi-core sample` also writes an ArviZ "
+                                          "file, .nc)"),
+                 "json": ((".json",), "JSON (.json)")}
 
 
 class OutputPathError(ValueError):
@@ -85,13 +102,16 @@ def check_output(path: str | os.PathLike, kind: str,
     """Check that writing ``kind`` to ``path`` destroys nothing; returns ``Path(path)``.
 
     Refuses an output that is one of ``inputs`` (always), a folder where a file is written (or
-    a file where a folder is written), and an existing file of another kind unless ``force``.
+    a file where a folder is written), and, unless ``force``, an existing file of another kind
+    or a name whose ending names another format (:func:`check_suffix`).
     """
     out = Path(path)
     for inp in inputs:
         if inp is not None and _same(out, Path(inp)):
             raise OutputPathError(f"{flag} {out} is also an input; write to another path "
                                   "(the input would be overwritten).")
+    if not force:
+        check_suffix(out, kind, flag)
     if not out.exists():
         _check_parent(out, flag)
         return out
@@ -109,6 +129,23 @@ def check_output(path: str | os.PathLike, kind: str,
                               f"{KIND_NAMES.get(kind, kind)}; choose another path or pass --force "
                               "to overwrite it.")
     return out
+
+
+def check_suffix(out: Path, kind: str, flag: str = "--out") -> None:
+    """Refuse an ``out`` whose ending names another format than ``kind`` is written as
+    (``sample --out s.npy`` would hold CSV text that ``np.load`` cannot read); an ending
+    that names no format, or none, is left to the user."""
+    suffix = out.suffix.lower()
+    if kind not in KIND_SUFFIXES or suffix not in FORMAT_SUFFIXES:
+        return
+    allowed, written = KIND_SUFFIXES[kind]
+    if suffix in allowed:
+        return
+    raise OutputPathError(f"{flag} {out} names {FORMAT_SUFFIXES[suffix]} ({suffix}), but it "
+                          f"would be written as {written}: not what its name says. Use "
+                          f"{out.with_suffix(allowed[0])} instead"
+                          + (" (or pass --force to keep this name)." if flag.startswith("--")
+                             else "."))
 
 
 def _check_parent(out: Path, flag: str) -> None:

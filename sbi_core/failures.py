@@ -79,12 +79,21 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % (2**32))
 
 
+#: What to do about a simulator that returns complex numbers (an FFT, say).
+COMPLEX_ADVICE = ("the simulator returned complex values (dtype {dtype}); x must be real, and "
+                  "casting would drop the imaginary parts. Return real features instead, e.g. "
+                  "torch.cat([x.real, x.imag], -1) or np.concatenate([x.real, x.imag], -1), "
+                  "or the magnitude x.abs()")
+
+
 def check_output(x: object, n: int, x_shape: tuple[int, ...]) -> Tensor:
     """``x`` as a Tensor ``(n, *x_shape)``; raises TypeError/ValueError otherwise."""
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
     if not isinstance(x, Tensor):
         raise TypeError(f"simulator returned {type(x).__name__}, not a Tensor")
+    if x.is_complex():  # storing it as float32 would drop the imaginary parts silently
+        raise TypeError(COMPLEX_ADVICE.format(dtype=x.dtype))
     if tuple(x.shape) != (n, *x_shape):
         raise ValueError(f"simulator returned shape {tuple(x.shape)}, expected {(n, *x_shape)}")
     return x.detach()  # simulations are data: an autograd graph (a simulator with nn layers)
@@ -128,7 +137,9 @@ def isolate_failures(simulator: Callable[[Tensor], Tensor], theta: Tensor,
             seed_everything(_sub_seed(seed, lo, hi))
         state["calls"] += 1
         try:
-            out = check_output(simulator(theta[lo:hi]), hi - lo, x_shape)
+            # a copy: a simulator that writes into its input (theta[:, 0] *= 2) must not
+            # change the parameters that are stored with its output
+            out = check_output(simulator(theta[lo:hi].clone()), hi - lo, x_shape)
             x[lo:hi] = out.float()
             if out.dtype != torch.float32 and out.is_floating_point():
                 big = torch.isfinite(out) & ~torch.isfinite(x[lo:hi])

@@ -363,9 +363,32 @@ def _check_sims_parameters(problem: Problem, sims: SimulationSet) -> None:
     check_parameter_names(problem, sims.provenance)
 
 
+def _warn_other_prior(problem: Problem, provenance: dict[str, Any]) -> None:
+    """Warn when the simulations' θ were drawn from another prior than ``problem``'s (the
+    problem file edited after simulating): the estimator learns the posterior under the
+    prior that drew them, while the model records this one. Files that record no prior
+    (older ones, ``.npz``) and simulations at given θ are not compared."""
+    from sbi_core.priors import same_prior_spec
+    from sbi_core.simulation import prior_text, recorded_prior
+
+    recorded = provenance.get("prior")
+    if not isinstance(recorded, dict) or provenance.get("theta_source", "prior") != "prior":
+        return
+    now = recorded_prior(problem)
+    if now is None or same_prior_spec(recorded, now):
+        return
+    warnings.warn(
+        f"These simulations' θ were drawn from another prior ({prior_text(recorded)}) than "
+        f"problem {problem.name!r}'s ({prior_text(now)}); the estimator learns the posterior "
+        "under the prior that drew them, not under this one. Train with the problem that "
+        "made them, or simulate again with this prior (to change the prior of a trained "
+        "posterior, see docs/prior_change.md).", UserWarning, stacklevel=4)
+
+
 def check_parameter_names(problem: Problem, provenance: dict[str, Any]) -> None:
     """:func:`_check_sims_parameters` for the ``provenance`` of a file or store (also used by
     :func:`sbi_core.streaming.fit_streaming`)."""
+    _warn_other_prior(problem, provenance)
     recorded = provenance.get("param_names")
     ours = list(problem.param_names)
     if not recorded or list(recorded) == ours or len(recorded) != len(ours):

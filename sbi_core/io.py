@@ -25,7 +25,9 @@ def read_observations(path: str | Path, x_shape: tuple[int, ...],
                       x_names: list[str] | None = None) -> Tensor:
     """Read one or several observations from ``.csv``, ``.npy`` or ``.json`` → ``(B, *x_shape)``.
 
-    A CSV holds one observation per row (flattened). Its first line is skipped as a header
+    A CSV holds one observation per row (flattened), its values separated by commas, or by
+    spaces or tabs as ``np.savetxt`` writes them by default (lines starting with ``#`` are
+    comments). Its first line is skipped as a header
     only if every cell is a non-numeric name; any other non-numeric value is an error naming
     the line. A ``.npy`` holds ``x_shape`` (one observation) or ``(B, *x_shape)``; a ``.json``
     holds the same as nested lists of numbers. The number of observations is never changed
@@ -55,7 +57,7 @@ def read_observations(path: str | Path, x_shape: tuple[int, ...],
             raise ValueError(f"{path} is larger than {MAX_TEXT_BYTES // 2**20} MiB; store many "
                              "observations as a .npy file.")
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8-sig")  # Excel's "CSV UTF-8" starts with a BOM
         except UnicodeDecodeError as err:
             raise ValueError(f"{path} is not a text file ({err.reason}); observations must be "
                              "a .csv, .npy or .json file.") from err
@@ -81,6 +83,11 @@ def parse_csv_observations(text: str, name: str = "CSV",
     for i, row in enumerate(lines):
         if not row or all(not c.strip() for c in row):
             continue
+        if row[0].lstrip().startswith("#"):  # a comment, e.g. np.savetxt(..., header=...)
+            continue
+        if len(row) == 1 and len(row[0].split()) > 1 \
+                and all(_number(c) is not None for c in row[0].split()):
+            row = row[0].split()  # np.savetxt's default: values separated by spaces or tabs
         values = [_number(c) for c in row]
         if first and all(v is None and _is_name(c) for v, c in zip(values, row)):
             header_width = len(row)
@@ -90,9 +97,11 @@ def parse_csv_observations(text: str, name: str = "CSV",
         first = False
         bad = [c for v, c in zip(values, row) if v is None]
         if bad:
+            hint = (" Separate the values with commas (or spaces), not semicolons; a decimal "
+                    "comma must be a point." if any(";" in c for c in row) else "")
             raise ValueError(f"{name}, line {i + 1}: non-numeric value {bad[0].strip()!r} in "
                              f"{row}. Only a first line made entirely of column names is "
-                             "skipped as a header.")
+                             f"skipped as a header.{hint}")
         rows.append(values)  # type: ignore[arg-type]
     if not rows:
         raise ValueError(f"{name} holds no observations.")

@@ -138,7 +138,7 @@ class Problem:
                              f"{len(observation_seeds)}.")
         self.observation_seeds = [int(s) for s in observation_seeds] if observation_seeds \
             else [OBSERVATION_SEED_BASE + k for k in range(1, NUM_OBSERVATIONS + 1)]
-        self.x_shape: tuple[int, ...] | None = tuple(x_shape) if x_shape is not None else None
+        self.x_shape: tuple[int, ...] | None = as_shape(x_shape) if x_shape is not None else None
         # Savability is settled here, before any simulation or training (never after fit).
         user_class = user_prior_class(prior_spec(prior))
         if user_class is not None:
@@ -270,6 +270,10 @@ class Problem:
             )
         if not isinstance(x, Tensor):
             raise TypeError(f"The simulator must return a torch.Tensor, got {type(x).__name__}.")
+        if x.is_complex():
+            from sbi_core.failures import COMPLEX_ADVICE
+
+            raise TypeError("T" + COMPLEX_ADVICE.format(dtype=x.dtype)[1:] + ".")
         if not torch.is_floating_point(x):
             raise TypeError(
                 f"The simulator must return floating-point values, got dtype {x.dtype}; cast with .float()."
@@ -377,6 +381,22 @@ def _adapter_hint(simulator: Simulator, theta: Tensor) -> str:
     except ImportError:
         return ""
     return suggest_adapter(simulator, theta)
+
+
+def as_shape(value: object, name: str = "x_shape") -> tuple[int, ...]:
+    """``value`` as a shape tuple: a whole number ``n`` means ``(n,)`` (``x_shape=100``), a
+    sequence of positive whole numbers is kept; anything else is a ``TypeError`` naming it."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        value = (value,)
+    try:
+        dims = tuple(value)  # type: ignore[arg-type]
+    except TypeError:
+        dims = None
+    if dims is None or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool)
+                               and d >= 1 for d in dims):
+        raise TypeError(f"{name} must be a shape: positive whole numbers such as (100,) or "
+                        f"(1, 64, 64) (or one number, 100), got {value!r}.")
+    return tuple(int(d) for d in dims)
 
 
 def _check_discrete(columns: Sequence[int], x_shape: tuple[int, ...] | None,

@@ -20,7 +20,7 @@ import torch
 from torch.distributions import Distribution
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from sbi_core.atomic import atomic_write
+from sbi_core.atomic import atomic_write, check_suffix
 from sbi_core.display import shown
 from sbi_core.methods import get_method
 from sbi_core.posterior import Posterior
@@ -49,9 +49,15 @@ class PriorRequiredError(ModelFileError):
     """The model's prior is a user-written class: pass it with ``load(path, prior=...)``."""
 
 
-def save(posterior: Posterior, path: str | Path) -> Path:
-    """Write ``posterior`` to ``path`` (one file; written atomically)."""
+def save(posterior: Posterior, path: str | Path, *, any_name: bool = False) -> Path:
+    """Write ``posterior`` to ``path`` (one file; written atomically).
+
+    A ``path`` whose ending names another format (``model.csv``, ``.npy``, ...) is refused
+    unless ``any_name`` (the CLI's ``--force``).
+    """
     path = Path(path)
+    if not any_name:
+        check_suffix(path, "model", "path")  # model.csv would be a torch archive
     if getattr(posterior, "not_savable", None):  # e.g. a reweighted posterior (with_prior)
         raise ModelFileError(posterior.not_savable)
     path.parent.mkdir(parents=True, exist_ok=True)

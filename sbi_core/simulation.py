@@ -25,16 +25,20 @@ seeds, failure records, stores and resume.
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from sbi_core.display import shown
 from sbi_core.failures import describe_invalid, isolate_failures, seed_everything
 from sbi_core.problem import Problem
 from sbi_core.progress import progress_bar
@@ -58,6 +62,20 @@ class ChunkResult:
     seconds: float
     batch_error: str | None = None  # a batch raised though all its rows worked alone
     calls: int = 1  # simulator calls made (more than 1 when failures were isolated)
+
+
+def whole_number(value: object, name: str) -> int:
+    """``value`` as an ``int``: ints, numpy integers and whole floats (``1e4``) pass; a bool,
+    a fraction or text is a ``TypeError`` naming ``name`` (not a failure deep in seeding)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a whole number, got {value!r}.")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) \
+            and float(value).is_integer():
+        return int(value)  # 1e4 written for ten thousand
+    raise TypeError(f"{name} must be a whole number, got {value!r} "
+                    f"({type(value).__name__}); e.g. {name}=10_000.")
 
 
 def chunk_plan(num_simulations: int, seed: int, chunk_size: int,
@@ -93,6 +111,7 @@ def validate_theta(problem: Problem, theta: Tensor | np.ndarray) -> np.ndarray:
     support (the simulator may fail there, and a posterior trained on them is not the
     posterior under the prior).
     """
+    theta = _by_parameter_name(problem, theta)
     if isinstance(theta, Tensor):
         arr = theta.detach().cpu().numpy()
     else:
@@ -100,6 +119,14 @@ def validate_theta(problem: Problem, theta: Tensor | np.ndarray) -> np.ndarray:
             arr = np.asarray(theta, dtype=np.float64)
         except (TypeError, ValueError) as err:
             raise ValueError(f"theta must be a numeric (N, D) tensor or array: {err}") from err
+    if arr.dtype == np.float64:  # 1e300 is finite: say so, not "NaN/inf" after the cast
+        big = np.isfinite(arr) & (np.abs(arr) > np.finfo(np.float32).max)
+        if big.any():
+            row = int(np.flatnonzero(big.any(axis=-1) if arr.ndim > 1 else big)[0])
+            raise ValueError(f"theta holds finite values beyond float32's range (|value| up to "
+                             f"{float(np.abs(arr[big]).max()):.3g} > 3.4e38; first: row {row}); "
+                             "parameters are stored in float32. Rescale them (e.g. log10) in "
+                             "the prior and the simulator.")
     if arr.ndim == 1 and problem.dim == 1:
         arr = arr[:, None]
     if arr.ndim != 2 or arr.shape[1] != problem.dim or arr.shape[0] == 0:
@@ -127,6 +154,46 @@ def validate_theta(problem: Problem, theta: Tensor | np.ndarray) -> np.ndarray:
             "there and a posterior trained on them is not the posterior under this prior.",
             stacklevel=3)
     return arr
+
+
+def _by_parameter_name(problem: Problem, theta: object) -> object:
+    """A table with named columns (a pandas DataFrame) in the problem's parameter order.
+
+    Its columns are matched by name when they are the problem's parameter names in any
+    order (read by position they would be silently swapped); a table naming some but not
+    all of them is an error; columns without parameter names are read by position."""
+    columns = getattr(theta, "columns", None)
+    if columns is None or isinstance(theta, (Tensor, np.ndarray)):
+        return theta
+    names = [str(c) for c in columns]
+    wanted = [str(n) for n in problem.param_names]
+    if names == wanted or not set(names) & set(wanted):
+        return theta
+    if sorted(names) == sorted(wanted):
+        return theta[[list(columns)[names.index(n)] for n in wanted]]  # type: ignore[index]
+    raise ValueError(f"theta's columns {names} are not the problem's parameters {wanted}; name "
+                     "the columns exactly so (any order), or pass a plain (N, D) array in "
+                     "the problem's order.")
+
+
+def recorded_prior(problem: Problem) -> dict[str, Any] | None:
+    """The problem's prior spec as plain JSON-safe values, recorded with simulations (a
+    store attribute, a file's provenance) so that a resume or a fit with another prior is
+    caught; None if it cannot be written as JSON."""
+    from sbi_core.priors import prior_spec
+
+    try:
+        spec = prior_spec(problem.prior)
+        json.dumps(spec, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    return spec
+
+
+def prior_text(spec: dict[str, Any]) -> str:
+    """A short description of a prior spec for messages (values from a file: escaped)."""
+    text = json.dumps({k: v for k, v in spec.items() if k != "repr"}, sort_keys=True)
+    return shown(text if len(text) <= 200 else text[:197] + "...")
 
 
 def chunk_theta(problem: Problem, size: int, seed: int,
@@ -266,6 +333,11 @@ def simulate(
         A chunk whose worker died twice or timed out has all its rows invalid, with the
         reason in ``provenance["first_error"]`` (and, in a store, in the chunk's mark).
     """
+    num_simulations = None if num_simulations is None else whole_number(
+        num_simulations, "num_simulations")
+    seed = seed if seed is None else whole_number(seed, "seed")
+    chunk_size = whole_number(chunk_size, "chunk_size")
+    workers = whole_number(workers, "workers")
     if workers == -1:
         workers = os.cpu_count() or 1
     given = None if theta is None else validate_theta(problem, theta)
@@ -328,6 +400,7 @@ def assemble(problem: Problem, chunks: list[ChunkResult], seed: int, chunk_size:
         "problem": problem.name,
         "problem_source": problem.source,
         "param_names": list(problem.param_names),
+        "prior": recorded_prior(problem),
         "seed": seed,
         "chunk_size": chunk_size,
         "num_simulations": int(theta.shape[0]),

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sbi_core.atomic import atomic_write, damaged_entry
+from sbi_core.atomic import atomic_write, check_suffix, damaged_entry
 from sbi_core.display import shown
 
 __all__ = ["SimulationSet", "SIMULATIONS_FORMAT"]
@@ -147,9 +147,15 @@ class SimulationSet:
         return SimulationSet(torch.cat([self.theta, other.theta]), torch.cat([self.x, other.x]),
                              torch.cat([self.valid, other.valid]), prov)
 
-    def save(self, path: str | Path) -> Path:
-        """Write to ``.pt`` (loadable without code execution) or ``.npz``."""
+    def save(self, path: str | Path, *, any_name: bool = False) -> Path:
+        """Write to ``.pt`` (loadable without code execution) or ``.npz``.
+
+        A ``path`` whose ending names another format (``sims.csv``, ``.npy``, ...) is
+        refused unless ``any_name`` (the CLI's ``--force``).
+        """
         path = Path(path)
+        if not any_name:
+            check_suffix(path, "simulations", "path")  # sims.csv would be a torch archive
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".npz":
             with atomic_write(path) as tmp:  # tmp ends in .npz, so numpy adds no suffix

@@ -19,7 +19,9 @@ chunks and the finished store equals an uninterrupted run bit for bit.
 Several processes may write one store at once (each chunk is its own file and each mark
 its own file); give them disjoint chunks with ``only_chunks`` (e.g. ``range(k, n, K)``).
 The group attributes hold the provenance: problem, seed, chunk size, budget, versions,
-and ``theta_source`` (``"prior"`` draws or ``"given"`` parameters, ``simulate(theta=...)``).
+the prior's spec (``prior``; a resume with another prior or other parameters is refused, so
+a store never mixes draws from two priors), and ``theta_source`` (``"prior"`` draws or
+``"given"`` parameters, ``simulate(theta=...)``).
 
 A chunk file damaged on disk is detected when read (:class:`StoreDamagedError` names the
 store, array, chunk and rows) or by :meth:`SimulationStore.damaged_chunks`, which also
@@ -52,7 +54,7 @@ from sbi_core.display import shown
 from sbi_core.failures import describe_invalid
 from sbi_core.problem import Problem
 from sbi_core.progress import progress_bar
-from sbi_core.simulation import ChunkResult, chunk_plan, closing_chunks
+from sbi_core.simulation import ChunkResult, chunk_plan, closing_chunks, prior_text, recorded_prior
 from sbi_core.simulation_set import SimulationSet
 
 try:
@@ -193,7 +195,7 @@ class SimulationStore:
                         f"{path} already exists. Pass resume=True (CLI: --resume) to complete or "
                         "extend it, or choose a new path.")
                 store = cls(path, mode="r+")
-                store._check_matches(problem, seed, chunk_size, num_simulations)
+                store._check_matches(problem, seed, chunk_size, num_simulations, theta_given)
                 if store.theta_source == "given" and not theta_given:
                     raise ValueError(
                         f"{path} was simulated at given parameters (theta=...); resume it with "
@@ -224,12 +226,39 @@ class SimulationStore:
                 "theta_source": "given" if theta_given else "prior",
                 "x_names": None if getattr(problem, "x_names", None) is None
                 else [str(n) for n in problem.x_names],
+                "prior": recorded_prior(problem),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             })
             (path / _MARKS).mkdir(exist_ok=True)
         return cls(path, mode="r+")
 
-    def _check_matches(self, problem: Problem, seed: int, chunk_size: int, num: int) -> None:
+    def check_problem(self, problem: Problem) -> None:
+        """Refuse to add rows of a problem with other parameters or another prior: resuming
+        or extending would mix them with the stored ones (θ of another dimension written into
+        the store's columns, or draws from two priors that no posterior is trained for)."""
+        stored_names = self.attrs.get("param_names")
+        dim = int(self.group["theta"].shape[1]) if "theta" in self.group else None
+        if (dim is not None and dim != problem.dim) or (
+                stored_names is not None and list(stored_names) != list(problem.param_names)):
+            raise ValueError(
+                f"Cannot resume {self.path}: its rows have parameters "
+                f"{shown(repr(stored_names))} ({dim} columns), the problem has "
+                f"{list(problem.param_names)}; the rows would be mixed. Write to a new path.")
+        stored_prior = self.attrs.get("prior")
+        if isinstance(stored_prior, dict):  # stores written before wave 13 have none
+            from sbi_core.priors import same_prior_spec
+
+            now = recorded_prior(problem)
+            if now is not None and not same_prior_spec(stored_prior, now):
+                raise ValueError(
+                    f"Cannot resume {self.path}: its θ were drawn from another prior "
+                    f"({prior_text(stored_prior)}) than the problem's "
+                    f"({prior_text(now)}); the store would mix draws from two priors and a "
+                    "posterior trained on it would be wrong. Resume with the original prior, "
+                    "or simulate into a new path.")
+
+    def _check_matches(self, problem: Problem, seed: int, chunk_size: int, num: int,
+                       theta_given: bool = False) -> None:
         stored = {"seed": self.seed, "chunk_size": self.chunk_size,
                   "problem": self.attrs.get("problem"), "x_shape": self.attrs.get("x_shape")}
         wanted = {"seed": int(seed), "chunk_size": int(chunk_size), "problem": problem.name,
@@ -240,9 +269,12 @@ class SimulationStore:
                                for k, (a, b) in diff.items())
             raise ValueError(f"Cannot resume {self.path}: {detail}. Resume with the original "
                              "settings or write to a new path.")
+        self.check_problem(problem)
         if num < self.num_simulations:
+            hint = (" To add these given θ after the rows it holds, pass append=True (CLI: "
+                    "--append)." if theta_given else "")
             raise ValueError(f"{self.path} holds a budget of {self.num_simulations} simulations; "
-                             f"cannot resume with fewer ({num}).")
+                             f"cannot resume with fewer ({num}).{hint}")
 
     def _grow(self, num: int) -> None:
         old = self.num_simulations
@@ -463,6 +495,8 @@ class SimulationStore:
             extra["x_names"] = list(self.attrs["x_names"])
         if self.attrs.get("param_names"):
             extra["param_names"] = list(self.attrs["param_names"])
+        if isinstance(self.attrs.get("prior"), dict):
+            extra["prior"] = self.attrs["prior"]
         return {
             "problem": self.attrs.get("problem"),
             "problem_source": self.attrs.get("problem_source"),
@@ -508,7 +542,9 @@ def simulate_into_store(problem: Problem, plan: Plan | None, source: ChunkSource
     """
     path = Path(store)
     if append and theta is not None and (path / "zarr.json").exists():
-        theta = np.concatenate([SimulationStore(path).read_theta(), theta])
+        existing = SimulationStore(path)
+        existing.check_problem(problem)
+        theta = np.concatenate([existing.read_theta(), theta])
     if plan is None:
         if theta is not None:
             num_simulations = len(theta)

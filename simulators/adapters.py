@@ -59,6 +59,10 @@ def _kind(batched: bool, numpy: bool) -> str:
 
 
 def _as_tensor(out: Any) -> Tensor:
+    if (out.is_complex() if isinstance(out, Tensor) else np.iscomplexobj(out)):
+        from sbi_core.failures import COMPLEX_ADVICE  # float32 would drop the imaginary parts
+
+        raise TypeError(COMPLEX_ADVICE.format(dtype=getattr(out, "dtype", type(out).__name__)))
     if isinstance(out, Tensor):
         return out.float()
     if out is None:  # np.asarray(None, float32) would be NaN: "returned NaN" hides the cause
@@ -214,7 +218,9 @@ class adapt:  # noqa: N801 - used like a function
         first: Exception | None = None
         for row in theta:
             try:
-                out = _as_tensor(self.fn(_arg(row, self.numpy)))
+                # a copy: a function that returns the same buffer each call (out[:] = ...;
+                # return out) would otherwise leave every row equal to the last one
+                out = _as_tensor(self.fn(_arg(row, self.numpy))).clone()
             except Exception as err:  # this row failed; the others still count
                 first = first or err
                 rows.append(None)

@@ -49,6 +49,7 @@ from torch import Tensor
 
 from sbi_core.display import shown_text
 from sbi_core.failures import RowFailures
+from sbi_core.problem import as_shape
 
 __all__ = ["ExternalProgram", "external_simulator"]
 
@@ -82,7 +83,7 @@ class ExternalProgram:
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be positive seconds or None, got {timeout}.")
         self.io, self.timeout, self.cwd = io, timeout, cwd
-        self.x_shape = tuple(x_shape) if x_shape is not None else None
+        self.x_shape = as_shape(x_shape) if x_shape is not None else None
         self.env = dict(env or {})
 
     def __repr__(self) -> str:
@@ -145,6 +146,11 @@ class ExternalProgram:
         if out.shape[0] != n or (self.x_shape is not None and out.shape[1:] != self.x_shape):
             expected = (n, *self.x_shape) if self.x_shape is not None else (n, "...")
             raise RuntimeError(f"{self._name} returned shape {out.shape}, expected {expected}.")
+        if np.iscomplexobj(out):  # float32 would drop the imaginary parts
+            from sbi_core.failures import COMPLEX_ADVICE
+
+            raise RuntimeError(f"{self._name}: " + COMPLEX_ADVICE.format(dtype=out.dtype)
+                               .replace("the simulator returned", "wrote"))
         x = torch.as_tensor(np.asarray(out, dtype=np.float32))
         if failed is not None and bool(failed.any()):
             raise RowFailures(x, torch.as_tensor(failed), (
@@ -188,6 +194,11 @@ class ExternalProgram:
                                     start_new_session=posix)
         except FileNotFoundError as err:
             raise RuntimeError(f"{self._name} could not be started: {err}") from None
+        except PermissionError as err:  # a script without the executable bit, or a folder
+            raise RuntimeError(
+                f"{self._name} could not be started: {err}. Make it executable (chmod +x "
+                f"{shlex.quote(argv[0])}), or name its interpreter first, e.g. "
+                f"[sys.executable, {argv[0]!r}, ...] for a Python script.") from None
         try:
             stdout, stderr = proc.communicate(stdin, timeout=self.timeout)
         except subprocess.TimeoutExpired:

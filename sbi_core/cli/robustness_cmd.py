@@ -1,4 +1,5 @@
-"""``sbi-core robustness MODEL [--eps 0.1 0.5 1 2] [--sims FILE | --problem P --num N]``.
+"""``sbi-core robustness MODEL [--eps 0.1 0.5 1 2] [--sims FILE | --problem P --num N]
+[--embedding MODULE:FUNCTION]``.
 
 Attacks test observations with projected gradient ascent at each relative budget and prints
 (and optionally writes) the robustness report of :func:`diagnostics.robustness.robustness_report`.
@@ -25,6 +26,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--sims", help="test simulations (file from `sbi-core simulate` or .npz)")
     p.add_argument("--problem", help=f"problem to simulate test observations from: {PROBLEM_HELP} "
                                      "(default: the model's problem)")
+    p.add_argument("--embedding", metavar="MODULE:FUNCTION",
+                   help="for a model trained with your own embedding network: module:function or "
+                        "file.py:function returning that nn.Module (its weights come from the "
+                        "model file; see docs/embeddings.md)")
     p.add_argument("--num", type=positive_int, default=100, help="number of test observations")
     p.add_argument("--norm", choices=["l2", "linf"], default="l2")
     p.add_argument("--attack-loss", choices=["rkl", "fkl", "mmd", "nll"], default="rkl",
@@ -45,8 +50,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def _test_data(args: argparse.Namespace, posterior):
-    """Test ``(theta, x, problem or None)`` from --sims, or simulated from the problem."""
+def _test_data(args: argparse.Namespace, posterior, given=None):
+    """Test ``(theta, x, problem or None)`` from --sims, or simulated from the problem
+    (``given``: the --problem, built once by :func:`run`)."""
     from diagnostics.report import check_problem_matches, check_sims_match
     from sbi_core.resolve import recorded_problem, resolve_problem
     from sbi_core.simulation import simulate
@@ -70,14 +76,14 @@ def _test_data(args: argparse.Namespace, posterior):
                              f"model has {posterior.dim}.")
         check_sims_match(posterior, sims)  # simulations of another problem: refused
         if args.problem:
-            problem = resolve_problem(args.problem)
+            problem = given if given is not None else resolve_problem(args.problem)
             check_problem_matches(posterior, problem, "robustness")
         else:  # only the predictive check needs it: a recorded code path is shown, not run
             problem = _recorded_or_none(sims.provenance.get("problem_source"), args.sims) \
                 or _recorded_or_none(posterior.problem_spec.get("source"), args.model)
         return theta[:args.num], x[:args.num], problem
     if args.problem:
-        problem = resolve_problem(args.problem)
+        problem = given if given is not None else resolve_problem(args.problem)
         check_problem_matches(posterior, problem, "robustness")
     else:
         problem = recorded_problem(posterior.problem_spec.get("source"), args.model)
@@ -108,13 +114,22 @@ def run(args: argparse.Namespace) -> int:
     from sbi_core.atomic import check_output
     from sbi_core.cli.common import problem_file
     from sbi_core.io import write_json
-    from sbi_core.serialization import load
+    from sbi_core.serialization import PriorRequiredError, load_model
 
     if args.out:
         check_output(args.out, "json", inputs=[args.model, args.sims, problem_file(args.problem)],
                      force=args.force)
-    posterior = load(args.model)
-    theta, x, problem = _test_data(args, posterior)
+    from sbi_core.resolve import resolve_callable, resolve_problem
+
+    given = resolve_problem(args.problem) if args.problem else None  # built once
+    embedding = resolve_callable(args.embedding) if args.embedding else None
+    try:
+        posterior = load_model(args.model, embedding=embedding)
+    except PriorRequiredError:  # a prior class of your own: --problem gives it
+        if given is None:
+            raise
+        posterior = load_model(args.model, problem=given, embedding=embedding)
+    theta, x, problem = _test_data(args, posterior, given)
     simulator = None if (args.no_predictive or problem is None) else problem.simulator
     report = robustness_report(posterior, x, theta, eps=args.eps, norm=args.norm,
                                attack_loss=args.attack_loss, metric=args.metric,

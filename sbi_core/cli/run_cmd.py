@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
                     "PATH.zarr and after an interruption rerun the same command with --resume.")
         print(f"sbi-core run: interrupted; {kept}", file=sys.stderr)
         return 130
-    save(result.posterior, out)
+    save(result.posterior, out, any_name=args.force)
     print(json.dumps({"out": str(args.out), "method": args.method,
                       "total_simulations": result.history[-1].total_simulations,
                       "rounds": result.table()}))

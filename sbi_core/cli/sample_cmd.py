@@ -145,7 +145,7 @@ def _with_new_prior(posterior, path: str, min_ess: float | None):
     from sbi_core.priors import UserPriorRequired, prior_from_spec
 
     try:
-        spec = json.loads(Path(path).read_text())
+        spec = json.loads(Path(path).read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise FileNotFoundError(f"--new-prior {path}: no such file.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

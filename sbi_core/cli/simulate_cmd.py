@@ -72,7 +72,7 @@ def read_theta_file(path: str | Path, param_names: list[str] | None = None) -> n
             raise ValueError(f"{path} is not a plain numeric .npy array ({err}).") from err
         return np.asarray(arr, dtype=np.float64)
     if path.suffix == ".csv":
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM (Excel) dropped
         skip = 0
         if lines:
             first = [c.strip() for c in lines[0].split(",")]
@@ -95,7 +95,7 @@ def read_theta_file(path: str | Path, param_names: list[str] | None = None) -> n
                     raise ValueError(f"{path} has columns {first}; the problem's parameters are "
                                      f"{list(param_names)} (in this order).{hint}") from None
         try:
-            return np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2, dtype=np.float64)
+            return np.loadtxt(lines, delimiter=",", skiprows=skip, ndmin=2, dtype=np.float64)
         except ValueError as err:
             raise ValueError(f"{path} is not a numeric CSV table of θ ({err}).") from err
     raise ValueError(f"--theta takes a .npy or .csv file, got {path}.")
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
                                 seed=args.seed, workers=args.workers, chunk_size=args.chunk_size,
                                 progress=False if args.quiet else None, executor=args.dask,
                                 theta=theta, timeout=args.timeout, isolate=_isolate(args))
-            sims.save(args.out)
+            sims.save(args.out, any_name=args.force)
             prov, extra = sims.provenance, {}
     except KeyboardInterrupt as err:  # one line, whatever the workers were doing
         detail = str(err) or "interrupted"

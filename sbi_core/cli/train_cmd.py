@@ -164,12 +164,12 @@ def run(args: argparse.Namespace) -> int:
     if args.report_card:
         from diagnostics.report import diagnose
 
-        save(posterior, out)  # the trained model first: nothing trained is lost if this fails
+        save(posterior, out, any_name=args.force)  # the trained model first: nothing trained is lost if this fails
         report = diagnose(posterior, problem, num=args.report_num, seed=args.seed,
                           progress=None if not args.quiet else False)
         report.save()
         print(report.summary())
-    save(posterior, out)
+    save(posterior, out, any_name=args.force)
     for logger in loggers:
         if report is not None:
             logger.log_report(report.to_dict(), step=max(posterior.history.get("epochs", 1) - 1, 0))
