@@ -128,6 +128,7 @@ def record(args: argparse.Namespace) -> None:
                         "load": [load, os.getloadavg()[0]]}, path)
             print(json.dumps({"task": task, "seed": seed, "tag": args.tag,
                               "epochs": h["epochs"], "best_epoch": h["best_epoch"],
+                              "best_val": round(float(min(h["validation_loss"])), 4),
                               "fit_cpu": round(fit_cpu, 2), "c2st_mean": round(float(np.mean(scores)), 4) if scores else None,
                               "c2st": [round(s, 3) for s in scores],
                               "load": [round(load, 2), round(os.getloadavg()[0], 2)]}), flush=True)
