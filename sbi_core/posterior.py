@@ -456,6 +456,8 @@ class Posterior:
         xs = self.x_shape
         k = len(xs)
         if not batched:
+            if x.ndim == 0 and xs == (1,):  # one number for a one-number observation: x=0.5
+                x = x.reshape(1)
             if tuple(x.shape) == xs:
                 x = x.unsqueeze(0)
             elif self.supports_iid and x.ndim == k + 1 and tuple(x.shape[1:]) == xs:

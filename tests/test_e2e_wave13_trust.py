@@ -457,3 +457,31 @@ def test_cli_diagnose_iid_tests_the_rows_as_one_set(tmp_path, capsys):
     assert main(["diagnose", str(tmp_path / "npe.pt"), "--x", str(tmp_path / "trials.csv"),
                  "--iid", "--out", str(tmp_path / "f")]) == 2
     assert "cannot condition on a set of iid observations" in capsys.readouterr().err
+
+
+def test_one_number_observation_may_be_a_plain_number():
+    """``posterior.sample(x=0.5)`` for ``x_shape (1,)`` (before: 'The observation has shape
+    ()'); the same draws as ``x=[0.5]``. Other shapes still name the expected one."""
+    from sbi_core.posterior import ObservationError
+
+    class _Shift(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("x_min", torch.full((1,), -100.0))
+            self.register_buffer("x_max", torch.full((1,), 100.0))
+
+        def log_prob(self, theta: Tensor, x: Tensor) -> Tensor:
+            return torch.distributions.Normal(x, 1.0).log_prob(theta).sum(-1)
+
+        def sample(self, n: int, x: Tensor) -> Tensor:
+            return x + torch.randn(n, *x.shape)
+
+    prior = gaussian(torch.zeros(1), std=torch.ones(1))
+    post = DirectPosterior(_Shift(), prior, {"param_names": ["a"], "x_shape": [1],
+                                             "prior": prior.spec})
+    assert torch.equal(post.sample((5,), x=0.5, seed=1), post.sample((5,), x=[0.5], seed=1))
+    assert torch.allclose(post.log_prob(torch.zeros(3, 1), 0.5),
+                          post.log_prob(torch.zeros(3, 1), torch.tensor([0.5])))
+    post2 = DirectPosterior(_SetPosterior(), _prior(), _spec([N_TRIALS, 2]))
+    with pytest.raises(ObservationError, match=r"shape \(\)"):
+        post2.sample((5,), x=0.5)
