@@ -47,3 +47,37 @@ def test_missing_module_elsewhere_keeps_plain_message(tmp_path, monkeypatch):
     with pytest.raises(ValueError) as err:
         resolve_callable("nosuchpkg_xyz.nets:make")
     assert "nosuchpkg_xyz" in str(err.value) and "PYTHONPATH=." not in str(err.value)
+
+
+def _small_posterior():
+    """An NPE posterior (with its misspecification detector) of a problem defined in Python."""
+    import torch
+
+    from sbi_core import Problem, box_uniform, fit, simulate
+
+    def simulator(theta):
+        return theta + 0.1 * torch.randn_like(theta)
+
+    problem = Problem(box_uniform([-1.0, -1.0], [1.0, 1.0]), simulator, param_names=["a", "b"])
+    sims = simulate(problem, 600, seed=0)
+    return fit(problem, sims, seed=0, max_epochs=2, progress=False), simulator
+
+
+def test_diagnose_x_alone_tests_the_observations():
+    """README ("Methods") and docs/trust.md: ``diagnose(posterior, x=xs)`` in Python, like
+    ``sbi-core diagnose MODEL --x obs.csv`` alone, tests the observations when no problem or
+    simulations are given (it raised "diagnose needs test simulations")."""
+    import torch
+
+    from diagnostics import diagnose
+
+    posterior, simulator = _small_posterior()
+    torch.manual_seed(1)
+    xs = simulator(torch.zeros(3, 2))
+    with pytest.warns(UserWarning, match="problem="):
+        report = diagnose(posterior, x=xs)
+    assert [s for s in report.to_dict()["sections"]] == ["misspecification"], report.to_dict()
+    report = diagnose(posterior, observations=xs, num_samples=50)  # the same without x's checks
+    assert list(report.to_dict()["sections"]) == ["misspecification"]
+    with pytest.raises(ValueError, match="needs test simulations"):
+        diagnose(posterior)  # nothing to test: the error names problem= and sims=
