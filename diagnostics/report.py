@@ -269,6 +269,15 @@ def diagnose(posterior: Posterior, problem: Problem | str | None = None,
         checks = [c.strip() for c in checks.split(",") if c.strip()]
     if options.get("x") is not None and options.get("observations") is None:
         options["observations"] = options["x"]  # as the CLI's --x: the misspecification check
+    if checks is None and sims is None and problem is None \
+            and options.get("observations") is not None:
+        try:  # a built-in problem recorded in the model gives the whole card
+            problem = _resolve(posterior, None, need=True)
+        except ValueError as err:  # as `sbi-core diagnose MODEL --x obs.csv` alone
+            warnings.warn(f"{err} Only the observations are tested (the misspecification "
+                          "check); pass problem= or sims= for the calibration checks.",
+                          UserWarning, stacklevel=3)
+            checks = ["misspecification"]
     if checks is not None and list(checks) == ["misspecification"] and sims is None \
             and problem is None:  # only the observations are tested: no test pairs needed
         theta, xs = torch.zeros(0, posterior.dim), torch.zeros(0, *posterior.x_shape)

@@ -100,8 +100,9 @@ def resolve_problem(ref: str) -> Problem:
             except (Exception, SystemExit) as err:
                 raise ProblemFileError(
                     f"Cannot import module {target!r} (from PROBLEM {ref!r}): "
-                    f"{type(err).__name__}: {err}. Check the module name and that it is on the "
-                    "Python path.") from err
+                    f"{type(err).__name__}: {err}. "
+                    + (_cwd_module_hint(target, func_name) or "Check the module name and that "
+                       "it is on the Python path.")) from err
         factory = getattr(module, func_name, None)
         if isinstance(factory, Problem):  # `problem = Problem(...)` at module level
             problem = factory
@@ -122,6 +123,22 @@ def resolve_problem(ref: str) -> Problem:
             raise TypeError(f"{ref} returned {type(problem).__name__}, not an sbi_core.Problem.")
     problem.source = ref
     return problem
+
+
+def _cwd_module_hint(target: str, name: str) -> str | None:
+    """The fix when ``target`` (``mypkg.nets``) is a file or package in the current folder.
+
+    The ``sbi-core`` console script does not put the current folder on ``sys.path`` (unlike
+    ``python -m``), so ``mypkg.nets:make`` typed next to ``mypkg/`` cannot be imported.
+    """
+    parts = target.split(".")
+    base = Path(*parts)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if Path(parts[0]).exists() and candidate.is_file():
+            return (f"{candidate} is in the current folder, which is not on the Python path "
+                    f"of the sbi-core command: name the file instead ({candidate.as_posix()}:"
+                    f"{name}), or run the command with PYTHONPATH=. in front.")
+    return None
 
 
 def _import_file(path: Path, ref: str, what: str = "PROBLEM"):
@@ -173,8 +190,9 @@ def resolve_callable(ref: str, what: str = "--embedding") -> Callable[..., Any]:
         try:
             module = importlib.import_module(target)
         except ImportError as err:
-            raise ValueError(f"Cannot import module {target!r} (from {what} {ref!r}): {err}") \
-                from err
+            hint = _cwd_module_hint(target, name)
+            raise ValueError(f"Cannot import module {target!r} (from {what} {ref!r}): {err}"
+                             + (f". {hint}" if hint else "")) from err
     obj = getattr(module, name, None)
     if obj is None or not callable(obj):
         raise ValueError(f"{target} has no function or class {name!r} (from {what} {ref!r}).")
