@@ -405,9 +405,17 @@ def _finite_rows(x: Tensor, name: str) -> Tensor:
         return x
     import warnings
 
+    from estimators.embedding import padded_sets
+
+    padded = int((padded_sets(x) & ~finite).sum()) if x.ndim == 3 else 0
+    failed = int((~finite).sum()) - padded
+    what = " and ".join(part for part in (
+        f"{failed} with NaN/inf values (failed simulations)" if failed else "",
+        f"{padded} set(s) padded with all-NaN trials (the detector scores whole sets only)"
+        if padded else "") if part)
     warnings.warn(f"Misspecification detector: leaving out {int((~finite).sum())} of "
-                  f"{x.shape[0]} rows of {name} with NaN/inf values (failed simulations); it "
-                  "is trained on the finite ones.", UserWarning, stacklevel=3)
+                  f"{x.shape[0]} rows of {name}: {what}; it is trained on the finite ones.",
+                  UserWarning, stacklevel=3)
     return x[finite]
 
 

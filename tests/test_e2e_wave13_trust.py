@@ -485,3 +485,22 @@ def test_one_number_observation_may_be_a_plain_number():
     post2 = DirectPosterior(_SetPosterior(), _prior(), _spec([N_TRIALS, 2]))
     with pytest.raises(ObservationError, match=r"shape \(\)"):
         post2.sample((5,), x=0.5)
+
+
+def test_detector_warning_tells_padded_sets_from_failed_simulations():
+    """Sets padded with all-NaN trials (a varying number of trials) are not failed
+    simulations; the detector's warning counts the two apart (before: every left-out row was
+    called a failed simulation)."""
+    from diagnostics.misspecification import _finite_rows
+
+    x = torch.randn(5, 3, 2)
+    x[1, 2] = float("nan")  # padded: its last trial is all NaN
+    x[3, 1:] = float("nan")  # padded: two trials
+    x[4, 0, 0] = float("nan")  # a failed simulation: one NaN value inside a trial
+    with pytest.warns(UserWarning) as rec:
+        kept = _finite_rows(x, "x_train")
+    msg = str(rec[0].message)
+    assert kept.shape[0] == 2
+    assert "leaving out 3 of 5 rows of x_train" in msg
+    assert "1 with NaN/inf values (failed simulations)" in msg
+    assert "2 set(s) padded with all-NaN trials" in msg
