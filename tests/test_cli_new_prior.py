@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from cli_helpers import cli_simulate_and_train
 
 from sbi_core.cli.main import main
 from sbi_core.io import read_samples_csv
@@ -19,11 +20,7 @@ from sbi_core.io import read_samples_csv
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     d = tmp_path_factory.mktemp("newprior")
-    sims, model = d / "sims.pt", d / "m.pt"
-    assert main(["simulate", "linear_gaussian", "--num", "3000", "--seed", "0", "--out",
-                 str(sims), "--in-process", "--quiet"]) == 0
-    assert main(["train", "--sims", str(sims), "--out", str(model), "--max-epochs", "40",
-                 "--quiet"]) == 0
+    sims, model = cli_simulate_and_train(d, num=3000, max_epochs=40)
     (d / "x.csv").write_text("x1,x2\n0.1,0.2\n")
     (d / "p.json").write_text(json.dumps({"type": "gaussian", "mean": [1.0, 0.0],
                                           "std": [0.5, 0.5]}))

@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from cli_helpers import cli_simulate_and_train
 from scipy import stats
 from torch.distributions import Independent, Normal
 
@@ -102,11 +103,7 @@ def test_simulate_takes_a_whole_number_written_as_a_float():
 def tiny_model(tmp_path_factory):
     """A linear_gaussian NPE model file and one observation (CSV)."""
     d = tmp_path_factory.mktemp("tiny")
-    sims, model = d / "sims.pt", d / "m.pt"
-    assert main(["simulate", "linear_gaussian", "--num", "300", "--seed", "0", "--out",
-                 str(sims), "--quiet", "--in-process"]) == 0
-    assert main(["train", "--sims", str(sims), "--out", str(model), "--max-epochs", "2",
-                 "--quiet"]) == 0
+    sims, model = cli_simulate_and_train(d, num=300, max_epochs=2)
     xfile = d / "x.csv"
     xfile.write_text("0.1,0.2\n")
     return d, sims, model, xfile
