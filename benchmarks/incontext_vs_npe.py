@@ -76,6 +76,16 @@ def observations(problem, k: int) -> list[torch.Tensor]:
         return out
 
 
+def reference(problem, xo: torch.Tensor, num: int, draw: int | None, seed: int) -> torch.Tensor:
+    """``num`` reference samples for ``xo``: drawn directly, or (``draw``) a seeded random
+    subset of ``draw`` reference samples (sir's cached 10,000-sample references)."""
+    if not draw or draw <= num:
+        return problem.reference_posterior(xo, num, seed)
+    ref = problem.reference_posterior(xo, draw, seed)
+    gen = torch.Generator().manual_seed(seed)
+    return ref[torch.randperm(ref.shape[0], generator=gen)[:num]]
+
+
 def truncated_posterior(problem, theta: torch.Tensor, x: torch.Tensor, xo: torch.Tensor, post0,
                         options: dict, seed: int, quantile: float, margin: float,
                         min_sims: int, draws: int = 4000):
@@ -121,6 +131,14 @@ def main() -> None:
     ap.add_argument("--observations", type=int, default=3)
     ap.add_argument("--num-samples", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reference-samples", type=int, default=None,
+                    help="draw this many reference samples per observation (sir: 10,000 are "
+                         "cached for observations 1-10) and use a seeded random subset of "
+                         "--num-samples of them (default: draw --num-samples)")
+    ap.add_argument("--also-candidates", nargs="+", default=None, metavar="NAME",
+                    help="also fit 'auto' with this candidate pool on the same simulations "
+                         "(row key 'incontext_alt'), e.g. plain-16 residual-16 residual-64 "
+                         "residual-256 nonlinear-16")
     ap.add_argument("--no-npe", action="store_true", help="in-context model only")
     ap.add_argument("--finetune", type=int, nargs="*", default=[],
                     help="also fit with these finetune_steps (e.g. 50)")
@@ -163,7 +181,7 @@ def main() -> None:
     for task in args.tasks:
         problem = get_task(task)
         xos = observations(problem, args.observations)
-        refs = [problem.reference_posterior(xo, args.num_samples, i + 1)
+        refs = [reference(problem, xo, args.num_samples, args.reference_samples, i + 1)
                 for i, xo in enumerate(xos)]
         for n in args.sims:
             sims = simulate(problem, n, seed=args.seed, progress=False)
@@ -187,6 +205,19 @@ def main() -> None:
                                     "sample_seconds": round(t_sample, 3),
                                     "c2st": [round(s, 3) for s in scores],
                                     "c2st_mean": round(float(np.mean(scores)), 3)}
+                if args.also_candidates:
+                    t0 = time.perf_counter()
+                    alt = fit(problem, (theta, x), method="incontext", detector=False,
+                              seed=args.seed, **{**weights, "candidates": args.also_candidates})
+                    t_alt = time.perf_counter() - t0
+                    alt.range_check = args.range_check
+                    sc = [c2st(alt.sample((args.num_samples,), x=xo, seed=i), r, seed=0)
+                          for i, (xo, r) in enumerate(zip(xos, refs))]
+                    row["incontext_alt"] = {"variant": alt.history.get("variant"),
+                                            "candidates": args.also_candidates,
+                                            "first_posterior_seconds": round(t_alt, 3),
+                                            "c2st": [round(v, 3) for v in sc],
+                                            "c2st_mean": round(float(np.mean(sc)), 3)}
                 if args.truncate:
                     sc, recs, secs = [], [], []
                     for i, (xo, r) in enumerate(zip(xos, refs)):
