@@ -424,6 +424,9 @@ class _RunState:
             return
         state = json.loads(state_file.read_text())
         saved = state.get("settings", {})
+        if isinstance(saved.get("fit_options"), dict):  # stores that recorded callbacks
+            saved = {**saved, "fit_options": {k: v for k, v in saved["fit_options"].items()
+                                              if k not in _UNRECORDED_OPTIONS}}
         if saved.get("method") == "snle":  # stores from before SNLE_FLOW used the nflows MAF
             saved.setdefault("nle_flow", "maf")
         if saved.get("method") == "tsnpe":  # stores from before ROUND_STALL
@@ -780,6 +783,8 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
         with warnings.catch_warnings():
             if r > 1 and n_invalid == 0:  # said in an earlier round; the count is in progress
                 warnings.filterwarnings("ignore", message="Excluding .* invalid simulations")
+            # a Ctrl-C during training ends the run below, not just this round's training
+            warnings.filterwarnings("ignore", message="Training interrupted")
             posterior = _train_round(problem, all_sims, method, base_method, r, posterior,
                                      _round_seed(seed, r, 1), train_apt, num_atoms, fit_options,
                                      fit, warm_start, sims_per_round, seed, warm_lr_factor,
@@ -788,6 +793,17 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
                                      _round_budget(method, r, rounds, steps, last_steps),
                                      last=r == rounds, cosine_only=final_steps == "auto")
         train_seconds = time.perf_counter() - t1
+        if (posterior.history or {}).get("stopped") == "interrupted":
+            # the training loop keeps its best weights on Ctrl-C (right for `fit`), but a round
+            # trained part-way must not be recorded as finished nor feed the next proposal:
+            # stop the run; with a store, resume retrains this round from its start
+            if store is None:
+                kept = "nothing is kept (no store)"
+            else:
+                done_rounds = f"rounds 1-{r - 1} and " if r > 1 else ""
+                kept = (f"{done_rounds}the simulations are kept in {store}; resume=True "
+                        f"retrains round {r} (same result as an uninterrupted run)")
+            raise KeyboardInterrupt(f"interrupted while training round {r}; {kept}.")
         if fit_restriction is not None:
             restricted = fit_restriction(problem.prior, all_sims.theta, all_sims.valid,
                                          seed=_round_seed(seed, r, 3))
@@ -873,13 +889,19 @@ def _without_flow(options: dict[str, Any] | None) -> dict[str, Any] | None:
     return options if options is None else {k: v for k, v in options.items() if k != "flow"}
 
 
+#: ``fit_options`` that do not change the result, so a resume need not repeat them:
+#: ``callbacks`` only observe training (a logger's repr held a memory address, which made
+#: every store of a run with ``callbacks=[...]`` refuse to resume).
+_UNRECORDED_OPTIONS = ("progress", "callbacks")
+
+
 def _plain_options(options: dict[str, Any]) -> dict[str, Any]:
     """``fit_options`` as recorded in a store's settings (compared on resume): plain values as
     they are, others by a text that is the same in every process (a function by its name,
     an ``--embedding`` factory by the option given, never a repr holding a memory address)."""
     out = {}
     for k, v in sorted(options.items()):
-        if k == "progress":
+        if k in _UNRECORDED_OPTIONS:
             continue
         out[k] = v if isinstance(v, (int, float, str, bool, type(None))) else _plain_value(v)
     return out

@@ -1,0 +1,78 @@
+"""Ctrl-C claims run as a user would (wave 14, h14-e2e14): an interruption inside a
+sequential round's training ends the run (it used to be swallowed by the training loop,
+which went on to the next round with a part-trained network and exited 0)."""
+
+import json
+
+import pytest
+import torch
+
+import simulators
+from sbi_core.sequential import run_sequential
+
+TINY = {"max_epochs": 25, "hidden_features": 16, "num_transforms": 2}
+
+
+class CtrlC:
+    """A training callback that presses Ctrl-C (raises ``KeyboardInterrupt``) at the 3rd
+    epoch of the training run numbered ``at`` (1-based; 0: never)."""
+
+    def __init__(self, at: int = 0):
+        self.at, self.run, self.epoch = at, 1, 0
+
+    def on_epoch_end(self, epoch, *args):
+        self.epoch += 1
+        if self.run == self.at and self.epoch == 3:
+            raise KeyboardInterrupt
+
+    def on_stop(self, *args):
+        self.run, self.epoch = self.run + 1, 0
+
+
+def _run(problem, x_o, store, cb, **kw):
+    return run_sequential(problem, x_o, rounds=3, sims_per_round=200, seed=5, store=store,
+                          chunk_size=50, progress=False, callbacks=[cb], detector=False,
+                          **TINY, **kw)
+
+
+def test_ctrl_c_in_a_rounds_training_stops_the_run_and_resume_equals_uninterrupted(tmp_path):
+    problem = simulators.get_problem("gaussian_linear", dim=2)
+    x_o = problem.observation(2)
+    full, _ = _run(problem, x_o, tmp_path / "full.zarr", CtrlC())
+
+    store = tmp_path / "run.zarr"
+    with pytest.raises(KeyboardInterrupt, match="while training round 2.*retrains round 2"):
+        _run(problem, x_o, store, CtrlC(at=2))
+    state = json.loads((store / "_sequential" / "state.json").read_text())
+    assert len(state["rounds"]) == 1  # round 2 is not recorded as finished
+    resumed, hist = _run(problem, x_o, store, CtrlC(), resume=True)
+    assert [h.total_simulations for h in hist] == [200, 400, 600]
+    a, b = full.estimator.state_dict(), resumed.estimator.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ctrl_c_in_training_without_a_store_says_nothing_is_kept():
+    problem = simulators.get_problem("gaussian_linear", dim=2)
+    with pytest.raises(KeyboardInterrupt, match="round 1; nothing is kept"):
+        run_sequential(problem, problem.observation(1), rounds=2, sims_per_round=200, seed=0,
+                       progress=False, callbacks=[CtrlC(at=1)], detector=False, **TINY)
+
+
+def test_a_run_with_training_callbacks_resumes_with_new_callback_objects(tmp_path):
+    """A logger (``callbacks=[TensorBoardLogger(...)]``) only observes training: it was
+    recorded by its repr (a memory address), so such a store refused every resume."""
+    problem = simulators.get_problem("gaussian_linear", dim=2)
+    x_o = problem.observation(1)
+    store = tmp_path / "cb.zarr"
+
+    def stop(rec):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sequential(problem, x_o, rounds=2, sims_per_round=200, seed=0, store=store,
+                       progress=False, callbacks=[CtrlC()], detector=False, on_round=stop,
+                       **TINY)
+    _, hist = run_sequential(problem, x_o, rounds=2, sims_per_round=200, seed=0, store=store,
+                             resume=True, progress=False, callbacks=[CtrlC()], detector=False,
+                             **TINY)
+    assert [h.total_simulations for h in hist] == [200, 400]
