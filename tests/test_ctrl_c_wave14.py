@@ -76,3 +76,50 @@ def test_a_run_with_training_callbacks_resumes_with_new_callback_objects(tmp_pat
                              resume=True, progress=False, callbacks=[CtrlC()], detector=False,
                              **TINY)
     assert [h.total_simulations for h in hist] == [200, 400]
+
+
+DEMO = ["demo", "--num-simulations", "300", "--num-samples", "200", "--max-seconds", "2",
+        "--quiet"]
+
+
+def test_demo_ctrl_c_in_training_is_reported_in_its_summary(tmp_path, capsys, monkeypatch):
+    """Ctrl-C in the demo's training keeps the best weights (as `train` does) and the JSON
+    line and the training step say so; it used to report the C2ST of a part-trained model
+    with nothing but a Python warning."""
+    import sbi_core.inference as inference
+    from sbi_core.cli.main import main
+
+    real_fit = inference.fit
+    monkeypatch.setattr(inference, "fit",
+                        lambda *a, **kw: real_fit(*a, callbacks=[CtrlC(at=1)], **kw))
+    assert main([*DEMO, "--no-report", "--out", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["stopped"] == "interrupted" and summary["epochs"] == 3
+    assert "stopped by Ctrl-C" in out
+
+
+def test_demo_ctrl_c_after_training_keeps_the_model_and_drops_stale_files(tmp_path, capsys,
+                                                                         monkeypatch):
+    """A second run into the same folder: the earlier run's report.json and pairplot describe
+    another model and are removed; a Ctrl-C in the C2ST keeps the freshly trained model."""
+    import importlib
+
+    from sbi_core import load
+    from sbi_core.cli.main import main
+
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "report.json").write_text("{}")  # an earlier run's
+    (out / "pairplot.png").write_bytes(b"old")
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    # the module (the package's `c2st` attribute is the function of the same name)
+    monkeypatch.setattr(importlib.import_module("diagnostics.c2st"), "c2st", ctrl_c)
+    assert main([*DEMO, "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert f"the trained model is saved in {out / 'model.pt'}" in err
+    assert load(out / "model.pt").history["epochs"] >= 1
+    assert not (out / "report.json").exists() and not (out / "pairplot.png").exists()
