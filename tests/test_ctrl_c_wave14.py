@@ -123,3 +123,52 @@ def test_demo_ctrl_c_after_training_keeps_the_model_and_drops_stale_files(tmp_pa
     assert f"the trained model is saved in {out / 'model.pt'}" in err
     assert load(out / "model.pt").history["epochs"] >= 1
     assert not (out / "report.json").exists() and not (out / "pairplot.png").exists()
+
+
+def test_ctrl_c_in_the_detectors_training_is_reported_not_absorbed(tmp_path, monkeypatch):
+    """A Ctrl-C after the estimator's training lands in the misspecification detector's
+    flow: `train` wrote "stopped": "converged"/"max_epochs" as if nothing happened. Now the
+    history says `detector_stopped: interrupted`, a warning explains it, the model saves."""
+    from dataclasses import replace
+
+    import sbi_core.training as training
+    from diagnostics.misspecification import _DensityFlow
+    from sbi_core import fit, load, save, simulate
+
+    real_train = training.train
+
+    def train(estimator, *args, **kwargs):
+        if isinstance(estimator, _DensityFlow):  # the detector's flow only
+            args = (*args[:2], replace(args[2], callbacks=[CtrlC(at=1)]), *args[3:])
+        return real_train(estimator, *args, **kwargs)
+
+    monkeypatch.setattr(training, "train", train)
+    problem = simulators.get_problem("gaussian_linear", dim=2)
+    sims = simulate(problem, 5000, seed=0, progress=False)
+    with pytest.warns(UserWarning, match="Interrupted while training the misspecification"):
+        posterior = fit(problem, sims, seed=0, max_epochs=2, hidden_features=16)
+    assert posterior.history["detector_stopped"] == "interrupted"
+    assert posterior.detector.config["flow_stopped"] == "interrupted"
+    save(posterior, tmp_path / "m.pt")
+    again = load(tmp_path / "m.pt")
+    assert again.history["detector_stopped"] == "interrupted" and again.detector is not None
+
+
+def test_train_ctrl_c_in_the_report_card_says_the_model_is_saved(tmp_path, capsys,
+                                                                  monkeypatch):
+    import diagnostics.report
+    from sbi_core import load
+    from sbi_core.cli.main import main
+
+    sims, model = tmp_path / "s.pt", tmp_path / "m.pt"
+    assert main(["simulate", "linear_gaussian", "--num", "300", "--out", str(sims),
+                 "--in-process", "--quiet"]) == 0
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(diagnostics.report, "diagnose", ctrl_c)
+    assert main(["train", "--sims", str(sims), "--out", str(model), "--max-epochs", "2",
+                 "--quiet", "--report-card"]) == 130
+    assert f"the trained model is saved in {model}" in capsys.readouterr().err
+    assert load(model).history["epochs"] == 2
