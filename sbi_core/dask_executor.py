@@ -149,6 +149,8 @@ def dask_chunks(problem: Problem, tasks: list[tuple], address: str,
         except OSError as err:
             raise ValueError(f"Cannot reach the Dask scheduler at {address}: {err}. Start one "
                              "(dask scheduler / dask-jobqueue) or use local:N.") from err
+    if kind == "remote":
+        _warn_without_workers(client, address)
     run_id = uuid.uuid4().hex[:8]
     futures: dict = {}
     done = 0
@@ -180,6 +182,21 @@ def dask_chunks(problem: Problem, tasks: list[tuple], address: str,
             client.cancel(list(futures), force=True)
         if cluster is not None:
             cluster.close()
+
+
+def _warn_without_workers(client, address: str) -> None:
+    """A scheduler with no workers runs nothing until one connects (a Slurm cluster's jobs may
+    still be queued): say so instead of waiting silently."""
+    import warnings
+
+    try:
+        workers = client.scheduler_info().get("workers", {})
+    except Exception:  # noqa: BLE001 - only a hint; the run itself reports real failures
+        return
+    if not workers:
+        warnings.warn(f"The Dask scheduler at {address} has no workers yet; the run waits until "
+                      f"one connects (start one with `dask worker {address}`, or check that "
+                      "your cluster's jobs are running).", UserWarning, stacklevel=3)
 
 
 @contextmanager

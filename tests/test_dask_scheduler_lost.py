@@ -92,3 +92,26 @@ def test_cli_reports_a_lost_scheduler_as_one_line_with_exit_2(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1, err
     assert "0 of 2 chunks are committed" in err and "--resume" in err
+
+
+def test_a_scheduler_without_workers_is_said_not_waited_on_silently():
+    """`--dask tcp://...` on a scheduler with no workers used to wait without a word; now a
+    warning says so, and the run goes on once a worker joins (same rows as a local run)."""
+    import threading
+
+    import distributed
+
+    from sbi_core.dask_executor import dask_chunks
+    from sbi_core.simulation import chunk_plan
+
+    problem = _problem()
+    plan = chunk_plan(40, seed=1, chunk_size=20)
+    with distributed.LocalCluster(n_workers=0, processes=False, protocol="tcp://",
+                                  host="127.0.0.1", dashboard_address=None) as cluster:
+        timer = threading.Timer(1.0, lambda: cluster.scale(1))
+        timer.start()
+        with pytest.warns(UserWarning, match="has no workers yet.*dask worker tcp://"):
+            results = {r.index: r for r in dask_chunks(problem, plan, cluster.scheduler_address)}
+        timer.join()
+    for i, size, seed in plan:
+        assert torch.equal(results[i].x, run_chunk(problem, i, size, seed).x)
