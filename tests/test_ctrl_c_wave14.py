@@ -172,3 +172,15 @@ def test_train_ctrl_c_in_the_report_card_says_the_model_is_saved(tmp_path, capsy
                  "--quiet", "--report-card"]) == 130
     assert f"the trained model is saved in {model}" in capsys.readouterr().err
     assert load(model).history["epochs"] == 2
+
+
+@pytest.mark.parametrize("flag", ["--report-num", "--report-samples"])
+def test_demo_refuses_a_report_card_it_cannot_make_before_training(tmp_path, capsys, flag):
+    """`--report-num 1` failed only after training, naming `--sims` / `--num 200`, options
+    the demo does not have; now it is refused at once, naming the demo's own flags."""
+    from sbi_core.cli.main import main
+
+    assert main([*DEMO, flag, "1", "--out", str(tmp_path / "d")]) == 2
+    captured = capsys.readouterr()
+    assert f"{flag} " in captured.err and "--no-report" in captured.err
+    assert "training" not in captured.out and not (tmp_path / "d").exists()

@@ -58,6 +58,12 @@ def run(args: argparse.Namespace) -> int:
     out = check_output(args.out, "directory")
     if args.num_simulations < 10 or args.num_samples < 1:
         raise ValueError("--num-simulations must be at least 10 and --num-samples at least 1.")
+    if not args.no_report and (args.report_num < 2 or args.report_samples < 2):
+        # checked before training: the card refuses them only after it (diagnostics.report)
+        raise ValueError(f"--report-num {args.report_num} / --report-samples "
+                         f"{args.report_samples}: the report card needs at least 2 test pairs "
+                         "and 2 posterior samples each (defaults 100 and 500); raise them or "
+                         "pass --no-report.")
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     progress = False if args.quiet else None  # None: a bar on a terminal (sbi_core.progress)
