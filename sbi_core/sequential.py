@@ -53,6 +53,7 @@ import torch
 from torch import Tensor
 
 from sbi_core.atomic import atomic_write
+from sbi_core.display import shown
 from sbi_core.posterior import Posterior, seeded
 from sbi_core.priors import prior_log_prob, support_bounds
 from sbi_core.problem import Problem
@@ -772,6 +773,8 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
             all_sims = new if all_sims is None else _concat(all_sims, new)
         sim_seconds = time.perf_counter() - t0
         n_invalid = int((~all_sims.valid[-sims_per_round:]).sum())
+        if n_invalid == sims_per_round:
+            _round_failed(r, all_sims, state.store, chunk, sims_per_round)
 
         # ---- train on all rounds
         t1 = time.perf_counter()
@@ -800,7 +803,7 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
             if store is None:
                 kept = "nothing is kept (no store)"
             else:
-                done_rounds = f"rounds 1-{r - 1} and " if r > 1 else ""
+                done_rounds = _rounds_text(r - 1) + " and " if r > 1 else ""
                 kept = (f"{done_rounds}the simulations are kept in {store}; resume=True "
                         f"retrains round {r} (same result as an uninterrupted run)")
             raise KeyboardInterrupt(f"interrupted while training round {r}; {kept}.")
@@ -839,6 +842,41 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
     _attach_record(posterior, method, x_o, history, last_x[last_valid] if bool(last_valid.any())
                    else last_x, epsilon, rounds)
     return SequentialResult(posterior, history)
+
+
+def _rounds_text(n: int) -> str:
+    """``"round 1"`` or ``"rounds 1-n"``."""
+    return "round 1" if n == 1 else f"rounds 1-{n}"
+
+
+def _round_failed(r: int, sims: Any, store: Path | None, chunk: int,
+                  sims_per_round: int) -> None:
+    """Every simulation of round ``r`` failed: stop rather than spend the remaining rounds
+    on a simulator that looks broken (a crashed licence server, a missing input file). In a
+    store the round's chunks are uncommitted first, so that a resume after the fix simulates
+    them again instead of keeping them as failures (the round's proposal θ stay recorded:
+    the same θ are simulated)."""
+    if store is not None:
+        from sbi_core.stores import SimulationStore
+
+        st = SimulationStore(store)
+        first = (r - 1) * sims_per_round // chunk
+        for i in range(first, first + sims_per_round // chunk):
+            st.uncommit(i)
+        verb = "is" if r == 2 else "are"
+        kept = (f"{_rounds_text(r - 1)} {verb} kept in {store} and round {r}'s chunks were "
+                "uncommitted: fix the simulator and rerun with resume=True (CLI: --resume) to "
+                f"simulate round {r} again" if r > 1 else
+                f"round 1's chunks in {store} were uncommitted: fix the simulator and rerun with "
+                "resume=True (CLI: --resume)")
+    else:
+        kept = ("nothing is kept without a store (store='run.zarr'; CLI: --store run.zarr) "
+                "keeps finished rounds across such failures")
+    raise ValueError(
+        f"Every simulation of round {r} ({sims_per_round} of {sims_per_round}) failed; first "
+        f"error: {shown(str(sims.first_error or 'NaN/inf'), 300)}. The simulator looks broken "
+        f"rather than failing in part of the prior; {kept}. If it fails only where this "
+        "round's proposal put θ, pass restrict=True (CLI: --restrict) to learn where it fails.")
 
 
 def _stored_sims(store: Path, n: int) -> Any:

@@ -184,3 +184,38 @@ def test_demo_refuses_a_report_card_it_cannot_make_before_training(tmp_path, cap
     captured = capsys.readouterr()
     assert f"{flag} " in captured.err and "--no-report" in captured.err
     assert "training" not in captured.out and not (tmp_path / "d").exists()
+
+
+def test_a_round_whose_every_simulation_fails_stops_and_resumes_after_the_fix(tmp_path):
+    """A simulator that breaks from round 2 on (a crashed licence server) made the run spend
+    rounds 2-3 on failures and commit them to the store as invalid, so no resume could
+    simulate them again. Now the run stops at round 2 with the first error, uncommits the
+    round, and a resume after the fix equals a run whose simulator never broke."""
+    problem = simulators.get_problem("gaussian_linear", dim=2)
+    x_o = problem.observation(2)
+    real = problem.simulator
+    full, _ = _run(problem, x_o, tmp_path / "full.zarr", CtrlC())
+
+    broken = {"on": False}
+
+    def flaky(theta):
+        if broken["on"]:
+            raise RuntimeError("license server down")
+        return real(theta)
+
+    def breaks(rec):
+        broken["on"] = True
+
+    store = tmp_path / "run.zarr"
+    problem.simulator = flaky
+    try:
+        with pytest.raises(ValueError, match="Every simulation of round 2 .*license server "
+                                             "down.*round 1 is kept.*resume=True"):
+            _run(problem, x_o, store, CtrlC(), on_round=breaks)
+        broken["on"] = False
+        resumed, hist = _run(problem, x_o, store, CtrlC(), resume=True)
+    finally:
+        problem.simulator = real
+    assert [h.num_invalid for h in hist] == [0, 0, 0]
+    a, b = full.estimator.state_dict(), resumed.estimator.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
