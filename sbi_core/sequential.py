@@ -774,7 +774,8 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
         sim_seconds = time.perf_counter() - t0
         n_invalid = int((~all_sims.valid[-sims_per_round:]).sum())
         if n_invalid == sims_per_round:
-            _round_failed(r, all_sims, state.store, chunk, sims_per_round)
+            _round_failed(r, all_sims if store is not None else new, state.store, chunk,
+                          sims_per_round)
 
         # ---- train on all rounds
         t1 = time.perf_counter()
@@ -851,7 +852,8 @@ def _rounds_text(n: int) -> str:
 
 def _round_failed(r: int, sims: Any, store: Path | None, chunk: int,
                   sims_per_round: int) -> None:
-    """Every simulation of round ``r`` failed: stop rather than spend the remaining rounds
+    """Every simulation of round ``r`` failed (``sims``: the store's rows, or without a store
+    this round's): stop rather than spend the remaining rounds
     on a simulator that looks broken (a crashed licence server, a missing input file). In a
     store the round's chunks are uncommitted first, so that a resume after the fix simulates
     them again instead of keeping them as failures (the round's proposal θ stay recorded:
@@ -870,8 +872,8 @@ def _round_failed(r: int, sims: Any, store: Path | None, chunk: int,
                 f"round 1's chunks in {store} were uncommitted: fix the simulator and rerun with "
                 "resume=True (CLI: --resume)")
     else:
-        kept = ("nothing is kept without a store (store='run.zarr'; CLI: --store run.zarr) "
-                "keeps finished rounds across such failures")
+        kept = ("nothing is kept (no store; store='run.zarr', CLI --store run.zarr, keeps "
+                "finished rounds across such failures)")
     raise ValueError(
         f"Every simulation of round {r} ({sims_per_round} of {sims_per_round}) failed; first "
         f"error: {shown(str(sims.first_error or 'NaN/inf'), 300)}. The simulator looks broken "

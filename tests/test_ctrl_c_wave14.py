@@ -219,3 +219,23 @@ def test_a_round_whose_every_simulation_fails_stops_and_resumes_after_the_fix(tm
     assert [h.num_invalid for h in hist] == [0, 0, 0]
     a, b = full.estimator.state_dict(), resumed.estimator.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_failed_round_without_a_store_names_the_rounds_first_error():
+    problem = simulators.get_problem("gaussian_linear", dim=2)
+    real = problem.simulator
+    broken = {"on": False}
+
+    def flaky(theta):
+        if broken["on"]:
+            raise RuntimeError("license server down")
+        return real(theta)
+
+    problem.simulator = flaky
+    try:
+        with pytest.raises(ValueError, match="round 2 .*license server down.*nothing is kept"):
+            run_sequential(problem, problem.observation(1), rounds=2, sims_per_round=200,
+                           seed=0, progress=False, detector=False,
+                           on_round=lambda rec: broken.__setitem__("on", True), **TINY)
+    finally:
+        problem.simulator = real
