@@ -521,6 +521,8 @@ def fit_detector(source: Any, x_train: Tensor, seed: int = 0, x_holdout: Tensor 
 
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Reached max_epochs")
+            # a Ctrl-C here is reported by `fit` (flow_stopped below), in its own words
+            warnings.filterwarnings("ignore", message="Training interrupted")
             torch.manual_seed(seed)
             flow = _DensityFlow(dim, hidden_features, num_transforms, seed)
             z_flow = z_fit
@@ -528,9 +530,11 @@ def fit_detector(source: Any, x_train: Tensor, seed: int = 0, x_holdout: Tensor 
                 pick = torch.randperm(z_fit.shape[0], generator=gen)[:max_fit_rows]
                 z_flow = z_fit[pick]
             config["num_flow_fit"] = int(z_flow.shape[0])
-            train(flow, z_flow, torch.zeros(z_flow.shape[0], 1),
-                  TrainConfig(max_epochs=max_epochs, max_seconds=max_seconds, seed=seed,
-                              stop_after_epochs=10, progress=False, learning_rate=2e-3))
+            hist = train(flow, z_flow, torch.zeros(z_flow.shape[0], 1),
+                         TrainConfig(max_epochs=max_epochs, max_seconds=max_seconds, seed=seed,
+                                     stop_after_epochs=10, progress=False,
+                                     learning_rate=2e-3))
+            config["flow_stopped"] = hist.stopped  # "interrupted" after a Ctrl-C
         flow_state = {k: v.detach().cpu() for k, v in flow.state_dict().items()}
     else:
         cov = torch.cov(z_fit.T.double()).reshape(dim, dim) + 1e-6 * torch.eye(dim,

@@ -28,10 +28,14 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import logging
 import sys
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import CancelledError
+from contextlib import contextmanager, nullcontext
 
+from sbi_core.failures import ExecutorLostError
 from sbi_core.problem import Problem
 from sbi_core.simulation import ChunkResult, run_chunk
 from sbi_core.user_code import FILE_MODULE_PREFIX
@@ -39,6 +43,7 @@ from sbi_core.user_code import FILE_MODULE_PREFIX
 try:
     import cloudpickle
     from distributed import Client, LocalCluster, as_completed
+    from distributed.comm.core import CommClosedError
     from distributed.scheduler import KilledWorker
 except ImportError as _err:  # pragma: no cover - exercised only without the extra
     raise ImportError(
@@ -144,35 +149,88 @@ def dask_chunks(problem: Problem, tasks: list[tuple], address: str,
         except OSError as err:
             raise ValueError(f"Cannot reach the Dask scheduler at {address}: {err}. Start one "
                              "(dask scheduler / dask-jobqueue) or use local:N.") from err
+    if kind == "remote":
+        _warn_without_workers(client, address)
     run_id = uuid.uuid4().hex[:8]
     futures: dict = {}
+    done = 0
     try:
         futures = {client.submit(_run_pickled, blob, digest, *task, retries=retries,
                                  pure=False, key=f"sbi-core-chunk-{run_id}-{task[0]}"): task
                    for task in tasks}
-        for future in as_completed(list(futures)):
-            try:
-                result = future.result()
-            except KilledWorker:
-                # Dask gave up on this task after worker deaths; tasks that merely shared the
-                # dying worker are caught here too. Decide in one supervised local process:
-                # an innocent chunk succeeds (same seed, same result), a guilty one is recorded.
-                result = _rerun_locally(problem, futures[future], chunk_size, "KilledWorker")
-            except RuntimeError as err:
-                if not _is_client_loop_error(err):
-                    raise
-                # the client failed to fetch a result (not the task): same seed, same result
-                result = _rerun_locally(problem, futures[future], chunk_size,
-                                        "the Dask client could not fetch it")
-            future.release()
-            yield result
+        # a scheduler that goes away cancels every task: one error below says so, not
+        # distributed's reconnection tracebacks (the user's own client keeps its logging)
+        with _quiet_client_log() if own_client else nullcontext():
+            for future in as_completed(list(futures)):
+                try:
+                    result = _result(future, futures[future], problem, chunk_size)
+                except (CancelledError, CommClosedError) as err:
+                    why = _why(err)
+                    what = (f"Lost the connection to the Dask scheduler at {address}"
+                            if "connection" in why or isinstance(err, CommClosedError) else
+                            f"The Dask scheduler at {address} cancelled this run's tasks")
+                    raise ExecutorLostError(f"{what} after {done} of {len(tasks)} chunks of "
+                                            f"this run ({why}).") from None
+                future.release()
+                done += 1
+                yield result
     finally:
         if own_client:
-            client.close()
+            with _quiet_client_log():
+                client.close()
         elif futures:  # the user's client stays open; drop this run's unfinished tasks
             client.cancel(list(futures), force=True)
         if cluster is not None:
             cluster.close()
+
+
+def _warn_without_workers(client, address: str) -> None:
+    """A scheduler with no workers runs nothing until one connects (a Slurm cluster's jobs may
+    still be queued): say so instead of waiting silently."""
+    import warnings
+
+    try:
+        workers = client.scheduler_info().get("workers", {})
+    except Exception:  # noqa: BLE001 - only a hint; the run itself reports real failures
+        return
+    if not workers:
+        warnings.warn(f"The Dask scheduler at {address} has no workers yet; the run waits until "
+                      f"one connects (start one with `dask worker {address}`, or check that "
+                      "your cluster's jobs are running).", UserWarning, stacklevel=3)
+
+
+@contextmanager
+def _quiet_client_log() -> Iterator[None]:
+    """distributed's client logs no tracebacks while this run's client is in use."""
+    log = logging.getLogger("distributed.client")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _why(err: BaseException) -> str:
+    """The short reason of a cancelled task (``scheduler-connection-lost``), else the error."""
+    reason = getattr(err, "reason", None)
+    return str(reason) if reason else (" ".join(str(err).split())[:200] or type(err).__name__)
+
+
+def _result(future, task: tuple, problem: Problem, chunk_size: int | None) -> ChunkResult:
+    """One chunk's result; a chunk Dask gave up on, or could not fetch, is rerun locally."""
+    try:
+        return future.result()
+    except KilledWorker:
+                # Dask gave up on this task after worker deaths; tasks that merely shared the
+                # dying worker are caught here too. Decide in one supervised local process:
+                # an innocent chunk succeeds (same seed, same result), a guilty one is recorded.
+        return _rerun_locally(problem, task, chunk_size, "KilledWorker")
+    except RuntimeError as err:
+        if not _is_client_loop_error(err):
+            raise
+        # the client failed to fetch a result (not the task): same seed, same result
+        return _rerun_locally(problem, task, chunk_size, "the Dask client could not fetch it")
 
 
 def _open_client_for(address: str):

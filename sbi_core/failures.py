@@ -39,6 +39,13 @@ __all__ = ["RowFailures", "Isolation", "isolate_failures", "check_output", "seed
            "invalid_columns", "describe_invalid"]
 
 
+class ExecutorLostError(ConnectionError):
+    """The cluster running the chunks went away mid-run (a Dask scheduler stopped or
+    unreachable). Raised by the Dask chunk source; :func:`sbi_core.simulation.simulate` adds
+    how many chunks are kept (a store keeps its committed chunks: rerun with ``resume=True``).
+    A ``ConnectionError``, so the command line reports it as one line (exit 2)."""
+
+
 class RowFailures(RuntimeError):
     """Raised by a simulator that simulated a batch but knows some rows failed.
 

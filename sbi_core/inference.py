@@ -267,6 +267,14 @@ def _with_detector(posterior: Posterior, x: Tensor, x_holdout: Tensor | None,
 
     try:
         posterior.detector = fit_detector(posterior, x, seed=seed, x_holdout=x_holdout)
+        if posterior.detector.config.get("flow_stopped") == "interrupted":
+            # a Ctrl-C after the estimator's training: said, not silently absorbed
+            posterior.history["detector_stopped"] = "interrupted"
+            warnings.warn("Interrupted while training the misspecification detector: its "
+                          "density flow keeps the best weights so far (its p-values stay "
+                          "calibrated on held-out simulations, with less power to detect "
+                          "misspecification; posterior.fit_detector(sims) retrains it).",
+                          UserWarning, stacklevel=3)
     except (ValueError, RuntimeError, TypeError) as err:
         warnings.warn(f"The misspecification detector was not trained ({err}); the posterior "
                       "is fine, but sample cannot warn about observations unlike the training "

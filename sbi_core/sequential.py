@@ -53,6 +53,7 @@ import torch
 from torch import Tensor
 
 from sbi_core.atomic import atomic_write
+from sbi_core.display import shown
 from sbi_core.posterior import Posterior, seeded
 from sbi_core.priors import prior_log_prob, support_bounds
 from sbi_core.problem import Problem
@@ -424,6 +425,9 @@ class _RunState:
             return
         state = json.loads(state_file.read_text())
         saved = state.get("settings", {})
+        if isinstance(saved.get("fit_options"), dict):  # stores that recorded callbacks
+            saved = {**saved, "fit_options": {k: v for k, v in saved["fit_options"].items()
+                                              if k not in _UNRECORDED_OPTIONS}}
         if saved.get("method") == "snle":  # stores from before SNLE_FLOW used the nflows MAF
             saved.setdefault("nle_flow", "maf")
         if saved.get("method") == "tsnpe":  # stores from before ROUND_STALL
@@ -769,6 +773,9 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
             all_sims = new if all_sims is None else _concat(all_sims, new)
         sim_seconds = time.perf_counter() - t0
         n_invalid = int((~all_sims.valid[-sims_per_round:]).sum())
+        if n_invalid == sims_per_round:
+            _round_failed(r, all_sims if store is not None else new, state.store, chunk,
+                          sims_per_round)
 
         # ---- train on all rounds
         t1 = time.perf_counter()
@@ -780,6 +787,8 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
         with warnings.catch_warnings():
             if r > 1 and n_invalid == 0:  # said in an earlier round; the count is in progress
                 warnings.filterwarnings("ignore", message="Excluding .* invalid simulations")
+            # a Ctrl-C during training ends the run below, not just this round's training
+            warnings.filterwarnings("ignore", message="Training interrupted")
             posterior = _train_round(problem, all_sims, method, base_method, r, posterior,
                                      _round_seed(seed, r, 1), train_apt, num_atoms, fit_options,
                                      fit, warm_start, sims_per_round, seed, warm_lr_factor,
@@ -788,6 +797,17 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
                                      _round_budget(method, r, rounds, steps, last_steps),
                                      last=r == rounds, cosine_only=final_steps == "auto")
         train_seconds = time.perf_counter() - t1
+        if (posterior.history or {}).get("stopped") == "interrupted":
+            # the training loop keeps its best weights on Ctrl-C (right for `fit`), but a round
+            # trained part-way must not be recorded as finished nor feed the next proposal:
+            # stop the run; with a store, resume retrains this round from its start
+            if store is None:
+                kept = "nothing is kept (no store)"
+            else:
+                done_rounds = _rounds_text(r - 1) + " and " if r > 1 else ""
+                kept = (f"{done_rounds}the simulations are kept in {store}; resume=True "
+                        f"retrains round {r} (same result as an uninterrupted run)")
+            raise KeyboardInterrupt(f"interrupted while training round {r}; {kept}.")
         if fit_restriction is not None:
             restricted = fit_restriction(problem.prior, all_sims.theta, all_sims.valid,
                                          seed=_round_seed(seed, r, 3))
@@ -823,6 +843,42 @@ def run_sequential(problem: Problem, x_o: Tensor, method: str = "tsnpe", rounds:
     _attach_record(posterior, method, x_o, history, last_x[last_valid] if bool(last_valid.any())
                    else last_x, epsilon, rounds)
     return SequentialResult(posterior, history)
+
+
+def _rounds_text(n: int) -> str:
+    """``"round 1"`` or ``"rounds 1-n"``."""
+    return "round 1" if n == 1 else f"rounds 1-{n}"
+
+
+def _round_failed(r: int, sims: Any, store: Path | None, chunk: int,
+                  sims_per_round: int) -> None:
+    """Every simulation of round ``r`` failed (``sims``: the store's rows, or without a store
+    this round's): stop rather than spend the remaining rounds
+    on a simulator that looks broken (a crashed licence server, a missing input file). In a
+    store the round's chunks are uncommitted first, so that a resume after the fix simulates
+    them again instead of keeping them as failures (the round's proposal θ stay recorded:
+    the same θ are simulated)."""
+    if store is not None:
+        from sbi_core.stores import SimulationStore
+
+        st = SimulationStore(store)
+        first = (r - 1) * sims_per_round // chunk
+        for i in range(first, first + sims_per_round // chunk):
+            st.uncommit(i)
+        verb = "is" if r == 2 else "are"
+        kept = (f"{_rounds_text(r - 1)} {verb} kept in {store} and round {r}'s chunks were "
+                "uncommitted: fix the simulator and rerun with resume=True (CLI: --resume) to "
+                f"simulate round {r} again" if r > 1 else
+                f"round 1's chunks in {store} were uncommitted: fix the simulator and rerun with "
+                "resume=True (CLI: --resume)")
+    else:
+        kept = ("nothing is kept (no store; store='run.zarr', CLI --store run.zarr, keeps "
+                "finished rounds across such failures)")
+    raise ValueError(
+        f"Every simulation of round {r} ({sims_per_round} of {sims_per_round}) failed; first "
+        f"error: {shown(str(sims.first_error or 'NaN/inf'), 300)}. The simulator looks broken "
+        f"rather than failing in part of the prior; {kept}. If it fails only where this "
+        "round's proposal put θ, pass restrict=True (CLI: --restrict) to learn where it fails.")
 
 
 def _stored_sims(store: Path, n: int) -> Any:
@@ -873,13 +929,19 @@ def _without_flow(options: dict[str, Any] | None) -> dict[str, Any] | None:
     return options if options is None else {k: v for k, v in options.items() if k != "flow"}
 
 
+#: ``fit_options`` that do not change the result, so a resume need not repeat them:
+#: ``callbacks`` only observe training (a logger's repr held a memory address, which made
+#: every store of a run with ``callbacks=[...]`` refuse to resume).
+_UNRECORDED_OPTIONS = ("progress", "callbacks")
+
+
 def _plain_options(options: dict[str, Any]) -> dict[str, Any]:
     """``fit_options`` as recorded in a store's settings (compared on resume): plain values as
     they are, others by a text that is the same in every process (a function by its name,
     an ``--embedding`` factory by the option given, never a repr holding a memory address)."""
     out = {}
     for k, v in sorted(options.items()):
-        if k == "progress":
+        if k in _UNRECORDED_OPTIONS:
             continue
         out[k] = v if isinstance(v, (int, float, str, bool, type(None))) else _plain_value(v)
     return out

@@ -39,7 +39,12 @@ import torch
 from torch import Tensor
 
 from sbi_core.display import shown
-from sbi_core.failures import describe_invalid, isolate_failures, seed_everything
+from sbi_core.failures import (
+    ExecutorLostError,
+    describe_invalid,
+    isolate_failures,
+    seed_everything,
+)
 from sbi_core.problem import Problem
 from sbi_core.progress import progress_bar
 from sbi_core.simulation_set import SimulationSet
@@ -382,6 +387,11 @@ def simulate(
             raise KeyboardInterrupt(
                 f"interrupted: {len(results)} of {len(plan)} chunks were done (finished chunks "
                 "are kept only in a store: pass store=PATH.zarr, then resume=True).") from None
+        except ExecutorLostError as err:
+            raise ExecutorLostError(
+                f"{err} {len(results)} of {len(plan)} chunks were done and are lost (finished "
+                "chunks are kept only in a store: pass store=PATH.zarr, CLI --out PATH.zarr, "
+                "then resume=True / --resume).") from None
     ordered = [results[i] for i in range(len(plan))]
     sims = assemble(problem, ordered, seed=seed, chunk_size=chunk_size,
                     seconds=time.perf_counter() - start)

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from sbi_core.display import shown
-from sbi_core.failures import describe_invalid
+from sbi_core.failures import ExecutorLostError, describe_invalid
 from sbi_core.problem import Problem
 from sbi_core.progress import progress_bar
 from sbi_core.simulation import ChunkResult, chunk_plan, closing_chunks, prior_text, recorded_prior
@@ -588,6 +588,11 @@ def simulate_into_store(problem: Problem, plan: Plan | None, source: ChunkSource
                 f"interrupted: {len(done) + written} of {st.num_chunks} chunks are committed in "
                 f"{st.path} ({written} this run) and kept; rerun with resume=True (CLI: "
                 "--resume) to simulate the rest.") from None
+        except ExecutorLostError as err:
+            raise ExecutorLostError(
+                f"{err} {len(done) + written} of {st.num_chunks} chunks are committed in "
+                f"{st.path} ({written} this run) and kept; once the cluster is back, rerun with "
+                "resume=True (CLI: the same command with --resume) to simulate the rest.") from None
     st.repaired = sorted(repaired)
     prov = st.provenance()
     if prov.get("batch_error"):

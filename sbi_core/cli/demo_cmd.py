@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 from sbi_core.cli.common import positive_int
 
@@ -46,13 +48,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from diagnostics.c2st import c2st
-    from diagnostics.plots import pairplot
-    from diagnostics.report import diagnose
-    from sbi_core.atomic import atomic_write, check_output
+    from sbi_core.atomic import check_output
     from sbi_core.cli.common import step
     from sbi_core.inference import fit
-    from sbi_core.io import write_json
     from sbi_core.resolve import resolve_problem
     from sbi_core.serialization import save
     from sbi_core.simulation import simulate
@@ -60,6 +58,12 @@ def run(args: argparse.Namespace) -> int:
     out = check_output(args.out, "directory")
     if args.num_simulations < 10 or args.num_samples < 1:
         raise ValueError("--num-simulations must be at least 10 and --num-samples at least 1.")
+    if not args.no_report and (args.report_num < 2 or args.report_samples < 2):
+        # checked before training: the card refuses them only after it (diagnostics.report)
+        raise ValueError(f"--report-num {args.report_num} / --report-samples "
+                         f"{args.report_samples}: the report card needs at least 2 test pairs "
+                         "and 2 posterior samples each (defaults 100 and 500); raise them or "
+                         "pass --no-report.")
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     progress = False if args.quiet else None  # None: a bar on a terminal (sbi_core.progress)
@@ -74,8 +78,39 @@ def run(args: argparse.Namespace) -> int:
                         preset=args.preset,
                         progress=progress, max_seconds=args.max_seconds,
                         theta_transform=args.theta_transform)
+        stopped = posterior.history.get("stopped")
         s_train["note"] = (f"{posterior.history['epochs']} epochs, flow "
-                            f"{posterior.estimator.config.get('flow')}")
+                           f"{posterior.estimator.config.get('flow')}"
+                           + (", stopped by Ctrl-C: the best weights so far are used"
+                              if stopped == "interrupted" else ""))
+    model_path = out / "model.pt"
+    plot_path = out / "pairplot.png"
+    # the trained model is saved at once (a Ctrl-C in the checks below keeps it), and files
+    # of an earlier run into this folder, which describe another model, are removed
+    for stale in (out / "report.json", plot_path):
+        stale.unlink(missing_ok=True)
+    save(posterior, model_path)
+    try:
+        return _check_and_save(args, problem, posterior, x_o, out, model_path, plot_path,
+                               progress, s_sim, s_train, stopped)
+    except KeyboardInterrupt:
+        print(f"sbi-core demo: interrupted; the trained model is saved in {model_path} "
+              "(without the report card and pairplot).", file=sys.stderr)
+        return 130
+
+
+def _check_and_save(args: argparse.Namespace, problem, posterior, x_o, out: Path,
+                    model_path: Path, plot_path: Path, progress: bool | None, s_sim: dict,
+                    s_train: dict, stopped: str | None) -> int:
+    """Sample, C2ST against the reference, the report card, the pairplot; save them."""
+    from diagnostics.c2st import c2st
+    from diagnostics.plots import pairplot
+    from diagnostics.report import diagnose
+    from sbi_core.atomic import atomic_write
+    from sbi_core.cli.common import step
+    from sbi_core.io import write_json
+    from sbi_core.serialization import save
+
     with step(f"drawing {args.num_samples} posterior samples for observation {args.observation}") \
             as s_sample:
         samples = posterior.sample((args.num_samples,), x=x_o, seed=args.seed)
@@ -94,8 +129,6 @@ def run(args: argparse.Namespace) -> int:
             report.save()  # into posterior.diagnostics: saved with the model below
             s_report["note"] = report.status
         print(report.summary())
-    model_path = out / "model.pt"
-    plot_path = out / "pairplot.png"
     with step("saving the model, the report card and the pairplot"):
         save(posterior, model_path)
         if report is not None:
@@ -111,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         "c2st": round(score, 4),
         "train_seconds": round(s_train["seconds"], 2),
         "epochs": posterior.history["epochs"],
+        "stopped": stopped,
         "sample_seconds": round(s_sample["seconds"], 3),
         "simulate_seconds": round(s_sim["seconds"], 2),
         "reference_seconds": round(s_ref["seconds"], 2),

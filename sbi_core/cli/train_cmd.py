@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 
 from sbi_core.cli.common import (
     PROBLEM_HELP,
@@ -165,8 +167,14 @@ def run(args: argparse.Namespace) -> int:
         from diagnostics.report import diagnose
 
         save(posterior, out, any_name=args.force)  # the trained model first: nothing trained is lost if this fails
-        report = diagnose(posterior, problem, num=args.report_num, seed=args.seed,
-                          progress=None if not args.quiet else False)
+        try:
+            report = diagnose(posterior, problem, num=args.report_num, seed=args.seed,
+                              progress=None if not args.quiet else False)
+        except KeyboardInterrupt:
+            print(f"sbi-core train: interrupted in the report card; the trained model is saved "
+                  f"in {out} (without the report card: `sbi-core diagnose {shlex.quote(str(out))}"
+                  " --problem ...` makes it).", file=sys.stderr)
+            return 130
         report.save()
         print(report.summary())
     save(posterior, out, any_name=args.force)
@@ -179,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
                       "train_seconds": round(h.get("seconds", 0.0), 2),
                       "best_validation_loss": h.get("best_validation_loss"),
                       "stopped": h.get("stopped"),
+                      "detector_stopped": h.get("detector_stopped"),
                       "final_train_loss": (h.get("train_loss") or [None])[-1],
                       "report_card": report.status if report is not None else None,
                       "log_dir": next((lg.log_dir for lg in loggers if hasattr(lg, "log_dir")),
