@@ -1,0 +1,183 @@
+"""The in-context method on a scientist's own problem (hardening, wave 14): inputs that used
+to give silently wrong posteriors or raw torch errors now get the documented behaviour.
+
+- contexts below the pretrained minimum (8 simulations) are refused: with 2-3 simulations
+  the plain network's 90% intervals held the true parameter only 40-67% of the time;
+- exact copies of simulations are dropped (the posterior equals the one without them);
+- a parameter constant over the context is refused (it gave a point mass);
+- ``finetune_steps`` with the default ``variant="auto"`` no longer crashes when the stack
+  would win; ``device=`` without that device and ``num_threads=`` behave as for NPE;
+- a foreign ``weights=`` file and tampered model files get a clear error.
+"""
+
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import estimators.incontext_method as icm
+from estimators.incontext_method import WEIGHTS_PATH, InContextRangeError
+from estimators.incontext_prior import N_MIN
+from sbi_core import Problem, fit, simulate
+from sbi_core.priors import box_uniform
+from sbi_core.serialization import ModelFileError, load, save
+
+
+def linear_2d() -> Problem:
+    """theta ~ U(0, 1)^2, x = theta + 0.1 eps."""
+    return Problem(box_uniform([0.0, 0.0], [1.0, 1.0]),
+                   lambda t: t + 0.1 * torch.randn_like(t), x_shape=(2,), name="lin2d",
+                   param_names=["a", "b"])
+
+
+def test_contexts_below_the_pretrained_minimum_are_refused():
+    problem = linear_2d()
+    sims = simulate(problem, 40, seed=0, progress=False)
+    assert torch.load(WEIGHTS_PATH, weights_only=True)["meta"]["train_args"]["n_min"] == N_MIN
+    with pytest.raises(InContextRangeError, match="pretrained on contexts of 8 to 1000"):
+        fit(problem, (sims.theta[:5], sims.x[:5]), method="incontext", detector=False)
+    with pytest.raises(ValueError, match="context_size must be at least 8"):
+        fit(problem, sims, method="incontext", detector=False, context_size=4)
+    post = fit(problem, (sims.theta[:N_MIN], sims.x[:N_MIN]), method="incontext",
+               detector=False)
+    assert post.history["context_size"] == N_MIN
+
+
+def test_exact_copies_of_simulations_are_dropped():
+    problem = linear_2d()
+    sims = simulate(problem, 120, seed=0, progress=False)
+    once = fit(problem, sims, method="incontext", detector=False)
+    with pytest.warns(UserWarning, match="120 of 240 simulations are exact copies"):
+        twice = fit(problem, (torch.cat([sims.theta, sims.theta]), torch.cat([sims.x, sims.x])),
+                    method="incontext", detector=False)
+    assert twice.history["duplicates_dropped"] == 120
+    assert twice.history["context_size"] == 120
+    assert twice.history["variant"] == once.history["variant"]
+    x_o = torch.tensor([0.4, 0.6])
+    theta = once.sample((20,), x=x_o, seed=0)
+    assert torch.equal(twice.log_prob(theta, x=x_o), once.log_prob(theta, x=x_o))
+
+
+def test_a_parameter_constant_over_the_context_is_refused():
+    problem = linear_2d()
+    theta = problem.prior.sample((60,))
+    theta[:, 1] = 0.6  # e.g. simulated at a fixed value of b
+    x = problem.simulator(theta)
+    with pytest.raises(ValueError, match=r"'b' = 0\.6 take one value in all 60 simulations"):
+        fit(problem, (theta, x), method="incontext", detector=False)
+
+
+def test_finetuning_with_the_default_variant_keeps_one_candidate():
+    problem = linear_2d()
+    sims = simulate(problem, 300, seed=0, progress=False)
+    # on these simulations "auto" picks the stack (the case that crashed with finetune_steps)
+    assert fit(problem, sims, method="incontext", detector=False,
+               variant="auto").history["variant"].startswith("stack(")
+    tuned = fit(problem, sims, method="incontext", detector=False, finetune_steps=2)
+    assert not tuned.history["variant"].startswith("stack(")
+    assert len(tuned.history["finetune_losses"]) == 2
+    assert torch.isfinite(tuned.sample((5,), x=torch.tensor([0.5, 0.5]), seed=0)).all()
+
+
+@pytest.mark.parametrize("steps, lr, match", [
+    (-3, 1e-4, "finetune_steps must be a non-negative integer"),
+    (2.5, 1e-4, "finetune_steps must be a non-negative integer"),
+    (1, float("nan"), "finetune_lr must be a finite number > 0"),
+])
+def test_finetune_options_are_checked(steps, lr, match):
+    problem = linear_2d()
+    sims = simulate(problem, 30, seed=0, progress=False)
+    with pytest.raises(ValueError, match=match):
+        fit(problem, sims, method="incontext", detector=False, finetune_steps=steps,
+            finetune_lr=lr)
+
+
+@pytest.mark.parametrize("device, match", [
+    ("cuda:99", r"device='cuda:99' was requested"),
+    ("gpu", r"device='gpu' is not a torch device"),
+])
+def test_a_device_that_is_not_there_is_a_clear_error(device, match):
+    problem = linear_2d()
+    sims = simulate(problem, 30, seed=0, progress=False)
+    with pytest.raises(ValueError, match=match):
+        fit(problem, sims, method="incontext", detector=False, device=device)
+
+
+def test_num_threads_applies_while_the_variant_is_chosen(monkeypatch):
+    problem = linear_2d()
+    sims = simulate(problem, 60, seed=0, progress=False)
+    seen = []
+    choose = icm.select_stack
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return choose(*args, **kwargs)
+
+    monkeypatch.setattr(icm, "select_stack", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        fit(problem, sims, method="incontext", detector=False, num_threads=1)
+        assert torch.get_num_threads() == 2  # restored afterwards
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1]
+
+
+def test_a_foreign_weights_file_gets_a_clear_error(tmp_path):
+    problem = linear_2d()
+    sims = simulate(problem, 30, seed=0, progress=False)
+    text = tmp_path / "notes.pt"
+    text.write_text("not weights")
+    model = save(fit(problem, sims, method="incontext", detector=False, variant="plain"),
+                 tmp_path / "model.pt")
+    payload = torch.load(WEIGHTS_PATH, weights_only=True)
+    payload["meta"] = {**payload["meta"], "config": {**payload["meta"]["config"], "d_model": 8}}
+    mismatched = tmp_path / "mismatched.pt"
+    torch.save(payload, mismatched)
+    for path, match in ((text, "is not an sbi-core in-context weights file"),
+                        (Path(model), "is not an sbi-core in-context weights file"),
+                        (mismatched, "do not match its network config")):
+        with pytest.raises(ValueError, match=match):
+            fit(problem, sims, method="incontext", detector=False, weights=str(path))
+
+
+def _tampered(src: Path, dst: Path, change) -> Path:
+    payload = torch.load(src, weights_only=True)
+    change(payload)
+    torch.save(payload, dst)
+    return dst
+
+
+def test_tampered_model_files_are_refused_on_load(tmp_path):
+    problem = linear_2d()
+    sims = simulate(problem, 100, seed=0, progress=False)
+    plain = save(fit(problem, sims, method="incontext", detector=False, variant="plain"),
+                 tmp_path / "plain.pt")
+    stack = save(fit(problem, sims, method="incontext", detector=False, variant="stack"),
+                 tmp_path / "stack.pt")
+    load(plain), load(stack)  # the untouched files load
+
+    def neighbours(p):
+        p["estimator_config"]["num_neighbors"] = 0
+
+    def weights(p):
+        p["state_dict"]["log_weights"][:] = math.nan
+
+    def std(p):
+        p["state_dict"]["theta_std"][:] = -1.0
+
+    def bounds(p):
+        p["state_dict"]["low"][:] = 2.0
+
+    cases = [(plain, neighbours, "num_neighbors must be a positive integer"),
+             (stack, weights, "mixture weights"),
+             (plain, std, "'theta_std' has values <= 0"),
+             (plain, bounds, "low > high")]
+    for i, (src, change, match) in enumerate(cases):
+        bad = _tampered(Path(src), tmp_path / f"bad{i}.pt", change)
+        with warnings.catch_warnings(), pytest.raises(ModelFileError, match=match):
+            warnings.simplefilter("ignore")
+            load(bad)
