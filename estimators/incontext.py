@@ -165,12 +165,17 @@ def _pad(z: Tensor, width: int) -> tuple[Tensor, Tensor]:
     return torch.cat([z, pad], dim=-1), mask.expand(*z.shape[:-1], width)
 
 
+def _spread(v: Tensor) -> Tensor:
+    """Std over dim 1 ``(B, 1, k)``; 1 for a constant column (no absolute floor: a column on a
+    scale of 1e-10 keeps its own spread instead of being flattened by one)."""
+    std = v.std(1, keepdim=True)
+    return torch.where(std > 0, std, torch.ones_like(std))
+
+
 def standardize_context(theta: Tensor, x: Tensor) -> dict[str, Tensor]:
     """Per-data-set mean and std ``(B, 1, k)`` of context ``theta`` ``(B, N, D)``, ``x`` ``(B, N, d)``."""
-    return {"theta_mean": theta.mean(1, keepdim=True),
-            "theta_std": theta.std(1, keepdim=True).clamp(min=1e-8),
-            "x_mean": x.mean(1, keepdim=True),
-            "x_std": x.std(1, keepdim=True).clamp(min=1e-8)}
+    return {"theta_mean": theta.mean(1, keepdim=True), "theta_std": _spread(theta),
+            "x_mean": x.mean(1, keepdim=True), "x_std": _spread(x)}
 
 
 _X_CLAMP = 12.0

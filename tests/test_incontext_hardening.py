@@ -181,3 +181,27 @@ def test_tampered_model_files_are_refused_on_load(tmp_path):
         with warnings.catch_warnings(), pytest.raises(ModelFileError, match=match):
             warnings.simplefilter("ignore")
             load(bad)
+
+
+@pytest.mark.parametrize("variant", ["auto", "nonlinear"])
+def test_posterior_does_not_depend_on_the_units_of_theta_and_x(variant):
+    """theta on a scale of 1e-10 (or x on one of 1e-10) used to be standardized with a floor of
+    1e-8 on the spread: the posterior came out as the prior (std 0.287 for U(0, 1) against
+    0.13 at unit scale). Now the posterior in other units is the same posterior rescaled."""
+    x_o = torch.tensor([0.5, 0.5])
+    out = {}
+    for t_scale, x_scale in ((1.0, 1.0), (1e-10, 1.0), (1.0, 1e-10)):
+        problem = Problem(box_uniform([0.0, 0.0], [t_scale, t_scale]),
+                          lambda t, a=t_scale, b=x_scale: (t / a + 0.1 * torch.randn_like(t)) * b,
+                          x_shape=(2,), name="units")
+        sims = simulate(problem, 200, seed=0, progress=False)
+        post = fit(problem, sims, method="incontext", detector=False, variant=variant)
+        samples = post.sample((500,), x=x_o * x_scale, seed=0) / t_scale
+        lp = post.log_prob(samples[:10] * t_scale, x=x_o * x_scale) + 2 * math.log(t_scale)
+        out[(t_scale, x_scale)] = (post.history["variant"], samples, lp)
+    ref_variant, ref, ref_lp = out[(1.0, 1.0)]
+    assert 0.05 < float(ref.std(0).max()) < 0.2  # informative at unit scale
+    for key, (chosen, samples, lp) in out.items():
+        assert chosen == ref_variant, key
+        assert torch.allclose(samples, ref, atol=2e-3), key
+        assert torch.allclose(lp, ref_lp, atol=2e-2), key
