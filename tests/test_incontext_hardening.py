@@ -205,3 +205,28 @@ def test_posterior_does_not_depend_on_the_units_of_theta_and_x(variant):
         assert chosen == ref_variant, key
         assert torch.allclose(samples, ref, atol=2e-3), key
         assert torch.allclose(lp, ref_lp, atol=2e-2), key
+
+
+def test_an_observation_far_outside_the_simulations_is_refused_not_piled_on_a_bound():
+    """With range_check off, the residual variant's shift moved the posterior of x_o = 5
+    (simulations' x in about [-0.15, 1.15]) entirely above the prior's bound: every sample
+    was exactly 1.0 and log_prob integrated to 0 over the prior. Now sample and log_prob
+    refuse such an observation; a moderately outside one still gets a normalized density."""
+    from sbi_core.posterior import ObservationError
+
+    problem = Problem(box_uniform([0.0], [1.0]), lambda t: t + 0.05 * torch.randn_like(t),
+                      x_shape=(1,), name="lin1d")
+    sims = simulate(problem, 300, seed=0, progress=False)
+    post = fit(problem, sims, method="incontext", detector=False, variant="residual")
+    post.range_check = "off"
+    grid = torch.linspace(0.0, 1.0, 20001)[:, None]
+    for x_o in (5.0, -3.0):
+        with pytest.raises(ObservationError, match="far outside the simulations"):
+            post.sample((100,), x=torch.tensor([x_o]), seed=0)
+        with pytest.raises(ObservationError, match="variant='plain'"):
+            post.log_prob(grid[:3], x=torch.tensor([x_o]))
+    dens = post.log_prob(grid, x=torch.tensor([1.3])).exp()
+    assert abs(float(torch.trapezoid(dens, grid[:, 0])) - 1.0) < 0.01
+    plain = fit(problem, sims, method="incontext", detector=False, variant="plain")
+    plain.range_check = "off"
+    assert torch.isfinite(plain.sample((100,), x=torch.tensor([5.0]), seed=0)).all()
