@@ -136,7 +136,7 @@ def check_range(theta_dim: int, x_dim: int, n: int, n_min: int = N_MIN) -> None:
         raise InContextRangeError(
             f"The context has {n} simulation(s), but the in-context model was pretrained on "
             f"contexts of {n_min} to {N_MAX}; with fewer its posteriors are overconfident (with "
-            "2-3 simulations 90% intervals held the true parameters only 40-67% of the time). "
+            "2-3 simulations 90% intervals held the true parameters only 47-70% of the time). "
             f"Simulate at least {n_min} (a few hundred give useful posteriors).")
 
 

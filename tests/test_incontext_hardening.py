@@ -2,7 +2,8 @@
 to give silently wrong posteriors or raw torch errors now get the documented behaviour.
 
 - contexts below the pretrained minimum (8 simulations) are refused: with 2-3 simulations
-  the plain network's 90% intervals held the true parameter only 40-67% of the time;
+  the plain network's 90% intervals held the true parameter only 47-70% of the time
+  (benchmarks/incontext_small_contexts.py);
 - exact copies of simulations are dropped (the posterior equals the one without them);
 - a parameter constant over the context is refused (it gave a point mass);
 - ``finetune_steps`` with the default ``variant="auto"`` no longer crashes when the stack
