@@ -303,9 +303,10 @@ class InContextEstimator(nn.Module):
         return self._cache
 
     def _logits(self, *args: Any, **kwargs: Any) -> Tensor:
-        """``net.logits`` with this estimator's neighbour count."""
-        self.net.config["num_neighbors"] = self.num_neighbors
-        return self.net.logits(*args, **kwargs)
+        """``net.logits`` with this estimator's neighbour count, passed to the call (not set
+        on the shared network's config: a stack's components share one network, and a
+        server computes requests in threads)."""
+        return self.net.logits(*args, num_neighbors=self.num_neighbors, **kwargs)
 
     def _zx(self, xs: Tensor) -> Tensor:
         return (xs.reshape(xs.shape[0], -1) - self.x_mean) / self.x_std  # (B, d)

@@ -231,3 +231,32 @@ def test_an_observation_far_outside_the_simulations_is_refused_not_piled_on_a_bo
     plain = fit(problem, sims, method="incontext", detector=False, variant="plain")
     plain.range_check = "off"
     assert torch.isfinite(plain.sample((100,), x=torch.tensor([5.0]), seed=0)).all()
+
+
+def test_stack_components_do_not_share_the_neighbour_count_through_the_network():
+    """The components of a stack share one network; each used to set
+    ``net.config["num_neighbors"]`` before its call and the kernel read it after the query
+    blocks, so a concurrent request for another component (``sbi-core serve`` computes in
+    threads) could switch it mid-call. Simulated here deterministically: the first query
+    block sets another count, as the other thread would."""
+    problem = linear_2d()
+    sims = simulate(problem, 200, seed=0, progress=False)
+    post = fit(problem, sims, method="incontext", detector=False, variant="stack",
+               candidates=["plain-16", "residual-256"])
+    assert len(post.estimator.components) == 2
+    x_o = torch.tensor([0.4, 0.6])
+    theta = post.sample((50,), x=x_o, seed=0)
+    expected = post.log_prob(theta, x=x_o)
+    net = post.estimator.components[0].net
+    block = net.query_blocks[0]
+    forward = block.forward
+
+    def meddling(*args, **kwargs):
+        net.config["num_neighbors"] = 1  # another thread's component
+        return forward(*args, **kwargs)
+
+    block.forward = meddling
+    try:
+        assert torch.allclose(post.log_prob(theta, x=x_o), expected, atol=1e-5)
+    finally:
+        del block.forward
