@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -98,10 +99,11 @@ VARIANTS = ("auto", "stack", "select", "plain", "residual", "nonlinear")
 STACK_GAIN_SE = 2.0
 #: the truncation to the prior's box divides each factor by its mass in the box,
 #: ``CDF(high) - CDF(low)``; where that difference is below this fraction of ``CDF(high)``
-#: (both CDFs round to 1, or both to 0, in float32) it cannot be computed, and ``sample`` and
-#: ``log_prob`` refuse the observation instead of returning draws piled on a bound and a
-#: density that integrates to 0 (an observation far outside the simulations, whose
-#: regression shift moves the posterior out of the prior; wave 14). Below
+#: (both CDFs round to 1, or both to 0, in float32) it cannot be computed: draws pile up on
+#: a bound and the density integrates to about 0 (an observation far outside the
+#: simulations, whose regression shift moves the posterior out of the prior; wave 14).
+#: ``sample`` and ``log_prob`` then raise an ``ObservationError``, or warn, or say nothing,
+#: as the posterior's ``range_check`` is ``"error"``, ``"warn"`` or ``"off"``. Below
 #: ``MIN_PRIOR_MASS`` in all, the factor's density inside the box underflows (measured on a
 #: 1-D problem: with a mass of 5e-10 the truncated density integrated to 0.9996, with 1e-12
 #: to 0.987, with 3e-16 to 0.0003).
@@ -327,8 +329,10 @@ class InContextEstimator(nn.Module):
         return c_lo, c_hi
 
     @torch.no_grad()
-    def log_prob(self, theta: Tensor, xs: Tensor) -> Tensor:
-        """``log q(theta_s | x_b)`` ``(S, B)`` for ``theta`` ``(S, B, D)``, ``xs`` ``(B, *x_shape)``."""
+    def log_prob(self, theta: Tensor, xs: Tensor, mass_check: str = "error") -> Tensor:
+        """``log q(theta_s | x_b)`` ``(S, B)`` for ``theta`` ``(S, B, D)``, ``xs`` ``(B, *x_shape)``
+        (``mass_check``: what an observation whose posterior lies outside the prior's bounds
+        gets, :meth:`_check_prior_mass`)."""
         s, b, d = theta.shape
         zx_b = self._zx(xs)
         shift, scale = self.affine(zx_b)  # (B, D)
@@ -340,7 +344,8 @@ class InContextEstimator(nn.Module):
         lo, hi = (v[:, None].expand(b, s, d).reshape(b * s, d)
                   for v in self._z_bounds(shift, scale))
         c_lo, c_hi = self._mass(logits, lo, hi)
-        self._check_prior_mass(c_lo[:, 0].reshape(b, s), c_hi[:, 0].reshape(b, s), xs)
+        self._check_prior_mass(c_lo[:, 0].reshape(b, s), c_hi[:, 0].reshape(b, s), xs,
+                               mode=mass_check)
         lp = lp - (c_hi - c_lo).clamp(min=1e-12).log()
         out = (lp.sum(-1) - self.theta_std.log().sum()).reshape(b, s).T \
             - scale.log().sum(-1)  # (S, B): the Jacobian of theta = shift + scale * r
@@ -350,8 +355,10 @@ class InContextEstimator(nn.Module):
 
     @torch.no_grad()
     def sample(self, num: int, xs: Tensor, generator: torch.Generator | None = None,
-               chunk: int = 1024, budget: Budget | None = None) -> Tensor:
-        """``num`` exact ancestral draws per observation ``xs`` ``(B, *x_shape)`` → ``(num, B, D)``."""
+               chunk: int = 1024, budget: Budget | None = None,
+               mass_check: str = "error") -> Tensor:
+        """``num`` exact ancestral draws per observation ``xs`` ``(B, *x_shape)`` → ``(num, B, D)``
+        (``mass_check``: as :meth:`log_prob`)."""
         b, d = xs.shape[0], self.theta_dim
         zx = self._zx(xs)
         shift, scale = self.affine(zx)  # (B, D)
@@ -377,7 +384,7 @@ class InContextEstimator(nn.Module):
                                              dims=[j])[0].reshape(b, m, 1, -1)
                 c_lo, c_hi = self._mass(logits, z_lo[:, None, j:j + 1].expand(b, m, 1),
                                         z_hi[:, None, j:j + 1].expand(b, m, 1))
-                self._check_prior_mass(c_lo[..., 0], c_hi[..., 0], xs, j)
+                self._check_prior_mass(c_lo[..., 0], c_hi[..., 0], xs, j, mass_check)
                 u = torch.rand(b, m, 1, generator=generator, device=xs.device)
                 u = c_lo + (c_hi - c_lo) * u
                 zt[..., j] = self.net.icdf_std(logits, u)[..., 0]
@@ -388,10 +395,16 @@ class InContextEstimator(nn.Module):
         return out
 
 
-    def _check_prior_mass(self, c_lo: Tensor, c_hi: Tensor, xs: Tensor, j: int = 0) -> None:
-        """Refuse observations where factor ``j``'s mass in the prior's box cannot be
-        resolved for any draw (``c_lo``, ``c_hi``: its CDF at the bounds ``(B, M)``, factor 0
-        when ``j`` is not given: it depends on ``x`` only; ``xs`` ``(B, *x_shape)``)."""
+    def _check_prior_mass(self, c_lo: Tensor, c_hi: Tensor, xs: Tensor, j: int = 0,
+                          mode: str = "error") -> None:
+        """Observations where factor ``j``'s mass in the prior's box cannot be resolved for
+        any draw (``c_lo``, ``c_hi``: its CDF at the bounds ``(B, M)``, factor 0 when ``j``
+        is not given: it depends on ``x`` only; ``xs`` ``(B, *x_shape)``) get an
+        :class:`ObservationError` (``mode="error"``), a warning (``"warn"``) or nothing
+        (``"off"``): the posterior's ``range_check`` (the diagnostics sample their test
+        observations with it off)."""
+        if mode == "off":
+            return
         mass = c_hi - c_lo
         ok = (mass > MIN_MASS_RESOLUTION * c_hi) & (mass > MIN_PRIOR_MASS)
         bad = (~ok.any(-1)).nonzero().flatten().tolist()  # no draw resolves it
@@ -399,14 +412,19 @@ class InContextEstimator(nn.Module):
             return
         x_bad = xs[bad[0]].reshape(-1)[:10].tolist()
         side = "above" if float(c_hi[bad[0]].max()) <= 0.5 else "below"
-        raise ObservationError(
+        message = (
             f"At observation {bad[0]} (x = {[round(v, 4) for v in x_bad]}) the in-context "
             f"posterior of parameter {j} lies almost entirely {side} the prior's bounds "
             f"[{float(self.low[j]):.4g}, {float(self.high[j]):.4g}]: the observation is far "
-            f"outside the simulations (the {self.kind} parameterization extrapolates to it), "
-            "and its samples and densities would be meaningless. Simulate with a prior that "
-            "covers this observation, or use variant='plain' (which does not extrapolate), or "
-            "method='npe'.")
+            f"outside the simulations (the {self.kind} parameterization extrapolates to it); "
+            "its samples pile up on the bound and its log_prob does not integrate to 1. "
+            "Simulate with a prior that covers this observation, or use variant='plain' "
+            "(which does not extrapolate), or method='npe' (range_check='off' on the "
+            "posterior accepts it).")
+        if mode == "warn":
+            warnings.warn(message, UserWarning, stacklevel=2)
+            return
+        raise ObservationError(message)
 
 
 def _from_first_component(name: str) -> property:
@@ -480,14 +498,17 @@ class StackedInContextEstimator(nn.Module):
                 c.high.copy_(high.float())
 
     @torch.no_grad()
-    def log_prob(self, theta: Tensor, xs: Tensor) -> Tensor:
-        """``log q(theta_s | x_b)`` ``(S, B)`` of the mixture."""
-        lps = torch.stack([c.log_prob(theta, xs) for c in self.components], -1)  # (S, B, K)
+    def log_prob(self, theta: Tensor, xs: Tensor, mass_check: str = "error") -> Tensor:
+        """``log q(theta_s | x_b)`` ``(S, B)`` of the mixture (``mass_check``: as
+        :meth:`InContextEstimator.log_prob`)."""
+        lps = torch.stack([c.log_prob(theta, xs, mass_check) for c in self.components],
+                          -1)  # (S, B, K)
         return torch.logsumexp(lps + self.log_weights, -1)
 
     @torch.no_grad()
     def sample(self, num: int, xs: Tensor, generator: torch.Generator | None = None,
-               chunk: int = 1024, budget: Budget | None = None) -> Tensor:
+               chunk: int = 1024, budget: Budget | None = None,
+               mass_check: str = "error") -> Tensor:
         """``num`` exact draws per observation ``xs`` ``(B, *x_shape)`` → ``(num, B, D)``:
         each draw's component from the weights, then that component's ancestral draw."""
         b = xs.shape[0]
@@ -500,7 +521,8 @@ class StackedInContextEstimator(nn.Module):
             most = int(mask.sum(0).max())
             if most == 0:
                 continue
-            draws = comp.sample(most, xs, generator=generator, chunk=chunk, budget=budget)
+            draws = comp.sample(most, xs, generator=generator, chunk=chunk, budget=budget,
+                                mass_check=mass_check)
             rank = mask.long().cumsum(0) - 1  # position of each draw among its component's
             out[mask] = draws[rank[mask], col[mask]]
         return out
@@ -521,13 +543,15 @@ class InContextPosterior(Posterior):
     def _sample_batched(self, n: int, xs: Tensor, budget: Budget | None = None,
                         **kwargs: Any) -> Tensor:
         dev = _device(self.estimator)
-        return self.estimator.sample(n, xs.to(dev), budget=budget).cpu()
+        return self.estimator.sample(n, xs.to(dev), budget=budget,
+                                     mass_check=self.range_check).cpu()
 
     def _log_prob_batched(self, theta: Tensor, xs: Tensor, chunk: int = 1024,
                           **kwargs: Any) -> Tensor:
         dev = _device(self.estimator)
         per = max(1, chunk // max(xs.shape[0], 1))
-        parts = [self.estimator.log_prob(theta[i:i + per].to(dev), xs.to(dev)).cpu()
+        parts = [self.estimator.log_prob(theta[i:i + per].to(dev), xs.to(dev),
+                                         self.range_check).cpu()
                  for i in range(0, theta.shape[0], per)]
         return torch.cat(parts)
 

@@ -208,29 +208,37 @@ def test_posterior_does_not_depend_on_the_units_of_theta_and_x(variant):
         assert torch.allclose(lp, ref_lp, atol=2e-2), key
 
 
-def test_an_observation_far_outside_the_simulations_is_refused_not_piled_on_a_bound():
-    """With range_check off, the residual variant's shift moved the posterior of x_o = 5
-    (simulations' x in about [-0.15, 1.15]) entirely above the prior's bound: every sample
-    was exactly 1.0 and log_prob integrated to 0 over the prior. Now sample and log_prob
-    refuse such an observation; a moderately outside one still gets a normalized density."""
+def test_an_observation_far_outside_the_simulations_is_flagged_not_piled_on_a_bound():
+    """With the range check relaxed, the residual variant's shift moved the posterior of
+    x_o = 5 (simulations' x in about [-0.15, 1.15]) entirely above the prior's bound: every
+    sample was exactly 1.0 and log_prob integrated to 0 over the prior, silently. Now the
+    estimator refuses such an observation, a posterior with range_check="warn" warns, and
+    "off" (the diagnostics' setting for their test observations) still samples; a moderately
+    outside observation still gets a normalized density."""
     from sbi_core.posterior import ObservationError
 
     problem = Problem(box_uniform([0.0], [1.0]), lambda t: t + 0.05 * torch.randn_like(t),
                       x_shape=(1,), name="lin1d")
     sims = simulate(problem, 300, seed=0, progress=False)
     post = fit(problem, sims, method="incontext", detector=False, variant="residual")
-    post.range_check = "off"
     grid = torch.linspace(0.0, 1.0, 20001)[:, None]
     for x_o in (5.0, -3.0):
+        xs = torch.tensor([[x_o]])
         with pytest.raises(ObservationError, match="far outside the simulations"):
-            post.sample((100,), x=torch.tensor([x_o]), seed=0)
+            post.estimator.sample(100, xs)
         with pytest.raises(ObservationError, match="variant='plain'"):
-            post.log_prob(grid[:3], x=torch.tensor([x_o]))
+            post.estimator.log_prob(grid[:3, None], xs)
+        post.range_check = "warn"
+        with pytest.warns(UserWarning, match="samples pile up on the bound"):
+            post.sample((100,), x=xs[0], seed=0)
+        post.range_check = "off"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert torch.isfinite(post.sample((100,), x=xs[0], seed=0)).all()
     dens = post.log_prob(grid, x=torch.tensor([1.3])).exp()
     assert abs(float(torch.trapezoid(dens, grid[:, 0])) - 1.0) < 0.01
     plain = fit(problem, sims, method="incontext", detector=False, variant="plain")
-    plain.range_check = "off"
-    assert torch.isfinite(plain.sample((100,), x=torch.tensor([5.0]), seed=0)).all()
+    assert torch.isfinite(plain.estimator.sample(100, torch.tensor([[5.0]]))).all()
 
 
 def test_stack_components_do_not_share_the_neighbour_count_through_the_network():
