@@ -43,12 +43,11 @@ from estimators.incontext import NET_DEFAULTS, InContextNet, pretrain_loss  # no
 from estimators.incontext_prior import (  # noqa: E402
     D_MAX,
     N_MAX,
+    N_MIN,
     X_DIM_MAX,
     prior_description,
     sample_problems,
 )
-
-N_MIN = 8
 
 
 def step_batch(seed: int, step: int, tokens: int, queries: int, n_max: int = N_MAX,

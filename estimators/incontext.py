@@ -165,12 +165,17 @@ def _pad(z: Tensor, width: int) -> tuple[Tensor, Tensor]:
     return torch.cat([z, pad], dim=-1), mask.expand(*z.shape[:-1], width)
 
 
+def _spread(v: Tensor) -> Tensor:
+    """Std over dim 1 ``(B, 1, k)``; 1 for a constant column (no absolute floor: a column on a
+    scale of 1e-10 keeps its own spread instead of being flattened by one)."""
+    std = v.std(1, keepdim=True)
+    return torch.where(std > 0, std, torch.ones_like(std))
+
+
 def standardize_context(theta: Tensor, x: Tensor) -> dict[str, Tensor]:
     """Per-data-set mean and std ``(B, 1, k)`` of context ``theta`` ``(B, N, D)``, ``x`` ``(B, N, d)``."""
-    return {"theta_mean": theta.mean(1, keepdim=True),
-            "theta_std": theta.std(1, keepdim=True).clamp(min=1e-8),
-            "x_mean": x.mean(1, keepdim=True),
-            "x_std": x.std(1, keepdim=True).clamp(min=1e-8)}
+    return {"theta_mean": theta.mean(1, keepdim=True), "theta_std": _spread(theta),
+            "x_mean": x.mean(1, keepdim=True), "x_std": _spread(x)}
 
 
 _X_CLAMP = 12.0
@@ -220,17 +225,19 @@ class InContextNet(nn.Module):
         return {"kv": [block.context(c) for block in self.query_blocks], "zt": zt, "zx": zx}
 
     def _neighbour_log_density(self, zx_q: Tensor, zt_q: Tensor, cache: dict[str, Any],
-                               dims: list[int], raw: Tensor) -> Tensor:
+                               dims: list[int], raw: Tensor,
+                               num_neighbors: int | None = None) -> Tensor:
         r"""Log kernel density ``(B, Q, nd, K)`` of ``theta_j`` at the bucket midpoints from the
         ``num_neighbors`` context pairs nearest to ``x_q`` (an ABC-like estimate the network
         corrects): weights :math:`\propto \exp(-\|x_i - x_q\|^2 / 2h_x^2
         - \|\theta_{i,<j} - \theta_{q,<j}\|^2 / 2h_\theta^2)`, Gaussian kernels of width
         :math:`b` in :math:`\theta_j`; the bandwidths scale adaptive defaults by ``exp(raw)``.
+        ``num_neighbors``: this call's count (default: ``config["num_neighbors"]``).
         """
         zt_c, zx_c = cache["zt"], cache["zx"]  # (B, N, D), (B, N, d)
         b, q, nd = raw.shape[:3]
         n, d = zt_c.shape[1], zx_c.shape[-1]
-        k = min(int(self.config["num_neighbors"]), n)
+        k = min(int(num_neighbors or self.config["num_neighbors"]), n)
         with torch.no_grad():  # inputs only: no gradient needed (and none at distance 0)
             dist = torch.cdist(zx_q, zx_c).pow(2) / d  # (B, Q, N)
         near, idx = torch.topk(dist, k, dim=-1, largest=False)  # (B, Q, k)
@@ -260,12 +267,15 @@ class InContextNet(nn.Module):
 
     # ------------------------------------------------------------------ queries
     def logits(self, zx_q: Tensor, zt_q: Tensor, cache: dict[str, Any],
-               n_context: int, dims: list[int] | None = None) -> Tensor:
+               n_context: int, dims: list[int] | None = None,
+               num_neighbors: int | None = None) -> Tensor:
         """Bucket logits ``(B, Q, len(dims), K)`` of the factors ``q_j(. | theta_<j, x_q)``.
 
         ``zx_q`` ``(B, Q, d)`` and ``zt_q`` ``(B, Q, D)`` are standardized; only
         ``zt_q[..., :j]`` enters factor ``j`` (the rest is masked out). ``dims`` (default: all)
-        selects which factors to compute.
+        selects which factors to compute. ``num_neighbors`` overrides
+        ``config["num_neighbors"]`` for this call (components of a stacked posterior share
+        one network: passing it, not setting the config, keeps concurrent calls apart).
         """
         b, q, d = zt_q.shape
         dims = list(range(d)) if dims is None else dims
@@ -291,7 +301,7 @@ class InContextNet(nn.Module):
         borders = self.bar.borders[0]
         mids = 0.5 * (borders[1:] + borders[:-1])
         kde = self._neighbour_log_density(zx_q.clamp(-_X_CLAMP, _X_CLAMP), zt_q, cache, dims,
-                                          extra)
+                                          extra, num_neighbors)
         gamma = torch.exp(extra[..., 5:6].clamp(-4, 2))
         return free + gamma * kde - precision * (mids - loc) ** 2
 

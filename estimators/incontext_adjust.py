@@ -149,7 +149,8 @@ def fit_adjustment(theta: Tensor, x: Tensor, seed: int = 0, hetero: bool = True,
     big_d = t.shape[1]
     if fixed is None:
         x_mean = xd.mean(0)
-        x_std = xd.std(0).clamp(min=1e-8) if n > 1 else torch.ones(d, dtype=dt)
+        x_std = xd.std(0) if n > 1 else torch.ones(d, dtype=dt)
+        x_std = torch.where(x_std > 0, x_std, torch.ones_like(x_std))  # no absolute floor
         z = (xd - x_mean) / x_std
         m, _ = adjustment_size(n, d)
         centres = z[torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))[:m]]

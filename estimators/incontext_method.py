@@ -32,13 +32,21 @@ the mixture (:class:`StackedInContextEstimator`), ``"select"`` always the best s
 ``candidates=`` (names such as ``"residual-64"`` or ``"nonlinear-16"``) sets the pool of ``"auto"`` / ``"stack"`` / ``"select"``.
 
 ``finetune_steps=k`` optionally continues pretraining for ``k`` steps on the user's own
-simulations (random context/query splits of ``sims``), starting from the shipped weights.
+simulations (random context/query splits of ``sims``), starting from the shipped weights;
+it fine-tunes one network, so ``variant="auto"`` then keeps the best single candidate
+(``"select"``) instead of a stack.
+
+Inputs are checked by :mod:`estimators.incontext_checks` (exact copies of simulations
+dropped; contexts below the pretrained minimum ``N_MIN`` or with a constant parameter
+refused; a loaded file's buffers validated). ``fit``'s ``device=`` and ``num_threads=`` apply
+as for the trained methods.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -49,7 +57,14 @@ from torch.distributions import Distribution
 
 from estimators.incontext import InContextNet, pretrain_loss, standardize_context
 from estimators.incontext_adjust import PARAM_KEYS, apply_adjustment, fit_adjustment, param_shapes
-from estimators.incontext_prior import D_MAX, N_MAX, X_DIM_MAX
+from estimators.incontext_checks import (
+    check_estimator_state,
+    check_finetune_steps,
+    check_num_neighbors,
+    check_parameter_spread,
+    drop_duplicate_pairs,
+)
+from estimators.incontext_prior import D_MAX, N_MAX, N_MIN, X_DIM_MAX
 from estimators.incontext_select import (
     CANDIDATES,
     STACK_CANDIDATES,
@@ -63,10 +78,11 @@ from estimators.incontext_select import (
 )
 from sbi_core.budget import Budget
 from sbi_core.methods import Method
-from sbi_core.posterior import Posterior, _device
+from sbi_core.posterior import ObservationError, Posterior, _device
 from sbi_core.priors import support_bounds
 from sbi_core.problem import Problem
-from sbi_core.training import split_options
+from sbi_core.threads import thread_scope
+from sbi_core.training import split_options, training_device
 
 __all__ = ["WEIGHTS_PATH", "InContextRangeError", "InContextEstimator", "InContextPosterior",
            "StackedInContextEstimator", "estimator_from_config",
@@ -81,14 +97,27 @@ VARIANTS = ("auto", "stack", "select", "plain", "residual", "nonlinear")
 #: best single candidate's by more than this many standard errors of the paired difference
 #: (else that candidate alone: a mixture within noise of it only widens the posterior).
 STACK_GAIN_SE = 2.0
+#: the truncation to the prior's box divides each factor by its mass in the box,
+#: ``CDF(high) - CDF(low)``; where that difference is below this fraction of ``CDF(high)``
+#: (both CDFs round to 1, or both to 0, in float32) it cannot be computed: draws pile up on
+#: a bound and the density integrates to about 0 (an observation far outside the
+#: simulations, whose regression shift moves the posterior out of the prior; wave 14).
+#: ``sample`` and ``log_prob`` then raise an ``ObservationError``, or warn, or say nothing,
+#: as the posterior's ``range_check`` is ``"error"``, ``"warn"`` or ``"off"``. Below
+#: ``MIN_PRIOR_MASS`` in all, the factor's density inside the box underflows (measured on a
+#: 1-D problem: with a mass of 5e-10 the truncated density integrated to 0.9996, with 1e-12
+#: to 0.987, with 3e-16 to 0.0003).
+MIN_MASS_RESOLUTION = 1e-4
+MIN_PRIOR_MASS = 1e-10
 
 
 class InContextRangeError(ValueError):
     """The problem lies outside the range the in-context network was pretrained on."""
 
 
-def check_range(theta_dim: int, x_dim: int, n: int) -> None:
-    """Raise :class:`InContextRangeError` (with the fixes) when outside the pretrained range."""
+def check_range(theta_dim: int, x_dim: int, n: int, n_min: int = N_MIN) -> None:
+    """Raise :class:`InContextRangeError` (with the fixes) when outside the pretrained range
+    (``n_min``: the smallest context the weights were pretrained on)."""
     fallback = ("or train on your problem with method='npe' (or 'pfn'), which have no such "
                 "limit.")
     if theta_dim > D_MAX:
@@ -105,10 +134,12 @@ def check_range(theta_dim: int, x_dim: int, n: int) -> None:
             f"{n} simulations exceed the in-context model's context of at most {N_MAX}. "
             f"Subsample the context with context_size={N_MAX} (CLI: --context-size {N_MAX}), "
             f"{fallback}")
-    if n < 2:
+    if n < n_min:
         raise InContextRangeError(
-            f"The context has {n} simulation(s); the in-context model needs at least 2 "
-            "(a few hundred give useful posteriors). Simulate more.")
+            f"The context has {n} simulation(s), but the in-context model was pretrained on "
+            f"contexts of {n_min} to {N_MAX}; with fewer its posteriors are overconfident (with "
+            "2-3 simulations 90% intervals held the true parameters only 47-70% of the time). "
+            f"Simulate at least {n_min} (a few hundred give useful posteriors).")
 
 
 @lru_cache(maxsize=4)
@@ -118,18 +149,40 @@ def _read_weights(path: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
         raise FileNotFoundError(
             f"The in-context weights {p} are missing; reinstall sbi-core, or recreate them with "
             "benchmarks/pretrain_incontext.py (see docs/incontext.md).")
-    payload = torch.load(p, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("meta", {}).get("format") != WEIGHTS_FORMAT:
-        raise ValueError(f"{p} is not an sbi-core in-context weights file.")
-    return payload["meta"], payload["state_dict"]
+    not_weights = (f"{p} is not an sbi-core in-context weights file (as written by "
+                   "benchmarks/pretrain_incontext.py --export); leave weights= out to use the "
+                   "shipped ones")
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # not a torch file, or one that would need code to load
+        raise ValueError(f"{not_weights} ({type(err).__name__}).") from err
+    meta = payload.get("meta") if isinstance(payload, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != WEIGHTS_FORMAT or \
+            not isinstance(meta.get("config"), dict) or \
+            not isinstance(payload.get("state_dict"), dict):
+        raise ValueError(f"{not_weights}.")
+    return meta, payload["state_dict"]
 
 
 def load_pretrained(path: str | Path | None = None) -> tuple[InContextNet, dict[str, Any]]:
     """The pretrained network (a fresh copy) and its provenance record; ``weights_only``."""
-    meta, state = _read_weights(str(path or WEIGHTS_PATH))
-    net = InContextNet(meta["config"])
-    net.load_state_dict(state)
+    p = str(path or WEIGHTS_PATH)
+    meta, state = _read_weights(p)
+    try:
+        net = InContextNet(meta["config"])
+        net.load_state_dict(state)
+    except (KeyError, RuntimeError, TypeError, ValueError) as err:
+        raise ValueError(f"{p} is damaged: its weights do not match its network config "
+                         f"({type(err).__name__}: {str(err).splitlines()[0]}). Leave weights= "
+                         "out to use the shipped ones, or export them again.") from err
     return net.eval(), meta
+
+
+def _pretrained_n_min(meta: dict[str, Any]) -> int:
+    """The smallest context a weights file was pretrained on (its ``train_args.n_min``;
+    :data:`N_MIN` for files that do not record it)."""
+    value = dict(meta.get("train_args") or {}).get("n_min")
+    return int(value) if isinstance(value, int) and value >= 2 else N_MIN
 
 
 class InContextEstimator(nn.Module):
@@ -156,8 +209,8 @@ class InContextEstimator(nn.Module):
         x_dim = math.prod(x_shape)
         self.theta_dim, self.x_shape, self.x_dim = d, x_shape, x_dim
         self.net = InContextNet(config["net"]) if net is None else net
-        if config.get("num_neighbors"):
-            self.net.config["num_neighbors"] = int(config["num_neighbors"])
+        if config.get("num_neighbors") is not None:
+            self.net.config["num_neighbors"] = check_num_neighbors(config["num_neighbors"])
         #: this estimator's kernel neighbour count, set on ``net.config`` before each use
         #: (the components of a stacked posterior share one network)
         self.num_neighbors = int(self.net.config["num_neighbors"])
@@ -213,6 +266,13 @@ class InContextEstimator(nn.Module):
         self._cache = None
         super()._load_from_state_dict(*args, **kwargs)
 
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        """``nn.Module.load_state_dict``, then refuse buffers no context can have (a tampered
+        file: :func:`estimators.incontext_checks.check_estimator_state`)."""
+        out = super().load_state_dict(*args, **kwargs)
+        check_estimator_state(self)
+        return out
+
     def affine(self, zx: Tensor) -> tuple[Tensor, Tensor]:
         """``(shift, scale)``, each ``(B, D)``, for standardized ``zx`` ``(B, d)``:
         ``theta = shift + scale * r`` with ``r`` what the network models (plain: 0 and 1;
@@ -245,9 +305,10 @@ class InContextEstimator(nn.Module):
         return self._cache
 
     def _logits(self, *args: Any, **kwargs: Any) -> Tensor:
-        """``net.logits`` with this estimator's neighbour count."""
-        self.net.config["num_neighbors"] = self.num_neighbors
-        return self.net.logits(*args, **kwargs)
+        """``net.logits`` with this estimator's neighbour count, passed to the call (not set
+        on the shared network's config: a stack's components share one network, and a
+        server computes requests in threads)."""
+        return self.net.logits(*args, num_neighbors=self.num_neighbors, **kwargs)
 
     def _zx(self, xs: Tensor) -> Tensor:
         return (xs.reshape(xs.shape[0], -1) - self.x_mean) / self.x_std  # (B, d)
@@ -268,8 +329,10 @@ class InContextEstimator(nn.Module):
         return c_lo, c_hi
 
     @torch.no_grad()
-    def log_prob(self, theta: Tensor, xs: Tensor) -> Tensor:
-        """``log q(theta_s | x_b)`` ``(S, B)`` for ``theta`` ``(S, B, D)``, ``xs`` ``(B, *x_shape)``."""
+    def log_prob(self, theta: Tensor, xs: Tensor, mass_check: str = "error") -> Tensor:
+        """``log q(theta_s | x_b)`` ``(S, B)`` for ``theta`` ``(S, B, D)``, ``xs`` ``(B, *x_shape)``
+        (``mass_check``: what an observation whose posterior lies outside the prior's bounds
+        gets, :meth:`_check_prior_mass`)."""
         s, b, d = theta.shape
         zx_b = self._zx(xs)
         shift, scale = self.affine(zx_b)  # (B, D)
@@ -281,6 +344,8 @@ class InContextEstimator(nn.Module):
         lo, hi = (v[:, None].expand(b, s, d).reshape(b * s, d)
                   for v in self._z_bounds(shift, scale))
         c_lo, c_hi = self._mass(logits, lo, hi)
+        self._check_prior_mass(c_lo[:, 0].reshape(b, s), c_hi[:, 0].reshape(b, s), xs,
+                               mode=mass_check)
         lp = lp - (c_hi - c_lo).clamp(min=1e-12).log()
         out = (lp.sum(-1) - self.theta_std.log().sum()).reshape(b, s).T \
             - scale.log().sum(-1)  # (S, B): the Jacobian of theta = shift + scale * r
@@ -290,8 +355,10 @@ class InContextEstimator(nn.Module):
 
     @torch.no_grad()
     def sample(self, num: int, xs: Tensor, generator: torch.Generator | None = None,
-               chunk: int = 1024, budget: Budget | None = None) -> Tensor:
-        """``num`` exact ancestral draws per observation ``xs`` ``(B, *x_shape)`` → ``(num, B, D)``."""
+               chunk: int = 1024, budget: Budget | None = None,
+               mass_check: str = "error") -> Tensor:
+        """``num`` exact ancestral draws per observation ``xs`` ``(B, *x_shape)`` → ``(num, B, D)``
+        (``mass_check``: as :meth:`log_prob`)."""
         b, d = xs.shape[0], self.theta_dim
         zx = self._zx(xs)
         shift, scale = self.affine(zx)  # (B, D)
@@ -317,6 +384,7 @@ class InContextEstimator(nn.Module):
                                              dims=[j])[0].reshape(b, m, 1, -1)
                 c_lo, c_hi = self._mass(logits, z_lo[:, None, j:j + 1].expand(b, m, 1),
                                         z_hi[:, None, j:j + 1].expand(b, m, 1))
+                self._check_prior_mass(c_lo[..., 0], c_hi[..., 0], xs, j, mass_check)
                 u = torch.rand(b, m, 1, generator=generator, device=xs.device)
                 u = c_lo + (c_hi - c_lo) * u
                 zt[..., j] = self.net.icdf_std(logits, u)[..., 0]
@@ -325,6 +393,38 @@ class InContextEstimator(nn.Module):
             theta = torch.maximum(torch.minimum(theta, self.high), self.low)
             out[start:start + m] = theta.transpose(0, 1)
         return out
+
+
+    def _check_prior_mass(self, c_lo: Tensor, c_hi: Tensor, xs: Tensor, j: int = 0,
+                          mode: str = "error") -> None:
+        """Observations where factor ``j``'s mass in the prior's box cannot be resolved for
+        any draw (``c_lo``, ``c_hi``: its CDF at the bounds ``(B, M)``, factor 0 when ``j``
+        is not given: it depends on ``x`` only; ``xs`` ``(B, *x_shape)``) get an
+        :class:`ObservationError` (``mode="error"``), a warning (``"warn"``) or nothing
+        (``"off"``): the posterior's ``range_check`` (the diagnostics sample their test
+        observations with it off)."""
+        if mode == "off":
+            return
+        mass = c_hi - c_lo
+        ok = (mass > MIN_MASS_RESOLUTION * c_hi) & (mass > MIN_PRIOR_MASS)
+        bad = (~ok.any(-1)).nonzero().flatten().tolist()  # no draw resolves it
+        if not bad:
+            return
+        x_bad = xs[bad[0]].reshape(-1)[:10].tolist()
+        side = "above" if float(c_hi[bad[0]].max()) <= 0.5 else "below"
+        message = (
+            f"At observation {bad[0]} (x = {[round(v, 4) for v in x_bad]}) the in-context "
+            f"posterior of parameter {j} lies almost entirely {side} the prior's bounds "
+            f"[{float(self.low[j]):.4g}, {float(self.high[j]):.4g}]: the observation is far "
+            f"outside the simulations (the {self.kind} parameterization extrapolates to it); "
+            "its samples pile up on the bound and its log_prob does not integrate to 1. "
+            "Simulate with a prior that covers this observation, or use variant='plain' "
+            "(which does not extrapolate), or method='npe' (range_check='off' on the "
+            "posterior accepts it).")
+        if mode == "warn":
+            warnings.warn(message, UserWarning, stacklevel=2)
+            return
+        raise ObservationError(message)
 
 
 def _from_first_component(name: str) -> property:
@@ -357,7 +457,8 @@ class StackedInContextEstimator(nn.Module):
         net = InContextNet(config["net"])  # one network for all (stored once in a file)
         comps = [InContextEstimator({**base, "residual": bool(p["residual"]),
                                      "adjust": p.get("adjust", bool(p["residual"])),
-                                     "num_neighbors": int(p["num_neighbors"])}, net=net)
+                                     "num_neighbors": check_num_neighbors(p["num_neighbors"])},
+                                    net=net)
                  for p in parts]
         self.components = nn.ModuleList(comps)
         self.register_buffer("log_weights", torch.full((len(comps),), -math.log(len(comps))))
@@ -383,6 +484,13 @@ class StackedInContextEstimator(nn.Module):
         with torch.no_grad():
             self.log_weights.copy_(weights.float().clamp(min=1e-30).log())
 
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        """As :meth:`InContextEstimator.load_state_dict`, for every component and the
+        weights."""
+        out = super().load_state_dict(*args, **kwargs)
+        check_estimator_state(self)
+        return out
+
     def set_bounds(self, low: Tensor, high: Tensor) -> None:
         with torch.no_grad():
             for c in self.components:
@@ -390,14 +498,17 @@ class StackedInContextEstimator(nn.Module):
                 c.high.copy_(high.float())
 
     @torch.no_grad()
-    def log_prob(self, theta: Tensor, xs: Tensor) -> Tensor:
-        """``log q(theta_s | x_b)`` ``(S, B)`` of the mixture."""
-        lps = torch.stack([c.log_prob(theta, xs) for c in self.components], -1)  # (S, B, K)
+    def log_prob(self, theta: Tensor, xs: Tensor, mass_check: str = "error") -> Tensor:
+        """``log q(theta_s | x_b)`` ``(S, B)`` of the mixture (``mass_check``: as
+        :meth:`InContextEstimator.log_prob`)."""
+        lps = torch.stack([c.log_prob(theta, xs, mass_check) for c in self.components],
+                          -1)  # (S, B, K)
         return torch.logsumexp(lps + self.log_weights, -1)
 
     @torch.no_grad()
     def sample(self, num: int, xs: Tensor, generator: torch.Generator | None = None,
-               chunk: int = 1024, budget: Budget | None = None) -> Tensor:
+               chunk: int = 1024, budget: Budget | None = None,
+               mass_check: str = "error") -> Tensor:
         """``num`` exact draws per observation ``xs`` ``(B, *x_shape)`` → ``(num, B, D)``:
         each draw's component from the weights, then that component's ancestral draw."""
         b = xs.shape[0]
@@ -410,7 +521,8 @@ class StackedInContextEstimator(nn.Module):
             most = int(mask.sum(0).max())
             if most == 0:
                 continue
-            draws = comp.sample(most, xs, generator=generator, chunk=chunk, budget=budget)
+            draws = comp.sample(most, xs, generator=generator, chunk=chunk, budget=budget,
+                                mass_check=mass_check)
             rank = mask.long().cumsum(0) - 1  # position of each draw among its component's
             out[mask] = draws[rank[mask], col[mask]]
         return out
@@ -431,13 +543,15 @@ class InContextPosterior(Posterior):
     def _sample_batched(self, n: int, xs: Tensor, budget: Budget | None = None,
                         **kwargs: Any) -> Tensor:
         dev = _device(self.estimator)
-        return self.estimator.sample(n, xs.to(dev), budget=budget).cpu()
+        return self.estimator.sample(n, xs.to(dev), budget=budget,
+                                     mass_check=self.range_check).cpu()
 
     def _log_prob_batched(self, theta: Tensor, xs: Tensor, chunk: int = 1024,
                           **kwargs: Any) -> Tensor:
         dev = _device(self.estimator)
         per = max(1, chunk // max(xs.shape[0], 1))
-        parts = [self.estimator.log_prob(theta[i:i + per].to(dev), xs.to(dev)).cpu()
+        parts = [self.estimator.log_prob(theta[i:i + per].to(dev), xs.to(dev),
+                                         self.range_check).cpu()
                  for i in range(0, theta.shape[0], per)]
         return torch.cat(parts)
 
@@ -457,24 +571,41 @@ def build_incontext(theta: Tensor, x: Tensor, prior: Distribution,
     ``"auto"`` / ``"stack"`` / ``"select"`` it restricts the candidates to plain and residual
     with it; otherwise the pretrained 16) and ``candidates`` (names ``"plain-K"`` /
     ``"residual-K"`` / ``"nonlinear-K"``: the pool of ``"auto"`` / ``"stack"`` /
-    ``"select"``).
+    ``"select"``); ``param_names`` only labels the parameters in error messages.
+
+    Exact copies of simulations (same ``theta`` and ``x``) are dropped with a warning before
+    ``context_size`` applies (their number is ``config["duplicates_dropped"]``); a context
+    smaller than the weights' pretrained minimum (:data:`N_MIN`), or one in which a parameter
+    is constant, is refused (:mod:`estimators.incontext_checks`).
     """
     unknown = set(options) - {"context_size", "weights", "seed", "variant", "num_neighbors",
-                              "candidates"}
+                              "candidates", "param_names"}
     if unknown:
         raise TypeError(f"Unknown in-context options {sorted(unknown)}; valid: "
                         f"{list(ESTIMATOR_OPTIONS)}.")
     x_shape = tuple(x.shape[1:])
+    check_range(theta.shape[1], math.prod(x_shape), 2, n_min=2)  # D and d, before any work
+    net, meta = load_pretrained(options.get("weights"))
+    n_min = _pretrained_n_min(meta)
+    theta, x, dropped = drop_duplicate_pairs(theta, x)
     size = options.get("context_size")
     if size is not None:
         size = int(size)
-        if size < 2:
-            raise ValueError(f"context_size must be at least 2, got {size}.")
+        if size < n_min:
+            raise ValueError(f"context_size must be at least {n_min} (the smallest context the "
+                             f"in-context model was pretrained on), got {size}.")
         if theta.shape[0] > size:
             g = torch.Generator().manual_seed(int(options.get("seed", 0)))
             keep = torch.randperm(theta.shape[0], generator=g)[:size]
             theta, x = theta[keep], x[keep]
-    check_range(theta.shape[1], math.prod(x_shape), theta.shape[0])
+    try:
+        check_range(theta.shape[1], math.prod(x_shape), theta.shape[0], n_min=n_min)
+    except InContextRangeError as err:
+        if not dropped:
+            raise
+        raise InContextRangeError(f"{err} ({dropped} exact copies of simulations were "
+                                  "dropped first.)") from None
+    check_parameter_spread(theta, options.get("param_names"))
     variant = options.get("variant") or "auto"
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r} is not one of {list(VARIANTS)}; use 'auto' "
@@ -483,9 +614,8 @@ def build_incontext(theta: Tensor, x: Tensor, prior: Distribution,
                          "'select' (the best single candidate), 'plain', 'residual' or "
                          "'nonlinear'.")
     nb = options.get("num_neighbors")
-    if nb is not None and int(nb) < 1:
-        raise ValueError(f"num_neighbors must be a positive integer, got {nb}.")
-    net, meta = load_pretrained(options.get("weights"))
+    if nb is not None:
+        nb = check_num_neighbors(nb)
     low, high = support_bounds(prior)
     theta, x = theta.float(), x.float()
     record: dict[str, Any] = {}
@@ -493,7 +623,7 @@ def build_incontext(theta: Tensor, x: Tensor, prior: Distribution,
     cands = parse_candidates(options.get("candidates"), nb)
     base = {"theta_dim": int(theta.shape[1]), "x_shape": list(x_shape),
             "n_context": int(theta.shape[0]), "net": dict(net.config),
-            "adjust_seed": int(options.get("seed", 0)),
+            "adjust_seed": int(options.get("seed", 0)), "duplicates_dropped": dropped,
             "weights": {"file": Path(options.get("weights") or WEIGHTS_PATH).name,
                         "steps": meta.get("steps"), "seed": meta.get("seed")}}
     if variant in ("auto", "stack", "select"):
@@ -608,21 +738,29 @@ def fit_incontext(problem: Problem, sims: tuple[Tensor, Tensor], seed: int = 0,
     t0 = time.perf_counter()
     theta, x = sims
     train_config, est_options = split_options(options)
-    steps = int(est_options.pop("finetune_steps", 0) or 0)
-    lr = float(est_options.pop("finetune_lr", 1e-4))
+    device = training_device(train_config.device)  # before any work: a clear error
+    steps = check_finetune_steps(est_options.pop("finetune_steps", 0))
+    lr = est_options.pop("finetune_lr", 1e-4)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+        raise ValueError(f"finetune_lr must be a finite number > 0 (default 1e-4), got {lr!r}.")
     if steps > 0 and est_options.get("variant") == "stack":
         raise ValueError("finetune_steps fine-tunes one network for one variant; it does not "
                          "apply to variant='stack' (a mixture). Use variant='auto' (or "
                          "'plain' / 'residual') with finetune_steps, or finetune_steps=0.")
-    est = build_incontext(theta, x, problem.prior, seed=seed, **est_options)
-    history: dict[str, Any] = {"num_simulations": int(theta.shape[0]),
-                               "context_size": int(est.theta_context.shape[0]),
-                               "epochs": 0, "finetune_steps": steps}
-    history["variant"] = est.config["variant"]["chosen"]
-    est = est.to(train_config.device)
-    if steps > 0:  # est.net is this posterior's own copy of the pretrained network
-        history["finetune_losses"] = finetune(est, steps, lr=lr, seed=seed)
-        est.config["weights"]["finetune_steps"] = steps
+    if steps > 0 and est_options.get("variant") in (None, "auto"):
+        est_options["variant"] = "select"  # one network to fine-tune: the best single variant
+    est_options.setdefault("param_names", list(problem.param_names or []))
+    with thread_scope(train_config.num_threads):
+        est = build_incontext(theta, x, problem.prior, seed=seed, **est_options)
+        history: dict[str, Any] = {"num_simulations": int(theta.shape[0]),
+                                   "context_size": int(est.theta_context.shape[0]),
+                                   "duplicates_dropped": int(est.config["duplicates_dropped"]),
+                                   "epochs": 0, "finetune_steps": steps}
+        history["variant"] = est.config["variant"]["chosen"]
+        est = est.to(device)
+        if steps > 0:  # est.net is this posterior's own copy of the pretrained network
+            history["finetune_losses"] = finetune(est, steps, lr=lr, seed=seed)
+            est.config["weights"]["finetune_steps"] = steps
     history["seconds"] = time.perf_counter() - t0
     return InContextPosterior(est, problem.prior, problem.spec(), history)
 

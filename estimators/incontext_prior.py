@@ -7,8 +7,9 @@ torch. The in-context network (:mod:`estimators.incontext`) is pretrained to pre
 minimizer is the posterior of every problem the prior can produce.
 
 Ranges (chosen to fit what 2 shared CPU cores can pretrain in about an hour):
-``1 <= D <= 3`` parameters, ``1 <= d <= 10`` data dimensions, contexts of up to
-``N_MAX = 1000`` simulations.
+``1 <= D <= 3`` parameters, ``1 <= d <= 10`` data dimensions, contexts of
+``N_MIN = 8`` to ``N_MAX = 1000`` simulations (the pretraining script draws the context size
+log-uniformly between them).
 
 Priors over :math:`\theta` (one family per problem, drawn uniformly):
 
@@ -50,12 +51,16 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["D_MAX", "X_DIM_MAX", "N_MAX", "SIMULATOR_WEIGHTS", "PRIOR_FAMILIES",
+__all__ = ["D_MAX", "X_DIM_MAX", "N_MIN", "N_MAX", "SIMULATOR_WEIGHTS", "PRIOR_FAMILIES",
            "sample_problems", "prior_description"]
 
 D_MAX = 3
 X_DIM_MAX = 10
 N_MAX = 1000
+#: smallest context the shipped weights were pretrained on (``--n-min`` of
+#: ``benchmarks/pretrain_incontext.py``; recorded in the weights' ``train_args``). Below it the
+#: posteriors are overconfident (docs/incontext.md, "Limits").
+N_MIN = 8
 PRIOR_FAMILIES = ("box", "gaussian", "mixture", "lognormal")
 SIMULATOR_WEIGHTS = {"linear": 1.0, "mlp": 2.0, "ring": 1.0, "moons": 1.0, "mixture": 1.0,
                      "timeseries": 1.0}

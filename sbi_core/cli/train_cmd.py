@@ -73,7 +73,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="mnle: positive continuous columns modelled on the log scale")
     p.add_argument("--context-size", type=positive_int, metavar="N",
                    help="incontext: use a random subsample of N simulations as the context "
-                        "(the pretrained model takes at most 1000)")
+                        "(the pretrained model takes 8 to 1000)")
     p.add_argument("--stream", action="store_true",
                    help="stream a PATH.zarr store from disk instead of loading it into memory")
     p.add_argument("--ddp", action="store_true",
