@@ -2,8 +2,8 @@
 (``estimators/incontext_adjust.py``, candidate ``"nonlinear-16"``): the closed-form fit
 recovers a nonlinear mean and a varying scale, the variant keeps ``log_prob`` normalized and
 consistent with ``sample`` (the prior bounds move and scale with x), survives save/load
-(alone and in a stack), the held-out selection picks it where it helps (it is opt-in:
-``candidates=[..., "nonlinear-16"]`` or ``variant="nonlinear"``), and it is accurate against
+(alone and in a stack), the held-out selection picks it where it helps (in the default pool since wave 14;
+alone: ``variant="nonlinear"``), and it is accurate against
 an exact posterior there.
 
 The test problem ``cubic_1d``: ``theta ~ U(-2, 2)``, ``x = theta^3 + 0.3 eps``. Its posterior

@@ -51,7 +51,8 @@ def test_stack_weights_are_reproducible_and_beat_each_candidate_on_heldout_pairs
     assert isinstance(est, StackedInContextEstimator)
     rec = est.config["variant"]
     assert rec["requested"] == "stack" and rec["folds"] == 5
-    assert set(rec["scores"]) == {"plain-16", "residual-16", "residual-64", "residual-256"}
+    assert set(rec["scores"]) == {"plain-16", "residual-16", "residual-64", "residual-256",
+                                 "nonlinear-16"}
     w = est.log_weights.exp()
     assert abs(float(w.sum()) - 1.0) < 1e-5 and len(w) == len(est.components) >= 1
     assert abs(sum(rec["weights"].values()) - 1.0) < 1e-3

@@ -48,7 +48,8 @@ def test_auto_picks_by_heldout_likelihood_and_round_trips(tmp_path):
     record = post.estimator.config["variant"]
     assert record["requested"] == "auto" and record["folds"] == 5
     scores = record["scores"]
-    assert set(scores) == {"plain-16", "residual-16", "residual-64", "residual-256"}
+    assert set(scores) == {"plain-16", "residual-16", "residual-64", "residual-256",
+                                 "nonlinear-16"}
     assert record["chosen"] == min(scores, key=scores.get)
     assert post.history["variant"] == record["chosen"]
     # linear-Gaussian: the residuals are independent of x, so a residual variant must win
