@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import CancelledError
@@ -96,18 +97,27 @@ def pickle_problem(problem: Problem) -> bytes:
             cloudpickle.unregister_pickle_by_value(module)
 
 
+#: serializes chunks within one worker process (see :func:`_run_pickled`).
+_CHUNK_LOCK = threading.Lock()
+
+
 def _run_pickled(blob: bytes, digest: str, index: int, size: int, seed: int,
                  theta=None) -> ChunkResult:
     """Worker side: unpickle (once) and simulate one chunk with one torch thread."""
     import torch
 
     torch.set_num_threads(1)
-    problem = _PROBLEMS.get(digest)
-    if problem is None:
-        problem = cloudpickle.loads(blob)
-        _PROBLEMS.clear()
-        _PROBLEMS[digest] = problem
-    return run_chunk(problem, index, size, seed, theta)
+    # A worker with several threads (``dask worker`` defaults to one per core) would run
+    # chunks at once in this process; each seeds torch's and NumPy's global random state,
+    # so they would draw from each other's streams. One chunk at a time per process keeps
+    # every chunk equal to a local run (for parallelism: ``--nworkers N --nthreads 1``).
+    with _CHUNK_LOCK:
+        problem = _PROBLEMS.get(digest)
+        if problem is None:
+            problem = cloudpickle.loads(blob)
+            _PROBLEMS.clear()
+            _PROBLEMS[digest] = problem
+        return run_chunk(problem, index, size, seed, theta)
 
 
 def dask_chunks(problem: Problem, tasks: list[tuple], address: str,

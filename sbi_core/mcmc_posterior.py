@@ -68,6 +68,8 @@ class MCMCPosterior(Posterior):
         chunk_rows: largest number of (θ, x_i) pairs evaluated in one call.
     """
 
+    _forwards_options = frozenset({"sample"})  # MCMC settings, checked by MCMCConfig
+
     normalized_log_prob = False
     supports_iid = True
     default_max_seconds = 300.0

@@ -23,6 +23,7 @@ minutes (:mod:`sbi_core.budget`).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import operator
 import os
@@ -89,6 +90,10 @@ class Posterior:
     """
 
     method: str = ""
+    #: hooks (``"sample"``, ``"log_prob"``) whose ``**kwargs`` carry real options on to
+    #: something that checks them (MCMC settings, a base posterior); in the others an option
+    #: the hook does not name is refused instead of silently ignored.
+    _forwards_options: frozenset[str] = frozenset()
     #: True when ``log_prob`` is normalized; False for MCMC-based (unnormalized) posteriors.
     normalized_log_prob: bool = True
     #: True when a set of iid observations can be passed as ``x`` (``(n, *x_shape)``).
@@ -238,6 +243,7 @@ class Posterior:
         if n == 0:
             return torch.empty(*shape, xs.shape[0], self.dim)
         _check_fits_in_memory(n, xs.shape[0], self.dim)
+        self._check_options("sample", self._sample_batched, kwargs)
         budget = self._budget(max_seconds)
         with seeded(seed), torch.no_grad(), thread_scope("auto"):
             samples = self._sample_batched(n, xs, budget=budget, **kwargs)
@@ -260,10 +266,33 @@ class Posterior:
             raise ValueError(
                 f"theta must have shape (N, B={xs.shape[0]}, D={self.dim}), got {tuple(theta.shape)}."
             )
+        self._check_options("log_prob", self._log_prob_batched, kwargs)
         if theta.shape[0] == 0:  # no parameter sets: nothing to evaluate
             return torch.empty(0, xs.shape[0])
         with torch.no_grad(), thread_scope("auto"):
             return self._log_prob_batched(theta, xs, **kwargs)
+
+    def _check_options(self, call: str, hook: Any, kwargs: dict[str, Any]) -> None:
+        """Refuse options ``hook`` (``_sample_batched`` / ``_log_prob_batched``) does not name,
+        unless this class forwards them (``_forwards_options``); ``normalize`` is always
+        accepted (``map`` passes it to every normalized posterior)."""
+        if not kwargs or call in self._forwards_options:
+            return
+        params = inspect.signature(hook).parameters.values()
+        named = {q.name for q in params
+                 if q.kind in (q.POSITIONAL_OR_KEYWORD, q.KEYWORD_ONLY)}
+        accepted = (named | {"normalize"}) - {"n", "xs", "theta", "budget"}
+        unknown = sorted(set(kwargs) - accepted)
+        if not unknown:
+            return
+        hint = ""
+        if "range_check" in unknown:
+            hint = (" range_check is a setting of the posterior, not of one call: "
+                    "posterior.range_check = 'warn' (or 'off').")
+        options = ", ".join(sorted(accepted - {"normalize"})) or "none"
+        raise TypeError(f"{type(self).__name__}.{call}() got unknown option(s) "
+                        f"{', '.join(unknown)}; its options are: {options} (besides x, seed, "
+                        f"max_seconds{', strict, correct' if call == 'sample' else ''}).{hint}")
 
     @auto_threads
     def map(self, x: Tensor | None = None, num_init: int = 1000, steps: int = 100,

@@ -115,6 +115,8 @@ class ReweightedPosterior(Posterior):
             (B,), "outside_mass": float}``; ``last_ess`` is ``info["ess"]``.
     """
 
+    _forwards_options = frozenset({"log_prob"})  # the base posterior checks them
+
     method = "reweighted"
     not_savable = ("A reweighted posterior (posterior.with_prior) is not saved: save the "
                    "trained posterior and call with_prior(new_prior) again after loading.")
