@@ -274,14 +274,15 @@ class Posterior:
 
     def _check_options(self, call: str, hook: Any, kwargs: dict[str, Any]) -> None:
         """Refuse options ``hook`` (``_sample_batched`` / ``_log_prob_batched``) does not name,
-        unless this class forwards them (``_forwards_options``); ``normalize`` is always
-        accepted (``map`` passes it to every normalized posterior)."""
+        unless this class forwards them (``_forwards_options``); ``normalize`` and ``progress``
+        are always accepted (``map`` and the diagnostics pass them to every posterior; they
+        mean nothing where a posterior has no such choice)."""
         if not kwargs or call in self._forwards_options:
             return
         params = inspect.signature(hook).parameters.values()
         named = {q.name for q in params
                  if q.kind in (q.POSITIONAL_OR_KEYWORD, q.KEYWORD_ONLY)}
-        accepted = (named | {"normalize"}) - {"n", "xs", "theta", "budget"}
+        accepted = (named | {"normalize", "progress"}) - {"n", "xs", "theta", "budget"}
         unknown = sorted(set(kwargs) - accepted)
         if not unknown:
             return
@@ -289,7 +290,7 @@ class Posterior:
         if "range_check" in unknown:
             hint = (" range_check is a setting of the posterior, not of one call: "
                     "posterior.range_check = 'warn' (or 'off').")
-        options = ", ".join(sorted(accepted - {"normalize"})) or "none"
+        options = ", ".join(sorted(accepted - {"normalize", "progress"})) or "none"
         raise TypeError(f"{type(self).__name__}.{call}() got unknown option(s) "
                         f"{', '.join(unknown)}; its options are: {options} (besides x, seed, "
                         f"max_seconds{', strict, correct' if call == 'sample' else ''}).{hint}")
