@@ -34,6 +34,7 @@ user's own simulations — and returns the best. No reference posterior is used.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,7 @@ from torch import Tensor
 from estimators.incontext import InContextNet, standardize_context
 from estimators.incontext_adjust import apply_adjustment, fit_adjustment
 
-__all__ = ["CANDIDATES", "KINDS", "kind_of", "min_simulations", "STACK_CANDIDATES", "MAX_HELDOUT", "linear_coef", "design",
+__all__ = ["CANDIDATES", "KINDS", "kind_of", "min_simulations", "usable_candidates", "STACK_CANDIDATES", "MAX_HELDOUT", "linear_coef", "design",
            "heldout_logprobs", "heldout_nll", "heldout_nlls", "select_variant", "select_stack",
            "stacking_weights", "variant_name"]
 
@@ -83,6 +84,25 @@ def min_simulations(kind: bool | str, d: int) -> int:
     regression needs several simulations per coefficient, else it overfits."""
     k = kind_of(kind)
     return 0 if k == "plain" else 5 * (d + 1) if k == "residual" else max(50, 5 * (d + 1))
+
+
+def usable_candidates(candidates: tuple[Candidate, ...], n: int, d: int
+                      ) -> list[Candidate]:
+    """The candidates with enough simulations (:func:`min_simulations`) for ``n`` context
+    simulations of ``d`` data values; when none has, ``plain-16`` with a warning that names
+    the pool and the number of simulations each would need (it was silent before wave 14)."""
+    usable = [c for c in candidates if n >= min_simulations(c[0], d)]
+    if usable:
+        return usable
+    fallback: Candidate = (False, 16)
+    if fallback not in candidates:
+        needs = ", ".join(f"{variant_name(*c)} >= {min_simulations(c[0], d)}" for c in candidates)
+        warnings.warn(f"None of the in-context candidates can be used with {n} simulations of "
+                      f"{d} data values ({needs}: a regression needs several simulations per "
+                      f"coefficient); using plain-16 instead. Simulate more, or pass "
+                      f"candidates=['plain-16', ...] to choose this yourself.", UserWarning,
+                      stacklevel=3)
+    return [fallback]
 
 
 def variant_name(kind: bool | str, num_neighbors: int) -> str:
@@ -187,7 +207,7 @@ def select_variant(net: InContextNet, theta: Tensor, zx: Tensor, folds: int = 5,
     least ``5 (d + 1)`` simulations (else the regression overfits); with fewer than
     ``4 folds`` simulations per fold, or one candidate left, the first candidate is taken."""
     n, d = zx.shape
-    usable = [c for c in candidates if n >= min_simulations(c[0], d)] or [(False, 16)]
+    usable = usable_candidates(candidates, n, d)
     if n < 4 * folds or len(usable) == 1:
         chosen = usable[0]
         return chosen, {"scores": {}, "chosen": variant_name(*chosen), "folds": 0}
@@ -248,7 +268,7 @@ def select_stack(net: InContextNet, theta: Tensor, zx: Tensor, folds: int = 5, s
     and ``gain_se`` the standard error of that paired difference). With too few simulations
     to score (as in :func:`select_variant`) the first usable candidate gets weight 1."""
     n, d = zx.shape
-    usable = [c for c in candidates if n >= min_simulations(c[0], d)] or [(False, 16)]
+    usable = usable_candidates(candidates, n, d)
     if n < 4 * folds or len(usable) == 1:
         c = usable[0]
         return [c], torch.ones(1), {"scores": {}, "weights": {variant_name(*c): 1.0},

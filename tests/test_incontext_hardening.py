@@ -268,3 +268,20 @@ def test_stack_components_do_not_share_the_neighbour_count_through_the_network()
         assert torch.allclose(post.log_prob(theta, x=x_o), expected, atol=1e-5)
     finally:
         del block.forward
+
+
+def test_candidates_all_needing_more_simulations_fall_back_to_plain_with_a_warning():
+    """``candidates=`` of regression variants only, with too few simulations for any of them,
+    used ``plain-16`` silently before wave 14; now a warning names the pool and the fix."""
+    import pytest
+
+    from sbi_core import fit, simulate
+    from simulators import get_problem
+
+    problem = get_problem("two_moons")
+    sims = simulate(problem, 30, seed=0, progress=False)  # nonlinear needs >= 50
+    with pytest.warns(UserWarning, match=r"None of the in-context candidates.*nonlinear-16 >= 50"
+                                         r".*using plain-16"):
+        post = fit(problem, sims, method="incontext", detector=False,
+                   candidates=["nonlinear-16"])
+    assert post.history["variant"].startswith("plain-16")
