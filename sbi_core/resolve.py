@@ -80,6 +80,11 @@ def resolve_problem(ref: str) -> Problem:
     on ``sys.path`` (so it may import sibling modules). Import errors and exceptions of the factory become one :class:`ProblemFileError`
     naming the file.
     """
+    if ref is not None and not isinstance(ref, str):
+        raise TypeError(f"Expected a problem (a Problem, a built-in name such as 'two_moons', "
+                        f"path/to/file.py:function or module:function), got "
+                        f"{type(ref).__name__}. Simulations go to sims=, e.g. "
+                        f"diagnose(posterior, problem, sims=test_sims).")
     if not isinstance(ref, str) or not ref.strip():
         raise ValueError("PROBLEM is empty; pass a built-in name (two_moons, ...), "
                          "path/to/file.py:function or module:function.")

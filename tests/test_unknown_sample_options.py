@@ -45,3 +45,13 @@ def test_incontext_sample_refuses_range_check_keyword():
         post.sample((10,), x=x_o, range_check="warn")
     assert post.sample((10,), x=x_o, seed=0).shape == (10, 2)
     assert post.map(x=x_o, num_init=50, steps=5).shape == (2,)
+
+
+def test_simulations_passed_as_the_problem_get_a_message_naming_sims(npe_posterior):
+    """``diagnose(post, test_sims)`` said "PROBLEM is empty" before wave 14."""
+    from diagnostics import diagnose
+
+    problem, post = npe_posterior
+    test = simulate(problem, 20, seed=1, progress=False)
+    with pytest.raises(TypeError, match=r"got SimulationSet.*sims="):
+        diagnose(post, test, num_samples=20)
